@@ -1,0 +1,34 @@
+import { type DynamicModule, Module } from '@nestjs/common';
+import { ConfigModule } from '@nestjs/config';
+import { dbPoolConfig, type DbPoolOptions, DbPoolModule } from '@db-pool/db-pool';
+import { HealthModule } from './health/health.module.js';
+import { Item } from './items/item.entity.js';
+import { ItemsModule } from './items/items.module.js';
+import { CreateItems1764200000000 } from './migrations/1764200000000-create-items.js';
+
+/** The api's TypeORM needs: its entities and migrations, run at start-up. */
+export const apiTypeOrmOptions: DbPoolOptions['typeorm'] = {
+  entities: [Item],
+  migrations: [CreateItems1764200000000],
+  migrationsRun: true,
+};
+
+@Module({})
+export class AppModule {
+  /** `overrides` lets tests set pool options in code; they win over the environment. */
+  static register(overrides: DbPoolOptions = {}): DynamicModule {
+    return {
+      module: AppModule,
+      imports: [
+        ConfigModule.forRoot({ isGlobal: true, ignoreEnvFile: true }),
+        DbPoolModule.forRootAsync({
+          imports: [ConfigModule.forFeature(dbPoolConfig)],
+          inject: [dbPoolConfig.KEY],
+          useFactory: (fromEnv: DbPoolOptions): DbPoolOptions => ({ ...fromEnv, ...overrides, typeorm: { ...apiTypeOrmOptions, ...overrides.typeorm } }),
+        }),
+        ItemsModule,
+        HealthModule,
+      ],
+    };
+  }
+}

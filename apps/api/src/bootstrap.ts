@@ -1,0 +1,27 @@
+import type { INestApplication } from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
+import type { DbPoolOptions } from '@db-pool/db-pool';
+import { AppModule } from './app.module.js';
+
+/** Builds the api (not listening yet). Shared by main.ts and the e2e tests. */
+export async function createApp(overrides: DbPoolOptions = {}, options: { logger?: false } = {}): Promise<INestApplication> {
+  return NestFactory.create(AppModule.register(overrides), { abortOnError: false, ...(options.logger === false ? { logger: false } : {}) });
+}
+
+/**
+ * Stops accepting connections, lets in-flight requests finish, then runs the shutdown hooks
+ * (TypeORM destroys the DataSource, which drains and ends the pool).
+ */
+export function closeOnSignals(app: INestApplication, onClosed: (code: number) => void): void {
+  let closing = false;
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    process.once(signal, () => {
+      if (closing) return;
+      closing = true;
+      app.close().then(
+        () => onClosed(0),
+        () => onClosed(1),
+      );
+    });
+  }
+}

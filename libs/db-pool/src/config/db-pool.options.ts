@@ -1,0 +1,84 @@
+import type { DataSourceOptions } from 'typeorm';
+import type { TypeOrmModuleOptions } from '@nestjs/typeorm';
+
+type PostgresConnectionOptions = Extract<DataSourceOptions, { type: 'postgres' }>;
+
+/** A value as it may arrive from the environment or from code: numbers and booleans may be strings. */
+type Loose<T> = T | string;
+
+/**
+ * Options of one pool. Every option falls back to its environment variable (with `envPrefix`
+ * in front), then to its default. An empty string counts as unset.
+ */
+export interface DbPoolOptions {
+  /** Pool name; also the TypeORM DataSource name. @default 'default' */
+  name?: string;
+  /** Prefix of the environment variables this pool reads, e.g. `REPORTING_` → `REPORTING_DATABASE_URL`. @default '' */
+  envPrefix?: string;
+  /** Environment to read (tests pass their own). @default process.env */
+  env?: Record<string, string | undefined>;
+
+  /** `DATABASE_URL`: `postgres://user:password@host:port/database`. Required unless `host` is given. */
+  url?: string;
+  /** Connection fields, an alternative to `url` (each overrides the URL's part). */
+  host?: string;
+  port?: Loose<number>;
+  username?: string;
+  password?: string;
+  database?: string;
+
+  /** `DB_POOL_SIZE`: connections kept open and warmed at start-up. @default 20 */
+  poolSize?: Loose<number>;
+  /** `DB_MAX_OVERFLOW`: extra connections opened under load, closed again when idle. @default 40 */
+  maxOverflow?: Loose<number>;
+  /** `DB_POOL_TIMEOUT`: seconds an acquire waits for a connection before it fails. @default 30 */
+  poolTimeout?: Loose<number>;
+  /** `DB_POOL_RECYCLE`: seconds after which a connection is replaced (0 = never). @default 3600 */
+  recycle?: Loose<number>;
+  /** `DB_POOL_RECYCLE_JITTER`: percent by which each connection's lifetime is shortened at random. @default 10 */
+  recycleJitter?: Loose<number>;
+  /** `DB_POOL_PRE_PING`: validate a connection before handing it out. @default true */
+  prePing?: Loose<boolean>;
+  /** `DB_POOL_PRE_PING_BYPASS_MS`: a connection used within this many ms is handed out unvalidated. @default 500 */
+  prePingBypassMs?: Loose<number>;
+  /** `DB_POOL_OVERFLOW_IDLE_TIMEOUT`: seconds an overflow connection may sit idle before it is closed. @default 10 */
+  overflowIdleTimeout?: Loose<number>;
+  /** `DB_CONNECT_TIMEOUT`: seconds opening one new connection may take. @default 10 */
+  connectTimeout?: Loose<number>;
+  /** `DB_VALIDATION_TIMEOUT_MS`: ms a pre-ping or a reset on return may take before the connection is discarded. @default 5000 */
+  validationTimeoutMs?: Loose<number>;
+  /** `DB_STATEMENT_TIMEOUT_MS`: server-side `statement_timeout` for every connection (0 = none). @default 0 */
+  statementTimeoutMs?: Loose<number>;
+  /** `DB_APPLICATION_NAME`: `application_name` shown in `pg_stat_activity`. @default 'db-pool' ('db-pool:<name>' for a named pool) */
+  applicationName?: string;
+
+  /** Further TypeORM DataSource options (entities, migrations, logging, …). */
+  typeorm?: Omit<Partial<PostgresConnectionOptions>, 'type' | 'driver' | 'url' | 'poolSize' | 'extra' | 'name'> &
+    Pick<TypeOrmModuleOptions, 'autoLoadEntities' | 'retryAttempts' | 'retryDelay'>;
+}
+
+/** The validated, effective configuration of one pool. Durations in milliseconds unless named otherwise. */
+export interface DbPoolConfig {
+  name: string;
+  /** The URL as given (may hold a password); print `redactedUrl` instead. */
+  url: string | undefined;
+  redactedUrl: string;
+  host?: string;
+  port?: number;
+  username?: string;
+  password?: string;
+  database?: string;
+  poolSize: number;
+  maxOverflow: number;
+  poolTimeoutMs: number;
+  recycleMs: number;
+  recycleJitter: number;
+  prePing: boolean;
+  prePingBypassMs: number;
+  overflowIdleTimeoutMs: number;
+  connectTimeoutMs: number;
+  validationTimeoutMs: number;
+  statementTimeoutMs: number;
+  applicationName: string;
+  typeorm: NonNullable<DbPoolOptions['typeorm']>;
+}

@@ -1,0 +1,33 @@
+import type { DbPoolOptions } from './db-pool.options.js';
+
+/** How one option is read: its environment variable, its type, its range and its default. */
+export interface OptionKey {
+  option: keyof DbPoolOptions;
+  env: string;
+  kind: 'int' | 'bool' | 'string' | 'url';
+  min?: number;
+  max?: number;
+  default?: number | boolean | string;
+  /** Shown in the README table. */
+  meaning: string;
+}
+
+export const TRUE_WORDS = ['true', '1', 'yes', 'on'] as const;
+export const FALSE_WORDS = ['false', '0', 'no', 'off'] as const;
+
+/** Every key db-pool reads; the README table is drawn from the same list. */
+export const OPTION_KEYS: readonly OptionKey[] = [
+  { option: 'url', env: 'DATABASE_URL', kind: 'url', meaning: 'connection string; the password is redacted wherever it is shown' },
+  { option: 'poolSize', env: 'DB_POOL_SIZE', kind: 'int', min: 1, max: 10_000, default: 20, meaning: 'connections kept open, warmed at start-up' },
+  { option: 'maxOverflow', env: 'DB_MAX_OVERFLOW', kind: 'int', min: 0, max: 10_000, default: 40, meaning: 'extra connections under load, closed again when idle' },
+  { option: 'poolTimeout', env: 'DB_POOL_TIMEOUT', kind: 'int', min: 1, max: 3_600, default: 30, meaning: 'seconds an acquire waits before it fails with PoolTimeoutError' },
+  { option: 'recycle', env: 'DB_POOL_RECYCLE', kind: 'int', min: 0, max: 604_800, default: 3_600, meaning: 'seconds after which a connection is replaced (0 = never); never while checked out' },
+  { option: 'recycleJitter', env: 'DB_POOL_RECYCLE_JITTER', kind: 'int', min: 0, max: 50, default: 10, meaning: 'percent by which each lifetime is shortened at random, so connections do not all reconnect at once' },
+  { option: 'prePing', env: 'DB_POOL_PRE_PING', kind: 'bool', default: true, meaning: 'validate a connection idle longer than the bypass window before handing it out' },
+  { option: 'prePingBypassMs', env: 'DB_POOL_PRE_PING_BYPASS_MS', kind: 'int', min: 0, max: 60_000, default: 500, meaning: 'a connection used within this many ms is handed out without a round trip' },
+  { option: 'overflowIdleTimeout', env: 'DB_POOL_OVERFLOW_IDLE_TIMEOUT', kind: 'int', min: 1, max: 3_600, default: 10, meaning: 'seconds an overflow connection may stay idle before it is closed' },
+  { option: 'connectTimeout', env: 'DB_CONNECT_TIMEOUT', kind: 'int', min: 1, max: 600, default: 10, meaning: 'seconds opening one new connection may take (at most DB_POOL_TIMEOUT; by default the smaller of 10 and DB_POOL_TIMEOUT)' },
+  { option: 'validationTimeoutMs', env: 'DB_VALIDATION_TIMEOUT_MS', kind: 'int', min: 100, max: 60_000, default: 5_000, meaning: 'ms a pre-ping or a rollback on return may take before the connection is discarded' },
+  { option: 'statementTimeoutMs', env: 'DB_STATEMENT_TIMEOUT_MS', kind: 'int', min: 0, max: 86_400_000, default: 0, meaning: "server-side statement_timeout of every connection (0 = the server's)" },
+  { option: 'applicationName', env: 'DB_APPLICATION_NAME', kind: 'string', min: 1, max: 63, meaning: "application_name in pg_stat_activity (default 'db-pool', or 'db-pool:<name>')" },
+];

@@ -1,0 +1,158 @@
+import { DbPoolConfigError } from '../errors.js';
+import { redactUrl } from '../redact.js';
+import type { DbPoolConfig, DbPoolOptions } from './db-pool.options.js';
+import { FALSE_WORDS, OPTION_KEYS, type OptionKey, TRUE_WORDS } from './option-keys.js';
+
+export const DEFAULT_POOL_NAME = 'default';
+
+const NUMBER = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
+const URL_EXAMPLE = 'postgres://user:password@host:5432/database';
+
+type Parsed = number | boolean | string | undefined;
+
+function allowed(key: OptionKey): string {
+  switch (key.kind) {
+    case 'int':
+      return `must be an integer from ${key.min} to ${key.max}`;
+    case 'bool':
+      return `must be one of ${[...TRUE_WORDS, ...FALSE_WORDS].join(', ')}`;
+    case 'url':
+      return `must be a postgres:// or postgresql:// URL with a host, such as ${URL_EXAMPLE}`;
+    case 'string':
+      return `must be a text of ${key.min} to ${key.max} characters`;
+  }
+}
+
+/** Parses one raw value; returns `undefined` for "unset" and throws the allowed-values text when invalid. */
+function parse(key: OptionKey, raw: unknown): Parsed {
+  if (raw === undefined || raw === null || raw === '') return undefined;
+  switch (key.kind) {
+    case 'int': {
+      const n = typeof raw === 'number' ? raw : typeof raw === 'string' && NUMBER.test(raw.trim()) ? Number(raw) : NaN;
+      if (!Number.isInteger(n) || n < key.min! || n > key.max!) throw allowed(key);
+      return n;
+    }
+    case 'bool': {
+      if (typeof raw === 'boolean') return raw;
+      const word = String(raw).trim().toLowerCase();
+      if ((TRUE_WORDS as readonly string[]).includes(word)) return true;
+      if ((FALSE_WORDS as readonly string[]).includes(word)) return false;
+      throw allowed(key);
+    }
+    case 'url': {
+      if (typeof raw !== 'string') throw allowed(key);
+      let url: URL;
+      try {
+        url = new URL(raw);
+      } catch {
+        throw allowed(key);
+      }
+      if ((url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') || !url.hostname) throw allowed(key);
+      return raw;
+    }
+    case 'string': {
+      const text = String(raw);
+      if (text.length < key.min! || text.length > key.max!) throw allowed(key);
+      return text;
+    }
+  }
+}
+
+function shown(key: OptionKey, raw: unknown): string {
+  const text = typeof raw === 'string' ? raw : String(raw);
+  return JSON.stringify(key.kind === 'url' ? redactUrl(text) : text);
+}
+
+/**
+ * Merges code options over the environment over the defaults, validates everything at once and
+ * returns the effective configuration. Throws one {@link DbPoolConfigError} listing every bad key,
+ * the value given (passwords redacted) and what is allowed.
+ */
+export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
+  const name = options.name ?? DEFAULT_POOL_NAME;
+  const prefix = options.envPrefix ?? '';
+  const env = options.env ?? process.env;
+  const problems: string[] = [];
+  const values = new Map<keyof DbPoolOptions, Parsed>();
+  const given = new Set<keyof DbPoolOptions>();
+
+  for (const key of OPTION_KEYS) {
+    const envName = `${prefix}${key.env}`;
+    const fromCode = options[key.option];
+    const useCode = fromCode !== undefined && fromCode !== '';
+    const raw = useCode ? fromCode : env[envName];
+    const label = useCode ? `${key.option} (${envName})` : envName;
+    try {
+      const value = parse(key, raw);
+      if (value !== undefined) given.add(key.option);
+      values.set(key.option, value ?? key.default);
+    } catch (rule) {
+      problems.push(`${label}=${shown(key, raw)}: ${rule as string}`);
+    }
+  }
+
+  let port: number | undefined;
+  if (options.port !== undefined && options.port !== '') {
+    const n = Number(options.port);
+    if (!Number.isInteger(n) || n < 1 || n > 65_535) problems.push(`port=${JSON.stringify(String(options.port))}: must be an integer from 1 to 65535`);
+    else port = n;
+  }
+
+  const url = values.get('url') as string | undefined;
+  if (url === undefined && !options.host && !problems.some((p) => p.startsWith(`${prefix}DATABASE_URL`) || p.startsWith('url '))) {
+    problems.push(`${prefix}DATABASE_URL: not set; give a postgres:// URL such as ${URL_EXAMPLE} (or the host option)`);
+  }
+
+  const int = (option: keyof DbPoolOptions) => values.get(option) as number;
+  const envOf = (option: keyof DbPoolOptions) => `${prefix}${OPTION_KEYS.find((k) => k.option === option)!.env}`;
+  if (!given.has('connectTimeout') && values.get('poolTimeout') !== undefined) {
+    // The default connect timeout never outlasts a shorter acquire deadline.
+    values.set('connectTimeout', Math.min(int('connectTimeout'), int('poolTimeout')));
+  }
+  if (values.get('connectTimeout') !== undefined && values.get('poolTimeout') !== undefined && int('connectTimeout') > int('poolTimeout')) {
+    problems.push(
+      `${envOf('connectTimeout')}=${int('connectTimeout')} exceeds ${envOf('poolTimeout')}=${int('poolTimeout')}: ` +
+        `a connection that takes that long to open could never be handed out in time; make ${envOf('connectTimeout')} ≤ ${envOf('poolTimeout')}`,
+    );
+  }
+  if (values.get('poolSize') !== undefined && values.get('maxOverflow') !== undefined && int('poolSize') + int('maxOverflow') > 10_000) {
+    problems.push(`${envOf('poolSize')} + ${envOf('maxOverflow')} = ${int('poolSize') + int('maxOverflow')}: the total capacity must be at most 10000`);
+  }
+
+  if (problems.length > 0) throw new DbPoolConfigError(name, problems);
+
+  return {
+    name,
+    url,
+    redactedUrl: url !== undefined ? redactUrl(url) : `postgres://${options.username ?? ''}${options.password ? ':***' : ''}@${options.host}:${port ?? 5432}/${options.database ?? ''}`,
+    host: options.host,
+    port,
+    username: options.username,
+    password: options.password,
+    database: options.database,
+    poolSize: int('poolSize'),
+    maxOverflow: int('maxOverflow'),
+    poolTimeoutMs: int('poolTimeout') * 1000,
+    recycleMs: int('recycle') * 1000,
+    recycleJitter: int('recycleJitter') / 100,
+    prePing: values.get('prePing') as boolean,
+    prePingBypassMs: int('prePingBypassMs'),
+    overflowIdleTimeoutMs: int('overflowIdleTimeout') * 1000,
+    connectTimeoutMs: int('connectTimeout') * 1000,
+    validationTimeoutMs: int('validationTimeoutMs'),
+    statementTimeoutMs: int('statementTimeoutMs'),
+    applicationName: (values.get('applicationName') as string | undefined) ?? (name === DEFAULT_POOL_NAME ? 'db-pool' : `db-pool:${name}`),
+    typeorm: options.typeorm ?? {},
+  };
+}
+
+/** The one start-up line that shows the effective configuration (URL redacted). */
+export function describeConfig(config: DbPoolConfig): string {
+  return (
+    `db-pool "${config.name}" configured: url=${config.redactedUrl}, pool_size=${config.poolSize}, ` +
+    `max_overflow=${config.maxOverflow}, total_max=${config.poolSize + config.maxOverflow}, ` +
+    `timeout=${config.poolTimeoutMs / 1000}s, recycle=${config.recycleMs / 1000}s, pre_ping=${config.prePing}, ` +
+    `connect_timeout=${config.connectTimeoutMs / 1000}s, overflow_idle_timeout=${config.overflowIdleTimeoutMs / 1000}s, ` +
+    `application_name=${config.applicationName}`
+  );
+}

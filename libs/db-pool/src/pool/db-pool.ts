@@ -1,0 +1,326 @@
+import pg from 'pg';
+import { PoolConnectError, PoolReleaseError, PoolTimeoutError, type PoolState } from '../errors.js';
+
+/** What db-pool adds to pg-pool's options. Durations in milliseconds. */
+export interface DbPoolSettings {
+  name: string;
+  /** Connections kept open (pg-pool `min`), opened by {@link DbPool.warmUp}. */
+  poolSize: number;
+  /** Extra connections under load; `max` = poolSize + maxOverflow. */
+  maxOverflow: number;
+  /** How long an acquire may wait in all. */
+  poolTimeoutMs: number;
+  /** How long opening one connection may take. */
+  connectTimeoutMs: number;
+  /** Idle time after which a connection above `poolSize` is closed. */
+  overflowIdleTimeoutMs: number;
+  /** Maximum lifetime of a connection (0 = unlimited). */
+  recycleMs: number;
+  /** Fraction (0–0.5) by which each lifetime is shortened at random. */
+  recycleJitter: number;
+  prePing: boolean;
+  prePingBypassMs: number;
+  /** Bound on a pre-ping and on the rollback of a connection returned inside a transaction. */
+  validationTimeoutMs: number;
+  logger?: DbPoolLogger;
+}
+
+export interface DbPoolLogger {
+  log(message: string): void;
+  warn(message: string): void;
+  debug?(message: string): void;
+}
+
+export type DbPoolOptions = pg.PoolConfig & { dbPool: DbPoolSettings };
+
+/** Counters the pool keeps; reading them never waits on the pool. */
+export interface DbPoolCounters {
+  /** Connections opened, in all. */
+  created: number;
+  /** Connections closed and removed, in all. */
+  removed: number;
+  /** Successful acquires. */
+  acquired: number;
+  /** Acquires that ended in PoolTimeoutError. */
+  timeouts: number;
+  /** Acquires that ended in PoolConnectError. */
+  connectErrors: number;
+  /** Validation round trips before hand-out. */
+  prePings: number;
+  /** Validations that found the connection dead. */
+  prePingFailures: number;
+  /** Connections rolled back on return because they were inside a transaction. */
+  resets: number;
+  /** Connections discarded because the rollback on return failed. */
+  resetFailures: number;
+  /** Connections retired because they outlived `recycleMs`. */
+  recycled: number;
+  /** Errors raised by connections (idle or checked out) that the pool absorbed. */
+  clientErrors: number;
+}
+
+type Callback = (err: Error | undefined, client?: pg.PoolClient, release?: (err?: Error | boolean) => void) => void;
+
+// pg-pool keeps its state in these fields; we read and use them rather than keep a copy.
+interface PgPoolInternals {
+  _clients: pg.PoolClient[];
+  _idle: { client: pg.PoolClient; timeoutId?: NodeJS.Timeout }[];
+  _pendingQueue: { callback: Callback }[];
+  _expired: WeakSet<pg.PoolClient>;
+  _remove(client: pg.PoolClient, callback?: () => void): void;
+  _pulseQueue(): void;
+  newClient(pendingItem: { callback: Callback }): void;
+}
+
+const LAST_USED = Symbol('dbPool.lastUsed');
+type TrackedClient = pg.PoolClient & { [LAST_USED]?: number; getTransactionStatus?(): string | null };
+
+const PING = 'SELECT 1';
+const FILL_RETRY_MIN_MS = 250;
+const FILL_RETRY_MAX_MS = 5_000;
+
+/**
+ * pg's `Pool` with SQLAlchemy QueuePool semantics: `poolSize` connections kept warm, up to
+ * `maxOverflow` more under load that close when idle, an acquire deadline with a typed error,
+ * recycling with jitter, pre-ping with a bypass window, and a rollback of connections handed
+ * back inside a transaction. The queue, idle timeouts and lifetimes stay pg-pool's.
+ *
+ * TypeORM builds it through its `driver` option and calls `connect(callback)`; the promise form
+ * works as on `pg.Pool`.
+ */
+export class DbPool extends pg.Pool {
+  readonly settings: DbPoolSettings;
+  readonly counters: DbPoolCounters = {
+    created: 0,
+    removed: 0,
+    acquired: 0,
+    timeouts: 0,
+    connectErrors: 0,
+    prePings: 0,
+    prePingFailures: 0,
+    resets: 0,
+    resetFailures: 0,
+    recycled: 0,
+    clientErrors: 0,
+  };
+  private readonly logger: DbPoolLogger;
+  private fillTimer: NodeJS.Timeout | undefined;
+  private fillRetryMs = FILL_RETRY_MIN_MS;
+
+  constructor(options: DbPoolOptions) {
+    const settings = options.dbPool;
+    const connectTimeoutMs = settings.connectTimeoutMs;
+    // pg-pool would apply one `connectionTimeoutMillis` both to the wait in its queue and to
+    // opening a socket. We give the wait its own deadline and the client its connect timeout.
+    class DbPoolClient extends pg.Client {
+      constructor(config: pg.ClientConfig) {
+        super(config);
+        (this as unknown as { _connectionTimeoutMillis: number })._connectionTimeoutMillis = connectTimeoutMs;
+      }
+    }
+    super({
+      ...options,
+      min: settings.poolSize,
+      max: settings.poolSize + settings.maxOverflow,
+      idleTimeoutMillis: settings.overflowIdleTimeoutMs,
+      connectionTimeoutMillis: 0,
+      maxLifetimeSeconds: 0,
+      Client: DbPoolClient,
+    } as unknown as pg.PoolConfig);
+    this.settings = settings;
+    this.logger = settings.logger ?? { log: () => {}, warn: () => {} };
+
+    this.on('connect', (client: TrackedClient) => this.onConnect(client));
+    this.on('remove', () => this.onRemove());
+    // An error on an idle client: pg-pool has removed it already; without a listener the
+    // process would crash.
+    this.on('error', (err: Error) => {
+      this.counters.clientErrors++;
+      this.logger.warn(`db-pool "${settings.name}": idle connection lost: ${err.message}`);
+    });
+  }
+
+  private get internals(): PgPoolInternals {
+    return this as unknown as PgPoolInternals;
+  }
+
+  /** The pool's counts right now. */
+  state(): PoolState {
+    const total = this.totalCount;
+    const idle = this.idleCount;
+    return { total, active: total - idle, idle, waiting: this.waitingCount };
+  }
+
+  /**
+   * Opens connections until `poolSize` are open. Resolves once they are (the seed's
+   * "Checked In: 20"), rejects with the first connect error.
+   */
+  warmUp(): Promise<void> {
+    const missing = this.settings.poolSize - this.totalCount;
+    const opened: Promise<void>[] = [];
+    for (let i = 0; i < missing; i++) opened.push(new Promise((resolve, reject) => this.openOne((err) => (err ? reject(err) : resolve()))));
+    return Promise.all(opened).then(() => undefined);
+  }
+
+  override connect(): Promise<pg.PoolClient>;
+  override connect(callback: Callback): void;
+  override connect(callback?: Callback): Promise<pg.PoolClient> | void {
+    const deadline = Date.now() + this.settings.poolTimeoutMs;
+    if (callback) return this.acquire(deadline, callback, undefined);
+    return new Promise((resolve, reject) => this.acquire(deadline, (err, client) => (err ? reject(err) : resolve(client!)), undefined));
+  }
+
+  override end(): Promise<void>;
+  override end(callback: () => void): void;
+  override end(callback?: () => void): Promise<void> | void {
+    clearTimeout(this.fillTimer);
+    return callback ? super.end(callback) : super.end();
+  }
+
+  private acquire(deadline: number, callback: Callback, lastError: Error | undefined): void {
+    if (this.ending) return super.connect(callback);
+    let settled = false;
+    let timer: NodeJS.Timeout | undefined;
+    const onClient: Callback = (err, client) => {
+      if (settled) {
+        // We gave up waiting; a connection that arrives late goes back to the pool.
+        if (!err) client!.release();
+        return;
+      }
+      settled = true;
+      if (timer) clearTimeout(timer);
+      if (err) {
+        this.counters.connectErrors++;
+        return callback(new PoolConnectError(this.settings.name, this.state(), err.message, { cause: err }));
+      }
+      const tracked = client as TrackedClient;
+      if (this.settings.prePing && Date.now() - (tracked[LAST_USED] ?? 0) > this.settings.prePingBypassMs) {
+        return this.validate(tracked, deadline, callback);
+      }
+      this.handOut(tracked, callback);
+    };
+    super.connect(onClient);
+
+    // A caller that an idle connection will serve on the next tick needs no timer.
+    const queue = this.internals._pendingQueue;
+    const queued = queue.length > 0 && queue[queue.length - 1].callback === onClient;
+    if (queued && queue.length <= this.idleCount) return;
+    timer = setTimeout(() => {
+      if (settled) return;
+      settled = true;
+      const i = queue.findIndex((item) => item.callback === onClient);
+      if (i !== -1) queue.splice(i, 1);
+      this.counters.timeouts++;
+      callback(new PoolTimeoutError(this.settings.name, this.settings.poolTimeoutMs, this.state(), lastError ? { cause: lastError } : undefined));
+    }, Math.max(0, deadline - Date.now()));
+    timer.unref();
+  }
+
+  private validate(client: TrackedClient, deadline: number, callback: Callback): void {
+    this.counters.prePings++;
+    const queryTimeout = Math.max(1, Math.min(this.settings.validationTimeoutMs, deadline - Date.now()));
+    client.query({ text: PING, query_timeout: queryTimeout } as pg.QueryConfig, (err: Error | null) => {
+      if (!err) return this.handOut(client, callback);
+      this.counters.prePingFailures++;
+      this.logger.debug?.(`db-pool "${this.settings.name}": pre-ping failed, discarding the connection: ${err.message}`);
+      client.release(err);
+      this.acquire(deadline, callback, err);
+    });
+  }
+
+  private handOut(client: TrackedClient, callback: Callback): void {
+    const release = client.release;
+    let released = false;
+    client.release = (err?: Error | boolean) => {
+      if (released) throw new PoolReleaseError(this.settings.name);
+      released = true;
+      client[LAST_USED] = Date.now();
+      const status = err ? 'I' : client.getTransactionStatus?.();
+      if (status === 'T' || status === 'E') return this.rollbackAndRelease(client, release);
+      release(err);
+    };
+    this.counters.acquired++;
+    callback(undefined, client, client.release);
+  }
+
+  /** A connection handed back inside a transaction is rolled back, or discarded, before reuse. */
+  private rollbackAndRelease(client: TrackedClient, release: (err?: Error | boolean) => void): void {
+    this.counters.resets++;
+    client.query({ text: 'ROLLBACK', query_timeout: this.settings.validationTimeoutMs } as pg.QueryConfig, (err: Error | null) => {
+      if (err || client.getTransactionStatus?.() !== 'I') {
+        this.counters.resetFailures++;
+        this.logger.warn(`db-pool "${this.settings.name}": could not roll back a connection returned inside a transaction; discarding it`);
+        return release(err ?? true);
+      }
+      release();
+    });
+  }
+
+  private onConnect(client: TrackedClient): void {
+    this.counters.created++;
+    client[LAST_USED] = Date.now();
+    // A checked-out client has no pg-pool listener; its errors must not crash the process.
+    // pg marks it unusable and pg-pool drops it when it comes back.
+    client.on('error', (err: Error) => {
+      this.counters.clientErrors++;
+      this.logger.debug?.(`db-pool "${this.settings.name}": connection error: ${err.message}`);
+    });
+    const { recycleMs, recycleJitter } = this.settings;
+    if (recycleMs > 0) {
+      const lifetime = recycleMs * (1 - recycleJitter * Math.random());
+      const timer = setTimeout(() => this.retire(client), lifetime);
+      timer.unref();
+      client.once('end', () => clearTimeout(timer));
+    }
+  }
+
+  /** Marks a connection as expired; pg-pool closes it now if idle, else when it comes back. */
+  private retire(client: TrackedClient): void {
+    const pool = this.internals;
+    this.counters.recycled++;
+    pool._expired.add(client);
+    if (pool._idle.some((item) => item.client === client)) pool._remove(client, () => pool._pulseQueue());
+  }
+
+  private onRemove(): void {
+    this.counters.removed++;
+    if (!this.ending && this.totalCount < this.settings.poolSize) this.scheduleFill(0);
+  }
+
+  private scheduleFill(delayMs: number): void {
+    if (this.fillTimer) return;
+    this.fillTimer = setTimeout(() => {
+      this.fillTimer = undefined;
+      this.fill();
+    }, delayMs);
+    this.fillTimer.unref();
+  }
+
+  /** Tops the pool back up to `poolSize` after connections were closed, with back-off on failure. */
+  private fill(): void {
+    const missing = this.settings.poolSize - this.totalCount;
+    for (let i = 0; i < missing; i++) {
+      this.openOne((err) => {
+        if (!err) {
+          this.fillRetryMs = FILL_RETRY_MIN_MS;
+          return;
+        }
+        this.logger.debug?.(`db-pool "${this.settings.name}": refill failed: ${err.message}`);
+        this.scheduleFill(this.fillRetryMs);
+        this.fillRetryMs = Math.min(this.fillRetryMs * 2, FILL_RETRY_MAX_MS);
+      });
+    }
+  }
+
+  /** Opens one new connection and puts it straight into the idle list. */
+  private openOne(done: (err?: Error) => void): void {
+    if (this.ending || this.totalCount >= this.settings.poolSize + this.settings.maxOverflow) return done();
+    this.internals.newClient({
+      callback: (err, client) => {
+        if (err) return done(err);
+        client!.release();
+        done();
+      },
+    });
+  }
+}

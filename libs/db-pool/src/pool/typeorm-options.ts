@@ -1,0 +1,67 @@
+import pg from 'pg';
+import type { TypeOrmModuleOptions } from '@nestjs/typeorm';
+import type { DataSource } from 'typeorm';
+import type { DbPoolConfig } from '../config/db-pool.options.js';
+import { DbPool, type DbPoolLogger, type DbPoolSettings } from './db-pool.js';
+
+export function toPoolSettings(config: DbPoolConfig, logger?: DbPoolLogger): DbPoolSettings {
+  return {
+    name: config.name,
+    poolSize: config.poolSize,
+    maxOverflow: config.maxOverflow,
+    poolTimeoutMs: config.poolTimeoutMs,
+    connectTimeoutMs: config.connectTimeoutMs,
+    overflowIdleTimeoutMs: config.overflowIdleTimeoutMs,
+    recycleMs: config.recycleMs,
+    recycleJitter: config.recycleJitter,
+    prePing: config.prePing,
+    prePingBypassMs: config.prePingBypassMs,
+    validationTimeoutMs: config.validationTimeoutMs,
+    logger,
+  };
+}
+
+/**
+ * The `pg` module as TypeORM should see it: everything of pg's, with `Pool` bound to this
+ * pool's settings. TypeORM calls `new driver.Pool(options)` with its own connection options.
+ */
+export function createPgDriver(settings: DbPoolSettings): typeof pg {
+  class ConfiguredDbPool extends DbPool {
+    constructor(options: pg.PoolConfig) {
+      super({ ...options, dbPool: settings });
+    }
+  }
+  return Object.create(pg, { Pool: { value: ConfiguredDbPool, enumerable: true } }) as typeof pg;
+}
+
+/** Maps the validated configuration to TypeORM DataSource options (a pure function). */
+export function toTypeOrmOptions(config: DbPoolConfig, logger?: DbPoolLogger): TypeOrmModuleOptions & { type: 'postgres' } {
+  const extra: Record<string, unknown> = {};
+  if (config.statementTimeoutMs > 0) extra.statement_timeout = config.statementTimeoutMs;
+  return {
+    retryAttempts: 1,
+    ...config.typeorm,
+    type: 'postgres',
+    name: config.name,
+    url: config.url,
+    host: config.host,
+    port: config.port,
+    username: config.username,
+    password: config.password,
+    database: config.database,
+    applicationName: config.applicationName,
+    poolSize: config.poolSize + config.maxOverflow,
+    connectTimeoutMS: config.connectTimeoutMs,
+    driver: createPgDriver(toPoolSettings(config, logger)),
+    extra,
+  };
+}
+
+/** The pool behind a DataSource built from {@link toTypeOrmOptions}. */
+export function poolOf(dataSource: DataSource): DbPool {
+  const pool = (dataSource.driver as unknown as { master?: unknown }).master;
+  if (!(pool instanceof DbPool)) {
+    throw new Error('this DataSource is not connected through db-pool (was it built by DbPoolModule and initialized?)');
+  }
+  return pool;
+}

@@ -1,0 +1,43 @@
+import pg from 'pg';
+import { DbPool, resolveDbPoolConfig, toPoolSettings, type DbPoolOptions } from '../../src/index.js';
+
+/** The server the test run was given (tools/jest/global-setup.js makes sure there is one). */
+export function databaseUrl(): string {
+  const url = process.env.DATABASE_URL;
+  if (!url) throw new Error('DATABASE_URL is not set: run the tests through Jest (its global setup provides one)');
+  return url;
+}
+
+let poolCounter = 0;
+
+/** A small DbPool against the test server, with its own application_name to find its backends. */
+export function createTestPool(options: Omit<DbPoolOptions, 'env'> = {}): DbPool {
+  const name = options.name ?? `test-${process.pid}-${++poolCounter}`;
+  const config = resolveDbPoolConfig({ url: databaseUrl(), poolSize: 2, maxOverflow: 3, poolTimeout: 5, applicationName: name, env: {}, ...options, name });
+  return new DbPool({ connectionString: config.url, application_name: config.applicationName, dbPool: toPoolSettings(config) });
+}
+
+/** A plain client for looking at and acting on the server from outside the pool. */
+export async function adminClient(): Promise<pg.Client> {
+  const client = new pg.Client({ connectionString: databaseUrl() });
+  await client.connect();
+  return client;
+}
+
+/** Backend pids the server has for an application_name. */
+export async function backendPids(admin: pg.Client, applicationName: string): Promise<number[]> {
+  const { rows } = await admin.query<{ pid: number }>('SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid', [applicationName]);
+  return rows.map((r) => r.pid);
+}
+
+export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/** Polls until the predicate holds or the time is up; returns whether it held. */
+export async function eventually(predicate: () => boolean | Promise<boolean>, timeoutMs = 5_000, stepMs = 25): Promise<boolean> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (await predicate()) return true;
+    await sleep(stepMs);
+  }
+  return predicate();
+}
