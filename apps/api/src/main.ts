@@ -1,20 +1,37 @@
 import 'reflect-metadata';
 import { Logger } from '@nestjs/common';
+import { DbPoolConfigError, resolveDbPoolConfig } from '@db-pool/db-pool';
 import { closeOnSignals, createApp } from './bootstrap.js';
 
 const logger = new Logger('api');
 
-function readPort(raw: string | undefined): number {
-  if (raw === undefined || raw === '') return 3000;
-  const port = Number(raw);
-  if (!/^\d+$/.test(raw.trim()) || port < 1 || port > 65_535) {
-    throw new Error(`Invalid configuration:\n  - PORT=${JSON.stringify(raw)}: must be an integer from 1 to 65535`);
+/**
+ * Checks the whole environment before Nest starts, so a bad value stops the process before it
+ * listens with one message listing every bad key (the module checks its keys again when it
+ * builds the pool).
+ */
+function readEnvironment(env: NodeJS.ProcessEnv): { port: number } {
+  const problems: string[] = [];
+  const raw = env.PORT;
+  let port = 3000;
+  if (raw !== undefined && raw !== '') {
+    port = Number(raw);
+    if (!/^\d+$/.test(raw.trim()) || port < 1 || port > 65_535) problems.push(`PORT=${JSON.stringify(raw)}: must be an integer from 1 to 65535`);
   }
-  return port;
+  try {
+    resolveDbPoolConfig({ env });
+  } catch (err) {
+    if (!(err instanceof DbPoolConfigError)) throw err;
+    problems.push(...err.problems);
+  }
+  if (problems.length > 0) {
+    throw new Error(`Invalid configuration (${problems.length} problem${problems.length === 1 ? '' : 's'}):\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+  }
+  return { port };
 }
 
 async function main(): Promise<void> {
-  const port = readPort(process.env.PORT);
+  const { port } = readEnvironment(process.env);
   const app = await createApp();
   closeOnSignals(app, (code) => {
     logger.log('shut down');

@@ -1,40 +1,30 @@
 import type pg from 'pg';
 import type { DbPool } from '../src/index.js';
-import { adminClient, backendPids, createTestPool, eventually, sleep } from './support/db.js';
+import { backendPids, eventually, poolFixture, sleep } from './support/db.js';
 
 describe('pool sizing (QueuePool semantics on pg-pool)', () => {
-  let admin: pg.Client;
-  let pool: DbPool | undefined;
-
-  beforeAll(async () => {
-    admin = await adminClient();
-  });
-  afterEach(async () => {
-    await pool?.end();
-    pool = undefined;
-  });
-  afterAll(async () => {
-    await admin.end();
-  });
+  const fixture = poolFixture();
+  const admin = () => fixture.admin();
+  let pool: DbPool;
 
   it('warms DB_POOL_SIZE connections at start-up, all checked in', async () => {
-    pool = createTestPool({ poolSize: 5, maxOverflow: 5 });
+    pool = fixture.pool({ poolSize: 5, maxOverflow: 5 });
     expect(pool.totalCount).toBe(0);
     await pool.warmUp();
     expect(pool.state()).toEqual({ total: 5, active: 0, idle: 5, waiting: 0 });
-    expect(await backendPids(admin, pool.settings.name)).toHaveLength(5);
+    expect(await backendPids(admin(), pool.settings.name)).toHaveLength(5);
   });
 
   it('grows to size + overflow under 3x concurrency and never beyond', async () => {
-    pool = createTestPool({ poolSize: 3, maxOverflow: 4 });
+    pool = fixture.pool({ poolSize: 3, maxOverflow: 4 });
     await pool.warmUp();
     const capacity = 7;
     let peakTotal = 0;
     let peakActive = 0;
     let failures = 0;
     const sample = setInterval(() => {
-      peakTotal = Math.max(peakTotal, pool!.totalCount);
-      peakActive = Math.max(peakActive, pool!.totalCount - pool!.idleCount);
+      peakTotal = Math.max(peakTotal, pool.totalCount);
+      peakActive = Math.max(peakActive, pool.totalCount - pool.idleCount);
     }, 2);
     const p = pool;
     await Promise.all(
@@ -48,11 +38,11 @@ describe('pool sizing (QueuePool semantics on pg-pool)', () => {
     expect(failures).toBe(0);
     expect(peakTotal).toBe(capacity);
     expect(peakActive).toBe(capacity);
-    expect((await backendPids(admin, pool.settings.name)).length).toBeLessThanOrEqual(capacity);
+    expect((await backendPids(admin(), pool.settings.name)).length).toBeLessThanOrEqual(capacity);
   });
 
   it('closes overflow connections after the overflow idle timeout, back down to DB_POOL_SIZE', async () => {
-    pool = createTestPool({ poolSize: 2, maxOverflow: 4, overflowIdleTimeout: 1 });
+    pool = fixture.pool({ poolSize: 2, maxOverflow: 4, overflowIdleTimeout: 1 });
     await pool.warmUp();
     const p = pool;
     await Promise.all(Array.from({ length: 6 }, () => p.query('SELECT pg_sleep(0.1)')));
@@ -62,15 +52,15 @@ describe('pool sizing (QueuePool semantics on pg-pool)', () => {
     expect(await eventually(() => p.totalCount === 2, 3_000)).toBe(true);
     await sleep(200);
     expect(pool.state()).toEqual({ total: 2, active: 0, idle: 2, waiting: 0 });
-    expect(await eventually(async () => (await backendPids(admin, p.settings.name)).length === 2, 2_000)).toBe(true);
+    expect(await eventually(async () => (await backendPids(admin(), p.settings.name)).length === 2, 2_000)).toBe(true);
   });
 
   it('tops the pool back up to DB_POOL_SIZE when connections are lost', async () => {
-    pool = createTestPool({ poolSize: 3, maxOverflow: 0 });
+    pool = fixture.pool({ poolSize: 3, maxOverflow: 0 });
     await pool.warmUp();
-    await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1', [pool.settings.name]);
+    await admin().query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1', [pool.settings.name]);
     const p = pool;
     expect(await eventually(() => p.counters.removed >= 3 && p.totalCount === 3 && p.idleCount === 3, 5_000)).toBe(true);
-    expect(await backendPids(admin, pool.settings.name)).toHaveLength(3);
+    expect(await backendPids(admin(), pool.settings.name)).toHaveLength(3);
   });
 });

@@ -3,12 +3,13 @@ import type { DbPoolOptions } from './db-pool.options.js';
 import { OPTION_KEYS } from './option-keys.js';
 
 /**
- * The pool's keys read from the environment as a `@nestjs/config` namespace (`dbPool`):
- * `DbPoolModule.forRootAsync(dbPoolConfig.asProvider())`. Values stay raw here; the module
- * validates them once, with everything else, when it starts.
+ * The default pool's environment as a `@nestjs/config` namespace (`dbPool`):
+ * `DbPoolModule.forRootAsync(dbPoolConfig.asProvider())`. The values stay raw and are passed as
+ * the environment (not as code options), so the module validates them once, at start-up, and
+ * names the variables in its errors.
  */
 export const dbPoolConfig = registerAs('dbPool', (): DbPoolOptions => {
-  const options: Record<string, string | undefined> = {};
-  for (const key of OPTION_KEYS) options[key.option] = process.env[key.env];
-  return options as DbPoolOptions;
+  const env: Record<string, string | undefined> = {};
+  for (const key of OPTION_KEYS) env[key.env] = process.env[key.env];
+  return { env };
 });

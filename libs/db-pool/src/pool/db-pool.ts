@@ -73,6 +73,8 @@ interface PgPoolInternals {
 }
 
 const LAST_USED = Symbol('dbPool.lastUsed');
+/** LAST_USED of a connection opened for the caller about to get it: no need to validate it. */
+const JUST_OPENED = -1;
 type TrackedClient = pg.PoolClient & { [LAST_USED]?: number; getTransactionStatus?(): string | null };
 
 const PING = 'SELECT 1';
@@ -184,7 +186,10 @@ export class DbPool extends pg.Pool {
     const onClient: Callback = (err, client) => {
       if (settled) {
         // We gave up waiting; a connection that arrives late goes back to the pool.
-        if (!err) client!.release();
+        if (!err) {
+          (client as TrackedClient)[LAST_USED] = Date.now();
+          client!.release();
+        }
         return;
       }
       settled = true;
@@ -194,7 +199,8 @@ export class DbPool extends pg.Pool {
         return callback(new PoolConnectError(this.settings.name, this.state(), err.message, { cause: err }));
       }
       const tracked = client as TrackedClient;
-      if (this.settings.prePing && Date.now() - (tracked[LAST_USED] ?? 0) > this.settings.prePingBypassMs) {
+      const lastUsed = tracked[LAST_USED] ?? 0;
+      if (this.settings.prePing && lastUsed !== JUST_OPENED && Date.now() - lastUsed > this.settings.prePingBypassMs) {
         return this.validate(tracked, deadline, callback);
       }
       this.handOut(tracked, callback);
@@ -208,10 +214,11 @@ export class DbPool extends pg.Pool {
     timer = setTimeout(() => {
       if (settled) return;
       settled = true;
+      const state = this.state(); // as the caller saw it, itself still waiting
       const i = queue.findIndex((item) => item.callback === onClient);
       if (i !== -1) queue.splice(i, 1);
       this.counters.timeouts++;
-      callback(new PoolTimeoutError(this.settings.name, this.settings.poolTimeoutMs, this.state(), lastError ? { cause: lastError } : undefined));
+      callback(new PoolTimeoutError(this.settings.name, this.settings.poolTimeoutMs, state, lastError ? { cause: lastError } : undefined));
     }, Math.max(0, deadline - Date.now()));
     timer.unref();
   }
@@ -258,7 +265,7 @@ export class DbPool extends pg.Pool {
 
   private onConnect(client: TrackedClient): void {
     this.counters.created++;
-    client[LAST_USED] = Date.now();
+    client[LAST_USED] = JUST_OPENED;
     // A checked-out client has no pg-pool listener; its errors must not crash the process.
     // pg marks it unusable and pg-pool drops it when it comes back.
     client.on('error', (err: Error) => {
@@ -318,6 +325,7 @@ export class DbPool extends pg.Pool {
     this.internals.newClient({
       callback: (err, client) => {
         if (err) return done(err);
+        (client as TrackedClient)[LAST_USED] = Date.now();
         client!.release();
         done();
       },

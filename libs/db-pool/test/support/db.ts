@@ -41,3 +41,29 @@ export async function eventually(predicate: () => boolean | Promise<boolean>, ti
   }
   return predicate();
 }
+
+/**
+ * Registers the usual hooks of a pool test: an admin client for the file, and every pool made
+ * with `pool()` ended after its test.
+ */
+export function poolFixture(): { admin: () => pg.Client; pool: (options?: Omit<DbPoolOptions, 'env'>) => DbPool } {
+  let admin: pg.Client | undefined;
+  const pools: DbPool[] = [];
+  beforeAll(async () => {
+    admin = await adminClient();
+  });
+  afterEach(async () => {
+    await Promise.all(pools.splice(0).map((p) => p.end()));
+  });
+  afterAll(async () => {
+    await admin?.end();
+  });
+  return {
+    admin: () => admin!,
+    pool: (options) => {
+      const created = createTestPool(options);
+      pools.push(created);
+      return created;
+    },
+  };
+}

@@ -1,0 +1,89 @@
+import 'reflect-metadata';
+import type { INestApplication } from '@nestjs/common';
+import type { AddressInfo } from 'node:net';
+import pg from 'pg';
+import { createApp } from '../src/bootstrap.js';
+
+const url = () => process.env.DATABASE_URL!;
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- response bodies are checked by the assertions
+const body = async (res: Response): Promise<any> => res.json();
+
+describe('api over real HTTP: items and liveness', () => {
+  let app: INestApplication;
+  let base: string;
+  let admin: pg.Client;
+  const tag = `e2e-${process.pid}-${Date.now()}`;
+
+  beforeAll(async () => {
+    app = await createApp({ url: url(), poolSize: 2, maxOverflow: 2, env: {} }, { logger: false });
+    await app.listen(0, '127.0.0.1');
+    base = `http://127.0.0.1:${(app.getHttpServer().address() as AddressInfo).port}`;
+    admin = new pg.Client({ connectionString: url() });
+    await admin.connect();
+  });
+  afterAll(async () => {
+    await admin?.query('DELETE FROM items WHERE name LIKE $1', [`${tag}%`]);
+    await admin?.end();
+    await app?.close();
+  });
+
+  const post = (body: unknown, raw = false) =>
+    fetch(`${base}/items`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: raw ? (body as string) : JSON.stringify(body) });
+
+  it('GET /health/live answers 200 with the Terminus envelope', async () => {
+    const res = await fetch(`${base}/health/live`);
+    expect(res.status).toBe(200);
+    expect(await body(res)).toEqual({ status: 'ok', info: {}, error: {}, details: {} });
+  });
+
+  it('POST /items writes the row and returns it with 201', async () => {
+    const res = await post({ name: `${tag}-first` });
+    expect(res.status).toBe(201);
+    const item = await body(res);
+    expect(item).toMatchObject({ id: expect.any(Number), name: `${tag}-first` });
+    const { rows } = await admin.query('SELECT name FROM items WHERE id = $1', [item.id]);
+    expect(rows).toEqual([{ name: `${tag}-first` }]);
+  });
+
+  it('GET /items/:id returns the item, 404 when absent, 400 for a bad id', async () => {
+    const created = await body(await post({ name: `${tag}-second` }));
+    const res = await fetch(`${base}/items/${created.id}`);
+    expect(res.status).toBe(200);
+    expect(await body(res)).toMatchObject({ id: created.id, name: `${tag}-second` });
+
+    const missing = await fetch(`${base}/items/2147483000`);
+    expect(missing.status).toBe(404);
+    expect((await body(missing)).message).toBe('item 2147483000 not found');
+    expect((await fetch(`${base}/items/abc`)).status).toBe(400);
+  });
+
+  it('GET /items?limit= lists the newest items, and refuses a bad limit', async () => {
+    for (const n of [1, 2, 3]) await post({ name: `${tag}-list-${n}` });
+    const res = await fetch(`${base}/items?limit=2`);
+    expect(res.status).toBe(200);
+    const items = await body(res);
+    expect(items).toHaveLength(2);
+    expect(items[0].id).toBeGreaterThan(items[1].id);
+    expect(items.map((i: { name: string }) => i.name)).toEqual([`${tag}-list-3`, `${tag}-list-2`]);
+    for (const bad of ['0', '101', 'abc', '1.5']) expect((await fetch(`${base}/items?limit=${bad}`)).status).toBe(400);
+  });
+
+  it.each([
+    ['a missing name', {}, 'name must be a string'],
+    ['a non-string name', { name: 42 }, 'name must be a string'],
+    ['an empty name', { name: '   ' }, 'name must not be empty'],
+    ['a too long name', { name: 'x'.repeat(201) }, 'name must be at most 200 characters'],
+    ['an unknown field', { name: 'ok', admin: true }, 'unknown field(s): admin'],
+  ])('POST /items with %s is a 400 with a clear message and writes nothing', async (_case, payload, message) => {
+    const before = (await admin.query('SELECT count(*)::int AS n FROM items')).rows[0].n;
+    const res = await post(payload);
+    expect(res.status).toBe(400);
+    expect((await body(res)).message).toContain(message);
+    expect((await admin.query('SELECT count(*)::int AS n FROM items')).rows[0].n).toBe(before);
+  });
+
+  it('POST /items with malformed JSON is a 400', async () => {
+    const res = await post('{"name":', true);
+    expect(res.status).toBe(400);
+  });
+});

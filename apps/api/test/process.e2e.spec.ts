@@ -1,0 +1,110 @@
+import { execFileSync, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+
+const root = fileURLToPath(new URL('../../../', import.meta.url));
+const main = `${root}apps/api/dist/main.js`;
+
+interface Run {
+  child: ChildProcessWithoutNullStreams;
+  output: () => string;
+  exited: Promise<number | null>;
+}
+
+function start(env: Record<string, string>): Run {
+  const child = spawn(process.execPath, [main], { cwd: root, env: { PATH: process.env.PATH!, NO_COLOR: '1', ...env } });
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (out += d));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  return { child, output: () => out, exited };
+}
+
+async function waitFor(run: Run, text: string, timeoutMs = 20_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!run.output().includes(text)) {
+    if (Date.now() > end || run.child.exitCode !== null) throw new Error(`did not see "${text}" in:\n${run.output()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function freePort(): Promise<number> {
+  const { createServer } = await import('node:net');
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+describe('the api process: start-up validation and graceful shutdown', () => {
+  beforeAll(() => {
+    execFileSync(process.execPath, [`${root}node_modules/typescript/bin/tsc`, '-b', `${root}apps/api/tsconfig.app.json`], { stdio: 'inherit' });
+  });
+
+  it('refuses a bad configuration before it listens: exit 1, one message listing every bad key, no password', async () => {
+    const port = await freePort();
+    const secret = 'Sup3r"secret pw';
+    const run = start({
+      PORT: String(port),
+      DATABASE_URL: `postgres://app:${encodeURIComponent(secret)}@127.0.0.1:5432/test`,
+      DB_POOL_SIZE: 'abc',
+      DB_MAX_OVERFLOW: '-1',
+      DB_POOL_PRE_PING: 'maybe',
+    });
+    const code = await run.exited;
+    const out = run.output();
+    expect(code).toBe(1);
+    expect(out).toContain('api failed to start: Invalid configuration (3 problems)');
+    expect(out).toContain('DB_POOL_SIZE="abc": must be an integer from 1 to 10000');
+    expect(out).toContain('DB_MAX_OVERFLOW="-1": must be an integer from 0 to 10000');
+    expect(out).toContain('DB_POOL_PRE_PING="maybe": must be one of');
+    expect(out).not.toContain('listening');
+    expect(out).not.toContain(secret);
+    expect(out).not.toContain(encodeURIComponent(secret));
+    await expect(fetch(`http://127.0.0.1:${port}/health/live`)).rejects.toThrow();
+  });
+
+  it('refuses a bad PORT and a missing DATABASE_URL in the same message', async () => {
+    const run = start({ PORT: 'eighty' });
+    expect(await run.exited).toBe(1);
+    expect(run.output()).toContain('Invalid configuration (2 problems)');
+    expect(run.output()).toContain('PORT="eighty": must be an integer from 1 to 65535');
+    expect(run.output()).toContain('DATABASE_URL: not set');
+  });
+
+  it('prints where it listens, and on SIGTERM finishes in-flight writes, ends the pool and exits 0', async () => {
+    const port = await freePort();
+    const appName = `api-shutdown-${process.pid}`;
+    const run = start({ PORT: String(port), DATABASE_URL: process.env.DATABASE_URL!, DB_POOL_SIZE: '3', DB_MAX_OVERFLOW: '3', DB_APPLICATION_NAME: appName });
+    await waitFor(run, `API listening on http://localhost:${port}`);
+    expect(run.output()).toContain('url=postgres://');
+    expect(run.output()).toContain('pool_size=3, max_overflow=3, total_max=6');
+
+    const tag = `shutdown-${process.pid}-${Date.now()}`;
+    const writes = Array.from({ length: 40 }, (_, i) =>
+      fetch(`http://127.0.0.1:${port}/items`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: `${tag}-${i}` }) })
+        .then(async (res) => (res.status === 201 ? ((await res.json()) as { id: number }).id : undefined))
+        .catch(() => undefined),
+    );
+    await new Promise((r) => setTimeout(r, 5));
+    run.child.kill('SIGTERM');
+    const acknowledged = (await Promise.all(writes)).filter((id): id is number => id !== undefined);
+    expect(await run.exited).toBe(0);
+    expect(run.output()).toContain('shut down');
+
+    const admin = new pg.Client({ connectionString: process.env.DATABASE_URL });
+    await admin.connect();
+    try {
+      const { rows } = await admin.query<{ id: number }>('SELECT id FROM items WHERE name LIKE $1', [`${tag}-%`]);
+      const stored = new Set(rows.map((r) => r.id));
+      for (const id of acknowledged) expect(stored.has(id)).toBe(true);
+      const { rows: left } = await admin.query('SELECT pid FROM pg_stat_activity WHERE application_name = $1', [appName]);
+      expect(left).toEqual([]);
+      await admin.query('DELETE FROM items WHERE name LIKE $1', [`${tag}-%`]);
+    } finally {
+      await admin.end();
+    }
+  });
+});

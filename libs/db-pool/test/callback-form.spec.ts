@@ -1,0 +1,36 @@
+import type pg from 'pg';
+import type { DbPool } from '../src/index.js';
+import { PoolTimeoutError } from '../src/index.js';
+import { poolFixture } from './support/db.js';
+
+describe('connect(callback), the form TypeORM uses', () => {
+  const fixture = poolFixture();
+  let pool: DbPool;
+
+  it('hands out a client and a release function, like pg.Pool', async () => {
+    pool = fixture.pool({ poolSize: 1, maxOverflow: 0 });
+    const { client, release } = await new Promise<{ client: pg.PoolClient; release: (err?: Error | boolean) => void }>((resolve, reject) =>
+      pool.connect((err, client, release) => (err ? reject(err) : resolve({ client: client!, release: release! }))),
+    );
+    expect((await client.query<{ one: number }>('SELECT 1 AS one')).rows[0].one).toBe(1);
+    expect(release).toBe(client.release);
+    expect(pool.state()).toEqual({ total: 1, active: 1, idle: 0, waiting: 0 });
+    release();
+    expect(pool.state()).toEqual({ total: 1, active: 0, idle: 1, waiting: 0 });
+  });
+
+  it('passes the typed timeout error to the callback', async () => {
+    pool = fixture.pool({ poolSize: 1, maxOverflow: 0, poolTimeout: 1 });
+    const held = await pool.connect();
+    const err = await new Promise<Error | undefined>((resolve) => pool.connect((e) => resolve(e)));
+    expect(err).toBeInstanceOf(PoolTimeoutError);
+    held.release();
+  });
+
+  it('keeps pool.query working through the same acquire path', async () => {
+    pool = fixture.pool({ poolSize: 1, maxOverflow: 0 });
+    const rows = await new Promise<unknown[]>((resolve, reject) => pool.query('SELECT 2 AS two', [], (err, res) => (err ? reject(err) : resolve(res.rows))));
+    expect(rows).toEqual([{ two: 2 }]);
+    expect(pool.counters.acquired).toBe(1);
+  });
+});

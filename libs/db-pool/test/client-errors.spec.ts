@@ -1,0 +1,44 @@
+import type pg from 'pg';
+import { PoolReleaseError, type DbPool } from '../src/index.js';
+import { eventually, poolFixture } from './support/db.js';
+
+describe('connection errors and misuse never crash the process', () => {
+  const fixture = poolFixture();
+  const admin = () => fixture.admin();
+  let pool: DbPool;
+
+  it('absorbs the error of a checked-out connection whose backend is killed; the query rejects and the client is dropped on release', async () => {
+    pool = fixture.pool({ poolSize: 1, maxOverflow: 0 });
+    const client = await pool.connect();
+    const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+    const running = client.query('SELECT pg_sleep(5)');
+    await admin().query('SELECT pg_terminate_backend($1)', [pid]);
+    await expect(running).rejects.toThrow(/terminat/);
+    client.release();
+    const p = pool;
+    expect(await eventually(() => p.counters.removed >= 1)).toBe(true);
+    const { rows } = await pool.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+    expect(rows[0].pid).not.toBe(pid);
+  });
+
+  it('absorbs the error of an idle connection whose backend is killed', async () => {
+    pool = fixture.pool({ poolSize: 2, maxOverflow: 0 });
+    await pool.warmUp();
+    await admin().query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1', [pool.settings.name]);
+    const p = pool;
+    expect(await eventually(() => p.counters.clientErrors >= 2)).toBe(true);
+    await expect(pool.query('SELECT 1')).resolves.toBeDefined();
+  });
+
+  it('refuses a double release with a clear error and keeps its counts consistent', async () => {
+    pool = fixture.pool({ poolSize: 1, maxOverflow: 0 });
+    const client = await pool.connect();
+    client.release();
+    expect(() => client.release()).toThrow(PoolReleaseError);
+    expect(() => client.release()).toThrow(/release called on a client that was already released/);
+    expect(pool.state()).toEqual({ total: 1, active: 0, idle: 1, waiting: 0 });
+    const again = await pool.connect();
+    expect(pool.state()).toEqual({ total: 1, active: 1, idle: 0, waiting: 0 });
+    again.release();
+  });
+});

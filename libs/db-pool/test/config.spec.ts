@@ -1,0 +1,152 @@
+import { DbPoolConfigError, describeConfig, OPTION_KEYS, resolveDbPoolConfig } from '../src/index.js';
+
+const URL_OK = 'postgres://app:s3cr%40t:pw@db.internal:5432/app';
+const PASSWORD = 's3cr@t:pw';
+
+function problemsOf(env: Record<string, string>, options: Record<string, unknown> = {}): string[] {
+  try {
+    resolveDbPoolConfig({ env: { DATABASE_URL: URL_OK, ...env }, ...options });
+  } catch (err) {
+    expect(err).toBeInstanceOf(DbPoolConfigError);
+    return [...(err as DbPoolConfigError).problems];
+  }
+  return [];
+}
+
+describe('configuration: defaults', () => {
+  it("applies the seed's names and defaults", () => {
+    const config = resolveDbPoolConfig({ env: { DATABASE_URL: URL_OK } });
+    expect(config).toMatchObject({
+      name: 'default',
+      poolSize: 20,
+      maxOverflow: 40,
+      poolTimeoutMs: 30_000,
+      recycleMs: 3_600_000,
+      prePing: true,
+      prePingBypassMs: 500,
+      overflowIdleTimeoutMs: 10_000,
+      connectTimeoutMs: 10_000,
+      applicationName: 'db-pool',
+    });
+  });
+
+  it('treats an empty value as unset, so the default applies', () => {
+    const config = resolveDbPoolConfig({ env: { DATABASE_URL: URL_OK, DB_POOL_SIZE: '', DB_POOL_PRE_PING: '' } });
+    expect(config.poolSize).toBe(20);
+    expect(config.prePing).toBe(true);
+  });
+
+  it('lets code options override the environment', () => {
+    const config = resolveDbPoolConfig({ env: { DATABASE_URL: URL_OK, DB_POOL_SIZE: '7' }, poolSize: 3, maxOverflow: '0' });
+    expect(config.poolSize).toBe(3);
+    expect(config.maxOverflow).toBe(0);
+  });
+
+  it('reads a named pool from its own prefixed variables', () => {
+    const config = resolveDbPoolConfig({ name: 'reporting', envPrefix: 'REPORTING_', env: { REPORTING_DATABASE_URL: URL_OK, REPORTING_DB_POOL_SIZE: '4', DB_POOL_SIZE: '9' } });
+    expect(config.poolSize).toBe(4);
+    expect(config.applicationName).toBe('db-pool:reporting');
+  });
+
+  it('accepts the boolean words', () => {
+    for (const [word, value] of [['true', true], ['FALSE', false], ['1', true], ['0', false], ['yes', true], ['no', false], ['on', true], ['off', false]] as const) {
+      expect(resolveDbPoolConfig({ env: { DATABASE_URL: URL_OK, DB_POOL_PRE_PING: word } }).prePing).toBe(value);
+    }
+  });
+
+  it('shortens the default connect timeout to a shorter pool timeout instead of refusing it', () => {
+    expect(resolveDbPoolConfig({ env: { DATABASE_URL: URL_OK, DB_POOL_TIMEOUT: '3' } }).connectTimeoutMs).toBe(3_000);
+  });
+
+  it('prints the effective configuration in one line with the password redacted', () => {
+    const line = describeConfig(resolveDbPoolConfig({ env: { DATABASE_URL: URL_OK } }));
+    expect(line).toBe(
+      'db-pool "default" configured: url=postgres://app:***@db.internal:5432/app, pool_size=20, max_overflow=40, total_max=60, ' +
+        'timeout=30s, recycle=3600s, pre_ping=true, connect_timeout=10s, overflow_idle_timeout=10s, application_name=db-pool',
+    );
+    expect(line).not.toContain('s3cr');
+  });
+});
+
+describe('configuration: validation', () => {
+  const invalid: [string, string, RegExp][] = [
+    ['DB_POOL_SIZE', 'abc', /^DB_POOL_SIZE="abc": must be an integer from 1 to 10000$/],
+    ['DB_POOL_SIZE', '0', /^DB_POOL_SIZE="0": must be an integer from 1 to 10000$/],
+    ['DB_POOL_SIZE', '-1', /^DB_POOL_SIZE="-1": must be an integer/],
+    ['DB_POOL_SIZE', '1.5', /^DB_POOL_SIZE="1.5": must be an integer/],
+    ['DB_POOL_SIZE', '1e9', /^DB_POOL_SIZE="1e9": must be an integer/],
+    ['DB_POOL_SIZE', 'Infinity', /^DB_POOL_SIZE="Infinity": must be an integer/],
+    ['DB_POOL_SIZE', '0x10', /^DB_POOL_SIZE="0x10": must be an integer/],
+    ['DB_MAX_OVERFLOW', '-1', /^DB_MAX_OVERFLOW="-1": must be an integer from 0 to 10000$/],
+    ['DB_POOL_TIMEOUT', '0', /^DB_POOL_TIMEOUT="0": must be an integer from 1 to 3600$/],
+    ['DB_POOL_RECYCLE', 'soon', /^DB_POOL_RECYCLE="soon": must be an integer from 0 to 604800$/],
+    ['DB_POOL_PRE_PING', 'maybe', /^DB_POOL_PRE_PING="maybe": must be one of true, 1, yes, on, false, 0, no, off$/],
+    ['DB_POOL_PRE_PING_BYPASS_MS', '-5', /^DB_POOL_PRE_PING_BYPASS_MS="-5": must be an integer from 0 to 60000$/],
+    ['DB_POOL_OVERFLOW_IDLE_TIMEOUT', '0', /^DB_POOL_OVERFLOW_IDLE_TIMEOUT="0": must be an integer from 1 to 3600$/],
+    ['DB_CONNECT_TIMEOUT', 'abc', /^DB_CONNECT_TIMEOUT="abc": must be an integer from 1 to 600$/],
+    ['DB_POOL_RECYCLE_JITTER', '80', /^DB_POOL_RECYCLE_JITTER="80": must be an integer from 0 to 50$/],
+    ['DB_VALIDATION_TIMEOUT_MS', '1', /^DB_VALIDATION_TIMEOUT_MS="1": must be an integer from 100 to 60000$/],
+    ['DB_STATEMENT_TIMEOUT_MS', '-1', /^DB_STATEMENT_TIMEOUT_MS="-1": must be an integer/],
+    ['DB_APPLICATION_NAME', 'x'.repeat(64), /^DB_APPLICATION_NAME=".*": must be a text of 1 to 63 characters$/],
+    ['DATABASE_URL', 'mysql://root@localhost/db', /^DATABASE_URL="mysql:\/\/root@localhost\/db": must be a postgres:\/\/ or postgresql:\/\/ URL/],
+    ['DATABASE_URL', 'not a url', /^DATABASE_URL="not a url": must be a postgres/],
+  ];
+
+  it.each(invalid)('%s=%s is refused, naming the key, the value and what is allowed', (key, value, expected) => {
+    const problems = problemsOf({ [key]: value });
+    expect(problems).toHaveLength(1);
+    expect(problems[0]).toMatch(expected);
+  });
+
+  it('lists every bad key in one error', () => {
+    const problems = problemsOf({ DB_POOL_SIZE: 'abc', DB_MAX_OVERFLOW: '-1', DB_POOL_PRE_PING: 'maybe', DB_POOL_TIMEOUT: '1.5' });
+    expect(problems.map((p) => p.split('=')[0])).toEqual(['DB_POOL_SIZE', 'DB_MAX_OVERFLOW', 'DB_POOL_TIMEOUT', 'DB_POOL_PRE_PING']);
+  });
+
+  it('names the code option and its variable when the bad value came from code', () => {
+    expect(problemsOf({}, { poolSize: 0 })).toEqual(['poolSize (DB_POOL_SIZE)="0": must be an integer from 1 to 10000']);
+  });
+
+  it('refuses cross-field conflicts', () => {
+    expect(problemsOf({ DB_POOL_TIMEOUT: '5', DB_CONNECT_TIMEOUT: '20' })).toEqual([
+      'DB_CONNECT_TIMEOUT=20 exceeds DB_POOL_TIMEOUT=5: a connection that takes that long to open could never be handed out in time; make DB_CONNECT_TIMEOUT ≤ DB_POOL_TIMEOUT',
+    ]);
+    expect(problemsOf({ DB_POOL_SIZE: '9000', DB_MAX_OVERFLOW: '2000' })).toEqual(['DB_POOL_SIZE + DB_MAX_OVERFLOW = 11000: the total capacity must be at most 10000']);
+  });
+
+  it('refuses a missing DATABASE_URL with an example', () => {
+    expect(() => resolveDbPoolConfig({ env: {} })).toThrow(/DATABASE_URL: not set; give a postgres:\/\/ URL/);
+  });
+
+  it('never shows the password: not in the message, not in the problems, not for a malformed URL', () => {
+    const secret = 'pa ss"w@rd:/?#';
+    const urls = [
+      `postgres://app:${encodeURIComponent(secret)}@db:5432/app`,
+      `postgres://app:${encodeURIComponent(secret)}@db:notaport/app`,
+      `postgresql://app:${secret}@db/app`,
+      `mysql://app:${encodeURIComponent(secret)}@db/app`,
+      `postgres://db/app?password=${encodeURIComponent(secret)}&sslmode=require`,
+    ];
+    for (const url of urls) {
+      let message = '';
+      try {
+        resolveDbPoolConfig({ env: { DATABASE_URL: url, DB_POOL_SIZE: 'abc' } });
+      } catch (err) {
+        message = `${(err as Error).message}\n${JSON.stringify(err)}`;
+      }
+      expect(message).toContain('DB_POOL_SIZE');
+      expect(message).not.toContain(secret);
+      expect(message).not.toContain(encodeURIComponent(secret));
+      expect(message).not.toContain('ss"w');
+    }
+  });
+
+  it('has a rule for every key, and every key is documented in the README', async () => {
+    const { readFile } = await import('node:fs/promises');
+    const readme = await readFile(new URL('../README.md', import.meta.url), 'utf8');
+    for (const key of OPTION_KEYS) {
+      expect(readme).toContain(`\`${key.env}\``);
+      expect(readme).toContain(`\`${key.option}\``);
+    }
+  });
+});

@@ -1,0 +1,67 @@
+import type { DbPool } from '../src/index.js';
+import { poolFixture, sleep } from './support/db.js';
+
+describe('recycling (DB_POOL_RECYCLE) with jitter', () => {
+  const fixture = poolFixture();
+  let pool: DbPool;
+
+  it('rotates backend pids under steady load with zero failed queries', async () => {
+    pool = fixture.pool({ poolSize: 3, maxOverflow: 2, recycle: 1, recycleJitter: 50 });
+    await pool.warmUp();
+    const p = pool;
+    const seen = new Set<number>();
+    const firstPids = new Set<number>();
+    let failures = 0;
+    let queries = 0;
+    const end = Date.now() + 3_000;
+    const worker = async () => {
+      while (Date.now() < end) {
+        try {
+          const { rows } = await p.query<{ pid: number }>('SELECT pg_backend_pid() AS pid, pg_sleep(0.005)');
+          if (Date.now() < end - 2_600) firstPids.add(rows[0].pid);
+          seen.add(rows[0].pid);
+          queries++;
+        } catch {
+          failures++;
+        }
+      }
+    };
+    await Promise.all([worker(), worker(), worker()]);
+
+    expect(failures).toBe(0);
+    expect(queries).toBeGreaterThan(100);
+    expect(pool.counters.recycled).toBeGreaterThanOrEqual(3);
+    // Every connection of the first moments has been replaced at least once.
+    expect(seen.size).toBeGreaterThanOrEqual(firstPids.size + 3);
+    expect(pool.totalCount).toBeLessThanOrEqual(5);
+  });
+
+  it('never retires a connection while it is checked out', async () => {
+    pool = fixture.pool({ poolSize: 1, maxOverflow: 0, recycle: 1, recycleJitter: 0 });
+    await pool.warmUp();
+    const client = await pool.connect();
+    const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+    await sleep(1_300); // past its lifetime, still checked out
+    expect((await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid).toBe(pid);
+    expect(pool.totalCount).toBe(1);
+    client.release();
+    const { rows } = await pool.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+    expect(rows[0].pid).not.toBe(pid);
+  });
+
+  it('spreads lifetimes with jitter so a pool does not reconnect all at once', async () => {
+    pool = fixture.pool({ poolSize: 6, maxOverflow: 0, recycle: 2, recycleJitter: 50 });
+    await pool.warmUp();
+    const p = pool;
+    const retiredAt: number[] = [];
+    const started = Date.now();
+    pool.on('remove', () => retiredAt.push(Date.now() - started));
+    await sleep(2_200);
+    expect(retiredAt.length).toBe(6);
+    const spread = Math.max(...retiredAt) - Math.min(...retiredAt);
+    expect(spread).toBeGreaterThan(100);
+    expect(Math.min(...retiredAt)).toBeGreaterThanOrEqual(900);
+    await sleep(300);
+    expect(p.totalCount).toBe(6);
+  });
+});
