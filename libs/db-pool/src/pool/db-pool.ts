@@ -136,8 +136,8 @@ export class DbPool extends pg.Pool {
     this.on('remove', () => this.onRemove());
     // An error on an idle client: pg-pool has removed it already; without a listener the
     // process would crash.
+    // (Counted by the per-client listener in onConnect.)
     this.on('error', (err: Error) => {
-      this.counters.clientErrors++;
       this.logger.warn(`db-pool "${settings.name}": idle connection lost: ${err.message}`);
     });
   }
