@@ -9,10 +9,12 @@ export function databaseUrl(): string {
 }
 
 let poolCounter = 0;
+const RUN_ID = `${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
 
 /** A small DbPool against the test server, with its own application_name to find its backends. */
 export function createTestPool(options: Omit<DbPoolOptions, 'env'> = {}): DbPool {
-  const name = options.name ?? `test-${process.pid}-${++poolCounter}`;
+  // Jest runs the files in one process: the run id keeps names unique across files.
+  const name = options.name ?? `test-${RUN_ID}-${++poolCounter}`;
   const config = resolveDbPoolConfig({ url: databaseUrl(), poolSize: 2, maxOverflow: 3, poolTimeout: 5, applicationName: name, env: {}, ...options, name });
   return new DbPool({ connectionString: config.url, application_name: config.applicationName, dbPool: toPoolSettings(config) });
 }
