@@ -42,7 +42,8 @@ export async function startEmbeddedPostgres(options = {}) {
     user,
     password,
     authMethod: options.authMethod ?? 'password',
-    persistent: false,
+    // Kept across server.stop()/start() so tests can restart it; stop() below removes it.
+    persistent: true,
     // PostgreSQL refuses to run as root; the package then runs it as a `postgres` system user.
     createPostgresUser: asRoot,
     postgresFlags: ['-c', 'listen_addresses=127.0.0.1', ...(options.postgresFlags ?? [])],

@@ -15,8 +15,11 @@ export const apiTypeOrmOptions: DbPoolOptions['typeorm'] = {
 
 @Module({})
 export class AppModule {
-  /** `overrides` lets tests set pool options in code; they win over the environment. */
-  static register(overrides: DbPoolOptions = {}): DynamicModule {
+  /**
+   * `overrides` lets tests set pool options in code (they win over the environment);
+   * `extraPools` registers further named pools next to the default one.
+   */
+  static register(overrides: DbPoolOptions = {}, extraPools: DbPoolOptions[] = []): DynamicModule {
     return {
       module: AppModule,
       imports: [
@@ -26,6 +29,7 @@ export class AppModule {
           inject: [dbPoolConfig.KEY],
           useFactory: (fromEnv: DbPoolOptions): DbPoolOptions => ({ ...fromEnv, ...overrides, typeorm: { ...apiTypeOrmOptions, ...overrides.typeorm } }),
         }),
+        ...extraPools.map((options) => DbPoolModule.forRoot(options)),
         ItemsModule,
         HealthModule,
       ],

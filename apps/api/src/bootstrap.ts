@@ -1,11 +1,17 @@
-import type { INestApplication } from '@nestjs/common';
+import type { INestApplication, LoggerService } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import type { DbPoolOptions } from '@db-pool/db-pool';
 import { AppModule } from './app.module.js';
 
 /** Builds the api (not listening yet). Shared by main.ts and the e2e tests. */
-export async function createApp(overrides: DbPoolOptions = {}, options: { logger?: false } = {}): Promise<INestApplication> {
-  return NestFactory.create(AppModule.register(overrides), { abortOnError: false, ...(options.logger === false ? { logger: false } : {}) });
+export async function createApp(
+  overrides: DbPoolOptions = {},
+  options: { logger?: false | LoggerService; extraPools?: DbPoolOptions[] } = {},
+): Promise<INestApplication> {
+  return NestFactory.create(AppModule.register(overrides, options.extraPools), {
+    abortOnError: false,
+    ...(options.logger !== undefined ? { logger: options.logger } : {}),
+  });
 }
 
 /**

@@ -4,8 +4,12 @@ import { DataSource, type DataSourceOptions } from 'typeorm';
 import type { DbPoolConfig, DbPoolOptions } from './config/db-pool.options.js';
 import { DEFAULT_POOL_NAME, describeConfig, resolveDbPoolConfig } from './config/resolve-config.js';
 import { ASYNC_OPTIONS_TYPE, ConfigurableModuleClass, DB_POOL_MODULE_OPTIONS, OPTIONS_TYPE } from './db-pool.module-definition.js';
+import { DbPoolCoreModule } from './db-pool-core.module.js';
+import { PoolMonitor } from './monitor/pool-monitor.js';
+import { DbPoolRegistry } from './monitor/pool-registry.js';
+import type { DbPool } from './pool/db-pool.js';
 import { poolOf, toTypeOrmOptions } from './pool/typeorm-options.js';
-import { getDbPoolConfigToken, getDbPoolToken } from './tokens.js';
+import { getDbPoolConfigToken, getDbPoolToken, getPoolMonitorToken } from './tokens.js';
 
 const logger = new Logger('DbPool');
 
@@ -62,14 +66,23 @@ function withPool(base: DynamicModule, name: string): DynamicModule {
   return {
     module: DbPoolModule,
     global: true,
-    imports: [configModule, typeOrm],
+    imports: [DbPoolCoreModule, configModule, typeOrm],
     providers: [
       {
         provide: getDbPoolToken(name),
         inject: [getDataSourceToken(name === DEFAULT_POOL_NAME ? undefined : name)],
         useFactory: poolOf,
       },
+      {
+        provide: getPoolMonitorToken(name),
+        inject: [getDbPoolToken(name), configToken, DbPoolRegistry],
+        useFactory: (pool: DbPool, config: DbPoolConfig, registry: DbPoolRegistry) => {
+          const monitor = new PoolMonitor(pool, config, logger);
+          registry.add(monitor);
+          return monitor;
+        },
+      },
     ],
-    exports: [configModule, getDbPoolToken(name)],
+    exports: [configModule, getDbPoolToken(name), getPoolMonitorToken(name)],
   };
 }

@@ -15,4 +15,19 @@ export {
 export { DbPool, type DbPoolCounters, type DbPoolLogger, type DbPoolSettings } from './pool/db-pool.js';
 export { createPgDriver, poolOf, toPoolSettings, toTypeOrmOptions } from './pool/typeorm-options.js';
 export { REDACTED, redactUrl } from './redact.js';
-export { InjectDbPool, InjectDbPoolConfig, getDbPoolConfigToken, getDbPoolToken } from './tokens.js';
+export { InjectDbPool, InjectDbPoolConfig, InjectPoolMonitor, getDbPoolConfigToken, getDbPoolToken, getPoolMonitorToken } from './tokens.js';
+export { DbPoolCoreModule } from './db-pool-core.module.js';
+export { DbPoolHealthIndicator } from './health/db-pool.health.js';
+export { DbPoolMetrics } from './metrics/db-pool.metrics.js';
+export { RECOMMENDATIONS } from './monitor/messages.constant.js';
+export {
+  PoolMonitor,
+  type PoolConfiguration,
+  type PoolHealth,
+  type PoolHealthReport,
+  type PoolMonitorOptions,
+  type PoolStatus,
+} from './monitor/pool-monitor.js';
+export { DbPoolRegistry } from './monitor/pool-registry.js';
+export type { ServerHeadroom } from './monitor/server-headroom.js';
+export { Histogram, type PoolTimings } from './pool/histogram.js';

@@ -16,3 +16,11 @@ export const InjectDbPool = (name?: string) => Inject(getDbPoolToken(name));
 
 /** Injects the validated {@link DbPoolConfig} of a named pool. */
 export const InjectDbPoolConfig = (name?: string) => Inject(getDbPoolConfigToken(name));
+
+/** Injection token of the {@link PoolMonitor} of a named pool. */
+export function getPoolMonitorToken(name: string = DEFAULT_POOL_NAME): string {
+  return `PoolMonitor:${name}`;
+}
+
+/** Injects the {@link PoolMonitor} of a named pool. */
+export const InjectPoolMonitor = (name?: string) => Inject(getPoolMonitorToken(name));

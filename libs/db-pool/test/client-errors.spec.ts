@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { PoolReleaseError, type DbPool } from '../src/index.js';
-import { eventually, poolFixture } from './support/db.js';
+import { backendPids, eventually, poolFixture } from './support/db.js';
 
 describe('connection errors and misuse never crash the process', () => {
   const fixture = poolFixture();
@@ -42,5 +42,32 @@ describe('connection errors and misuse never crash the process', () => {
     const again = await pool.connect();
     expect(pool.state()).toEqual({ total: 1, active: 1, idle: 0, waiting: 0 });
     again.release();
+  });
+});
+
+describe('shutdown with connections still checked out', () => {
+  const fixture = poolFixture();
+
+  it('closes them after the grace period, so end() always finishes', async () => {
+    const pool = fixture.pool({ poolSize: 2, maxOverflow: 1, shutdownGrace: 1 });
+    await pool.warmUp();
+    const leaked = await pool.connect();
+    const started = Date.now();
+    await pool.end();
+    const elapsed = Date.now() - started;
+    expect(elapsed).toBeGreaterThanOrEqual(950);
+    expect(elapsed).toBeLessThan(2_500);
+    expect(pool.totalCount).toBe(0);
+    expect(() => leaked.release()).not.toThrow(); // a late release is harmless
+    expect(await eventually(async () => (await backendPids(fixture.admin(), pool.settings.name)).length === 0, 3_000)).toBe(true);
+  });
+
+  it('finishes at once when every connection is back', async () => {
+    const pool = fixture.pool({ poolSize: 2, maxOverflow: 1, shutdownGrace: 5 });
+    const client = await pool.connect();
+    setTimeout(() => client.release(), 100);
+    const started = Date.now();
+    await pool.end();
+    expect(Date.now() - started).toBeLessThan(1_000);
   });
 });

@@ -27,6 +27,12 @@ describe('configuration: defaults', () => {
       overflowIdleTimeoutMs: 10_000,
       connectTimeoutMs: 10_000,
       applicationName: 'db-pool',
+      leakThresholdMs: 0,
+      warnUtilization: 70,
+      criticalUtilization: 90,
+      expectedReplicas: 1,
+      healthTimeoutMs: 1_000,
+      headroomIntervalMs: 30_000,
     });
   });
 
@@ -62,7 +68,7 @@ describe('configuration: defaults', () => {
     const line = describeConfig(resolveDbPoolConfig({ env: { DATABASE_URL: URL_OK } }));
     expect(line).toBe(
       'db-pool "default" configured: url=postgres://app:***@db.internal:5432/app, pool_size=20, max_overflow=40, total_max=60, ' +
-        'timeout=30s, recycle=3600s, pre_ping=true, connect_timeout=10s, overflow_idle_timeout=10s, application_name=db-pool',
+        'timeout=30s, recycle=3600s, pre_ping=true, connect_timeout=10s, overflow_idle_timeout=10s, leak_threshold=off, application_name=db-pool',
     );
     expect(line).not.toContain('s3cr');
   });
@@ -88,6 +94,13 @@ describe('configuration: validation', () => {
     ['DB_VALIDATION_TIMEOUT_MS', '1', /^DB_VALIDATION_TIMEOUT_MS="1": must be an integer from 100 to 60000$/],
     ['DB_STATEMENT_TIMEOUT_MS', '-1', /^DB_STATEMENT_TIMEOUT_MS="-1": must be an integer/],
     ['DB_APPLICATION_NAME', 'x'.repeat(64), /^DB_APPLICATION_NAME=".*": must be a text of 1 to 63 characters$/],
+    ['DB_POOL_LEAK_THRESHOLD', '1', /^DB_POOL_LEAK_THRESHOLD="1": must be 0 \(off\) or an integer from 2 to 86400$/],
+    ['DB_POOL_LEAK_THRESHOLD', '-1', /^DB_POOL_LEAK_THRESHOLD="-1": must be 0 \(off\) or an integer/],
+    ['DB_POOL_WARN_UTILIZATION', '101', /^DB_POOL_WARN_UTILIZATION="101": must be an integer from 1 to 100$/],
+    ['DB_POOL_CRITICAL_UTILIZATION', '0', /^DB_POOL_CRITICAL_UTILIZATION="0": must be an integer from 1 to 100$/],
+    ['DB_POOL_EXPECTED_REPLICAS', '0', /^DB_POOL_EXPECTED_REPLICAS="0": must be an integer from 1 to 10000$/],
+    ['DB_POOL_HEALTH_TIMEOUT_MS', '10', /^DB_POOL_HEALTH_TIMEOUT_MS="10": must be an integer from 100 to 60000$/],
+    ['DB_POOL_HEADROOM_INTERVAL', '1.5', /^DB_POOL_HEADROOM_INTERVAL="1.5": must be 0 \(off\) or an integer from 1 to 86400$/],
     ['DATABASE_URL', 'mysql://root@localhost/db', /^DATABASE_URL="mysql:\/\/root@localhost\/db": must be a postgres:\/\/ or postgresql:\/\/ URL/],
     ['DATABASE_URL', 'not a url', /^DATABASE_URL="not a url": must be a postgres/],
   ];
@@ -112,6 +125,9 @@ describe('configuration: validation', () => {
       'DB_CONNECT_TIMEOUT=20 exceeds DB_POOL_TIMEOUT=5: a connection that takes that long to open could never be handed out in time; make DB_CONNECT_TIMEOUT ≤ DB_POOL_TIMEOUT',
     ]);
     expect(problemsOf({ DB_POOL_SIZE: '9000', DB_MAX_OVERFLOW: '2000' })).toEqual(['DB_POOL_SIZE + DB_MAX_OVERFLOW = 11000: the total capacity must be at most 10000']);
+    expect(problemsOf({ DB_POOL_WARN_UTILIZATION: '90', DB_POOL_CRITICAL_UTILIZATION: '80' })).toEqual([
+      'DB_POOL_WARN_UTILIZATION=90 is not below DB_POOL_CRITICAL_UTILIZATION=80: the warning threshold must be lower than the critical one',
+    ]);
   });
 
   it('refuses a missing DATABASE_URL with an example', () => {

@@ -49,6 +49,20 @@ export interface DbPoolOptions {
   validationTimeoutMs?: Loose<number>;
   /** `DB_STATEMENT_TIMEOUT_MS`: server-side `statement_timeout` for every connection (0 = none). @default 0 */
   statementTimeoutMs?: Loose<number>;
+  /** `DB_POOL_LEAK_THRESHOLD`: seconds a checkout may be held before it is logged with its stack (0 = off, else ≥ 2). @default 0 */
+  leakThreshold?: Loose<number>;
+  /** `DB_POOL_WARN_UTILIZATION`: % of capacity checked out above which health is "warning". @default 70 */
+  warnUtilization?: Loose<number>;
+  /** `DB_POOL_CRITICAL_UTILIZATION`: % above which health is "critical". @default 90 */
+  criticalUtilization?: Loose<number>;
+  /** `DB_POOL_EXPECTED_REPLICAS`: processes running this configuration against the same server. @default 1 */
+  expectedReplicas?: Loose<number>;
+  /** `DB_POOL_HEALTH_TIMEOUT_MS`: ms a readiness probe or a headroom sample may take in all. @default 1000 */
+  healthTimeoutMs?: Loose<number>;
+  /** `DB_POOL_HEADROOM_INTERVAL`: seconds between server-headroom samples (0 = off). @default 30 */
+  headroomInterval?: Loose<number>;
+  /** `DB_POOL_SHUTDOWN_GRACE`: seconds `end()` waits for checked-out connections before closing them. @default 10 */
+  shutdownGrace?: Loose<number>;
   /** `DB_APPLICATION_NAME`: `application_name` shown in `pg_stat_activity`. @default 'db-pool' ('db-pool:<name>' for a named pool) */
   applicationName?: string;
 
@@ -79,6 +93,13 @@ export interface DbPoolConfig {
   connectTimeoutMs: number;
   validationTimeoutMs: number;
   statementTimeoutMs: number;
+  leakThresholdMs: number;
+  warnUtilization: number;
+  criticalUtilization: number;
+  expectedReplicas: number;
+  healthTimeoutMs: number;
+  headroomIntervalMs: number;
+  shutdownGraceMs: number;
   applicationName: string;
   typeorm: NonNullable<DbPoolOptions['typeorm']>;
 }

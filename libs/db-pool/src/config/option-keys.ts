@@ -8,6 +8,8 @@ export interface OptionKey {
   min?: number;
   max?: number;
   default?: number | boolean | string;
+  /** A value outside [min, max] that is allowed and means "off". */
+  off?: number;
   /** Shown in the README table. */
   meaning: string;
 }
@@ -29,5 +31,12 @@ export const OPTION_KEYS: readonly OptionKey[] = [
   { option: 'connectTimeout', env: 'DB_CONNECT_TIMEOUT', kind: 'int', min: 1, max: 600, default: 10, meaning: 'seconds opening one new connection may take (at most DB_POOL_TIMEOUT; by default the smaller of 10 and DB_POOL_TIMEOUT)' },
   { option: 'validationTimeoutMs', env: 'DB_VALIDATION_TIMEOUT_MS', kind: 'int', min: 100, max: 60_000, default: 5_000, meaning: 'ms a pre-ping or a rollback on return may take before the connection is discarded' },
   { option: 'statementTimeoutMs', env: 'DB_STATEMENT_TIMEOUT_MS', kind: 'int', min: 0, max: 86_400_000, default: 0, meaning: "server-side statement_timeout of every connection (0 = the server's)" },
+  { option: 'leakThreshold', env: 'DB_POOL_LEAK_THRESHOLD', kind: 'int', min: 2, max: 86_400, off: 0, default: 0, meaning: 'seconds a checkout may be held before it is logged as a possible leak, with the stack that took it (0 = off)' },
+  { option: 'warnUtilization', env: 'DB_POOL_WARN_UTILIZATION', kind: 'int', min: 1, max: 100, default: 70, meaning: 'utilization (% of capacity checked out) above which health is "warning"' },
+  { option: 'criticalUtilization', env: 'DB_POOL_CRITICAL_UTILIZATION', kind: 'int', min: 1, max: 100, default: 90, meaning: 'utilization above which health is "critical" (HTTP 503)' },
+  { option: 'expectedReplicas', env: 'DB_POOL_EXPECTED_REPLICAS', kind: 'int', min: 1, max: 10_000, default: 1, meaning: 'processes sharing the server with this configuration, for the server-headroom check' },
+  { option: 'healthTimeoutMs', env: 'DB_POOL_HEALTH_TIMEOUT_MS', kind: 'int', min: 100, max: 60_000, default: 1_000, meaning: 'ms the readiness probe and the headroom sampler may take, acquire included' },
+  { option: 'headroomInterval', env: 'DB_POOL_HEADROOM_INTERVAL', kind: 'int', min: 1, max: 86_400, off: 0, default: 30, meaning: 'seconds between samples of the server headroom (0 = off)' },
+  { option: 'shutdownGrace', env: 'DB_POOL_SHUTDOWN_GRACE', kind: 'int', min: 0, max: 3_600, default: 10, meaning: 'seconds shutdown waits for checked-out connections to come back before it closes them' },
   { option: 'applicationName', env: 'DB_APPLICATION_NAME', kind: 'string', min: 1, max: 63, meaning: "application_name in pg_stat_activity (default 'db-pool', or 'db-pool:<name>')" },
 ];

@@ -13,7 +13,7 @@ type Parsed = number | boolean | string | undefined;
 function allowed(key: OptionKey): string {
   switch (key.kind) {
     case 'int':
-      return `must be an integer from ${key.min} to ${key.max}`;
+      return key.off !== undefined ? `must be ${key.off} (off) or an integer from ${key.min} to ${key.max}` : `must be an integer from ${key.min} to ${key.max}`;
     case 'bool':
       return `must be one of ${[...TRUE_WORDS, ...FALSE_WORDS].join(', ')}`;
     case 'url':
@@ -29,6 +29,7 @@ function parse(key: OptionKey, raw: unknown): Parsed {
   switch (key.kind) {
     case 'int': {
       const n = typeof raw === 'number' ? raw : typeof raw === 'string' && NUMBER.test(raw.trim()) ? Number(raw) : NaN;
+      if (n === key.off) return n;
       if (!Number.isInteger(n) || n < key.min! || n > key.max!) throw allowed(key);
       return n;
     }
@@ -119,6 +120,13 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
     problems.push(`${envOf('poolSize')} + ${envOf('maxOverflow')} = ${int('poolSize') + int('maxOverflow')}: the total capacity must be at most 10000`);
   }
 
+  if (values.get('warnUtilization') !== undefined && values.get('criticalUtilization') !== undefined && int('warnUtilization') >= int('criticalUtilization')) {
+    problems.push(
+      `${envOf('warnUtilization')}=${int('warnUtilization')} is not below ${envOf('criticalUtilization')}=${int('criticalUtilization')}: ` +
+        `the warning threshold must be lower than the critical one`,
+    );
+  }
+
   if (problems.length > 0) throw new DbPoolConfigError(name, problems);
 
   return {
@@ -141,6 +149,13 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
     connectTimeoutMs: int('connectTimeout') * 1000,
     validationTimeoutMs: int('validationTimeoutMs'),
     statementTimeoutMs: int('statementTimeoutMs'),
+    leakThresholdMs: int('leakThreshold') * 1000,
+    warnUtilization: int('warnUtilization'),
+    criticalUtilization: int('criticalUtilization'),
+    expectedReplicas: int('expectedReplicas'),
+    healthTimeoutMs: int('healthTimeoutMs'),
+    headroomIntervalMs: int('headroomInterval') * 1000,
+    shutdownGraceMs: int('shutdownGrace') * 1000,
     applicationName: (values.get('applicationName') as string | undefined) ?? (name === DEFAULT_POOL_NAME ? 'db-pool' : `db-pool:${name}`),
     typeorm: options.typeorm ?? {},
   };
@@ -153,6 +168,6 @@ export function describeConfig(config: DbPoolConfig): string {
     `max_overflow=${config.maxOverflow}, total_max=${config.poolSize + config.maxOverflow}, ` +
     `timeout=${config.poolTimeoutMs / 1000}s, recycle=${config.recycleMs / 1000}s, pre_ping=${config.prePing}, ` +
     `connect_timeout=${config.connectTimeoutMs / 1000}s, overflow_idle_timeout=${config.overflowIdleTimeoutMs / 1000}s, ` +
-    `application_name=${config.applicationName}`
+    `leak_threshold=${config.leakThresholdMs > 0 ? `${config.leakThresholdMs / 1000}s` : 'off'}, application_name=${config.applicationName}`
   );
 }

@@ -1,5 +1,9 @@
+import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import { PoolConnectError, PoolReleaseError, PoolTimeoutError, type PoolState } from '../errors.js';
+import { scrubSecrets } from '../redact.js';
+import { createPoolTimings, type PoolTimings } from './histogram.js';
+import { CheckoutLeakTracker, type CheckoutSite, type LeakTracker, NO_LEAK_TRACKING } from './leak-tracker.js';
 
 /** What db-pool adds to pg-pool's options. Durations in milliseconds. */
 export interface DbPoolSettings {
@@ -22,6 +26,10 @@ export interface DbPoolSettings {
   prePingBypassMs: number;
   /** Bound on a pre-ping and on the rollback of a connection returned inside a transaction. */
   validationTimeoutMs: number;
+  /** Checkouts held longer than this are logged with their stack (0 = off). */
+  leakThresholdMs: number;
+  /** How long `end()` waits for checked-out connections before it closes them. */
+  shutdownGraceMs: number;
   logger?: DbPoolLogger;
 }
 
@@ -72,10 +80,12 @@ interface PgPoolInternals {
   newClient(pendingItem: { callback: Callback }): void;
 }
 
+// Per-connection timestamps (performance.now()), kept on the client itself.
 const LAST_USED = Symbol('dbPool.lastUsed');
+const CHECKED_OUT_AT = Symbol('dbPool.checkedOutAt');
 /** LAST_USED of a connection opened for the caller about to get it: no need to validate it. */
 const JUST_OPENED = -1;
-type TrackedClient = pg.PoolClient & { [LAST_USED]?: number; getTransactionStatus?(): string | null };
+type TrackedClient = pg.PoolClient & { [LAST_USED]?: number; [CHECKED_OUT_AT]?: number; getTransactionStatus?(): string | null };
 
 const PING = 'SELECT 1';
 const FILL_RETRY_MIN_MS = 250;
@@ -105,7 +115,14 @@ export class DbPool extends pg.Pool {
     recycled: 0,
     clientErrors: 0,
   };
+  /** Wait, use and create times, in seconds. */
+  readonly timings: PoolTimings = createPoolTimings();
+  /** The fewest idle connections seen since the last {@link takeIdleLow} (OTel `idle.min` as observed). */
+  private idleLow = Infinity;
   private readonly logger: DbPoolLogger;
+  private readonly leaks: LeakTracker;
+  /** Passwords to keep out of error texts, should a driver ever echo one. */
+  private readonly secrets: string[];
   private fillTimer: NodeJS.Timeout | undefined;
   private fillRetryMs = FILL_RETRY_MIN_MS;
 
@@ -131,6 +148,8 @@ export class DbPool extends pg.Pool {
     } as unknown as pg.PoolConfig);
     this.settings = settings;
     this.logger = settings.logger ?? { log: () => {}, warn: () => {} };
+    this.secrets = passwordsOf(options);
+    this.leaks = settings.leakThresholdMs > 0 ? new CheckoutLeakTracker(settings.name, settings.leakThresholdMs, this.logger) : NO_LEAK_TRACKING;
 
     this.on('connect', (client: TrackedClient) => this.onConnect(client));
     this.on('remove', () => this.onRemove());
@@ -138,7 +157,7 @@ export class DbPool extends pg.Pool {
     // process would crash.
     // (Counted by the per-client listener in onConnect.)
     this.on('error', (err: Error) => {
-      this.logger.warn(`db-pool "${settings.name}": idle connection lost: ${err.message}`);
+      this.logger.warn(`db-pool "${settings.name}": idle connection lost: ${scrubSecrets(err.message, this.secrets)}`);
     });
   }
 
@@ -167,19 +186,110 @@ export class DbPool extends pg.Pool {
   override connect(): Promise<pg.PoolClient>;
   override connect(callback: Callback): void;
   override connect(callback?: Callback): Promise<pg.PoolClient> | void {
-    const deadline = Date.now() + this.settings.poolTimeoutMs;
-    if (callback) return this.acquire(deadline, callback, undefined);
-    return new Promise((resolve, reject) => this.acquire(deadline, (err, client) => (err ? reject(err) : resolve(client!)), undefined));
+    if (callback) return this.acquire(this.settings.poolTimeoutMs, callback);
+    return new Promise((resolve, reject) => this.acquire(this.settings.poolTimeoutMs, (err, client) => (err ? reject(err) : resolve(client!))));
   }
 
+  /**
+   * Acquires with a deadline of its own, shorter than `DB_POOL_TIMEOUT`: for probes and
+   * background samplers that must not queue behind a busy pool.
+   */
+  connectWithin(timeoutMs: number): Promise<pg.PoolClient> {
+    return new Promise((resolve, reject) => this.acquire(timeoutMs, (err, client) => (err ? reject(err) : resolve(client!))));
+  }
+
+  /**
+   * Runs one query within `timeoutMs` in all, acquire included. A connection whose answer does
+   * not come in time is discarded, so a caller that gives up leaves no query holding it.
+   */
+  async queryWithin<R extends pg.QueryResultRow = pg.QueryResultRow>(text: string, timeoutMs: number): Promise<pg.QueryResult<R>> {
+    const started = performance.now();
+    const client = await this.connectWithin(timeoutMs);
+    const left = Math.max(1, Math.round(timeoutMs - (performance.now() - started)));
+    let result: pg.QueryResult<R>;
+    try {
+      result = await client.query<R>({ text, query_timeout: left } as pg.QueryConfig);
+    } catch (err) {
+      client.release(err as Error);
+      throw err;
+    }
+    client.release();
+    return result;
+  }
+
+  /** `SELECT 1` within `timeoutMs` in all: the readiness probe. */
+  async ping(timeoutMs: number): Promise<void> {
+    await this.queryWithin(PING, timeoutMs);
+  }
+
+  /**
+   * Closes idle connections now and the others as they come back, like pg-pool; connections
+   * still checked out after `shutdownGraceMs` (leaked, or stuck on a dead server) are closed
+   * then, so shutdown always finishes.
+   */
   override end(): Promise<void>;
   override end(callback: () => void): void;
   override end(callback?: () => void): Promise<void> | void {
     clearTimeout(this.fillTimer);
-    return callback ? super.end(callback) : super.end();
+    this.leaks.stop();
+    const ending = this.ending;
+    const result = callback ? super.end(callback) : super.end();
+    if (!ending) {
+      const grace = setTimeout(() => this.closeCheckedOut(), this.settings.shutdownGraceMs);
+      grace.unref(); // and a no-op if everything came back in time
+    }
+    return result;
   }
 
-  private acquire(deadline: number, callback: Callback, lastError: Error | undefined): void {
+  private closeCheckedOut(): void {
+    const pool = this.internals;
+    const left = pool._clients.slice();
+    if (this.ended || left.length === 0) return;
+    this.logger.warn(`db-pool "${this.settings.name}": closing ${left.length} connection(s) still checked out ${this.settings.shutdownGraceMs / 1000} s after shutdown began`);
+    for (const client of left) pool._remove(client, () => pool._pulseQueue());
+  }
+
+  /** Checkouts reported as possible leaks (DB_POOL_LEAK_THRESHOLD) that have not come back. */
+  leaksOutstanding(): number {
+    return this.leaks.outstanding();
+  }
+
+  /** How long the longest-held connection has been checked out, in ms (0 when none is). */
+  oldestCheckoutMs(): number {
+    const idle = new Set(this.internals._idle.map((item) => item.client));
+    const now = performance.now();
+    let oldest = 0;
+    for (const client of this.internals._clients as TrackedClient[]) {
+      const since = client[CHECKED_OUT_AT];
+      if (since !== undefined && !idle.has(client)) oldest = Math.max(oldest, now - since);
+    }
+    return oldest;
+  }
+
+  /** The fewest idle connections since the last call (then starts over from the current count). */
+  takeIdleLow(): number {
+    const low = Math.min(this.idleLow, this.idleCount);
+    this.idleLow = this.idleCount;
+    return low;
+  }
+
+  /** pg-pool's own (undeclared in its types): opens a connection for a pending item. */
+  newClient(pendingItem: { callback: Callback }): void {
+    const started = performance.now();
+    const callback = pendingItem.callback;
+    pendingItem.callback = (err, client, release) => {
+      if (!err) this.timings.create.observe((performance.now() - started) / 1000);
+      callback(err, client, release);
+    };
+    (pg.Pool.prototype as unknown as PgPoolInternals).newClient.call(this, pendingItem);
+  }
+
+  private acquire(timeoutMs: number, callback: Callback): void {
+    const startedAt = performance.now();
+    this.attempt(startedAt, startedAt + timeoutMs, timeoutMs, this.leaks.capture(), callback, undefined);
+  }
+
+  private attempt(startedAt: number, deadline: number, timeoutMs: number, site: CheckoutSite | undefined, callback: Callback, lastError: Error | undefined): void {
     if (this.ending) return super.connect(callback);
     let settled = false;
     let timer: NodeJS.Timeout | undefined;
@@ -187,7 +297,7 @@ export class DbPool extends pg.Pool {
       if (settled) {
         // We gave up waiting; a connection that arrives late goes back to the pool.
         if (!err) {
-          (client as TrackedClient)[LAST_USED] = Date.now();
+          (client as TrackedClient)[LAST_USED] = performance.now();
           client!.release();
         }
         return;
@@ -196,14 +306,14 @@ export class DbPool extends pg.Pool {
       if (timer) clearTimeout(timer);
       if (err) {
         this.counters.connectErrors++;
-        return callback(new PoolConnectError(this.settings.name, this.state(), err.message, { cause: err }));
+        return callback(new PoolConnectError(this.settings.name, this.state(), scrubSecrets(err.message, this.secrets), { cause: err }));
       }
       const tracked = client as TrackedClient;
       const lastUsed = tracked[LAST_USED] ?? 0;
-      if (this.settings.prePing && lastUsed !== JUST_OPENED && Date.now() - lastUsed > this.settings.prePingBypassMs) {
-        return this.validate(tracked, deadline, callback);
+      if (this.settings.prePing && lastUsed !== JUST_OPENED && performance.now() - lastUsed > this.settings.prePingBypassMs) {
+        return this.validate(tracked, startedAt, deadline, timeoutMs, site, callback);
       }
-      this.handOut(tracked, callback);
+      this.handOut(tracked, startedAt, site, callback);
     };
     super.connect(onClient);
 
@@ -218,30 +328,39 @@ export class DbPool extends pg.Pool {
       const i = queue.findIndex((item) => item.callback === onClient);
       if (i !== -1) queue.splice(i, 1);
       this.counters.timeouts++;
-      callback(new PoolTimeoutError(this.settings.name, this.settings.poolTimeoutMs, state, lastError ? { cause: lastError } : undefined));
-    }, Math.max(0, deadline - Date.now()));
+      callback(new PoolTimeoutError(this.settings.name, timeoutMs, state, lastError ? { cause: lastError } : undefined));
+    }, Math.max(0, deadline - performance.now()));
     timer.unref();
   }
 
-  private validate(client: TrackedClient, deadline: number, callback: Callback): void {
+  private validate(client: TrackedClient, startedAt: number, deadline: number, timeoutMs: number, site: CheckoutSite | undefined, callback: Callback): void {
     this.counters.prePings++;
-    const queryTimeout = Math.max(1, Math.min(this.settings.validationTimeoutMs, deadline - Date.now()));
+    const queryTimeout = Math.max(1, Math.round(Math.min(this.settings.validationTimeoutMs, deadline - performance.now())));
     client.query({ text: PING, query_timeout: queryTimeout } as pg.QueryConfig, (err: Error | null) => {
-      if (!err) return this.handOut(client, callback);
+      if (!err) return this.handOut(client, startedAt, site, callback);
       this.counters.prePingFailures++;
       this.logger.debug?.(`db-pool "${this.settings.name}": pre-ping failed, discarding the connection: ${err.message}`);
       client.release(err);
-      this.acquire(deadline, callback, err);
+      this.attempt(startedAt, deadline, timeoutMs, site, callback, err);
     });
   }
 
-  private handOut(client: TrackedClient, callback: Callback): void {
+  private handOut(client: TrackedClient, startedAt: number, site: CheckoutSite | undefined, callback: Callback): void {
+    const checkedOutAt = performance.now();
+    this.timings.wait.observe((checkedOutAt - startedAt) / 1000);
+    client[CHECKED_OUT_AT] = checkedOutAt;
+    this.leaks.checkout(client, site);
+    const idle = this.idleCount;
+    if (idle < this.idleLow) this.idleLow = idle;
     const release = client.release;
     let released = false;
     client.release = (err?: Error | boolean) => {
       if (released) throw new PoolReleaseError(this.settings.name);
       released = true;
-      client[LAST_USED] = Date.now();
+      const now = performance.now();
+      client[LAST_USED] = now;
+      this.timings.use.observe((now - checkedOutAt) / 1000);
+      this.leaks.checkin(client);
       const status = err ? 'I' : client.getTransactionStatus?.();
       if (status === 'T' || status === 'E') return this.rollbackAndRelease(client, release);
       release(err);
@@ -325,10 +444,24 @@ export class DbPool extends pg.Pool {
     this.internals.newClient({
       callback: (err, client) => {
         if (err) return done(err);
-        (client as TrackedClient)[LAST_USED] = Date.now();
+        (client as TrackedClient)[LAST_USED] = performance.now();
         client!.release();
         done();
       },
     });
   }
+}
+
+function passwordsOf(options: pg.PoolConfig): string[] {
+  const out: string[] = [];
+  if (typeof options.password === 'string' && options.password) out.push(options.password);
+  if (options.connectionString) {
+    try {
+      const fromUrl = decodeURIComponent(new URL(options.connectionString).password);
+      if (fromUrl) out.push(fromUrl);
+    } catch {
+      // not a URL pg can use either; nothing to hide
+    }
+  }
+  return out;
 }

@@ -17,6 +17,8 @@ export function toPoolSettings(config: DbPoolConfig, logger?: DbPoolLogger): DbP
     prePing: config.prePing,
     prePingBypassMs: config.prePingBypassMs,
     validationTimeoutMs: config.validationTimeoutMs,
+    leakThresholdMs: config.leakThresholdMs,
+    shutdownGraceMs: config.shutdownGraceMs,
     logger,
   };
 }

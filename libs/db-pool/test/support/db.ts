@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { DbPool, resolveDbPoolConfig, toPoolSettings, type DbPoolOptions } from '../../src/index.js';
+import { DbPool, resolveDbPoolConfig, toPoolSettings, type DbPoolConfig, type DbPoolOptions } from '../../src/index.js';
 
 /** The server the test run was given (tools/jest/global-setup.js makes sure there is one). */
 export function databaseUrl(): string {
@@ -12,10 +12,13 @@ let poolCounter = 0;
 const RUN_ID = `${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
 
 /** A small DbPool against the test server, with its own application_name to find its backends. */
-export function createTestPool(options: Omit<DbPoolOptions, 'env'> = {}): DbPool {
+export function createTestConfig(options: Omit<DbPoolOptions, 'env'> = {}): DbPoolConfig {
   // Jest runs the files in one process: the run id keeps names unique across files.
   const name = options.name ?? `test-${RUN_ID}-${++poolCounter}`;
-  const config = resolveDbPoolConfig({ url: databaseUrl(), poolSize: 2, maxOverflow: 3, poolTimeout: 5, applicationName: name, env: {}, ...options, name });
+  return resolveDbPoolConfig({ url: databaseUrl(), poolSize: 2, maxOverflow: 3, poolTimeout: 5, shutdownGrace: 2, applicationName: name, env: {}, ...options, name });
+}
+
+export function createTestPool(options: Omit<DbPoolOptions, 'env'> = {}, config = createTestConfig(options)): DbPool {
   return new DbPool({ connectionString: config.url, application_name: config.applicationName, dbPool: toPoolSettings(config) });
 }
 
@@ -48,22 +51,22 @@ export async function eventually(predicate: () => boolean | Promise<boolean>, ti
  * Registers the usual hooks of a pool test: an admin client for the file, and every pool made
  * with `pool()` ended after its test.
  */
-export function poolFixture(): { admin: () => pg.Client; pool: (options?: Omit<DbPoolOptions, 'env'>) => DbPool } {
+export function poolFixture(): { admin: () => pg.Client; pool: (options?: Omit<DbPoolOptions, 'env'>, config?: DbPoolConfig) => DbPool } {
   let admin: pg.Client | undefined;
   const pools: DbPool[] = [];
   beforeAll(async () => {
     admin = await adminClient();
   });
   afterEach(async () => {
-    await Promise.all(pools.splice(0).map((p) => p.end()));
+    await Promise.all(pools.splice(0).filter((p) => !p.ending).map((p) => p.end()));
   });
   afterAll(async () => {
     await admin?.end();
   });
   return {
     admin: () => admin!,
-    pool: (options) => {
-      const created = createTestPool(options);
+    pool: (options, config) => {
+      const created = createTestPool(options, config);
       pools.push(created);
       return created;
     },

@@ -1,0 +1,62 @@
+import { Injectable } from '@nestjs/common';
+import { type HealthIndicatorFunction, type HealthIndicatorResult, HealthIndicatorService } from '@nestjs/terminus';
+import { DbPoolRegistry } from '../monitor/pool-registry.js';
+
+/**
+ * Terminus indicators for every pool. `pools()` reports each pool's health from its counters
+ * (healthy → up, warning → degraded, critical → down) with the seed's report as details;
+ * `readiness()` also checks that the server answers, within DB_POOL_HEALTH_TIMEOUT_MS.
+ */
+@Injectable()
+export class DbPoolHealthIndicator {
+  constructor(
+    private readonly indicators: HealthIndicatorService,
+    private readonly registry: DbPoolRegistry,
+  ) {}
+
+  /** One indicator per pool (key: the pool name), for `HealthCheckService.check()`. */
+  pools(): HealthIndicatorFunction[] {
+    return this.registry.all().map((m) => () => this.pool(m.name));
+  }
+
+  /** One readiness indicator per pool (key: the pool name). */
+  readiness(): HealthIndicatorFunction[] {
+    return this.registry.all().map((m) => () => this.ready(m.name));
+  }
+
+  /** A pool's health from its counters alone: never waits on the pool. */
+  pool(name: string): HealthIndicatorResult {
+    const report = this.registry.get(name).getHealthReport();
+    const session = this.indicators.check(name);
+    switch (report.pool_status.health) {
+      case 'healthy':
+        return session.up({ ...report });
+      case 'warning':
+        return session.degraded({ ...report });
+      case 'critical':
+        return session.down({ ...report });
+    }
+  }
+
+  /**
+   * Ready when the pool is not critical and `SELECT 1` answers within the health timeout. A
+   * critical pool is refused without a query; a probe never queues longer than the timeout,
+   * and a connection whose answer is late is discarded, not left holding the query.
+   */
+  async ready(name: string): Promise<HealthIndicatorResult> {
+    const monitor = this.registry.get(name);
+    const session = this.indicators.check(name);
+    const status = monitor.getPoolStatus();
+    if (status.health === 'critical') {
+      return session.down({ message: `pool is critical: ${status.utilization}% of capacity in use, ${status.waiting} waiting`, pool_status: status });
+    }
+    const timeoutMs = monitor.config.healthTimeoutMs;
+    const started = performance.now();
+    try {
+      await monitor.pool.ping(timeoutMs);
+      return session.up({ response_time_ms: Math.round(performance.now() - started) });
+    } catch (err) {
+      return session.down({ message: `database not reachable within ${timeoutMs} ms: ${(err as Error).message}`, pool_status: monitor.getPoolStatus() });
+    }
+  }
+}

@@ -1,0 +1,101 @@
+import { Injectable } from '@nestjs/common';
+import { Registry } from 'prom-client';
+import type { PoolMonitor } from '../monitor/pool-monitor.js';
+import { DbPoolRegistry } from '../monitor/pool-registry.js';
+import type { Histogram } from '../pool/histogram.js';
+
+type Labels = Record<string, string | number>;
+interface Sample {
+  metricName?: string;
+  labels: Labels;
+  value: number;
+}
+
+/**
+ * A metric whose values are read from the pools when Prometheus scrapes, so recording stays
+ * plain arithmetic on the pool's own counters and arrays.
+ */
+class PoolCollector {
+  readonly aggregator = 'sum' as const;
+
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    readonly type: 'gauge' | 'counter' | 'histogram',
+    private readonly read: (monitor: PoolMonitor) => Sample[],
+    private readonly monitors: () => PoolMonitor[],
+  ) {}
+
+  get() {
+    const values = this.monitors().flatMap((m) => this.read(m).map((s) => ({ ...s, labels: { pool_name: m.name, ...s.labels } })));
+    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values };
+  }
+
+  reset(): void {}
+}
+
+function histogramSamples(name: string, histogram: Histogram): Sample[] {
+  return [
+    ...histogram.cumulative().map((b) => ({ metricName: `${name}_bucket`, labels: { le: b.le === Infinity ? '+Inf' : b.le }, value: b.count })),
+    { metricName: `${name}_sum`, labels: {}, value: histogram.sum },
+    { metricName: `${name}_count`, labels: {}, value: histogram.count },
+  ];
+}
+
+/**
+ * Prometheus metrics of every pool, named after OpenTelemetry's database-client connection
+ * conventions (`db.client.connection.*`), labelled `pool_name`.
+ */
+@Injectable()
+export class DbPoolMetrics {
+  /** The registry /metrics serves; merge it with your own (`Registry.merge`) if you have one. */
+  readonly registry = new Registry();
+
+  constructor(pools: DbPoolRegistry) {
+    const all = () => pools.all();
+    const gauge = (name: string, help: string, read: (m: PoolMonitor) => number | Sample[]) =>
+      new PoolCollector(name, help, 'gauge', (m) => {
+        const v = read(m);
+        return typeof v === 'number' ? [{ labels: {}, value: v }] : v;
+      }, all);
+    const histogram = (name: string, help: string, pick: (m: PoolMonitor) => Histogram) =>
+      new PoolCollector(name, help, 'histogram', (m) => histogramSamples(name, pick(m)), all);
+
+    for (const metric of [
+      // OTel's `db.client.connection.count` would be `db_client_connection_count`, but Prometheus
+      // keeps `_count` for histograms and summaries (promtool rejects it); this is the name of
+      // the same instrument in the previous OTel convention (`db.client.connections.usage`).
+      gauge('db_client_connections_usage', 'Connections open, by state (idle or used).', (m) => {
+        const { idle, active } = m.pool.state();
+        return [
+          { labels: { state: 'idle' }, value: idle },
+          { labels: { state: 'used' }, value: active },
+        ];
+      }),
+      gauge('db_client_connection_max', 'Most connections the pool may open (DB_POOL_SIZE + DB_MAX_OVERFLOW).', (m) => m.config.poolSize + m.config.maxOverflow),
+      gauge('db_client_connection_idle_min', 'Connections the pool keeps open (DB_POOL_SIZE).', (m) => m.config.poolSize),
+      gauge('db_client_connection_pending_requests', 'Callers queued for a connection.', (m) => m.pool.waitingCount),
+      new PoolCollector('db_client_connection_timeouts_total', 'Acquires that timed out (DB_POOL_TIMEOUT).', 'counter', (m) => [{ labels: {}, value: m.pool.counters.timeouts }], all),
+      histogram('db_client_connection_create_time_seconds', 'Time to open a new connection.', (m) => m.pool.timings.create),
+      histogram('db_client_connection_wait_time_seconds', 'Time from the start of an acquire to the hand-out.', (m) => m.pool.timings.wait),
+      histogram('db_client_connection_use_time_seconds', 'Time from hand-out to release.', (m) => m.pool.timings.use),
+      gauge('db_client_connection_utilization_ratio', 'Connections in use / most connections the pool may open (the seed utilization / 100).', (m) => m.getPoolStatus().utilization / 100),
+      gauge('db_pool_leak_suspected', '1 while a connection leak is suspected (heuristic or DB_POOL_LEAK_THRESHOLD), else 0.', (m) => (m.checkConnectionLeaks() ? 1 : 0)),
+      gauge('db_pool_server_headroom_connections', 'Connections the server could still accept (max_connections - reserved - in use), from the last sample.', (m) => {
+        const h = m.getServerHeadroom();
+        return h ? [{ labels: {}, value: h.headroom }] : [];
+      }),
+    ]) {
+      this.registry.registerMetric(metric as never);
+    }
+  }
+
+  /** The metrics in Prometheus text format. */
+  metrics(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+}

@@ -1,0 +1,19 @@
+/** Every recommendation text in one place; the parameterised ones are functions. */
+export const RECOMMENDATIONS = {
+  HEALTHY: 'Pool is healthy. No action needed.',
+  WARNING: (utilization: number) => `Pool utilization is high (${utilization}%). Monitor for bottlenecks.`,
+  CRITICAL: (utilization: number) => `Pool utilization is critical (${utilization}%). Increase pool_size or max_overflow, or find what holds connections.`,
+  WAITING: (waiting: number) => `${waiting} caller(s) are queued for a connection right now.`,
+  LEAK: 'Potential connection leak detected: the pool has been exhausted for a while and connections are not coming back. Review code for query runners and transactions that are never released.',
+  LEAK_TRACKED: (count: number, thresholdS: number) =>
+    `${count} connection(s) have been checked out for longer than DB_POOL_LEAK_THRESHOLD (${thresholdS} s); the log shows the stack that took each one.`,
+  HEADROOM: (replicas: number, capacity: number, need: number, available: number, max: number, reserved: number, others: number) =>
+    `Server headroom: ${replicas} replica(s) × ${capacity} connections = ${need}, more than the ${available} the server can give ` +
+    `(max_connections=${max}, superuser_reserved_connections=${reserved}, ${others} in use by other applications). ` +
+    `Lower DB_POOL_SIZE/DB_MAX_OVERFLOW, raise max_connections, or put PgBouncer in front.`,
+  IDLE_IN_TRANSACTION: (count: number, applicationName: string) =>
+    `${count} server connection(s) of ${applicationName} are "idle in transaction": a transaction is being left open; set idle_in_transaction_session_timeout or find the code.`,
+  POOL_SIZE: (waitedPct: number, meanWaitMs: number, meanUseMs: number, rate: number, suggested: number, poolSize: number) =>
+    `Acquires waited ${waitedPct}% of the time (mean wait ${meanWaitMs} ms, mean use ${meanUseMs} ms at ${rate} checkouts/s): ` +
+    `this load keeps about ${suggested} connections busy; consider DB_POOL_SIZE=${suggested} (now ${poolSize}).`,
+} as const;

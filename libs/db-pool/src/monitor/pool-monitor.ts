@@ -1,0 +1,272 @@
+import type { DbPoolConfig } from '../config/db-pool.options.js';
+import type { DbPool, DbPoolLogger } from '../pool/db-pool.js';
+import { RECOMMENDATIONS } from './messages.constant.js';
+import { sampleServerHeadroom, type ServerHeadroom } from './server-headroom.js';
+
+export type PoolHealth = 'healthy' | 'warning' | 'critical';
+
+/** The seed's `get_pool_status()`, plus `waiting`. */
+export interface PoolStatus {
+  /** Connections kept open (DB_POOL_SIZE). */
+  size: number;
+  checked_out: number;
+  checked_in: number;
+  /** Connections open beyond `size`. */
+  overflow: number;
+  max_overflow: number;
+  /** checked_out / total_capacity × 100, one decimal. */
+  utilization: number;
+  health: PoolHealth;
+  total_capacity: number;
+  /** Callers queued for a connection. */
+  waiting: number;
+}
+
+/** The seed's `configuration` block, with the URL (password redacted). */
+export interface PoolConfiguration {
+  pool_size: number;
+  max_overflow: number;
+  timeout: number;
+  recycle: number;
+  pre_ping: boolean;
+  url: string;
+}
+
+/** The seed's `/health/db_pool` object, plus the last server-headroom sample. */
+export interface PoolHealthReport {
+  timestamp: string;
+  pool_status: PoolStatus;
+  recommendations: string[];
+  leak_detected: boolean;
+  configuration: PoolConfiguration;
+  server_headroom: ServerHeadroom | null;
+}
+
+export interface PoolMonitorOptions {
+  /** How long the pool must stay exhausted, with a connection held as long, to suspect a leak. @default 10000 */
+  leakWindowMs?: number;
+  /** Period of the leak and load bookkeeping. @default 1000 */
+  tickMs?: number;
+  /** Length of the window the pool-size advice is computed over. @default 10000 */
+  adviceWindowMs?: number;
+}
+
+interface LoadSnapshot {
+  at: number;
+  waits: number;
+  waitsOver1ms: number;
+  waitSum: number;
+  uses: number;
+  useSum: number;
+}
+
+/**
+ * The pool seen from outside: status, health, leaks, recommendations and server headroom.
+ * Everything is computed from counters the pool keeps or from samples taken in the background;
+ * reading never waits on the pool.
+ */
+export class PoolMonitor {
+  private exhaustedSince: number | undefined;
+  private leakReported = false;
+  private headroom: ServerHeadroom | null = null;
+  private load: LoadSnapshot[] = [];
+  private ticker: NodeJS.Timeout | undefined;
+  private sampler: NodeJS.Timeout | undefined;
+  private readonly leakWindowMs: number;
+  private readonly tickMs: number;
+  private readonly adviceWindowMs: number;
+
+  constructor(
+    readonly pool: DbPool,
+    readonly config: DbPoolConfig,
+    private readonly logger: DbPoolLogger,
+    options: PoolMonitorOptions = {},
+  ) {
+    this.leakWindowMs = options.leakWindowMs ?? 10_000;
+    this.tickMs = options.tickMs ?? 1_000;
+    this.adviceWindowMs = options.adviceWindowMs ?? 10_000;
+  }
+
+  get name(): string {
+    return this.config.name;
+  }
+
+  /** Starts the background bookkeeping and takes the first headroom sample (logging what it finds). */
+  async start(): Promise<void> {
+    if (this.ticker) return;
+    this.ticker = setInterval(() => this.tick(), this.tickMs);
+    this.ticker.unref();
+    this.snapshotLoad();
+    if (this.config.headroomIntervalMs > 0) {
+      await this.sampleHeadroom();
+      for (const advice of this.serverRecommendations()) this.logger.warn(`db-pool "${this.name}": ${advice}`);
+      this.sampler = setInterval(() => void this.sampleHeadroom(), this.config.headroomIntervalMs);
+      this.sampler.unref();
+    }
+  }
+
+  stop(): void {
+    clearInterval(this.ticker);
+    clearInterval(this.sampler);
+    this.ticker = this.sampler = undefined;
+  }
+
+  /** Nest lifecycle: the module starts the monitor once the application is up… */
+  onApplicationBootstrap(): Promise<void> {
+    return this.start();
+  }
+
+  /** …and stops it on shutdown. */
+  onModuleDestroy(): void {
+    this.stop();
+  }
+
+  getPoolStatus(): PoolStatus {
+    const { total, active, idle, waiting } = this.pool.state();
+    const size = this.config.poolSize;
+    const capacity = size + this.config.maxOverflow;
+    const utilization = Math.round((active / capacity) * 1000) / 10;
+    return {
+      size,
+      checked_out: active,
+      checked_in: idle,
+      overflow: Math.max(0, total - size),
+      max_overflow: this.config.maxOverflow,
+      utilization,
+      health: this.healthOf(utilization),
+      total_capacity: capacity,
+      waiting,
+    };
+  }
+
+  /**
+   * The seed's heuristic — overflow maxed out and utilization above the critical threshold for
+   * longer than 10 s — with one more condition that keeps a busy but healthy pool from being
+   * flagged: a connection has been held that long too. Also true while a checkout reported by
+   * DB_POOL_LEAK_THRESHOLD has not come back.
+   */
+  checkConnectionLeaks(): boolean {
+    this.trackExhaustion();
+    const suspected = this.exhaustedSince !== undefined && performance.now() - this.exhaustedSince >= this.leakWindowMs && this.pool.oldestCheckoutMs() >= this.leakWindowMs;
+    if (suspected && !this.leakReported) {
+      const status = this.getPoolStatus();
+      this.logger.warn(`db-pool "${this.name}": potential connection leak detected! Pool exhausted: ${status.checked_out} connections in use`);
+    }
+    this.leakReported = suspected;
+    return suspected || this.pool.leaksOutstanding() > 0;
+  }
+
+  getRecommendations(): string[] {
+    const status = this.getPoolStatus();
+    const out: string[] = [];
+    if (status.health === 'warning') out.push(RECOMMENDATIONS.WARNING(status.utilization));
+    if (status.health === 'critical') out.push(RECOMMENDATIONS.CRITICAL(status.utilization));
+    if (status.waiting > 0) out.push(RECOMMENDATIONS.WAITING(status.waiting));
+    if (this.checkConnectionLeaks()) {
+      const tracked = this.pool.leaksOutstanding();
+      out.push(tracked > 0 ? RECOMMENDATIONS.LEAK_TRACKED(tracked, this.config.leakThresholdMs / 1000) : RECOMMENDATIONS.LEAK);
+    }
+    out.push(...this.serverRecommendations(), ...this.poolSizeAdvice());
+    if (out.length === 0) out.push(RECOMMENDATIONS.HEALTHY);
+    return out;
+  }
+
+  isPoolHealthy(): boolean {
+    return this.getPoolStatus().health !== 'critical' && !this.checkConnectionLeaks();
+  }
+
+  getConfiguration(): PoolConfiguration {
+    const c = this.config;
+    return { pool_size: c.poolSize, max_overflow: c.maxOverflow, timeout: c.poolTimeoutMs / 1000, recycle: c.recycleMs / 1000, pre_ping: c.prePing, url: c.redactedUrl };
+  }
+
+  /** The last server-headroom sample, or null before the first (or when sampling is off). */
+  getServerHeadroom(): ServerHeadroom | null {
+    return this.headroom;
+  }
+
+  getHealthReport(): PoolHealthReport {
+    return {
+      timestamp: new Date().toISOString(),
+      pool_status: this.getPoolStatus(),
+      recommendations: this.getRecommendations(),
+      leak_detected: this.checkConnectionLeaks(),
+      configuration: this.getConfiguration(),
+      server_headroom: this.headroom,
+    };
+  }
+
+  /** Takes a headroom sample now; failures keep the previous sample. */
+  async sampleHeadroom(): Promise<ServerHeadroom | null> {
+    try {
+      this.headroom = await sampleServerHeadroom(this.pool, this.config.applicationName, this.config.healthTimeoutMs);
+    } catch (err) {
+      this.logger.debug?.(`db-pool "${this.name}": server headroom not sampled: ${(err as Error).message}`);
+    }
+    return this.headroom;
+  }
+
+  private healthOf(utilization: number): PoolHealth {
+    if (utilization > this.config.criticalUtilization) return 'critical';
+    if (utilization > this.config.warnUtilization) return 'warning';
+    return 'healthy';
+  }
+
+  private tick(): void {
+    this.checkConnectionLeaks();
+    this.snapshotLoad();
+  }
+
+  private trackExhaustion(): void {
+    const status = this.getPoolStatus();
+    const exhausted = status.overflow >= status.max_overflow && status.utilization > this.config.criticalUtilization;
+    if (!exhausted) this.exhaustedSince = undefined;
+    else this.exhaustedSince ??= performance.now();
+  }
+
+  private serverRecommendations(): string[] {
+    const h = this.headroom;
+    if (!h) return [];
+    const out: string[] = [];
+    const capacity = this.config.poolSize + this.config.maxOverflow;
+    const need = this.config.expectedReplicas * capacity;
+    const others = h.in_use - h.in_use_by_pool;
+    if (need > h.available - others) {
+      out.push(RECOMMENDATIONS.HEADROOM(this.config.expectedReplicas, capacity, need, h.available - others, h.max_connections, h.superuser_reserved_connections, others));
+    }
+    if (h.idle_in_transaction > 0) out.push(RECOMMENDATIONS.IDLE_IN_TRANSACTION(h.idle_in_transaction, this.config.applicationName));
+    return out;
+  }
+
+  private snapshotLoad(): void {
+    const { wait, use } = this.pool.timings;
+    const over1ms = wait.count - wait.cumulative().find((b) => b.le >= 0.001)!.count;
+    this.load.push({ at: performance.now(), waits: wait.count, waitsOver1ms: over1ms, waitSum: wait.sum, uses: use.count, useSum: use.sum });
+    const keep = Math.ceil(this.adviceWindowMs / this.tickMs) + 1;
+    if (this.load.length > keep) this.load.splice(0, this.load.length - keep);
+  }
+
+  /** Little's law over the last window: checkouts/s × mean use time = connections kept busy. */
+  private poolSizeAdvice(): string[] {
+    if (this.load.length < 2) return [];
+    const first = this.load[0];
+    const last = this.load[this.load.length - 1];
+    const seconds = (last.at - first.at) / 1000;
+    const waits = last.waits - first.waits;
+    const uses = last.uses - first.uses;
+    if (seconds <= 0 || waits < 50 || uses === 0) return [];
+    const waitedShare = (last.waitsOver1ms - first.waitsOver1ms) / waits;
+    if (waitedShare < 0.1) return [];
+    const rate = uses / seconds;
+    const meanUse = (last.useSum - first.useSum) / uses;
+    const busy = rate * meanUse;
+    const suggested = Math.min(10_000, Math.ceil(busy * 1.25));
+    if (suggested <= this.config.poolSize) return [];
+    const meanWait = (last.waitSum - first.waitSum) / waits;
+    return [RECOMMENDATIONS.POOL_SIZE(Math.round(waitedShare * 100), round1(meanWait * 1000), round1(meanUse * 1000), Math.round(rate), suggested, this.config.poolSize)];
+  }
+}
+
+function round1(n: number): number {
+  return Math.round(n * 10) / 10;
+}

@@ -1,0 +1,119 @@
+import type pg from 'pg';
+import { PoolMonitor, RECOMMENDATIONS, type DbPoolOptions } from '../src/index.js';
+import { createTestConfig, poolFixture, sleep } from './support/db.js';
+
+describe('PoolMonitor', () => {
+  const fixture = poolFixture();
+  const monitors: PoolMonitor[] = [];
+  const logs: string[] = [];
+  const logger = { log: (m: string) => logs.push(`log ${m}`), warn: (m: string) => logs.push(`warn ${m}`) };
+
+  function monitored(options: Omit<DbPoolOptions, 'env'>, monitorOptions = {}) {
+    const config = createTestConfig(options);
+    const pool = fixture.pool(options, config);
+    const monitor = new PoolMonitor(pool, config, logger, monitorOptions);
+    monitors.push(monitor);
+    return { pool, monitor };
+  }
+  const holdAll = async (pool: { connect(): Promise<pg.PoolClient> }, n: number) => {
+    const held: pg.PoolClient[] = [];
+    for (let i = 0; i < n; i++) held.push(await pool.connect());
+    return () => held.forEach((c) => c.release());
+  };
+
+  afterEach(() => {
+    monitors.splice(0).forEach((m) => m.stop());
+    logs.length = 0;
+  });
+
+  it("reports the seed's status fields from the pool's counters", async () => {
+    const { pool, monitor } = monitored({ poolSize: 3, maxOverflow: 2 });
+    await pool.warmUp();
+    const release = await holdAll(pool, 4);
+    expect(monitor.getPoolStatus()).toEqual({ size: 3, checked_out: 4, checked_in: 0, overflow: 1, max_overflow: 2, utilization: 80, health: 'warning', total_capacity: 5, waiting: 0 });
+    expect(monitor.getConfiguration()).toEqual({ pool_size: 3, max_overflow: 2, timeout: 5, recycle: 3600, pre_ping: true, url: expect.stringMatching(/^postgres:\/\//) });
+    expect(monitor.isPoolHealthy()).toBe(true);
+    release();
+  });
+
+  it('uses the configured thresholds for warning and critical', async () => {
+    const { pool, monitor } = monitored({ poolSize: 4, maxOverflow: 0, warnUtilization: 20, criticalUtilization: 60 });
+    const release = await holdAll(pool, 1);
+    expect(monitor.getPoolStatus().health).toBe('warning'); // 25 % > 20 %
+    const more = await holdAll(pool, 2);
+    expect(monitor.getPoolStatus().health).toBe('critical'); // 75 % > 60 %
+    expect(monitor.isPoolHealthy()).toBe(false);
+    expect(monitor.getRecommendations()[0]).toBe(RECOMMENDATIONS.CRITICAL(75));
+    release();
+    more();
+  });
+
+  it('suspects a leak only when the pool stays exhausted and a connection is held through the whole window', async () => {
+    const { pool, monitor } = monitored({ poolSize: 2, maxOverflow: 1 }, { leakWindowMs: 800, tickMs: 100 });
+    await monitor.start();
+    const release = await holdAll(pool, 3);
+    expect(monitor.checkConnectionLeaks()).toBe(false);
+    await sleep(1_000);
+    expect(monitor.checkConnectionLeaks()).toBe(true);
+    expect(monitor.getRecommendations()).toContain(RECOMMENDATIONS.LEAK);
+    expect(logs.filter((l) => l.includes('potential connection leak detected! Pool exhausted: 3 connections in use'))).toHaveLength(1);
+    release();
+    expect(monitor.checkConnectionLeaks()).toBe(false);
+  });
+
+  it('does not suspect a leak in a pool that is saturated but keeps turning connections over', async () => {
+    const { pool, monitor } = monitored({ poolSize: 2, maxOverflow: 1 }, { leakWindowMs: 800, tickMs: 100 });
+    await monitor.start();
+    const end = Date.now() + 1_500;
+    let saturated = 0;
+    const worker = async () => {
+      while (Date.now() < end) {
+        await pool.query('SELECT pg_sleep(0.02)');
+        if (monitor.getPoolStatus().utilization === 100) saturated++;
+        expect(monitor.checkConnectionLeaks()).toBe(false);
+      }
+    };
+    await Promise.all(Array.from({ length: 9 }, worker));
+    expect(saturated).toBeGreaterThan(20);
+  });
+
+  it('recommends a pool size from measured wait and use times when waits are frequent', async () => {
+    const { pool, monitor } = monitored({ poolSize: 2, maxOverflow: 0, poolTimeout: 10 }, { tickMs: 200, adviceWindowMs: 1_000 });
+    await monitor.start();
+    const end = Date.now() + 1_400;
+    await Promise.all(
+      Array.from({ length: 8 }, async () => {
+        while (Date.now() < end) await pool.query('SELECT pg_sleep(0.01)');
+      }),
+    );
+    const advice = monitor.getRecommendations().find((r) => r.startsWith('Acquires waited'));
+    expect(advice).toMatch(/^Acquires waited \d+% of the time \(mean wait [\d.]+ ms, mean use [\d.]+ ms at \d+ checkouts\/s\): this load keeps about \d+ connections busy; consider DB_POOL_SIZE=(\d+) \(now 2\)\.$/);
+    expect(Number(/DB_POOL_SIZE=(\d+)/.exec(advice!)![1])).toBeGreaterThanOrEqual(3);
+  });
+
+  it('samples the server: headroom, and connections left idle in transaction', async () => {
+    const { pool, monitor } = monitored({ poolSize: 2, maxOverflow: 0, expectedReplicas: 1 });
+    await pool.warmUp();
+    const client = await pool.connect();
+    await client.query('BEGIN');
+    await client.query('SELECT 1');
+    const headroom = await monitor.sampleHeadroom();
+    expect(headroom).toMatchObject({ in_use_by_pool: 2, idle_in_transaction: 1 });
+    expect(headroom!.available).toBe(headroom!.max_connections - headroom!.superuser_reserved_connections);
+    expect(monitor.getRecommendations()).toContain(RECOMMENDATIONS.IDLE_IN_TRANSACTION(1, pool.settings.name));
+    client.release();
+  });
+
+  it('reads status without waiting on an exhausted pool', async () => {
+    const { pool, monitor } = monitored({ poolSize: 1, maxOverflow: 0, poolTimeout: 30 });
+    const release = await holdAll(pool, 1);
+    const waiters = Array.from({ length: 3 }, () => pool.connect().then((c) => c.release()));
+    await sleep(20);
+    const started = performance.now();
+    const report = monitor.getHealthReport();
+    expect(performance.now() - started).toBeLessThan(20);
+    expect(report.pool_status).toMatchObject({ checked_out: 1, waiting: 3, health: 'critical' });
+    release();
+    await Promise.all(waiters);
+  });
+});
