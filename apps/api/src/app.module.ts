@@ -1,5 +1,6 @@
 import { type DynamicModule, Module } from '@nestjs/common';
 import { ConfigModule } from '@nestjs/config';
+import { TypeOrmModule } from '@nestjs/typeorm';
 import { dbPoolConfig, type DbPoolOptions, DbPoolModule } from '@db-pool/db-pool';
 import { HealthModule } from './health/health.module.js';
 import { Item } from './items/item.entity.js';
@@ -33,6 +34,18 @@ export class AppModule {
         ItemsModule,
         HealthModule,
       ],
+    };
+  }
+
+  /**
+   * The same items routes on a plain `TypeOrmModule.forRoot` with TypeORM's and pg's defaults
+   * (pool of 10, no warm-up, no pre-ping, no reset on return): the baseline the HTTP load test
+   * (`nx run loadtest:http`) measures db-pool against. Not used by `npm start`.
+   */
+  static baseline(url: string): DynamicModule {
+    return {
+      module: AppModule,
+      imports: [TypeOrmModule.forRoot({ type: 'postgres', url, ...apiTypeOrmOptions }), ItemsModule],
     };
   }
 }

@@ -1,0 +1,196 @@
+/**
+ * HTTP load: drives apps/api with autocannon — a read (GET /items/:id), a transactional write
+ * (POST /items) and GET /health/db_pool — at 10, 50 and 200 connections, against db-pool and
+ * against the same routes on plain `TypeOrmModule.forRoot` defaults (apps/api/src/baseline.ts),
+ * interleaved in rounds in one run. Prints a table and writes http-results.json.
+ *
+ *   npx nx run loadtest:http [-- --quick] [--connections 10,50,200] [--duration 5] [--rounds 3] [--out-dir .]
+ */
+import autocannon from 'autocannon';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = fileURLToPath(new URL('../../../../', import.meta.url));
+
+interface Args {
+  quick: boolean;
+  connections: number[];
+  durationS: number;
+  rounds: number;
+  outDir: string;
+}
+
+function parseArgs(argv: string[]): Args {
+  const get = (flag: string) => {
+    const i = argv.indexOf(flag);
+    return i === -1 ? undefined : argv[i + 1];
+  };
+  const quick = argv.includes('--quick');
+  return {
+    quick,
+    connections: (get('--connections') ?? '10,50,200').split(',').map(Number),
+    durationS: Number(get('--duration') ?? (quick ? 1 : 5)),
+    rounds: Number(get('--rounds') ?? (quick ? 1 : 3)),
+    outDir: get('--out-dir') ?? process.cwd(),
+  };
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function startServer(script: string, port: number, env: Record<string, string>): Promise<ChildProcess> {
+  const child = spawn(process.execPath, [join(root, script)], { cwd: root, env: { ...process.env, ...env, PORT: String(port) }, stdio: ['ignore', 'ignore', 'inherit'] });
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`${script} exited with ${child.exitCode}`);
+    try {
+      const res = await fetch(`http://127.0.0.1:${port}/items?limit=1`);
+      if (res.ok) return child;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  child.kill('SIGKILL');
+  throw new Error(`${script} did not start`);
+}
+
+interface Endpoint {
+  name: string;
+  method: 'GET' | 'POST';
+  path: (id: number) => string;
+  body?: string;
+  baseline: boolean;
+}
+
+const ENDPOINTS: Endpoint[] = [
+  { name: 'read GET /items/:id', method: 'GET', path: (id) => `/items/${id}`, baseline: true },
+  { name: 'write POST /items', method: 'POST', path: () => '/items', body: JSON.stringify({ name: 'http-load' }), baseline: true },
+  { name: 'GET /health/db_pool', method: 'GET', path: () => '/health/db_pool', baseline: false },
+];
+
+interface Sample {
+  rps: number;
+  p50: number;
+  p99: number;
+  errors: number;
+  non2xx: number;
+}
+
+async function drive(port: number, endpoint: Endpoint, id: number, connections: number, durationS: number): Promise<Sample> {
+  const result = await autocannon({
+    url: `http://127.0.0.1:${port}${endpoint.path(id)}`,
+    method: endpoint.method,
+    body: endpoint.body,
+    headers: endpoint.body ? { 'content-type': 'application/json' } : undefined,
+    connections,
+    duration: durationS,
+  });
+  return { rps: result.requests.average, p50: result.latency.p50, p99: result.latency.p99, errors: result.errors + result.timeouts, non2xx: result.non2xx };
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+async function main(): Promise<void> {
+  const args = parseArgs(process.argv.slice(2));
+  if (!process.env.DATABASE_URL) throw new Error('DATABASE_URL is not set (run through `nx run loadtest:http`, which provides one)');
+  const [dbPoolPort, baselinePort] = [await freePort(), await freePort()];
+  const servers: ChildProcess[] = [];
+  try {
+    servers.push(await startServer('apps/api/dist/main.js', dbPoolPort, { DB_APPLICATION_NAME: 'http-load-db-pool' }));
+    servers.push(await startServer('apps/api/dist/baseline.js', baselinePort, {}));
+    const seed = async (port: number) => ((await (await fetch(`http://127.0.0.1:${port}/items`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"name":"seed"}' })).json()) as { id: number }).id;
+    const ids = { 'db-pool': await seed(dbPoolPort), baseline: await seed(baselinePort) };
+
+    const samples = new Map<string, Sample[]>();
+    const key = (c: number, e: string, who: string) => `${c}|${e}|${who}`;
+    const total = args.connections.length * args.rounds * ENDPOINTS.reduce((n, e) => n + (e.baseline ? 2 : 1), 0);
+    let done = 0;
+    for (const connections of args.connections) {
+      for (let round = 0; round < args.rounds; round++) {
+        for (const endpoint of ENDPOINTS) {
+          // Alternate who goes first, so neither always runs on a warmer machine.
+          const order: ('db-pool' | 'baseline')[] = endpoint.baseline ? (round % 2 ? ['baseline', 'db-pool'] : ['db-pool', 'baseline']) : ['db-pool'];
+          for (const who of order) {
+            const sample = await drive(who === 'db-pool' ? dbPoolPort : baselinePort, endpoint, ids[who], connections, args.durationS);
+            const k = key(connections, endpoint.name, who);
+            samples.set(k, [...(samples.get(k) ?? []), sample]);
+            process.stderr.write(`\r[${'#'.repeat(Math.round((++done / total) * 30)).padEnd(30)}] ${done}/${total} `);
+          }
+        }
+      }
+    }
+    process.stderr.write('\n');
+
+    const rows = [];
+    for (const connections of args.connections) {
+      for (const endpoint of ENDPOINTS) {
+        for (const who of endpoint.baseline ? ['db-pool', 'baseline'] : ['db-pool']) {
+          const s = samples.get(key(connections, endpoint.name, who))!;
+          rows.push({
+            connections,
+            endpoint: endpoint.name,
+            contender: who,
+            rps: Math.round(median(s.map((x) => x.rps))),
+            p50_ms: median(s.map((x) => x.p50)),
+            p99_ms: median(s.map((x) => x.p99)),
+            errors: s.reduce((n, x) => n + x.errors, 0),
+            non2xx: s.reduce((n, x) => n + x.non2xx, 0),
+          });
+        }
+      }
+    }
+    const ratios: Record<string, Record<string, number>> = {};
+    for (const endpoint of ENDPOINTS.filter((e) => e.baseline)) {
+      ratios[endpoint.name] = {};
+      for (const connections of args.connections) {
+        const ours = rows.find((r) => r.connections === connections && r.endpoint === endpoint.name && r.contender === 'db-pool')!;
+        const theirs = rows.find((r) => r.connections === connections && r.endpoint === endpoint.name && r.contender === 'baseline')!;
+        ratios[endpoint.name][String(connections)] = Math.round((ours.rps / theirs.rps) * 100) / 100;
+      }
+    }
+
+    const header = ['conns', 'endpoint', 'contender', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'non-2xx'];
+    const lines = rows.map((r) => [r.connections, r.endpoint, r.contender, r.rps, r.p50_ms, r.p99_ms, r.errors, r.non2xx].map(String));
+    const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
+    const fmt = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join('  ');
+    process.stdout.write(`${fmt(header)}\n${widths.map((w) => '-'.repeat(w)).join('  ')}\n${lines.map(fmt).join('\n')}\n\n`);
+    process.stdout.write('throughput db-pool / plain TypeOrmModule.forRoot defaults:\n');
+    for (const [endpoint, byC] of Object.entries(ratios)) process.stdout.write(`  ${endpoint}: ${Object.entries(byC).map(([c, r]) => `${c} conns ${r}x`).join(', ')}\n`);
+
+    const results = {
+      command: `nx run loadtest:http ${process.argv.slice(2).join(' ')}`.trim(),
+      machine: { cpus: cpus().length, cpu: cpus()[0]?.model, node: process.version },
+      settings: { ...args, dbPool: 'apps/api defaults (DB_POOL_SIZE=20, DB_MAX_OVERFLOW=40)', baseline: 'TypeOrmModule.forRoot defaults (pg pool max 10)' },
+      rows,
+      ratios,
+    };
+    await writeFile(join(args.outDir, 'http-results.json'), `${JSON.stringify(results, null, 2)}\n`);
+    const failed = rows.filter((r) => r.errors > 0 || r.non2xx > 0);
+    if (failed.length > 0) {
+      process.stdout.write(`\n${failed.length} row(s) had errors or non-2xx answers (see the table)\n`);
+      process.exitCode = 1;
+    }
+  } finally {
+    for (const server of servers) server.kill('SIGTERM');
+    await Promise.all(servers.map((s) => new Promise((r) => (s.exitCode !== null ? r(null) : s.once('exit', r)))));
+  }
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`http load failed: ${err instanceof Error ? err.stack : String(err)}\n`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,203 @@
+/**
+ * The seed's load suite (tests/performance/test_db_pool_load.py, 11 tests), against a real
+ * PostgreSQL, with the seed's numbers: 20 + 40 connections, 50 sequential queries, 10 and 50
+ * concurrent callers, 100 sessions.
+ */
+import 'reflect-metadata';
+import pg from 'pg';
+import { DataSource, type DataSourceOptions } from 'typeorm';
+import { DbPool, PoolMonitor, PoolTimeoutError, RECOMMENDATIONS, poolOf, resolveDbPoolConfig, toPoolSettings, toTypeOrmOptions, type DbPoolOptions } from '@db-pool/db-pool';
+import { startEmbeddedPostgres } from '../../../tools/embedded-db.mjs';
+
+const url = () => process.env.DATABASE_URL!;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+let counter = 0;
+
+function build(options: Omit<DbPoolOptions, 'env'> = {}) {
+  const name = `load-${process.pid}-${++counter}`;
+  const config = resolveDbPoolConfig({ url: url(), applicationName: name, env: {}, ...options, name });
+  const pool = new DbPool({ connectionString: config.url, application_name: config.applicationName, dbPool: toPoolSettings(config) });
+  return { pool, config };
+}
+
+describe('connection pool load suite (the seed\'s 11 tests)', () => {
+  const open: DbPool[] = [];
+  const monitors: PoolMonitor[] = [];
+  const make = (options: Omit<DbPoolOptions, 'env'> = {}) => {
+    const built = build(options);
+    open.push(built.pool);
+    return built;
+  };
+  afterEach(async () => {
+    monitors.splice(0).forEach((m) => m.stop());
+    await Promise.all(open.splice(0).filter((p) => !p.ending).map((p) => p.end()));
+  });
+
+  it('1. test_single_connection: one query through the TypeORM DataSource', async () => {
+    const config = resolveDbPoolConfig({ url: url(), poolSize: 5, maxOverflow: 5, env: {} });
+    const dataSource = await new DataSource(toTypeOrmOptions(config) as DataSourceOptions).initialize();
+    try {
+      await poolOf(dataSource).warmUp();
+      expect(await dataSource.query('SELECT 1 AS one')).toEqual([{ one: 1 }]);
+      expect(poolOf(dataSource).state()).toEqual({ total: 5, active: 0, idle: 5, waiting: 0 });
+    } finally {
+      await dataSource.destroy();
+    }
+  });
+
+  it('2. test_sequential_connections: 50 queries reuse the warm pool, no new connection', async () => {
+    const { pool } = make({ poolSize: 20, maxOverflow: 40 });
+    await pool.warmUp();
+    const created = pool.counters.created;
+    const started = performance.now();
+    for (let i = 0; i < 50; i++) await pool.query('SELECT 1');
+    const avgMs = (performance.now() - started) / 50;
+    expect(pool.counters.created).toBe(created);
+    expect(pool.counters.acquired).toBe(50);
+    expect(avgMs).toBeLessThan(10); // the seed's "fast queries" check; a connect per query costs more
+    expect(pool.state()).toEqual({ total: 20, active: 0, idle: 20, waiting: 0 });
+  });
+
+  it('3. test_concurrent_connections_light: 10 concurrent callers', async () => {
+    const { pool } = make({ poolSize: 20, maxOverflow: 40 });
+    await pool.warmUp();
+    const results = await Promise.all(Array.from({ length: 10 }, (_, i) => pool.query<{ n: number }>('SELECT $1::int AS n, pg_sleep(0.05)', [i])));
+    expect(results.map((r) => r.rows[0].n)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    expect(pool.totalCount).toBe(20); // served from the warm connections
+  });
+
+  it('4. test_concurrent_connections_heavy: 50 concurrent callers on 20 + 40, no errors, never past 60', async () => {
+    const { pool } = make({ poolSize: 20, maxOverflow: 40 });
+    await pool.warmUp();
+    let peak = 0;
+    const sampler = setInterval(() => (peak = Math.max(peak, pool.totalCount - pool.idleCount)), 1);
+    const results = await Promise.allSettled(Array.from({ length: 50 }, () => pool.query('SELECT pg_sleep(0.2)')));
+    clearInterval(sampler);
+    expect(results.filter((r) => r.status === 'rejected')).toEqual([]);
+    expect(peak).toBeGreaterThan(20);
+    expect(peak).toBeLessThanOrEqual(60);
+    expect(pool.totalCount).toBeLessThanOrEqual(60);
+  });
+
+  it('5. test_pool_overflow_behavior: grows into the overflow, then shrinks back to the pool size', async () => {
+    const { pool } = make({ poolSize: 5, maxOverflow: 10, overflowIdleTimeout: 1 });
+    await pool.warmUp();
+    await Promise.all(Array.from({ length: 15 }, () => pool.query('SELECT pg_sleep(0.1)')));
+    expect(pool.totalCount).toBe(15);
+    const deadline = Date.now() + 4_000;
+    while (pool.totalCount > 5 && Date.now() < deadline) await sleep(50);
+    expect(pool.state()).toEqual({ total: 5, active: 0, idle: 5, waiting: 0 });
+  });
+
+  it('6. test_pool_exhaustion_timeout: the first caller past capacity gets PoolTimeoutError after DB_POOL_TIMEOUT', async () => {
+    const { pool } = make({ poolSize: 2, maxOverflow: 1, poolTimeout: 1 });
+    const held = await Promise.all([pool.connect(), pool.connect(), pool.connect()]);
+    const started = performance.now();
+    const err = await pool.connect().catch((e: unknown) => e);
+    const elapsed = performance.now() - started;
+    expect(err).toBeInstanceOf(PoolTimeoutError);
+    expect((err as PoolTimeoutError).state).toEqual({ total: 3, active: 3, idle: 0, waiting: 1 });
+    expect(elapsed).toBeGreaterThanOrEqual(980);
+    expect(elapsed).toBeLessThan(1_500);
+    held.forEach((c) => c.release());
+    await expect(pool.query('SELECT 1')).resolves.toBeDefined();
+  });
+
+  it('7. test_connection_recycling: 100 sessions over more than a lifetime; connections are replaced, none fails', async () => {
+    const { pool } = make({ poolSize: 3, maxOverflow: 2, recycle: 1, recycleJitter: 20 });
+    await pool.warmUp();
+    const pids = new Set<number>();
+    for (let session = 0; session < 100; session++) {
+      const client = await pool.connect();
+      pids.add((await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid);
+      client.release();
+      await sleep(20); // 100 sessions over ~2.5 s: every connection outlives its 1 s lifetime
+    }
+    expect(pool.counters.recycled).toBeGreaterThanOrEqual(3);
+    expect(pids.size).toBeGreaterThan(3);
+    expect(pool.counters.acquired).toBe(100);
+  });
+
+  it('8. test_pool_health_monitoring: healthy, warning and critical as utilization rises', async () => {
+    const { pool, config } = make({ poolSize: 4, maxOverflow: 6 });
+    const monitor = new PoolMonitor(pool, config, { log() {}, warn() {} });
+    const held: pg.PoolClient[] = [];
+    const healthAt = async (n: number) => {
+      while (held.length < n) held.push(await pool.connect());
+      return monitor.getPoolStatus();
+    };
+    expect((await healthAt(0)).health).toBe('healthy');
+    expect(await healthAt(7)).toMatchObject({ health: 'healthy', utilization: 70 });
+    expect(await healthAt(8)).toMatchObject({ health: 'warning', utilization: 80 });
+    expect(await healthAt(9)).toMatchObject({ health: 'warning', utilization: 90 });
+    expect(await healthAt(10)).toMatchObject({ health: 'critical', utilization: 100, overflow: 6 });
+    expect(monitor.isPoolHealthy()).toBe(false);
+    held.forEach((c) => c.release());
+    expect(monitor.getPoolStatus().health).toBe('healthy');
+  });
+
+  it('9. test_connection_leak_detection: an exhausted pool whose connections do not come back is flagged; a busy one is not', async () => {
+    const { pool, config } = make({ poolSize: 2, maxOverflow: 2 });
+    const warnings: string[] = [];
+    const monitor = new PoolMonitor(pool, config, { log() {}, warn: (m) => warnings.push(m) }, { leakWindowMs: 1_000, tickMs: 100 });
+    monitors.push(monitor);
+    await monitor.start();
+    // busy: saturated, but every connection comes back
+    const end = Date.now() + 1_500;
+    await Promise.all(Array.from({ length: 8 }, async () => {
+      while (Date.now() < end) await pool.query('SELECT pg_sleep(0.01)');
+    }));
+    expect(monitor.checkConnectionLeaks()).toBe(false);
+    // leaked: four connections taken and never returned
+    const leaked = await Promise.all(Array.from({ length: 4 }, () => pool.connect()));
+    await sleep(1_300);
+    expect(monitor.checkConnectionLeaks()).toBe(true);
+    expect(warnings).toContain(`db-pool "${config.name}": potential connection leak detected! Pool exhausted: 4 connections in use`);
+    leaked.forEach((c) => c.release());
+    expect(monitor.checkConnectionLeaks()).toBe(false);
+  });
+
+  it('10. test_pool_recommendations: the advice follows the state', async () => {
+    const { pool, config } = make({ poolSize: 2, maxOverflow: 2 });
+    const monitor = new PoolMonitor(pool, config, { log() {}, warn() {} });
+    expect(monitor.getRecommendations()).toEqual([RECOMMENDATIONS.HEALTHY]);
+    const held = await Promise.all(Array.from({ length: 3 }, () => pool.connect()));
+    expect(monitor.getRecommendations()).toEqual([RECOMMENDATIONS.WARNING(75)]);
+    held.push(await pool.connect());
+    const waiter = pool.connect();
+    await sleep(20);
+    expect(monitor.getRecommendations()).toEqual([RECOMMENDATIONS.CRITICAL(100), RECOMMENDATIONS.WAITING(1)]);
+    held.forEach((c) => c.release());
+    (await waiter).release();
+    expect(monitor.getRecommendations()).toEqual([RECOMMENDATIONS.HEALTHY]);
+  });
+
+  it('11. test_pool_performance_vs_no_pool: pooled queries are at least 10x faster than a connection per query (password auth)', async () => {
+    const server = await startEmbeddedPostgres({ authMethod: 'scram-sha-256', password: 'load-test-secret' });
+    try {
+      const config = resolveDbPoolConfig({ url: server.url, poolSize: 5, maxOverflow: 0, env: {} });
+      const pool = new DbPool({ connectionString: config.url, dbPool: toPoolSettings(config) });
+      open.push(pool);
+      await pool.warmUp();
+      const N = 50;
+      const time = async (fn: () => Promise<unknown>) => {
+        const started = performance.now();
+        for (let i = 0; i < N; i++) await fn();
+        return (performance.now() - started) / N;
+      };
+      await time(() => pool.query('SELECT 1')); // warm the JIT
+      const pooled = await time(() => pool.query('SELECT 1'));
+      const unpooled = await time(async () => {
+        const client = new pg.Client({ connectionString: server.url });
+        await client.connect();
+        await client.query('SELECT 1');
+        await client.end();
+      });
+      process.stdout.write(`pool vs no pool: ${pooled.toFixed(3)} ms vs ${unpooled.toFixed(3)} ms per query (${(unpooled / pooled).toFixed(1)}x)\n`);
+      expect(unpooled / pooled).toBeGreaterThanOrEqual(10);
+      await pool.end();
+    } finally {
+      await server.stop();
+    }
+  });
+});
