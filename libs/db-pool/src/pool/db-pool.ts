@@ -186,8 +186,9 @@ export class DbPool extends pg.Pool {
   override connect(): Promise<pg.PoolClient>;
   override connect(callback: Callback): void;
   override connect(callback?: Callback): Promise<pg.PoolClient> | void {
-    if (callback) return this.acquire(this.settings.poolTimeoutMs, callback);
-    return new Promise((resolve, reject) => this.acquire(this.settings.poolTimeoutMs, (err, client) => (err ? reject(err) : resolve(client!))));
+    const site = this.leaks.capture(this.connect);
+    if (callback) return this.acquire(this.settings.poolTimeoutMs, site, callback);
+    return new Promise((resolve, reject) => this.acquire(this.settings.poolTimeoutMs, site, (err, client) => (err ? reject(err) : resolve(client!))));
   }
 
   /**
@@ -195,7 +196,8 @@ export class DbPool extends pg.Pool {
    * background samplers that must not queue behind a busy pool.
    */
   connectWithin(timeoutMs: number): Promise<pg.PoolClient> {
-    return new Promise((resolve, reject) => this.acquire(timeoutMs, (err, client) => (err ? reject(err) : resolve(client!))));
+    const site = this.leaks.capture(this.connectWithin);
+    return new Promise((resolve, reject) => this.acquire(timeoutMs, site, (err, client) => (err ? reject(err) : resolve(client!))));
   }
 
   /**
@@ -284,9 +286,9 @@ export class DbPool extends pg.Pool {
     (pg.Pool.prototype as unknown as PgPoolInternals).newClient.call(this, pendingItem);
   }
 
-  private acquire(timeoutMs: number, callback: Callback): void {
+  private acquire(timeoutMs: number, site: CheckoutSite | undefined, callback: Callback): void {
     const startedAt = performance.now();
-    this.attempt(startedAt, startedAt + timeoutMs, timeoutMs, this.leaks.capture(), callback, undefined);
+    this.attempt(startedAt, startedAt + timeoutMs, timeoutMs, site, callback, undefined);
   }
 
   private attempt(startedAt: number, deadline: number, timeoutMs: number, site: CheckoutSite | undefined, callback: Callback, lastError: Error | undefined): void {
