@@ -49,6 +49,8 @@ export interface DbPoolOptions {
   validationTimeoutMs?: Loose<number>;
   /** `DB_STATEMENT_TIMEOUT_MS`: server-side `statement_timeout` for every connection (0 = none). @default 0 */
   statementTimeoutMs?: Loose<number>;
+  /** `DB_QUERY_TIMEOUT_MS`: ms the client waits for a query's answer before it gives up and the connection is discarded (0 = none). @default 0 */
+  queryTimeoutMs?: Loose<number>;
   /** `DB_POOL_LEAK_THRESHOLD`: seconds a checkout may be held before it is logged with its stack (0 = off, else ≥ 2). @default 0 */
   leakThreshold?: Loose<number>;
   /** `DB_POOL_WARN_UTILIZATION`: % of capacity checked out above which health is "warning". @default 70 */
@@ -93,6 +95,7 @@ export interface DbPoolConfig {
   connectTimeoutMs: number;
   validationTimeoutMs: number;
   statementTimeoutMs: number;
+  queryTimeoutMs: number;
   leakThresholdMs: number;
   warnUtilization: number;
   criticalUtilization: number;

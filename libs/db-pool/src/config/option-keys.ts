@@ -31,6 +31,7 @@ export const OPTION_KEYS: readonly OptionKey[] = [
   { option: 'connectTimeout', env: 'DB_CONNECT_TIMEOUT', kind: 'int', min: 1, max: 600, default: 10, meaning: 'seconds opening one new connection may take (at most DB_POOL_TIMEOUT; by default the smaller of 10 and DB_POOL_TIMEOUT)' },
   { option: 'validationTimeoutMs', env: 'DB_VALIDATION_TIMEOUT_MS', kind: 'int', min: 100, max: 60_000, default: 5_000, meaning: 'ms a pre-ping or a rollback on return may take before the connection is discarded' },
   { option: 'statementTimeoutMs', env: 'DB_STATEMENT_TIMEOUT_MS', kind: 'int', min: 0, max: 86_400_000, default: 0, meaning: "server-side statement_timeout of every connection (0 = the server's)" },
+  { option: 'queryTimeoutMs', env: 'DB_QUERY_TIMEOUT_MS', kind: 'int', min: 0, max: 86_400_000, default: 0, meaning: 'client-side limit on waiting for a query\'s answer (pg query_timeout); the connection is then discarded (0 = none)' },
   { option: 'leakThreshold', env: 'DB_POOL_LEAK_THRESHOLD', kind: 'int', min: 2, max: 86_400, off: 0, default: 0, meaning: 'seconds a checkout may be held before it is logged as a possible leak, with the stack that took it (0 = off)' },
   { option: 'warnUtilization', env: 'DB_POOL_WARN_UTILIZATION', kind: 'int', min: 1, max: 100, default: 70, meaning: 'utilization (% of capacity checked out) above which health is "warning"' },
   { option: 'criticalUtilization', env: 'DB_POOL_CRITICAL_UTILIZATION', kind: 'int', min: 1, max: 100, default: 90, meaning: 'utilization above which health is "critical" (HTTP 503)' },

@@ -149,6 +149,7 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
     connectTimeoutMs: int('connectTimeout') * 1000,
     validationTimeoutMs: int('validationTimeoutMs'),
     statementTimeoutMs: int('statementTimeoutMs'),
+    queryTimeoutMs: int('queryTimeoutMs'),
     leakThresholdMs: int('leakThreshold') * 1000,
     warnUtilization: int('warnUtilization'),
     criticalUtilization: int('criticalUtilization'),

@@ -85,7 +85,14 @@ const LAST_USED = Symbol('dbPool.lastUsed');
 const CHECKED_OUT_AT = Symbol('dbPool.checkedOutAt');
 /** LAST_USED of a connection opened for the caller about to get it: no need to validate it. */
 const JUST_OPENED = -1;
-type TrackedClient = pg.PoolClient & { [LAST_USED]?: number; [CHECKED_OUT_AT]?: number; getTransactionStatus?(): string | null };
+type TrackedClient = pg.PoolClient & {
+  [LAST_USED]?: number;
+  [CHECKED_OUT_AT]?: number;
+  getTransactionStatus?(): string | null;
+  /** pg's own: the query on the wire, until its ReadyForQuery arrives. */
+  _getActiveQuery?(): unknown;
+  connection?: NodeJS.EventEmitter;
+};
 
 const PING = 'SELECT 1';
 const FILL_RETRY_MIN_MS = 250;
@@ -363,12 +370,38 @@ export class DbPool extends pg.Pool {
       client[LAST_USED] = now;
       this.timings.use.observe((now - checkedOutAt) / 1000);
       this.leaks.checkin(client);
-      const status = err ? 'I' : client.getTransactionStatus?.();
-      if (status === 'T' || status === 'E') return this.rollbackAndRelease(client, release);
-      release(err);
+      if (err) return release(err);
+      // Released while a query is still on the wire: an error answer whose ReadyForQuery has not
+      // arrived yet, or a query abandoned by query_timeout. Wait for the server to settle.
+      if (client._getActiveQuery?.()) return this.settleAndRelease(client, release);
+      this.resetAndRelease(client, release);
     };
     this.counters.acquired++;
     callback(undefined, client, client.release);
+  }
+
+  /** Hands the connection back once the server is ready for a query again, or discards it. */
+  private settleAndRelease(client: TrackedClient, release: (err?: Error | boolean) => void): void {
+    const connection = client.connection;
+    if (!connection) return release(true);
+    const onReady = () => {
+      clearTimeout(timer);
+      // pg clears its active query in its own readyForQuery handler, which may run after ours.
+      setImmediate(() => (client._getActiveQuery?.() ? release(true) : this.resetAndRelease(client, release)));
+    };
+    const timer = setTimeout(() => {
+      connection.removeListener('readyForQuery', onReady);
+      this.logger.debug?.(`db-pool "${this.settings.name}": a connection released with a query in flight did not settle; discarding it`);
+      release(new Error('released with a query in flight that did not finish'));
+    }, this.settings.validationTimeoutMs);
+    timer.unref();
+    connection.once('readyForQuery', onReady);
+  }
+
+  private resetAndRelease(client: TrackedClient, release: (err?: Error | boolean) => void): void {
+    const status = client.getTransactionStatus?.();
+    if (status === 'T' || status === 'E') return this.rollbackAndRelease(client, release);
+    release();
   }
 
   /** A connection handed back inside a transaction is rolled back, or discarded, before reuse. */

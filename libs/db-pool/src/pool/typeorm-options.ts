@@ -36,10 +36,16 @@ export function createPgDriver(settings: DbPoolSettings): typeof pg {
   return Object.create(pg, { Pool: { value: ConfiguredDbPool, enumerable: true } }) as typeof pg;
 }
 
+/** The pg client options db-pool sets per connection (TypeORM passes them on as `extra`). */
+export function toPgClientOptions(config: DbPoolConfig): pg.ClientConfig {
+  const options: pg.ClientConfig = {};
+  if (config.statementTimeoutMs > 0) options.statement_timeout = config.statementTimeoutMs;
+  if (config.queryTimeoutMs > 0) options.query_timeout = config.queryTimeoutMs;
+  return options;
+}
+
 /** Maps the validated configuration to TypeORM DataSource options (a pure function). */
 export function toTypeOrmOptions(config: DbPoolConfig, logger?: DbPoolLogger): TypeOrmModuleOptions & { type: 'postgres' } {
-  const extra: Record<string, unknown> = {};
-  if (config.statementTimeoutMs > 0) extra.statement_timeout = config.statementTimeoutMs;
   return {
     retryAttempts: 1,
     ...config.typeorm,
@@ -55,7 +61,7 @@ export function toTypeOrmOptions(config: DbPoolConfig, logger?: DbPoolLogger): T
     poolSize: config.poolSize + config.maxOverflow,
     connectTimeoutMS: config.connectTimeoutMs,
     driver: createPgDriver(toPoolSettings(config, logger)),
-    extra,
+    extra: toPgClientOptions(config),
   };
 }
 

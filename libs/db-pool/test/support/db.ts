@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { DbPool, resolveDbPoolConfig, toPoolSettings, type DbPoolConfig, type DbPoolOptions } from '../../src/index.js';
+import { DbPool, resolveDbPoolConfig, toPgClientOptions, toPoolSettings, type DbPoolConfig, type DbPoolOptions } from '../../src/index.js';
 
 /** The server the test run was given (tools/jest/global-setup.js makes sure there is one). */
 export function databaseUrl(): string {
@@ -19,7 +19,7 @@ export function createTestConfig(options: Omit<DbPoolOptions, 'env'> = {}): DbPo
 }
 
 export function createTestPool(options: Omit<DbPoolOptions, 'env'> = {}, config = createTestConfig(options)): DbPool {
-  return new DbPool({ connectionString: config.url, application_name: config.applicationName, dbPool: toPoolSettings(config) });
+  return new DbPool({ connectionString: config.url, application_name: config.applicationName, ...toPgClientOptions(config), dbPool: toPoolSettings(config) });
 }
 
 /** A plain client for looking at and acting on the server from outside the pool. */

@@ -1,0 +1,55 @@
+import type pg from 'pg';
+import { poolFixture } from './support/db.js';
+
+type Wire = { connection: { stream: NodeJS.ReadableStream & { destroy(): void } } };
+
+describe('query timeout (DB_QUERY_TIMEOUT_MS) and connections released mid-query', () => {
+  const fixture = poolFixture();
+
+  it('fails a query whose socket froze within the query timeout, discards that client, and serves the next query', async () => {
+    const pool = fixture.pool({ poolSize: 1, maxOverflow: 0, queryTimeoutMs: 300, validationTimeoutMs: 200 });
+    await pool.warmUp();
+    const client = await pool.connect();
+    const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+    const stream = (client as unknown as Wire).connection.stream;
+    stream.pause(); // the answer will never be read, as behind a frozen network path
+
+    const started = Date.now();
+    await expect(client.query('SELECT 1')).rejects.toThrow('Query read timeout');
+    expect(Date.now() - started).toBeLessThan(700);
+    client.release();
+
+    const { rows } = await pool.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+    expect(rows[0].pid).not.toBe(pid);
+    expect(pool.totalCount).toBe(1);
+    stream.destroy();
+  });
+
+  it('keeps a connection released right after an error answer, once the server is ready again', async () => {
+    const pool = fixture.pool({ poolSize: 1, maxOverflow: 0 });
+    await pool.warmUp();
+    const client = (await pool.connect()) as pg.PoolClient & { getTransactionStatus(): string };
+    const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+    await client.query('BEGIN');
+    await expect(client.query('SELECT * FROM no_such_table_here')).rejects.toThrow(/no_such_table_here/);
+    client.release(); // before ReadyForQuery may have arrived
+
+    const next = (await pool.connect()) as pg.PoolClient & { getTransactionStatus(): string };
+    expect((await next.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid).toBe(pid);
+    expect(next.getTransactionStatus()).toBe('I');
+    next.release();
+    expect(pool.counters.removed).toBe(0);
+  });
+
+  it('discards a connection released while its query is still running, when the answer does not come in time', async () => {
+    const pool = fixture.pool({ poolSize: 1, maxOverflow: 0, validationTimeoutMs: 200 });
+    await pool.warmUp();
+    const client = await pool.connect();
+    const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+    const running = client.query('SELECT pg_sleep(2)').catch(() => undefined);
+    client.release(); // misuse: released with the query in flight
+    const { rows } = await pool.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+    expect(rows[0].pid).not.toBe(pid);
+    await running;
+  });
+});
