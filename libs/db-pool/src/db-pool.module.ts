@@ -59,7 +59,17 @@ function withPool(base: DynamicModule, name: string): DynamicModule {
     useFactory: (config: DbPoolConfig) => toTypeOrmOptions(config, logger),
     dataSourceFactory: async (options) => {
       const dataSource = await new DataSource(options as DataSourceOptions).initialize();
-      await poolOf(dataSource).warmUp();
+      const pool = poolOf(dataSource);
+      try {
+        await pool.warmUp();
+      } catch (err) {
+        // The server answered TypeORM, so it is reachable: start with what could be opened
+        // (a role's CONNECTION LIMIT, say) rather than not at all, and say so.
+        logger.warn(
+          `db-pool "${name}": warmed ${pool.totalCount} of ${pool.settings.poolSize} connections: ${(err as Error).message}; ` +
+            `the pool opens more on demand, up to ${pool.settings.poolSize + pool.settings.maxOverflow}`,
+        );
+      }
       return dataSource;
     },
   });

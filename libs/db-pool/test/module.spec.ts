@@ -159,3 +159,45 @@ describe('DbPoolModule', () => {
     });
   });
 });
+
+describe('DbPoolModule start-up against a role with a connection limit below the pool size', () => {
+  const role = `limited_${process.pid}`;
+  let admin: pg.Client;
+  beforeAll(async () => {
+    admin = new pg.Client({ connectionString: databaseUrl() });
+    await admin.connect();
+    await admin.query(`DROP ROLE IF EXISTS ${role}`);
+    await admin.query(`CREATE ROLE ${role} LOGIN PASSWORD 'limited' CONNECTION LIMIT 2`);
+  });
+  afterAll(async () => {
+    await admin.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1`, [role]);
+    await admin.query(`DROP ROLE IF EXISTS ${role}`);
+    await admin.end();
+  });
+
+  it('starts with the connections it could open, warns, and gives a clear error past the limit without wedging', async () => {
+    const url = new URL(databaseUrl());
+    url.username = role;
+    url.password = 'limited';
+    const logs: string[] = [];
+    const app = await Test.createTestingModule({
+      imports: [DbPoolModule.forRoot({ url: url.toString(), poolSize: 4, maxOverflow: 0, poolTimeout: 2, env: {} })],
+    })
+      .setLogger({ log: () => {}, error: () => {}, warn: (m: string) => logs.push(String(m)), debug: () => {}, verbose: () => {} })
+      .compile();
+    await app.init();
+    try {
+      const pool = app.get<DbPool>(getDbPoolToken());
+      expect(pool.totalCount).toBe(2);
+      expect(logs.some((l) => /db-pool "default": warmed 2 of 4 connections: .*too many connections for role/.test(l))).toBe(true);
+      expect(logs.join('\n')).not.toContain('limited@');
+      const held = [await pool.connect(), await pool.connect()];
+      const err = await pool.connect().catch((e: unknown) => e as Error);
+      expect(err.message).toMatch(/^db-pool "default": could not open a connection: too many connections for role/);
+      held.forEach((c) => c.release());
+      await expect(pool.query('SELECT 1')).resolves.toBeDefined(); // not wedged
+    } finally {
+      await app.close();
+    }
+  });
+});

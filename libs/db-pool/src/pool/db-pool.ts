@@ -181,13 +181,15 @@ export class DbPool extends pg.Pool {
 
   /**
    * Opens connections until `poolSize` are open. Resolves once they are (the seed's
-   * "Checked In: 20"), rejects with the first connect error.
+   * "Checked In: 20"); when some could not be opened, rejects, after every attempt has ended,
+   * with the first connect error.
    */
-  warmUp(): Promise<void> {
+  async warmUp(): Promise<void> {
     const missing = this.settings.poolSize - this.totalCount;
-    const opened: Promise<void>[] = [];
-    for (let i = 0; i < missing; i++) opened.push(new Promise((resolve, reject) => this.openOne((err) => (err ? reject(err) : resolve()))));
-    return Promise.all(opened).then(() => undefined);
+    const attempts: Promise<void>[] = [];
+    for (let i = 0; i < missing; i++) attempts.push(new Promise((resolve, reject) => this.openOne((err) => (err ? reject(err) : resolve()))));
+    const failed = (await Promise.allSettled(attempts)).find((r) => r.status === 'rejected');
+    if (failed) throw (failed as PromiseRejectedResult).reason;
   }
 
   override connect(): Promise<pg.PoolClient>;
