@@ -13,6 +13,9 @@ export const RECOMMENDATIONS = {
     `Lower DB_POOL_SIZE/DB_MAX_OVERFLOW, raise max_connections, or put PgBouncer in front.`,
   IDLE_IN_TRANSACTION: (count: number, applicationName: string) =>
     `${count} server connection(s) of ${applicationName} are "idle in transaction": a transaction is being left open; set idle_in_transaction_session_timeout or find the code.`,
+  SERVER_IDLE_TIMEOUT: (ms: number) =>
+    `Server idle_session_timeout=${ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`} closes connections idle longer than that: ` +
+    `the pool's warm connections will be closed under it and reopened (pre-ping and refill cover it, at a cost); raise or disable it for this role.`,
   POOL_SIZE: (waitedPct: number, meanWaitMs: number, meanUseMs: number, rate: number, suggested: number, poolSize: number) =>
     `Acquires waited ${waitedPct}% of the time (mean wait ${meanWaitMs} ms, mean use ${meanUseMs} ms at ${rate} checkouts/s): ` +
     `this load keeps about ${suggested} connections busy; consider DB_POOL_SIZE=${suggested} (now ${poolSize}).`,

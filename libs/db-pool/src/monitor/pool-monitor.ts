@@ -234,6 +234,7 @@ export class PoolMonitor {
     if (need > h.available - others) {
       out.push(RECOMMENDATIONS.HEADROOM(this.config.expectedReplicas, capacity, need, h.available - others, h.max_connections, h.superuser_reserved_connections, others));
     }
+    if (h.idle_session_timeout_ms > 0) out.push(RECOMMENDATIONS.SERVER_IDLE_TIMEOUT(h.idle_session_timeout_ms));
     if (h.idle_in_transaction > 0) out.push(RECOMMENDATIONS.IDLE_IN_TRANSACTION(h.idle_in_transaction, this.config.applicationName));
     return out;
   }

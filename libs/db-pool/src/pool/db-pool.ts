@@ -83,11 +83,14 @@ interface PgPoolInternals {
 // Per-connection timestamps (performance.now()), kept on the client itself.
 const LAST_USED = Symbol('dbPool.lastUsed');
 const CHECKED_OUT_AT = Symbol('dbPool.checkedOutAt');
+/** Set when the server sent a FATAL error: the connection is closing, whatever pg says yet. */
+const DEAD = Symbol('dbPool.dead');
 /** LAST_USED of a connection opened for the caller about to get it: no need to validate it. */
 const JUST_OPENED = -1;
 type TrackedClient = pg.PoolClient & {
   [LAST_USED]?: number;
   [CHECKED_OUT_AT]?: number;
+  [DEAD]?: boolean;
   getTransactionStatus?(): string | null;
   /** pg's own: the query on the wire, until its ReadyForQuery arrives. */
   _getActiveQuery?(): unknown;
@@ -126,6 +129,8 @@ export class DbPool extends pg.Pool {
   readonly timings: PoolTimings = createPoolTimings();
   /** The fewest idle connections seen since the last {@link takeIdleLow} (OTel `idle.min` as observed). */
   private idleLow = Infinity;
+  /** Connections being opened (in pg-pool's list, neither idle nor checked out yet). */
+  private connecting = 0;
   private readonly logger: DbPoolLogger;
   private readonly leaks: LeakTracker;
   /** Passwords to keep out of error texts, should a driver ever echo one. */
@@ -172,11 +177,11 @@ export class DbPool extends pg.Pool {
     return this as unknown as PgPoolInternals;
   }
 
-  /** The pool's counts right now. */
+  /** The pool's counts right now (`total` includes connections still being opened). */
   state(): PoolState {
     const total = this.totalCount;
     const idle = this.idleCount;
-    return { total, active: total - idle, idle, waiting: this.waitingCount };
+    return { total, active: total - idle - this.connecting, idle, waiting: this.waitingCount };
   }
 
   /**
@@ -288,7 +293,9 @@ export class DbPool extends pg.Pool {
   newClient(pendingItem: { callback: Callback }): void {
     const started = performance.now();
     const callback = pendingItem.callback;
+    this.connecting++;
     pendingItem.callback = (err, client, release) => {
+      this.connecting--;
       if (!err) this.timings.create.observe((performance.now() - started) / 1000);
       callback(err, client, release);
     };
@@ -321,6 +328,10 @@ export class DbPool extends pg.Pool {
       }
       const tracked = client as TrackedClient;
       const lastUsed = tracked[LAST_USED] ?? 0;
+      if (tracked[DEAD]) {
+        tracked.release(true);
+        return this.attempt(startedAt, deadline, timeoutMs, site, callback, lastError);
+      }
       if (this.settings.prePing && lastUsed !== JUST_OPENED && performance.now() - lastUsed > this.settings.prePingBypassMs) {
         return this.validate(tracked, startedAt, deadline, timeoutMs, site, callback);
       }
@@ -372,7 +383,7 @@ export class DbPool extends pg.Pool {
       client[LAST_USED] = now;
       this.timings.use.observe((now - checkedOutAt) / 1000);
       this.leaks.checkin(client);
-      if (err) return release(err);
+      if (err || client[DEAD]) return release(err ?? true);
       // Released while a query is still on the wire: an error answer whose ReadyForQuery has not
       // arrived yet, or a query abandoned by query_timeout. Wait for the server to settle.
       if (client._getActiveQuery?.()) return this.settleAndRelease(client, release);
@@ -427,6 +438,11 @@ export class DbPool extends pg.Pool {
     client.on('error', (err: Error) => {
       this.counters.clientErrors++;
       this.logger.debug?.(`db-pool "${this.settings.name}": connection error: ${err.message}`);
+    });
+    // A FATAL answer (the backend was terminated, the server shuts down) reaches the query
+    // before the socket's end does; mark the connection so it is not handed out in between.
+    client.connection?.on('errorMessage', (msg: { severity?: string }) => {
+      if (msg.severity === 'FATAL' || msg.severity === 'PANIC') client[DEAD] = true;
     });
     const { recycleMs, recycleJitter } = this.settings;
     if (recycleMs > 0) {

@@ -1,0 +1,190 @@
+/** Fault scenarios on the connections themselves: kills, restarts, refused, blackholed and frozen paths. */
+import type pg from 'pg';
+import { PoolConnectError, PoolTimeoutError } from '@db-pool/db-pool';
+import { eventually, faultRig, sleep } from './support.js';
+
+describe('fault scenarios: connections', () => {
+  const rig = faultRig();
+
+  it('1. idle backends killed with pg_terminate_backend: the next queries succeed, nothing crashes', async () => {
+    const { pool, config } = rig().pool({ poolSize: 4, maxOverflow: 0 });
+    await pool.warmUp();
+    const killed = await rig().backends(config.applicationName);
+    await (await rig().admin()).query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1', [config.applicationName]);
+    await sleep(50);
+    const results = await Promise.allSettled(Array.from({ length: 20 }, () => pool.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')));
+    expect(results.filter((r) => r.status === 'rejected')).toEqual([]);
+    for (const r of results) expect(killed).not.toContain((r as PromiseFulfilledResult<pg.QueryResult<{ pid: number }>>).value.rows[0].pid);
+    expect(await eventually(() => pool.totalCount === 4)).toBe(true);
+  });
+
+  it("2. the backend of an in-flight query killed: that query rejects with the server's error; the client is discarded, not reused", async () => {
+    const { pool } = rig().pool({ poolSize: 1, maxOverflow: 0 });
+    const client = await pool.connect();
+    const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+    const running = client.query('SELECT pg_sleep(10)');
+    await sleep(50);
+    await (await rig().admin()).query('SELECT pg_terminate_backend($1)', [pid]);
+    await expect(running).rejects.toThrow('terminating connection due to administrator command');
+    client.release();
+    const { rows } = await pool.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+    expect(rows[0].pid).not.toBe(pid);
+  });
+
+  it('3. server stopped and restarted under load: failures only during the outage, each within DB_POOL_TIMEOUT; full service within 2 s after; no stale connection', async () => {
+    const { pool } = rig().pool({ poolSize: 4, maxOverflow: 4, poolTimeout: 2, connectTimeout: 1 }, true);
+    await pool.warmUp();
+    let stoppedAt = 0;
+    let startedAt = 0;
+    const failures: { at: number; ms: number }[] = [];
+    const successes: number[] = [];
+    let running = true;
+    const worker = async () => {
+      while (running) {
+        const t = Date.now();
+        try {
+          await pool.query('SELECT 1');
+          successes.push(Date.now());
+        } catch {
+          failures.push({ at: t, ms: Date.now() - t });
+          await sleep(20);
+        }
+      }
+    };
+    const workers = Array.from({ length: 8 }, worker);
+    await sleep(300);
+    stoppedAt = Date.now();
+    await rig().db.server.stop();
+    await sleep(1_000);
+    await rig().db.server.start();
+    startedAt = Date.now();
+    await sleep(2_500);
+    running = false;
+    await Promise.all(workers);
+
+    expect(failures.length).toBeGreaterThan(0);
+    for (const f of failures) {
+      expect(f.at).toBeGreaterThanOrEqual(stoppedAt - 50);
+      expect(f.at).toBeLessThan(startedAt + 2_000);
+      expect(f.ms).toBeLessThanOrEqual(2_000 + 200);
+    }
+    expect(successes.filter((t) => t > startedAt && t < startedAt + 2_000).length).toBeGreaterThan(0);
+    expect(successes.filter((t) => t > startedAt + 2_000).length).toBeGreaterThan(50);
+    // no stale connection afterwards: every connection answers
+    const after = await Promise.allSettled(Array.from({ length: 8 }, () => pool.query('SELECT 1')));
+    expect(after.filter((r) => r.status === 'rejected')).toEqual([]);
+  });
+
+  it('4. connection refused: the acquire fails fast with the typed error', async () => {
+    const { pool } = rig().pool({ poolSize: 1, maxOverflow: 0, poolTimeout: 5 });
+    await rig().proxy.setMode('refuse');
+    const started = Date.now();
+    const err = await pool.connect().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(PoolConnectError);
+    expect((err as Error).message).toMatch(/could not open a connection: .*ECONNREFUSED/);
+    expect(Date.now() - started).toBeLessThan(500);
+    await rig().proxy.setMode('pass');
+    await expect(pool.query('SELECT 1')).resolves.toBeDefined();
+  });
+
+  it('5. connect blackholed: the connect timeout fires; no backend is left behind', async () => {
+    const { pool, config } = rig().pool({ poolSize: 1, maxOverflow: 0, poolTimeout: 3, connectTimeout: 1 });
+    await rig().proxy.setMode('blackhole');
+    const started = Date.now();
+    const err = await pool.connect().catch((e: unknown) => e);
+    const elapsed = Date.now() - started;
+    expect(err).toBeInstanceOf(PoolConnectError);
+    expect((err as Error).message).toMatch(/could not open a connection: .*timeout/i);
+    expect(elapsed).toBeGreaterThanOrEqual(950);
+    expect(elapsed).toBeLessThan(1_600);
+    expect(pool.totalCount).toBe(0);
+    expect(await rig().backends(config.applicationName)).toEqual([]);
+  });
+
+  it('6. socket frozen mid-query: the query fails within DB_QUERY_TIMEOUT_MS; the client is discarded; later queries succeed', async () => {
+    const { pool } = rig().pool({ poolSize: 1, maxOverflow: 0, queryTimeoutMs: 500, validationTimeoutMs: 300 });
+    await pool.warmUp();
+    const client = await pool.connect();
+    const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+    await rig().proxy.setMode('freeze');
+    const started = Date.now();
+    await expect(client.query('SELECT 1')).rejects.toThrow('Query read timeout');
+    expect(Date.now() - started).toBeLessThan(900);
+    client.release();
+    await rig().proxy.setMode('pass');
+    const { rows } = await pool.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+    expect(rows[0].pid).not.toBe(pid);
+  });
+
+  it('12. max-lifetime rotation under load: backend pids rotate, zero errors', async () => {
+    const { pool } = rig().pool({ poolSize: 3, maxOverflow: 1, recycle: 1, recycleJitter: 30 });
+    await pool.warmUp();
+    const pids = new Set<number>();
+    let errors = 0;
+    const end = Date.now() + 2_500;
+    await Promise.all(
+      Array.from({ length: 4 }, async () => {
+        while (Date.now() < end) {
+          try {
+            pids.add((await pool.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid);
+          } catch {
+            errors++;
+          }
+        }
+      }),
+    );
+    expect(errors).toBe(0);
+    expect(pids.size).toBeGreaterThanOrEqual(6);
+  });
+
+  it("13. server-side reaping (idle_session_timeout shorter than the pool's idle time): a start-up warning; queries recover transparently", async () => {
+    const admin = await rig().admin();
+    await admin.query("ALTER SYSTEM SET idle_session_timeout = '300ms'");
+    await admin.query('SELECT pg_reload_conf()');
+    try {
+      const { pool, config } = rig().pool({ poolSize: 2, maxOverflow: 0, headroomInterval: 60 });
+      await pool.warmUp();
+      const { PoolMonitor } = await import('@db-pool/db-pool');
+      const warnings: string[] = [];
+      const monitor = new PoolMonitor(pool, config, { log() {}, warn: (m) => warnings.push(m) });
+      await monitor.start();
+      monitor.stop();
+      expect(warnings.join('\n')).toMatch(/idle_session_timeout=300ms closes connections idle longer than that/);
+      await sleep(800); // the server has closed both idle connections by now
+      const results = await Promise.allSettled(Array.from({ length: 10 }, () => pool.query('SELECT 1')));
+      expect(results.filter((r) => r.status === 'rejected')).toEqual([]);
+    } finally {
+      await admin.query('ALTER SYSTEM RESET idle_session_timeout');
+      await admin.query('SELECT pg_reload_conf()');
+    }
+  });
+
+  it('16/17. a frozen server while the pool holds idle sockets: readiness fails within its timeout, not a stale success, and timed-out probes hold nothing', async () => {
+    const { pool } = rig().pool({ poolSize: 2, maxOverflow: 0, healthTimeoutMs: 300, connectTimeout: 1 });
+    await pool.warmUp();
+    await rig().proxy.setMode('freeze');
+    for (let i = 0; i < 20; i++) {
+      const started = Date.now();
+      const err = await pool.ping(300).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(Error);
+      expect(Date.now() - started).toBeLessThan(700);
+    }
+    expect(pool.state().active).toBe(0);
+    await rig().proxy.setMode('pass');
+    // Connects begun while frozen end at DB_CONNECT_TIMEOUT; then the pool is back.
+    await expect(pool.ping(3_000)).resolves.toBeUndefined();
+    expect(pool.state().active).toBe(0);
+  });
+
+  it('7. exhaustion at 10x capacity: waiters get the typed timeout; full recovery after release', async () => {
+    const { pool } = rig().pool({ poolSize: 2, maxOverflow: 1, poolTimeout: 1 });
+    const held = await Promise.all([pool.connect(), pool.connect(), pool.connect()]);
+    const waiters = await Promise.allSettled(Array.from({ length: 30 }, () => pool.connect()));
+    expect(waiters.every((w) => w.status === 'rejected' && w.reason instanceof PoolTimeoutError)).toBe(true);
+    expect(pool.counters.timeouts).toBe(30);
+    expect(pool.waitingCount).toBe(0);
+    held.forEach((c) => c.release());
+    const after = await Promise.allSettled(Array.from({ length: 30 }, () => pool.query('SELECT 1')));
+    expect(after.filter((r) => r.status === 'rejected')).toEqual([]);
+  });
+});
