@@ -24,7 +24,9 @@ export function closeOnSignals(app: INestApplication, onClosed: (code: number) =
     process.once(signal, () => {
       if (closing) return;
       closing = true;
-      app.close().then(
+      // Nest's close() takes the signal (its typings don't say so); Terminus needs it to hold
+      // readiness at 503 for SHUTDOWN_DELAY_MS before the server closes.
+      (app as unknown as { close(signal?: string): Promise<void> }).close(signal).then(
         () => onClosed(0),
         () => onClosed(1),
       );

@@ -18,6 +18,10 @@ function readEnvironment(env: NodeJS.ProcessEnv): { port: number } {
     port = Number(raw);
     if (!/^\d+$/.test(raw.trim()) || port < 1 || port > 65_535) problems.push(`PORT=${JSON.stringify(raw)}: must be an integer from 1 to 65535`);
   }
+  const delay = env.SHUTDOWN_DELAY_MS;
+  if (delay !== undefined && delay !== '' && (!/^\d+$/.test(delay.trim()) || Number(delay) > 600_000)) {
+    problems.push(`SHUTDOWN_DELAY_MS=${JSON.stringify(delay)}: must be an integer from 0 to 600000`);
+  }
   try {
     resolveDbPoolConfig({ env });
   } catch (err) {

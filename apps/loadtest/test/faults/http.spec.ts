@@ -1,0 +1,143 @@
+/** Fault scenarios seen through the api process: refused server, shutdown, health under exhaustion. */
+import { execFileSync, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { createServer } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { faultRig, sleep } from './support.js';
+
+const root = fileURLToPath(new URL('../../../../', import.meta.url));
+
+interface Api {
+  child: ChildProcessWithoutNullStreams;
+  base: string;
+  output: () => string;
+  exited: Promise<number | null>;
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function startApi(env: Record<string, string>): Promise<Api> {
+  const port = await freePort();
+  const child = spawn(process.execPath, [`${root}apps/api/dist/main.js`], { cwd: root, env: { PATH: process.env.PATH!, NO_COLOR: '1', PORT: String(port), HOST: '127.0.0.1', ...env } });
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (out += d));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  const end = Date.now() + 20_000;
+  while (!out.includes('API listening')) {
+    if (Date.now() > end || child.exitCode !== null) throw new Error(`api did not start:\n${out}`);
+    await sleep(50);
+  }
+  return { child, base: `http://127.0.0.1:${port}`, output: () => out, exited };
+}
+
+const get = async (url: string) => {
+  const started = Date.now();
+  const res = await fetch(url);
+  const body = await res.text();
+  return { status: res.status, body, ms: Date.now() - started };
+};
+
+describe('fault scenarios: through the api', () => {
+  const rig = faultRig();
+  const apis: Api[] = [];
+  beforeAll(() => {
+    execFileSync(process.execPath, [`${root}node_modules/typescript/bin/tsc`, '-b', `${root}apps/api/tsconfig.app.json`], { stdio: 'inherit' });
+  });
+  afterEach(async () => {
+    for (const api of apis.splice(0)) {
+      if (api.child.exitCode === null) api.child.kill('SIGKILL');
+      await api.exited;
+    }
+  });
+
+  it('4. connection refused: readiness 503 at once, liveness 200, and both recover', async () => {
+    const api = await startApi({ DATABASE_URL: rig().url, DB_POOL_SIZE: '2', DB_MAX_OVERFLOW: '0', DB_CONNECT_TIMEOUT: '1' });
+    apis.push(api);
+    await rig().proxy.setMode('reset'); // drop the warm connections…
+    await rig().proxy.setMode('refuse'); // …and refuse new ones
+    await sleep(100);
+    const ready = await get(`${api.base}/health/ready`);
+    expect(ready.status).toBe(503);
+    expect(ready.body).toContain('database not reachable');
+    expect(ready.body).toContain('ECONNREFUSED');
+    expect(ready.ms).toBeLessThan(1_500);
+    expect((await get(`${api.base}/health/live`)).status).toBe(200);
+    await rig().proxy.setMode('pass');
+    expect((await get(`${api.base}/health/ready`)).status).toBe(200);
+  });
+
+  // (Readiness under an exhausted pool — 503 at once, without a query — is shown over HTTP in
+  // apps/api/test/health.e2e.spec.ts.)
+  it('16. health under a stalled server: readiness 503 within its timeout; after 20 timed-out probes no probe holds a connection; liveness stays 200', async () => {
+    const api = await startApi({ DATABASE_URL: rig().url, DB_POOL_SIZE: '2', DB_MAX_OVERFLOW: '0', DB_POOL_HEALTH_TIMEOUT_MS: '300', DB_APPLICATION_NAME: 'stalled-api' });
+    apis.push(api);
+    await rig().proxy.setMode('freeze'); // every open connection stalls: probes must not wait on them
+    for (let i = 0; i < 20; i++) {
+      const ready = await get(`${api.base}/health/ready`);
+      expect(ready.status).toBe(503);
+      expect(ready.ms).toBeLessThan(1_000);
+    }
+    expect((await get(`${api.base}/health/live`)).status).toBe(200);
+    const pool = JSON.parse((await get(`${api.base}/health/db_pool`)).body).details.default.pool_status;
+    expect(pool.checked_out).toBe(0);
+    await rig().proxy.setMode('pass');
+  });
+
+  // (A connection still checked out at shutdown is closed after DB_POOL_SHUTDOWN_GRACE: shown on
+  // the pool in libs/db-pool/test/client-errors.spec.ts.)
+  it('15. shutdown under a write-heavy load: readiness 503 at once, in-flight writes finish, exit 0, every acknowledged write stored, no connection left', async () => {
+    const api = await startApi({
+      DATABASE_URL: rig().url,
+      DB_POOL_SIZE: '4',
+      DB_MAX_OVERFLOW: '4',
+      DB_POOL_SHUTDOWN_GRACE: '1',
+      SHUTDOWN_DELAY_MS: '500',
+      DB_APPLICATION_NAME: 'shutdown-api',
+    });
+    apis.push(api);
+    const tag = `sd-${Date.now()}`;
+    let stop = false;
+    const acknowledged: number[] = [];
+    const writers = Array.from({ length: 10 }, async (_, w) => {
+      for (let i = 0; !stop; i++) {
+        try {
+          const res = await fetch(`${api.base}/items`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: `${tag}-${w}-${i}` }) });
+          if (res.status === 201) acknowledged.push(((await res.json()) as { id: number }).id);
+        } catch {
+          return;
+        }
+      }
+    });
+    await sleep(300);
+    const started = Date.now();
+    api.child.kill('SIGTERM');
+    await sleep(100);
+    const ready = await get(`${api.base}/health/ready`).catch(() => ({ status: 0, body: '', ms: 0 }));
+    expect(ready.status).toBe(503);
+    expect(ready.body).toContain('shutting_down');
+    stop = true;
+    await Promise.all(writers);
+    expect(await api.exited).toBe(0);
+    expect(Date.now() - started).toBeLessThan(5_000);
+    expect(acknowledged.length).toBeGreaterThan(10);
+    const admin = new pg.Client({ connectionString: rig().db.url });
+    await admin.connect();
+    try {
+      const { rows } = await admin.query<{ id: number }>('SELECT id FROM items WHERE name LIKE $1', [`${tag}-%`]);
+      const stored = new Set(rows.map((r) => r.id));
+      expect(acknowledged.filter((id) => !stored.has(id))).toEqual([]);
+      const { rows: left } = await admin.query("SELECT pid FROM pg_stat_activity WHERE application_name = 'shutdown-api'");
+      expect(left).toEqual([]);
+    } finally {
+      await admin.end();
+    }
+  });
+});
