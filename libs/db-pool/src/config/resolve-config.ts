@@ -129,7 +129,7 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
 
   if (problems.length > 0) throw new DbPoolConfigError(name, problems);
 
-  return {
+  const config: DbPoolConfig = {
     name,
     url,
     redactedUrl: url !== undefined ? redactUrl(url) : `postgres://${options.username ?? ''}${options.password ? ':***' : ''}@${options.host}:${port ?? 5432}/${options.database ?? ''}`,
@@ -160,6 +160,9 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
     applicationName: (values.get('applicationName') as string | undefined) ?? (name === DEFAULT_POOL_NAME ? 'db-pool' : `db-pool:${name}`),
     typeorm: options.typeorm ?? {},
   };
+  // Readable, but not listed: util.inspect, JSON.stringify and logging a config show neither.
+  for (const key of ['url', 'password'] as const) Object.defineProperty(config, key, { enumerable: false });
+  return config;
 }
 
 /** The one start-up line that shows the effective configuration (URL redacted). */

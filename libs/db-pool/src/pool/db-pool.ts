@@ -98,6 +98,8 @@ type TrackedClient = pg.PoolClient & {
 };
 
 const PING = 'SELECT 1';
+/** Passwords to keep out of error texts, should a driver ever echo one; kept off the instance so util.inspect cannot show them. */
+const SECRETS = new WeakMap<object, string[]>();
 const FILL_RETRY_MIN_MS = 250;
 const FILL_RETRY_MAX_MS = 5_000;
 
@@ -133,8 +135,7 @@ export class DbPool extends pg.Pool {
   private connecting = 0;
   private readonly logger: DbPoolLogger;
   private readonly leaks: LeakTracker;
-  /** Passwords to keep out of error texts, should a driver ever echo one. */
-  private readonly secrets: string[];
+
   private fillTimer: NodeJS.Timeout | undefined;
   private fillRetryMs = FILL_RETRY_MIN_MS;
 
@@ -160,7 +161,9 @@ export class DbPool extends pg.Pool {
     } as unknown as pg.PoolConfig);
     this.settings = settings;
     this.logger = settings.logger ?? { log: () => {}, warn: () => {} };
-    this.secrets = passwordsOf(options);
+    SECRETS.set(this, passwordsOf(options));
+    // pg-pool hides `password`; the connection string holds it too.
+    if (this.options.connectionString) Object.defineProperty(this.options, 'connectionString', { enumerable: false });
     this.leaks = settings.leakThresholdMs > 0 ? new CheckoutLeakTracker(settings.name, settings.leakThresholdMs, this.logger) : NO_LEAK_TRACKING;
 
     this.on('connect', (client: TrackedClient) => this.onConnect(client));
@@ -169,7 +172,7 @@ export class DbPool extends pg.Pool {
     // process would crash.
     // (Counted by the per-client listener in onConnect.)
     this.on('error', (err: Error) => {
-      this.logger.warn(`db-pool "${settings.name}": idle connection lost: ${scrubSecrets(err.message, this.secrets)}`);
+      this.logger.warn(`db-pool "${settings.name}": idle connection lost: ${scrubSecrets(err.message, SECRETS.get(this)!)}`);
     });
   }
 
@@ -324,7 +327,7 @@ export class DbPool extends pg.Pool {
       if (timer) clearTimeout(timer);
       if (err) {
         this.counters.connectErrors++;
-        return callback(new PoolConnectError(this.settings.name, this.state(), scrubSecrets(err.message, this.secrets), { cause: err }));
+        return callback(new PoolConnectError(this.settings.name, this.state(), scrubSecrets(err.message, SECRETS.get(this)!), { cause: err }));
       }
       const tracked = client as TrackedClient;
       const lastUsed = tracked[LAST_USED] ?? 0;

@@ -27,10 +27,17 @@ export function toPoolSettings(config: DbPoolConfig, logger?: DbPoolLogger): DbP
  * The `pg` module as TypeORM should see it: everything of pg's, with `Pool` bound to this
  * pool's settings. TypeORM calls `new driver.Pool(options)` with its own connection options.
  */
-export function createPgDriver(settings: DbPoolSettings): typeof pg {
+export function createPgDriver(settings: DbPoolSettings, credentials: { connectionString?: string; password?: string } = {}): typeof pg {
   class ConfiguredDbPool extends DbPool {
     constructor(options: pg.PoolConfig) {
-      super({ ...options, dbPool: settings });
+      // The credentials travel in this closure, not in TypeORM's options, so a logged or
+      // inspected DataSource never shows the password (DbPool hides it in its own options).
+      super({
+        ...options,
+        ...(credentials.connectionString !== undefined ? { connectionString: credentials.connectionString } : {}),
+        ...(credentials.password !== undefined ? { password: credentials.password } : {}),
+        dbPool: settings,
+      });
     }
   }
   return Object.create(pg, { Pool: { value: ConfiguredDbPool, enumerable: true } }) as typeof pg;
@@ -51,16 +58,15 @@ export function toTypeOrmOptions(config: DbPoolConfig, logger?: DbPoolLogger): T
     ...config.typeorm,
     type: 'postgres',
     name: config.name,
-    url: config.url,
+    url: config.url === undefined ? undefined : withoutPassword(config.url),
     host: config.host,
     port: config.port,
     username: config.username,
-    password: config.password,
     database: config.database,
     applicationName: config.applicationName,
     poolSize: config.poolSize + config.maxOverflow,
     connectTimeoutMS: config.connectTimeoutMs,
-    driver: createPgDriver(toPoolSettings(config, logger)),
+    driver: createPgDriver(toPoolSettings(config, logger), { connectionString: config.url, password: config.password }),
     extra: toPgClientOptions(config),
   };
 }
@@ -72,4 +78,15 @@ export function poolOf(dataSource: DataSource): DbPool {
     throw new Error('this DataSource is not connected through db-pool (was it built by DbPoolModule and initialized?)');
   }
   return pool;
+}
+
+function withoutPassword(url: string): string {
+  try {
+    const parsed = new URL(url);
+    parsed.password = '';
+    parsed.searchParams.delete('password');
+    return parsed.toString();
+  } catch {
+    return url; // validated before; never reached
+  }
 }
