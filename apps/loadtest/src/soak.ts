@@ -58,7 +58,12 @@ async function main(): Promise<void> {
             break;
           case 3: {
             const c = await pool.connect();
-            await c.query('BEGIN');
+            try {
+              await c.query('BEGIN');
+            } catch (err) {
+              c.release(err as Error);
+              throw err;
+            }
             c.release(); // handed back open: the pool rolls it back
             break;
           }

@@ -19,6 +19,8 @@ describe('fault scenarios: 20. soak', () => {
     // It ended by itself (the script never calls process.exit) soon after its 8 s of load.
     expect(Date.now() - started).toBeLessThan(25_000);
     expect(run.stderr).toBe('');
+    // No line at all means the process ended with work still pending (an empty event loop).
+    expect(run.stdout).toMatch(/^\{.*\}$/m);
     const result = JSON.parse(run.stdout.trim().split('\n').pop()!);
     expect(result).toMatchObject({ gc: true, heap_ok: true, pool_back_at_size: true, served: true, ok: true });
     expect(result.kills).toBeGreaterThan(5);

@@ -251,13 +251,17 @@ export class DbPool extends pg.Pool {
   override end(callback?: () => void): Promise<void> | void {
     clearTimeout(this.fillTimer);
     this.leaks.stop();
-    const ending = this.ending;
-    const result = callback ? super.end(callback) : super.end();
-    if (!ending) {
-      const grace = setTimeout(() => this.closeCheckedOut(), this.settings.shutdownGraceMs);
-      grace.unref(); // and a no-op if everything came back in time
+    if (this.ending) return callback ? super.end(callback) : super.end();
+    // Not unref'd: a shutdown under way keeps the process alive until it has finished.
+    const grace = setTimeout(() => this.closeCheckedOut(), this.settings.shutdownGraceMs);
+    const done = () => clearTimeout(grace);
+    if (callback) {
+      return super.end(() => {
+        done();
+        callback();
+      });
     }
-    return result;
+    return super.end().finally(done);
   }
 
   private closeCheckedOut(): void {
@@ -400,18 +404,28 @@ export class DbPool extends pg.Pool {
   private settleAndRelease(client: TrackedClient, release: (err?: Error | boolean) => void): void {
     const connection = client.connection;
     if (!connection) return release(true);
-    const onReady = () => {
+    let settled = false;
+    const settle = (outcome: () => void) => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
-      // pg clears its active query in its own readyForQuery handler, which may run after ours.
-      setImmediate(() => (client._getActiveQuery?.() ? release(true) : this.resetAndRelease(client, release)));
-    };
-    const timer = setTimeout(() => {
       connection.removeListener('readyForQuery', onReady);
-      this.logger.debug?.(`db-pool "${this.settings.name}": a connection released with a query in flight did not settle; discarding it`);
-      release(new Error('released with a query in flight that did not finish'));
-    }, this.settings.validationTimeoutMs);
-    timer.unref();
+      connection.removeListener('end', onEnd);
+      outcome();
+    };
+    // pg clears its active query in its own readyForQuery handler, which may run after ours.
+    const onReady = () => settle(() => setImmediate(() => (client._getActiveQuery?.() ? release(true) : this.resetAndRelease(client, release))));
+    const onEnd = () => settle(() => release(true));
+    const timer = setTimeout(
+      () =>
+        settle(() => {
+          this.logger.debug?.(`db-pool "${this.settings.name}": a connection released with a query in flight did not settle; discarding it`);
+          release(new Error('released with a query in flight that did not finish'));
+        }),
+      this.settings.validationTimeoutMs,
+    );
     connection.once('readyForQuery', onReady);
+    connection.once('end', onEnd);
   }
 
   private resetAndRelease(client: TrackedClient, release: (err?: Error | boolean) => void): void {
