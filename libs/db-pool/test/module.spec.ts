@@ -192,7 +192,7 @@ describe('DbPoolModule start-up against a role with a connection limit below the
       expect(logs.some((l) => /db-pool "default": warmed 2 of 4 connections: .*too many connections for role/.test(l))).toBe(true);
       expect(logs.join('\n')).not.toContain('limited@');
       const held = [await pool.connect(), await pool.connect()];
-      const err = await pool.connect().catch((e: unknown) => e as Error);
+      const err = (await pool.connect().catch((e: unknown) => e)) as Error;
       expect(err.message).toMatch(/^db-pool "default": could not open a connection: too many connections for role/);
       held.forEach((c) => c.release());
       await expect(pool.query('SELECT 1')).resolves.toBeDefined(); // not wedged
