@@ -1,0 +1,171 @@
+/**
+ * docker/ cannot be run here (no Docker engine), so this keeps it honest instead: every file
+ * parses; every environment key it sets is one the api accepts, with values the api's own
+ * validation accepts; ports, routes and probe paths match the app; replicas × pool capacity
+ * fits the server or the pooler in front of it.
+ */
+import 'reflect-metadata';
+import type { INestApplication } from '@nestjs/common';
+import { readFileSync, readdirSync, statSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parse, parseAllDocuments } from 'yaml';
+import { createApp } from '../src/bootstrap.js';
+import { ACCEPTED_ENV_KEYS, readEnvironment } from '../src/environment.js';
+
+const docker = fileURLToPath(new URL('../../../docker/', import.meta.url));
+const read = (path: string) => readFileSync(join(docker, path), 'utf8');
+const SUPERUSER_RESERVED = 3; // PostgreSQL's default superuser_reserved_connections
+
+function files(dir = docker): string[] {
+  return readdirSync(dir).flatMap((name) => {
+    const path = join(dir, name);
+    return statSync(path).isDirectory() ? files(path) : [path.slice(docker.length)];
+  });
+}
+
+function ini(text: string): Record<string, Record<string, string>> {
+  const out: Record<string, Record<string, string>> = {};
+  let section = '';
+  for (const [i, raw] of text.split('\n').entries()) {
+    const line = raw.trim();
+    if (!line || line.startsWith(';') || line.startsWith('#')) continue;
+    const header = /^\[([^\]]+)\]$/.exec(line);
+    if (header) {
+      section = header[1];
+      out[section] = {};
+      continue;
+    }
+    const kv = /^([A-Za-z_][\w.]*)\s*=\s*(.*)$/.exec(line);
+    if (!kv || !section) throw new Error(`line ${i + 1} is not "key = value" inside a [section]: ${raw}`);
+    out[section][kv[1]] = kv[2];
+  }
+  return out;
+}
+
+type K8sEnv = { name: string; value?: string; valueFrom?: unknown }[];
+const compose = () => parse(read('compose.yml'));
+const k8s = () => parseAllDocuments(read('k8s/deployment.yaml')).map((d) => d.toJS());
+const deployment = () => k8s().find((d) => d.kind === 'Deployment');
+const container = () => deployment().spec.template.spec.containers[0];
+
+describe('docker/ and Kubernetes files agree with the app', () => {
+  it('every file parses', () => {
+    const all = files();
+    expect(all).toEqual(expect.arrayContaining(['Dockerfile', 'compose.yml', 'k8s/deployment.yaml', 'prometheus/alerts.yml', 'prometheus/prometheus.yml', 'pgbouncer/pgbouncer.ini']));
+    for (const file of all) {
+      if (/\.ya?ml$/.test(file)) {
+        for (const doc of parseAllDocuments(read(file))) expect(doc.errors).toEqual([]);
+      } else if (file.endsWith('.ini')) {
+        expect(() => ini(read(file))).not.toThrow();
+      } else if (file.endsWith('Dockerfile')) {
+        const instructions = read(file)
+          .replace(/\\\n/g, ' ')
+          .split('\n')
+          .map((l) => l.trim())
+          .filter((l) => l && !l.startsWith('#'))
+          .map((l) => l.split(/\s+/)[0]);
+        for (const instruction of instructions) expect(['FROM', 'WORKDIR', 'COPY', 'RUN', 'ENV', 'USER', 'EXPOSE', 'HEALTHCHECK', 'CMD', 'ARG', 'LABEL']).toContain(instruction);
+      } else if (file.endsWith('userlist.txt')) {
+        for (const line of read(file).trim().split('\n')) expect(line).toMatch(/^"[^"]+" "[^"]+"$/);
+      } else {
+        throw new Error(`no check for docker/${file}: add one`);
+      }
+    }
+  });
+
+  it('every environment key in compose and Kubernetes is one the api accepts, with values it accepts', () => {
+    const fromCompose: Record<string, string> = compose().services.api.environment;
+    const fromK8s = Object.fromEntries((container().env as K8sEnv).map((e) => [e.name, e.value ?? 'postgres://from-secret:x@db:5432/app']));
+    for (const env of [fromCompose, fromK8s]) {
+      for (const key of Object.keys(env)) expect(ACCEPTED_ENV_KEYS).toContain(key);
+      expect(() => readEnvironment(env)).not.toThrow();
+    }
+    expect((container().env as K8sEnv).find((e) => e.name === 'DATABASE_URL')?.valueFrom).toEqual({ secretKeyRef: { name: 'db-pool-api-db', key: 'url' } });
+    const secret = parse(read('k8s/secret.example.yaml'));
+    expect(secret).toMatchObject({ kind: 'Secret', metadata: { name: 'db-pool-api-db' } });
+    expect(Object.keys(secret.stringData)).toEqual(['url']);
+  });
+
+  it('ports agree: Dockerfile, compose, Kubernetes, Prometheus, PgBouncer', () => {
+    const dockerfile = read('Dockerfile');
+    const port = Number(/^EXPOSE (\d+)$/m.exec(dockerfile)![1]);
+    expect(dockerfile).toContain(`PORT=${port}`);
+    expect(Number(compose().services.api.environment.PORT)).toBe(port);
+    expect(compose().services.api.expose.map(Number)).toContain(port);
+    expect(container().ports[0].containerPort).toBe(port);
+    expect(Number((container().env as K8sEnv).find((e) => e.name === 'PORT')!.value)).toBe(port);
+    expect(Number(deployment().spec.template.metadata.annotations['prometheus.io/port'])).toBe(port);
+    const scrape = parse(read('prometheus/prometheus.yml')).scrape_configs[0];
+    expect(scrape.dns_sd_configs[0].port).toBe(port);
+    expect(scrape.dns_sd_configs[0].names).toEqual(['api']);
+
+    const bouncer = ini(read('pgbouncer/pgbouncer.ini'));
+    const viaBouncer = new URL(compose().services.api.environment.DATABASE_URL);
+    expect(viaBouncer.hostname).toBe('pgbouncer');
+    expect(Number(viaBouncer.port)).toBe(Number(bouncer.pgbouncer.listen_port));
+    expect(bouncer.pgbouncer.pool_mode).toBe('transaction');
+    expect(bouncer.databases[viaBouncer.pathname.slice(1)]).toMatch(/host=postgres port=5432/);
+    expect(compose().services.pgbouncer.ports).toContain(`${bouncer.pgbouncer.listen_port}:${bouncer.pgbouncer.listen_port}`);
+    const rules = parse(read('prometheus/prometheus.yml')).rule_files[0];
+    expect(compose().services.prometheus.volumes).toContain(`./prometheus/alerts.yml:${rules}:ro`);
+  });
+
+  it('replicas × pool capacity fits the server, or the pooler in front of it', () => {
+    const maxConnections = Number(/max_connections=(\d+)/.exec(compose().services.postgres.command.join(' '))![1]);
+    const available = maxConnections - SUPERUSER_RESERVED;
+    const capacity = (env: Record<string, string>) => Number(env.DB_POOL_SIZE ?? 20) + Number(env.DB_MAX_OVERFLOW ?? 40);
+
+    const k8sEnv = Object.fromEntries((container().env as K8sEnv).map((e) => [e.name, e.value ?? '']));
+    const k8sReplicas = deployment().spec.replicas;
+    expect(Number(k8sEnv.DB_POOL_EXPECTED_REPLICAS)).toBe(k8sReplicas);
+    // a rolling update must not add a pool past the budget
+    expect(deployment().spec.strategy.rollingUpdate.maxSurge).toBe(0);
+    expect(k8sReplicas * capacity(k8sEnv)).toBeLessThanOrEqual(available);
+
+    const api = compose().services.api;
+    const bouncer = ini(read('pgbouncer/pgbouncer.ini')).pgbouncer;
+    expect(Number(api.environment.DB_POOL_EXPECTED_REPLICAS)).toBe(api.deploy.replicas);
+    expect(api.deploy.replicas * capacity(api.environment)).toBeLessThanOrEqual(Number(bouncer.max_client_conn));
+    expect(Number(bouncer.default_pool_size) + Number(bouncer.reserve_pool_size)).toBeLessThanOrEqual(available);
+
+    const pdb = k8s().find((d) => d.kind === 'PodDisruptionBudget');
+    expect(pdb.spec.minAvailable).toBeLessThan(k8sReplicas);
+    expect(pdb.spec.selector).toEqual(deployment().spec.selector);
+  });
+
+  describe('against the running app', () => {
+    let app: INestApplication;
+    let base: string;
+    beforeAll(async () => {
+      app = await createApp({ url: process.env.DATABASE_URL, poolSize: 2, maxOverflow: 0, env: {} }, { logger: false });
+      await app.listen(0, '127.0.0.1');
+      base = `http://127.0.0.1:${(app.getHttpServer().address() as AddressInfo).port}`;
+    });
+    afterAll(async () => {
+      await app?.close();
+    });
+
+    it('every probe path and the Docker health check answer 200', async () => {
+      const c = container();
+      const paths = [c.livenessProbe.httpGet.path, c.readinessProbe.httpGet.path, c.startupProbe.httpGet.path, /\/health\/\w+/.exec(read('Dockerfile'))![0]];
+      expect(new Set(paths)).toEqual(new Set(['/health/live', '/health/ready']));
+      expect(c.livenessProbe.httpGet.path).toBe('/health/live'); // never the database
+      for (const path of paths) expect((await fetch(`${base}${path}`)).status).toBe(200);
+    });
+
+    it('Prometheus scrapes a path that serves metrics, and every alert rule uses a metric the app exports', async () => {
+      const scrape = parse(read('prometheus/prometheus.yml')).scrape_configs[0];
+      expect(scrape.metrics_path).toBe(deployment().spec.template.metadata.annotations['prometheus.io/path']);
+      const res = await fetch(`${base}${scrape.metrics_path}`);
+      expect(res.status).toBe(200);
+      const exported = new Set([...(await res.text()).matchAll(/^# TYPE (\S+) /gm)].map((m) => m[1]));
+      const rules = parse(read('prometheus/alerts.yml')).groups.flatMap((g: { rules: { expr: string }[] }) => g.rules);
+      expect(rules.length).toBeGreaterThanOrEqual(6);
+      for (const rule of rules) {
+        for (const [name] of rule.expr.matchAll(/\bdb_[a-z_]+\b/g)) expect(exported).toContain(name);
+      }
+    });
+  });
+});
