@@ -188,11 +188,17 @@ describe('DbPoolModule start-up against a role with a connection limit below the
     await app.init();
     try {
       const pool = app.get<DbPool>(getDbPoolToken());
-      expect(pool.totalCount).toBe(2);
-      expect(logs.some((l) => /db-pool "default": warmed 2 of 4 connections: .*too many connections for role/.test(l))).toBe(true);
+      // 2, or 1 while the server still counts a connection that is on its way out
+      expect([1, 2]).toContain(pool.totalCount);
+      expect(logs.some((l) => new RegExp(`db-pool "default": warmed ${pool.totalCount} of 4 connections: .*too many connections for role`).test(l))).toBe(true);
       expect(logs.join('\n')).not.toContain('limited@');
-      const held = [await pool.connect(), await pool.connect()];
-      const err = (await pool.connect().catch((e: unknown) => e)) as Error;
+      const held: pg.PoolClient[] = [];
+      let err: Error | undefined;
+      while (!err && held.length <= 2) {
+        await pool.connect().then((c) => held.push(c), (e: Error) => (err = e));
+      }
+      expect(held.length).toBeLessThanOrEqual(2);
+      if (!err) throw new Error('expected the role limit to refuse a connection');
       expect(err.message).toMatch(/^db-pool "default": could not open a connection: too many connections for role/);
       held.forEach((c) => c.release());
       await expect(pool.query('SELECT 1')).resolves.toBeDefined(); // not wedged

@@ -104,9 +104,15 @@ describe('fault scenarios: use and misuse', () => {
     await app.init();
     try {
       const pool = app.get<DbPool>(getDbPoolToken());
-      expect(warnings.join('\n')).toMatch(/warmed 2 of 5 connections: too many connections for role "capped"/);
-      const held = [await pool.connect(), await pool.connect()];
-      const err = await pool.connect().catch((e: unknown) => e);
+      // 2, or 1 while the server still counts a connection that is on its way out
+      expect(warnings.join('\n')).toMatch(new RegExp(`warmed ${pool.totalCount} of 5 connections: too many connections for role "capped"`));
+      expect([1, 2]).toContain(pool.totalCount);
+      const held: pg.PoolClient[] = [];
+      let err: unknown;
+      while (!err && held.length <= 2) {
+        await pool.connect().then((c) => held.push(c), (e: unknown) => (err = e));
+      }
+      expect(held.length).toBeLessThanOrEqual(2);
       expect(err).toBeInstanceOf(PoolConnectError);
       expect((err as Error).message).toContain('too many connections for role "capped"');
       expect(pool.waitingCount).toBe(0);

@@ -331,7 +331,9 @@ export class DbPool extends pg.Pool {
       if (timer) clearTimeout(timer);
       if (err) {
         this.counters.connectErrors++;
-        return callback(new PoolConnectError(this.settings.name, this.state(), scrubSecrets(err.message, SECRETS.get(this)!), { cause: err }));
+        // pg says only "timeout expired" when its connect timeout fires; name the setting.
+        const reason = err.message === 'timeout expired' ? `DB_CONNECT_TIMEOUT (${this.settings.connectTimeoutMs} ms) expired` : scrubSecrets(err.message, SECRETS.get(this)!);
+        return callback(new PoolConnectError(this.settings.name, this.state(), reason, { cause: err }));
       }
       const tracked = client as TrackedClient;
       const lastUsed = tracked[LAST_USED] ?? 0;

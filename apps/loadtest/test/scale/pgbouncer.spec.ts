@@ -1,0 +1,122 @@
+/**
+ * Scale-out: 8 processes, each with a pool of 20 + 40, against a PostgreSQL whose
+ * max_connections (40) is far below 8 × 60. Directly, the start-up recommendation predicts the
+ * overcommit and the server's "too many clients" errors appear as clear errors, never a crash.
+ * Through PgBouncer in transaction mode, its server pool sized to the headroom: zero errors.
+ */
+import { execFileSync, spawn } from 'node:child_process';
+import { chmodSync, mkdtempSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { freePort, startEmbeddedPostgres, type EmbeddedPostgres } from '../../../../tools/embedded-db.mjs';
+
+const root = fileURLToPath(new URL('../../../../', import.meta.url));
+const REPLICAS = 8;
+const MAX_CONNECTIONS = 40;
+const hasPgBouncer = (() => {
+  try {
+    execFileSync('pgbouncer', ['--version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
+interface WorkerResult {
+  ok: number;
+  errors: Record<string, number>;
+  warnings: string[];
+  ops_per_s: number;
+  crashed?: string;
+}
+
+async function runReplicas(url: string): Promise<{ results: WorkerResult[]; codes: (number | null)[] }> {
+  const runs = Array.from({ length: REPLICAS }, () => {
+    const child = spawn(process.execPath, [`${root}apps/loadtest/dist/scale/worker.js`], {
+      cwd: root,
+      env: { PATH: process.env.PATH!, DATABASE_URL: url, EXPECTED_REPLICAS: String(REPLICAS), DURATION_MS: '3000', CALLERS: '60' },
+    });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    return new Promise<{ out: string; code: number | null }>((resolve) => child.on('close', (code) => resolve({ out, code })));
+  });
+  const done = await Promise.all(runs);
+  return { results: done.map((d) => JSON.parse(d.out.trim().split('\n').pop()!)), codes: done.map((d) => d.code) };
+}
+
+const describeIf = hasPgBouncer || process.env.CI ? describe : describe.skip;
+
+describeIf('scale-out: 8 replicas × 60 against max_connections=40', () => {
+  let db: EmbeddedPostgres;
+  beforeAll(async () => {
+    if (!hasPgBouncer) throw new Error('pgbouncer is not installed (Debian package pgbouncer); .ci/run installs it');
+    execFileSync(process.execPath, [`${root}node_modules/typescript/bin/tsc`, '-b', `${root}apps/loadtest/tsconfig.app.json`], { stdio: 'inherit' });
+    db = await startEmbeddedPostgres({ postgresFlags: ['-c', `max_connections=${MAX_CONNECTIONS}`] });
+  });
+  afterAll(async () => {
+    await db?.stop();
+  });
+
+  const total = (results: WorkerResult[]) => results.reduce((n, r) => n + r.ok, 0);
+  const errorCount = (results: WorkerResult[]) => results.reduce((n, r) => n + Object.values(r.errors).reduce((a, b) => a + b, 0), 0);
+
+  it('directly: the overcommit is predicted at start-up, and "too many clients" surfaces as clear errors, never a crash', async () => {
+    const { results, codes } = await runReplicas(db.url);
+    expect(codes).toEqual(Array(REPLICAS).fill(0));
+    for (const r of results) expect(r.crashed).toBeUndefined();
+    const warnings = results.flatMap((r) => r.warnings).join('\n');
+    expect(warnings).toMatch(/Server headroom: 8 replica\(s\) × 60 connections = 480, more than the \d+ the server can give \(max_connections=40/);
+    expect(errorCount(results)).toBeGreaterThan(0);
+    const kinds = results.flatMap((r) => Object.keys(r.errors));
+    // The server refuses (too many clients) or, swamped by connection attempts, answers too late.
+    for (const kind of kinds) {
+      expect(kind).toMatch(/^PoolConnectError: db-pool "…": could not open a connection: (sorry, too many clients already|remaining connection slots are reserved.*|DB_CONNECT_TIMEOUT \(3000 ms\) expired)\s*$/);
+    }
+    expect(kinds.some((k) => /too many clients|remaining connection slots/.test(k))).toBe(true);
+    expect(total(results)).toBeGreaterThan(0);
+    process.stdout.write(`direct: ${total(results)} queries, ${errorCount(results)} errors, ${results.reduce((n, r) => n + r.ops_per_s, 0)} ops/s\n`);
+  }, 120_000);
+
+  it('through PgBouncer in transaction mode, its server pool sized to the headroom: zero errors', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'db-pool-pgbouncer-'));
+    chmodSync(dir, 0o777); // pgbouncer runs as the postgres user when we are root
+    const port = await freePort();
+    const pool = MAX_CONNECTIONS - 3 - 5; // leave the reserved slots and a few for admin
+    const ini = readFileSync(`${root}apps/loadtest/test/scale/pgbouncer.ini`, 'utf8')
+      .replaceAll('@PORT@', String(port))
+      .replaceAll('@SERVER_PORT@', String(db.port))
+      .replaceAll('@DIR@', dir)
+      .replaceAll('@POOL@', String(pool));
+    writeFileSync(join(dir, 'pgbouncer.ini'), ini);
+    writeFileSync(join(dir, 'userlist.txt'), `"${db.user}" "${db.password}"\n`);
+    const args = process.getuid?.() === 0 ? ['-u', 'postgres', join(dir, 'pgbouncer.ini')] : [join(dir, 'pgbouncer.ini')];
+    const bouncer = spawn('pgbouncer', args, { stdio: 'ignore' });
+    try {
+      const deadline = Date.now() + 10_000;
+      for (;;) {
+        try {
+          const probe = await import('pg');
+          const c = new probe.default.Client({ connectionString: `postgres://${db.user}:${encodeURIComponent(db.password)}@127.0.0.1:${port}/postgres` });
+          await c.connect();
+          await c.end();
+          break;
+        } catch (err) {
+          if (Date.now() > deadline) throw new Error(`pgbouncer did not start: ${(err as Error).message}\n${readFileSync(join(dir, 'pgbouncer.log'), 'utf8').slice(-2000)}`);
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      }
+      const { results, codes } = await runReplicas(`postgres://${db.user}:${encodeURIComponent(db.password)}@127.0.0.1:${port}/postgres`);
+      expect(codes).toEqual(Array(REPLICAS).fill(0));
+      for (const r of results) expect(r).toMatchObject({ errors: {} });
+      expect(errorCount(results)).toBe(0);
+      expect(total(results)).toBeGreaterThan(1_000);
+      process.stdout.write(`via PgBouncer (server pool ${pool}): ${total(results)} queries, 0 errors, ${results.reduce((n, r) => n + r.ops_per_s, 0)} ops/s\n`);
+    } finally {
+      bouncer.kill('SIGTERM');
+      await new Promise((r) => (bouncer.exitCode !== null ? r(null) : bouncer.once('exit', r)));
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
+});
