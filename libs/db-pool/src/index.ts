@@ -30,4 +30,5 @@ export {
 } from './monitor/pool-monitor.js';
 export { DbPoolRegistry } from './monitor/pool-registry.js';
 export type { ServerHeadroom } from './monitor/server-headroom.js';
+export type { PgBouncerStats } from './monitor/pgbouncer-stats.js';
 export { Histogram, type PoolTimings } from './pool/histogram.js';

@@ -5,6 +5,8 @@
  * Through PgBouncer in transaction mode, its server pool sized to the headroom: zero errors.
  */
 import { execFileSync, spawn } from 'node:child_process';
+import pg from 'pg';
+import { DbPool, DbPoolMetrics, DbPoolRegistry, PoolMonitor, resolveDbPoolConfig, toPoolSettings } from '@db-pool/db-pool';
 import { chmodSync, mkdtempSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -79,26 +81,31 @@ describeIf('scale-out: 8 replicas × 60 against max_connections=40', () => {
     process.stdout.write(`direct: ${total(results)} queries, ${errorCount(results)} errors, ${results.reduce((n, r) => n + r.ops_per_s, 0)} ops/s\n`);
   }, 120_000);
 
-  it('through PgBouncer in transaction mode, its server pool sized to the headroom: zero errors', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'db-pool-pgbouncer-'));
-    chmodSync(dir, 0o777); // pgbouncer runs as the postgres user when we are root
-    const port = await freePort();
-    const pool = MAX_CONNECTIONS - 3 - 5; // leave the reserved slots and a few for admin
-    const ini = readFileSync(`${root}apps/loadtest/test/scale/pgbouncer.ini`, 'utf8')
-      .replaceAll('@PORT@', String(port))
-      .replaceAll('@SERVER_PORT@', String(db.port))
-      .replaceAll('@DIR@', dir)
-      .replaceAll('@POOL@', String(pool));
-    writeFileSync(join(dir, 'pgbouncer.ini'), ini);
-    writeFileSync(join(dir, 'userlist.txt'), `"${db.user}" "${db.password}"\n`);
-    const args = process.getuid?.() === 0 ? ['-u', 'postgres', join(dir, 'pgbouncer.ini')] : [join(dir, 'pgbouncer.ini')];
-    const bouncer = spawn('pgbouncer', args, { stdio: 'ignore' });
-    try {
+  describe('through PgBouncer', () => {
+    let dir: string;
+    let port: number;
+    let bouncer: ReturnType<typeof spawn>;
+    const serverPool = MAX_CONNECTIONS - 3 - 5; // leave the reserved slots and a few for admin
+    const url = (database = 'postgres') => `postgres://${db.user}:${encodeURIComponent(db.password)}@127.0.0.1:${port}/${database}`;
+
+    beforeAll(async () => {
+      dir = mkdtempSync(join(tmpdir(), 'db-pool-pgbouncer-'));
+      chmodSync(dir, 0o777); // pgbouncer runs as the postgres user when we are root
+      port = await freePort();
+      const ini = readFileSync(`${root}apps/loadtest/test/scale/pgbouncer.ini`, 'utf8')
+        .replaceAll('@PORT@', String(port))
+        .replaceAll('@SERVER_PORT@', String(db.port))
+        .replaceAll('@DIR@', dir)
+        .replaceAll('@POOL@', String(serverPool));
+      writeFileSync(join(dir, 'pgbouncer.ini'), ini);
+      writeFileSync(join(dir, 'userlist.txt'), `"${db.user}" "${db.password}"\n`);
+      const args = process.getuid?.() === 0 ? ['-u', 'postgres', join(dir, 'pgbouncer.ini')] : [join(dir, 'pgbouncer.ini')];
+      bouncer = spawn('pgbouncer', args, { stdio: 'ignore' });
       const deadline = Date.now() + 10_000;
       for (;;) {
+        const c = new pg.Client({ connectionString: url() });
+        c.on('error', () => {});
         try {
-          const probe = await import('pg');
-          const c = new probe.default.Client({ connectionString: `postgres://${db.user}:${encodeURIComponent(db.password)}@127.0.0.1:${port}/postgres` });
           await c.connect();
           await c.end();
           break;
@@ -107,16 +114,52 @@ describeIf('scale-out: 8 replicas × 60 against max_connections=40', () => {
           await new Promise((r) => setTimeout(r, 100));
         }
       }
-      const { results, codes } = await runReplicas(`postgres://${db.user}:${encodeURIComponent(db.password)}@127.0.0.1:${port}/postgres`);
+    });
+    afterAll(async () => {
+      bouncer?.kill('SIGTERM');
+      await new Promise((r) => (!bouncer || bouncer.exitCode !== null ? r(null) : bouncer.once('exit', r)));
+      rmSync(dir, { recursive: true, force: true });
+    });
+
+    it('in transaction mode, its server pool sized to the headroom: zero errors', async () => {
+      const { results, codes } = await runReplicas(url());
       expect(codes).toEqual(Array(REPLICAS).fill(0));
       for (const r of results) expect(r).toMatchObject({ errors: {} });
       expect(errorCount(results)).toBe(0);
       expect(total(results)).toBeGreaterThan(1_000);
-      process.stdout.write(`via PgBouncer (server pool ${pool}): ${total(results)} queries, 0 errors, ${results.reduce((n, r) => n + r.ops_per_s, 0)} ops/s\n`);
-    } finally {
-      bouncer.kill('SIGTERM');
-      await new Promise((r) => (bouncer.exitCode !== null ? r(null) : bouncer.once('exit', r)));
-      rmSync(dir, { recursive: true, force: true });
-    }
-  }, 120_000);
+      process.stdout.write(`via PgBouncer (server pool ${serverPool}): ${total(results)} queries, 0 errors, ${results.reduce((n, r) => n + r.ops_per_s, 0)} ops/s\n`);
+    }, 120_000);
+
+    it("with DB_PGBOUNCER_ADMIN_URL, PgBouncer's SHOW POOLS figures join the status, the health report and the metrics", async () => {
+      const config = resolveDbPoolConfig({ url: url(), pgbouncerAdminUrl: url('pgbouncer'), poolSize: 4, maxOverflow: 0, expectedReplicas: 50, env: {} });
+      const pool = new DbPool({ connectionString: config.url, dbPool: toPoolSettings(config) });
+      const registry = new DbPoolRegistry();
+      const monitor = new PoolMonitor(pool, config, { log() {}, warn() {} });
+      registry.add(monitor);
+      try {
+        await pool.warmUp();
+        const held = [await pool.connect(), await pool.connect()];
+        await Promise.all(held.map((c) => c.query('BEGIN')));
+        const stats = await monitor.samplePgBouncer();
+        expect(stats).toMatchObject({ pool_mode: 'transaction', cl_active: expect.any(Number), sv_active: expect.any(Number), cl_waiting: 0 });
+        expect(stats!.cl_active + stats!.cl_waiting).toBeGreaterThanOrEqual(2);
+        expect(stats!.sv_active).toBeGreaterThanOrEqual(2); // two open transactions hold two server connections
+        expect(monitor.getPoolStatus().pgbouncer).toEqual(stats);
+        expect(monitor.getHealthReport().pool_status.pgbouncer).toEqual(stats);
+        // behind PgBouncer the server-headroom advice does not apply: 50 × 4 is PgBouncer's business
+        await monitor.sampleHeadroom();
+        expect(monitor.getRecommendations().join(' ')).not.toContain('Server headroom');
+        const metrics = await new DbPoolMetrics(registry).metrics();
+        expect(metrics).toMatch(/^db_pool_pgbouncer_servers\{pool_name="default",state="active"\} [1-9]\d*$/m);
+        expect(metrics).toMatch(/^db_pool_pgbouncer_clients\{pool_name="default",state="waiting"\} 0$/m);
+        expect(metrics).toMatch(/^db_pool_pgbouncer_maxwait_seconds\{pool_name="default"\} [\d.]+$/m);
+        const report = JSON.stringify(monitor.getHealthReport());
+        expect(report).toContain(`postgres://${db.user}:***@127.0.0.1:${port}/postgres`);
+        expect(report).not.toContain(`${db.user}:${db.password}@`);
+        for (const c of held) c.release();
+      } finally {
+        await pool.end();
+      }
+    });
+  });
 });

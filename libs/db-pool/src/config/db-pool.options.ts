@@ -65,6 +65,8 @@ export interface DbPoolOptions {
   headroomInterval?: Loose<number>;
   /** `DB_POOL_SHUTDOWN_GRACE`: seconds `end()` waits for checked-out connections before closing them. @default 10 */
   shutdownGrace?: Loose<number>;
+  /** `DB_PGBOUNCER_ADMIN_URL`: PgBouncer's admin console, e.g. `postgres://admin:pw@pgbouncer:6432/pgbouncer`. */
+  pgbouncerAdminUrl?: string;
   /** `DB_APPLICATION_NAME`: `application_name` shown in `pg_stat_activity`. @default 'db-pool' ('db-pool:<name>' for a named pool) */
   applicationName?: string;
 
@@ -103,6 +105,8 @@ export interface DbPoolConfig {
   healthTimeoutMs: number;
   headroomIntervalMs: number;
   shutdownGraceMs: number;
+  /** The admin console URL as given (may hold a password; not enumerable). */
+  pgbouncerAdminUrl: string | undefined;
   applicationName: string;
   typeorm: NonNullable<DbPoolOptions['typeorm']>;
 }

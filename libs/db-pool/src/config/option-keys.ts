@@ -39,5 +39,6 @@ export const OPTION_KEYS: readonly OptionKey[] = [
   { option: 'healthTimeoutMs', env: 'DB_POOL_HEALTH_TIMEOUT_MS', kind: 'int', min: 100, max: 60_000, default: 1_000, meaning: 'ms the readiness probe and the headroom sampler may take, acquire included' },
   { option: 'headroomInterval', env: 'DB_POOL_HEADROOM_INTERVAL', kind: 'int', min: 1, max: 86_400, off: 0, default: 30, meaning: 'seconds between samples of the server headroom (0 = off)' },
   { option: 'shutdownGrace', env: 'DB_POOL_SHUTDOWN_GRACE', kind: 'int', min: 0, max: 3_600, default: 10, meaning: 'seconds shutdown waits for checked-out connections to come back before it closes them' },
+  { option: 'pgbouncerAdminUrl', env: 'DB_PGBOUNCER_ADMIN_URL', kind: 'url', meaning: "PgBouncer's admin console (…/pgbouncer): its SHOW POOLS / SHOW STATS figures join the status, health and metrics" },
   { option: 'applicationName', env: 'DB_APPLICATION_NAME', kind: 'string', min: 1, max: 63, meaning: "application_name in pg_stat_activity (default 'db-pool', or 'db-pool:<name>')" },
 ];

@@ -100,7 +100,7 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
   }
 
   const url = values.get('url') as string | undefined;
-  if (url === undefined && !options.host && !problems.some((p) => p.startsWith(`${prefix}DATABASE_URL`) || p.startsWith('url '))) {
+  if (url === undefined && !options.host && !problems.some((p) => p.startsWith(`${prefix}DATABASE_URL=`) || p.startsWith('url '))) {
     problems.push(`${prefix}DATABASE_URL: not set; give a postgres:// URL such as ${URL_EXAMPLE} (or the host option)`);
   }
 
@@ -157,11 +157,12 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
     healthTimeoutMs: int('healthTimeoutMs'),
     headroomIntervalMs: int('headroomInterval') * 1000,
     shutdownGraceMs: int('shutdownGrace') * 1000,
+    pgbouncerAdminUrl: values.get('pgbouncerAdminUrl') as string | undefined,
     applicationName: (values.get('applicationName') as string | undefined) ?? (name === DEFAULT_POOL_NAME ? 'db-pool' : `db-pool:${name}`),
     typeorm: options.typeorm ?? {},
   };
   // Readable, but not listed: util.inspect, JSON.stringify and logging a config show neither.
-  for (const key of ['url', 'password'] as const) Object.defineProperty(config, key, { enumerable: false });
+  for (const key of ['url', 'password', 'pgbouncerAdminUrl'] as const) Object.defineProperty(config, key, { enumerable: false });
   return config;
 }
 

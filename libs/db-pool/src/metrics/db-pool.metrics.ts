@@ -85,6 +85,18 @@ export class DbPoolMetrics {
         const h = m.getServerHeadroom();
         return h ? [{ labels: {}, value: h.headroom }] : [];
       }),
+      gauge('db_pool_pgbouncer_clients', "PgBouncer's client connections for this pool's database, by state (DB_PGBOUNCER_ADMIN_URL).", (m) => {
+        const b = m.getPgBouncerStats();
+        return b ? [{ labels: { state: 'active' }, value: b.cl_active }, { labels: { state: 'waiting' }, value: b.cl_waiting }] : [];
+      }),
+      gauge('db_pool_pgbouncer_servers', "PgBouncer's server connections for this pool's database, by state.", (m) => {
+        const b = m.getPgBouncerStats();
+        return b ? [{ labels: { state: 'active' }, value: b.sv_active }, { labels: { state: 'idle' }, value: b.sv_idle }] : [];
+      }),
+      gauge('db_pool_pgbouncer_maxwait_seconds', 'Age of the oldest client waiting in PgBouncer.', (m) => {
+        const b = m.getPgBouncerStats();
+        return b ? [{ labels: {}, value: b.maxwait }] : [];
+      }),
     ]) {
       this.registry.registerMetric(metric as never);
     }

@@ -1,6 +1,7 @@
 import type { DbPoolConfig } from '../config/db-pool.options.js';
 import type { DbPool, DbPoolLogger } from '../pool/db-pool.js';
 import { RECOMMENDATIONS } from './messages.constant.js';
+import { samplePgBouncer, type PgBouncerStats } from './pgbouncer-stats.js';
 import { sampleServerHeadroom, type ServerHeadroom } from './server-headroom.js';
 
 export type PoolHealth = 'healthy' | 'warning' | 'critical';
@@ -20,6 +21,8 @@ export interface PoolStatus {
   total_capacity: number;
   /** Callers queued for a connection. */
   waiting: number;
+  /** PgBouncer's own figures (last sample), when DB_PGBOUNCER_ADMIN_URL is set. */
+  pgbouncer?: PgBouncerStats;
 }
 
 /** The seed's `configuration` block, with the URL (password redacted). */
@@ -69,6 +72,7 @@ export class PoolMonitor {
   private exhaustedSince: number | undefined;
   private leakReported = false;
   private headroom: ServerHeadroom | null = null;
+  private pgbouncer: PgBouncerStats | undefined;
   private load: LoadSnapshot[] = [];
   private ticker: NodeJS.Timeout | undefined;
   private sampler: NodeJS.Timeout | undefined;
@@ -98,9 +102,9 @@ export class PoolMonitor {
     this.ticker.unref();
     this.snapshotLoad();
     if (this.config.headroomIntervalMs > 0) {
-      await this.sampleHeadroom();
+      await Promise.all([this.sampleHeadroom(), this.samplePgBouncer()]);
       for (const advice of this.serverRecommendations()) this.logger.warn(`db-pool "${this.name}": ${advice}`);
-      this.sampler = setInterval(() => void this.sampleHeadroom(), this.config.headroomIntervalMs);
+      this.sampler = setInterval(() => void Promise.all([this.sampleHeadroom(), this.samplePgBouncer()]), this.config.headroomIntervalMs);
       this.sampler.unref();
     }
   }
@@ -136,6 +140,7 @@ export class PoolMonitor {
       health: this.healthOf(utilization),
       total_capacity: capacity,
       waiting,
+      ...(this.pgbouncer ? { pgbouncer: this.pgbouncer } : {}),
     };
   }
 
@@ -206,6 +211,24 @@ export class PoolMonitor {
     return this.headroom;
   }
 
+  /** Takes a PgBouncer sample now (when DB_PGBOUNCER_ADMIN_URL is set); failures keep the previous one. */
+  async samplePgBouncer(): Promise<PgBouncerStats | undefined> {
+    const adminUrl = this.config.pgbouncerAdminUrl;
+    if (!adminUrl) return undefined;
+    try {
+      const database = this.config.database ?? decodeURIComponent(new URL(this.config.url ?? 'postgres://x/').pathname.slice(1));
+      this.pgbouncer = await samplePgBouncer(adminUrl, database, this.config.healthTimeoutMs);
+    } catch (err) {
+      this.logger.debug?.(`db-pool "${this.name}": PgBouncer not sampled: ${(err as Error).message}`);
+    }
+    return this.pgbouncer;
+  }
+
+  /** The last PgBouncer sample, if any. */
+  getPgBouncerStats(): PgBouncerStats | undefined {
+    return this.pgbouncer;
+  }
+
   private healthOf(utilization: number): PoolHealth {
     if (utilization > this.config.criticalUtilization) return 'critical';
     if (utilization > this.config.warnUtilization) return 'warning';
@@ -231,7 +254,8 @@ export class PoolMonitor {
     const capacity = this.config.poolSize + this.config.maxOverflow;
     const need = this.config.expectedReplicas * capacity;
     const others = h.in_use - h.in_use_by_pool;
-    if (need > h.available - others) {
+    // Behind PgBouncer our connections are its clients, not the server's: it decides.
+    if (!this.config.pgbouncerAdminUrl && need > h.available - others) {
       out.push(RECOMMENDATIONS.HEADROOM(this.config.expectedReplicas, capacity, need, h.available - others, h.max_connections, h.superuser_reserved_connections, others));
     }
     if (h.idle_session_timeout_ms > 0) out.push(RECOMMENDATIONS.SERVER_IDLE_TIMEOUT(h.idle_session_timeout_ms));

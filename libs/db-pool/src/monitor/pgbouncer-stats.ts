@@ -1,0 +1,51 @@
+import pg from 'pg';
+
+/** PgBouncer's own view of the pool(s) for our database, from its admin console. */
+export interface PgBouncerStats {
+  sampled_at: string;
+  /** Client connections linked to a server connection / waiting for one. */
+  cl_active: number;
+  cl_waiting: number;
+  /** Server connections in use / idle and ready. */
+  sv_active: number;
+  sv_idle: number;
+  /** Age of the oldest waiting client, seconds. */
+  maxwait: number;
+  pool_mode: string;
+  /** From SHOW STATS: transactions and queries per second, and average wait (µs), for our database. */
+  avg_xact_count: number;
+  avg_query_count: number;
+  avg_wait_time_us: number;
+}
+
+type Row = Record<string, string | number | null>;
+const num = (v: unknown) => Number(v ?? 0) || 0;
+
+/**
+ * One sample of `SHOW POOLS` and `SHOW STATS` for `database`, over a short-lived connection to
+ * the admin console (it speaks only the simple query protocol, which is what pg uses here).
+ */
+export async function samplePgBouncer(adminUrl: string, database: string, timeoutMs: number): Promise<PgBouncerStats> {
+  const client = new pg.Client({ connectionString: adminUrl, connectionTimeoutMillis: timeoutMs, query_timeout: timeoutMs } as pg.ClientConfig);
+  client.on('error', () => {});
+  await client.connect();
+  try {
+    const pools = (await client.query<Row>('SHOW POOLS')).rows.filter((r) => r.database === database);
+    const stats = (await client.query<Row>('SHOW STATS')).rows.find((r) => r.database === database) ?? {};
+    const sum = (key: string) => pools.reduce((n, r) => n + num(r[key]), 0);
+    return {
+      sampled_at: new Date().toISOString(),
+      cl_active: sum('cl_active'),
+      cl_waiting: sum('cl_waiting'),
+      sv_active: sum('sv_active'),
+      sv_idle: sum('sv_idle'),
+      maxwait: Math.max(0, ...pools.map((r) => num(r.maxwait) + num(r.maxwait_us) / 1e6)),
+      pool_mode: String(pools[0]?.pool_mode ?? 'unknown'),
+      avg_xact_count: num(stats.avg_xact_count),
+      avg_query_count: num(stats.avg_query_count),
+      avg_wait_time_us: num(stats.avg_wait_time),
+    };
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
