@@ -106,6 +106,9 @@ describe('docker/ and Kubernetes files agree with the app', () => {
     expect(viaBouncer.hostname).toBe('pgbouncer');
     expect(Number(viaBouncer.port)).toBe(Number(bouncer.pgbouncer.listen_port));
     expect(bouncer.pgbouncer.pool_mode).toBe('transaction');
+    const admin = new URL(compose().services.api.environment.DB_PGBOUNCER_ADMIN_URL);
+    expect([admin.hostname, admin.port, admin.pathname]).toEqual(['pgbouncer', bouncer.pgbouncer.listen_port, '/pgbouncer']);
+    expect(bouncer.pgbouncer.admin_users.split(/\s*,\s*/)).toContain(decodeURIComponent(admin.username));
     expect(bouncer.databases[viaBouncer.pathname.slice(1)]).toMatch(/host=postgres port=5432/);
     expect(compose().services.pgbouncer.ports).toContain(`${bouncer.pgbouncer.listen_port}:${bouncer.pgbouncer.listen_port}`);
     const rules = parse(read('prometheus/prometheus.yml')).rule_files[0];
