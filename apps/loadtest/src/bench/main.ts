@@ -1,0 +1,185 @@
+// The benchmark CLI: db-pool against raw pg.Pool, postgres.js, stock TypeORM, no pool and
+// pgbench, interleaved in short rounds, reported as ratios measured in the same run.
+//   npx nx run loadtest:bench [-- --quick] [--rounds N] [--duration-ms N] [--out-dir DIR]
+import { mkdir, writeFile } from 'node:fs/promises';
+import { relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { CAPACITY } from './contenders.js';
+import { machineInfo, serverInfo } from './machine.js';
+import { findPgbench, pgbenchVersion } from './pgbench.js';
+import { Progress } from './progress.js';
+import { renderHtml, type RunInfo } from './report-html.js';
+import { renderTable } from './report-table.js';
+import { analyze } from './results.js';
+import { plannedMs, runBench, type BenchSettings } from './scenarios.js';
+
+const USAGE = `usage: node apps/loadtest/dist/bench/main.js [options]   (or: npx nx run loadtest:bench -- [options])
+
+Benchmarks db-pool against raw pg.Pool, postgres.js, stock TypeORM, no pool and pgbench on the
+server DATABASE_URL names (the nx target starts an embedded one when it is unset). Contenders run
+interleaved in short rounds; every ratio is the median of per-round ratios.
+
+  --quick            a short run (well under a minute): 5 rounds × 100 ms, indicative only
+  --rounds N         rounds per scenario (default 25; 5 with --quick)
+  --duration-ms N    length of one contender's slice in a round (default 300; 100 with --quick)
+  --out-dir DIR      where bench-results.json and bench-report.html go (default: current dir)
+  --help             this text
+
+Profiling is Node's own: node --cpu-prof --cpu-prof-dir=prof apps/loadtest/dist/bench/main.js --quick
+The exit code is 0 when a target is missed (this is a report); non-zero only on errors.
+`;
+
+interface Cli {
+  quick: boolean;
+  rounds: number;
+  durationMs: number;
+  warmupMs: number;
+  outDir: string;
+}
+
+function positiveInt(flag: string, raw: string | undefined, fallback: number, min: number): number {
+  if (raw === undefined) return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min) throw new UsageError(`${flag} must be an integer ≥ ${min}, got ${JSON.stringify(raw)}`);
+  return n;
+}
+
+class UsageError extends Error {}
+
+function parseCli(argv: string[]): Cli | undefined {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      quick: { type: 'boolean', default: false },
+      rounds: { type: 'string' },
+      'duration-ms': { type: 'string' },
+      'out-dir': { type: 'string' },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+    strict: true,
+  });
+  if (values.help) return undefined;
+  const quick = values.quick ?? false;
+  // Many short rounds rather than a few long ones: the two sides of a ratio run back to back, so a
+  // change in machine speed (these machines swing by 2× for seconds at a time) rarely falls between them.
+  const durationMs = positiveInt('--duration-ms', values['duration-ms'], quick ? 100 : 300, 20);
+  return {
+    quick,
+    rounds: positiveInt('--rounds', values.rounds, quick ? 5 : 25, 1),
+    durationMs,
+    warmupMs: Math.max(50, Math.round(durationMs / 2)),
+    outDir: resolve(values['out-dir'] ?? '.'),
+  };
+}
+
+function commandLine(): string {
+  const script = relative(process.cwd(), fileURLToPath(import.meta.url)) || process.argv[1];
+  return ['node', ...process.execArgv, script, ...process.argv.slice(2)].join(' ');
+}
+
+async function main(): Promise<number> {
+  let cli: Cli | undefined;
+  try {
+    cli = parseCli(process.argv.slice(2));
+  } catch (err) {
+    process.stderr.write(`${(err as Error).message}\n\n${USAGE}`);
+    return 2;
+  }
+  if (!cli) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const url = process.env.DATABASE_URL;
+  if (!url) {
+    process.stderr.write('DATABASE_URL is not set. Run `npx nx run loadtest:bench` (it starts an embedded PostgreSQL) or set DATABASE_URL.\n');
+    return 2;
+  }
+
+  const progress = new Progress();
+  const server = await serverInfo(url);
+  // Up to three pools of 20 plus pgbench's 20 are open at once.
+  const needed = 3 * CAPACITY + 5;
+  if (server.maxConnections - server.clientConnections < needed) {
+    progress.note(`warning: the server has ${server.maxConnections - server.clientConnections} free connections; this benchmark needs about ${needed}`);
+  }
+  const pgbench = findPgbench();
+  if (!pgbench) progress.note('pgbench is not on PATH: the native ceiling is left out');
+
+  const settings: BenchSettings = {
+    url,
+    rounds: cli.rounds,
+    durationMs: cli.durationMs,
+    warmupMs: cli.warmupMs,
+    sweep: [1, 10, 50, 200],
+    pgbench,
+    steadyCallers: 10,
+  };
+  progress.plan(plannedMs(settings));
+  const run = await runBench(settings, progress);
+  progress.finish();
+
+  const analysis = analyze(run);
+  const info: RunInfo = {
+    generated_at: new Date().toISOString(),
+    command: commandLine(),
+    rounds: cli.rounds,
+    duration_ms: cli.durationMs,
+    quick: cli.quick,
+    machine: machineInfo({
+      server_version: server.version,
+      server_max_connections: server.maxConnections,
+      scram_server_version: run.scram?.serverVersion,
+      scram_authenticated_as: run.scram?.authenticatedAs,
+      scram_wrong_password_refused: run.scram?.wrongPasswordRefused,
+      pgbench: pgbench ? await pgbenchVersion(pgbench) : 'not on PATH',
+    }),
+  };
+
+  const results = {
+    generated_at: info.generated_at,
+    command: info.command,
+    argv: process.argv.slice(2),
+    settings: {
+      quick: cli.quick,
+      rounds: cli.rounds,
+      duration_ms: cli.durationMs,
+      warmup_ms: cli.warmupMs,
+      capacity: CAPACITY,
+      sweep: settings.sweep,
+      steady_callers: settings.steadyCallers,
+    },
+    machine: info.machine,
+    ratios: analysis.ratios,
+    targets: analysis.targets,
+    all_targets_met: analysis.all_targets_met,
+    missed: analysis.missed,
+    ratio_details: analysis.ratio_details,
+    scenarios: analysis.phases,
+    pool_state_samples: analysis.state_samples,
+  };
+
+  await mkdir(cli.outDir, { recursive: true });
+  const jsonPath = resolve(cli.outDir, 'bench-results.json');
+  const htmlPath = resolve(cli.outDir, 'bench-report.html');
+  await writeFile(jsonPath, `${JSON.stringify(results, (_k, v: unknown) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2)}\n`);
+  await writeFile(htmlPath, renderHtml(analysis, info, CAPACITY));
+
+  process.stdout.write(renderTable(analysis, { rounds: cli.rounds, durationMs: cli.durationMs }));
+  process.stdout.write(`\nmachine: ${String(info.machine.cpu_count)} × ${String(info.machine.cpu_model)}, node ${process.version}, ${server.version.split(',')[0]}\n`);
+  process.stderr.write(`wrote ${jsonPath}\nwrote ${htmlPath}\n`);
+  return 0;
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+    // Anything a driver left open must not keep a finished benchmark alive.
+    setTimeout(() => process.exit(), 3_000).unref();
+  },
+  (err: unknown) => {
+    process.stderr.write(`\nbench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exitCode = 1;
+    setTimeout(() => process.exit(), 3_000).unref();
+  },
+);

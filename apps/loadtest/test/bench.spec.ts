@@ -1,0 +1,112 @@
+import { execFile, execFileSync, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const root = fileURLToPath(new URL('../../../', import.meta.url));
+const main = `${root}apps/loadtest/dist/bench/main.js`;
+const CHROMIUM = '/usr/bin/chromium';
+
+const RATIO_KEYS = ['latency_vs_pg_pool', 'latency_vs_typeorm', 'preping_on_vs_off', 'no_pool_slowdown', 'p99_over_median_wait_c200', 'features_on_vs_off'];
+const TARGET_KEYS = ['latency_vs_pg_pool', 'throughput_vs_pg_pool', 'latency_vs_typeorm', 'preping_on_vs_off', 'no_pool_slowdown', 'p99_over_median_wait_c200'];
+const CHART_IDS = ['chart-latency', 'chart-throughput', 'chart-pool-utilization'];
+
+interface Results {
+  ratios: Record<string, unknown>;
+  targets: Record<string, { limit: number; comparison: string; met: unknown }>;
+  machine: Record<string, unknown>;
+  command: string;
+}
+
+function runCli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [main, ...args], { cwd: root, env: { ...process.env } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+/** Chromium's serialization of the DOM it built from the file: proof the page parses as HTML + SVG. */
+async function dumpDom(file: string): Promise<string> {
+  const profile = await mkdtemp(join(tmpdir(), 'bench-chromium-'));
+  try {
+    const flags = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+    return await new Promise((resolve, reject) => {
+      execFile(CHROMIUM, [...flags, `--user-data-dir=${profile}`, '--dump-dom', pathToFileURL(file).href], { timeout: 30_000, maxBuffer: 16 << 20 }, (err, stdout) =>
+        err ? reject(err) : resolve(stdout),
+      );
+    });
+  } finally {
+    await rm(profile, { recursive: true, force: true });
+  }
+}
+
+describe('the benchmark CLI (--quick)', () => {
+  let outDir: string;
+  let run: { code: number | null; stdout: string; stderr: string };
+
+  beforeAll(async () => {
+    execFileSync(process.execPath, [`${root}node_modules/typescript/bin/tsc`, '-b', `${root}apps/loadtest/tsconfig.app.json`], { stdio: 'inherit' });
+    outDir = await mkdtemp(join(tmpdir(), 'bench-out-'));
+    run = await runCli(['--quick', '--out-dir', outDir]);
+  }, 150_000); // typically 40–55 s; the margin is for a machine busy with other suites
+
+  afterAll(async () => {
+    if (outDir) await rm(outDir, { recursive: true, force: true });
+  });
+
+  it('exits 0 and prints a table with every scenario and the ratios, and a progress bar on stderr', () => {
+    expect({ code: run.code, stderr: run.code === 0 ? '' : run.stderr }).toEqual({ code: 0, stderr: '' });
+    for (const title of ['Sequential latency', 'Concurrency sweep', 'features on vs off', 'SCRAM-SHA-256']) expect(run.stdout).toContain(title);
+    for (const name of ['db-pool via TypeORM', 'TypeORM (stock)', 'pg.Pool', 'postgres.js', 'no pool']) expect(run.stdout).toContain(name);
+    expect(run.stdout).toMatch(/All targets met\.|TARGETS MISSED/);
+    expect(run.stderr).toMatch(/\[#+-*\]\s+\d+%/);
+  });
+
+  it('writes bench-results.json with every ratio as a finite number, each target with a verdict, and the machine', async () => {
+    const results = JSON.parse(await readFile(join(outDir, 'bench-results.json'), 'utf8')) as Results;
+    for (const key of RATIO_KEYS) {
+      expect([key, Number.isFinite(results.ratios[key])]).toEqual([key, true]);
+    }
+    const throughput = results.ratios.throughput_vs_pg_pool as Record<string, number>;
+    expect(Object.keys(throughput).sort()).toEqual(['1', '10', '200', '50']);
+    for (const value of Object.values(throughput)) expect(Number.isFinite(value)).toBe(true);
+    for (const key of TARGET_KEYS) {
+      expect(typeof results.targets[key]?.limit).toBe('number');
+      expect(typeof results.targets[key]?.met).toBe('boolean');
+    }
+    expect(results.machine).toEqual(expect.objectContaining({ cpu_model: expect.any(String), cpu_count: expect.any(Number), node_version: process.version, server_version: expect.stringMatching(/PostgreSQL/) }));
+    // The no-pool comparison really authenticated with a password.
+    expect(results.machine).toEqual(expect.objectContaining({ scram_authenticated_as: expect.stringMatching(/^scram-sha-256:/), scram_wrong_password_refused: true }));
+    expect(results.command).toContain('--quick');
+  });
+
+  it('writes a self-contained bench-report.html whose charts Chromium parses with drawn paths', async () => {
+    const file = join(outDir, 'bench-report.html');
+    const html = await readFile(file, 'utf8');
+    expect(html).not.toMatch(/<script|<link|https?:\/\/(?!www\.w3\.org\/2000\/svg)/);
+
+    if (!existsSync(CHROMIUM)) {
+      if (process.env.CI) throw new Error(`${CHROMIUM} is missing: CI must install Chromium (apt-get install -y --no-install-recommends chromium) to check the HTML report`);
+      console.warn(`${CHROMIUM} is not installed: skipping the browser check of bench-report.html (it fails instead when CI is set)`);
+      return;
+    }
+    const dom = await dumpDom(file);
+    for (const id of CHART_IDS) {
+      const svg = new RegExp(`<svg[^>]*\\bid="${id}"[^>]*>([\\s\\S]*?)</svg>`).exec(dom);
+      expect([id, Boolean(svg)]).toEqual([id, true]);
+      const series = Number(/data-series="(\d+)"/.exec(svg![0])?.[1]);
+      expect(series).toBeGreaterThanOrEqual(2);
+      const paths = [...svg![1].matchAll(/<path[^>]*\sd="(M[^"]+)"/g)].map((m) => m[1]);
+      // Every line has at least two points ("M x,y L x,y"), with real coordinates.
+      const drawn = paths.filter((d) => /^M[\d.]+,[\d.]+( L[\d.]+,[\d.]+)+$/.test(d));
+      expect([id, drawn.length >= Math.min(2, series)]).toEqual([id, true]);
+    }
+  });
+});
