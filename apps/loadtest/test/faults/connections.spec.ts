@@ -1,6 +1,6 @@
 /** Fault scenarios on the connections themselves: kills, restarts, refused, blackholed and frozen paths. */
 import type pg from 'pg';
-import { PoolConnectError, PoolTimeoutError } from '@db-pool/db-pool';
+import { DbPoolMetrics, DbPoolRegistry, PoolConnectError, PoolMonitor, PoolTimeoutError } from '@db-pool/db-pool';
 import { eventually, faultRig, sleep } from './support.js';
 
 describe('fault scenarios: connections', () => {
@@ -176,12 +176,21 @@ describe('fault scenarios: connections', () => {
     expect(pool.state().active).toBe(0);
   });
 
-  it('7. exhaustion at 10x capacity: waiters get the typed timeout; full recovery after release', async () => {
-    const { pool } = rig().pool({ poolSize: 2, maxOverflow: 1, poolTimeout: 1 });
+  it('7. exhaustion at 10x capacity: waiters get the typed timeout; metrics show pending and timeouts; full recovery after release', async () => {
+    const { pool, config } = rig().pool({ poolSize: 2, maxOverflow: 1, poolTimeout: 1 });
+    const registry = new DbPoolRegistry();
+    registry.add(new PoolMonitor(pool, config, { log() {}, warn() {} }));
+    const metrics = new DbPoolMetrics(registry);
     const held = await Promise.all([pool.connect(), pool.connect(), pool.connect()]);
-    const waiters = await Promise.allSettled(Array.from({ length: 30 }, () => pool.connect()));
+    const pending = Array.from({ length: 30 }, () => pool.connect());
+    await sleep(100);
+    expect(await metrics.metrics()).toMatch(/^db_client_connection_pending_requests\{pool_name="fault-\d+"\} 30$/m);
+    const waiters = await Promise.allSettled(pending);
     expect(waiters.every((w) => w.status === 'rejected' && w.reason instanceof PoolTimeoutError)).toBe(true);
     expect(pool.counters.timeouts).toBe(30);
+    const scraped = await metrics.metrics();
+    expect(scraped).toMatch(/^db_client_connection_timeouts_total\{pool_name="fault-\d+"\} 30$/m);
+    expect(scraped).toMatch(/^db_client_connection_pending_requests\{pool_name="fault-\d+"\} 0$/m);
     expect(pool.waitingCount).toBe(0);
     held.forEach((c) => c.release());
     const after = await Promise.allSettled(Array.from({ length: 30 }, () => pool.query('SELECT 1')));

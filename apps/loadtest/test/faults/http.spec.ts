@@ -23,9 +23,9 @@ async function freePort(): Promise<number> {
   });
 }
 
-async function startApi(env: Record<string, string>): Promise<Api> {
+async function startApi(env: Record<string, string>, script = `${root}apps/api/dist/main.js`): Promise<Api> {
   const port = await freePort();
-  const child = spawn(process.execPath, [`${root}apps/api/dist/main.js`], { cwd: root, env: { PATH: process.env.PATH!, NO_COLOR: '1', PORT: String(port), HOST: '127.0.0.1', ...env } });
+  const child = spawn(process.execPath, [script], { cwd: root, env: { PATH: process.env.PATH!, NO_COLOR: '1', PORT: String(port), HOST: '127.0.0.1', ...env } });
   let out = '';
   child.stdout.on('data', (d) => (out += d));
   child.stderr.on('data', (d) => (out += d));
@@ -91,9 +91,7 @@ describe('fault scenarios: through the api', () => {
     await rig().proxy.setMode('pass');
   });
 
-  // (A connection still checked out at shutdown is closed after DB_POOL_SHUTDOWN_GRACE: shown on
-  // the pool in libs/db-pool/test/client-errors.spec.ts.)
-  it('15. shutdown under a write-heavy load: readiness 503 at once, in-flight writes finish, exit 0, every acknowledged write stored, no connection left', async () => {
+  it('15. shutdown with a leaked client under a write-heavy load: readiness 503 at once, in-flight writes finish, the pool is force-closed after the grace, exit 0, every acknowledged write stored, no connection left', async () => {
     const api = await startApi({
       DATABASE_URL: rig().url,
       DB_POOL_SIZE: '4',
@@ -101,7 +99,8 @@ describe('fault scenarios: through the api', () => {
       DB_POOL_SHUTDOWN_GRACE: '1',
       SHUTDOWN_DELAY_MS: '500',
       DB_APPLICATION_NAME: 'shutdown-api',
-    });
+    }, `${root}apps/loadtest/test/faults/fixtures/leaky-api.mjs`);
+    expect(api.output()).toContain('one connection leaked');
     apis.push(api);
     const tag = `sd-${Date.now()}`;
     let stop = false;
@@ -126,6 +125,8 @@ describe('fault scenarios: through the api', () => {
     stop = true;
     await Promise.all(writers);
     expect(await api.exited).toBe(0);
+    // SHUTDOWN_DELAY_MS (0.5 s) + DB_POOL_SHUTDOWN_GRACE (1 s) for the leaked client, then out
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1_400);
     expect(Date.now() - started).toBeLessThan(5_000);
     expect(acknowledged.length).toBeGreaterThan(10);
     const admin = new pg.Client({ connectionString: rig().db.url });
