@@ -3,16 +3,8 @@ import { DbPool, resolveDbPoolConfig, toPgClientOptions, toPoolSettings, type Db
 import { startEmbeddedPostgres, type EmbeddedPostgres } from '../../../../tools/embedded-db.mjs';
 import { startFaultProxy, type FaultProxy } from '../../../../tools/fault-proxy.mjs';
 
-export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-export async function eventually(predicate: () => boolean | Promise<boolean>, timeoutMs = 5_000, stepMs = 25): Promise<boolean> {
-  const end = Date.now() + timeoutMs;
-  while (Date.now() < end) {
-    if (await predicate()) return true;
-    await sleep(stepMs);
-  }
-  return predicate();
-}
+// One copy of the polling helpers for every suite.
+export { eventually, sleep } from '../../../../libs/db-pool/test/support/db.js';
 
 /** What a fault test owns: its own PostgreSQL (so it may stop and kill it) and a proxy in front. */
 export interface FaultRig {
