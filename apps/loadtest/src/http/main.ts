@@ -125,6 +125,7 @@ async function main(): Promise<void> {
           // Alternate who goes first, so neither always runs on a warmer machine.
           const order: ('db-pool' | 'baseline')[] = endpoint.baseline ? (round % 2 ? ['baseline', 'db-pool'] : ['db-pool', 'baseline']) : ['db-pool'];
           for (const who of order) {
+            await new Promise((r) => setTimeout(r, 500)); // let the previous slice's requests drain
             const sample = await drive(who === 'db-pool' ? dbPoolPort : baselinePort, endpoint, ids[who], connections, args.durationS);
             const k = key(connections, endpoint.name, who);
             samples.set(k, [...(samples.get(k) ?? []), sample]);
@@ -179,7 +180,9 @@ async function main(): Promise<void> {
       ratios,
     };
     await writeFile(join(args.outDir, 'http-results.json'), `${JSON.stringify(results, null, 2)}\n`);
-    const failed = rows.filter((r) => r.errors > 0 || r.non2xx > 0);
+    // /health/db_pool answering 503 while the pool is critical is the route doing its job;
+    // anywhere else a non-2xx answer, and everywhere a transport error, is a failure.
+    const failed = rows.filter((r) => r.errors > 0 || (r.non2xx > 0 && r.endpoint !== 'GET /health/db_pool'));
     if (failed.length > 0) {
       process.stdout.write(`\n${failed.length} row(s) had errors or non-2xx answers (see the table)\n`);
       process.exitCode = 1;
