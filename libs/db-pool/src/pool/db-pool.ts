@@ -129,8 +129,6 @@ export class DbPool extends pg.Pool {
   };
   /** Wait, use and create times, in seconds. */
   readonly timings: PoolTimings = createPoolTimings();
-  /** The fewest idle connections seen since the last {@link takeIdleLow} (OTel `idle.min` as observed). */
-  private idleLow = Infinity;
   /** Connections being opened (in pg-pool's list, neither idle nor checked out yet). */
   private connecting = 0;
   private readonly logger: DbPoolLogger;
@@ -289,13 +287,6 @@ export class DbPool extends pg.Pool {
     return oldest;
   }
 
-  /** The fewest idle connections since the last call (then starts over from the current count). */
-  takeIdleLow(): number {
-    const low = Math.min(this.idleLow, this.idleCount);
-    this.idleLow = this.idleCount;
-    return low;
-  }
-
   /** pg-pool's own (undeclared in its types): opens a connection for a pending item. */
   newClient(pendingItem: { callback: Callback }): void {
     const started = performance.now();
@@ -381,8 +372,6 @@ export class DbPool extends pg.Pool {
     this.timings.wait.observe((checkedOutAt - startedAt) / 1000);
     client[CHECKED_OUT_AT] = checkedOutAt;
     this.leaks.checkout(client, site);
-    const idle = this.idleCount;
-    if (idle < this.idleLow) this.idleLow = idle;
     const release = client.release;
     let released = false;
     client.release = (err?: Error | boolean) => {
