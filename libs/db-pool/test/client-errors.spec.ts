@@ -71,3 +71,17 @@ describe('shutdown with connections still checked out', () => {
     expect(Date.now() - started).toBeLessThan(1_000);
   });
 });
+
+describe('shutdown with callers waiting', () => {
+  const fixture = poolFixture();
+
+  it('fails a caller queued for an idle connection when end() comes first, instead of leaving it hanging', async () => {
+    const pool = fixture.pool({ poolSize: 1, maxOverflow: 0, poolTimeout: 30 });
+    await pool.warmUp();
+    const waiting = pool.connect(); // queued for the idle connection, served on the next tick
+    const ended = pool.end();
+    await expect(waiting).rejects.toThrow('the pool is shutting down');
+    await ended;
+    expect(pool.waitingCount).toBe(0);
+  });
+});

@@ -176,6 +176,21 @@ describe('fault scenarios: connections', () => {
     expect(pool.state().active).toBe(0);
   });
 
+  it('15b. shutdown with a checked-out connection to a server that stopped answering still finishes after the grace', async () => {
+    const { pool } = rig().pool({ poolSize: 2, maxOverflow: 0, shutdownGrace: 1 });
+    await pool.warmUp();
+    const stuck = await pool.connect();
+    await rig().proxy.setMode('freeze');
+    const started = Date.now();
+    await pool.end();
+    expect(Date.now() - started).toBeLessThan(2_500);
+    expect(pool.totalCount).toBe(0);
+    expect(await eventually(() => pool.counters.removed === 2, 2_000)).toBe(true); // the socket closes a moment later
+    expect(() => stuck.release()).not.toThrow(); // a late release is harmless…
+    await sleep(50);
+    expect(pool.counters.removed).toBe(2); // …and not counted twice
+  });
+
   it('7. exhaustion at 10x capacity: waiters get the typed timeout; metrics show pending and timeouts; full recovery after release', async () => {
     const { pool, config } = rig().pool({ poolSize: 2, maxOverflow: 1, poolTimeout: 1 });
     const registry = new DbPoolRegistry();

@@ -94,12 +94,15 @@ type TrackedClient = pg.PoolClient & {
   getTransactionStatus?(): string | null;
   /** pg's own: the query on the wire, until its ReadyForQuery arrives. */
   _getActiveQuery?(): unknown;
+  /** pg's own: false from sending a query until the server's ReadyForQuery. */
+  readyForQuery?: boolean;
   connection?: NodeJS.EventEmitter;
 };
 
 const PING = 'SELECT 1';
 /** Passwords to keep out of error texts, should a driver ever echo one; kept off the instance so util.inspect cannot show them. */
 const SECRETS = new WeakMap<object, string[]>();
+const REMOVED = new WeakSet<object>();
 const FILL_RETRY_MIN_MS = 250;
 const FILL_RETRY_MAX_MS = 5_000;
 
@@ -165,7 +168,7 @@ export class DbPool extends pg.Pool {
     this.leaks = settings.leakThresholdMs > 0 ? new CheckoutLeakTracker(settings.name, settings.leakThresholdMs, this.logger) : NO_LEAK_TRACKING;
 
     this.on('connect', (client: TrackedClient) => this.onConnect(client));
-    this.on('remove', () => this.onRemove());
+    this.on('remove', (client: TrackedClient) => this.onRemove(client));
     // An error on an idle client: pg-pool has removed it already; without a listener the
     // process would crash.
     // (Counted by the per-client listener in onConnect.)
@@ -250,6 +253,8 @@ export class DbPool extends pg.Pool {
     clearTimeout(this.fillTimer);
     this.leaks.stop();
     if (this.ending) return callback ? super.end(callback) : super.end();
+    // pg-pool's ending pulse neither serves nor fails the queue: tell every waiter now.
+    for (const item of this.internals._pendingQueue.splice(0)) item.callback(new Error('the pool is shutting down'));
     // Not unref'd: a shutdown under way keeps the process alive until it has finished.
     const grace = setTimeout(() => this.closeCheckedOut(), this.settings.shutdownGraceMs);
     const done = () => clearTimeout(grace);
@@ -267,7 +272,13 @@ export class DbPool extends pg.Pool {
     const left = pool._clients.slice();
     if (this.ended || left.length === 0) return;
     this.logger.warn(`db-pool "${this.settings.name}": closing ${left.length} connection(s) still checked out ${this.settings.shutdownGraceMs / 1000} s after shutdown began`);
-    for (const client of left) pool._remove(client, () => pool._pulseQueue());
+    for (const client of left) {
+      pool._remove(client);
+      // Don't wait for a polite close from a server that may not answer.
+      ((client as TrackedClient).connection as { stream?: { destroy(): void } } | undefined)?.stream?.destroy();
+    }
+    this.connecting = 0; // those still connecting were among them
+    pool._pulseQueue(); // `_clients` is empty now: this ends the pool
   }
 
   /** Checkouts reported as possible leaks (DB_POOL_LEAK_THRESHOLD) that have not come back. */
@@ -379,12 +390,14 @@ export class DbPool extends pg.Pool {
       released = true;
       const now = performance.now();
       client[LAST_USED] = now;
+      client[CHECKED_OUT_AT] = undefined; // back, or on its way: no longer a checkout's age
       this.timings.use.observe((now - checkedOutAt) / 1000);
       this.leaks.checkin(client);
       if (err || client[DEAD]) return release(err ?? true);
-      // Released while a query is still on the wire: an error answer whose ReadyForQuery has not
-      // arrived yet, or a query abandoned by query_timeout. Wait for the server to settle.
-      if (client._getActiveQuery?.()) return this.settleAndRelease(client, release);
+      // Released before the server's ReadyForQuery: an error answer (pg calls back before the
+      // ReadyForQuery that carries the transaction status), or a query abandoned by
+      // query_timeout. Wait for the server to settle.
+      if (client.readyForQuery === false) return this.settleAndRelease(client, release);
       this.resetAndRelease(client, release);
     };
     this.counters.acquired++;
@@ -405,7 +418,7 @@ export class DbPool extends pg.Pool {
       outcome();
     };
     // pg clears its active query in its own readyForQuery handler, which may run after ours.
-    const onReady = () => settle(() => setImmediate(() => (client._getActiveQuery?.() ? release(true) : this.resetAndRelease(client, release))));
+    const onReady = () => settle(() => setImmediate(() => (client.readyForQuery === false ? release(true) : this.resetAndRelease(client, release))));
     const onEnd = () => settle(() => release(true));
     const timer = setTimeout(
       () =>
@@ -449,7 +462,9 @@ export class DbPool extends pg.Pool {
     });
     // A FATAL answer (the backend was terminated, the server shuts down) reaches the query
     // before the socket's end does; mark the connection so it is not handed out in between.
-    client.connection?.on('errorMessage', (msg: { severity?: string }) => {
+    // Prepended: pg's own handler calls the query back synchronously, and a caller that releases
+    // there must already see the mark.
+    (client.connection as NodeJS.EventEmitter | undefined)?.prependListener('errorMessage', (msg: { severity?: string }) => {
       if (msg.severity === 'FATAL' || msg.severity === 'PANIC') client[DEAD] = true;
     });
     const { recycleMs, recycleJitter } = this.settings;
@@ -469,7 +484,10 @@ export class DbPool extends pg.Pool {
     if (pool._idle.some((item) => item.client === client)) pool._remove(client, () => pool._pulseQueue());
   }
 
-  private onRemove(): void {
+  private onRemove(client: TrackedClient): void {
+    // pg-pool can emit `remove` twice for one client (closed at shutdown, then released late).
+    if (REMOVED.has(client)) return;
+    REMOVED.add(client);
     this.counters.removed++;
     if (!this.ending && this.totalCount < this.settings.poolSize) this.scheduleFill(0);
   }
