@@ -14,6 +14,9 @@ const TARGET_KEYS = ['latency_vs_pg_pool', 'throughput_vs_pg_pool', 'latency_vs_
 const CHART_IDS = ['chart-latency', 'chart-throughput', 'chart-pool-utilization'];
 
 interface Results {
+  settings: { db_pool_features: Record<string, unknown> };
+  ratio_details: Record<string, { median: number }>;
+  scenarios: { id: string; levels: { contenders: { name: string; note?: string; leakStacks?: { captured: number; skipped: number } }[] }[] }[];
   ratios: Record<string, unknown>;
   targets: Record<string, { limit: number; comparison: string; met: unknown }>;
   machine: Record<string, unknown>;
@@ -85,6 +88,21 @@ describe('the benchmark CLI (--quick)', () => {
     // The no-pool comparison really authenticated with a password.
     expect(results.machine).toEqual(expect.objectContaining({ scram_authenticated_as: expect.stringMatching(/^scram-sha-256:/), scram_wrong_password_refused: true }));
     expect(results.command).toContain('--quick');
+  });
+
+  it('measures the headline db-pool rows with every feature on, leak tracking with checkout stacks included', async () => {
+    const results = JSON.parse(await readFile(join(outDir, 'bench-results.json'), 'utf8')) as Results;
+    expect(results.settings.db_pool_features).toEqual(expect.objectContaining({ pre_ping: true, leak_threshold_s: 30, leak_stack_rate_per_s: 1000 }));
+    for (const id of ['sequential', 'sweep-core', 'sweep-orm']) {
+      const rows = results.scenarios.find((s) => s.id === id)!.levels[0].contenders.filter((c) => c.name === 'db-pool' || c.name === 'db-pool via TypeORM');
+      expect(rows.length).toBeGreaterThan(0);
+      for (const row of rows) {
+        expect([id, row.name, row.note]).toEqual([id, row.name, expect.stringContaining('all features on')]);
+        // The tracker ran: it captured stacks (a second's worth at least) on this pool.
+        expect([id, row.name, (row.leakStacks?.captured ?? 0) > 0]).toEqual([id, row.name, true]);
+      }
+    }
+    expect(Number.isFinite(results.ratio_details.every_stack_vs_off?.median)).toBe(true);
   });
 
   it('writes a self-contained bench-report.html whose charts Chromium parses with drawn paths', async () => {

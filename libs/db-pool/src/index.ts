@@ -13,6 +13,7 @@ export {
   type PoolState,
 } from './errors.js';
 export { DbPool, type DbPoolCounters, type DbPoolLogger, type DbPoolSettings } from './pool/db-pool.js';
+export { CheckoutLeakTracker, type LeakTrackerOptions, type StackCaptureStats } from './pool/leak-tracker.js';
 export { createPgDriver, poolOf, toPgClientOptions, toPoolSettings, toTypeOrmOptions } from './pool/typeorm-options.js';
 export { REDACTED, redactUrl } from './redact.js';
 export { InjectDbPool, InjectDbPoolConfig, InjectPoolMonitor, getDbPoolConfigToken, getDbPoolToken, getPoolMonitorToken } from './tokens.js';

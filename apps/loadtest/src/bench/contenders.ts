@@ -41,10 +41,17 @@ async function openConnections(n: number, query: (sql: string) => Promise<unknow
   await Promise.all(Array.from({ length: n }, () => query('SELECT pg_sleep(0.02)')));
 }
 
-export type DbPoolFeatures = Pick<DbPoolOptions, 'prePing' | 'prePingBypassMs' | 'leakThreshold'>;
+export type DbPoolFeatures = Pick<DbPoolOptions, 'prePing' | 'prePingBypassMs' | 'leakThreshold' | 'leakStackRate'>;
+
+/**
+ * What the headline db-pool contenders run with: every feature on. Pre-ping (500 ms bypass),
+ * leak tracking with checkout stacks (at the default DB_POOL_LEAK_STACK_RATE); reset on return
+ * and the metrics' histograms and counters are always on.
+ */
+export const ALL_FEATURES = { prePing: true, prePingBypassMs: 500, leakThreshold: 30 } as const satisfies DbPoolFeatures;
 
 /** A db-pool pool as an app would build it without Nest: capacity 20, no overflow. */
-export async function openDbPool(res: Resources, url: string, name: string, features: DbPoolFeatures = {}): Promise<DbPool> {
+export async function openDbPool(res: Resources, url: string, name: string, features: DbPoolFeatures = ALL_FEATURES): Promise<DbPool> {
   const config = resolveDbPoolConfig({ url, name, poolSize: CAPACITY, maxOverflow: 0, applicationName: name, env: {}, ...features });
   const pool = new DbPool({ connectionString: config.url, application_name: config.applicationName, dbPool: toPoolSettings(config) });
   res.add(() => pool.end());
@@ -53,8 +60,8 @@ export async function openDbPool(res: Resources, url: string, name: string, feat
 }
 
 /** A TypeORM DataSource whose pool is db-pool's, built by the lib's own mapping. */
-export async function openDbPoolDataSource(res: Resources, url: string, name: string): Promise<DataSource> {
-  const config = resolveDbPoolConfig({ url, name, poolSize: CAPACITY, maxOverflow: 0, applicationName: name, env: {} });
+export async function openDbPoolDataSource(res: Resources, url: string, name: string, features: DbPoolFeatures = ALL_FEATURES): Promise<DataSource> {
+  const config = resolveDbPoolConfig({ url, name, poolSize: CAPACITY, maxOverflow: 0, applicationName: name, env: {}, ...features });
   const ds = await new DataSource(toTypeOrmOptions(config) as DataSourceOptions).initialize();
   res.add(() => ds.destroy());
   await poolOf(ds).warmUp();

@@ -5,7 +5,8 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { CAPACITY } from './contenders.js';
+import { resolveDbPoolConfig } from '@db-pool/db-pool';
+import { ALL_FEATURES, CAPACITY } from './contenders.js';
 import { machineInfo, serverInfo } from './machine.js';
 import { findPgbench, pgbenchVersion } from './pgbench.js';
 import { Progress } from './progress.js';
@@ -70,6 +71,19 @@ function parseCli(argv: string[]): Cli | undefined {
     durationMs,
     warmupMs: Math.max(50, Math.round(durationMs / 2)),
     outDir: resolve(values['out-dir'] ?? '.'),
+  };
+}
+
+/** The headline db-pool contenders' settings, as the pool resolves them. */
+function dbPoolFeatures() {
+  const config = resolveDbPoolConfig({ url: 'postgres://bench@localhost/bench', env: {}, ...ALL_FEATURES });
+  return {
+    pre_ping: config.prePing,
+    pre_ping_bypass_ms: config.prePingBypassMs,
+    leak_threshold_s: config.leakThresholdMs / 1000,
+    leak_stack_rate_per_s: config.leakStackRate,
+    reset_on_return: 'always (rollback when returned inside a transaction)',
+    metrics: 'always (wait/use/create histograms and counters)',
   };
 }
 
@@ -148,6 +162,7 @@ async function main(): Promise<number> {
       capacity: CAPACITY,
       sweep: settings.sweep,
       steady_callers: settings.steadyCallers,
+      db_pool_features: dbPoolFeatures(),
     },
     machine: info.machine,
     ratios: analysis.ratios,

@@ -62,7 +62,7 @@ export function ratioRows(a: Analysis): RatioRow[] {
       }
     }
   }
-  for (const key of Object.keys(a.ratio_details).filter((k) => k.startsWith('checkout_') || k.startsWith('pg_pool_'))) {
+  for (const key of Object.keys(a.ratio_details).filter((k) => k.startsWith('checkout_') || k.startsWith('pg_pool_') || k.startsWith('every_stack_'))) {
     const d = detail(key);
     rows.push({ key, measured: d.median, min: d.min, max: d.max, target: 'none', verdict: 'info' });
   }

@@ -33,6 +33,8 @@ export interface ContenderSummary {
    * pool's wait-histogram bucket the percentile falls in.
    */
   waitMs: { p50: number; p99: number; source: 'connect' | 'histogram' } | null;
+  /** db-pool contenders: the leak tracker's stack captures over the whole phase (its pool's, shared by rows on one pool). */
+  leakStacks?: ContenderInfo['leakStacks'];
 }
 
 export interface PhaseSummary {
@@ -102,6 +104,7 @@ function summarize(info: ContenderInfo, callers: number, slices: SliceResult[]):
     opsPerSecMax: Math.max(...rates),
     latencyMs: latencyOf(slices),
     waitMs,
+    ...(info.leakStacks ? { leakStacks: info.leakStacks } : {}),
   };
 }
 
@@ -165,6 +168,8 @@ export function analyze(run: BenchRun): Analysis {
     p99_over_median_wait_c200: stat('p99_over_median_wait_c200', slices('sweep-core', C.dbPoolCheckout, maxCallers).map(waitSpread)),
     features_on_vs_off: stat('features_on_vs_off', roundRatios(slices('features', C.featuresOn), slices('features', C.featuresOff), meanLatency)),
   };
+  // Informational: leak tracking capturing a stack on every checkout, against all off.
+  stat('every_stack_vs_off', roundRatios(slices('features', C.featuresEveryStack), slices('features', C.featuresOff), meanLatency));
   // Informational, like with like: pg.Pool's own wait spread at the same load.
   stat('pg_pool_p99_over_median_wait_c200', slices('sweep-core', C.pgPoolCheckout, maxCallers).map(waitSpread));
 

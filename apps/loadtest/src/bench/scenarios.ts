@@ -1,7 +1,8 @@
 import { performance } from 'node:perf_hooks';
-import type { DbPool } from '@db-pool/db-pool';
+import type { DbPool, StackCaptureStats } from '@db-pool/db-pool';
 import pg from 'pg';
 import {
+  ALL_FEATURES,
   CAPACITY,
   dataSourceQuery,
   noPool,
@@ -36,6 +37,7 @@ export const C = {
   featuresOff: 'db-pool features off',
   prePingOn: 'db-pool pre-ping on',
   featuresOn: 'db-pool all features on',
+  featuresEveryStack: 'db-pool all on, every stack',
   noPoolScram: 'no pool (scram)',
   dbPoolScram: 'db-pool (scram)',
 } as const;
@@ -46,6 +48,8 @@ export interface ContenderInfo {
   name: string;
   note?: string;
   waitSource: Contender['waitSource'];
+  /** db-pool contenders: checkout stacks the leak tracker captured and skipped over the phase. */
+  leakStacks?: StackCaptureStats;
 }
 
 export interface PhaseResult {
@@ -127,9 +131,9 @@ function phases(settings: BenchSettings, run: BenchRun): PhaseSpec[] {
       contenders: 6 + withPgbench,
       async open(res) {
         const list = [
-          dataSourceQuery(C.dbPoolTypeOrm, await openDbPoolDataSource(res, url, 'bench-seq-dbpool-typeorm'), 'ds.query'),
+          dataSourceQuery(C.dbPoolTypeOrm, await openDbPoolDataSource(res, url, 'bench-seq-dbpool-typeorm'), 'ds.query, all features on'),
           dataSourceQuery(C.typeOrm, await openStockDataSource(res, url, 'bench-seq-typeorm', 1), 'ds.query, pg.Pool'),
-          poolQuery(C.dbPool, await openDbPool(res, url, 'bench-seq-dbpool'), 'pool.query'),
+          poolQuery(C.dbPool, await openDbPool(res, url, 'bench-seq-dbpool'), 'pool.query, all features on'),
           poolQuery(C.pgPool, await openPgPool(res, url, 'bench-seq-pg', 1), 'pool.query'),
           postgresJsQuery(C.postgresJs, await openPostgresJs(res, url, 'bench-seq-postgresjs', 1), 'sql`SELECT 1`'),
           noPool(C.noPool, url, 'connect, query, end; trust auth'),
@@ -147,9 +151,9 @@ function phases(settings: BenchSettings, run: BenchRun): PhaseSpec[] {
         const ours = await openDbPool(res, url, 'bench-sweep-dbpool');
         const theirs = await openPgPool(res, url, 'bench-sweep-pg');
         const list = [
-          poolQuery(C.dbPool, ours, 'pool.query'),
+          poolQuery(C.dbPool, ours, 'pool.query, all features on'),
           poolQuery(C.pgPool, theirs, 'pool.query'),
-          poolCheckout(C.dbPoolCheckout, ours, 'wait timed around connect()'),
+          poolCheckout(C.dbPoolCheckout, ours, 'wait timed around connect(), all features on'),
           poolCheckout(C.pgPoolCheckout, theirs, 'wait timed around connect()'),
         ];
         if (pgbench) list.push(await openPgbench(res, pgbench, url, C.pgbench));
@@ -164,7 +168,7 @@ function phases(settings: BenchSettings, run: BenchRun): PhaseSpec[] {
       contenders: 3,
       async open(res) {
         return [
-          dataSourceQuery(C.dbPoolTypeOrm, await openDbPoolDataSource(res, url, 'bench-sweep-dbpool-typeorm'), 'ds.query'),
+          dataSourceQuery(C.dbPoolTypeOrm, await openDbPoolDataSource(res, url, 'bench-sweep-dbpool-typeorm'), 'ds.query, all features on'),
           dataSourceQuery(C.typeOrm, await openStockDataSource(res, url, 'bench-sweep-typeorm'), 'ds.query, pg.Pool'),
           postgresJsQuery(C.postgresJs, await openPostgresJs(res, url, 'bench-sweep-postgresjs'), 'pipelines past max'),
         ];
@@ -174,13 +178,15 @@ function phases(settings: BenchSettings, run: BenchRun): PhaseSpec[] {
       id: 'features',
       title: `db-pool features on vs off: ${settings.steadyCallers} callers, steady load`,
       levels: [settings.steadyCallers],
-      contenders: 3,
+      contenders: 4,
       async open(res) {
-        // "off" in the middle: both ratios compare neighbours.
+        // "off" in the middle: the two target ratios compare neighbours.
         return [
           poolQuery(C.prePingOn, await openDbPool(res, url, 'bench-preping-on', { prePing: true, prePingBypassMs: 500, leakThreshold: 0 }), 'prePing true, 500 ms bypass'),
           poolQuery(C.featuresOff, await openDbPool(res, url, 'bench-features-off', { prePing: false, leakThreshold: 0 }), 'prePing false, leakThreshold 0'),
-          poolQuery(C.featuresOn, await openDbPool(res, url, 'bench-features-on', { prePing: true, leakThreshold: 30 }), 'prePing, leakThreshold 30 s'),
+          poolQuery(C.featuresOn, await openDbPool(res, url, 'bench-features-on', ALL_FEATURES), 'as the headline rows: prePing, leakThreshold 30 s, ≤ 1000 stacks/s'),
+          // Informational: what a stack for every checkout would cost (the rate set out of reach).
+          poolQuery(C.featuresEveryStack, await openDbPool(res, url, 'bench-every-stack', { ...ALL_FEATURES, leakStackRate: 1_000_000 }), 'leakStackRate 1000000'),
         ];
       },
     },
@@ -192,7 +198,7 @@ function phases(settings: BenchSettings, run: BenchRun): PhaseSpec[] {
       async open(res) {
         const server = await startScramServer(res);
         run.scram = server.info;
-        return [noPool(C.noPoolScram, server.url, 'connect + SCRAM, query, end'), poolQuery(C.dbPoolScram, await openDbPool(res, server.url, 'bench-scram-dbpool'), 'pool.query')];
+        return [noPool(C.noPoolScram, server.url, 'connect + SCRAM, query, end'), poolQuery(C.dbPoolScram, await openDbPool(res, server.url, 'bench-scram-dbpool'), 'pool.query, all features on')];
       },
     },
   ];
@@ -242,7 +248,8 @@ export async function runBench(settings: BenchSettings, progress: Progress): Pro
       for (const callers of spec.levels) {
         levels.push(await runRounds(`${spec.id} c=${callers}`, contenders, callers, { ...rounds, observe: spec.observe }, progress));
       }
-      run.phases.push({ id: spec.id, title: spec.title, contenders: contenders.map(({ name, note, waitSource }) => ({ name, note, waitSource })), levels });
+      const infos = contenders.map(({ name, note, waitSource, pool }): ContenderInfo => ({ name, note, waitSource, ...(pool ? { leakStacks: pool.leakStackStats() } : {}) }));
+      run.phases.push({ id: spec.id, title: spec.title, contenders: infos, levels });
     } catch (err) {
       // The first error is the one worth reading; a pool that then fails to close adds nothing.
       await res.closeAll().catch(() => {});

@@ -151,6 +151,7 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
     statementTimeoutMs: int('statementTimeoutMs'),
     queryTimeoutMs: int('queryTimeoutMs'),
     leakThresholdMs: int('leakThreshold') * 1000,
+    leakStackRate: int('leakStackRate'),
     warnUtilization: int('warnUtilization'),
     criticalUtilization: int('criticalUtilization'),
     expectedReplicas: int('expectedReplicas'),
@@ -173,6 +174,6 @@ export function describeConfig(config: DbPoolConfig): string {
     `max_overflow=${config.maxOverflow}, total_max=${config.poolSize + config.maxOverflow}, ` +
     `timeout=${config.poolTimeoutMs / 1000}s, recycle=${config.recycleMs / 1000}s, pre_ping=${config.prePing}, ` +
     `connect_timeout=${config.connectTimeoutMs / 1000}s, overflow_idle_timeout=${config.overflowIdleTimeoutMs / 1000}s, ` +
-    `leak_threshold=${config.leakThresholdMs > 0 ? `${config.leakThresholdMs / 1000}s` : 'off'}, application_name=${config.applicationName}`
+    `leak_threshold=${config.leakThresholdMs > 0 ? `${config.leakThresholdMs / 1000}s, leak_stack_rate=${config.leakStackRate}/s` : 'off'}, application_name=${config.applicationName}`
   );
 }

@@ -3,7 +3,7 @@ import pg from 'pg';
 import { PoolConnectError, PoolReleaseError, PoolTimeoutError, type PoolState } from '../errors.js';
 import { scrubSecrets } from '../redact.js';
 import { createPoolTimings, type PoolTimings } from './histogram.js';
-import { CheckoutLeakTracker, type CheckoutSite, type LeakTracker, NO_LEAK_TRACKING } from './leak-tracker.js';
+import { CheckoutLeakTracker, type CheckoutSite, type LeakTracker, NO_LEAK_TRACKING, type StackCaptureStats } from './leak-tracker.js';
 
 /** What db-pool adds to pg-pool's options. Durations in milliseconds. */
 export interface DbPoolSettings {
@@ -28,6 +28,8 @@ export interface DbPoolSettings {
   validationTimeoutMs: number;
   /** Checkouts held longer than this are logged with their stack (0 = off). */
   leakThresholdMs: number;
+  /** Checkout stacks captured per second at most, while leak tracking is on (0 = none). */
+  leakStackRate: number;
   /** How long `end()` waits for checked-out connections before it closes them. */
   shutdownGraceMs: number;
   logger?: DbPoolLogger;
@@ -165,7 +167,7 @@ export class DbPool extends pg.Pool {
     SECRETS.set(this, passwordsOf(options));
     // pg-pool hides `password`; the connection string holds it too.
     if (this.options.connectionString) Object.defineProperty(this.options, 'connectionString', { enumerable: false });
-    this.leaks = settings.leakThresholdMs > 0 ? new CheckoutLeakTracker(settings.name, settings.leakThresholdMs, this.logger) : NO_LEAK_TRACKING;
+    this.leaks = settings.leakThresholdMs > 0 ? new CheckoutLeakTracker({ poolName: settings.name, thresholdMs: settings.leakThresholdMs, stackRate: settings.leakStackRate, logger: this.logger }) : NO_LEAK_TRACKING;
 
     this.on('connect', (client: TrackedClient) => this.onConnect(client));
     this.on('remove', (client: TrackedClient) => this.onRemove(client));
@@ -284,6 +286,11 @@ export class DbPool extends pg.Pool {
   /** Checkouts reported as possible leaks (DB_POOL_LEAK_THRESHOLD) that have not come back. */
   leaksOutstanding(): number {
     return this.leaks.outstanding();
+  }
+
+  /** Checkout stacks captured and skipped so far (DB_POOL_LEAK_STACK_RATE); zeros when leak tracking is off. */
+  leakStackStats(): StackCaptureStats {
+    return this.leaks.stackStats();
   }
 
   /** How long the longest-held connection has been checked out, in ms (0 when none is). */

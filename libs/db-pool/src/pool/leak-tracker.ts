@@ -5,13 +5,14 @@ import type { DbPoolLogger } from './db-pool.js';
 export interface LeakTracker {
   /**
    * Captures the caller's stack at the start of an acquire (the hand-out runs in a later tick);
-   * `above` and the frames it called are left out.
+   * `above` and the frames it called are left out. `undefined` when no stack is taken.
    */
   capture(above: Function): CheckoutSite | undefined;
   checkout(client: object, site: CheckoutSite | undefined): void;
   checkin(client: object): void;
   /** Checkouts reported as possible leaks that have not come back. */
   outstanding(): number;
+  stackStats(): StackCaptureStats;
   stop(): void;
 }
 
@@ -21,12 +22,38 @@ export const NO_LEAK_TRACKING: LeakTracker = {
   checkout() {},
   checkin() {},
   outstanding: () => 0,
+  stackStats: () => ({ captured: 0, skipped: 0, armed: false }),
   stop() {},
 };
 
 /** Holds the captured frames; V8 formats them only if `stack` is read. */
 export interface CheckoutSite {
   stack?: string;
+}
+
+export interface LeakTrackerOptions {
+  poolName: string;
+  thresholdMs: number;
+  /**
+   * Stacks captured per second at most (0 = none). A capture costs several µs of CPU, so at
+   * thousands of checkouts a second a stack for each would cost a pool a third of its
+   * throughput; below this rate every checkout has one, and none is skipped while armed.
+   */
+  stackRate: number;
+  logger: DbPoolLogger;
+  /** The clock (ms); a test may pass its own and call `sweep()` itself. */
+  now?: () => number;
+  /** Sweep on a timer (default); off when a test sweeps by hand. */
+  timer?: boolean;
+}
+
+/** What stack capture has done so far. */
+export interface StackCaptureStats {
+  captured: number;
+  /** Checkouts taken without a stack: the rate was used up (or is 0). */
+  skipped: number;
+  /** True while every checkout is captured: a checkout has been held past half the threshold. */
+  armed: boolean;
 }
 
 interface Checkout {
@@ -41,23 +68,43 @@ const STACK_DEPTH = 12;
  * Remembers when and where each connection was checked out. A sweep (not a timer per checkout)
  * reports, once, each one held past the threshold, with the stack of the code that took it, and
  * notes when a reported one comes back.
+ *
+ * Stacks are captured at up to `stackRate` a second (a token bucket refilled by the sweep, so the
+ * hot path reads no clock). Once a checkout has been held past half the threshold, the tracker
+ * is armed: every checkout gets a stack, whatever the rate, until one threshold has passed
+ * without such a checkout — so a leak that recurs is reported with its stack even at a rate of
+ * checkouts far above `stackRate`.
  */
 export class CheckoutLeakTracker implements LeakTracker {
   private readonly out = new Map<object, Checkout>();
-  private readonly sweeper: NodeJS.Timeout;
+  private readonly sweeper: NodeJS.Timeout | undefined;
+  private readonly now: () => number;
   private reported = 0;
+  private tokens: number;
+  private lastRefill: number;
+  private armedUntil = -Infinity;
+  private armed = false;
+  private captured = 0;
+  private skipped = 0;
 
-  constructor(
-    private readonly poolName: string,
-    private readonly thresholdMs: number,
-    private readonly logger: DbPoolLogger,
-  ) {
-    this.sweeper = setInterval(() => this.sweep(), Math.min(1_000, thresholdMs / 4));
-    this.sweeper.unref();
+  constructor(private readonly options: LeakTrackerOptions) {
+    this.now = options.now ?? (() => performance.now());
+    this.tokens = options.stackRate; // a second's worth to start with
+    this.lastRefill = this.now();
+    if (options.timer !== false) {
+      this.sweeper = setInterval(() => this.sweep(), Math.min(1_000, options.thresholdMs / 4));
+      this.sweeper.unref();
+    }
   }
 
-  capture(above: Function): CheckoutSite {
-    // The cost is per frame (~0.5 µs each): keep the frames the reader needs, no more.
+  capture(above: Function): CheckoutSite | undefined {
+    if (this.armed ? this.options.stackRate === 0 : this.tokens < 1) {
+      this.skipped++;
+      return undefined;
+    }
+    if (!this.armed) this.tokens--;
+    this.captured++;
+    // Each capture costs the same few µs whatever its depth; 12 frames reach the caller's code.
     const site: CheckoutSite = {};
     const limit = Error.stackTraceLimit;
     Error.stackTraceLimit = STACK_DEPTH;
@@ -67,7 +114,7 @@ export class CheckoutLeakTracker implements LeakTracker {
   }
 
   checkout(client: object, site: CheckoutSite | undefined): void {
-    this.out.set(client, { since: performance.now(), site, reported: false });
+    this.out.set(client, { since: this.now(), site, reported: false });
   }
 
   checkin(client: object): void {
@@ -76,7 +123,7 @@ export class CheckoutLeakTracker implements LeakTracker {
     this.out.delete(client);
     if (checkout.reported) {
       this.reported--;
-      this.logger.log(`db-pool "${this.poolName}": the connection reported as possibly leaked was returned after ${seconds(performance.now() - checkout.since)} s`);
+      this.options.logger.log(`db-pool "${this.options.poolName}": the connection reported as possibly leaked was returned after ${seconds(this.now() - checkout.since)} s`);
     }
   }
 
@@ -84,23 +131,43 @@ export class CheckoutLeakTracker implements LeakTracker {
     return this.reported;
   }
 
+  stackStats(): StackCaptureStats {
+    return { captured: this.captured, skipped: this.skipped, armed: this.armed };
+  }
+
   stop(): void {
     clearInterval(this.sweeper);
   }
 
-  private sweep(): void {
-    const now = performance.now();
+  /** Refills the stack budget, arms or disarms capture, and reports checkouts past the threshold. */
+  sweep(): void {
+    const { thresholdMs, stackRate, poolName, logger } = this.options;
+    const now = this.now();
+    this.tokens = Math.min(stackRate, this.tokens + ((now - this.lastRefill) * stackRate) / 1000);
+    this.lastRefill = now;
     for (const checkout of this.out.values()) {
-      if (checkout.reported || now - checkout.since < this.thresholdMs) continue;
+      if (checkout.reported) continue;
+      const heldMs = now - checkout.since;
+      if (heldMs >= thresholdMs / 2) this.armedUntil = now + thresholdMs;
+      if (heldMs < thresholdMs) continue;
       checkout.reported = true;
       this.reported++;
-      const stack = (checkout.site?.stack ?? '').split('\n').slice(1).join('\n'); // without the "Error" line
-      this.logger.warn(
-        `db-pool "${this.poolName}": possible connection leak: a connection has been checked out for ${seconds(now - checkout.since)} s ` +
-          `(DB_POOL_LEAK_THRESHOLD=${this.thresholdMs / 1000} s); it was checked out at:\n${stack}`,
+      logger.warn(
+        `db-pool "${poolName}": possible connection leak: a connection has been checked out for ${seconds(heldMs)} s ` +
+          `(DB_POOL_LEAK_THRESHOLD=${thresholdMs / 1000} s); ${whereFrom(checkout.site, stackRate)}`,
       );
     }
+    this.armed = now < this.armedUntil;
   }
+}
+
+function whereFrom(site: CheckoutSite | undefined, stackRate: number): string {
+  if (site) return `it was checked out at:\n${(site.stack ?? '').split('\n').slice(1).join('\n')}`; // without the "Error" line
+  if (stackRate === 0) return 'no stack was captured (DB_POOL_LEAK_STACK_RATE=0)';
+  return (
+    `its stack was not captured: checkouts were coming faster than DB_POOL_LEAK_STACK_RATE=${stackRate} stacks per second. ` +
+    'Every checkout is captured now, and until one threshold passes without a checkout held past half of it, so a recurring leak is reported with its stack.'
+  );
 }
 
 function seconds(ms: number): string {

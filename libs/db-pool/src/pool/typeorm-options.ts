@@ -18,6 +18,7 @@ export function toPoolSettings(config: DbPoolConfig, logger?: DbPoolLogger): DbP
     prePingBypassMs: config.prePingBypassMs,
     validationTimeoutMs: config.validationTimeoutMs,
     leakThresholdMs: config.leakThresholdMs,
+    leakStackRate: config.leakStackRate,
     shutdownGraceMs: config.shutdownGraceMs,
     logger,
   };
