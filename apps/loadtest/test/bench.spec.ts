@@ -92,7 +92,7 @@ describe('the benchmark CLI (--quick)', () => {
 
   it('measures the headline db-pool rows with every feature on, leak tracking with checkout stacks included', async () => {
     const results = JSON.parse(await readFile(join(outDir, 'bench-results.json'), 'utf8')) as Results;
-    expect(results.settings.db_pool_features).toEqual(expect.objectContaining({ pre_ping: true, leak_threshold_s: 30, leak_stack_rate_per_s: 1000 }));
+    expect(results.settings.db_pool_features).toEqual(expect.objectContaining({ pre_ping: true, leak_threshold_s: 30, leak_stack_rate_per_s: 100 }));
     for (const id of ['sequential', 'sweep-core', 'sweep-orm']) {
       const rows = results.scenarios.find((s) => s.id === id)!.levels[0].contenders.filter((c) => c.name === 'db-pool' || c.name === 'db-pool via TypeORM');
       expect(rows.length).toBeGreaterThan(0);

@@ -28,7 +28,7 @@ describe('configuration: defaults', () => {
       connectTimeoutMs: 10_000,
       applicationName: 'db-pool',
       leakThresholdMs: 0,
-      leakStackRate: 1_000,
+      leakStackRate: 100,
       warnUtilization: 70,
       criticalUtilization: 90,
       expectedReplicas: 1,

@@ -53,7 +53,7 @@ export interface DbPoolOptions {
   queryTimeoutMs?: Loose<number>;
   /** `DB_POOL_LEAK_THRESHOLD`: seconds a checkout may be held before it is logged with its stack (0 = off, else ≥ 2). @default 0 */
   leakThreshold?: Loose<number>;
-  /** `DB_POOL_LEAK_STACK_RATE`: checkout stacks captured per second at most while leak tracking is on (0 = none). @default 1000 */
+  /** `DB_POOL_LEAK_STACK_RATE`: checkout stacks captured per second at most while leak tracking is on (0 = none). @default 100 */
   leakStackRate?: Loose<number>;
   /** `DB_POOL_WARN_UTILIZATION`: % of capacity checked out above which health is "warning". @default 70 */
   warnUtilization?: Loose<number>;

@@ -1,0 +1,107 @@
+// The profile behind docs/benchmarks.md "What the profile shows": each pool in turn runs
+// `SELECT 1` from N callers for a few seconds in a child process of its own, started with
+// `node --cpu-prof`; then the self time of every function is summed per pool and the top lines
+// and db-pool's own functions are printed.
+//
+//   npx nx run loadtest:profile [--callers 10] [--seconds 6] [--out-dir DIR]
+//
+// A child runs one pool: node --cpu-prof apps/loadtest/dist/bench/profile.js --child <pool> …
+import { spawn } from 'node:child_process';
+import { mkdir, mkdtemp, readdir, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { ALL_FEATURES, CAPACITY, Resources, openDbPool, openPgPool, poolQuery, type Contender } from './contenders.js';
+
+const POOLS: Record<string, (res: Resources, url: string) => Promise<Contender>> = {
+  'pg.Pool': async (res, url) => poolQuery('pg.Pool', await openPgPool(res, url, 'profile-pg')),
+  'db-pool features off': async (res, url) => poolQuery('db-pool features off', await openDbPool(res, url, 'profile-off', { prePing: false, leakThreshold: 0 })),
+  'db-pool all features on': async (res, url) => poolQuery('db-pool all features on', await openDbPool(res, url, 'profile-on', ALL_FEATURES)),
+  'db-pool all on, every stack': async (res, url) =>
+    poolQuery('db-pool all on, every stack', await openDbPool(res, url, 'profile-every', { ...ALL_FEATURES, leakStackRate: 1_000_000 })),
+};
+
+interface ProfileNode {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+  children?: number[];
+}
+interface CpuProfile {
+  nodes: ProfileNode[];
+  samples: number[];
+  timeDeltas: number[];
+}
+
+/** Self time per function (name and file), in ms, from a V8 .cpuprofile. */
+export function selfTimes(profile: CpuProfile): Map<string, number> {
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  const out = new Map<string, number>();
+  profile.samples.forEach((id, i) => {
+    const frame = byId.get(id)!.callFrame;
+    const file = frame.url.startsWith('file://') ? relative(process.cwd(), fileURLToPath(frame.url)) : frame.url;
+    const key = `${frame.functionName || '(anonymous)'}${file ? ` ${file}:${frame.lineNumber + 1}` : ''}`;
+    out.set(key, (out.get(key) ?? 0) + (profile.timeDeltas[i] ?? 0) / 1000);
+  });
+  return out;
+}
+
+async function child(pool: string, callers: number, seconds: number): Promise<void> {
+  const url = process.env.DATABASE_URL!;
+  const res = new Resources();
+  try {
+    const contender = await POOLS[pool](res, url);
+    await contender.run(callers, 500); // warm
+    const slice = await contender.run(callers, seconds * 1000);
+    process.stdout.write(`${JSON.stringify({ opsPerSec: (slice.ops / slice.elapsedMs) * 1000 })}\n`);
+  } finally {
+    await res.closeAll();
+  }
+}
+
+function run(args: string[]): Promise<string> {
+  return new Promise((done, fail) => {
+    const p = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.on('error', fail);
+    p.on('close', (code) => (code === 0 ? done(out) : fail(new Error(`profile child exited with ${code}`))));
+  });
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: { child: { type: 'string' }, callers: { type: 'string', default: '10' }, seconds: { type: 'string', default: '6' }, 'out-dir': { type: 'string' }, top: { type: 'string', default: '6' } },
+  });
+  const callers = Number(values.callers);
+  const seconds = Number(values.seconds);
+  if (!Number.isInteger(callers) || callers < 1 || !(seconds > 0)) throw new Error('--callers must be a positive integer and --seconds a positive number');
+  if (!process.env.DATABASE_URL) throw new Error('DATABASE_URL is not set: run `npx nx run loadtest:profile` (it starts an embedded PostgreSQL) or set it');
+  if (values.child) return child(values.child, callers, seconds);
+
+  const outDir = values['out-dir'] ? resolve(values['out-dir']) : await mkdtemp(join(tmpdir(), 'db-pool-profile-'));
+  await mkdir(outDir, { recursive: true });
+  const script = fileURLToPath(import.meta.url);
+  process.stdout.write(`${callers} callers × ${seconds} s of pool.query('SELECT 1') per pool, capacity ${CAPACITY}; profiles in ${outDir}\n`);
+  for (const pool of Object.keys(POOLS)) {
+    const dir = join(outDir, pool.replace(/[^a-z0-9]+/gi, '-'));
+    const { opsPerSec } = JSON.parse(await run(['--cpu-prof', `--cpu-prof-dir=${dir}`, script, '--child', pool, '--callers', String(callers), '--seconds', String(seconds)])) as { opsPerSec: number };
+    const [file] = await readdir(dir);
+    const times = selfTimes(JSON.parse(await readFile(join(dir, file), 'utf8')) as CpuProfile);
+    const total = [...times.values()].reduce((a, b) => a + b, 0);
+    const pct = (ms: number) => `${((ms / total) * 100).toFixed(2)} %`;
+    const sorted = [...times].sort((a, b) => b[1] - a[1]);
+    const ours = sorted.filter(([k]) => k.includes(' libs/db-pool/'));
+    process.stdout.write(`\n== ${pool}: ${Math.round(opsPerSec).toLocaleString('en-US')} ops/s\n`);
+    for (const [k, ms] of sorted.slice(0, Number(values.top))) process.stdout.write(`  ${pct(ms).padStart(8)}  ${k}\n`);
+    const oursTotal = ours.reduce((a, [, ms]) => a + ms, 0);
+    process.stdout.write(`  db-pool's own functions: ${pct(oursTotal)}${ours.length ? ` (${ours.slice(0, 4).map(([k, ms]) => `${k.split(' ')[0]} ${pct(ms)}`).join(', ')})` : ''}\n`);
+    const gc = times.get('(garbage collector)') ?? 0;
+    process.stdout.write(`  garbage collector: ${pct(gc)}\n`);
+  }
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`profile failed: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exitCode = 1;
+});
