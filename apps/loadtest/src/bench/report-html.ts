@@ -159,7 +159,7 @@ function utilizationChart(samples: StateSample[], capacity: number, callers: num
   const waitingMax = Math.max(1, ...samples.map((s) => s.waiting));
   return lineChart({
     id: 'chart-pool-utilization',
-    title: `db-pool state during a ${callers}-caller slice (pool.state() every ~20 ms)`,
+    title: `db-pool state during a ${callers}-caller slice (pool.state() ${samples.length} times)`,
     x: { label: 'time since the slice started (ms)', min: 0, max: last, ticks: ticksOf(fitAxis('', 'linear', [last], String)).filter((t) => t <= last).map((t) => ({ value: t, label: String(t) })) },
     y: { label: `utilization: active / capacity ${capacity} (%)`, scale: 'linear', min: 0, max: 100, format: (v) => `${v}%` },
     yRight: fitAxis('callers waiting', 'linear', [waitingMax], (v) => String(v)),

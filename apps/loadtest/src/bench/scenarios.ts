@@ -88,7 +88,7 @@ export interface ScramServer {
 
 export interface BenchRun {
   phases: PhaseResult[];
-  /** pool.state() every ~20 ms during the last 200-caller slice of db-pool's `pool.query`. */
+  /** pool.state() about 50 times during the last 200-caller slice of db-pool's `pool.query`. */
   stateSamples: StateSample[];
   scram?: ScramServer;
 }
@@ -102,9 +102,10 @@ interface PhaseSpec {
   observe?: RoundsOptions['observe'];
 }
 
-const SAMPLE_EVERY_MS = 20;
+/** About 50 samples of pool.state() over a slice. */
+const sampleEveryMs = (durationMs: number) => Math.max(2, Math.round(durationMs / 50));
 
-function sampleState(pool: DbPool, into: StateSample[]): () => void {
+function sampleState(pool: DbPool, into: StateSample[], everyMs: number): () => void {
   into.length = 0;
   const t0 = performance.now();
   const take = () => {
@@ -112,7 +113,7 @@ function sampleState(pool: DbPool, into: StateSample[]): () => void {
     into.push({ tMs: performance.now() - t0, active: s.active, total: s.total, waiting: s.waiting });
   };
   take();
-  const timer = setInterval(take, SAMPLE_EVERY_MS);
+  const timer = setInterval(take, everyMs);
   return () => {
     clearInterval(timer);
     take();
@@ -159,7 +160,7 @@ function phases(settings: BenchSettings, run: BenchRun): PhaseSpec[] {
         if (pgbench) list.push(await openPgbench(res, pgbench, url, C.pgbench));
         return list;
       },
-      observe: (contender, callers) => (contender.name === C.dbPool && callers === maxCallers && contender.pool ? sampleState(contender.pool, run.stateSamples) : undefined),
+      observe: (contender, callers) => (contender.name === C.dbPool && callers === maxCallers && contender.pool ? sampleState(contender.pool, run.stateSamples, sampleEveryMs(settings.durationMs)) : undefined),
     },
     {
       id: 'sweep-orm',
