@@ -109,6 +109,7 @@ describe('the benchmark CLI (--quick)', () => {
     const file = join(outDir, 'bench-report.html');
     const html = await readFile(file, 'utf8');
     expect(html).not.toMatch(/<script|<link|https?:\/\/(?!www\.w3\.org\/2000\/svg)/);
+    expect(html).toMatch(/db-pool rows run with every feature on: .*<code>leak_stack_rate_per_s<\/code> 100/);
 
     if (!existsSync(CHROMIUM)) {
       if (process.env.CI) throw new Error(`${CHROMIUM} is missing: CI must install Chromium (apt-get install -y --no-install-recommends chromium) to check the HTML report`);

@@ -141,6 +141,7 @@ async function main(): Promise<number> {
     rounds: cli.rounds,
     duration_ms: cli.durationMs,
     quick: cli.quick,
+    db_pool_features: dbPoolFeatures(),
     machine: machineInfo({
       server_version: server.version,
       server_max_connections: server.maxConnections,
@@ -163,7 +164,7 @@ async function main(): Promise<number> {
       capacity: CAPACITY,
       sweep: settings.sweep,
       steady_callers: settings.steadyCallers,
-      db_pool_features: dbPoolFeatures(),
+      db_pool_features: info.db_pool_features,
     },
     machine: info.machine,
     ratios: analysis.ratios,

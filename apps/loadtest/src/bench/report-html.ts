@@ -10,6 +10,8 @@ export interface RunInfo {
   duration_ms: number;
   quick: boolean;
   machine: Record<string, unknown>;
+  /** The headline db-pool rows' settings. */
+  db_pool_features: Record<string, unknown>;
 }
 
 const PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#17becf', '#7f7f7f', '#bcbd22'];
@@ -249,6 +251,7 @@ code { font-size: 13px; }
 <h1>db-pool benchmark</h1>
 <p>${esc(info.generated_at)} · ${info.rounds} rounds × ${info.duration_ms} ms per contender${info.quick ? ' · <strong>quick run</strong> (short slices: indicative only)' : ''}</p>
 <p>Command: <code>${esc(info.command)}</code></p>
+<p>db-pool rows run with every feature on: ${Object.entries(info.db_pool_features).map(([k, v]) => `<code>${esc(k)}</code> ${esc(v)}`).join(', ')}.</p>
 ${banner}
 <h2>Ratios against baselines measured in the same run</h2>
 <p>Each ratio is the median of per-round ratios: the contenders ran interleaved in short rounds, so machine noise hits both sides of a ratio alike.</p>
