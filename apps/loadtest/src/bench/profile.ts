@@ -12,14 +12,14 @@ import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { ALL_FEATURES, CAPACITY, Resources, openDbPool, openPgPool, poolQuery, type Contender } from './contenders.js';
+import { ALL_FEATURES, CAPACITY, EVERY_STACK, FEATURES_OFF, Resources, openDbPool, openPgPool, poolQuery, type Contender } from './contenders.js';
+import { C } from './scenarios.js';
 
 const POOLS: Record<string, (res: Resources, url: string) => Promise<Contender>> = {
-  'pg.Pool': async (res, url) => poolQuery('pg.Pool', await openPgPool(res, url, 'profile-pg')),
-  'db-pool features off': async (res, url) => poolQuery('db-pool features off', await openDbPool(res, url, 'profile-off', { prePing: false, leakThreshold: 0 })),
-  'db-pool all features on': async (res, url) => poolQuery('db-pool all features on', await openDbPool(res, url, 'profile-on', ALL_FEATURES)),
-  'db-pool all on, every stack': async (res, url) =>
-    poolQuery('db-pool all on, every stack', await openDbPool(res, url, 'profile-every', { ...ALL_FEATURES, leakStackRate: 1_000_000 })),
+  [C.pgPool]: async (res, url) => poolQuery(C.pgPool, await openPgPool(res, url, 'profile-pg')),
+  [C.featuresOff]: async (res, url) => poolQuery(C.featuresOff, await openDbPool(res, url, 'profile-off', FEATURES_OFF)),
+  [C.featuresOn]: async (res, url) => poolQuery(C.featuresOn, await openDbPool(res, url, 'profile-on', ALL_FEATURES)),
+  [C.featuresEveryStack]: async (res, url) => poolQuery(C.featuresEveryStack, await openDbPool(res, url, 'profile-every', EVERY_STACK)),
 };
 
 interface ProfileNode {

@@ -4,6 +4,8 @@ import pg from 'pg';
 import {
   ALL_FEATURES,
   CAPACITY,
+  EVERY_STACK,
+  FEATURES_OFF,
   dataSourceQuery,
   noPool,
   openDbPool,
@@ -184,10 +186,10 @@ function phases(settings: BenchSettings, run: BenchRun): PhaseSpec[] {
         // "off" in the middle: the two target ratios compare neighbours.
         return [
           poolQuery(C.prePingOn, await openDbPool(res, url, 'bench-preping-on', { prePing: true, prePingBypassMs: 500, leakThreshold: 0 }), 'prePing true, 500 ms bypass'),
-          poolQuery(C.featuresOff, await openDbPool(res, url, 'bench-features-off', { prePing: false, leakThreshold: 0 }), 'prePing false, leakThreshold 0'),
+          poolQuery(C.featuresOff, await openDbPool(res, url, 'bench-features-off', FEATURES_OFF), 'prePing false, leakThreshold 0'),
           poolQuery(C.featuresOn, await openDbPool(res, url, 'bench-features-on', ALL_FEATURES), 'as the headline rows: prePing, leakThreshold 30 s, ≤ 100 stacks/s'),
           // Informational: what a stack for every checkout would cost (the rate set out of reach).
-          poolQuery(C.featuresEveryStack, await openDbPool(res, url, 'bench-every-stack', { ...ALL_FEATURES, leakStackRate: 1_000_000 }), 'leakStackRate 1000000'),
+          poolQuery(C.featuresEveryStack, await openDbPool(res, url, 'bench-every-stack', EVERY_STACK), 'leakStackRate 1000000'),
         ];
       },
     },
