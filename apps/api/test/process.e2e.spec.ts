@@ -66,6 +66,24 @@ describe('the api process: start-up validation and graceful shutdown', () => {
     await expect(fetch(`http://127.0.0.1:${port}/health/live`)).rejects.toThrow();
   });
 
+  it('a URL whose password holds / @ : # % and a space, written raw: the configuration error on stderr shows no fragment of it', async () => {
+    const password = 'Zq/9@x:W#7%k Pv';
+    const run = start({
+      PORT: String(await freePort()),
+      DATABASE_URL: `postgres://app:${password}@db.internal:5432/app`,
+      DB_PGBOUNCER_ADMIN_URL: `postgres://admin:${password}@pgbouncer:6432/pgbouncer`,
+    });
+    expect(await run.exited).toBe(1);
+    const out = run.output();
+    expect(out).toContain('Invalid configuration (2 problems)');
+    expect(out).toContain('DATABASE_URL="postgres://app:***@db.internal:5432/app": must be a postgres');
+    expect(out).toContain('DB_PGBOUNCER_ADMIN_URL="postgres://admin:***@pgbouncer:6432/pgbouncer": must be a postgres');
+    for (let i = 0; i + 3 <= password.length; i++) {
+      const piece = password.slice(i, i + 3);
+      expect(out.includes(piece) ? `"${piece}" in: ${out}` : '').toBe('');
+    }
+  });
+
   it('refuses a bad PORT and a missing DATABASE_URL in the same message', async () => {
     const run = start({ PORT: 'eighty' });
     expect(await run.exited).toBe(1);

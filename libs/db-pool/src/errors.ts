@@ -51,6 +51,16 @@ export class PoolConnectError extends PoolAcquireError {
   }
 }
 
+/**
+ * The pool is shutting down (or has shut down): the acquire was refused, or failed while it
+ * waited. Not a connect error: the server may be fine.
+ */
+export class PoolClosedError extends PoolAcquireError {
+  constructor(poolName: string, state: PoolState, options?: { cause?: unknown }) {
+    super(`db-pool "${poolName}": the pool is shutting down (${describeState(state)})`, poolName, state, options);
+  }
+}
+
 /** A client was handed back twice in one checkout. */
 export class PoolReleaseError extends Error {
   constructor(readonly poolName: string) {
@@ -71,4 +81,12 @@ export class DbPoolConfigError extends Error {
     );
     this.name = 'DbPoolConfigError';
   }
+}
+
+/** The driver's code of an error or of its cause (`ECONNREFUSED`, `ENOTFOUND`, a SQLSTATE). */
+export function codeOf(err: unknown): string | undefined {
+  for (let e = err as { code?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 5; e = e.cause as typeof e, depth++) {
+    if (typeof e.code === 'string' && e.code) return e.code;
+  }
+  return undefined;
 }

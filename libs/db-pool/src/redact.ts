@@ -1,32 +1,60 @@
 /** Shown in place of a password wherever a connection string is printed. */
 export const REDACTED = '***';
 
+/** Query parameters that carry a secret (libpq's `password` and `sslpassword`, and the like). */
+const SECRET_PARAM = /([?&][^=&#\s]*(?:password|secret|token)[^=&#\s]*=)[^&]*/gi;
+/** `password=…` in libpq's keyword/value form, quoted or not. */
+const SECRET_KEYWORD = /((?:^|[\s,;(])(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|"(?:[^"\\]|\\.)*"?|[^\s,;)]*)/gi;
+const SCHEME = /[a-z][a-z0-9+.-]*:\/\//gi;
+
 /**
  * Returns the connection string with its password replaced by `***`. Works on strings that are
- * not valid URLs too (a malformed URL is exactly what an error message needs to show), by
- * masking whatever stands between `user:` and the last `@` of the authority.
+ * not valid URLs too (a malformed URL is exactly what an error message needs to show).
+ *
+ * A password may hold any character, `/`, `@`, `?` and `#` included, so the only reliable end
+ * of the credentials is the last `@` of the string: everything between `user:` and it is
+ * masked. When the query holds an `@` too, more than the password is masked — never less.
  */
 export function redactUrl(url: string): string {
-  const scheme = url.indexOf('://');
-  const start = scheme === -1 ? 0 : scheme + 3;
-  const slash = url.indexOf('/', start);
-  const authorityEnd = slash === -1 ? url.length : slash;
-  const at = url.lastIndexOf('@', authorityEnd);
-  let out = url;
-  if (at > start) {
-    const colon = url.indexOf(':', start);
-    if (colon !== -1 && colon < at) out = `${url.slice(0, colon + 1)}${REDACTED}${url.slice(at)}`;
-  }
-  // libpq also takes the password as a query parameter.
-  return out.replace(/([?&]password=)[^&#]*/gi, `$1${REDACTED}`);
+  SCHEME.lastIndex = 0;
+  const scheme = SCHEME.exec(url);
+  const start = scheme && scheme.index === 0 ? scheme[0].length : 0;
+  return maskSecretParams(maskUserinfo(url, start, url.length));
 }
 
-/** Removes every occurrence of the given secrets from a text (e.g. a driver error message). */
-export function scrubSecrets(text: string, secrets: readonly (string | undefined)[]): string {
-  let out = text;
-  for (const secret of secrets) {
-    if (!secret) continue;
-    for (const form of new Set([secret, encodeURIComponent(secret)])) out = out.split(form).join(REDACTED);
+/**
+ * Masks the credentials in a free text (an error message, a log line): the password of every
+ * URL in it and every `password=…` pair. Only those positions are masked, so a password that
+ * happens to be an ordinary word ("x", "postgres") leaves the rest of the text alone.
+ */
+export function scrubSecrets(text: string): string {
+  let out = '';
+  let from = 0;
+  SCHEME.lastIndex = 0;
+  for (let m = SCHEME.exec(text); m; m = SCHEME.exec(text)) {
+    const start = m.index + m[0].length;
+    // A URL in running text ends at white space or a quote, unless its password holds one:
+    // then the credentials run to the last '@' of the line.
+    let end = start;
+    while (end < text.length && !/[\s"'<>]/.test(text[end])) end++;
+    const lineEnd = text.indexOf('\n', start) === -1 ? text.length : text.indexOf('\n', start);
+    if (text.lastIndexOf('@', end) < start && text.slice(start, end).includes(':') && text.lastIndexOf('@', lineEnd) > end) end = lineEnd;
+    out += text.slice(from, m.index) + maskSecretParams(maskUserinfo(text.slice(m.index, end), m[0].length, end - m.index));
+    from = end;
+    SCHEME.lastIndex = Math.max(end, start);
   }
-  return out;
+  out += text.slice(from);
+  return out.replace(SECRET_KEYWORD, `$1${REDACTED}`);
+}
+
+function maskUserinfo(url: string, start: number, end: number): string {
+  const at = url.lastIndexOf('@', end - 1);
+  if (at < start) return url;
+  const colon = url.indexOf(':', start);
+  if (colon === -1 || colon > at) return url; // a user name alone is not a secret
+  return `${url.slice(0, colon + 1)}${REDACTED}${url.slice(at)}`;
+}
+
+function maskSecretParams(url: string): string {
+  return url.replace(SECRET_PARAM, `$1${REDACTED}`);
 }

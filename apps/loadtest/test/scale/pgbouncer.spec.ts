@@ -131,7 +131,7 @@ describeIf('scale-out: 8 replicas × 60 against max_connections=40', () => {
     }, 120_000);
 
     it("with DB_PGBOUNCER_ADMIN_URL, PgBouncer's SHOW POOLS figures join the status, the health report and the metrics", async () => {
-      const config = resolveDbPoolConfig({ url: url(), pgbouncerAdminUrl: url('pgbouncer'), poolSize: 4, maxOverflow: 0, expectedReplicas: 50, env: {} });
+      const config = resolveDbPoolConfig({ url: url(), pgbouncerAdminUrl: url('pgbouncer'), poolSize: 4, maxOverflow: 0, expectedReplicas: 50, healthDetail: true, env: {} });
       const pool = new DbPool({ connectionString: config.url, dbPool: toPoolSettings(config) });
       const registry = new DbPoolRegistry();
       const monitor = new PoolMonitor(pool, config, { log() {}, warn() {} });

@@ -69,8 +69,15 @@ export interface DbPoolOptions {
   shutdownGrace?: Loose<number>;
   /** `DB_PGBOUNCER_ADMIN_URL`: PgBouncer's admin console, e.g. `postgres://admin:pw@pgbouncer:6432/pgbouncer`. */
   pgbouncerAdminUrl?: string;
-  /** `DB_APPLICATION_NAME`: `application_name` shown in `pg_stat_activity`. @default 'db-pool' ('db-pool:<name>' for a named pool) */
+  /** `DB_APPLICATION_NAME`: `application_name` shown in `pg_stat_activity`; printable ASCII, at most 63 characters. @default 'db-pool' ('db-pool:<name>' for a named pool) */
   applicationName?: string;
+  /**
+   * `DB_POOL_HEALTH_DETAIL`: health bodies show the server's connections by `application_name`,
+   * the URL (password redacted) and the driver's error texts (which can name hosts and
+   * addresses). Off by default: health routes are often reachable by more people than the
+   * database is. @default false
+   */
+  healthDetail?: Loose<boolean>;
 
   /** Further TypeORM DataSource options (entities, migrations, logging, …). */
   typeorm?: Omit<Partial<PostgresConnectionOptions>, 'type' | 'driver' | 'url' | 'poolSize' | 'extra' | 'name'> &
@@ -111,5 +118,6 @@ export interface DbPoolConfig {
   /** The admin console URL as given (may hold a password; not enumerable). */
   pgbouncerAdminUrl: string | undefined;
   applicationName: string;
+  healthDetail: boolean;
   typeorm: NonNullable<DbPoolOptions['typeorm']>;
 }

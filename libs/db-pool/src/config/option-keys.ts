@@ -4,7 +4,7 @@ import type { DbPoolOptions } from './db-pool.options.js';
 export interface OptionKey {
   option: keyof DbPoolOptions;
   env: string;
-  kind: 'int' | 'bool' | 'string' | 'url';
+  kind: 'int' | 'bool' | 'ascii' | 'url';
   min?: number;
   max?: number;
   default?: number | boolean | string;
@@ -34,12 +34,13 @@ export const OPTION_KEYS: readonly OptionKey[] = [
   { option: 'queryTimeoutMs', env: 'DB_QUERY_TIMEOUT_MS', kind: 'int', min: 0, max: 86_400_000, default: 0, meaning: 'client-side limit on waiting for a query\'s answer (pg query_timeout); the connection is then discarded (0 = none)' },
   { option: 'leakThreshold', env: 'DB_POOL_LEAK_THRESHOLD', kind: 'int', min: 2, max: 86_400, off: 0, default: 0, meaning: 'seconds a checkout may be held before it is logged as a possible leak, with the stack that took it (0 = off)' },
   { option: 'leakStackRate', env: 'DB_POOL_LEAK_STACK_RATE', kind: 'int', min: 0, max: 1_000_000, default: 100, meaning: 'checkout stacks captured per second at most while leak tracking is on (capturing costs CPU); every checkout is captured once one is held past half the threshold (0 = no stacks)' },
-  { option: 'warnUtilization', env: 'DB_POOL_WARN_UTILIZATION', kind: 'int', min: 1, max: 100, default: 70, meaning: 'utilization (% of capacity checked out) above which health is "warning"' },
-  { option: 'criticalUtilization', env: 'DB_POOL_CRITICAL_UTILIZATION', kind: 'int', min: 1, max: 100, default: 90, meaning: 'utilization above which health is "critical" (HTTP 503)' },
+  { option: 'warnUtilization', env: 'DB_POOL_WARN_UTILIZATION', kind: 'int', min: 1, max: 98, default: 70, meaning: 'utilization (% of capacity checked out) above which health is "warning"; below DB_POOL_CRITICAL_UTILIZATION' },
+  { option: 'criticalUtilization', env: 'DB_POOL_CRITICAL_UTILIZATION', kind: 'int', min: 2, max: 99, default: 90, meaning: 'utilization above which health is "critical" (HTTP 503); at most 99, since utilization can never be above 100' },
   { option: 'expectedReplicas', env: 'DB_POOL_EXPECTED_REPLICAS', kind: 'int', min: 1, max: 10_000, default: 1, meaning: 'processes sharing the server with this configuration, for the server-headroom check' },
   { option: 'healthTimeoutMs', env: 'DB_POOL_HEALTH_TIMEOUT_MS', kind: 'int', min: 100, max: 60_000, default: 1_000, meaning: 'ms the readiness probe and the headroom sampler may take, acquire included' },
   { option: 'headroomInterval', env: 'DB_POOL_HEADROOM_INTERVAL', kind: 'int', min: 1, max: 86_400, off: 0, default: 30, meaning: 'seconds between samples of the server headroom (0 = off)' },
   { option: 'shutdownGrace', env: 'DB_POOL_SHUTDOWN_GRACE', kind: 'int', min: 0, max: 3_600, default: 10, meaning: 'seconds shutdown waits for checked-out connections to come back before it closes them' },
   { option: 'pgbouncerAdminUrl', env: 'DB_PGBOUNCER_ADMIN_URL', kind: 'url', meaning: "PgBouncer's admin console (…/pgbouncer): its SHOW POOLS / SHOW STATS figures join the status, health and metrics" },
-  { option: 'applicationName', env: 'DB_APPLICATION_NAME', kind: 'string', min: 1, max: 63, meaning: "application_name in pg_stat_activity (default 'db-pool', or 'db-pool:<name>')" },
+  { option: 'applicationName', env: 'DB_APPLICATION_NAME', kind: 'ascii', min: 1, max: 63, meaning: "application_name in pg_stat_activity, printable ASCII of at most 63 characters (default 'db-pool', or 'db-pool:<name>')" },
+  { option: 'healthDetail', env: 'DB_POOL_HEALTH_DETAIL', kind: 'bool', default: false, meaning: "health bodies show the server's connections by application_name, the connection URL (password redacted) and the driver's error texts, which can name hosts and addresses; off by default because health routes are often reachable by more people than the database" },
 ];

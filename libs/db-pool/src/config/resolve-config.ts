@@ -7,6 +7,7 @@ export const DEFAULT_POOL_NAME = 'default';
 
 const NUMBER = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
 const URL_EXAMPLE = 'postgres://user:password@host:5432/database';
+const ENCODE_HINT = "percent-encode '/', '@', ':', '#', '?', '%' and spaces in the user and password (encodeURIComponent)";
 
 type Parsed = number | boolean | string | undefined;
 
@@ -18,8 +19,8 @@ function allowed(key: OptionKey): string {
       return `must be one of ${[...TRUE_WORDS, ...FALSE_WORDS].join(', ')}`;
     case 'url':
       return `must be a postgres:// or postgresql:// URL with a host, such as ${URL_EXAMPLE}`;
-    case 'string':
-      return `must be a text of ${key.min} to ${key.max} characters`;
+    case 'ascii':
+      return `must be printable ASCII (space to ~) of ${key.min} to ${key.max} characters: the server truncates longer values and replaces other characters`;
   }
 }
 
@@ -46,17 +47,33 @@ function parse(key: OptionKey, raw: unknown): Parsed {
       try {
         url = new URL(raw);
       } catch {
-        throw allowed(key);
+        throw raw.includes('@') ? `${allowed(key)}; ${ENCODE_HINT}` : allowed(key);
       }
       if ((url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') || !url.hostname) throw allowed(key);
+      // pg decodes the user and password; a stray '%' would fail there, at every connect.
+      // An '@' after the host is almost always a password whose '/' was not encoded.
+      if (!decodes(url.username) || !decodes(url.password) || url.pathname.includes('@')) throw `${allowed(key)}; ${ENCODE_HINT}`;
       return raw;
     }
-    case 'string': {
+    case 'ascii': {
       const text = String(raw);
-      if (text.length < key.min! || text.length > key.max!) throw allowed(key);
+      if (!isPrintableAscii(text, key.min!, key.max!)) throw allowed(key);
       return text;
     }
   }
+}
+
+function decodes(text: string): boolean {
+  try {
+    decodeURIComponent(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function isPrintableAscii(text: string, min: number, max: number): boolean {
+  return text.length >= min && text.length <= max && /^[\x20-\x7e]*$/.test(text);
 }
 
 function shown(key: OptionKey, raw: unknown): string {
@@ -127,6 +144,11 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
     );
   }
 
+  const applicationName = (values.get('applicationName') as string | undefined) ?? (name === DEFAULT_POOL_NAME ? 'db-pool' : `db-pool:${name}`);
+  if (!given.has('applicationName') && !isPrintableAscii(applicationName, 1, 63)) {
+    problems.push(`${envOf('applicationName')}: not set, and the default derived from the pool name (${JSON.stringify(applicationName)}) is not printable ASCII of at most 63 characters; set ${envOf('applicationName')}`);
+  }
+
   if (problems.length > 0) throw new DbPoolConfigError(name, problems);
 
   const config: DbPoolConfig = {
@@ -159,7 +181,8 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
     headroomIntervalMs: int('headroomInterval') * 1000,
     shutdownGraceMs: int('shutdownGrace') * 1000,
     pgbouncerAdminUrl: values.get('pgbouncerAdminUrl') as string | undefined,
-    applicationName: (values.get('applicationName') as string | undefined) ?? (name === DEFAULT_POOL_NAME ? 'db-pool' : `db-pool:${name}`),
+    applicationName,
+    healthDetail: values.get('healthDetail') as boolean,
     typeorm: options.typeorm ?? {},
   };
   // Readable, but not listed: util.inspect, JSON.stringify and logging a config show neither.

@@ -39,15 +39,19 @@ export class DbPoolHealthIndicator {
   }
 
   /**
-   * Ready when the pool is not critical and `SELECT 1` answers within the health timeout. A
-   * critical pool is refused without a query; a probe never queues longer than the timeout,
-   * and a connection whose answer is late is discarded, not left holding the query.
+   * Ready when the pool is not critical and `SELECT 1` answers within the health timeout. An
+   * exhausted pool is refused without a query; a probe never queues longer than the timeout,
+   * and a connection whose answer is late is kept only if it answers within
+   * DB_VALIDATION_TIMEOUT_MS.
    */
   async ready(name: string): Promise<HealthIndicatorResult> {
     const monitor = this.registry.get(name);
     const session = this.indicators.check(name);
     const status = monitor.getPoolStatus();
-    if (status.health === 'critical') {
+    // An exhausted pool is refused without a query; one that cannot connect is probed anyway,
+    // since the probe's own connection attempt is what tells that the server is back.
+    const cannotConnect = status.connect_failing && status.checked_out + status.checked_in === 0;
+    if (status.health === 'critical' && !cannotConnect) {
       return session.down({ message: `pool is critical: ${status.utilization}% of capacity in use, ${status.waiting} waiting`, pool_status: status });
     }
     const timeoutMs = monitor.config.healthTimeoutMs;
@@ -56,7 +60,7 @@ export class DbPoolHealthIndicator {
       await monitor.pool.ping(timeoutMs);
       return session.up({ response_time_ms: Math.round(performance.now() - started) });
     } catch (err) {
-      return session.down({ message: `database not reachable within ${timeoutMs} ms: ${(err as Error).message}`, pool_status: monitor.getPoolStatus() });
+      return session.down({ message: `database not reachable within ${timeoutMs} ms: ${monitor.describeError(err as Error)}`, pool_status: monitor.getPoolStatus() });
     }
   }
 }

@@ -75,11 +75,14 @@ export class DbPoolMetrics {
       gauge('db_client_connection_max', 'Most connections the pool may open (DB_POOL_SIZE + DB_MAX_OVERFLOW).', (m) => m.config.poolSize + m.config.maxOverflow),
       gauge('db_client_connection_idle_min', 'Connections the pool keeps open (DB_POOL_SIZE).', (m) => m.config.poolSize),
       gauge('db_client_connection_pending_requests', 'Callers queued for a connection.', (m) => m.pool.waitingCount),
-      new PoolCollector('db_client_connection_timeouts_total', 'Acquires that timed out (DB_POOL_TIMEOUT).', 'counter', (m) => [{ labels: {}, value: m.pool.counters.timeouts }], all),
+      new PoolCollector('db_client_connection_timeouts_total', 'Acquires that waited DB_POOL_TIMEOUT and timed out.', 'counter', (m) => [{ labels: {}, value: m.pool.counters.timeouts }], all),
+      new PoolCollector('db_pool_probe_timeouts_total', 'Short-deadline acquires (readiness probe, headroom sampler) that timed out; counted apart from db_client_connection_timeouts_total.', 'counter', (m) => [{ labels: {}, value: m.pool.counters.probeTimeouts }], all),
+      new PoolCollector('db_pool_connect_failures_total', 'Connection attempts that failed (acquires, warm-up and refill).', 'counter', (m) => [{ labels: {}, value: m.pool.counters.connectFailures }], all),
       histogram('db_client_connection_create_time_seconds', 'Time to open a new connection.', (m) => m.pool.timings.create),
       histogram('db_client_connection_wait_time_seconds', 'Time from the start of an acquire to the hand-out.', (m) => m.pool.timings.wait),
       histogram('db_client_connection_use_time_seconds', 'Time from hand-out to release.', (m) => m.pool.timings.use),
       gauge('db_client_connection_utilization_ratio', 'Connections in use / most connections the pool may open (the seed utilization / 100).', (m) => m.getPoolStatus().utilization / 100),
+      gauge('db_pool_connect_failing', '1 while opening connections fails (the last attempt failed, within 30 s), else 0.', (m) => (m.getPoolStatus().connect_failing ? 1 : 0)),
       gauge('db_pool_leak_suspected', '1 while a connection leak is suspected (heuristic or DB_POOL_LEAK_THRESHOLD), else 0.', (m) => (m.checkConnectionLeaks() ? 1 : 0)),
       gauge('db_pool_server_headroom_connections', 'Connections the server could still accept (max_connections - reserved - in use), from the last sample.', (m) => {
         const h = m.getServerHeadroom();

@@ -1,5 +1,7 @@
 import type { DbPoolConfig } from '../config/db-pool.options.js';
 import type { DbPool, DbPoolLogger } from '../pool/db-pool.js';
+import { codeOf, describeState, PoolClosedError, PoolConnectError, PoolTimeoutError } from '../errors.js';
+import { scrubSecrets } from '../redact.js';
 import { RECOMMENDATIONS } from './messages.constant.js';
 import { samplePgBouncer, type PgBouncerStats } from './pgbouncer-stats.js';
 import { sampleServerHeadroom, type ServerHeadroom } from './server-headroom.js';
@@ -21,6 +23,18 @@ export interface PoolStatus {
   total_capacity: number;
   /** Callers queued for a connection. */
   waiting: number;
+  /**
+   * True while opening connections fails: the last attempt failed, within the last 30 s. With
+   * no open connection left, that makes the pool critical.
+   */
+  connect_failing: boolean;
+  /** Failed connection attempts since the last one that succeeded. */
+  consecutive_connect_failures: number;
+  /**
+   * Why the last attempt failed: the driver's code (`ECONNREFUSED`, `28P01`, …), or, with
+   * DB_POOL_HEALTH_DETAIL, its message (which may name the host). Null when none failed.
+   */
+  last_connect_error: string | null;
   /** PgBouncer's own figures (last sample), when DB_PGBOUNCER_ADMIN_URL is set. */
   pgbouncer?: PgBouncerStats;
 }
@@ -32,7 +46,8 @@ export interface PoolConfiguration {
   timeout: number;
   recycle: number;
   pre_ping: boolean;
-  url: string;
+  /** The connection URL, password redacted; only with DB_POOL_HEALTH_DETAIL (it names the host). */
+  url?: string;
 }
 
 /** The seed's `/health/db_pool` object, plus the last server-headroom sample. */
@@ -44,6 +59,9 @@ export interface PoolHealthReport {
   configuration: PoolConfiguration;
   server_headroom: ServerHeadroom | null;
 }
+
+/** How long a failed connection attempt keeps `connect_failing` set, absent a later attempt. */
+export const CONNECT_FAILURE_WINDOW_MS = 30_000;
 
 export interface PoolMonitorOptions {
   /** How long the pool must stay exhausted, with a connection held as long, to suspect a leak. @default 10000 */
@@ -129,19 +147,36 @@ export class PoolMonitor {
     const { total, active, idle, waiting } = this.pool.state();
     const size = this.config.poolSize;
     const capacity = size + this.config.maxOverflow;
-    const utilization = Math.round((active / capacity) * 1000) / 10;
+    const connect = this.pool.connectHealth();
+    const failing = connect.consecutiveFailures > 0 && connect.lastFailureAt !== undefined && performance.now() - connect.lastFailureAt < CONNECT_FAILURE_WINDOW_MS;
     return {
       size,
       checked_out: active,
       checked_in: idle,
       overflow: Math.max(0, total - size),
       max_overflow: this.config.maxOverflow,
-      utilization,
-      health: this.healthOf(utilization),
+      utilization: Math.round((active / capacity) * 1000) / 10,
+      health: this.healthOf(active, capacity, active + idle, failing),
       total_capacity: capacity,
       waiting,
+      connect_failing: failing,
+      consecutive_connect_failures: connect.consecutiveFailures,
+      last_connect_error: connect.lastError ? this.describeError(connect.lastError) : null,
       ...(this.pgbouncer ? { pgbouncer: this.pgbouncer } : {}),
     };
+  }
+
+  /**
+   * An error as a health body may show it. By default a driver's message is replaced by its
+   * code (`ECONNREFUSED`, `28P01`, …): `getaddrinfo ENOTFOUND db-primary.internal` names the
+   * host. With DB_POOL_HEALTH_DETAIL the message is shown (password positions masked).
+   */
+  describeError(err: Error): string {
+    if (this.config.healthDetail) return scrubSecrets(err.message);
+    if (err instanceof PoolTimeoutError || err instanceof PoolClosedError) return err.message; // our own text: the pool's name and counts
+    const timedOut = [err, err.cause].some((e) => e instanceof Error && e.message === 'timeout expired');
+    const reason = timedOut ? `DB_CONNECT_TIMEOUT (${this.config.connectTimeoutMs} ms) expired` : (codeOf(err) ?? 'no error code; DB_POOL_HEALTH_DETAIL=true shows the message');
+    return err instanceof PoolConnectError ? `could not open a connection: ${reason} (${describeState(err.state)})` : reason;
   }
 
   /**
@@ -166,6 +201,7 @@ export class PoolMonitor {
     const out: string[] = [];
     if (status.health === 'warning') out.push(RECOMMENDATIONS.WARNING(status.utilization));
     if (status.health === 'critical') out.push(RECOMMENDATIONS.CRITICAL(status.utilization));
+    if (status.connect_failing) out.push(RECOMMENDATIONS.CONNECT_FAILING(status.consecutive_connect_failures, status.checked_out + status.checked_in));
     if (status.waiting > 0) out.push(RECOMMENDATIONS.WAITING(status.waiting));
     if (this.checkConnectionLeaks()) {
       const tracked = this.pool.leaksOutstanding();
@@ -182,7 +218,7 @@ export class PoolMonitor {
 
   getConfiguration(): PoolConfiguration {
     const c = this.config;
-    return { pool_size: c.poolSize, max_overflow: c.maxOverflow, timeout: c.poolTimeoutMs / 1000, recycle: c.recycleMs / 1000, pre_ping: c.prePing, url: c.redactedUrl };
+    return { pool_size: c.poolSize, max_overflow: c.maxOverflow, timeout: c.poolTimeoutMs / 1000, recycle: c.recycleMs / 1000, pre_ping: c.prePing, ...(c.healthDetail ? { url: c.redactedUrl } : {}) };
   }
 
   /** The last server-headroom sample, or null before the first (or when sampling is off). */
@@ -197,8 +233,16 @@ export class PoolMonitor {
       recommendations: this.getRecommendations(),
       leak_detected: this.checkConnectionLeaks(),
       configuration: this.getConfiguration(),
-      server_headroom: this.headroom,
+      server_headroom: this.shownHeadroom(),
     };
+  }
+
+  /** The headroom sample as a health body shows it: other applications' names only with DB_POOL_HEALTH_DETAIL. */
+  private shownHeadroom(): ServerHeadroom | null {
+    const h = this.headroom;
+    if (!h || this.config.healthDetail) return h;
+    const { by_application: _omitted, ...counts } = h;
+    return counts;
   }
 
   /** Takes a headroom sample now; failures keep the previous sample. */
@@ -206,7 +250,7 @@ export class PoolMonitor {
     try {
       this.headroom = await sampleServerHeadroom(this.pool, this.config.applicationName, this.config.healthTimeoutMs);
     } catch (err) {
-      this.logger.debug?.(`db-pool "${this.name}": server headroom not sampled: ${(err as Error).message}`);
+      this.logger.debug?.(`db-pool "${this.name}": server headroom not sampled: ${scrubSecrets((err as Error).message)}`);
     }
     return this.headroom;
   }
@@ -219,7 +263,7 @@ export class PoolMonitor {
       const database = this.config.database ?? decodeURIComponent(new URL(this.config.url ?? 'postgres://x/').pathname.slice(1));
       this.pgbouncer = await samplePgBouncer(adminUrl, database, this.config.healthTimeoutMs);
     } catch (err) {
-      this.logger.debug?.(`db-pool "${this.name}": PgBouncer not sampled: ${(err as Error).message}`);
+      this.logger.debug?.(`db-pool "${this.name}": PgBouncer not sampled: ${scrubSecrets((err as Error).message)}`);
     }
     return this.pgbouncer;
   }
@@ -229,9 +273,11 @@ export class PoolMonitor {
     return this.pgbouncer;
   }
 
-  private healthOf(utilization: number): PoolHealth {
-    if (utilization > this.config.criticalUtilization) return 'critical';
-    if (utilization > this.config.warnUtilization) return 'warning';
+  /** From exact counts, not the rounded utilization: every accepted threshold can be crossed. */
+  private healthOf(active: number, capacity: number, open: number, connectFailing: boolean): PoolHealth {
+    if (connectFailing && open === 0) return 'critical';
+    if (active * 100 > this.config.criticalUtilization * capacity) return 'critical';
+    if (connectFailing || active * 100 > this.config.warnUtilization * capacity) return 'warning';
     return 'healthy';
   }
 
@@ -242,7 +288,7 @@ export class PoolMonitor {
 
   private trackExhaustion(): void {
     const status = this.getPoolStatus();
-    const exhausted = status.overflow >= status.max_overflow && status.utilization > this.config.criticalUtilization;
+    const exhausted = status.overflow >= status.max_overflow && status.checked_out * 100 > this.config.criticalUtilization * status.total_capacity;
     if (!exhausted) this.exhaustedSince = undefined;
     else this.exhaustedSince ??= performance.now();
   }

@@ -17,8 +17,8 @@ export interface ServerHeadroom {
   headroom: number;
   /** The server's idle_session_timeout in ms (0 = off): it closes connections idle that long. */
   idle_session_timeout_ms: number;
-  /** Client connections per application_name and state. */
-  by_application: { application_name: string; state: string; count: number }[];
+  /** Client connections per application_name and state (in health bodies only with DB_POOL_HEALTH_DETAIL). */
+  by_application?: { application_name: string; state: string; count: number }[];
 }
 
 const SAMPLE = `
@@ -33,7 +33,7 @@ SELECT current_setting('max_connections')::int AS max_connections,
 export async function sampleServerHeadroom(pool: DbPool, applicationName: string, timeoutMs: number): Promise<ServerHeadroom> {
   const {
     rows: [row],
-  } = await pool.queryWithin<{ max_connections: number; superuser_reserved_connections: number; idle_session_timeout_ms: number; by_application: ServerHeadroom['by_application'] }>(
+  } = await pool.queryWithin<{ max_connections: number; superuser_reserved_connections: number; idle_session_timeout_ms: number; by_application: NonNullable<ServerHeadroom['by_application']> }>(
     SAMPLE,
     timeoutMs,
   );

@@ -1,9 +1,10 @@
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
-import { PoolConnectError, PoolReleaseError, PoolTimeoutError, type PoolState } from '../errors.js';
+import { PoolClosedError, PoolConnectError, PoolReleaseError, PoolTimeoutError, type PoolState } from '../errors.js';
 import { scrubSecrets } from '../redact.js';
 import { createPoolTimings, type PoolTimings } from './histogram.js';
 import { CheckoutLeakTracker, type CheckoutSite, type LeakTracker, NO_LEAK_TRACKING, type StackCaptureStats } from './leak-tracker.js';
+import { connectionLost } from './pg-internals.js';
 
 /** What db-pool adds to pg-pool's options. Durations in milliseconds. */
 export interface DbPoolSettings {
@@ -51,10 +52,18 @@ export interface DbPoolCounters {
   removed: number;
   /** Successful acquires. */
   acquired: number;
-  /** Acquires that ended in PoolTimeoutError. */
+  /** Acquires that waited their whole `DB_POOL_TIMEOUT` and ended in PoolTimeoutError. */
   timeouts: number;
+  /**
+   * Short-deadline acquires ({@link DbPool.connectWithin}: the readiness probe, the headroom
+   * sampler) that ended in PoolTimeoutError. Counted apart: a busy pool makes them time out
+   * without any caller having waited `DB_POOL_TIMEOUT`.
+   */
+  probeTimeouts: number;
   /** Acquires that ended in PoolConnectError. */
   connectErrors: number;
+  /** Connection attempts that failed, whoever made them (an acquire, the warm-up, the refill). */
+  connectFailures: number;
   /** Validation round trips before hand-out. */
   prePings: number;
   /** Validations that found the connection dead. */
@@ -71,6 +80,34 @@ export interface DbPoolCounters {
 
 type Callback = (err: Error | undefined, client?: pg.PoolClient, release?: (err?: Error | boolean) => void) => void;
 
+/** Whether connections can be opened right now, from the outcome of the recent attempts. */
+export interface ConnectHealth {
+  /** Failed attempts since the last one that succeeded (0 when the last one succeeded). */
+  consecutiveFailures: number;
+  /** When the last attempt failed (performance.now()), if one has. */
+  lastFailureAt: number | undefined;
+  /** The last failure (its message may name the host: show it only where that is wanted). */
+  lastError: Error | undefined;
+}
+
+/** One acquire, from the call to the hand-out or the failure. */
+interface Acquire {
+  readonly startedAt: number;
+  readonly deadline: number;
+  readonly timeoutMs: number;
+  /** `connect()` waits `DB_POOL_TIMEOUT`; a probe (`connectWithin`) a short deadline of its own. */
+  readonly probe: boolean;
+  readonly site: CheckoutSite | undefined;
+  readonly callback: Callback;
+  /** Fires at the deadline; armed only when the acquire may have to wait. */
+  timer: NodeJS.Timeout | undefined;
+  /** The callback of the current attempt in pg-pool's queue, taken out on timeout. */
+  waiter: Callback | undefined;
+  /** Why the previous attempt failed (a dead connection's pre-ping), the timeout's cause. */
+  lastError: Error | undefined;
+  /** Settled: handed out or failed; whatever arrives later goes back to the pool. */
+  done: boolean;
+}
 // pg-pool keeps its state in these fields; we read and use them rather than keep a copy.
 interface PgPoolInternals {
   _clients: pg.PoolClient[];
@@ -102,8 +139,6 @@ type TrackedClient = pg.PoolClient & {
 };
 
 const PING = 'SELECT 1';
-/** Passwords to keep out of error texts, should a driver ever echo one; kept off the instance so util.inspect cannot show them. */
-const SECRETS = new WeakMap<object, string[]>();
 const REMOVED = new WeakSet<object>();
 const FILL_RETRY_MIN_MS = 250;
 const FILL_RETRY_MAX_MS = 5_000;
@@ -124,7 +159,9 @@ export class DbPool extends pg.Pool {
     removed: 0,
     acquired: 0,
     timeouts: 0,
+    probeTimeouts: 0,
     connectErrors: 0,
+    connectFailures: 0,
     prePings: 0,
     prePingFailures: 0,
     resets: 0,
@@ -134,12 +171,18 @@ export class DbPool extends pg.Pool {
   };
   /** Wait, use and create times, in seconds. */
   readonly timings: PoolTimings = createPoolTimings();
-  /** Connections being opened (in pg-pool's list, neither idle nor checked out yet). */
-  private connecting = 0;
+  /**
+   * Connections being opened (in pg-pool's list, neither idle nor checked out yet), by the
+   * callback that will hand each over; shutdown fails those still open when its grace ends.
+   */
+  private readonly connecting = new Set<Callback>();
+  private connectHealthState: ConnectHealth = { consecutiveFailures: 0, lastFailureAt: undefined, lastError: undefined };
   private readonly logger: DbPoolLogger;
   private readonly leaks: LeakTracker;
 
   private fillTimer: NodeJS.Timeout | undefined;
+  /** A refill round is under way: connections removed meanwhile wait for the next round. */
+  private filling = false;
   private fillRetryMs = FILL_RETRY_MIN_MS;
 
   constructor(options: DbPoolOptions) {
@@ -164,7 +207,6 @@ export class DbPool extends pg.Pool {
     } as unknown as pg.PoolConfig);
     this.settings = settings;
     this.logger = settings.logger ?? { log: () => {}, warn: () => {} };
-    SECRETS.set(this, passwordsOf(options));
     // pg-pool hides `password`; the connection string holds it too.
     if (this.options.connectionString) Object.defineProperty(this.options, 'connectionString', { enumerable: false });
     this.leaks = settings.leakThresholdMs > 0 ? new CheckoutLeakTracker({ poolName: settings.name, thresholdMs: settings.leakThresholdMs, stackRate: settings.leakStackRate, logger: this.logger }) : NO_LEAK_TRACKING;
@@ -175,7 +217,7 @@ export class DbPool extends pg.Pool {
     // process would crash.
     // (Counted by the per-client listener in onConnect.)
     this.on('error', (err: Error) => {
-      this.logger.warn(`db-pool "${settings.name}": idle connection lost: ${scrubSecrets(err.message, SECRETS.get(this)!)}`);
+      this.logger.warn(`db-pool "${settings.name}": idle connection lost: ${scrubSecrets(err.message)}`);
     });
   }
 
@@ -187,7 +229,12 @@ export class DbPool extends pg.Pool {
   state(): PoolState {
     const total = this.totalCount;
     const idle = this.idleCount;
-    return { total, active: total - idle - this.connecting, idle, waiting: this.waitingCount };
+    return { total, active: total - idle - this.connecting.size, idle, waiting: this.waitingCount };
+  }
+
+  /** How the recent connection attempts went (the monitor turns failures into health). */
+  connectHealth(): ConnectHealth {
+    return { ...this.connectHealthState };
   }
 
   /**
@@ -207,22 +254,24 @@ export class DbPool extends pg.Pool {
   override connect(callback: Callback): void;
   override connect(callback?: Callback): Promise<pg.PoolClient> | void {
     const site = this.leaks.capture(this.connect);
-    if (callback) return this.acquire(this.settings.poolTimeoutMs, site, callback);
-    return new Promise((resolve, reject) => this.acquire(this.settings.poolTimeoutMs, site, (err, client) => (err ? reject(err) : resolve(client!))));
+    if (callback) return this.acquire(this.settings.poolTimeoutMs, false, site, callback);
+    return new Promise((resolve, reject) => this.acquire(this.settings.poolTimeoutMs, false, site, (err, client) => (err ? reject(err) : resolve(client!))));
   }
 
   /**
    * Acquires with a deadline of its own, shorter than `DB_POOL_TIMEOUT`: for probes and
-   * background samplers that must not queue behind a busy pool.
+   * background samplers that must not queue behind a busy pool. Its timeouts are counted in
+   * `counters.probeTimeouts`, not `counters.timeouts`.
    */
   connectWithin(timeoutMs: number): Promise<pg.PoolClient> {
     const site = this.leaks.capture(this.connectWithin);
-    return new Promise((resolve, reject) => this.acquire(timeoutMs, site, (err, client) => (err ? reject(err) : resolve(client!))));
+    return new Promise((resolve, reject) => this.acquire(timeoutMs, true, site, (err, client) => (err ? reject(err) : resolve(client!))));
   }
 
   /**
-   * Runs one query within `timeoutMs` in all, acquire included. A connection whose answer does
-   * not come in time is discarded, so a caller that gives up leaves no query holding it.
+   * Runs one query within `timeoutMs` in all, acquire included. When the answer is late, the
+   * caller gets the error at once and the connection is kept only if the server answers within
+   * `DB_VALIDATION_TIMEOUT_MS` (a slow server is not a dead one); otherwise it is discarded.
    */
   async queryWithin<R extends pg.QueryResultRow = pg.QueryResultRow>(text: string, timeoutMs: number): Promise<pg.QueryResult<R>> {
     const started = performance.now();
@@ -231,11 +280,10 @@ export class DbPool extends pg.Pool {
     let result: pg.QueryResult<R>;
     try {
       result = await client.query<R>({ text, query_timeout: left } as pg.QueryConfig);
-    } catch (err) {
-      client.release(err as Error);
-      throw err;
+    } finally {
+      // An error answer or a late one: the release settles the connection or discards it.
+      client.release();
     }
-    client.release();
     return result;
   }
 
@@ -256,7 +304,7 @@ export class DbPool extends pg.Pool {
     this.leaks.stop();
     if (this.ending) return callback ? super.end(callback) : super.end();
     // pg-pool's ending pulse neither serves nor fails the queue: tell every waiter now.
-    for (const item of this.internals._pendingQueue.splice(0)) item.callback(new Error('the pool is shutting down'));
+    for (const item of this.internals._pendingQueue.splice(0)) item.callback(new PoolClosedError(this.settings.name, this.state()));
     // Not unref'd: a shutdown under way keeps the process alive until it has finished.
     const grace = setTimeout(() => this.closeCheckedOut(), this.settings.shutdownGraceMs);
     const done = () => clearTimeout(grace);
@@ -273,13 +321,16 @@ export class DbPool extends pg.Pool {
     const pool = this.internals;
     const left = pool._clients.slice();
     if (this.ended || left.length === 0) return;
-    this.logger.warn(`db-pool "${this.settings.name}": closing ${left.length} connection(s) still checked out ${this.settings.shutdownGraceMs / 1000} s after shutdown began`);
+    this.logger.warn(`db-pool "${this.settings.name}": closing ${left.length} connection(s) still checked out or being opened ${this.settings.shutdownGraceMs / 1000} s after shutdown began`);
+    // A connection still being opened: pg never calls back a client ended while it connects,
+    // so its caller is failed here, not left to its own deadline.
+    const closed = new PoolClosedError(this.settings.name, this.state());
+    for (const handOver of [...this.connecting]) handOver(closed);
     for (const client of left) {
       pool._remove(client);
       // Don't wait for a polite close from a server that may not answer.
       ((client as TrackedClient).connection as { stream?: { destroy(): void } } | undefined)?.stream?.destroy();
     }
-    this.connecting = 0; // those still connecting were among them
     pool._pulseQueue(); // `_clients` is empty now: this ends the pool
   }
 
@@ -309,87 +360,135 @@ export class DbPool extends pg.Pool {
   newClient(pendingItem: { callback: Callback }): void {
     const started = performance.now();
     const callback = pendingItem.callback;
-    this.connecting++;
-    pendingItem.callback = (err, client, release) => {
-      this.connecting--;
-      if (!err) this.timings.create.observe((performance.now() - started) / 1000);
+    const handOver: Callback = (err, client, release) => {
+      // Called once: by pg-pool when the attempt ends, or by shutdown when its grace is over.
+      if (!this.connecting.delete(handOver)) return;
+      if (err instanceof PoolClosedError) {
+        // ok: shutdown gave up on it
+      } else if (err) {
+        this.counters.connectFailures++;
+        const health = this.connectHealthState;
+        health.consecutiveFailures++;
+        health.lastFailureAt = performance.now();
+        health.lastError = err;
+      } else {
+        this.connectHealthState.consecutiveFailures = 0;
+        this.timings.create.observe((performance.now() - started) / 1000);
+      }
       callback(err, client, release);
     };
+    this.connecting.add(handOver);
+    pendingItem.callback = handOver;
     (pg.Pool.prototype as unknown as PgPoolInternals).newClient.call(this, pendingItem);
   }
 
-  private acquire(timeoutMs: number, site: CheckoutSite | undefined, callback: Callback): void {
+  private acquire(timeoutMs: number, probe: boolean, site: CheckoutSite | undefined, callback: Callback): void {
     const startedAt = performance.now();
-    this.attempt(startedAt, startedAt + timeoutMs, timeoutMs, site, callback, undefined);
+    const acquire: Acquire = { startedAt, deadline: startedAt + timeoutMs, timeoutMs, probe, site, callback, timer: undefined, waiter: undefined, lastError: undefined, done: false };
+    this.attempt(acquire);
   }
 
-  private attempt(startedAt: number, deadline: number, timeoutMs: number, site: CheckoutSite | undefined, callback: Callback, lastError: Error | undefined): void {
-    if (this.ending) return super.connect(callback);
-    let settled = false;
-    let timer: NodeJS.Timeout | undefined;
-    const onClient: Callback = (err, client) => {
-      if (settled) {
-        // We gave up waiting; a connection that arrives late goes back to the pool.
-        if (!err) {
-          (client as TrackedClient)[LAST_USED] = performance.now();
-          client!.release();
-        }
-        return;
-      }
-      settled = true;
-      if (timer) clearTimeout(timer);
-      if (err) {
-        this.counters.connectErrors++;
-        // pg says only "timeout expired" when its connect timeout fires; name the setting.
-        const reason = err.message === 'timeout expired' ? `DB_CONNECT_TIMEOUT (${this.settings.connectTimeoutMs} ms) expired` : scrubSecrets(err.message, SECRETS.get(this)!);
-        return callback(new PoolConnectError(this.settings.name, this.state(), reason, { cause: err }));
-      }
-      const tracked = client as TrackedClient;
-      const lastUsed = tracked[LAST_USED] ?? 0;
-      if (tracked[DEAD]) {
-        tracked.release(true);
-        return this.attempt(startedAt, deadline, timeoutMs, site, callback, lastError);
-      }
-      if (this.settings.prePing && lastUsed !== JUST_OPENED && performance.now() - lastUsed > this.settings.prePingBypassMs) {
-        return this.validate(tracked, startedAt, deadline, timeoutMs, site, callback);
-      }
-      this.handOut(tracked, startedAt, site, callback);
-    };
-    super.connect(onClient);
-
+  /** One try at a connection: from pg-pool's idle list or queue, or a new one. */
+  private attempt(acquire: Acquire): void {
+    if (this.ending) return this.fail(acquire, new PoolClosedError(this.settings.name, this.state()));
+    // A deadline that has passed is final: no idle connection is taken (and pre-pinged) after it.
+    if (performance.now() >= acquire.deadline) return this.timeOut(acquire);
+    const waiter: Callback = (err, client) => this.onClient(acquire, waiter, err, client);
+    acquire.waiter = waiter;
+    super.connect(waiter);
+    if (acquire.timer) return;
     // A caller that an idle connection will serve on the next tick needs no timer.
     const queue = this.internals._pendingQueue;
-    const queued = queue.length > 0 && queue[queue.length - 1].callback === onClient;
+    const queued = queue.length > 0 && queue[queue.length - 1].callback === waiter;
     if (queued && queue.length <= this.idleCount) return;
-    timer = setTimeout(() => {
-      if (settled) return;
-      settled = true;
-      const state = this.state(); // as the caller saw it, itself still waiting
-      const i = queue.findIndex((item) => item.callback === onClient);
-      if (i !== -1) queue.splice(i, 1);
-      this.counters.timeouts++;
-      callback(new PoolTimeoutError(this.settings.name, timeoutMs, state, lastError ? { cause: lastError } : undefined));
-    }, Math.max(0, deadline - performance.now()));
-    timer.unref();
+    this.armDeadline(acquire);
   }
 
-  private validate(client: TrackedClient, startedAt: number, deadline: number, timeoutMs: number, site: CheckoutSite | undefined, callback: Callback): void {
+  private armDeadline(acquire: Acquire): void {
+    acquire.timer = setTimeout(() => this.timeOut(acquire), Math.max(0, acquire.deadline - performance.now()));
+    acquire.timer.unref();
+  }
+
+  private onClient(acquire: Acquire, waiter: Callback, err: Error | undefined, client: pg.PoolClient | undefined): void {
+    if (acquire.done || acquire.waiter !== waiter) {
+      // The caller gave up; a connection that arrives late goes back to the pool.
+      if (!err) {
+        (client as TrackedClient)[LAST_USED] = performance.now();
+        client!.release();
+      }
+      return;
+    }
+    acquire.waiter = undefined;
+    if (err) {
+      if (err instanceof PoolClosedError) return this.fail(acquire, err);
+      if (this.ending) return this.fail(acquire, new PoolClosedError(this.settings.name, this.state(), { cause: err }));
+      this.counters.connectErrors++;
+      // pg says only "timeout expired" when its connect timeout fires; name the setting.
+      const reason = err.message === 'timeout expired' ? `DB_CONNECT_TIMEOUT (${this.settings.connectTimeoutMs} ms) expired` : scrubSecrets(err.message);
+      return this.fail(acquire, new PoolConnectError(this.settings.name, this.state(), reason, { cause: err }));
+    }
+    const tracked = client as TrackedClient;
+    if (tracked[DEAD] || connectionLost(tracked)) {
+      tracked.release(true);
+      return this.attempt(acquire);
+    }
+    const lastUsed = tracked[LAST_USED] ?? 0;
+    if (this.settings.prePing && lastUsed !== JUST_OPENED && performance.now() - lastUsed > this.settings.prePingBypassMs) {
+      return this.validate(acquire, tracked);
+    }
+    this.handOut(acquire, tracked);
+  }
+
+  /**
+   * Pre-ping, bounded by DB_VALIDATION_TIMEOUT_MS rather than by the caller's deadline: a
+   * server slower than the caller's patience is not a dead one. The caller still fails at its
+   * deadline; the connection then goes back to the pool if the ping answers.
+   */
+  private validate(acquire: Acquire, client: TrackedClient): void {
+    if (!acquire.timer) this.armDeadline(acquire);
     this.counters.prePings++;
-    const queryTimeout = Math.max(1, Math.round(Math.min(this.settings.validationTimeoutMs, deadline - performance.now())));
-    client.query({ text: PING, query_timeout: queryTimeout } as pg.QueryConfig, (err: Error | null) => {
-      if (!err) return this.handOut(client, startedAt, site, callback);
-      this.counters.prePingFailures++;
-      this.logger.debug?.(`db-pool "${this.settings.name}": pre-ping failed, discarding the connection: ${err.message}`);
-      client.release(err);
-      this.attempt(startedAt, deadline, timeoutMs, site, callback, err);
+    client.query({ text: PING, query_timeout: this.settings.validationTimeoutMs } as pg.QueryConfig, (err: Error | null) => {
+      if (err) {
+        this.counters.prePingFailures++;
+        this.logger.debug?.(`db-pool "${this.settings.name}": pre-ping failed, discarding the connection: ${scrubSecrets(err.message)}`);
+        client.release(err);
+        if (acquire.done) return;
+        acquire.lastError = err;
+        return this.attempt(acquire);
+      }
+      if (acquire.done) {
+        client[LAST_USED] = performance.now();
+        return client.release();
+      }
+      this.handOut(acquire, client);
     });
   }
 
-  private handOut(client: TrackedClient, startedAt: number, site: CheckoutSite | undefined, callback: Callback): void {
+  private timeOut(acquire: Acquire): void {
+    if (acquire.done) return;
+    const state = this.state(); // as the caller saw it, itself still waiting
+    const queue = this.internals._pendingQueue;
+    const i = acquire.waiter ? queue.findIndex((item) => item.callback === acquire.waiter) : -1;
+    if (i !== -1) queue.splice(i, 1);
+    if (acquire.probe) this.counters.probeTimeouts++;
+    else this.counters.timeouts++;
+    this.fail(acquire, new PoolTimeoutError(this.settings.name, acquire.timeoutMs, state, acquire.lastError ? { cause: acquire.lastError } : undefined));
+  }
+
+  private fail(acquire: Acquire, err: Error): void {
+    if (acquire.done) return;
+    acquire.done = true;
+    clearTimeout(acquire.timer);
+    acquire.callback(err);
+  }
+
+  private handOut(acquire: Acquire, client: TrackedClient): void {
+    acquire.done = true;
+    clearTimeout(acquire.timer);
     const checkedOutAt = performance.now();
-    this.timings.wait.observe((checkedOutAt - startedAt) / 1000);
+    this.timings.wait.observe((checkedOutAt - acquire.startedAt) / 1000);
     client[CHECKED_OUT_AT] = checkedOutAt;
-    this.leaks.checkout(client, site);
+    this.leaks.checkout(client, acquire.site);
     const release = client.release;
     let released = false;
     client.release = (err?: Error | boolean) => {
@@ -400,7 +499,8 @@ export class DbPool extends pg.Pool {
       client[CHECKED_OUT_AT] = undefined; // back, or on its way: no longer a checkout's age
       this.timings.use.observe((now - checkedOutAt) / 1000);
       this.leaks.checkin(client);
-      if (err || client[DEAD]) return release(err ?? true);
+      // A socket that has already died cannot settle: drop it now, not after a timeout.
+      if (err || client[DEAD] || connectionLost(client)) return release(err ?? true);
       // Released before the server's ReadyForQuery: an error answer (pg calls back before the
       // ReadyForQuery that carries the transaction status), or a query abandoned by
       // query_timeout. Wait for the server to settle.
@@ -408,7 +508,7 @@ export class DbPool extends pg.Pool {
       this.resetAndRelease(client, release);
     };
     this.counters.acquired++;
-    callback(undefined, client, client.release);
+    acquire.callback(undefined, client, client.release);
   }
 
   /** Hands the connection back once the server is ready for a query again, or discards it. */
@@ -500,7 +600,7 @@ export class DbPool extends pg.Pool {
   }
 
   private scheduleFill(delayMs: number): void {
-    if (this.fillTimer) return;
+    if (this.fillTimer || this.filling) return;
     this.fillTimer = setTimeout(() => {
       this.fillTimer = undefined;
       this.fill();
@@ -508,16 +608,33 @@ export class DbPool extends pg.Pool {
     this.fillTimer.unref();
   }
 
-  /** Tops the pool back up to `poolSize` after connections were closed, with back-off on failure. */
+  /**
+   * Tops the pool back up to `poolSize` after connections were closed. One round opens every
+   * missing connection; a round with failures schedules the next one, the delay doubling per
+   * round (not per failed connection) up to 5 s, and a round without failures resets it.
+   */
   private fill(): void {
     const missing = this.settings.poolSize - this.totalCount;
+    if (missing <= 0 || this.ending) return;
+    this.filling = true;
+    let pending = missing;
+    let failed = 0;
+    let firstError: Error | undefined;
     for (let i = 0; i < missing; i++) {
       this.openOne((err) => {
-        if (!err) {
+        if (err) {
+          failed++;
+          firstError ??= err;
+        }
+        if (--pending > 0) return;
+        this.filling = false;
+        if (this.ending) return;
+        if (failed === 0) {
           this.fillRetryMs = FILL_RETRY_MIN_MS;
+          if (this.totalCount < this.settings.poolSize) this.scheduleFill(0); // removed during the round
           return;
         }
-        this.logger.debug?.(`db-pool "${this.settings.name}": refill failed: ${err.message}`);
+        this.logger.debug?.(`db-pool "${this.settings.name}": refill failed for ${failed} of ${missing} connection(s): ${scrubSecrets(firstError!.message)}; next round in ${this.fillRetryMs} ms`);
         this.scheduleFill(this.fillRetryMs);
         this.fillRetryMs = Math.min(this.fillRetryMs * 2, FILL_RETRY_MAX_MS);
       });
@@ -536,18 +653,4 @@ export class DbPool extends pg.Pool {
       },
     });
   }
-}
-
-function passwordsOf(options: pg.PoolConfig): string[] {
-  const out: string[] = [];
-  if (typeof options.password === 'string' && options.password) out.push(options.password);
-  if (options.connectionString) {
-    try {
-      const fromUrl = decodeURIComponent(new URL(options.connectionString).password);
-      if (fromUrl) out.push(fromUrl);
-    } catch {
-      // not a URL pg can use either; nothing to hide
-    }
-  }
-  return out;
 }

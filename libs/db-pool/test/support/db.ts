@@ -1,5 +1,6 @@
 import pg from 'pg';
-import { DbPool, resolveDbPoolConfig, toPgClientOptions, toPoolSettings, type DbPoolConfig, type DbPoolOptions } from '../../src/index.js';
+import { DbPool, type DbPoolLogger, resolveDbPoolConfig, toPgClientOptions, toPoolSettings, type DbPoolConfig, type DbPoolOptions } from '../../src/index.js';
+import { startFaultProxy, type FaultProxy } from '../../../../tools/fault-proxy.mjs';
 
 /** The server the test run was given (tools/jest/global-setup.js makes sure there is one). */
 export function databaseUrl(): string {
@@ -18,8 +19,33 @@ export function createTestConfig(options: Omit<DbPoolOptions, 'env'> = {}): DbPo
   return resolveDbPoolConfig({ url: databaseUrl(), poolSize: 2, maxOverflow: 3, poolTimeout: 5, shutdownGrace: 2, applicationName: name, env: {}, ...options, name });
 }
 
-export function createTestPool(options: Omit<DbPoolOptions, 'env'> = {}, config = createTestConfig(options)): DbPool {
-  return new DbPool({ connectionString: config.url, application_name: config.applicationName, ...toPgClientOptions(config), dbPool: toPoolSettings(config) });
+export function createTestPool(options: Omit<DbPoolOptions, 'env'> = {}, config = createTestConfig(options), logger?: DbPoolLogger): DbPool {
+  return new DbPool({ connectionString: config.url, application_name: config.applicationName, ...toPgClientOptions(config), dbPool: toPoolSettings(config, logger) });
+}
+
+/** A logger that keeps every line, level first (`debug refill failed …`). */
+export function capturingLogger(): DbPoolLogger & { lines: string[] } {
+  const lines: string[] = [];
+  return { lines, log: (m) => lines.push(`log ${m}`), warn: (m) => lines.push(`warn ${m}`), debug: (m) => lines.push(`debug ${m}`) };
+}
+
+/**
+ * A fault-injecting TCP proxy (tools/fault-proxy.mjs) in front of the test server for the
+ * file; back to `pass` after each test. `url()` is the test server's URL through it.
+ */
+export function proxyFixture(): { proxy: () => FaultProxy; url: () => string } {
+  let proxy: FaultProxy | undefined;
+  beforeAll(async () => {
+    const target = new URL(databaseUrl());
+    proxy = await startFaultProxy({ host: target.hostname, port: Number(target.port || 5432) });
+  });
+  afterEach(async () => {
+    await proxy?.setMode('pass');
+  });
+  afterAll(async () => {
+    await proxy?.close();
+  });
+  return { proxy: () => proxy!, url: () => proxy!.url(databaseUrl()) };
 }
 
 /** A plain client for looking at and acting on the server from outside the pool. */
@@ -51,7 +77,10 @@ export async function eventually(predicate: () => boolean | Promise<boolean>, ti
  * Registers the usual hooks of a pool test: an admin client for the file, and every pool made
  * with `pool()` ended after its test.
  */
-export function poolFixture(): { admin: () => pg.Client; pool: (options?: Omit<DbPoolOptions, 'env'>, config?: DbPoolConfig) => DbPool } {
+export function poolFixture(): {
+  admin: () => pg.Client;
+  pool: (options?: Omit<DbPoolOptions, 'env'>, config?: DbPoolConfig, logger?: DbPoolLogger) => DbPool;
+} {
   let admin: pg.Client | undefined;
   const pools: DbPool[] = [];
   beforeAll(async () => {
@@ -65,8 +94,8 @@ export function poolFixture(): { admin: () => pg.Client; pool: (options?: Omit<D
   });
   return {
     admin: () => admin!,
-    pool: (options, config) => {
-      const created = createTestPool(options, config);
+    pool: (options, config, logger) => {
+      const created = createTestPool(options, config, logger);
       pools.push(created);
       return created;
     },

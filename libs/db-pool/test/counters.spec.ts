@@ -1,0 +1,49 @@
+import type pg from 'pg';
+import { DbPoolMetrics, DbPoolRegistry, PoolClosedError, PoolConnectError, PoolMonitor, PoolTimeoutError } from '../src/index.js';
+import { createTestConfig, poolFixture } from './support/db.js';
+
+describe('counters mean what they say', () => {
+  const { pool } = poolFixture();
+  const held: pg.PoolClient[] = [];
+  afterEach(() => held.splice(0).forEach((c) => c.release()));
+
+  it('a readiness probe and a headroom sample that time out on a busy pool are probe timeouts, not acquire timeouts', async () => {
+    const config = createTestConfig({ poolSize: 1, maxOverflow: 0, healthTimeoutMs: 200 });
+    const p = pool({}, config);
+    const monitor = new PoolMonitor(p, config, { log: () => {}, warn: () => {} });
+    const registry = new DbPoolRegistry();
+    registry.add(monitor);
+    held.push(await p.connect());
+
+    await expect(p.ping(200)).rejects.toBeInstanceOf(PoolTimeoutError);
+    expect(await monitor.sampleHeadroom()).toBeNull(); // timed out too: no sample yet
+    expect(p.counters).toMatchObject({ timeouts: 0, probeTimeouts: 2 });
+
+    const text = await new DbPoolMetrics(registry).metrics();
+    expect(text).toContain(`db_client_connection_timeouts_total{pool_name="${config.name}"} 0`);
+    expect(text).toContain(`db_pool_probe_timeouts_total{pool_name="${config.name}"} 2`);
+
+    // A caller that waited DB_POOL_TIMEOUT is an acquire timeout.
+    const short = pool({ poolSize: 1, maxOverflow: 0, poolTimeout: 1 });
+    held.push(await short.connect());
+    await expect(short.connect()).rejects.toBeInstanceOf(PoolTimeoutError);
+    expect(short.counters).toMatchObject({ timeouts: 1, probeTimeouts: 0 });
+  });
+
+  it('shutdown fails queued callers with PoolClosedError, which is not a connect error and is not counted as one', async () => {
+    const p = pool({ poolSize: 1, maxOverflow: 0, shutdownGrace: 1 });
+    held.push(await p.connect());
+    const queued = [p.connect().catch((e: unknown) => e), p.connect().catch((e: unknown) => e)];
+    const ending = p.end();
+    for (const err of await Promise.all(queued)) {
+      expect(err).toBeInstanceOf(PoolClosedError);
+      expect(err).not.toBeInstanceOf(PoolConnectError);
+      expect((err as Error).message).toMatch(/^db-pool ".*": the pool is shutting down \(total=1, active=1, idle=0, waiting=\d\)$/);
+    }
+    // And so is an acquire after end().
+    await expect(p.connect()).rejects.toBeInstanceOf(PoolClosedError);
+    held.splice(0).forEach((c) => c.release());
+    await ending;
+    expect(p.counters).toMatchObject({ connectErrors: 0, connectFailures: 0, timeouts: 0 });
+  });
+});

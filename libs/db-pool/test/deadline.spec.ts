@@ -1,0 +1,42 @@
+import { PoolTimeoutError } from '../src/index.js';
+import { backendPids, eventually, poolFixture, proxyFixture } from './support/db.js';
+
+describe('a passed deadline is final', () => {
+  const { proxy, url } = proxyFixture();
+  const { admin, pool } = poolFixture();
+
+  it('a readiness probe against a server answering in 1.2 s times out, and leaves every idle connection open', async () => {
+    // Every checkout is pre-pinged (bypass 0), as after a quiet minute.
+    const p = pool({ url: url(), poolSize: 3, maxOverflow: 0, prePingBypassMs: 0, validationTimeoutMs: 5_000 });
+    await p.warmUp();
+    const name = p.settings.name;
+    const before = await backendPids(admin(), name);
+    expect(before).toHaveLength(3);
+
+    await proxy().setMode('latency', { latencyMs: 600 }); // 600 ms each way: every answer 1.2 s after its question
+    const err = await p.ping(1_000).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(PoolTimeoutError);
+    expect(p.counters).toMatchObject({ probeTimeouts: 1, timeouts: 0 });
+
+    // The probe's pre-ping goes on within DB_VALIDATION_TIMEOUT_MS and puts the connection back.
+    expect(await eventually(() => p.idleCount === 3, 10_000)).toBe(true);
+    expect(p.counters).toMatchObject({ prePings: 1, prePingFailures: 0, removed: 0 });
+    await proxy().setMode('pass');
+    expect(await backendPids(admin(), name)).toEqual(before);
+    await p.query('SELECT 1');
+  });
+
+  it('an acquire whose deadline passes during a slow pre-ping fails then, and takes no other idle connection', async () => {
+    const p = pool({ url: url(), poolSize: 2, maxOverflow: 0, prePingBypassMs: 0, validationTimeoutMs: 5_000 });
+    await p.warmUp();
+    await proxy().setMode('latency', { latencyMs: 600 });
+    const err = await p.connectWithin(300).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(PoolTimeoutError);
+    // Failed at its deadline, while the pre-ping was still out (its connection not back yet),
+    // and without taking the other idle connection.
+    expect(p.idleCount).toBe(1);
+    expect(p.counters.prePings).toBe(1);
+    expect(await eventually(() => p.idleCount === 2, 10_000)).toBe(true);
+    expect(p.counters).toMatchObject({ prePings: 1, prePingFailures: 0 });
+  });
+});
