@@ -1,7 +1,8 @@
 import { type DynamicModule, Module } from '@nestjs/common';
 import { ConfigModule } from '@nestjs/config';
+import { APP_FILTER } from '@nestjs/core';
 import { TypeOrmModule } from '@nestjs/typeorm';
-import { dbPoolConfig, type DbPoolOptions, DbPoolModule } from '@db-pool/db-pool';
+import { dbPoolConfig, DbPoolExceptionFilter, type DbPoolOptions, DbPoolModule } from '@db-pool/db-pool';
 import { HealthModule } from './health/health.module.js';
 import { Item } from './items/item.entity.js';
 import { ItemsModule } from './items/items.module.js';
@@ -34,6 +35,8 @@ export class AppModule {
         ItemsModule,
         HealthModule,
       ],
+      // An exhausted pool or an unreachable server: 503 with Retry-After, not 500.
+      providers: [{ provide: APP_FILTER, useClass: DbPoolExceptionFilter }],
     };
   }
 

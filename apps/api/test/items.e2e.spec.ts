@@ -82,6 +82,57 @@ describe('api over real HTTP: items and liveness', () => {
     expect((await admin.query('SELECT count(*)::int AS n FROM items')).rows[0].n).toBe(before);
   });
 
+  it.each([
+    ['a NUL character (PostgreSQL text cannot hold U+0000)', '{"name":"a\\u0000b"}', 'name must not contain the character U+0000'],
+    ['a lone high surrogate (it would be stored as U+FFFD)', '{"name":"a\\ud800b"}', 'name must be well-formed Unicode (no lone surrogate code units)'],
+    ['a lone low surrogate', '{"name":"\\udc00"}', 'name must be well-formed Unicode (no lone surrogate code units)'],
+  ])('POST /items with %s is a 400 and writes nothing', async (_case, raw, message) => {
+    const before = (await admin.query('SELECT count(*)::int AS n FROM items')).rows[0].n;
+    const res = await post(raw, true);
+    expect(res.status).toBe(400);
+    expect((await body(res)).message).toContain(message);
+    expect((await admin.query('SELECT count(*)::int AS n FROM items')).rows[0].n).toBe(before);
+  });
+
+  it('POST /items keeps a name with a surrogate pair (an emoji) as sent', async () => {
+    const name = `${tag}-\u{1F600}-ok`;
+    const res = await post({ name });
+    expect(res.status).toBe(201);
+    const created = await body(res);
+    expect(created.name).toBe(name);
+    expect((await admin.query('SELECT name FROM items WHERE id = $1', [created.id])).rows[0].name).toBe(name);
+  });
+
+  it.each([
+    ['text/plain', 'name=x'],
+    ['application/x-www-form-urlencoded', 'name=x'],
+    [undefined, undefined],
+  ])('POST /items with a %s body is 415 and writes nothing', async (type, payload) => {
+    const before = (await admin.query('SELECT count(*)::int AS n FROM items')).rows[0].n;
+    const res = await fetch(`${base}/items`, { method: 'POST', headers: type ? { 'content-type': type } : {}, body: payload });
+    expect(res.status).toBe(415);
+    expect((await body(res)).message).toBe('the body must be JSON, sent with Content-Type: application/json');
+    expect((await admin.query('SELECT count(*)::int AS n FROM items')).rows[0].n).toBe(before);
+  });
+
+  it('POST /items takes application/json with a charset', async () => {
+    const res = await fetch(`${base}/items`, { method: 'POST', headers: { 'content-type': 'application/json; charset=utf-8' }, body: JSON.stringify({ name: `${tag}-charset` }) });
+    expect(res.status).toBe(201);
+  });
+
+  it.each(['0x1', '1.0', '1e3', '+1', '01', ' 1', '-1', '0', '2147483648', '1,2'])('GET /items/%s is a 400: ids are canonical decimal integers from 1', async (id) => {
+    const res = await fetch(`${base}/items/${encodeURIComponent(id)}`);
+    expect(res.status).toBe(400);
+  });
+
+  it('GET /items?limit= (empty) is the default limit, as if absent; a repeated or non-decimal limit is a 400', async () => {
+    const absent = await body(await fetch(`${base}/items`));
+    const empty = await fetch(`${base}/items?limit=`);
+    expect(empty.status).toBe(200);
+    expect(await body(empty)).toEqual(absent);
+    for (const bad of ['0x10', '1e1', '+5', '05', '5&limit=6']) expect((await fetch(`${base}/items?limit=${bad}`)).status).toBe(400);
+  });
+
   it('POST /items with malformed JSON is a 400', async () => {
     const res = await post('{"name":', true);
     expect(res.status).toBe(400);

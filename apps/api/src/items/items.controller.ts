@@ -1,7 +1,8 @@
-import { Body, Controller, Get, HttpCode, NotFoundException, Param, Post, Query } from '@nestjs/common';
+import { Body, Controller, Get, HttpCode, NotFoundException, Param, Post, Query, UseGuards } from '@nestjs/common';
 import type { Item } from './item.entity.js';
 import { type CreateItem, createItemSchema, itemIdSchema, listItemsSchema, ZodPipe } from './items.schema.js';
 import { ItemsService } from './items.service.js';
+import { JsonBodyGuard } from './json-body.guard.js';
 
 @Controller('items')
 export class ItemsController {
@@ -9,6 +10,7 @@ export class ItemsController {
 
   @Post()
   @HttpCode(201)
+  @UseGuards(JsonBodyGuard)
   create(@Body(new ZodPipe(createItemSchema)) body: CreateItem): Promise<Item> {
     return this.items.create(body.name);
   }
