@@ -19,7 +19,8 @@ export function redactUrl(url: string): string {
   SCHEME.lastIndex = 0;
   const scheme = SCHEME.exec(url);
   const start = scheme && scheme.index === 0 ? scheme[0].length : 0;
-  return maskSecretParams(maskUserinfo(url, start, url.length));
+  // A value given where a URL belongs may be libpq's keyword form (`host=… password=…`).
+  return maskSecretParams(maskUserinfo(url, start, url.length)).replace(SECRET_KEYWORD, `$1${REDACTED}`);
 }
 
 /**

@@ -1,6 +1,7 @@
+import { rmSync, writeFileSync } from 'node:fs';
 import type pg from 'pg';
-import { PoolReleaseError, type DbPool } from '../src/index.js';
-import { backendPids, eventually, poolFixture } from './support/db.js';
+import { PoolConnectError, PoolReleaseError, type DbPool } from '../src/index.js';
+import { backendPids, databaseUrl, eventually, poolFixture } from './support/db.js';
 
 describe('connection errors and misuse never crash the process', () => {
   const fixture = poolFixture();
@@ -83,5 +84,38 @@ describe('shutdown with callers waiting', () => {
     await expect(waiting).rejects.toThrow('the pool is shutting down');
     await ended;
     expect(pool.waitingCount).toBe(0);
+  });
+});
+
+describe('a connection attempt that throws', () => {
+  const fixture = poolFixture();
+  const admin = () => fixture.admin();
+  let pool: DbPool;
+
+  it('a connection attempt that throws while pg builds the client fails the acquire with PoolConnectError; counts stay right; the refill backs off', async () => {
+    // pg reads sslrootcert in the Client constructor, for every new connection: a file that went
+    // away (rotated, EACCES, EMFILE under load) makes opening a connection throw synchronously.
+    const ca = `/tmp/db-pool-test-ca-${process.pid}-${Date.now()}.pem`;
+    writeFileSync(ca, 'not used with sslmode=disable\n');
+    const url = new URL(databaseUrl());
+    url.searchParams.set('sslmode', 'disable');
+    url.searchParams.set('sslrootcert', ca);
+    pool = fixture.pool({ url: url.toString(), poolSize: 2, maxOverflow: 1 });
+    await pool.warmUp();
+    rmSync(ca);
+    const a = await pool.connect();
+    const b = await pool.connect();
+    const third = await pool.connect().catch((e: unknown) => e);
+    expect(third).toBeInstanceOf(PoolConnectError);
+    expect((third as Error).message).toContain('ENOENT');
+    a.release();
+    b.release();
+    expect(pool.state()).toEqual({ total: 2, active: 0, idle: 2, waiting: 0 });
+    expect(pool.counters).toMatchObject({ connectErrors: 1, connectFailures: 1 });
+    // Losing a connection now sends the refill into the same error: it retries, it does not throw.
+    await admin().query('SELECT pg_terminate_backend(pid) FROM (SELECT pid FROM pg_stat_activity WHERE application_name = $1 LIMIT 1) x', [pool.settings.name]);
+    const p = pool;
+    expect(await eventually(() => p.counters.connectFailures >= 2)).toBe(true);
+    expect(p.state().active).toBe(0);
   });
 });

@@ -69,7 +69,7 @@ describe('configuration: defaults', () => {
     const line = describeConfig(resolveDbPoolConfig({ env: { DATABASE_URL: URL_OK } }));
     expect(line).toBe(
       'db-pool "default" configured: url=postgres://app:***@db.internal:5432/app, pool_size=20, max_overflow=40, total_max=60, ' +
-        'timeout=30s, recycle=3600s, pre_ping=true, connect_timeout=10s, overflow_idle_timeout=10s, leak_threshold=off, application_name=db-pool',
+        'timeout=30s, recycle=3600s, pre_ping=true, connect_timeout=10s, overflow_idle_timeout=10s, leak_threshold=off, reset_session=auto, application_name=db-pool',
     );
     expect(line).not.toContain('s3cr');
   });
@@ -124,6 +124,22 @@ describe('configuration: validation', () => {
 
   it('names the code option and its variable when the bad value came from code', () => {
     expect(problemsOf({}, { poolSize: 0 })).toEqual(['poolSize (DB_POOL_SIZE)="0": must be an integer from 1 to 10000']);
+  });
+
+  it("takes application_name from the URL when it is there (pg lets it win), and refuses two names that disagree", () => {
+    expect(resolveDbPoolConfig({ env: { DATABASE_URL: 'postgres://app@db/app?application_name=shop-api' } }).applicationName).toBe('shop-api');
+    expect(problemsOf({ DATABASE_URL: 'postgres://app@db/app?application_name=shop-api', DB_APPLICATION_NAME: 'other' })).toEqual([
+      'DB_APPLICATION_NAME="other" disagrees with application_name="shop-api" in DATABASE_URL: give one of them',
+    ]);
+    expect(resolveDbPoolConfig({ env: { DATABASE_URL: 'postgres://app@db/app?application_name=same', DB_APPLICATION_NAME: 'same' } }).applicationName).toBe('same');
+  });
+
+  it('refuses a pool name whose derived application_name the server would truncate, and asks for DB_APPLICATION_NAME', () => {
+    const name = 'reporting-analytics-warehouse-replica-eu-west-1-readonly-pool';
+    expect(() => resolveDbPoolConfig({ name, env: { DATABASE_URL: 'postgres://app@db/app' } })).toThrow(
+      `DB_APPLICATION_NAME: not set, and the default derived from the pool name ("db-pool:${name}") is not printable ASCII of at most 63 characters; set DB_APPLICATION_NAME`,
+    );
+    expect(resolveDbPoolConfig({ name, env: { DATABASE_URL: 'postgres://app@db/app', DB_APPLICATION_NAME: 'reporting' } }).applicationName).toBe('reporting');
   });
 
   it('refuses cross-field conflicts', () => {

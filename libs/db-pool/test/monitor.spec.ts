@@ -1,8 +1,9 @@
 import type pg from 'pg';
 import { PoolMonitor, RECOMMENDATIONS, type DbPoolOptions } from '../src/index.js';
-import { createTestConfig, poolFixture, sleep } from './support/db.js';
+import { createTestConfig, eventually, poolFixture, proxyFixture, sleep } from './support/db.js';
 
 describe('PoolMonitor', () => {
+  const { proxy, url: proxied } = proxyFixture();
   const fixture = poolFixture();
   const monitors: PoolMonitor[] = [];
   const logs: string[] = [];
@@ -74,6 +75,17 @@ describe('PoolMonitor', () => {
     expect(monitor.checkConnectionLeaks()).toBe(false);
   });
 
+  it('suspects a leak when every connection is held and the server refuses more, below the configured capacity', async () => {
+    const { pool, monitor } = monitored({ url: proxied(), poolSize: 2, maxOverflow: 2, poolTimeout: 1, connectTimeout: 1 }, { leakWindowMs: 300, tickMs: 50 });
+    await monitor.start();
+    const release = await holdAll(pool, 2);
+    await proxy().setMode('refuse'); // a full server, a role's CONNECTION LIMIT
+    await expect(pool.connect()).rejects.toThrow(/could not open a connection/);
+    expect(monitor.getPoolStatus()).toMatchObject({ checked_out: 2, checked_in: 0, utilization: 50, health: 'critical', connect_failing: true });
+    expect(await eventually(() => monitor.checkConnectionLeaks(), 3_000)).toBe(true);
+    release();
+  });
+
   it('does not suspect a leak in a pool that is saturated but keeps turning connections over', async () => {
     const { pool, monitor } = monitored({ poolSize: 2, maxOverflow: 1 }, { leakWindowMs: 800, tickMs: 100 });
     await monitor.start();
@@ -104,17 +116,67 @@ describe('PoolMonitor', () => {
     expect(Number(/DB_POOL_SIZE=(\d+)/.exec(advice!)![1])).toBeGreaterThanOrEqual(3);
   });
 
-  it('samples the server: headroom, and connections left idle in transaction', async () => {
+  it('samples the server: headroom, and connections left idle in transaction for 5 s (not a transaction between two statements)', async () => {
     const { pool, monitor } = monitored({ poolSize: 2, maxOverflow: 0, expectedReplicas: 1 });
     await pool.warmUp();
     const client = await pool.connect();
     await client.query('BEGIN');
     await client.query('SELECT 1');
-    const headroom = await monitor.sampleHeadroom();
+    expect(await monitor.sampleHeadroom()).toMatchObject({ in_use_by_pool: 2, idle_in_transaction: 0 });
+    expect(monitor.getRecommendations().join('\n')).not.toContain('idle in transaction');
+    expect(await eventually(async () => (await monitor.sampleHeadroom())!.idle_in_transaction === 1, 10_000, 250)).toBe(true);
+    const headroom = monitor.getServerHeadroom();
     expect(headroom).toMatchObject({ in_use_by_pool: 2, idle_in_transaction: 1 });
     expect(headroom!.available).toBe(headroom!.max_connections - headroom!.superuser_reserved_connections);
     expect(monitor.getRecommendations()).toContain(RECOMMENDATIONS.IDLE_IN_TRANSACTION(1, pool.settings.name));
     client.release();
+  });
+
+  it("finds the pool's own connections by the application_name the server reports, not the one configured", async () => {
+    const config = createTestConfig({ poolSize: 2, maxOverflow: 0 });
+    // The connections carry another name than the configuration says (as pg does when the URL has one).
+    const pool = fixture.pool({}, { ...config, url: config.url, applicationName: `${config.applicationName}-server` });
+    const monitor = new PoolMonitor(pool, config, logger);
+    monitors.push(monitor);
+    await pool.warmUp();
+    expect(await monitor.sampleHeadroom()).toMatchObject({ in_use_by_pool: 2 });
+  });
+
+  it('the headroom sampler skips a turn while its previous sample is still out: its acquires never pile up', async () => {
+    const { pool, monitor } = monitored({ poolSize: 1, maxOverflow: 0, headroomInterval: 1, healthTimeoutMs: 1_500 });
+    const release = await holdAll(pool, 1);
+    let mostWaiting = 0;
+    let watching = true;
+    const watcher = (async () => {
+      while (watching) {
+        mostWaiting = Math.max(mostWaiting, pool.waitingCount);
+        await sleep(25);
+      }
+    })();
+    await monitor.start(); // the first sample times out after 1.5 s; then one is due every second
+    expect(await eventually(() => pool.counters.probeTimeouts >= 2, 15_000)).toBe(true);
+    watching = false;
+    await watcher;
+    expect(mostWaiting).toBe(1);
+    release();
+  }, 30_000);
+
+  it('describes a connect error by its code, not its message (getaddrinfo ENOTFOUND names the host), unless DB_POOL_HEALTH_DETAIL', async () => {
+    const url = new URL(process.env.DATABASE_URL!);
+    url.hostname = 'db-primary.invalid';
+    for (const healthDetail of [false, true]) {
+      const { pool, monitor } = monitored({ url: url.toString(), poolSize: 1, maxOverflow: 0, healthDetail });
+      const err = (await pool.ping(2_000).catch((e: unknown) => e)) as Error;
+      const shown = monitor.describeError(err);
+      const status = monitor.getPoolStatus();
+      if (healthDetail) {
+        expect(shown).toContain('db-primary.invalid');
+      } else {
+        expect(shown).toMatch(/^could not open a connection: (ENOTFOUND|EAI_AGAIN) \(total=0, active=0, idle=0, waiting=0\)$/);
+        expect(JSON.stringify(status)).not.toContain('db-primary');
+      }
+      expect(status).toMatchObject({ connect_failing: true, health: 'critical' });
+    }
   });
 
   it('reads status without waiting on an exhausted pool', async () => {

@@ -37,6 +37,13 @@ describe('secrets: passwords are masked where credentials stand', () => {
     );
   });
 
+  it('a value that is not a URL at all is masked too: libpq keyword form, a missing slash', () => {
+    expect(redactUrl('host=db.internal port=5432 user=app password=Tr0ub4dor dbname=shop')).toBe('host=db.internal port=5432 user=app password=*** dbname=shop');
+    expect(redactUrl("host=db password='Tr0 ub4dor' dbname=shop")).toBe('host=db password=*** dbname=shop');
+    expect(redactUrl('postgres:/app:Tr0ub4dor@db.internal:5432/shop')).toBe('postgres:***@db.internal:5432/shop');
+    expect(redactUrl('app:Tr0ub4dor@db.internal/shop')).toBe('app:***@db.internal/shop');
+  });
+
   it('a URL with an @ in its query masks more than the password, never less', () => {
     const shown = redactUrl('postgres://app:Zq9/xW@db/app?application_name=me@host');
     expect(shown.startsWith('postgres://app:***@')).toBe(true);

@@ -81,4 +81,22 @@ describe('reset on return', () => {
     expect(pool!.counters.resets).toBe(0);
     expect((await admin.query(`SELECT * FROM ${table}`)).rowCount).toBe(1);
   });
+
+  it("a query queued on the client before release never runs in the next borrower's checkout", async () => {
+    const first = await pool!.connect();
+    const next = pool!.connect(); // waits for the only connection
+    await new Promise<void>((resolve) => {
+      first.query('SELECT 1', () => {
+        first.release(); // done with it… but a BEGIN is still queued behind this query
+        resolve();
+      });
+      first.query('BEGIN').catch(() => {}); // fails with the connection it was queued on
+    });
+    const second = (await next) as TxClient;
+    await second.query(`INSERT INTO ${table} VALUES (1)`);
+    expect(second.getTransactionStatus()).toBe('I'); // autocommit, as the second borrower meant
+    second.release();
+    expect((await admin.query(`SELECT * FROM ${table}`)).rowCount).toBe(1);
+    expect(pool!.counters.resets).toBe(0);
+  });
 });

@@ -1,5 +1,25 @@
-import { PoolClosedError } from '../src/index.js';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import type pg from 'pg';
+import { PoolClosedError, type DbPool } from '../src/index.js';
 import { eventually, poolFixture, proxyFixture } from './support/db.js';
+
+const root = fileURLToPath(new URL('../../../', import.meta.url));
+
+/** Checks out a connection and freezes its backend (SIGSTOP: a hung server, a paused VM); returns how to thaw it. */
+async function frozenCheckout(pool: DbPool): Promise<{ client: pg.PoolClient; thaw: () => void }> {
+  const client = await pool.connect();
+  const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+  process.kill(pid, 'SIGSTOP');
+  let thawed = false;
+  return {
+    client,
+    thaw: () => {
+      if (!thawed) process.kill(pid, 'SIGCONT');
+      thawed = true;
+    },
+  };
+}
 
 describe('shutdown never strands a caller', () => {
   const { proxy, url } = proxyFixture();
@@ -20,4 +40,56 @@ describe('shutdown never strands a caller', () => {
     expect(p.counters.connectErrors).toBe(0);
     expect(() => held.release()).not.toThrow(); // released after the end: harmless
   }, 20_000);
+
+  it('end() finishes after the grace even when a backend never answers the close of its connection', async () => {
+    const p = pool({ poolSize: 1, maxOverflow: 0, shutdownGrace: 1, validationTimeoutMs: 500 });
+    const { client, thaw } = await frozenCheckout(p);
+    try {
+      const ending = p.end();
+      client.release(); // back within the grace; pg's polite close would wait for the server forever
+      await ending;
+      expect(p.ended).toBe(true);
+    } finally {
+      thaw();
+    }
+  });
+
+  it('a waiter behind a discarded connection whose server does not answer the close is served, not timed out', async () => {
+    const p = pool({ poolSize: 1, maxOverflow: 0, poolTimeout: 5, validationTimeoutMs: 30_000 });
+    const { client, thaw } = await frozenCheckout(p);
+    try {
+      const waiter = p.connect();
+      client.release(new Error('discard it')); // the only slot is free now
+      const served = await waiter;
+      expect((await served.query<{ n: number }>('SELECT 1 AS n')).rows[0].n).toBe(1);
+      served.release();
+    } finally {
+      thaw();
+    }
+  });
+
+  it('a queued callback that throws stops neither the shutdown nor the other waiters', () => {
+    // In a process of its own: the throw is an uncaught exception there, as any callback's throw
+    // is, and the script records it instead of dying, then reports what happened.
+    execFileSync(process.execPath, [`${root}node_modules/typescript/bin/tsc`, '-b', `${root}libs/db-pool/tsconfig.lib.json`]);
+    const script = `
+      import { DbPool, resolveDbPoolConfig, toPoolSettings } from '${root}libs/db-pool/dist/index.js';
+      const thrown = [];
+      process.on('uncaughtException', (err) => thrown.push(err.name));
+      const config = resolveDbPoolConfig({ url: process.env.DATABASE_URL, poolSize: 1, maxOverflow: 0, env: {} });
+      const pool = new DbPool({ connectionString: config.url, dbPool: toPoolSettings(config) });
+      const held = await pool.connect();
+      const heard = [];
+      pool.connect((err) => { heard.push('first: ' + err?.name); if (err) throw err; });
+      const second = new Promise((resolve) => pool.connect((err) => { heard.push('second: ' + err?.name); resolve(); }));
+      const ending = pool.end();
+      const endingAtOnce = pool.ending;
+      await second;
+      held.release();
+      await ending;
+      console.log(JSON.stringify({ heard, thrown, endingAtOnce, ended: pool.ended }));
+    `;
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], { cwd: root, env: { ...process.env }, encoding: 'utf8' });
+    expect(JSON.parse(out.trim().split('\n').pop()!)).toEqual({ heard: ['first: PoolClosedError', 'second: PoolClosedError'], thrown: ['PoolClosedError'], endingAtOnce: true, ended: true });
+  }, 60_000);
 });

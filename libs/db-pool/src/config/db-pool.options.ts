@@ -72,6 +72,14 @@ export interface DbPoolOptions {
   /** `DB_APPLICATION_NAME`: `application_name` shown in `pg_stat_activity`; printable ASCII, at most 63 characters. @default 'db-pool' ('db-pool:<name>' for a named pool) */
   applicationName?: string;
   /**
+   * `DB_POOL_RESET_SESSION`: when a returned connection's session state is reset (`RESET ALL`,
+   * `RESET ROLE`, `RESET SESSION AUTHORIZATION`, `UNLISTEN *`, `pg_advisory_unlock_all()`):
+   * `auto` after a checkout that ran SET, RESET or LISTEN or changed a setting the server
+   * reports; `always` after every checkout (a round trip each), for code that calls
+   * `set_config()` on its own settings or takes session advisory locks. @default 'auto'
+   */
+  resetSession?: 'auto' | 'always';
+  /**
    * `DB_POOL_HEALTH_DETAIL`: health bodies show the server's connections by `application_name`,
    * the URL (password redacted) and the driver's error texts (which can name hosts and
    * addresses). Off by default: health routes are often reachable by more people than the
@@ -118,6 +126,7 @@ export interface DbPoolConfig {
   /** The admin console URL as given (may hold a password; not enumerable). */
   pgbouncerAdminUrl: string | undefined;
   applicationName: string;
+  resetSession: 'auto' | 'always';
   healthDetail: boolean;
   typeorm: NonNullable<DbPoolOptions['typeorm']>;
 }

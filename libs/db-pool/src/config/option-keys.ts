@@ -4,7 +4,9 @@ import type { DbPoolOptions } from './db-pool.options.js';
 export interface OptionKey {
   option: keyof DbPoolOptions;
   env: string;
-  kind: 'int' | 'bool' | 'ascii' | 'url';
+  kind: 'int' | 'bool' | 'ascii' | 'url' | 'enum';
+  /** The allowed words of an `enum` key. */
+  values?: readonly string[];
   min?: number;
   max?: number;
   default?: number | boolean | string;
@@ -42,5 +44,6 @@ export const OPTION_KEYS: readonly OptionKey[] = [
   { option: 'shutdownGrace', env: 'DB_POOL_SHUTDOWN_GRACE', kind: 'int', min: 0, max: 3_600, default: 10, meaning: 'seconds shutdown waits for checked-out connections to come back before it closes them' },
   { option: 'pgbouncerAdminUrl', env: 'DB_PGBOUNCER_ADMIN_URL', kind: 'url', meaning: "PgBouncer's admin console (…/pgbouncer): its SHOW POOLS / SHOW STATS figures join the status, health and metrics" },
   { option: 'applicationName', env: 'DB_APPLICATION_NAME', kind: 'ascii', min: 1, max: 63, meaning: "application_name in pg_stat_activity, printable ASCII of at most 63 characters (default 'db-pool', or 'db-pool:<name>')" },
+  { option: 'resetSession', env: 'DB_POOL_RESET_SESSION', kind: 'enum', values: ['auto', 'always'], default: 'auto', meaning: "when a returned connection's session state is reset (RESET ALL, RESET ROLE, RESET SESSION AUTHORIZATION, UNLISTEN *, pg_advisory_unlock_all()): auto after a checkout that ran SET, RESET or LISTEN or changed a setting the server reports; always after every checkout (one more round trip each), for code that uses set_config() on its own settings or session advisory locks" },
   { option: 'healthDetail', env: 'DB_POOL_HEALTH_DETAIL', kind: 'bool', default: false, meaning: "health bodies show the server's connections by application_name, the connection URL (password redacted) and the driver's error texts, which can name hosts and addresses; off by default because health routes are often reachable by more people than the database" },
 ];

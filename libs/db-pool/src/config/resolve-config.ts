@@ -19,6 +19,8 @@ function allowed(key: OptionKey): string {
       return `must be one of ${[...TRUE_WORDS, ...FALSE_WORDS].join(', ')}`;
     case 'url':
       return `must be a postgres:// or postgresql:// URL with a host, such as ${URL_EXAMPLE}`;
+    case 'enum':
+      return `must be one of ${key.values!.join(', ')}`;
     case 'ascii':
       return `must be printable ASCII (space to ~) of ${key.min} to ${key.max} characters: the server truncates longer values and replaces other characters`;
   }
@@ -55,11 +57,25 @@ function parse(key: OptionKey, raw: unknown): Parsed {
       if (!decodes(url.username) || !decodes(url.password) || url.pathname.includes('@')) throw `${allowed(key)}; ${ENCODE_HINT}`;
       return raw;
     }
+    case 'enum': {
+      const word = String(raw).trim().toLowerCase();
+      if (!key.values!.includes(word)) throw allowed(key);
+      return word;
+    }
     case 'ascii': {
       const text = String(raw);
       if (!isPrintableAscii(text, key.min!, key.max!)) throw allowed(key);
       return text;
     }
+  }
+}
+
+function applicationNameIn(url: string | undefined): string | undefined {
+  if (url === undefined) return undefined;
+  try {
+    return new URL(url).searchParams.get('application_name') ?? undefined;
+  } catch {
+    return undefined; // refused as a URL already
   }
 }
 
@@ -144,8 +160,17 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
     );
   }
 
-  const applicationName = (values.get('applicationName') as string | undefined) ?? (name === DEFAULT_POOL_NAME ? 'db-pool' : `db-pool:${name}`);
-  if (!given.has('applicationName') && !isPrintableAscii(applicationName, 1, 63)) {
+  // pg lets the URL's application_name win over the option: take it as the name, and refuse
+  // two names that disagree rather than print one and connect with the other.
+  const fromUrl = applicationNameIn(url);
+  const givenName = values.get('applicationName') as string | undefined;
+  if (fromUrl !== undefined && givenName !== undefined && fromUrl !== givenName) {
+    problems.push(`${envOf('applicationName')}=${JSON.stringify(givenName)} disagrees with application_name=${JSON.stringify(fromUrl)} in ${envOf('url')}: give one of them`);
+  } else if (fromUrl !== undefined && !isPrintableAscii(fromUrl, 1, 63)) {
+    problems.push(`application_name=${JSON.stringify(fromUrl)} in ${envOf('url')}: ${allowed(OPTION_KEYS.find((k) => k.option === 'applicationName')!)}`);
+  }
+  const applicationName = givenName ?? fromUrl ?? (name === DEFAULT_POOL_NAME ? 'db-pool' : `db-pool:${name}`);
+  if (givenName === undefined && fromUrl === undefined && !isPrintableAscii(applicationName, 1, 63)) {
     problems.push(`${envOf('applicationName')}: not set, and the default derived from the pool name (${JSON.stringify(applicationName)}) is not printable ASCII of at most 63 characters; set ${envOf('applicationName')}`);
   }
 
@@ -182,6 +207,7 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
     shutdownGraceMs: int('shutdownGrace') * 1000,
     pgbouncerAdminUrl: values.get('pgbouncerAdminUrl') as string | undefined,
     applicationName,
+    resetSession: values.get('resetSession') as DbPoolConfig['resetSession'],
     healthDetail: values.get('healthDetail') as boolean,
     typeorm: options.typeorm ?? {},
   };
@@ -197,6 +223,6 @@ export function describeConfig(config: DbPoolConfig): string {
     `max_overflow=${config.maxOverflow}, total_max=${config.poolSize + config.maxOverflow}, ` +
     `timeout=${config.poolTimeoutMs / 1000}s, recycle=${config.recycleMs / 1000}s, pre_ping=${config.prePing}, ` +
     `connect_timeout=${config.connectTimeoutMs / 1000}s, overflow_idle_timeout=${config.overflowIdleTimeoutMs / 1000}s, ` +
-    `leak_threshold=${config.leakThresholdMs > 0 ? `${config.leakThresholdMs / 1000}s, leak_stack_rate=${config.leakStackRate}/s` : 'off'}, application_name=${config.applicationName}`
+    `leak_threshold=${config.leakThresholdMs > 0 ? `${config.leakThresholdMs / 1000}s, leak_stack_rate=${config.leakStackRate}/s` : 'off'}, reset_session=${config.resetSession}, application_name=${config.applicationName}`
   );
 }

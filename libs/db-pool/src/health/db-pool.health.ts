@@ -39,21 +39,15 @@ export class DbPoolHealthIndicator {
   }
 
   /**
-   * Ready when the pool is not critical and `SELECT 1` answers within the health timeout. An
-   * exhausted pool is refused without a query; a probe never queues longer than the timeout,
-   * and a connection whose answer is late is kept only if it answers within
-   * DB_VALIDATION_TIMEOUT_MS.
+   * Ready when `SELECT 1` answers within the health timeout, acquire included. A busy pool is
+   * not refused for its utilization: under a spike every replica would turn unready at once
+   * while requests are still being served. One whose connections do not come back within the
+   * timeout fails the probe, and no probe waits longer. A connection whose `SELECT 1` answers
+   * late is kept only if it answers within DB_VALIDATION_TIMEOUT_MS.
    */
   async ready(name: string): Promise<HealthIndicatorResult> {
     const monitor = this.registry.get(name);
     const session = this.indicators.check(name);
-    const status = monitor.getPoolStatus();
-    // An exhausted pool is refused without a query; one that cannot connect is probed anyway,
-    // since the probe's own connection attempt is what tells that the server is back.
-    const cannotConnect = status.connect_failing && status.checked_out + status.checked_in === 0;
-    if (status.health === 'critical' && !cannotConnect) {
-      return session.down({ message: `pool is critical: ${status.utilization}% of capacity in use, ${status.waiting} waiting`, pool_status: status });
-    }
     const timeoutMs = monitor.config.healthTimeoutMs;
     const started = performance.now();
     try {

@@ -1,3 +1,5 @@
+import { IDLE_IN_TRANSACTION_MIN_S } from './server-headroom.js';
+
 /** Every recommendation text in one place; the parameterised ones are functions. */
 export const RECOMMENDATIONS = {
   HEALTHY: 'Pool is healthy. No action needed.',
@@ -14,7 +16,7 @@ export const RECOMMENDATIONS = {
     `(max_connections=${max}, superuser_reserved_connections=${reserved}, ${others} in use by other applications). ` +
     `Lower DB_POOL_SIZE/DB_MAX_OVERFLOW, raise max_connections, or put PgBouncer in front.`,
   IDLE_IN_TRANSACTION: (count: number, applicationName: string) =>
-    `${count} server connection(s) of ${applicationName} are "idle in transaction": a transaction is being left open; set idle_in_transaction_session_timeout or find the code.`,
+    `${count} server connection(s) of ${applicationName} have been "idle in transaction" for ${IDLE_IN_TRANSACTION_MIN_S} s or more: a transaction is being left open; set idle_in_transaction_session_timeout or find the code.`,
   SERVER_IDLE_TIMEOUT: (ms: number) =>
     `Server idle_session_timeout=${ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`} closes connections idle longer than that: ` +
     `the pool's warm connections will be closed under it and reopened (pre-ping and refill cover it, at a cost); raise or disable it for this role.`,

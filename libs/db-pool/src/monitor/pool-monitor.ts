@@ -94,6 +94,7 @@ export class PoolMonitor {
   private load: LoadSnapshot[] = [];
   private ticker: NodeJS.Timeout | undefined;
   private sampler: NodeJS.Timeout | undefined;
+  private sampling = false;
   private readonly leakWindowMs: number;
   private readonly tickMs: number;
   private readonly adviceWindowMs: number;
@@ -122,9 +123,16 @@ export class PoolMonitor {
     if (this.config.headroomIntervalMs > 0) {
       await Promise.all([this.sampleHeadroom(), this.samplePgBouncer()]);
       for (const advice of this.serverRecommendations()) this.logger.warn(`db-pool "${this.name}": ${advice}`);
-      this.sampler = setInterval(() => void Promise.all([this.sampleHeadroom(), this.samplePgBouncer()]), this.config.headroomIntervalMs);
+      this.sampler = setInterval(() => this.sampleInBackground(), this.config.headroomIntervalMs);
       this.sampler.unref();
     }
+  }
+
+  /** One round of background samples, skipped while the previous one is still out (a slow server must not pile up acquires). */
+  private sampleInBackground(): void {
+    if (this.sampling) return;
+    this.sampling = true;
+    void Promise.all([this.sampleHeadroom(), this.samplePgBouncer()]).finally(() => (this.sampling = false));
   }
 
   stop(): void {
@@ -156,7 +164,7 @@ export class PoolMonitor {
       overflow: Math.max(0, total - size),
       max_overflow: this.config.maxOverflow,
       utilization: Math.round((active / capacity) * 1000) / 10,
-      health: this.healthOf(active, capacity, active + idle, failing),
+      health: this.healthOf(active, capacity, idle, failing),
       total_capacity: capacity,
       waiting,
       connect_failing: failing,
@@ -248,7 +256,7 @@ export class PoolMonitor {
   /** Takes a headroom sample now; failures keep the previous sample. */
   async sampleHeadroom(): Promise<ServerHeadroom | null> {
     try {
-      this.headroom = await sampleServerHeadroom(this.pool, this.config.applicationName, this.config.healthTimeoutMs);
+      this.headroom = await sampleServerHeadroom(this.pool, this.config.healthTimeoutMs);
     } catch (err) {
       this.logger.debug?.(`db-pool "${this.name}": server headroom not sampled: ${scrubSecrets((err as Error).message)}`);
     }
@@ -273,9 +281,13 @@ export class PoolMonitor {
     return this.pgbouncer;
   }
 
-  /** From exact counts, not the rounded utilization: every accepted threshold can be crossed. */
-  private healthOf(active: number, capacity: number, open: number, connectFailing: boolean): PoolHealth {
-    if (connectFailing && open === 0) return 'critical';
+  /**
+   * From exact counts, not the rounded utilization: every accepted threshold can be crossed. A
+   * pool with no free connection that cannot open one is critical whatever its utilization: the
+   * server gave fewer connections than configured, or none.
+   */
+  private healthOf(active: number, capacity: number, idle: number, connectFailing: boolean): PoolHealth {
+    if (connectFailing && idle === 0) return 'critical';
     if (active * 100 > this.config.criticalUtilization * capacity) return 'critical';
     if (connectFailing || active * 100 > this.config.warnUtilization * capacity) return 'warning';
     return 'healthy';
@@ -288,7 +300,10 @@ export class PoolMonitor {
 
   private trackExhaustion(): void {
     const status = this.getPoolStatus();
-    const exhausted = status.overflow >= status.max_overflow && status.checked_out * 100 > this.config.criticalUtilization * status.total_capacity;
+    // Exhausted: every connection is in use and no more can be had — at capacity, or the server
+    // refuses more (max_connections, a role's CONNECTION LIMIT) below it.
+    const atCapacity = status.overflow >= status.max_overflow && status.checked_out * 100 > this.config.criticalUtilization * status.total_capacity;
+    const exhausted = atCapacity || (status.checked_in === 0 && status.checked_out > 0 && status.connect_failing);
     if (!exhausted) this.exhaustedSince = undefined;
     else this.exhaustedSince ??= performance.now();
   }

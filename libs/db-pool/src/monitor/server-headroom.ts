@@ -9,9 +9,9 @@ export interface ServerHeadroom {
   available: number;
   /** Client connections open on the server, all applications. */
   in_use: number;
-  /** Of those, this pool's (by application_name). */
+  /** Of those, this pool's: the connections with the application_name the server gave the sampling connection. */
   in_use_by_pool: number;
-  /** This pool's connections that are "idle in transaction". */
+  /** This pool's connections that have been "idle in transaction" for 5 s or more (a transaction left open). */
   idle_in_transaction: number;
   /** available − in_use. */
   headroom: number;
@@ -21,8 +21,18 @@ export interface ServerHeadroom {
   by_application?: { application_name: string; state: string; count: number }[];
 }
 
+/** How long a connection must sit "idle in transaction" to count as a transaction left open. */
+export const IDLE_IN_TRANSACTION_MIN_S = 5;
+
+// The pool's own connections are found by the application_name the server reports for the
+// sampling connection (one of them), so a name the server truncated or took from the URL is
+// matched as it is.
 const SAMPLE = `
 SELECT current_setting('max_connections')::int AS max_connections,
+       current_setting('application_name') AS own_name,
+       (SELECT count(*)::int FROM pg_stat_activity
+         WHERE backend_type = 'client backend' AND application_name = current_setting('application_name')
+           AND state LIKE 'idle in transaction%' AND now() - state_change >= interval '${IDLE_IN_TRANSACTION_MIN_S} seconds') AS idle_in_transaction,
        current_setting('superuser_reserved_connections')::int AS superuser_reserved_connections,
        coalesce((SELECT setting::int FROM pg_settings WHERE name = 'idle_session_timeout'), 0) AS idle_session_timeout_ms,
        coalesce((SELECT json_agg(json_build_object('application_name', application_name, 'state', state, 'count', n) ORDER BY application_name, state)
@@ -30,15 +40,19 @@ SELECT current_setting('max_connections')::int AS max_connections,
                          FROM pg_stat_activity WHERE backend_type = 'client backend' GROUP BY 1, 2) s), '[]'::json) AS by_application`;
 
 /** Takes one sample through the pool, within `timeoutMs` in all; never queues behind a busy pool. */
-export async function sampleServerHeadroom(pool: DbPool, applicationName: string, timeoutMs: number): Promise<ServerHeadroom> {
+export async function sampleServerHeadroom(pool: DbPool, timeoutMs: number): Promise<ServerHeadroom> {
   const {
     rows: [row],
-  } = await pool.queryWithin<{ max_connections: number; superuser_reserved_connections: number; idle_session_timeout_ms: number; by_application: NonNullable<ServerHeadroom['by_application']> }>(
-    SAMPLE,
-    timeoutMs,
-  );
+  } = await pool.queryWithin<{
+    max_connections: number;
+    own_name: string;
+    idle_in_transaction: number;
+    superuser_reserved_connections: number;
+    idle_session_timeout_ms: number;
+    by_application: NonNullable<ServerHeadroom['by_application']>;
+  }>(SAMPLE, timeoutMs);
   const inUse = row.by_application.reduce((n, r) => n + r.count, 0);
-  const ours = row.by_application.filter((r) => r.application_name === applicationName);
+  const ours = row.by_application.filter((r) => r.application_name === row.own_name);
   const available = row.max_connections - row.superuser_reserved_connections;
   return {
     sampled_at: new Date().toISOString(),
@@ -47,7 +61,7 @@ export async function sampleServerHeadroom(pool: DbPool, applicationName: string
     available,
     in_use: inUse,
     in_use_by_pool: ours.reduce((n, r) => n + r.count, 0),
-    idle_in_transaction: ours.filter((r) => r.state.startsWith('idle in transaction')).reduce((n, r) => n + r.count, 0),
+    idle_in_transaction: row.idle_in_transaction,
     headroom: available - inUse,
     idle_session_timeout_ms: row.idle_session_timeout_ms,
     by_application: row.by_application,

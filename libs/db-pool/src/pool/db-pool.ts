@@ -4,7 +4,7 @@ import { PoolClosedError, PoolConnectError, PoolReleaseError, PoolTimeoutError, 
 import { scrubSecrets } from '../redact.js';
 import { createPoolTimings, type PoolTimings } from './histogram.js';
 import { CheckoutLeakTracker, type CheckoutSite, type LeakTracker, NO_LEAK_TRACKING, type StackCaptureStats } from './leak-tracker.js';
-import { connectionLost } from './pg-internals.js';
+import { connectionLost, destroySocket, queuedQueries } from './pg-internals.js';
 
 /** What db-pool adds to pg-pool's options. Durations in milliseconds. */
 export interface DbPoolSettings {
@@ -25,8 +25,14 @@ export interface DbPoolSettings {
   recycleJitter: number;
   prePing: boolean;
   prePingBypassMs: number;
-  /** Bound on a pre-ping and on the rollback of a connection returned inside a transaction. */
+  /** Bound on a pre-ping, on the rollback of a connection returned inside a transaction, and on a connection's close. */
   validationTimeoutMs: number;
+  /**
+   * When a returned connection's session state is reset (`RESET ALL`, `RESET ROLE`, `RESET
+   * SESSION AUTHORIZATION`, `UNLISTEN *`, `pg_advisory_unlock_all()`): `auto` after a checkout
+   * that ran SET, RESET or LISTEN or changed a reported setting; `always` after every checkout.
+   */
+  resetSession: 'auto' | 'always';
   /** Checkouts held longer than this are logged with their stack (0 = off). */
   leakThresholdMs: number;
   /** Checkout stacks captured per second at most, while leak tracking is on (0 = none). */
@@ -70,6 +76,8 @@ export interface DbPoolCounters {
   prePingFailures: number;
   /** Connections rolled back on return because they were inside a transaction. */
   resets: number;
+  /** Connections whose session state (settings, role, LISTEN, advisory locks) was reset on return. */
+  sessionResets: number;
   /** Connections discarded because the rollback on return failed. */
   resetFailures: number;
   /** Connections retired because they outlived `recycleMs`. */
@@ -124,12 +132,22 @@ const LAST_USED = Symbol('dbPool.lastUsed');
 const CHECKED_OUT_AT = Symbol('dbPool.checkedOutAt');
 /** Set when the server sent a FATAL error: the connection is closing, whatever pg says yet. */
 const DEAD = Symbol('dbPool.dead');
+/** Set when a checkout changed the session (SET, RESET, LISTEN, a reported setting): reset it on return. */
+const SESSION_CHANGED = Symbol('dbPool.sessionChanged');
+/**
+ * Undoes what a borrower may have left on the session. Not DISCARD ALL: that would also drop
+ * the named prepared statements pg keeps track of on the client, which would then fail.
+ */
+const RESET_SESSION = 'RESET ALL; RESET ROLE; RESET SESSION AUTHORIZATION; UNLISTEN *; SELECT pg_advisory_unlock_all()';
+/** Command tags after which a session may differ from a fresh one. */
+const SESSION_COMMANDS = new Set(['SET', 'RESET', 'LISTEN']);
 /** LAST_USED of a connection opened for the caller about to get it: no need to validate it. */
 const JUST_OPENED = -1;
 type TrackedClient = pg.PoolClient & {
   [LAST_USED]?: number;
   [CHECKED_OUT_AT]?: number;
   [DEAD]?: boolean;
+  [SESSION_CHANGED]?: boolean;
   getTransactionStatus?(): string | null;
   /** pg's own: the query on the wire, until its ReadyForQuery arrives. */
   _getActiveQuery?(): unknown;
@@ -165,6 +183,7 @@ export class DbPool extends pg.Pool {
     prePings: 0,
     prePingFailures: 0,
     resets: 0,
+    sessionResets: 0,
     resetFailures: 0,
     recycled: 0,
     clientErrors: 0,
@@ -303,24 +322,28 @@ export class DbPool extends pg.Pool {
     clearTimeout(this.fillTimer);
     this.leaks.stop();
     if (this.ending) return callback ? super.end(callback) : super.end();
-    // pg-pool's ending pulse neither serves nor fails the queue: tell every waiter now.
-    for (const item of this.internals._pendingQueue.splice(0)) item.callback(new PoolClosedError(this.settings.name, this.state()));
+    // pg-pool's ending pulse neither serves nor fails the queue: every waiter is told, each on
+    // its own tick, so that a callback that throws cannot stop the shutdown or the others.
+    const waiters = this.internals._pendingQueue.splice(0);
+    const state = { ...this.state(), waiting: waiters.length };
     // Not unref'd: a shutdown under way keeps the process alive until it has finished.
     const grace = setTimeout(() => this.closeCheckedOut(), this.settings.shutdownGraceMs);
     const done = () => clearTimeout(grace);
-    if (callback) {
-      return super.end(() => {
-        done();
-        callback();
-      });
-    }
-    return super.end().finally(done);
+    const ended = callback
+      ? super.end(() => {
+          done();
+          callback();
+        })
+      : super.end().finally(done);
+    for (const item of waiters) process.nextTick(() => item.callback(new PoolClosedError(this.settings.name, state)));
+    return ended;
   }
 
   private closeCheckedOut(): void {
     const pool = this.internals;
     const left = pool._clients.slice();
-    if (this.ended || left.length === 0) return;
+    if (this.ended) return;
+    if (left.length === 0) return pool._pulseQueue(); // ends the pool if a close is all that was left
     this.logger.warn(`db-pool "${this.settings.name}": closing ${left.length} connection(s) still checked out or being opened ${this.settings.shutdownGraceMs / 1000} s after shutdown began`);
     // A connection still being opened: pg never calls back a client ended while it connects,
     // so its caller is failed here, not left to its own deadline.
@@ -379,7 +402,28 @@ export class DbPool extends pg.Pool {
     };
     this.connecting.add(handOver);
     pendingItem.callback = handOver;
-    (pg.Pool.prototype as unknown as PgPoolInternals).newClient.call(this, pendingItem);
+    try {
+      (pg.Pool.prototype as unknown as PgPoolInternals).newClient.call(this, pendingItem);
+    } catch (err) {
+      // pg builds the client synchronously and can throw there (an unreadable sslrootcert,
+      // EMFILE): a failed connection attempt like any other, not an exception in the caller.
+      process.nextTick(() => handOver(err as Error));
+    }
+  }
+
+  /**
+   * pg-pool's own: takes a client out of the pool and closes it politely, calling back once the
+   * server has closed its end. A server that never does (a hung backend) would hold the slot,
+   * and shutdown, forever: past DB_VALIDATION_TIMEOUT_MS the socket is destroyed.
+   */
+  _remove(client: pg.PoolClient, callback?: () => void): void {
+    (pg.Pool.prototype as unknown as PgPoolInternals)._remove.call(this, client, callback);
+    if ((client as unknown as { _ended?: boolean })._ended) return;
+    const timer = setTimeout(() => destroySocket(client), this.settings.validationTimeoutMs);
+    timer.unref();
+    client.once('end', () => clearTimeout(timer));
+    // The slot is free now: serve a waiter without waiting for the close.
+    if (!this.ending && this.internals._pendingQueue.length > 0) process.nextTick(() => this.internals._pulseQueue());
   }
 
   private acquire(timeoutMs: number, probe: boolean, site: CheckoutSite | undefined, callback: Callback): void {
@@ -396,7 +440,7 @@ export class DbPool extends pg.Pool {
     const waiter: Callback = (err, client) => this.onClient(acquire, waiter, err, client);
     acquire.waiter = waiter;
     super.connect(waiter);
-    if (acquire.timer) return;
+    if (acquire.timer || acquire.done) return;
     // A caller that an idle connection will serve on the next tick needs no timer.
     const queue = this.internals._pendingQueue;
     const queued = queue.length > 0 && queue[queue.length - 1].callback === waiter;
@@ -499,8 +543,10 @@ export class DbPool extends pg.Pool {
       client[CHECKED_OUT_AT] = undefined; // back, or on its way: no longer a checkout's age
       this.timings.use.observe((now - checkedOutAt) / 1000);
       this.leaks.checkin(client);
-      // A socket that has already died cannot settle: drop it now, not after a timeout.
-      if (err || client[DEAD] || connectionLost(client)) return release(err ?? true);
+      // A socket that has already died cannot settle: drop it now, not after a timeout. Queries
+      // the caller queued before releasing would run in the next borrower's checkout: drop those
+      // with the connection (they fail with pg's "Client was closed").
+      if (err || client[DEAD] || connectionLost(client) || queuedQueries(client) > 0) return release(err ?? true);
       // Released before the server's ReadyForQuery: an error answer (pg calls back before the
       // ReadyForQuery that carries the transaction status), or a query abandoned by
       // query_timeout. Wait for the server to settle.
@@ -542,7 +588,24 @@ export class DbPool extends pg.Pool {
   private resetAndRelease(client: TrackedClient, release: (err?: Error | boolean) => void): void {
     const status = client.getTransactionStatus?.();
     if (status === 'T' || status === 'E') return this.rollbackAndRelease(client, release);
+    if (client[SESSION_CHANGED] || this.settings.resetSession === 'always') return this.resetSessionAndRelease(client, release);
     release();
+  }
+
+  /** Undoes session state a borrower left (settings, role, LISTEN, advisory locks), or discards the connection. */
+  private resetSessionAndRelease(client: TrackedClient, release: (err?: Error | boolean) => void): void {
+    this.counters.sessionResets++;
+    client[SESSION_CHANGED] = false;
+    client.query({ text: RESET_SESSION, query_timeout: this.settings.validationTimeoutMs } as pg.QueryConfig, (err: Error | null) => {
+      // The reset's own RESET marks the session changed again: it is clean now.
+      client[SESSION_CHANGED] = false;
+      if (err) {
+        this.counters.resetFailures++;
+        this.logger.warn(`db-pool "${this.settings.name}": could not reset the session state of a returned connection; discarding it`);
+        return release(err);
+      }
+      release();
+    });
   }
 
   /** A connection handed back inside a transaction is rolled back, or discarded, before reuse. */
@@ -554,7 +617,9 @@ export class DbPool extends pg.Pool {
         this.logger.warn(`db-pool "${this.settings.name}": could not roll back a connection returned inside a transaction; discarding it`);
         return release(err ?? true);
       }
-      release();
+      // A SET inside the transaction that was just rolled back is undone too; one committed
+      // before it, or a LISTEN, is not: the session reset covers what is left.
+      this.resetAndRelease(client, release);
     });
   }
 
@@ -571,8 +636,18 @@ export class DbPool extends pg.Pool {
     // before the socket's end does; mark the connection so it is not handed out in between.
     // Prepended: pg's own handler calls the query back synchronously, and a caller that releases
     // there must already see the mark.
-    (client.connection as NodeJS.EventEmitter | undefined)?.prependListener('errorMessage', (msg: { severity?: string }) => {
+    const connection = client.connection as NodeJS.EventEmitter | undefined;
+    connection?.prependListener('errorMessage', (msg: { severity?: string }) => {
       if (msg.severity === 'FATAL' || msg.severity === 'PANIC') client[DEAD] = true;
+    });
+    // Session state a borrower may leave behind: SET (role, settings), LISTEN, and any change
+    // the server reports (a reported setting changed by set_config(), say).
+    connection?.on('commandComplete', (msg: { text?: string }) => {
+      const text = msg.text ?? '';
+      if (SESSION_COMMANDS.has(text)) client[SESSION_CHANGED] = true;
+    });
+    connection?.on('parameterStatus', () => {
+      client[SESSION_CHANGED] = true;
     });
     const { recycleMs, recycleJitter } = this.settings;
     if (recycleMs > 0) {
@@ -643,7 +718,8 @@ export class DbPool extends pg.Pool {
 
   /** Opens one new connection and puts it straight into the idle list. */
   private openOne(done: (err?: Error) => void): void {
-    if (this.ending || this.totalCount >= this.settings.poolSize + this.settings.maxOverflow) return done();
+    if (this.ending) return done(new PoolClosedError(this.settings.name, this.state()));
+    if (this.totalCount >= this.settings.poolSize + this.settings.maxOverflow) return done();
     this.internals.newClient({
       callback: (err, client) => {
         if (err) return done(err);

@@ -8,6 +8,9 @@ interface PgClientState {
   _ending?: boolean;
   /** true once the socket has closed. */
   _ended?: boolean;
+  /** Queries handed to the client and not sent yet (pg sends one at a time). */
+  _queryQueue?: unknown[];
+  connection?: { stream?: { destroy(): void } };
 }
 
 /**
@@ -17,4 +20,14 @@ interface PgClientState {
 export function connectionLost(client: pg.ClientBase): boolean {
   const state = client as unknown as PgClientState;
   return state._queryable === false || state._ending === true || state._ended === true;
+}
+
+/** Queries the caller queued on the client that pg has not sent yet. */
+export function queuedQueries(client: pg.ClientBase): number {
+  return (client as unknown as PgClientState)._queryQueue?.length ?? 0;
+}
+
+/** Closes the client's socket at once, without waiting for the server to close its end. */
+export function destroySocket(client: pg.ClientBase): void {
+  (client as unknown as PgClientState).connection?.stream?.destroy();
 }

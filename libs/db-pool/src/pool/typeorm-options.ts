@@ -17,6 +17,7 @@ export function toPoolSettings(config: DbPoolConfig, logger?: DbPoolLogger): DbP
     prePing: config.prePing,
     prePingBypassMs: config.prePingBypassMs,
     validationTimeoutMs: config.validationTimeoutMs,
+    resetSession: config.resetSession,
     leakThresholdMs: config.leakThresholdMs,
     leakStackRate: config.leakStackRate,
     shutdownGraceMs: config.shutdownGraceMs,
