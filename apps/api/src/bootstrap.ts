@@ -1,5 +1,6 @@
 import type { INestApplication, LoggerService } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
+import type { Server } from 'node:http';
 import type { DbPoolOptions } from '@db-pool/db-pool';
 import { AppModule } from './app.module.js';
 
@@ -15,21 +16,36 @@ export async function createApp(
 }
 
 /**
- * Stops accepting connections, lets in-flight requests finish, then runs the shutdown hooks
- * (TypeORM destroys the DataSource, which drains and ends the pool).
+ * On SIGTERM or SIGINT: readiness turns 503 for `shutdownDelayMs` (Terminus), then the server
+ * stops accepting, in-flight requests finish, and the shutdown hooks run (TypeORM destroys the
+ * DataSource, which drains and ends the pool). Responses from then on say `Connection: close`,
+ * so keep-alive clients move on; requests still running `shutdownTimeoutMs` after the server
+ * stopped accepting (a client that stalls mid-body, a query on a server that stopped answering)
+ * have their connections closed, so shutdown always finishes. Further signals are ignored.
  */
-export function closeOnSignals(app: INestApplication, onClosed: (code: number) => void): void {
+export function closeOnSignals(
+  app: INestApplication,
+  onClosed: (code: number) => void,
+  options: { shutdownDelayMs: number; shutdownTimeoutMs: number } = { shutdownDelayMs: 0, shutdownTimeoutMs: 10_000 },
+): void {
   let closing = false;
-  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-    process.once(signal, () => {
-      if (closing) return;
-      closing = true;
-      // Nest's close() takes the signal (its typings don't say so); Terminus needs it to hold
-      // readiness at 503 for SHUTDOWN_DELAY_MS before the server closes.
-      (app as unknown as { close(signal?: string): Promise<void> }).close(signal).then(
-        () => onClosed(0),
-        () => onClosed(1),
-      );
-    });
-  }
+  app.use((_req: unknown, res: { setHeader(name: string, value: string): void }, next: () => void) => {
+    if (closing) res.setHeader('Connection', 'close');
+    next();
+  });
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (closing) return; // not `once`: a second signal would otherwise get Node's default, an abrupt exit
+    closing = true;
+    const server = app.getHttpServer() as Server;
+    const force = setTimeout(() => server.closeAllConnections(), options.shutdownDelayMs + options.shutdownTimeoutMs);
+    force.unref();
+    // Nest's close() takes the signal (its typings don't say so); Terminus needs it to hold
+    // readiness at 503 for SHUTDOWN_DELAY_MS before the server closes.
+    (app as unknown as { close(signal?: string): Promise<void> }).close(signal).then(
+      () => onClosed(0),
+      () => onClosed(1),
+    );
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
 }

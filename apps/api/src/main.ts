@@ -6,12 +6,17 @@ import { readEnvironment } from './environment.js';
 const logger = new Logger('api');
 
 async function main(): Promise<void> {
-  const { port, host } = readEnvironment(process.env);
+  const environment = readEnvironment(process.env);
+  const { port, host } = environment;
   const app = await createApp();
-  closeOnSignals(app, (code) => {
-    logger.log('shut down');
-    process.exit(code);
-  });
+  closeOnSignals(
+    app,
+    (code) => {
+      logger.log('shut down');
+      process.exit(code);
+    },
+    environment,
+  );
   await app.listen(port, host);
   logger.log(`API listening on http://localhost:${port} (health: /health/live, items: /items)`);
 }

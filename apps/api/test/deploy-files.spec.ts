@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse, parseAllDocuments } from 'yaml';
 import { createApp } from '../src/bootstrap.js';
+import { resolveDbPoolConfig } from '@db-pool/db-pool';
 import { ACCEPTED_ENV_KEYS, readEnvironment } from '../src/environment.js';
 
 const docker = fileURLToPath(new URL('../../../docker/', import.meta.url));
@@ -86,6 +87,13 @@ describe('docker/ and Kubernetes files agree with the app', () => {
     const secret = parse(read('k8s/secret.example.yaml'));
     expect(secret).toMatchObject({ kind: 'Secret', metadata: { name: 'db-pool-api-db' } });
     expect(Object.keys(secret.stringData)).toEqual(['url']);
+  });
+
+  it("Kubernetes: the api's whole shutdown (delay, request drain, pool grace) fits in the pod's termination grace", () => {
+    const env = Object.fromEntries((container().env as K8sEnv).filter((e) => e.value !== undefined).map((e) => [e.name, e.value!]));
+    const { shutdownDelayMs, shutdownTimeoutMs } = readEnvironment({ ...env, DATABASE_URL: 'postgres://x@db/app' });
+    const poolGraceMs = resolveDbPoolConfig({ env: { ...env, DATABASE_URL: 'postgres://x@db/app' } }).shutdownGraceMs;
+    expect(shutdownDelayMs + shutdownTimeoutMs + poolGraceMs).toBeLessThan(deployment().spec.template.spec.terminationGracePeriodSeconds * 1000);
   });
 
   it('ports agree: Dockerfile, compose, Kubernetes, Prometheus, PgBouncer', () => {

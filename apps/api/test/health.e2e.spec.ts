@@ -4,6 +4,7 @@ import type pg from 'pg';
 import { DataSource } from 'typeorm';
 import { type DbPool, getDbPoolToken } from '@db-pool/db-pool';
 import { startEmbeddedPostgres, type EmbeddedPostgres } from '../../../tools/embedded-db.mjs';
+import { eventually } from '../../../libs/db-pool/test/support/db.js';
 import { startApi, type RunningApp } from './support/http.js';
 
 // A server of this file's own, with real password authentication and a password full of
@@ -98,8 +99,8 @@ describe('health routes and metrics over real HTTP', () => {
     await running.close();
   });
 
-  it('> 90 % held: critical, 503; readiness refuses at once; /health/db_pool and /metrics answer in < 100 ms with callers queued', async () => {
-    const running = await start({ poolSize: 4, maxOverflow: 4, poolTimeout: 30 });
+  it('> 90 % held: critical, 503; readiness 503 within its timeout; /health/db_pool and /metrics answer in < 100 ms with callers queued', async () => {
+    const running = await start({ poolSize: 4, maxOverflow: 4, poolTimeout: 30, healthTimeoutMs: 300 });
     const held = await hold(running, 8);
     const queued = Array.from({ length: 5 }, () => held.pool.connect().then((c) => c.release()));
     await sleep(50);
@@ -119,10 +120,11 @@ describe('health routes and metrics over real HTTP', () => {
     expect(metrics.text).toContain('db_client_connections_usage{pool_name="default",state="used"} 8');
     expect(metrics.text).toContain('db_client_connection_utilization_ratio{pool_name="default"} 1');
 
+    // The probe waits its turn behind the queued callers, never longer than its timeout.
     const ready = await running.get('/health/ready');
     expect(ready.status).toBe(503);
-    expect(ready.ms).toBeLessThan(100);
-    expect(ready.body.error.default.message).toMatch(/^pool is critical: 100% of capacity in use, 5 waiting$/);
+    expect(ready.body.error.default.message).toMatch(/^database not reachable within 300 ms: db-pool "default": timed out after 300 ms waiting for a connection \(total=8, active=8, idle=0, waiting=6\)$/);
+    expect(held.pool.counters).toMatchObject({ probeTimeouts: 1, timeouts: 0 });
 
     held.release();
     await Promise.all(queued);
@@ -212,6 +214,22 @@ describe('health routes and metrics over real HTTP', () => {
     expect(running.logger.lines.some((l) => l.level === 'warn' && l.text.includes('Server headroom: 10 replica(s)'))).toBe(true);
     const metrics = await running.get('/metrics');
     expect(metrics.text).toMatch(/db_pool_server_headroom_connections\{pool_name="default"\} \d+/);
+    await running.close();
+  });
+
+  it('saturated but turning over (more callers than connections, every request served): readiness stays 200', async () => {
+    const running = await start({ poolSize: 2, maxOverflow: 0, healthTimeoutMs: 500 });
+    const pool = running.app.get<DbPool>(getDbPoolToken());
+    let stop = false;
+    const workers = Array.from({ length: 8 }, async () => {
+      while (!stop) await pool.query('SELECT pg_sleep(0.005)');
+    });
+    expect(await eventually(() => pool.waitingCount > 0)).toBe(true);
+    const statuses: number[] = [];
+    for (let i = 0; i < 10; i++) statuses.push((await running.get('/health/ready')).status);
+    stop = true;
+    await Promise.all(workers);
+    expect(statuses).toEqual(Array(10).fill(200));
     await running.close();
   });
 

@@ -85,6 +85,21 @@ describe('overload and outage over HTTP', () => {
     expect((await fetch(`${running.base}/items?limit=1`)).status).toBe(200);
   });
 
+  it('every connection in use and the server refusing more, below the configured capacity: critical, not healthy', async () => {
+    const running = await start({ poolSize: 2, maxOverflow: 2, poolTimeout: 2, connectTimeout: 1 });
+    const pool = running.app.get<DbPool>(getDbPoolToken());
+    const held: pg.PoolClient[] = [await pool.connect(), await pool.connect()];
+    try {
+      await proxy.setMode('refuse'); // open connections keep working; the server gives no more
+      expect((await fetch(`${running.base}/items?limit=1`)).status).toBe(503);
+      const health = await running.get('/health/db_pool');
+      expect(health.status).toBe(503);
+      expect(health.body.error.default.pool_status).toMatchObject({ checked_out: 2, checked_in: 0, utilization: 50, health: 'critical', connect_failing: true });
+    } finally {
+      held.forEach((c) => c.release());
+    }
+  });
+
   it('health discloses no more than it must: no other applications, no host or address, unless DB_POOL_HEALTH_DETAIL', async () => {
     const target = new URL(process.env.DATABASE_URL!);
     const quiet = await start({ healthTimeoutMs: 500 });

@@ -84,6 +84,15 @@ describe('the api process: start-up validation and graceful shutdown', () => {
     }
   });
 
+  it('a DATABASE_URL in libpq keyword form or with a slash missing is refused without its password', async () => {
+    for (const given of ['host=db.internal port=5432 user=app password=Tr0ub4dor dbname=shop', 'postgres:/app:Tr0ub4dor@db.internal:5432/shop']) {
+      const run = start({ PORT: String(await freePort()), DATABASE_URL: given });
+      expect(await run.exited).toBe(1);
+      expect(run.output()).toContain('DATABASE_URL="');
+      expect(run.output()).not.toContain('Tr0ub4dor');
+    }
+  });
+
   it('refuses a bad PORT and a missing DATABASE_URL in the same message', async () => {
     const run = start({ PORT: 'eighty' });
     expect(await run.exited).toBe(1);
@@ -124,5 +133,64 @@ describe('the api process: start-up validation and graceful shutdown', () => {
     } finally {
       await admin.end();
     }
+  });
+
+  it('a second SIGTERM during the drain is ignored: the in-flight write finishes and the exit is 0', async () => {
+    const port = await freePort();
+    const run = start({ PORT: String(port), DATABASE_URL: process.env.DATABASE_URL!, DB_POOL_SIZE: '2', DB_MAX_OVERFLOW: '0', SHUTDOWN_DELAY_MS: '300', DB_APPLICATION_NAME: `api-double-${process.pid}` });
+    await waitFor(run, 'API listening');
+    const locker = new pg.Client({ connectionString: process.env.DATABASE_URL });
+    await locker.connect();
+    const tag = `double-signal-${process.pid}-${Date.now()}`;
+    try {
+      await locker.query('BEGIN');
+      await locker.query('LOCK TABLE items IN ACCESS EXCLUSIVE MODE'); // holds the write in flight
+      const post = fetch(`http://127.0.0.1:${port}/items`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: tag }) }).then((r) => r.status);
+      const waiting = async () => (await locker.query("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = $1", [`api-double-${process.pid}`])).rowCount === 1;
+      while (!(await waiting())) await new Promise((r) => setTimeout(r, 20));
+      run.child.kill('SIGTERM');
+      run.child.kill('SIGTERM');
+      await locker.query('COMMIT');
+      expect(await post).toBe(201);
+      expect(await run.exited).toBe(0);
+      expect(run.output()).toContain('shut down');
+    } finally {
+      await locker.query('DELETE FROM items WHERE name = $1', [tag]).catch(() => {});
+      await locker.end();
+    }
+  });
+
+  it('shutdown finishes though a keep-alive client keeps sending and another stalls mid-body: busy connections are closed after SHUTDOWN_TIMEOUT_MS, exit 0', async () => {
+    const port = await freePort();
+    const run = start({ PORT: String(port), DATABASE_URL: process.env.DATABASE_URL!, DB_POOL_SIZE: '2', DB_MAX_OVERFLOW: '0', SHUTDOWN_DELAY_MS: '300', SHUTDOWN_TIMEOUT_MS: '500' });
+    await waitFor(run, 'API listening');
+    const { Agent, get } = await import('node:http');
+    const { connect } = await import('node:net');
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    let stop = false;
+    let closeHeaders = 0;
+    const loop = (async () => {
+      while (!stop) {
+        await new Promise<void>((resolve) => {
+          const req = get({ host: '127.0.0.1', port, path: '/health/live', agent }, (res) => {
+            if (res.headers.connection === 'close') closeHeaders++;
+            res.resume();
+            res.on('end', resolve);
+          });
+          req.on('error', () => setTimeout(resolve, 10));
+        });
+      }
+    })();
+    const stalled = connect(port, '127.0.0.1');
+    stalled.on('error', () => {});
+    stalled.write('POST /items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n{"name":');
+    await new Promise((r) => setTimeout(r, 200));
+    run.child.kill('SIGTERM');
+    expect(await run.exited).toBe(0);
+    stop = true;
+    await loop;
+    agent.destroy();
+    stalled.destroy();
+    expect(closeHeaders).toBeGreaterThan(0); // keep-alive clients were told to go
   });
 });
