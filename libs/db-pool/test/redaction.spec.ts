@@ -61,14 +61,18 @@ describe('secrets: passwords are masked where credentials stand', () => {
   });
 
   it('a connect error under a one-letter password keeps the server message whole', async () => {
+    // "a" is in both answers the server may give: a wrong password (where it checks one) or
+    // the database that does not exist (where it trusts).
     const url = new URL(databaseUrl());
-    url.password = 'x';
-    url.pathname = '/x';
+    url.password = 'a';
+    url.pathname = '/a';
     const pool = createTestPool({ url: url.toString(), poolSize: 1, maxOverflow: 0 });
     try {
       const err = await pool.connect().catch((e: unknown) => e);
       expect(err).toBeInstanceOf(PoolConnectError);
-      expect((err as Error).message).toContain('database "x" does not exist');
+      const message = (err as Error).message;
+      expect(message).toMatch(/database "a" does not exist|password authentication failed for user/);
+      expect(message).not.toContain('***');
     } finally {
       await pool.end();
     }
