@@ -123,7 +123,7 @@ describe('health routes and metrics over real HTTP', () => {
     // The probe waits its turn behind the queued callers, never longer than its timeout.
     const ready = await running.get('/health/ready');
     expect(ready.status).toBe(503);
-    expect(ready.body.error.default.message).toMatch(/^database not reachable within 300 ms: db-pool "default": timed out after 300 ms waiting for a connection \(total=8, active=8, idle=0, waiting=6\)$/);
+    expect(ready.body.error.default.message).toMatch(/^database not reachable within 300 ms: db-pool "default": timeout exceeded when trying to connect: no connection within 300 ms \(total=8, active=8, idle=0, waiting=6\)$/);
     expect(held.pool.counters).toMatchObject({ probeTimeouts: 1, timeouts: 0 });
 
     held.release();

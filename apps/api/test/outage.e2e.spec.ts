@@ -51,7 +51,7 @@ describe('overload and outage over HTTP', () => {
       });
       const write = await fetch(`${running.base}/items`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"name":"never"}' });
       expect(write.status).toBe(503);
-      expect(running.logger.text()).toContain('503 pool_timeout: db-pool "default": timed out after 1000 ms');
+      expect(running.logger.text()).toContain('503 pool_timeout: db-pool "default": timeout exceeded when trying to connect: no connection within 1000 ms');
     } finally {
       held.forEach((c) => c.release());
     }

@@ -7,7 +7,7 @@
  *   node --expose-gc apps/loadtest/dist/soak.js [--duration-s 600]     (npx nx run loadtest:soak)
  */
 import pg from 'pg';
-import { DbPool, resolveDbPoolConfig, toPgClientOptions, toPoolSettings } from '@db-pool/db-pool';
+import { createDbPool } from '@db-pool/db-pool';
 
 const arg = (flag: string, fallback: number) => {
   const i = process.argv.indexOf(flag);
@@ -26,9 +26,7 @@ async function main(): Promise<void> {
   const url = process.env.DATABASE_URL;
   if (!url) throw new Error('DATABASE_URL is not set');
   const name = `soak-${process.pid}`;
-  const config = resolveDbPoolConfig({ url, poolSize: 5, maxOverflow: 5, poolTimeout: 5, overflowIdleTimeout: 1, leakThreshold: 30, applicationName: name, env: {} });
-  const pool = new DbPool({ connectionString: config.url, application_name: name, ...toPgClientOptions(config), dbPool: toPoolSettings(config) });
-  await pool.warmUp();
+  const pool = await createDbPool({ url, poolSize: 5, maxOverflow: 5, poolTimeout: 5, overflowIdleTimeout: 1, leakThreshold: 30, applicationName: name, env: {} });
   await pool.query('CREATE TABLE IF NOT EXISTS soak (id serial PRIMARY KEY, v int)');
   const admin = new pg.Client({ connectionString: url });
   await admin.connect();
@@ -99,7 +97,7 @@ async function main(): Promise<void> {
   const checks = {
     heap_growth_mb: Math.round((heapEnd - heapAfterWarmup) * 10) / 10,
     heap_ok: heapEnd - heapAfterWarmup < HEAP_LIMIT_MB,
-    pool_back_at_size: state.total === config.poolSize && state.active === 0,
+    pool_back_at_size: state.total === pool.settings.poolSize && state.active === 0,
     served: counts.operations > 100,
   };
   const ok = checks.heap_ok && checks.pool_back_at_size && checks.served;

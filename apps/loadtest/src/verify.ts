@@ -4,8 +4,7 @@
  *   npm run verify            (embedded PostgreSQL unless DATABASE_URL is set)
  */
 import 'reflect-metadata';
-import { DataSource, type DataSourceOptions } from 'typeorm';
-import { PoolMonitor, poolOf, resolveDbPoolConfig, toTypeOrmOptions } from '@db-pool/db-pool';
+import { createDbPoolDataSource, PoolMonitor, poolOf, resolveDbPoolConfig } from '@db-pool/db-pool';
 
 const RULE = '='.repeat(80);
 /** Average per sequential query under which pooling is clearly at work (a new connection costs ms). */
@@ -25,9 +24,8 @@ async function main(): Promise<void> {
   out(RULE);
 
   const config = resolveDbPoolConfig();
-  const dataSource = await new DataSource(toTypeOrmOptions(config) as DataSourceOptions).initialize();
+  const dataSource = await createDbPoolDataSource();
   const pool = poolOf(dataSource);
-  await pool.warmUp();
   const monitor = new PoolMonitor(pool, config, { log() {}, warn: (m) => out(`⚠️  ${m}`) });
   try {
     out();

@@ -6,25 +6,24 @@
 import 'reflect-metadata';
 import pg from 'pg';
 import { DataSource, type DataSourceOptions } from 'typeorm';
-import { DbPool, PoolMonitor, PoolTimeoutError, RECOMMENDATIONS, poolOf, resolveDbPoolConfig, toPoolSettings, toTypeOrmOptions, type DbPoolOptions } from '@db-pool/db-pool';
+import { createDbPool, createDbPoolDataSource, type DbPool, PoolMonitor, PoolTimeoutError, RECOMMENDATIONS, poolOf, resolveDbPoolConfig, type DbPoolOptions } from '@db-pool/db-pool';
 import { startEmbeddedPostgres } from '../../../tools/embedded-db.mjs';
 
 const url = () => process.env.DATABASE_URL!;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 let counter = 0;
 
-function build(options: Omit<DbPoolOptions, 'env'> = {}) {
+async function build(options: Omit<DbPoolOptions, 'env'> = {}) {
   const name = `load-${process.pid}-${++counter}`;
-  const config = resolveDbPoolConfig({ url: url(), applicationName: name, env: {}, ...options, name });
-  const pool = new DbPool({ connectionString: config.url, application_name: config.applicationName, dbPool: toPoolSettings(config) });
-  return { pool, config };
+  const all = { url: url(), applicationName: name, env: {}, ...options, name };
+  return { pool: await createDbPool(all), config: resolveDbPoolConfig(all) };
 }
 
 describe('connection pool load suite (the seed\'s 11 tests)', () => {
   const open: DbPool[] = [];
   const monitors: PoolMonitor[] = [];
-  const make = (options: Omit<DbPoolOptions, 'env'> = {}) => {
-    const built = build(options);
+  const make = async (options: Omit<DbPoolOptions, 'env'> = {}) => {
+    const built = await build(options);
     open.push(built.pool);
     return built;
   };
@@ -34,10 +33,8 @@ describe('connection pool load suite (the seed\'s 11 tests)', () => {
   });
 
   it('1. test_single_connection: one query through the TypeORM DataSource', async () => {
-    const config = resolveDbPoolConfig({ url: url(), poolSize: 5, maxOverflow: 5, env: {} });
-    const dataSource = await new DataSource(toTypeOrmOptions(config) as DataSourceOptions).initialize();
+    const dataSource = await createDbPoolDataSource({ url: url(), poolSize: 5, maxOverflow: 5, env: {} });
     try {
-      await poolOf(dataSource).warmUp();
       expect(await dataSource.query('SELECT 1 AS one')).toEqual([{ one: 1 }]);
       expect(poolOf(dataSource).state()).toEqual({ total: 5, active: 0, idle: 5, waiting: 0 });
     } finally {
@@ -46,7 +43,7 @@ describe('connection pool load suite (the seed\'s 11 tests)', () => {
   });
 
   it('2. test_sequential_connections: 50 queries reuse the warm pool, no new connection', async () => {
-    const { pool } = make({ poolSize: 20, maxOverflow: 40 });
+    const { pool } = await make({ poolSize: 20, maxOverflow: 40 });
     await pool.warmUp();
     const created = pool.counters.created;
     const started = performance.now();
@@ -59,7 +56,7 @@ describe('connection pool load suite (the seed\'s 11 tests)', () => {
   });
 
   it('3. test_concurrent_connections_light: 10 concurrent callers', async () => {
-    const { pool } = make({ poolSize: 20, maxOverflow: 40 });
+    const { pool } = await make({ poolSize: 20, maxOverflow: 40 });
     await pool.warmUp();
     const results = await Promise.all(Array.from({ length: 10 }, (_, i) => pool.query<{ n: number }>('SELECT $1::int AS n, pg_sleep(0.05)', [i])));
     expect(results.map((r) => r.rows[0].n)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
@@ -67,7 +64,7 @@ describe('connection pool load suite (the seed\'s 11 tests)', () => {
   });
 
   it('4. test_concurrent_connections_heavy: 50 concurrent callers on 20 + 40, no errors, never past 60', async () => {
-    const { pool } = make({ poolSize: 20, maxOverflow: 40 });
+    const { pool } = await make({ poolSize: 20, maxOverflow: 40 });
     await pool.warmUp();
     let peak = 0;
     const sampler = setInterval(() => (peak = Math.max(peak, pool.totalCount - pool.idleCount)), 1);
@@ -80,7 +77,7 @@ describe('connection pool load suite (the seed\'s 11 tests)', () => {
   });
 
   it('5. test_pool_overflow_behavior: grows into the overflow, then shrinks back to the pool size', async () => {
-    const { pool } = make({ poolSize: 5, maxOverflow: 10, overflowIdleTimeout: 1 });
+    const { pool } = await make({ poolSize: 5, maxOverflow: 10, overflowIdleTimeout: 1 });
     await pool.warmUp();
     await Promise.all(Array.from({ length: 15 }, () => pool.query('SELECT pg_sleep(0.1)')));
     expect(pool.totalCount).toBe(15);
@@ -90,7 +87,7 @@ describe('connection pool load suite (the seed\'s 11 tests)', () => {
   });
 
   it('6. test_pool_exhaustion_timeout: the first caller past capacity gets PoolTimeoutError after DB_POOL_TIMEOUT', async () => {
-    const { pool } = make({ poolSize: 2, maxOverflow: 1, poolTimeout: 1 });
+    const { pool } = await make({ poolSize: 2, maxOverflow: 1, poolTimeout: 1 });
     const held = await Promise.all([pool.connect(), pool.connect(), pool.connect()]);
     const started = performance.now();
     const err = await pool.connect().catch((e: unknown) => e);
@@ -104,7 +101,7 @@ describe('connection pool load suite (the seed\'s 11 tests)', () => {
   });
 
   it('7. test_connection_recycling: 100 sessions over more than a lifetime; connections are replaced, none fails', async () => {
-    const { pool } = make({ poolSize: 3, maxOverflow: 2, recycle: 1, recycleJitter: 20 });
+    const { pool } = await make({ poolSize: 3, maxOverflow: 2, recycle: 1, recycleJitter: 20 });
     await pool.warmUp();
     const pids = new Set<number>();
     for (let session = 0; session < 100; session++) {
@@ -119,7 +116,7 @@ describe('connection pool load suite (the seed\'s 11 tests)', () => {
   });
 
   it('8. test_pool_health_monitoring: healthy, warning and critical as utilization rises', async () => {
-    const { pool, config } = make({ poolSize: 4, maxOverflow: 6 });
+    const { pool, config } = await make({ poolSize: 4, maxOverflow: 6 });
     const monitor = new PoolMonitor(pool, config, { log() {}, warn() {} });
     const held: pg.PoolClient[] = [];
     const healthAt = async (n: number) => {
@@ -137,7 +134,7 @@ describe('connection pool load suite (the seed\'s 11 tests)', () => {
   });
 
   it('9. test_connection_leak_detection: an exhausted pool whose connections do not come back is flagged; a busy one is not', async () => {
-    const { pool, config } = make({ poolSize: 2, maxOverflow: 2 });
+    const { pool, config } = await make({ poolSize: 2, maxOverflow: 2 });
     const warnings: string[] = [];
     const monitor = new PoolMonitor(pool, config, { log() {}, warn: (m) => warnings.push(m) }, { leakWindowMs: 1_000, tickMs: 100 });
     monitors.push(monitor);
@@ -158,7 +155,7 @@ describe('connection pool load suite (the seed\'s 11 tests)', () => {
   });
 
   it('10. test_pool_recommendations: the advice follows the state', async () => {
-    const { pool, config } = make({ poolSize: 2, maxOverflow: 2 });
+    const { pool, config } = await make({ poolSize: 2, maxOverflow: 2 });
     const monitor = new PoolMonitor(pool, config, { log() {}, warn() {} });
     expect(monitor.getRecommendations()).toEqual([RECOMMENDATIONS.HEALTHY]);
     const held = await Promise.all(Array.from({ length: 3 }, () => pool.connect()));
@@ -175,10 +172,8 @@ describe('connection pool load suite (the seed\'s 11 tests)', () => {
   it('11. test_pool_performance_vs_no_pool: pooled queries are at least 10x faster than a connection per query (password auth)', async () => {
     const server = await startEmbeddedPostgres({ authMethod: 'scram-sha-256', password: 'load-test-secret' });
     try {
-      const config = resolveDbPoolConfig({ url: server.url, poolSize: 5, maxOverflow: 0, env: {} });
-      const pool = new DbPool({ connectionString: config.url, dbPool: toPoolSettings(config) });
+      const pool = await createDbPool({ url: server.url, poolSize: 5, maxOverflow: 0, env: {} });
       open.push(pool);
-      await pool.warmUp();
       const N = 50;
       const time = async (fn: () => Promise<unknown>) => {
         const started = performance.now();

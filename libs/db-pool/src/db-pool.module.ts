@@ -1,26 +1,26 @@
 import { type DynamicModule, Logger, Module } from '@nestjs/common';
-import { TypeOrmModule, getDataSourceToken } from '@nestjs/typeorm';
-import { DataSource, type DataSourceOptions } from 'typeorm';
+import { TypeOrmModule } from '@nestjs/typeorm';
 import type { DbPoolConfig, DbPoolOptions } from './config/db-pool.options.js';
 import { DEFAULT_POOL_NAME, describeConfig, resolveDbPoolConfig } from './config/resolve-config.js';
 import { ASYNC_OPTIONS_TYPE, ConfigurableModuleClass, DB_POOL_MODULE_OPTIONS, OPTIONS_TYPE } from './db-pool.module-definition.js';
 import { DbPoolCoreModule } from './db-pool-core.module.js';
 import { PoolMonitor } from './monitor/pool-monitor.js';
 import { DbPoolRegistry } from './monitor/pool-registry.js';
+import { createDbPool } from './create-db-pool.js';
 import type { DbPool } from './pool/db-pool.js';
-import { poolOf, toTypeOrmOptions } from './pool/typeorm-options.js';
+import { toTypeOrmOptions } from './pool/typeorm-options.js';
 import { getDbPoolConfigToken, getDbPoolToken, getPoolMonitorToken } from './tokens.js';
 
 const logger = new Logger('DbPool');
 
-/** Holds one pool's resolved configuration, so TypeORM's async factory can inject it. */
+/** Holds one pool's resolved configuration and the pool, so TypeORM's async factory can inject them. */
 @Module({})
 class DbPoolConfigModule {}
 
 /**
  * Registers a TypeORM DataSource (through `@nestjs/typeorm`, so `TypeOrmModule.forFeature` and
- * `@InjectRepository` work as usual) whose connections come from a {@link DbPool}, warmed
- * before the application starts. Import it once per named pool.
+ * `@InjectRepository` work as usual) whose connections come from a {@link DbPool} built by
+ * {@link createDbPool}, warmed before the application starts. Import it once per named pool.
  */
 @Module({})
 export class DbPoolModule extends ConfigurableModuleClass {
@@ -35,6 +35,7 @@ export class DbPoolModule extends ConfigurableModuleClass {
 
 function withPool(base: DynamicModule, name: string): DynamicModule {
   const configToken = getDbPoolConfigToken(name);
+  const poolToken = getDbPoolToken(name);
   const configModule: DynamicModule = {
     module: DbPoolConfigModule,
     imports: base.imports ?? [],
@@ -49,29 +50,21 @@ function withPool(base: DynamicModule, name: string): DynamicModule {
           return config;
         },
       },
+      {
+        provide: poolToken,
+        // After the configuration: its errors and its start-up line come first.
+        inject: [DB_POOL_MODULE_OPTIONS, configToken],
+        useFactory: (options: DbPoolOptions): Promise<DbPool> => createDbPool({ logger, ...options, name }),
+      },
     ],
-    exports: [configToken],
+    exports: [configToken, poolToken],
   };
+  // TypeORM ends the pool when the DataSource is destroyed (application shutdown).
   const typeOrm = TypeOrmModule.forRootAsync({
     name: name === DEFAULT_POOL_NAME ? undefined : name,
     imports: [configModule],
-    inject: [configToken],
-    useFactory: (config: DbPoolConfig) => toTypeOrmOptions(config, logger),
-    dataSourceFactory: async (options) => {
-      const dataSource = await new DataSource(options as DataSourceOptions).initialize();
-      const pool = poolOf(dataSource);
-      try {
-        await pool.warmUp();
-      } catch (err) {
-        // The server answered TypeORM, so it is reachable: start with what could be opened
-        // (a role's CONNECTION LIMIT, say) rather than not at all, and say so.
-        logger.warn(
-          `db-pool "${name}": warmed ${pool.totalCount} of ${pool.settings.poolSize} connections: ${(err as Error).message}; ` +
-            `the pool opens more on demand, up to ${pool.settings.poolSize + pool.settings.maxOverflow}`,
-        );
-      }
-      return dataSource;
-    },
+    inject: [configToken, poolToken],
+    useFactory: (config: DbPoolConfig, pool: DbPool) => toTypeOrmOptions(config, pool),
   });
   return {
     module: DbPoolModule,
@@ -79,13 +72,8 @@ function withPool(base: DynamicModule, name: string): DynamicModule {
     imports: [DbPoolCoreModule, configModule, typeOrm],
     providers: [
       {
-        provide: getDbPoolToken(name),
-        inject: [getDataSourceToken(name === DEFAULT_POOL_NAME ? undefined : name)],
-        useFactory: poolOf,
-      },
-      {
         provide: getPoolMonitorToken(name),
-        inject: [getDbPoolToken(name), configToken, DbPoolRegistry],
+        inject: [poolToken, configToken, DbPoolRegistry],
         useFactory: (pool: DbPool, config: DbPoolConfig, registry: DbPoolRegistry) => {
           const monitor = new PoolMonitor(pool, config, logger);
           registry.add(monitor);
@@ -93,6 +81,6 @@ function withPool(base: DynamicModule, name: string): DynamicModule {
         },
       },
     ],
-    exports: [configModule, getDbPoolToken(name), getPoolMonitorToken(name)],
+    exports: [configModule, getPoolMonitorToken(name)],
   };
 }

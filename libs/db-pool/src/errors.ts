@@ -1,8 +1,8 @@
 /** The pool's counters at the moment an error was raised. */
 export interface PoolState {
-  /** Connections open (checked out + idle). */
+  /** Connections open or being opened. */
   total: number;
-  /** Connections checked out. */
+  /** Connections checked out (or being validated or reset for a caller). */
   active: number;
   /** Connections open and waiting in the pool. */
   idle: number;
@@ -14,8 +14,20 @@ export function describeState(state: PoolState): string {
   return `total=${state.total}, active=${state.active}, idle=${state.idle}, waiting=${state.waiting}`;
 }
 
+/** What a typed error copies from the driver's error it wraps, so `err.code` checks keep working. */
+const DRIVER_FIELDS = ['code', 'errno', 'syscall', 'severity', 'detail', 'hint', 'routine'] as const;
+
 /** Base class of every error a db-pool acquire rejects with. */
 export class PoolAcquireError extends Error {
+  /** The driver's code (`ECONNREFUSED`, `28P01`, `53300`, …), copied from the cause. */
+  readonly code?: string;
+  readonly errno?: number;
+  readonly syscall?: string;
+  readonly severity?: string;
+  readonly detail?: string;
+  readonly hint?: string;
+  readonly routine?: string;
+
   constructor(
     message: string,
     readonly poolName: string,
@@ -24,10 +36,20 @@ export class PoolAcquireError extends Error {
   ) {
     super(message, options);
     this.name = new.target.name;
+    const cause = options?.cause as Record<string, unknown> | undefined;
+    if (cause && typeof cause === 'object') {
+      for (const field of DRIVER_FIELDS) {
+        if (cause[field] !== undefined) (this as Record<string, unknown>)[field] = cause[field];
+      }
+    }
   }
 }
 
-/** No connection became free within `DB_POOL_TIMEOUT`. */
+/**
+ * No connection became free within the acquire deadline (`DB_POOL_TIMEOUT`, or pg's
+ * `connectionTimeoutMillis`). The message keeps pg-pool's own text, which code in the wild
+ * matches on.
+ */
 export class PoolTimeoutError extends PoolAcquireError {
   constructor(
     poolName: string,
@@ -36,7 +58,7 @@ export class PoolTimeoutError extends PoolAcquireError {
     options?: { cause?: unknown },
   ) {
     super(
-      `db-pool "${poolName}": timed out after ${timeoutMs} ms waiting for a connection (${describeState(state)})`,
+      `db-pool "${poolName}": timeout exceeded when trying to connect: no connection within ${timeoutMs} ms (${describeState(state)})`,
       poolName,
       state,
       options,
@@ -61,11 +83,25 @@ export class PoolClosedError extends PoolAcquireError {
   }
 }
 
-/** A client was handed back twice in one checkout. */
-export class PoolReleaseError extends Error {
-  constructor(readonly poolName: string) {
-    super(`db-pool "${poolName}": release called on a client that was already released to the pool`);
-    this.name = 'PoolReleaseError';
+/**
+ * A client was used after it was released: its connection may belong to another caller now,
+ * so nothing was done with it.
+ */
+export class PoolLeaseError extends Error {
+  constructor(
+    readonly poolName: string,
+    readonly member: string,
+    message = `db-pool "${poolName}": ${member} called on a client that was released to the pool; check out another one`,
+  ) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+
+/** A client was handed back twice: `release()` on a client already released. */
+export class PoolReleaseError extends PoolLeaseError {
+  constructor(poolName: string) {
+    super(poolName, 'release', `db-pool "${poolName}": release called on a client that was already released to the pool`);
   }
 }
 

@@ -6,7 +6,7 @@ describe('a connection whose socket died is dropped when it is released', () => 
 
   it('reset mid-query, then released from a finally without the error: its slot is free at once', async () => {
     // A long validation timeout: if the release waited for a ReadyForQuery, the slot would stay taken.
-    const p = pool({ url: url(), poolSize: 1, maxOverflow: 0, validationTimeoutMs: 30_000 });
+    const p = await pool({ url: url(), poolSize: 1, maxOverflow: 0, validationTimeoutMs: 30_000 });
     await p.warmUp();
     const client = await p.connect();
     let failure: unknown;
@@ -30,7 +30,7 @@ describe('a connection whose socket died is dropped when it is released', () => 
   });
 
   it('the same when the server ended the connection (backend terminated while checked out)', async () => {
-    const p = pool({ poolSize: 1, maxOverflow: 0, validationTimeoutMs: 30_000 });
+    const p = await pool({ poolSize: 1, maxOverflow: 0, validationTimeoutMs: 30_000 });
     await p.warmUp();
     const client = await p.connect();
     const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;

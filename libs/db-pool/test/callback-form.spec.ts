@@ -8,7 +8,7 @@ describe('connect(callback), the form TypeORM uses', () => {
   let pool: DbPool;
 
   it('hands out a client and a release function, like pg.Pool', async () => {
-    pool = fixture.pool({ poolSize: 1, maxOverflow: 0 });
+    pool = await fixture.pool({ poolSize: 1, maxOverflow: 0 });
     const { client, release } = await new Promise<{ client: pg.PoolClient; release: (err?: Error | boolean) => void }>((resolve, reject) =>
       pool.connect((err, client, release) => (err ? reject(err) : resolve({ client: client!, release: release! }))),
     );
@@ -20,7 +20,7 @@ describe('connect(callback), the form TypeORM uses', () => {
   });
 
   it('passes the typed timeout error to the callback', async () => {
-    pool = fixture.pool({ poolSize: 1, maxOverflow: 0, poolTimeout: 1 });
+    pool = await fixture.pool({ poolSize: 1, maxOverflow: 0, poolTimeout: 1 });
     const held = await pool.connect();
     const err = await new Promise<Error | undefined>((resolve) => pool.connect((e) => resolve(e)));
     expect(err).toBeInstanceOf(PoolTimeoutError);
@@ -28,7 +28,7 @@ describe('connect(callback), the form TypeORM uses', () => {
   });
 
   it('keeps pool.query working through the same acquire path', async () => {
-    pool = fixture.pool({ poolSize: 1, maxOverflow: 0 });
+    pool = await fixture.pool({ poolSize: 1, maxOverflow: 0 });
     const rows = await new Promise<unknown[]>((resolve, reject) => pool.query('SELECT 2 AS two', [], (err, res) => (err ? reject(err) : resolve(res.rows))));
     expect(rows).toEqual([{ two: 2 }]);
     expect(pool.counters.acquired).toBe(1);

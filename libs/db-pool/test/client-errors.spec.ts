@@ -9,7 +9,7 @@ describe('connection errors and misuse never crash the process', () => {
   let pool: DbPool;
 
   it('absorbs the error of a checked-out connection whose backend is killed; the query rejects and the client is dropped on release', async () => {
-    pool = fixture.pool({ poolSize: 1, maxOverflow: 0 });
+    pool = await fixture.pool({ poolSize: 1, maxOverflow: 0 });
     const client = await pool.connect();
     const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
     const running = client.query('SELECT pg_sleep(5)');
@@ -23,7 +23,7 @@ describe('connection errors and misuse never crash the process', () => {
   });
 
   it('absorbs the error of an idle connection whose backend is killed', async () => {
-    pool = fixture.pool({ poolSize: 2, maxOverflow: 0 });
+    pool = await fixture.pool({ poolSize: 2, maxOverflow: 0 });
     await pool.warmUp();
     await admin().query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1', [pool.settings.name]);
     const p = pool;
@@ -34,7 +34,7 @@ describe('connection errors and misuse never crash the process', () => {
   });
 
   it('refuses a double release with a clear error and keeps its counts consistent', async () => {
-    pool = fixture.pool({ poolSize: 1, maxOverflow: 0 });
+    pool = await fixture.pool({ poolSize: 1, maxOverflow: 0 });
     const client = await pool.connect();
     client.release();
     expect(() => client.release()).toThrow(PoolReleaseError);
@@ -50,7 +50,7 @@ describe('shutdown with connections still checked out', () => {
   const fixture = poolFixture();
 
   it('closes them after the grace period, so end() always finishes', async () => {
-    const pool = fixture.pool({ poolSize: 2, maxOverflow: 1, shutdownGrace: 1 });
+    const pool = await fixture.pool({ poolSize: 2, maxOverflow: 1, shutdownGrace: 1 });
     await pool.warmUp();
     const leaked = await pool.connect();
     const started = Date.now();
@@ -64,7 +64,7 @@ describe('shutdown with connections still checked out', () => {
   });
 
   it('finishes at once when every connection is back', async () => {
-    const pool = fixture.pool({ poolSize: 2, maxOverflow: 1, shutdownGrace: 5 });
+    const pool = await fixture.pool({ poolSize: 2, maxOverflow: 1, shutdownGrace: 5 });
     const client = await pool.connect();
     setTimeout(() => client.release(), 100);
     const started = Date.now();
@@ -76,14 +76,25 @@ describe('shutdown with connections still checked out', () => {
 describe('shutdown with callers waiting', () => {
   const fixture = poolFixture();
 
-  it('fails a caller queued for an idle connection when end() comes first, instead of leaving it hanging', async () => {
-    const pool = fixture.pool({ poolSize: 1, maxOverflow: 0, poolTimeout: 30 });
-    await pool.warmUp();
-    const waiting = pool.connect(); // queued for the idle connection, served on the next tick
+  it('fails a caller queued behind a busy pool when end() comes, instead of leaving it hanging', async () => {
+    const pool = await fixture.pool({ poolSize: 1, maxOverflow: 0, poolTimeout: 30 });
+    const held = await pool.connect();
+    const waiting = pool.connect(); // queued: the only connection is out
     const ended = pool.end();
     await expect(waiting).rejects.toThrow('the pool is shutting down');
-    await ended;
     expect(pool.waitingCount).toBe(0);
+    held.release();
+    await ended;
+  });
+
+  it('a caller that asked before end() while a connection was idle gets it, and its release closes it', async () => {
+    const pool = await fixture.pool({ poolSize: 1, maxOverflow: 0, poolTimeout: 30 });
+    const asked = pool.connect();
+    const ended = pool.end();
+    const client = await asked;
+    client.release();
+    await ended;
+    expect(pool.totalCount).toBe(0);
   });
 });
 
@@ -100,7 +111,7 @@ describe('a connection attempt that throws', () => {
     const url = new URL(databaseUrl());
     url.searchParams.set('sslmode', 'disable');
     url.searchParams.set('sslrootcert', ca);
-    pool = fixture.pool({ url: url.toString(), poolSize: 2, maxOverflow: 1 });
+    pool = await fixture.pool({ url: url.toString(), poolSize: 2, maxOverflow: 1 });
     await pool.warmUp();
     rmSync(ca);
     const a = await pool.connect();

@@ -1,6 +1,6 @@
 import type pg from 'pg';
-import { DbPoolMetrics, DbPoolRegistry, PoolClosedError, PoolConnectError, PoolMonitor, PoolTimeoutError } from '../src/index.js';
-import { createTestConfig, poolFixture } from './support/db.js';
+import { DbPoolMetrics, DbPoolRegistry, PoolClosedError, PoolConnectError, PoolMonitor, PoolTimeoutError, resolveDbPoolConfig } from '../src/index.js';
+import { poolFixture, testOptions } from './support/db.js';
 
 describe('counters mean what they say', () => {
   const { pool } = poolFixture();
@@ -8,8 +8,9 @@ describe('counters mean what they say', () => {
   afterEach(() => held.splice(0).forEach((c) => c.release()));
 
   it('a readiness probe and a headroom sample that time out on a busy pool are probe timeouts, not acquire timeouts', async () => {
-    const config = createTestConfig({ poolSize: 1, maxOverflow: 0, healthTimeoutMs: 200 });
-    const p = pool({}, config);
+    const options = testOptions({ poolSize: 1, maxOverflow: 0, healthTimeoutMs: 200 });
+    const config = resolveDbPoolConfig(options);
+    const p = await pool(options);
     const monitor = new PoolMonitor(p, config, { log: () => {}, warn: () => {} });
     const registry = new DbPoolRegistry();
     registry.add(monitor);
@@ -24,14 +25,14 @@ describe('counters mean what they say', () => {
     expect(text).toContain(`db_pool_probe_timeouts_total{pool_name="${config.name}"} 2`);
 
     // A caller that waited DB_POOL_TIMEOUT is an acquire timeout.
-    const short = pool({ poolSize: 1, maxOverflow: 0, poolTimeout: 1 });
+    const short = await pool({ poolSize: 1, maxOverflow: 0, poolTimeout: 1 });
     held.push(await short.connect());
     await expect(short.connect()).rejects.toBeInstanceOf(PoolTimeoutError);
     expect(short.counters).toMatchObject({ timeouts: 1, probeTimeouts: 0 });
   });
 
   it('shutdown fails queued callers with PoolClosedError, which is not a connect error and is not counted as one', async () => {
-    const p = pool({ poolSize: 1, maxOverflow: 0, shutdownGrace: 1 });
+    const p = await pool({ poolSize: 1, maxOverflow: 0, shutdownGrace: 1 });
     held.push(await p.connect());
     const queued = [p.connect().catch((e: unknown) => e), p.connect().catch((e: unknown) => e)];
     const ending = p.end();

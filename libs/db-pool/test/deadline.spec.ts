@@ -7,7 +7,7 @@ describe('a passed deadline is final', () => {
 
   it('a readiness probe against a server answering in 1.2 s times out, and leaves every idle connection open', async () => {
     // Every checkout is pre-pinged (bypass 0), as after a quiet minute.
-    const p = pool({ url: url(), poolSize: 3, maxOverflow: 0, prePingBypassMs: 0, validationTimeoutMs: 5_000 });
+    const p = await pool({ url: url(), poolSize: 3, maxOverflow: 0, prePingBypassMs: 0, validationTimeoutMs: 5_000 });
     await p.warmUp();
     const name = p.settings.name;
     const before = await backendPids(admin(), name);
@@ -27,7 +27,7 @@ describe('a passed deadline is final', () => {
   });
 
   it('an acquire whose deadline passes during a slow pre-ping fails then, and takes no other idle connection', async () => {
-    const p = pool({ url: url(), poolSize: 2, maxOverflow: 0, prePingBypassMs: 0, validationTimeoutMs: 5_000 });
+    const p = await pool({ url: url(), poolSize: 2, maxOverflow: 0, prePingBypassMs: 0, validationTimeoutMs: 5_000 });
     await p.warmUp();
     await proxy().setMode('latency', { latencyMs: 600 });
     const err = await p.connectWithin(300).catch((e: unknown) => e);

@@ -1,5 +1,6 @@
-import { CheckoutLeakTracker, DbPool, toPgClientOptions, toPoolSettings, type DbPoolLogger } from '../src/index.js';
-import { createTestConfig, eventually } from './support/db.js';
+import type { DbPool, DbPoolLogger } from '../src/index.js';
+import { CheckoutLeakTracker } from '../src/pool/leak-tracker.js';
+import { createTestPool, eventually } from './support/db.js';
 
 /** Collects what a tracker or pool logs, one string per line, prefixed with its level. */
 function recorder(): { logger: DbPoolLogger; lines: string[] } {
@@ -121,16 +122,15 @@ describe('leak tracking on a pool under load (real PostgreSQL)', () => {
     await Promise.all(pools.splice(0).map((p) => p.end()));
   });
 
-  function pool(options: Parameters<typeof createTestConfig>[0], logger: DbPoolLogger): DbPool {
-    const config = createTestConfig(options);
-    const created = new DbPool({ connectionString: config.url, application_name: config.applicationName, ...toPgClientOptions(config), dbPool: toPoolSettings(config, logger) });
+  async function pool(options: Parameters<typeof createTestPool>[0], logger: DbPoolLogger): Promise<DbPool> {
+    const created = await createTestPool(options, logger);
     pools.push(created);
     return created;
   }
 
   it('a burst of checkouts stays within the stack rate; a held connection arms capture; the leak it reports carries the stack of the code that took it', async () => {
     const rec = recorder();
-    const p = pool({ poolSize: 3, maxOverflow: 0, leakThreshold: 2, leakStackRate: 5 }, rec.logger);
+    const p = await pool({ poolSize: 3, maxOverflow: 0, leakThreshold: 2, leakStackRate: 5 }, rec.logger);
     await p.warmUp();
 
     const started = Date.now();

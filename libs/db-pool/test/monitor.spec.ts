@@ -1,6 +1,7 @@
 import type pg from 'pg';
-import { PoolMonitor, RECOMMENDATIONS, type DbPoolOptions } from '../src/index.js';
-import { createTestConfig, eventually, poolFixture, proxyFixture, sleep } from './support/db.js';
+import { DbPool, PoolMonitor, RECOMMENDATIONS, resolveDbPoolConfig, type DbPoolOptions } from '../src/index.js';
+import { toPgPoolOptions, toPoolSettings } from '../src/pool/pg-options.js';
+import { eventually, poolFixture, proxyFixture, sleep, testOptions } from './support/db.js';
 
 describe('PoolMonitor', () => {
   const { proxy, url: proxied } = proxyFixture();
@@ -9,9 +10,10 @@ describe('PoolMonitor', () => {
   const logs: string[] = [];
   const logger = { log: (m: string) => logs.push(`log ${m}`), warn: (m: string) => logs.push(`warn ${m}`) };
 
-  function monitored(options: Omit<DbPoolOptions, 'env'>, monitorOptions = {}) {
-    const config = createTestConfig(options);
-    const pool = fixture.pool(options, config);
+  async function monitored(options: Omit<DbPoolOptions, 'env'>, monitorOptions = {}) {
+    const named = testOptions(options);
+    const config = resolveDbPoolConfig(named);
+    const pool = await fixture.pool(named);
     const monitor = new PoolMonitor(pool, config, logger, monitorOptions);
     monitors.push(monitor);
     return { pool, monitor };
@@ -28,7 +30,7 @@ describe('PoolMonitor', () => {
   });
 
   it("reports the seed's status fields from the pool's counters", async () => {
-    const { pool, monitor } = monitored({ poolSize: 3, maxOverflow: 2 });
+    const { pool, monitor } = await monitored({ poolSize: 3, maxOverflow: 2 });
     await pool.warmUp();
     const release = await holdAll(pool, 4);
     expect(monitor.getPoolStatus()).toEqual({
@@ -51,7 +53,7 @@ describe('PoolMonitor', () => {
   });
 
   it('uses the configured thresholds for warning and critical', async () => {
-    const { pool, monitor } = monitored({ poolSize: 4, maxOverflow: 0, warnUtilization: 20, criticalUtilization: 60 });
+    const { pool, monitor } = await monitored({ poolSize: 4, maxOverflow: 0, warnUtilization: 20, criticalUtilization: 60 });
     const release = await holdAll(pool, 1);
     expect(monitor.getPoolStatus().health).toBe('warning'); // 25 % > 20 %
     const more = await holdAll(pool, 2);
@@ -63,7 +65,7 @@ describe('PoolMonitor', () => {
   });
 
   it('suspects a leak only when the pool stays exhausted and a connection is held through the whole window', async () => {
-    const { pool, monitor } = monitored({ poolSize: 2, maxOverflow: 1 }, { leakWindowMs: 800, tickMs: 100 });
+    const { pool, monitor } = await monitored({ poolSize: 2, maxOverflow: 1 }, { leakWindowMs: 800, tickMs: 100 });
     await monitor.start();
     const release = await holdAll(pool, 3);
     expect(monitor.checkConnectionLeaks()).toBe(false);
@@ -76,7 +78,7 @@ describe('PoolMonitor', () => {
   });
 
   it('suspects a leak when every connection is held and the server refuses more, below the configured capacity', async () => {
-    const { pool, monitor } = monitored({ url: proxied(), poolSize: 2, maxOverflow: 2, poolTimeout: 1, connectTimeout: 1 }, { leakWindowMs: 300, tickMs: 50 });
+    const { pool, monitor } = await monitored({ url: proxied(), poolSize: 2, maxOverflow: 2, poolTimeout: 1, connectTimeout: 1 }, { leakWindowMs: 300, tickMs: 50 });
     await monitor.start();
     const release = await holdAll(pool, 2);
     await proxy().setMode('refuse'); // a full server, a role's CONNECTION LIMIT
@@ -87,7 +89,7 @@ describe('PoolMonitor', () => {
   });
 
   it('does not suspect a leak in a pool that is saturated but keeps turning connections over', async () => {
-    const { pool, monitor } = monitored({ poolSize: 2, maxOverflow: 1 }, { leakWindowMs: 800, tickMs: 100 });
+    const { pool, monitor } = await monitored({ poolSize: 2, maxOverflow: 1 }, { leakWindowMs: 800, tickMs: 100 });
     await monitor.start();
     const end = Date.now() + 1_500;
     let saturated = 0;
@@ -103,7 +105,7 @@ describe('PoolMonitor', () => {
   });
 
   it('recommends a pool size from measured wait and use times when waits are frequent', async () => {
-    const { pool, monitor } = monitored({ poolSize: 2, maxOverflow: 0, poolTimeout: 10 }, { tickMs: 200, adviceWindowMs: 1_000 });
+    const { pool, monitor } = await monitored({ poolSize: 2, maxOverflow: 0, poolTimeout: 10 }, { tickMs: 200, adviceWindowMs: 1_000 });
     await monitor.start();
     const end = Date.now() + 1_400;
     await Promise.all(
@@ -117,7 +119,7 @@ describe('PoolMonitor', () => {
   });
 
   it('samples the server: headroom, and connections left idle in transaction for 5 s (not a transaction between two statements)', async () => {
-    const { pool, monitor } = monitored({ poolSize: 2, maxOverflow: 0, expectedReplicas: 1 });
+    const { pool, monitor } = await monitored({ poolSize: 2, maxOverflow: 0, expectedReplicas: 1 });
     await pool.warmUp();
     const client = await pool.connect();
     await client.query('BEGIN');
@@ -133,9 +135,10 @@ describe('PoolMonitor', () => {
   });
 
   it("finds the pool's own connections by the application_name the server reports, not the one configured", async () => {
-    const config = createTestConfig({ poolSize: 2, maxOverflow: 0 });
+    const named = testOptions({ poolSize: 2, maxOverflow: 0 });
+    const config = resolveDbPoolConfig(named);
     // The connections carry another name than the configuration says (as pg does when the URL has one).
-    const pool = fixture.pool({}, { ...config, url: config.url, applicationName: `${config.applicationName}-server` });
+    const pool = await fixture.pool({ ...named, applicationName: `${config.applicationName}-server` });
     const monitor = new PoolMonitor(pool, config, logger);
     monitors.push(monitor);
     await pool.warmUp();
@@ -143,7 +146,7 @@ describe('PoolMonitor', () => {
   });
 
   it('the headroom sampler skips a turn while its previous sample is still out: its acquires never pile up', async () => {
-    const { pool, monitor } = monitored({ poolSize: 1, maxOverflow: 0, headroomInterval: 1, healthTimeoutMs: 1_500 });
+    const { pool, monitor } = await monitored({ poolSize: 1, maxOverflow: 0, headroomInterval: 1, healthTimeoutMs: 1_500 });
     const release = await holdAll(pool, 1);
     let mostWaiting = 0;
     let watching = true;
@@ -165,7 +168,11 @@ describe('PoolMonitor', () => {
     const url = new URL(process.env.DATABASE_URL!);
     url.hostname = 'db-primary.invalid';
     for (const healthDetail of [false, true]) {
-      const { pool, monitor } = monitored({ url: url.toString(), poolSize: 1, maxOverflow: 0, healthDetail });
+      // createDbPool would refuse to start against it: a pool built from the same configuration, not warmed.
+      const config = resolveDbPoolConfig(testOptions({ url: url.toString(), poolSize: 1, maxOverflow: 0, healthDetail }));
+      const pool = new DbPool(toPgPoolOptions(config), toPoolSettings(config, logger));
+      const monitor = new PoolMonitor(pool, config, logger);
+      monitors.push(monitor);
       const err = (await pool.ping(2_000).catch((e: unknown) => e)) as Error;
       const shown = monitor.describeError(err);
       const status = monitor.getPoolStatus();
@@ -176,11 +183,12 @@ describe('PoolMonitor', () => {
         expect(JSON.stringify(status)).not.toContain('db-primary');
       }
       expect(status).toMatchObject({ connect_failing: true, health: 'critical' });
+      await pool.end();
     }
   });
 
   it('reads status without waiting on an exhausted pool', async () => {
-    const { pool, monitor } = monitored({ poolSize: 1, maxOverflow: 0, poolTimeout: 30 });
+    const { pool, monitor } = await monitored({ poolSize: 1, maxOverflow: 0, poolTimeout: 30 });
     const release = await holdAll(pool, 1);
     const waiters = Array.from({ length: 3 }, () => pool.connect().then((c) => c.release()));
     await sleep(20);

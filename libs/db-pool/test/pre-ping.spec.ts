@@ -8,7 +8,7 @@ describe('pre-ping (DB_POOL_PRE_PING) with a bypass window', () => {
   let pool: DbPool;
 
   it('replaces connections killed with pg_terminate_backend while idle, with zero failed queries', async () => {
-    pool = fixture.pool({ poolSize: 4, maxOverflow: 2, prePingBypassMs: 0 });
+    pool = await fixture.pool({ poolSize: 4, maxOverflow: 2, prePingBypassMs: 0 });
     await pool.warmUp();
     const before = await backendPids(admin(), pool.settings.name);
     expect(before).toHaveLength(4);
@@ -24,7 +24,7 @@ describe('pre-ping (DB_POOL_PRE_PING) with a bypass window', () => {
   });
 
   it('discards a connection that stopped answering and retries the acquire within the same deadline', async () => {
-    pool = fixture.pool({ poolSize: 1, maxOverflow: 0, prePingBypassMs: 0, validationTimeoutMs: 200, poolTimeout: 3 });
+    pool = await fixture.pool({ poolSize: 1, maxOverflow: 0, prePingBypassMs: 0, validationTimeoutMs: 200, poolTimeout: 3 });
     await pool.warmUp();
     const client = await pool.connect();
     const frozenPid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
@@ -49,7 +49,7 @@ describe('pre-ping (DB_POOL_PRE_PING) with a bypass window', () => {
   });
 
   it('makes no pre-ping round trip for a connection used within the bypass window', async () => {
-    pool = fixture.pool({ poolSize: 1, maxOverflow: 0, prePingBypassMs: 500 });
+    pool = await fixture.pool({ poolSize: 1, maxOverflow: 0, prePingBypassMs: 500 });
     await pool.warmUp();
     await sleep(600); // the warm connection is now past the window
     await pool.query('SELECT 1');
@@ -64,7 +64,7 @@ describe('pre-ping (DB_POOL_PRE_PING) with a bypass window', () => {
   });
 
   it('makes no pre-ping round trip at all when DB_POOL_PRE_PING is off', async () => {
-    pool = fixture.pool({ poolSize: 1, maxOverflow: 0, prePing: false, prePingBypassMs: 0 });
+    pool = await fixture.pool({ poolSize: 1, maxOverflow: 0, prePing: false, prePingBypassMs: 0 });
     await pool.warmUp();
     await sleep(20);
     for (let i = 0; i < 5; i++) await pool.query('SELECT 1');

@@ -7,7 +7,7 @@ describe('query timeout (DB_QUERY_TIMEOUT_MS) and connections released mid-query
   const fixture = poolFixture();
 
   it('fails a query whose socket froze within the query timeout, discards that client, and serves the next query', async () => {
-    const pool = fixture.pool({ poolSize: 1, maxOverflow: 0, queryTimeoutMs: 300, validationTimeoutMs: 200 });
+    const pool = await fixture.pool({ poolSize: 1, maxOverflow: 0, queryTimeoutMs: 300, validationTimeoutMs: 200 });
     await pool.warmUp();
     const client = await pool.connect();
     const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
@@ -26,7 +26,7 @@ describe('query timeout (DB_QUERY_TIMEOUT_MS) and connections released mid-query
   });
 
   it('keeps a connection released right after an error answer, once the server is ready again', async () => {
-    const pool = fixture.pool({ poolSize: 1, maxOverflow: 0 });
+    const pool = await fixture.pool({ poolSize: 1, maxOverflow: 0 });
     await pool.warmUp();
     const client = (await pool.connect()) as pg.PoolClient & { getTransactionStatus(): string };
     const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
@@ -42,7 +42,7 @@ describe('query timeout (DB_QUERY_TIMEOUT_MS) and connections released mid-query
   });
 
   it('discards a connection released while its query is still running, when the answer does not come in time', async () => {
-    const pool = fixture.pool({ poolSize: 1, maxOverflow: 0, validationTimeoutMs: 200 });
+    const pool = await fixture.pool({ poolSize: 1, maxOverflow: 0, validationTimeoutMs: 200 });
     await pool.warmUp();
     const client = await pool.connect();
     const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;

@@ -1,12 +1,13 @@
 import type { DbPool } from '../src/index.js';
-import { poolFixture, sleep } from './support/db.js';
+import { backendPids, eventually, poolFixture } from './support/db.js';
 
 describe('recycling (DB_POOL_RECYCLE) with jitter', () => {
   const fixture = poolFixture();
+  const admin = () => fixture.admin();
   let pool: DbPool;
 
   it('rotates backend pids under steady load with zero failed queries', async () => {
-    pool = fixture.pool({ poolSize: 3, maxOverflow: 2, recycle: 1, recycleJitter: 50 });
+    pool = await fixture.pool({ poolSize: 3, maxOverflow: 2, recycle: 1, recycleJitter: 50 });
     await pool.warmUp();
     const p = pool;
     const seen = new Set<number>();
@@ -37,11 +38,12 @@ describe('recycling (DB_POOL_RECYCLE) with jitter', () => {
   });
 
   it('never retires a connection while it is checked out', async () => {
-    pool = fixture.pool({ poolSize: 1, maxOverflow: 0, recycle: 1, recycleJitter: 0 });
+    pool = await fixture.pool({ poolSize: 1, maxOverflow: 0, recycle: 1, recycleJitter: 0 });
     await pool.warmUp();
     const client = await pool.connect();
     const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
-    await sleep(1_300); // past its lifetime, still checked out
+    const p = pool;
+    expect(await eventually(() => p.counters.recycled === 1)).toBe(true); // its lifetime is over, while checked out
     expect((await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid).toBe(pid);
     expect(pool.totalCount).toBe(1);
     client.release();
@@ -50,23 +52,18 @@ describe('recycling (DB_POOL_RECYCLE) with jitter', () => {
   });
 
   it('spreads lifetimes with jitter so a pool does not reconnect all at once', async () => {
-    pool = fixture.pool({ poolSize: 6, maxOverflow: 0, recycle: 2, recycleJitter: 50 });
-    const originals = new Set<unknown>();
-    const remember = (client: unknown) => originals.add(client);
-    pool.on('connect', remember);
-    await pool.warmUp();
-    pool.off('connect', remember);
-    const p = pool;
-    const retiredAt: number[] = [];
     const started = Date.now();
+    pool = await fixture.pool({ poolSize: 6, maxOverflow: 0, recycle: 2, recycleJitter: 50 });
+    const p = pool;
+    const originals = new Set(await backendPids(admin(), pool.settings.name));
+    expect(originals.size).toBe(6);
+    const retiredAt: number[] = [];
     // Only the first six: their replacements start lifetimes of their own.
-    pool.on('remove', (client) => originals.has(client) && retiredAt.push(Date.now() - started));
-    await sleep(2_200);
-    expect(retiredAt.length).toBe(6);
+    pool.on('remove', (client) => originals.has(client.processID!) && retiredAt.push(Date.now() - started));
+    expect(await eventually(() => retiredAt.length === 6, 5_000)).toBe(true);
     const spread = Math.max(...retiredAt) - Math.min(...retiredAt);
     expect(spread).toBeGreaterThan(100);
-    expect(Math.min(...retiredAt)).toBeGreaterThanOrEqual(900);
-    await sleep(300);
-    expect(p.totalCount).toBe(6);
+    expect(Math.min(...retiredAt)).toBeGreaterThanOrEqual(900); // 2 s less at most 50 %
+    expect(await eventually(() => p.totalCount === 6 && p.idleCount === 6)).toBe(true);
   });
 });

@@ -66,16 +66,11 @@ describe('secrets: passwords are masked where credentials stand', () => {
     const url = new URL(databaseUrl());
     url.password = 'a';
     url.pathname = '/a';
-    const pool = createTestPool({ url: url.toString(), poolSize: 1, maxOverflow: 0 });
-    try {
-      const err = await pool.connect().catch((e: unknown) => e);
-      expect(err).toBeInstanceOf(PoolConnectError);
-      const message = (err as Error).message;
-      expect(message).toMatch(/database "a" does not exist|password authentication failed for user/);
-      expect(message).not.toContain('***');
-    } finally {
-      await pool.end();
-    }
+    const err = await createTestPool({ url: url.toString(), poolSize: 1, maxOverflow: 0 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(PoolConnectError);
+    const message = (err as Error).message;
+    expect(message).toMatch(/database "a" does not exist|password authentication failed for user/);
+    expect(message).not.toContain('***');
   });
 
   it.each([

@@ -6,7 +6,7 @@ describe('refill after connections are lost', () => {
 
   it('backs off per failed round, not per failed connection: 250, 500, 1000 ms with five connections missing', async () => {
     const logger = capturingLogger();
-    const p = pool({ url: url(), poolSize: 5, maxOverflow: 0 }, undefined, logger);
+    const p = await pool({ url: url(), poolSize: 5, maxOverflow: 0 }, logger);
     await p.warmUp();
     await proxy().setMode('reset'); // every connection dies…
     await proxy().setMode('refuse'); // …and no new one can be opened

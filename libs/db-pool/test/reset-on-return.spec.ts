@@ -16,7 +16,7 @@ describe('reset on return', () => {
   beforeEach(async () => {
     await admin.query(`TRUNCATE ${table}`);
     // One connection, so the next borrower gets the very connection that was handed back.
-    pool = createTestPool({ poolSize: 1, maxOverflow: 0 });
+    pool = await createTestPool({ poolSize: 1, maxOverflow: 0 });
     await pool.warmUp();
   });
   afterEach(async () => {

@@ -20,7 +20,7 @@ describe('session state a borrower leaves is reset before the next one', () => {
 
   it('auto (the default): SET ROLE, SET client_encoding, SET TimeZone and LISTEN are undone on return', async () => {
     // One connection: the next borrower gets the very one that was handed back.
-    const p = pool({ poolSize: 1, maxOverflow: 0 });
+    const p = await pool({ poolSize: 1, maxOverflow: 0 });
     const fresh = await p.connect();
     const before = await sessionOf(fresh);
     fresh.release();
@@ -45,7 +45,7 @@ describe('session state a borrower leaves is reset before the next one', () => {
   });
 
   it('auto: a reported setting changed by set_config() is undone too; a checkout that changes nothing costs no reset', async () => {
-    const p = pool({ poolSize: 1, maxOverflow: 0 });
+    const p = await pool({ poolSize: 1, maxOverflow: 0 });
     const a = await p.connect();
     const tz = (await sessionOf(a)).tz;
     await a.query("SELECT set_config('TimeZone', 'Asia/Tokyo', false)");
@@ -61,7 +61,7 @@ describe('session state a borrower leaves is reset before the next one', () => {
   });
 
   it('always: a custom setting from set_config() and a session advisory lock are undone as well', async () => {
-    const p = pool({ poolSize: 1, maxOverflow: 0, resetSession: 'always' });
+    const p = await pool({ poolSize: 1, maxOverflow: 0, resetSession: 'always' });
     const a = await p.connect();
     await a.query("SELECT set_config('app.tenant_id', '42', false)");
     await a.query('SELECT pg_advisory_lock(424242)');
@@ -74,7 +74,7 @@ describe('session state a borrower leaves is reset before the next one', () => {
   });
 
   it('a named prepared statement keeps working after a session reset (the reset is not DISCARD ALL)', async () => {
-    const p = pool({ poolSize: 1, maxOverflow: 0, resetSession: 'always' });
+    const p = await pool({ poolSize: 1, maxOverflow: 0, resetSession: 'always' });
     const a = await p.connect();
     expect((await a.query({ name: 'reset-probe', text: 'SELECT $1::int AS n', values: [1] })).rows[0].n).toBe(1);
     a.release();

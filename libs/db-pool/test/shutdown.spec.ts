@@ -27,7 +27,7 @@ describe('shutdown never strands a caller', () => {
 
   it('a caller whose connection is still being opened when the grace ends is failed then, not at its own deadline', async () => {
     // Deadlines far beyond the grace: had the caller been left to them, the test would time out.
-    const p = pool({ url: url(), poolSize: 1, maxOverflow: 1, poolTimeout: 50, connectTimeout: 50, shutdownGrace: 1 });
+    const p = await pool({ url: url(), poolSize: 1, maxOverflow: 1, poolTimeout: 50, connectTimeout: 50, shutdownGrace: 1 });
     await p.warmUp();
     const held = await p.connect();
     await proxy().setMode('blackhole'); // new connections are accepted and never answered
@@ -42,7 +42,7 @@ describe('shutdown never strands a caller', () => {
   }, 20_000);
 
   it('end() finishes after the grace even when a backend never answers the close of its connection', async () => {
-    const p = pool({ poolSize: 1, maxOverflow: 0, shutdownGrace: 1, validationTimeoutMs: 500 });
+    const p = await pool({ poolSize: 1, maxOverflow: 0, shutdownGrace: 1, validationTimeoutMs: 500 });
     const { client, thaw } = await frozenCheckout(p);
     try {
       const ending = p.end();
@@ -55,7 +55,7 @@ describe('shutdown never strands a caller', () => {
   });
 
   it('a waiter behind a discarded connection whose server does not answer the close is served, not timed out', async () => {
-    const p = pool({ poolSize: 1, maxOverflow: 0, poolTimeout: 5, validationTimeoutMs: 30_000 });
+    const p = await pool({ poolSize: 1, maxOverflow: 0, poolTimeout: 5, validationTimeoutMs: 30_000 });
     const { client, thaw } = await frozenCheckout(p);
     try {
       const waiter = p.connect();
@@ -73,11 +73,10 @@ describe('shutdown never strands a caller', () => {
     // is, and the script records it instead of dying, then reports what happened.
     execFileSync(process.execPath, [`${root}node_modules/typescript/bin/tsc`, '-b', `${root}libs/db-pool/tsconfig.lib.json`]);
     const script = `
-      import { DbPool, resolveDbPoolConfig, toPoolSettings } from '${root}libs/db-pool/dist/index.js';
+      import { createDbPool } from '${root}libs/db-pool/dist/index.js';
       const thrown = [];
       process.on('uncaughtException', (err) => thrown.push(err.name));
-      const config = resolveDbPoolConfig({ url: process.env.DATABASE_URL, poolSize: 1, maxOverflow: 0, env: {} });
-      const pool = new DbPool({ connectionString: config.url, dbPool: toPoolSettings(config) });
+      const pool = await createDbPool({ url: process.env.DATABASE_URL, poolSize: 1, maxOverflow: 0, env: {} });
       const held = await pool.connect();
       const heard = [];
       pool.connect((err) => { heard.push('first: ' + err?.name); if (err) throw err; });

@@ -2,21 +2,19 @@ import type pg from 'pg';
 import type { DbPool } from '../src/index.js';
 import { backendPids, eventually, poolFixture, sleep } from './support/db.js';
 
-describe('pool sizing (QueuePool semantics on pg-pool)', () => {
+describe('pool sizing (QueuePool semantics)', () => {
   const fixture = poolFixture();
   const admin = () => fixture.admin();
   let pool: DbPool;
 
   it('warms DB_POOL_SIZE connections at start-up, all checked in', async () => {
-    pool = fixture.pool({ poolSize: 5, maxOverflow: 5 });
-    expect(pool.totalCount).toBe(0);
-    await pool.warmUp();
+    pool = await fixture.pool({ poolSize: 5, maxOverflow: 5 }); // createDbPool resolves once they are open
     expect(pool.state()).toEqual({ total: 5, active: 0, idle: 5, waiting: 0 });
     expect(await backendPids(admin(), pool.settings.name)).toHaveLength(5);
   });
 
   it('grows to size + overflow under 3x concurrency and never beyond', async () => {
-    pool = fixture.pool({ poolSize: 3, maxOverflow: 4 });
+    pool = await fixture.pool({ poolSize: 3, maxOverflow: 4 });
     await pool.warmUp();
     const capacity = 7;
     let peakTotal = 0;
@@ -42,7 +40,7 @@ describe('pool sizing (QueuePool semantics on pg-pool)', () => {
   });
 
   it('closes overflow connections after the overflow idle timeout, back down to DB_POOL_SIZE', async () => {
-    pool = fixture.pool({ poolSize: 2, maxOverflow: 4, overflowIdleTimeout: 1 });
+    pool = await fixture.pool({ poolSize: 2, maxOverflow: 4, overflowIdleTimeout: 1 });
     await pool.warmUp();
     const p = pool;
     await Promise.all(Array.from({ length: 6 }, () => p.query('SELECT pg_sleep(0.1)')));
@@ -56,7 +54,7 @@ describe('pool sizing (QueuePool semantics on pg-pool)', () => {
   });
 
   it('tops the pool back up to DB_POOL_SIZE when connections are lost', async () => {
-    pool = fixture.pool({ poolSize: 3, maxOverflow: 0 });
+    pool = await fixture.pool({ poolSize: 3, maxOverflow: 0 });
     await pool.warmUp();
     await admin().query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1', [pool.settings.name]);
     const p = pool;

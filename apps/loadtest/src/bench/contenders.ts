@@ -1,8 +1,8 @@
 import { performance } from 'node:perf_hooks';
-import { DbPool, poolOf, resolveDbPoolConfig, toPoolSettings, toTypeOrmOptions, type DbPoolOptions, type Histogram } from '@db-pool/db-pool';
+import { createDbPool, createDbPoolDataSource, DbPool, type DbPoolOptions, type PoolTimings } from '@db-pool/db-pool';
 import pg from 'pg';
 import postgres from 'postgres';
-import { DataSource, type DataSourceOptions } from 'typeorm';
+import { DataSource } from 'typeorm';
 import { closedLoop, type Operation, type SliceResult } from './measure.js';
 
 /** Every pooled contender gets the same capacity, so the sweep compares queues, not sizes. */
@@ -56,19 +56,15 @@ export const EVERY_STACK = { ...ALL_FEATURES, leakStackRate: 1_000_000 } as cons
 
 /** A db-pool pool as an app would build it without Nest: capacity 20, no overflow. */
 export async function openDbPool(res: Resources, url: string, name: string, features: DbPoolFeatures = ALL_FEATURES): Promise<DbPool> {
-  const config = resolveDbPoolConfig({ url, name, poolSize: CAPACITY, maxOverflow: 0, applicationName: name, env: {}, ...features });
-  const pool = new DbPool({ connectionString: config.url, application_name: config.applicationName, dbPool: toPoolSettings(config) });
+  const pool = await createDbPool({ url, name, poolSize: CAPACITY, maxOverflow: 0, applicationName: name, env: {}, ...features });
   res.add(() => pool.end());
-  await pool.warmUp();
   return pool;
 }
 
 /** A TypeORM DataSource whose pool is db-pool's, built by the lib's own mapping. */
 export async function openDbPoolDataSource(res: Resources, url: string, name: string, features: DbPoolFeatures = ALL_FEATURES): Promise<DataSource> {
-  const config = resolveDbPoolConfig({ url, name, poolSize: CAPACITY, maxOverflow: 0, applicationName: name, env: {}, ...features });
-  const ds = await new DataSource(toTypeOrmOptions(config) as DataSourceOptions).initialize();
+  const ds = await createDbPoolDataSource({ url, name, poolSize: CAPACITY, maxOverflow: 0, applicationName: name, env: {}, ...features });
   res.add(() => ds.destroy());
-  await poolOf(ds).warmUp();
   return ds;
 }
 
@@ -98,7 +94,7 @@ export async function openPostgresJs(res: Resources, url: string, name: string, 
 }
 
 function inProcess(name: string, op: Operation, extra: { waitSource?: Contender['waitSource']; pool?: DbPool; note?: string } = {}): Contender {
-  const histogram: Histogram | undefined = extra.pool?.timings.wait;
+  const histogram: PoolTimings['wait'] | undefined = extra.pool?.timings.wait;
   const waitSource = extra.waitSource ?? (histogram ? 'histogram' : 'none');
   return {
     name,

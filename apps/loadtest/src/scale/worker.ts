@@ -3,7 +3,7 @@
  * concurrent callers for DURATION_MS, then one JSON line with what happened. Spawned N times
  * by test/scale/pgbouncer.spec.ts, against PostgreSQL directly or through PgBouncer.
  */
-import { DbPool, PoolMonitor, resolveDbPoolConfig, toPgClientOptions, toPoolSettings } from '@db-pool/db-pool';
+import { createDbPool, PoolMonitor, resolveDbPoolConfig } from '@db-pool/db-pool';
 
 async function main(): Promise<void> {
   const env = process.env;
@@ -11,7 +11,7 @@ async function main(): Promise<void> {
   const callers = Number(env.CALLERS ?? 60);
   const warnings: string[] = [];
   const logger = { log() {}, warn: (m: string) => warnings.push(m) };
-  const config = resolveDbPoolConfig({
+  const options = {
     url: env.DATABASE_URL,
     poolSize: 20,
     maxOverflow: 40,
@@ -20,13 +20,10 @@ async function main(): Promise<void> {
     expectedReplicas: env.EXPECTED_REPLICAS,
     applicationName: 'scale-test',
     env: {},
-  });
-  const pool = new DbPool({ connectionString: config.url, application_name: config.applicationName, ...toPgClientOptions(config), dbPool: toPoolSettings(config, logger) });
-  try {
-    await pool.warmUp();
-  } catch (err) {
-    warnings.push(`warm-up: opened ${pool.totalCount} of ${config.poolSize}: ${(err as Error).message}`);
-  }
+    logger, // a warm-up the server cuts short is a warning here
+  };
+  const config = resolveDbPoolConfig(options);
+  const pool = await createDbPool(options);
   const monitor = new PoolMonitor(pool, config, logger);
   await monitor.start(); // the start-up recommendations land in `warnings`
   monitor.stop();

@@ -7,7 +7,7 @@ describe('fault scenarios: connections', () => {
   const rig = faultRig();
 
   it('1. idle backends killed with pg_terminate_backend: the next queries succeed, nothing crashes', async () => {
-    const { pool, config } = rig().pool({ poolSize: 4, maxOverflow: 0 });
+    const { pool, config } = await rig().pool({ poolSize: 4, maxOverflow: 0 });
     await pool.warmUp();
     const killed = await rig().backends(config.applicationName);
     await (await rig().admin()).query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1', [config.applicationName]);
@@ -19,7 +19,7 @@ describe('fault scenarios: connections', () => {
   });
 
   it("2. the backend of an in-flight query killed: that query rejects with the server's error; the client is discarded, not reused", async () => {
-    const { pool } = rig().pool({ poolSize: 1, maxOverflow: 0 });
+    const { pool } = await rig().pool({ poolSize: 1, maxOverflow: 0 });
     const client = await pool.connect();
     const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
     const running = client.query('SELECT pg_sleep(10)');
@@ -32,7 +32,7 @@ describe('fault scenarios: connections', () => {
   });
 
   it('3. server stopped and restarted under load: failures only during the outage, each within DB_POOL_TIMEOUT; full service within 2 s after; no stale connection', async () => {
-    const { pool } = rig().pool({ poolSize: 4, maxOverflow: 4, poolTimeout: 2, connectTimeout: 1 }, true);
+    const { pool } = await rig().pool({ poolSize: 4, maxOverflow: 4, poolTimeout: 2, connectTimeout: 1 }, true);
     await pool.warmUp();
     let stoppedAt = 0;
     let startedAt = 0;
@@ -76,19 +76,24 @@ describe('fault scenarios: connections', () => {
   });
 
   it('4. connection refused: the acquire fails fast with the typed error', async () => {
-    const { pool } = rig().pool({ poolSize: 1, maxOverflow: 0, poolTimeout: 5 });
+    const { pool } = await rig().pool({ poolSize: 1, maxOverflow: 1, poolTimeout: 5 });
+    const held = await pool.connect(); // the warm connection: the next acquire must open one
     await rig().proxy.setMode('refuse');
     const started = Date.now();
     const err = await pool.connect().catch((e: unknown) => e);
     expect(err).toBeInstanceOf(PoolConnectError);
+    expect((err as PoolConnectError).code).toBe('ECONNREFUSED');
     expect((err as Error).message).toMatch(/could not open a connection: .*ECONNREFUSED/);
     expect(Date.now() - started).toBeLessThan(500);
+    held.release();
     await rig().proxy.setMode('pass');
     await expect(pool.query('SELECT 1')).resolves.toBeDefined();
   });
 
   it('5. connect blackholed: the connect timeout fires; no backend is left behind', async () => {
-    const { pool, config } = rig().pool({ poolSize: 1, maxOverflow: 0, poolTimeout: 3, connectTimeout: 1 });
+    const { pool, config } = await rig().pool({ poolSize: 1, maxOverflow: 1, poolTimeout: 3, connectTimeout: 1 });
+    const held = await pool.connect(); // the warm connection: the next acquire must open one
+    const heldBackends = await rig().backends(config.applicationName);
     await rig().proxy.setMode('blackhole');
     const started = Date.now();
     const err = await pool.connect().catch((e: unknown) => e);
@@ -97,12 +102,13 @@ describe('fault scenarios: connections', () => {
     expect((err as Error).message).toMatch(/could not open a connection: .*timeout/i);
     expect(elapsed).toBeGreaterThanOrEqual(950);
     expect(elapsed).toBeLessThan(1_600);
-    expect(pool.totalCount).toBe(0);
-    expect(await rig().backends(config.applicationName)).toEqual([]);
+    expect(pool.totalCount).toBe(1); // the held one only
+    expect(await rig().backends(config.applicationName)).toEqual(heldBackends);
+    held.release();
   });
 
   it('6. socket frozen mid-query: the query fails within DB_QUERY_TIMEOUT_MS; the client is discarded; later queries succeed', async () => {
-    const { pool } = rig().pool({ poolSize: 1, maxOverflow: 0, queryTimeoutMs: 500, validationTimeoutMs: 300 });
+    const { pool } = await rig().pool({ poolSize: 1, maxOverflow: 0, queryTimeoutMs: 500, validationTimeoutMs: 300 });
     await pool.warmUp();
     const client = await pool.connect();
     const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
@@ -117,7 +123,7 @@ describe('fault scenarios: connections', () => {
   });
 
   it('12. max-lifetime rotation under load: backend pids rotate, zero errors', async () => {
-    const { pool } = rig().pool({ poolSize: 3, maxOverflow: 1, recycle: 1, recycleJitter: 30 });
+    const { pool } = await rig().pool({ poolSize: 3, maxOverflow: 1, recycle: 1, recycleJitter: 30 });
     await pool.warmUp();
     const pids = new Set<number>();
     let errors = 0;
@@ -142,7 +148,7 @@ describe('fault scenarios: connections', () => {
     await admin.query("ALTER SYSTEM SET idle_session_timeout = '300ms'");
     await admin.query('SELECT pg_reload_conf()');
     try {
-      const { pool, config } = rig().pool({ poolSize: 2, maxOverflow: 0, headroomInterval: 60 });
+      const { pool, config } = await rig().pool({ poolSize: 2, maxOverflow: 0, headroomInterval: 60 });
       await pool.warmUp();
       const { PoolMonitor } = await import('@db-pool/db-pool');
       const warnings: string[] = [];
@@ -160,7 +166,7 @@ describe('fault scenarios: connections', () => {
   });
 
   it('16/17. a frozen server while the pool holds idle sockets: readiness fails within its timeout, not a stale success, and timed-out probes hold nothing', async () => {
-    const { pool } = rig().pool({ poolSize: 2, maxOverflow: 0, healthTimeoutMs: 300, connectTimeout: 1 });
+    const { pool } = await rig().pool({ poolSize: 2, maxOverflow: 0, healthTimeoutMs: 300, connectTimeout: 1 });
     await pool.warmUp();
     await rig().proxy.setMode('freeze');
     for (let i = 0; i < 20; i++) {
@@ -177,7 +183,7 @@ describe('fault scenarios: connections', () => {
   });
 
   it('15b. shutdown with a checked-out connection to a server that stopped answering still finishes after the grace', async () => {
-    const { pool } = rig().pool({ poolSize: 2, maxOverflow: 0, shutdownGrace: 1 });
+    const { pool } = await rig().pool({ poolSize: 2, maxOverflow: 0, shutdownGrace: 1 });
     await pool.warmUp();
     const stuck = await pool.connect();
     await rig().proxy.setMode('freeze');
@@ -192,7 +198,7 @@ describe('fault scenarios: connections', () => {
   });
 
   it('7. exhaustion at 10x capacity: waiters get the typed timeout; metrics show pending and timeouts; full recovery after release', async () => {
-    const { pool, config } = rig().pool({ poolSize: 2, maxOverflow: 1, poolTimeout: 1 });
+    const { pool, config } = await rig().pool({ poolSize: 2, maxOverflow: 1, poolTimeout: 1 });
     const registry = new DbPoolRegistry();
     registry.add(new PoolMonitor(pool, config, { log() {}, warn() {} }));
     const metrics = new DbPoolMetrics(registry);

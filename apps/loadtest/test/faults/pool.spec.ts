@@ -3,7 +3,7 @@ import 'reflect-metadata';
 import { Test } from '@nestjs/testing';
 import type pg from 'pg';
 import { DataSource, type DataSourceOptions } from 'typeorm';
-import { type DbPool, DbPoolModule, PoolConnectError, PoolReleaseError, getDbPoolToken, poolOf, resolveDbPoolConfig, toTypeOrmOptions } from '@db-pool/db-pool';
+import { createDbPoolDataSource, type DbPool, DbPoolModule, PoolConnectError, PoolReleaseError, getDbPoolToken, poolOf } from '@db-pool/db-pool';
 import { eventually, faultRig, sleep } from './support.js';
 
 type TxClient = pg.PoolClient & { getTransactionStatus(): string };
@@ -12,10 +12,8 @@ describe('fault scenarios: use and misuse', () => {
   const rig = faultRig();
 
   async function dataSource(options: Record<string, unknown>, logs: string[]) {
-    const config = resolveDbPoolConfig({ url: rig().url, poolSize: 2, maxOverflow: 0, env: {}, ...options });
-    const ds = await new DataSource(toTypeOrmOptions(config, { log: (m) => logs.push(`log ${m}`), warn: (m) => logs.push(`warn ${m}`) }) as DataSourceOptions).initialize();
-    await poolOf(ds).warmUp();
-    return ds;
+    const logger = { log: (m: string) => logs.push(`log ${m}`), warn: (m: string) => logs.push(`warn ${m}`) };
+    return createDbPoolDataSource({ url: rig().url, poolSize: 2, maxOverflow: 0, env: {}, logger, ...options });
   }
 
   it('8. a query runner never released: a leak warning with the checkout stack at the threshold', async () => {
@@ -38,7 +36,7 @@ describe('fault scenarios: use and misuse', () => {
   });
 
   it('9. released inside an open and inside an aborted transaction: the next borrower is idle; uncommitted work is not visible', async () => {
-    const { pool } = rig().pool({ poolSize: 1, maxOverflow: 0 });
+    const { pool } = await rig().pool({ poolSize: 1, maxOverflow: 0 });
     await pool.query('CREATE TABLE IF NOT EXISTS fault_tx (v int)');
     await pool.query('TRUNCATE fault_tx');
     for (const abort of [false, true]) {
@@ -75,7 +73,7 @@ describe('fault scenarios: use and misuse', () => {
   });
 
   it('11. double release: a clear error; the counters stay consistent', async () => {
-    const { pool } = rig().pool({ poolSize: 2, maxOverflow: 0 });
+    const { pool } = await rig().pool({ poolSize: 2, maxOverflow: 0 });
     await pool.warmUp();
     const client = await pool.connect();
     client.release();

@@ -4,16 +4,14 @@ import { Test } from '@nestjs/testing';
 import { inspect } from 'node:util';
 import { DataSource } from 'typeorm';
 import {
-  type DbPool,
+  createDbPool,
+  DbPool,
   DbPoolHealthIndicator,
   DbPoolMetrics,
   DbPoolModule,
   getDbPoolConfigToken,
   getDbPoolToken,
   resolveDbPoolConfig,
-  toPgClientOptions,
-  toPoolSettings,
-  DbPool as Pool,
 } from '@db-pool/db-pool';
 import { faultRig } from './support.js';
 
@@ -72,11 +70,13 @@ describe('fault scenarios: 18. secrets', () => {
     const wrong = new URL(rig().url);
     wrong.password = encodeURIComponent(`${PASSWORD}x`);
     for (const url of [wrong.toString(), rig().url.replace('127.0.0.1', 'no-such-host.invalid')]) {
-      const config = resolveDbPoolConfig({ url, poolSize: 1, maxOverflow: 0, poolTimeout: 3, env: {} });
-      const pool = new Pool({ connectionString: config.url, ...toPgClientOptions(config), dbPool: toPoolSettings(config, { log: logger.log, warn: logger.warn }) });
-      const err = (await pool.connect().catch((e: unknown) => e)) as Error;
+      const err = (await createDbPool({ url, poolSize: 1, maxOverflow: 0, poolTimeout: 3, env: {}, logger: { log: logger.log, warn: logger.warn } }).catch((e: unknown) => e)) as Error;
       expect(err).toBeInstanceOf(Error);
-      seen.push(err.message, String(err.stack), inspect(err, { depth: 6 }), inspect(pool, { depth: 6 }));
+      seen.push(err.message, String(err.stack), inspect(err, { depth: 6 }));
+      // The drop-in, given the same URL: its acquire error and the pool itself.
+      const pool = new DbPool({ connectionString: url, max: 1, connectionTimeoutMillis: 3_000 });
+      const acquireErr = (await pool.connect().catch((e: unknown) => e)) as Error;
+      seen.push(acquireErr.message, String(acquireErr.stack), inspect(acquireErr, { depth: 6 }), inspect(pool, { depth: 6 }));
       await pool.end();
     }
     try {

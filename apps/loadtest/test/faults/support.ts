@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { DbPool, resolveDbPoolConfig, toPgClientOptions, toPoolSettings, type DbPoolConfig, type DbPoolOptions } from '@db-pool/db-pool';
+import { createDbPool, type DbPool, resolveDbPoolConfig, type DbPoolConfig, type DbPoolOptions } from '@db-pool/db-pool';
 import { startEmbeddedPostgres, type EmbeddedPostgres } from '../../../../tools/embedded-db.mjs';
 import { startFaultProxy, type FaultProxy } from '../../../../tools/fault-proxy.mjs';
 
@@ -13,7 +13,7 @@ export interface FaultRig {
   /** The server's URL through the proxy. */
   url: string;
   logs: string[];
-  pool(options?: Omit<DbPoolOptions, 'env' | 'url'>, direct?: boolean): { pool: DbPool; config: DbPoolConfig };
+  pool(options?: Omit<DbPoolOptions, 'env' | 'url'>, direct?: boolean): Promise<{ pool: DbPool; config: DbPoolConfig }>;
   admin(): Promise<pg.Client>;
   backends(applicationName: string): Promise<number[]>;
 }
@@ -35,12 +35,12 @@ export function faultRig(serverOptions: Parameters<typeof startEmbeddedPostgres>
       proxy,
       url: proxy.url(db.url),
       logs,
-      pool(options = {}, direct = false) {
+      async pool(options = {}, direct = false) {
         const name = `fault-${++counter}`;
-        const config = resolveDbPoolConfig({ url: direct ? db.url : proxy.url(db.url), poolSize: 3, maxOverflow: 2, poolTimeout: 5, shutdownGrace: 1, applicationName: name, env: {}, ...options, name });
-        const pool = new DbPool({ connectionString: config.url, application_name: config.applicationName, ...toPgClientOptions(config), dbPool: toPoolSettings(config, logger) });
+        const all = { url: direct ? db.url : proxy.url(db.url), poolSize: 3, maxOverflow: 2, poolTimeout: 5, shutdownGrace: 1, applicationName: name, env: {}, logger, ...options, name };
+        const pool = await createDbPool(all);
         pools.push(pool);
-        return { pool, config };
+        return { pool, config: resolveDbPoolConfig(all) };
       },
       async admin() {
         if (!adminClient) {

@@ -6,7 +6,7 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import pg from 'pg';
-import { DbPool, DbPoolMetrics, DbPoolRegistry, PoolMonitor, resolveDbPoolConfig, toPoolSettings } from '@db-pool/db-pool';
+import { createDbPool, DbPoolMetrics, DbPoolRegistry, PoolMonitor, resolveDbPoolConfig } from '@db-pool/db-pool';
 import { chmodSync, mkdtempSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -131,8 +131,9 @@ describeIf('scale-out: 8 replicas × 60 against max_connections=40', () => {
     }, 120_000);
 
     it("with DB_PGBOUNCER_ADMIN_URL, PgBouncer's SHOW POOLS figures join the status, the health report and the metrics", async () => {
-      const config = resolveDbPoolConfig({ url: url(), pgbouncerAdminUrl: url('pgbouncer'), poolSize: 4, maxOverflow: 0, expectedReplicas: 50, healthDetail: true, env: {} });
-      const pool = new DbPool({ connectionString: config.url, dbPool: toPoolSettings(config) });
+      const options = { url: url(), pgbouncerAdminUrl: url('pgbouncer'), poolSize: 4, maxOverflow: 0, expectedReplicas: 50, healthDetail: true, env: {} };
+      const config = resolveDbPoolConfig(options);
+      const pool = await createDbPool(options);
       const registry = new DbPoolRegistry();
       const monitor = new PoolMonitor(pool, config, { log() {}, warn() {} });
       registry.add(monitor);

@@ -1,5 +1,6 @@
 import type { DataSourceOptions } from 'typeorm';
 import type { TypeOrmModuleOptions } from '@nestjs/typeorm';
+import type { DbPoolLogger } from '../pool/logger.js';
 
 type PostgresConnectionOptions = Extract<DataSourceOptions, { type: 'postgres' }>;
 
@@ -87,8 +88,14 @@ export interface DbPoolOptions {
    */
   healthDetail?: Loose<boolean>;
 
-  /** Further TypeORM DataSource options (entities, migrations, logging, …). */
-  typeorm?: Omit<Partial<PostgresConnectionOptions>, 'type' | 'driver' | 'url' | 'poolSize' | 'extra' | 'name'> &
+  /** Where the pool and the module write (Nest's `Logger` fits). @default silent for `createDbPool`, Nest's logger in the module */
+  logger?: DbPoolLogger;
+
+  /**
+   * Further TypeORM DataSource options (entities, migrations, logging, …). `extra` is handed to
+   * pg as TypeORM does (`keepAlive`, `maxUses`, `ssl`, …); db-pool's own keys win over it.
+   */
+  typeorm?: Omit<Partial<PostgresConnectionOptions>, 'type' | 'driver' | 'url' | 'poolSize' | 'name'> &
     Pick<TypeOrmModuleOptions, 'autoLoadEntities' | 'retryAttempts' | 'retryDelay'>;
 }
 

@@ -1,5 +1,6 @@
 import type { DbPoolConfig } from '../config/db-pool.options.js';
-import type { DbPool, DbPoolLogger } from '../pool/db-pool.js';
+import type { DbPool } from '../pool/db-pool.js';
+import type { DbPoolLogger } from '../pool/logger.js';
 import { codeOf, describeState, PoolClosedError, PoolConnectError, PoolTimeoutError } from '../errors.js';
 import { scrubSecrets } from '../redact.js';
 import { RECOMMENDATIONS } from './messages.constant.js';

@@ -10,10 +10,6 @@ export class DbPoolRegistry {
     this.monitors.set(monitor.name, monitor);
   }
 
-  remove(monitor: PoolMonitor): void {
-    if (this.monitors.get(monitor.name) === monitor) this.monitors.delete(monitor.name);
-  }
-
   get(name: string): PoolMonitor {
     const monitor = this.monitors.get(name);
     if (!monitor) throw new Error(`db-pool: no pool named "${name}" (known: ${[...this.monitors.keys()].join(', ') || 'none'})`);

@@ -1,360 +1,146 @@
+import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
-import { PoolClosedError, PoolConnectError, PoolReleaseError, PoolTimeoutError, type PoolState } from '../errors.js';
+import { PoolClosedError, PoolConnectError, PoolTimeoutError, type PoolState } from '../errors.js';
 import { scrubSecrets } from '../redact.js';
-import { createPoolTimings, type PoolTimings } from './histogram.js';
+import type { PoolTimings } from './histogram.js';
 import { CheckoutLeakTracker, type CheckoutSite, type LeakTracker, NO_LEAK_TRACKING, type StackCaptureStats } from './leak-tracker.js';
-import { connectionLost, destroySocket, queuedQueries } from './pg-internals.js';
+import { delegateToClient, PoolLease } from './lease.js';
+import { lifetimeOf, Refill } from './lifetime.js';
+import { awaitingServer, connectionLost, destroySocket, protocolOf, queuedQueries } from './pg-internals.js';
+import { PoolEntry } from './pool-entry.js';
+import { type DbPoolSettings, type PgPoolOptions, settingsFromPg } from './settings.js';
+import { type ConnectHealth, type DbPoolCounters, PoolStats, type RemovalReason } from './tracker.js';
+import { inTransaction, ping, resetSession, rollback, settle, watchSession } from './validation.js';
 
-/** What db-pool adds to pg-pool's options. Durations in milliseconds. */
-export interface DbPoolSettings {
-  name: string;
-  /** Connections kept open (pg-pool `min`), opened by {@link DbPool.warmUp}. */
-  poolSize: number;
-  /** Extra connections under load; `max` = poolSize + maxOverflow. */
-  maxOverflow: number;
-  /** How long an acquire may wait in all. */
-  poolTimeoutMs: number;
-  /** How long opening one connection may take. */
-  connectTimeoutMs: number;
-  /** Idle time after which a connection above `poolSize` is closed. */
-  overflowIdleTimeoutMs: number;
-  /** Maximum lifetime of a connection (0 = unlimited). */
-  recycleMs: number;
-  /** Fraction (0–0.5) by which each lifetime is shortened at random. */
-  recycleJitter: number;
-  prePing: boolean;
-  prePingBypassMs: number;
-  /** Bound on a pre-ping, on the rollback of a connection returned inside a transaction, and on a connection's close. */
-  validationTimeoutMs: number;
-  /**
-   * When a returned connection's session state is reset (`RESET ALL`, `RESET ROLE`, `RESET
-   * SESSION AUTHORIZATION`, `UNLISTEN *`, `pg_advisory_unlock_all()`): `auto` after a checkout
-   * that ran SET, RESET or LISTEN or changed a reported setting; `always` after every checkout.
-   */
-  resetSession: 'auto' | 'always';
-  /** Checkouts held longer than this are logged with their stack (0 = off). */
-  leakThresholdMs: number;
-  /** Checkout stacks captured per second at most, while leak tracking is on (0 = none). */
-  leakStackRate: number;
-  /** How long `end()` waits for checked-out connections before it closes them. */
-  shutdownGraceMs: number;
-  logger?: DbPoolLogger;
-}
-
-export interface DbPoolLogger {
-  log(message: string): void;
-  warn(message: string): void;
-  debug?(message: string): void;
-}
-
-export type DbPoolOptions = pg.PoolConfig & { dbPool: DbPoolSettings };
-
-/** Counters the pool keeps; reading them never waits on the pool. */
-export interface DbPoolCounters {
-  /** Connections opened, in all. */
-  created: number;
-  /** Connections closed and removed, in all. */
-  removed: number;
-  /** Successful acquires. */
-  acquired: number;
-  /** Acquires that waited their whole `DB_POOL_TIMEOUT` and ended in PoolTimeoutError. */
-  timeouts: number;
-  /**
-   * Short-deadline acquires ({@link DbPool.connectWithin}: the readiness probe, the headroom
-   * sampler) that ended in PoolTimeoutError. Counted apart: a busy pool makes them time out
-   * without any caller having waited `DB_POOL_TIMEOUT`.
-   */
-  probeTimeouts: number;
-  /** Acquires that ended in PoolConnectError. */
-  connectErrors: number;
-  /** Connection attempts that failed, whoever made them (an acquire, the warm-up, the refill). */
-  connectFailures: number;
-  /** Validation round trips before hand-out. */
-  prePings: number;
-  /** Validations that found the connection dead. */
-  prePingFailures: number;
-  /** Connections rolled back on return because they were inside a transaction. */
-  resets: number;
-  /** Connections whose session state (settings, role, LISTEN, advisory locks) was reset on return. */
-  sessionResets: number;
-  /** Connections discarded because the rollback on return failed. */
-  resetFailures: number;
-  /** Connections retired because they outlived `recycleMs`. */
-  recycled: number;
-  /** Errors raised by connections (idle or checked out) that the pool absorbed. */
-  clientErrors: number;
-}
-
-type Callback = (err: Error | undefined, client?: pg.PoolClient, release?: (err?: Error | boolean) => void) => void;
-
-/** Whether connections can be opened right now, from the outcome of the recent attempts. */
-export interface ConnectHealth {
-  /** Failed attempts since the last one that succeeded (0 when the last one succeeded). */
-  consecutiveFailures: number;
-  /** When the last attempt failed (performance.now()), if one has. */
-  lastFailureAt: number | undefined;
-  /** The last failure (its message may name the host: show it only where that is wanted). */
-  lastError: Error | undefined;
-}
+type Release = (err?: Error | boolean) => void;
+type ConnectCallback = (err: Error | undefined, client: pg.PoolClient | undefined, release: Release) => void;
+type QueryCallback = (err: Error | undefined, result?: pg.QueryResult) => void;
+const NOOP = () => {};
 
 /** One acquire, from the call to the hand-out or the failure. */
 interface Acquire {
   readonly startedAt: number;
+  /** performance.now() by which it must be served; Infinity = no deadline (pg's default). */
   readonly deadline: number;
   readonly timeoutMs: number;
-  /** `connect()` waits `DB_POOL_TIMEOUT`; a probe (`connectWithin`) a short deadline of its own. */
+  /** A short-deadline acquire of its own (`connectWithin`): counted apart when it times out. */
   readonly probe: boolean;
   readonly site: CheckoutSite | undefined;
-  readonly callback: Callback;
-  /** Fires at the deadline; armed only when the acquire may have to wait. */
-  timer: NodeJS.Timeout | undefined;
-  /** The callback of the current attempt in pg-pool's queue, taken out on timeout. */
-  waiter: Callback | undefined;
-  /** Why the previous attempt failed (a dead connection's pre-ping), the timeout's cause. */
+  readonly callback: (err: Error | undefined, lease?: PoolLease) => void;
+  /** Handed out or failed; a connection meant for it later goes back to the pool. */
+  settled: boolean;
+  /** Why the last try failed (a dead connection's pre-ping): the timeout's cause. */
   lastError: Error | undefined;
-  /** Settled: handed out or failed; whatever arrives later goes back to the pool. */
-  done: boolean;
-}
-// pg-pool keeps its state in these fields; we read and use them rather than keep a copy.
-interface PgPoolInternals {
-  _clients: pg.PoolClient[];
-  _idle: { client: pg.PoolClient; timeoutId?: NodeJS.Timeout }[];
-  _pendingQueue: { callback: Callback }[];
-  _expired: WeakSet<pg.PoolClient>;
-  _remove(client: pg.PoolClient, callback?: () => void): void;
-  _pulseQueue(): void;
-  newClient(pendingItem: { callback: Callback }): void;
 }
 
-// Per-connection timestamps (performance.now()), kept on the client itself.
-const LAST_USED = Symbol('dbPool.lastUsed');
-const CHECKED_OUT_AT = Symbol('dbPool.checkedOutAt');
-/** Set when the server sent a FATAL error: the connection is closing, whatever pg says yet. */
-const DEAD = Symbol('dbPool.dead');
-/** Set when a checkout changed the session (SET, RESET, LISTEN, a reported setting): reset it on return. */
-const SESSION_CHANGED = Symbol('dbPool.sessionChanged');
 /**
- * Undoes what a borrower may have left on the session. Not DISCARD ALL: that would also drop
- * the named prepared statements pg keeps track of on the client, which would then fail.
- */
-const RESET_SESSION = 'RESET ALL; RESET ROLE; RESET SESSION AUTHORIZATION; UNLISTEN *; SELECT pg_advisory_unlock_all()';
-/** Command tags after which a session may differ from a fresh one. */
-const SESSION_COMMANDS = new Set(['SET', 'RESET', 'LISTEN']);
-/** LAST_USED of a connection opened for the caller about to get it: no need to validate it. */
-const JUST_OPENED = -1;
-type TrackedClient = pg.PoolClient & {
-  [LAST_USED]?: number;
-  [CHECKED_OUT_AT]?: number;
-  [DEAD]?: boolean;
-  [SESSION_CHANGED]?: boolean;
-  getTransactionStatus?(): string | null;
-  /** pg's own: the query on the wire, until its ReadyForQuery arrives. */
-  _getActiveQuery?(): unknown;
-  /** pg's own: false from sending a query until the server's ReadyForQuery. */
-  readyForQuery?: boolean;
-  connection?: NodeJS.EventEmitter;
-};
-
-const PING = 'SELECT 1';
-const REMOVED = new WeakSet<object>();
-const FILL_RETRY_MIN_MS = 250;
-const FILL_RETRY_MAX_MS = 5_000;
-
-/**
- * pg's `Pool` with SQLAlchemy QueuePool semantics: `poolSize` connections kept warm, up to
- * `maxOverflow` more under load that close when idle, an acquire deadline with a typed error,
- * recycling with jitter, pre-ping with a bypass window, and a rollback of connections handed
- * back inside a transaction. The queue, idle timeouts and lifetimes stay pg-pool's.
+ * A PostgreSQL pool with pg.Pool's contract — `connect()` (promise and callback), `query()`,
+ * `end()`, its options, counts and events — and SQLAlchemy QueuePool's semantics on top:
+ * `poolSize` connections kept warm and topped up, `maxOverflow` more under load that close when
+ * idle, an acquire deadline with a typed error, recycling with jitter, pre-ping with a bypass
+ * window, and connections handed back inside a transaction or with session state rolled back
+ * and reset before anyone else gets them. What a caller gets is a lease valid for its checkout
+ * only.
  *
- * TypeORM builds it through its `driver` option and calls `connect(callback)`; the promise form
- * works as on `pg.Pool`.
+ * `new DbPool(pgOptions)` is a drop-in for `new pg.Pool(pgOptions)`; `createDbPool()` builds one
+ * from db-pool's configuration. The queue is db-pool's own: FIFO, one deadline timer for all
+ * waiters.
  */
-export class DbPool extends pg.Pool {
+export class DbPool extends EventEmitter {
   readonly settings: DbPoolSettings;
-  readonly counters: DbPoolCounters = {
-    created: 0,
-    removed: 0,
-    acquired: 0,
-    timeouts: 0,
-    probeTimeouts: 0,
-    connectErrors: 0,
-    connectFailures: 0,
-    prePings: 0,
-    prePingFailures: 0,
-    resets: 0,
-    sessionResets: 0,
-    resetFailures: 0,
-    recycled: 0,
-    clientErrors: 0,
-  };
-  /** Wait, use and create times, in seconds. */
-  readonly timings: PoolTimings = createPoolTimings();
-  /**
-   * Connections being opened (in pg-pool's list, neither idle nor checked out yet), by the
-   * callback that will hand each over; shutdown fails those still open when its grace ends.
-   */
-  private readonly connecting = new Set<Callback>();
-  private connectHealthState: ConnectHealth = { consecutiveFailures: 0, lastFailureAt: undefined, lastError: undefined };
-  private readonly logger: DbPoolLogger;
+  /** pg.Pool's options as given, with pg-pool's defaults filled in (the password and connection string are not enumerable). */
+  readonly options: pg.PoolOptions & PgPoolOptions;
+  readonly Client: typeof pg.Client;
+  ending = false;
+  ended = false;
+
+  private readonly stats = new PoolStats();
+  private readonly clientConfig: pg.ClientConfig;
+  private readonly Promise: PromiseConstructor;
   private readonly leaks: LeakTracker;
+  private readonly refill: Refill;
+  /** Every connection, being opened or open. */
+  private readonly entries = new Set<PoolEntry>();
+  /** Open and free; the last one in is the first out (warm connections, fewer pre-pings). */
+  private readonly idle: PoolEntry[] = [];
+  /** Callers waiting, first in first out. */
+  private queue: Acquire[] = [];
+  /** Acquires not in the queue and not settled: their connection is being validated. */
+  private readonly validating = new Set<Acquire>();
+  private opening = 0;
+  /** Connections being closed; the pool has ended when none is left either. */
+  private closing = 0;
+  private deadlineTimer: NodeJS.Timeout | undefined;
+  private deadlineAt = Infinity;
+  private idleSweeper: NodeJS.Timeout | undefined;
+  private readonly endWaiters: ((err?: Error) => void)[] = [];
+  private graceTimer: NodeJS.Timeout | undefined;
 
-  private fillTimer: NodeJS.Timeout | undefined;
-  /** A refill round is under way: connections removed meanwhile wait for the next round. */
-  private filling = false;
-  private fillRetryMs = FILL_RETRY_MIN_MS;
-
-  constructor(options: DbPoolOptions) {
-    const settings = options.dbPool;
-    const connectTimeoutMs = settings.connectTimeoutMs;
-    // pg-pool would apply one `connectionTimeoutMillis` both to the wait in its queue and to
-    // opening a socket. We give the wait its own deadline and the client its connect timeout.
-    class DbPoolClient extends pg.Client {
-      constructor(config: pg.ClientConfig) {
-        super(config);
-        (this as unknown as { _connectionTimeoutMillis: number })._connectionTimeoutMillis = connectTimeoutMs;
-      }
-    }
-    super({
-      ...options,
-      min: settings.poolSize,
-      max: settings.poolSize + settings.maxOverflow,
-      idleTimeoutMillis: settings.overflowIdleTimeoutMs,
-      connectionTimeoutMillis: 0,
-      maxLifetimeSeconds: 0,
-      Client: DbPoolClient,
-    } as unknown as pg.PoolConfig);
-    this.settings = settings;
-    this.logger = settings.logger ?? { log: () => {}, warn: () => {} };
-    // pg-pool hides `password`; the connection string holds it too.
-    if (this.options.connectionString) Object.defineProperty(this.options, 'connectionString', { enumerable: false });
-    this.leaks = settings.leakThresholdMs > 0 ? new CheckoutLeakTracker({ poolName: settings.name, thresholdMs: settings.leakThresholdMs, stackRate: settings.leakStackRate, logger: this.logger }) : NO_LEAK_TRACKING;
-
-    this.on('connect', (client: TrackedClient) => this.onConnect(client));
-    this.on('remove', (client: TrackedClient) => this.onRemove(client));
-    // An error on an idle client: pg-pool has removed it already; without a listener the
-    // process would crash.
-    // (Counted by the per-client listener in onConnect.)
-    this.on('error', (err: Error) => {
-      this.logger.warn(`db-pool "${settings.name}": idle connection lost: ${scrubSecrets(err.message)}`);
-    });
+  /**
+   * @param options pg.Pool's options: `max`, `min`, `connectionTimeoutMillis`, `idleTimeoutMillis`,
+   *   `maxLifetimeSeconds`, `maxUses`, `allowExitOnIdle`, `Client`, `onConnect`, `verify`, `log`,
+   *   `Promise`, and every `pg.Client` option (`connectionString`, `keepAlive`, `ssl`, …).
+   * @param settings db-pool's own settings over those derived from `options` (`createDbPool` passes them from the configuration).
+   */
+  constructor(options: PgPoolOptions = {}, settings: Partial<DbPoolSettings> = {}) {
+    super();
+    this.settings = settingsFromPg(options, settings);
+    const { poolSize, maxOverflow, maxUses, allowExitOnIdle, recycleMs, overflowIdleTimeoutMs } = this.settings;
+    this.options = hideSecrets(
+      { ...options, max: poolSize + maxOverflow, min: poolSize, maxUses, allowExitOnIdle, maxLifetimeSeconds: recycleMs / 1000, idleTimeoutMillis: overflowIdleTimeoutMs },
+      options,
+    );
+    this.Client = (options.Client ?? pg.Client) as typeof pg.Client;
+    this.Promise = (options.Promise ?? Promise) as PromiseConstructor;
+    this.clientConfig = hideSecrets({ ...options, connectionTimeoutMillis: this.settings.connectTimeoutMs }, options);
+    const { name, leakThresholdMs, leakStackRate, logger } = this.settings;
+    this.leaks = leakThresholdMs > 0 ? new CheckoutLeakTracker({ poolName: name, thresholdMs: leakThresholdMs, stackRate: leakStackRate, logger }) : NO_LEAK_TRACKING;
+    this.refill = new Refill({ name, logger, missing: () => this.settings.poolSize - this.entries.size, openOne: (done) => this.openIdle(done) });
   }
 
-  private get internals(): PgPoolInternals {
-    return this as unknown as PgPoolInternals;
+  // ----- pg.Pool's counts and db-pool's state --------------------------------------------------
+
+  /** The pool's name (DB_POOL_NAME's `name`), in its errors and logs. */
+  get name(): string {
+    return this.settings.name;
+  }
+
+  get totalCount(): number {
+    return this.entries.size;
+  }
+  get idleCount(): number {
+    return this.idle.length;
+  }
+  get waitingCount(): number {
+    return this.queue.length;
+  }
+  get expiredCount(): number {
+    let n = 0;
+    for (const entry of this.entries) if (entry.expired) n++;
+    return n;
   }
 
   /** The pool's counts right now (`total` includes connections still being opened). */
   state(): PoolState {
-    const total = this.totalCount;
-    const idle = this.idleCount;
-    return { total, active: total - idle - this.connecting.size, idle, waiting: this.waitingCount };
+    const total = this.entries.size;
+    const idle = this.idle.length;
+    return { total, active: total - idle - this.opening, idle, waiting: this.queue.length };
+  }
+
+  /** Running totals since the pool was created. */
+  get counters(): DbPoolCounters {
+    return this.stats.counters;
+  }
+
+  /** Wait, use and create times, in seconds. */
+  get timings(): PoolTimings {
+    return this.stats.timings;
   }
 
   /** How the recent connection attempts went (the monitor turns failures into health). */
   connectHealth(): ConnectHealth {
-    return { ...this.connectHealthState };
-  }
-
-  /**
-   * Opens connections until `poolSize` are open. Resolves once they are (the seed's
-   * "Checked In: 20"); when some could not be opened, rejects, after every attempt has ended,
-   * with the first connect error.
-   */
-  async warmUp(): Promise<void> {
-    const missing = this.settings.poolSize - this.totalCount;
-    const attempts: Promise<void>[] = [];
-    for (let i = 0; i < missing; i++) attempts.push(new Promise((resolve, reject) => this.openOne((err) => (err ? reject(err) : resolve()))));
-    const failed = (await Promise.allSettled(attempts)).find((r) => r.status === 'rejected');
-    if (failed) throw (failed as PromiseRejectedResult).reason;
-  }
-
-  override connect(): Promise<pg.PoolClient>;
-  override connect(callback: Callback): void;
-  override connect(callback?: Callback): Promise<pg.PoolClient> | void {
-    const site = this.leaks.capture(this.connect);
-    if (callback) return this.acquire(this.settings.poolTimeoutMs, false, site, callback);
-    return new Promise((resolve, reject) => this.acquire(this.settings.poolTimeoutMs, false, site, (err, client) => (err ? reject(err) : resolve(client!))));
-  }
-
-  /**
-   * Acquires with a deadline of its own, shorter than `DB_POOL_TIMEOUT`: for probes and
-   * background samplers that must not queue behind a busy pool. Its timeouts are counted in
-   * `counters.probeTimeouts`, not `counters.timeouts`.
-   */
-  connectWithin(timeoutMs: number): Promise<pg.PoolClient> {
-    const site = this.leaks.capture(this.connectWithin);
-    return new Promise((resolve, reject) => this.acquire(timeoutMs, true, site, (err, client) => (err ? reject(err) : resolve(client!))));
-  }
-
-  /**
-   * Runs one query within `timeoutMs` in all, acquire included. When the answer is late, the
-   * caller gets the error at once and the connection is kept only if the server answers within
-   * `DB_VALIDATION_TIMEOUT_MS` (a slow server is not a dead one); otherwise it is discarded.
-   */
-  async queryWithin<R extends pg.QueryResultRow = pg.QueryResultRow>(text: string, timeoutMs: number): Promise<pg.QueryResult<R>> {
-    const started = performance.now();
-    const client = await this.connectWithin(timeoutMs);
-    const left = Math.max(1, Math.round(timeoutMs - (performance.now() - started)));
-    let result: pg.QueryResult<R>;
-    try {
-      result = await client.query<R>({ text, query_timeout: left } as pg.QueryConfig);
-    } finally {
-      // An error answer or a late one: the release settles the connection or discards it.
-      client.release();
-    }
-    return result;
-  }
-
-  /** `SELECT 1` within `timeoutMs` in all: the readiness probe. */
-  async ping(timeoutMs: number): Promise<void> {
-    await this.queryWithin(PING, timeoutMs);
-  }
-
-  /**
-   * Closes idle connections now and the others as they come back, like pg-pool; connections
-   * still checked out after `shutdownGraceMs` (leaked, or stuck on a dead server) are closed
-   * then, so shutdown always finishes.
-   */
-  override end(): Promise<void>;
-  override end(callback: () => void): void;
-  override end(callback?: () => void): Promise<void> | void {
-    clearTimeout(this.fillTimer);
-    this.leaks.stop();
-    if (this.ending) return callback ? super.end(callback) : super.end();
-    // pg-pool's ending pulse neither serves nor fails the queue: every waiter is told, each on
-    // its own tick, so that a callback that throws cannot stop the shutdown or the others.
-    const waiters = this.internals._pendingQueue.splice(0);
-    const state = { ...this.state(), waiting: waiters.length };
-    // Not unref'd: a shutdown under way keeps the process alive until it has finished.
-    const grace = setTimeout(() => this.closeCheckedOut(), this.settings.shutdownGraceMs);
-    const done = () => clearTimeout(grace);
-    const ended = callback
-      ? super.end(() => {
-          done();
-          callback();
-        })
-      : super.end().finally(done);
-    for (const item of waiters) process.nextTick(() => item.callback(new PoolClosedError(this.settings.name, state)));
-    return ended;
-  }
-
-  private closeCheckedOut(): void {
-    const pool = this.internals;
-    const left = pool._clients.slice();
-    if (this.ended) return;
-    if (left.length === 0) return pool._pulseQueue(); // ends the pool if a close is all that was left
-    this.logger.warn(`db-pool "${this.settings.name}": closing ${left.length} connection(s) still checked out or being opened ${this.settings.shutdownGraceMs / 1000} s after shutdown began`);
-    // A connection still being opened: pg never calls back a client ended while it connects,
-    // so its caller is failed here, not left to its own deadline.
-    const closed = new PoolClosedError(this.settings.name, this.state());
-    for (const handOver of [...this.connecting]) handOver(closed);
-    for (const client of left) {
-      pool._remove(client);
-      // Don't wait for a polite close from a server that may not answer.
-      ((client as TrackedClient).connection as { stream?: { destroy(): void } } | undefined)?.stream?.destroy();
-    }
-    pool._pulseQueue(); // `_clients` is empty now: this ends the pool
+    return this.stats.connectHealth();
   }
 
   /** Checkouts reported as possible leaks (DB_POOL_LEAK_THRESHOLD) that have not come back. */
@@ -369,364 +155,587 @@ export class DbPool extends pg.Pool {
 
   /** How long the longest-held connection has been checked out, in ms (0 when none is). */
   oldestCheckoutMs(): number {
-    const idle = new Set(this.internals._idle.map((item) => item.client));
     const now = performance.now();
     let oldest = 0;
-    for (const client of this.internals._clients as TrackedClient[]) {
-      const since = client[CHECKED_OUT_AT];
-      if (since !== undefined && !idle.has(client)) oldest = Math.max(oldest, now - since);
-    }
+    for (const entry of this.entries) if (entry.checkedOutAt >= 0) oldest = Math.max(oldest, now - entry.checkedOutAt);
     return oldest;
   }
 
-  /** pg-pool's own (undeclared in its types): opens a connection for a pending item. */
-  newClient(pendingItem: { callback: Callback }): void {
-    const started = performance.now();
-    const callback = pendingItem.callback;
-    const handOver: Callback = (err, client, release) => {
-      // Called once: by pg-pool when the attempt ends, or by shutdown when its grace is over.
-      if (!this.connecting.delete(handOver)) return;
-      if (err instanceof PoolClosedError) {
-        // ok: shutdown gave up on it
-      } else if (err) {
-        this.counters.connectFailures++;
-        const health = this.connectHealthState;
-        health.consecutiveFailures++;
-        health.lastFailureAt = performance.now();
-        health.lastError = err;
-      } else {
-        this.connectHealthState.consecutiveFailures = 0;
-        this.timings.create.observe((performance.now() - started) / 1000);
-      }
-      callback(err, client, release);
-    };
-    this.connecting.add(handOver);
-    pendingItem.callback = handOver;
-    try {
-      (pg.Pool.prototype as unknown as PgPoolInternals).newClient.call(this, pendingItem);
-    } catch (err) {
-      // pg builds the client synchronously and can throw there (an unreadable sslrootcert,
-      // EMFILE): a failed connection attempt like any other, not an exception in the caller.
-      process.nextTick(() => handOver(err as Error));
+  // ----- acquiring ----------------------------------------------------------------------------
+
+  connect(): Promise<pg.PoolClient>;
+  connect(callback: ConnectCallback): void;
+  connect(callback?: ConnectCallback): Promise<pg.PoolClient> | void {
+    const site = this.leaks.capture(this.connect);
+    if (callback) {
+      // Called back on a later tick, as pg.Pool does; on error with a no-op release, as pg.Pool gives.
+      return this.acquire(this.settings.poolTimeoutMs, false, site, (err, lease) => process.nextTick(callback, err, lease as unknown as pg.PoolClient | undefined, lease ? lease.release : NOOP));
     }
+    return new this.Promise((resolve, reject) => this.acquire(this.settings.poolTimeoutMs, false, site, (err, lease) => (err ? reject(err) : resolve(lease as unknown as pg.PoolClient))));
   }
 
   /**
-   * pg-pool's own: takes a client out of the pool and closes it politely, calling back once the
-   * server has closed its end. A server that never does (a hung backend) would hold the slot,
-   * and shutdown, forever: past DB_VALIDATION_TIMEOUT_MS the socket is destroyed.
+   * Acquires with a deadline of its own, shorter than `DB_POOL_TIMEOUT`: for probes and
+   * background samplers that must not queue behind a busy pool. Its timeouts are counted in
+   * `counters.probeTimeouts`, not `counters.timeouts`.
    */
-  _remove(client: pg.PoolClient, callback?: () => void): void {
-    (pg.Pool.prototype as unknown as PgPoolInternals)._remove.call(this, client, callback);
-    if ((client as unknown as { _ended?: boolean })._ended) return;
-    const timer = setTimeout(() => destroySocket(client), this.settings.validationTimeoutMs);
-    timer.unref();
-    client.once('end', () => clearTimeout(timer));
-    // The slot is free now: serve a waiter without waiting for the close.
-    if (!this.ending && this.internals._pendingQueue.length > 0) process.nextTick(() => this.internals._pulseQueue());
-  }
-
-  private acquire(timeoutMs: number, probe: boolean, site: CheckoutSite | undefined, callback: Callback): void {
-    const startedAt = performance.now();
-    const acquire: Acquire = { startedAt, deadline: startedAt + timeoutMs, timeoutMs, probe, site, callback, timer: undefined, waiter: undefined, lastError: undefined, done: false };
-    this.attempt(acquire);
-  }
-
-  /** One try at a connection: from pg-pool's idle list or queue, or a new one. */
-  private attempt(acquire: Acquire): void {
-    if (this.ending) return this.fail(acquire, new PoolClosedError(this.settings.name, this.state()));
-    // A deadline that has passed is final: no idle connection is taken (and pre-pinged) after it.
-    if (performance.now() >= acquire.deadline) return this.timeOut(acquire);
-    const waiter: Callback = (err, client) => this.onClient(acquire, waiter, err, client);
-    acquire.waiter = waiter;
-    super.connect(waiter);
-    if (acquire.timer || acquire.done) return;
-    // A caller that an idle connection will serve on the next tick needs no timer.
-    const queue = this.internals._pendingQueue;
-    const queued = queue.length > 0 && queue[queue.length - 1].callback === waiter;
-    if (queued && queue.length <= this.idleCount) return;
-    this.armDeadline(acquire);
-  }
-
-  private armDeadline(acquire: Acquire): void {
-    acquire.timer = setTimeout(() => this.timeOut(acquire), Math.max(0, acquire.deadline - performance.now()));
-    acquire.timer.unref();
-  }
-
-  private onClient(acquire: Acquire, waiter: Callback, err: Error | undefined, client: pg.PoolClient | undefined): void {
-    if (acquire.done || acquire.waiter !== waiter) {
-      // The caller gave up; a connection that arrives late goes back to the pool.
-      if (!err) {
-        (client as TrackedClient)[LAST_USED] = performance.now();
-        client!.release();
-      }
-      return;
-    }
-    acquire.waiter = undefined;
-    if (err) {
-      if (err instanceof PoolClosedError) return this.fail(acquire, err);
-      if (this.ending) return this.fail(acquire, new PoolClosedError(this.settings.name, this.state(), { cause: err }));
-      this.counters.connectErrors++;
-      // pg says only "timeout expired" when its connect timeout fires; name the setting.
-      const reason = err.message === 'timeout expired' ? `DB_CONNECT_TIMEOUT (${this.settings.connectTimeoutMs} ms) expired` : scrubSecrets(err.message);
-      return this.fail(acquire, new PoolConnectError(this.settings.name, this.state(), reason, { cause: err }));
-    }
-    const tracked = client as TrackedClient;
-    if (tracked[DEAD] || connectionLost(tracked)) {
-      tracked.release(true);
-      return this.attempt(acquire);
-    }
-    const lastUsed = tracked[LAST_USED] ?? 0;
-    if (this.settings.prePing && lastUsed !== JUST_OPENED && performance.now() - lastUsed > this.settings.prePingBypassMs) {
-      return this.validate(acquire, tracked);
-    }
-    this.handOut(acquire, tracked);
+  connectWithin(timeoutMs: number): Promise<pg.PoolClient> {
+    const site = this.leaks.capture(this.connectWithin);
+    return new this.Promise((resolve, reject) => this.acquire(timeoutMs, true, site, (err, lease) => (err ? reject(err) : resolve(lease as unknown as pg.PoolClient))));
   }
 
   /**
-   * Pre-ping, bounded by DB_VALIDATION_TIMEOUT_MS rather than by the caller's deadline: a
+   * pg.Pool's `query()`: checks out, runs one query, hands the connection back. A query that
+   * fails keeps its connection when the server is fine (pg.Pool discards it); the release
+   * decides, as for any checkout.
+   */
+  // pg.Pool's overloads, as @types/pg spells them, so that a DbPool goes wherever a pg.Pool does.
+  /* eslint-disable @typescript-eslint/no-explicit-any, @typescript-eslint/unified-signatures */
+  query<T extends pg.Submittable>(queryStream: T): T;
+  query<R extends any[] = any[], I = any[]>(queryConfig: pg.QueryArrayConfig<I>, values?: pg.QueryConfigValues<I>): Promise<pg.QueryArrayResult<R>>;
+  query<R extends pg.QueryResultRow = any, I = any[]>(queryConfig: pg.QueryConfig<I>): Promise<pg.QueryResult<R>>;
+  query<R extends pg.QueryResultRow = any, I = any[]>(queryTextOrConfig: string | pg.QueryConfig<I>, values?: pg.QueryConfigValues<I>): Promise<pg.QueryResult<R>>;
+  query<R extends any[] = any[], I = any[]>(queryConfig: pg.QueryArrayConfig<I>, callback: (err: Error, result: pg.QueryArrayResult<R>) => void): void;
+  query<R extends pg.QueryResultRow = any, I = any[]>(queryTextOrConfig: string | pg.QueryConfig<I>, callback: (err: Error, result: pg.QueryResult<R>) => void): void;
+  query<R extends pg.QueryResultRow = any, I = any[]>(queryText: string, values: pg.QueryConfigValues<I>, callback: (err: Error, result: pg.QueryResult<R>) => void): void;
+  /* eslint-enable @typescript-eslint/no-explicit-any, @typescript-eslint/unified-signatures */
+  query(text: unknown, values?: unknown, callback?: unknown): unknown {
+    if (typeof text === 'function') {
+      const err = new Error('Passing a function as the first parameter to pool.query is not supported');
+      return promised(this.Promise, text as QueryCallback, (done) => setImmediate(() => done(err)));
+    }
+    if (typeof values === 'function') {
+      callback = values;
+      values = undefined;
+    }
+    return promised(this.Promise, callback as QueryCallback | undefined, (done) => {
+      this.connect((err, client) => {
+        if (err) return done(err);
+        client!.query(text as string, values as unknown[], (queryErr: Error | null, result: pg.QueryResult) => {
+          client!.release();
+          done(queryErr ?? undefined, result);
+        });
+      });
+    });
+  }
+
+  /**
+   * Runs one query within `timeoutMs` in all, acquire included. When the answer is late, the
+   * caller gets the error at once and the connection is kept only if the server answers within
+   * `DB_VALIDATION_TIMEOUT_MS` (a slow server is not a dead one); otherwise it is discarded.
+   */
+  async queryWithin<R extends pg.QueryResultRow = pg.QueryResultRow>(text: string, timeoutMs: number): Promise<pg.QueryResult<R>> {
+    const started = performance.now();
+    const client = await this.connectWithin(timeoutMs);
+    const left = Math.max(1, Math.round(timeoutMs - (performance.now() - started)));
+    try {
+      return await client.query<R>({ text, query_timeout: left } as pg.QueryConfig);
+    } finally {
+      client.release();
+    }
+  }
+
+  /** `SELECT 1` within `timeoutMs` in all: the readiness probe. */
+  async ping(timeoutMs: number): Promise<void> {
+    await this.queryWithin('SELECT 1', timeoutMs);
+  }
+
+  /**
+   * Opens connections until `poolSize` are open. Resolves once they are (the seed's
+   * "Checked In: 20"); when some could not be opened, rejects, after every attempt has ended,
+   * with the first connect error.
+   */
+  async warmUp(): Promise<void> {
+    const missing = this.settings.poolSize - this.entries.size;
+    const attempts = Array.from({ length: Math.max(0, missing) }, () => new Promise<void>((resolve, reject) => this.openIdle((err) => (err ? reject(err) : resolve()))));
+    const failed = (await Promise.allSettled(attempts)).find((r) => r.status === 'rejected');
+    if (failed) throw (failed as PromiseRejectedResult).reason;
+  }
+
+  private acquire(timeoutMs: number, probe: boolean, site: CheckoutSite | undefined, callback: Acquire['callback']): void {
+    const startedAt = performance.now();
+    const acquire: Acquire = { startedAt, deadline: timeoutMs > 0 ? startedAt + timeoutMs : Infinity, timeoutMs, probe, site, callback, settled: false, lastError: undefined };
+    this.attempt(acquire, startedAt);
+  }
+
+  /** One try: an idle connection (pre-pinged if it sat idle), else a place in the queue. */
+  private attempt(acquire: Acquire, now: number): void {
+    if (this.ending) return this.fail(acquire, new PoolClosedError(this.settings.name, this.state()));
+    // A deadline that has passed is final: no idle connection is taken (and pinged) after it.
+    if (now >= acquire.deadline) return this.timeOut(acquire, this.state());
+    while (this.idle.length > 0) {
+      const entry = this.idle.pop()!;
+      if (entry.dead || connectionLost(entry.client)) {
+        this.remove(entry, 'broken');
+        continue;
+      }
+      if (this.settings.allowExitOnIdle) refSocket(entry.client, true);
+      if (this.settings.prePing && now - entry.lastUsed > this.settings.prePingBypassMs) return this.validate(acquire, entry);
+      return this.handOut(acquire, entry, now);
+    }
+    this.queue.push(acquire);
+    this.watchDeadline(acquire);
+    this.openForWaiters();
+  }
+
+  /**
+   * The pre-ping, bounded by DB_VALIDATION_TIMEOUT_MS rather than by the caller's deadline: a
    * server slower than the caller's patience is not a dead one. The caller still fails at its
    * deadline; the connection then goes back to the pool if the ping answers.
    */
-  private validate(acquire: Acquire, client: TrackedClient): void {
-    if (!acquire.timer) this.armDeadline(acquire);
-    this.counters.prePings++;
-    client.query({ text: PING, query_timeout: this.settings.validationTimeoutMs } as pg.QueryConfig, (err: Error | null) => {
+  private validate(acquire: Acquire, entry: PoolEntry): void {
+    this.validating.add(acquire);
+    this.watchDeadline(acquire);
+    this.stats.prePingStarted();
+    ping(entry.client, this.settings.validationTimeoutMs, (err) => {
+      this.validating.delete(acquire);
       if (err) {
-        this.counters.prePingFailures++;
-        this.logger.debug?.(`db-pool "${this.settings.name}": pre-ping failed, discarding the connection: ${scrubSecrets(err.message)}`);
-        client.release(err);
-        if (acquire.done) return;
+        this.stats.prePingFailed();
+        this.settings.logger.debug?.(`db-pool "${this.settings.name}": pre-ping failed, discarding the connection: ${scrubSecrets(err.message)}`);
+        this.remove(entry, 'pre-ping');
+        if (acquire.settled) return;
         acquire.lastError = err;
-        return this.attempt(acquire);
+        return this.attempt(acquire, performance.now());
       }
-      if (acquire.done) {
-        client[LAST_USED] = performance.now();
-        return client.release();
-      }
-      this.handOut(acquire, client);
+      const now = performance.now();
+      entry.lastUsed = now;
+      if (acquire.settled || this.ending) return this.makeAvailable(entry);
+      this.handOut(acquire, entry, now);
     });
   }
 
-  private timeOut(acquire: Acquire): void {
-    if (acquire.done) return;
-    const state = this.state(); // as the caller saw it, itself still waiting
-    const queue = this.internals._pendingQueue;
-    const i = acquire.waiter ? queue.findIndex((item) => item.callback === acquire.waiter) : -1;
-    if (i !== -1) queue.splice(i, 1);
-    if (acquire.probe) this.counters.probeTimeouts++;
-    else this.counters.timeouts++;
-    this.fail(acquire, new PoolTimeoutError(this.settings.name, acquire.timeoutMs, state, acquire.lastError ? { cause: acquire.lastError } : undefined));
+  private handOut(acquire: Acquire, entry: PoolEntry, now: number): void {
+    acquire.settled = true;
+    entry.checkedOutAt = now;
+    this.stats.acquired(now - acquire.startedAt);
+    this.leaks.checkout(entry, acquire.site);
+    const lease = new PoolLease(this, entry);
+    if (this.listenerCount('acquire') > 0) this.emit('acquire', lease);
+    acquire.callback(undefined, lease);
   }
 
   private fail(acquire: Acquire, err: Error): void {
-    if (acquire.done) return;
-    acquire.done = true;
-    clearTimeout(acquire.timer);
+    if (acquire.settled) return;
+    acquire.settled = true;
     acquire.callback(err);
   }
 
-  private handOut(acquire: Acquire, client: TrackedClient): void {
-    acquire.done = true;
-    clearTimeout(acquire.timer);
-    const checkedOutAt = performance.now();
-    this.timings.wait.observe((checkedOutAt - acquire.startedAt) / 1000);
-    client[CHECKED_OUT_AT] = checkedOutAt;
-    this.leaks.checkout(client, acquire.site);
-    const release = client.release;
-    let released = false;
-    client.release = (err?: Error | boolean) => {
-      if (released) throw new PoolReleaseError(this.settings.name);
-      released = true;
-      const now = performance.now();
-      client[LAST_USED] = now;
-      client[CHECKED_OUT_AT] = undefined; // back, or on its way: no longer a checkout's age
-      this.timings.use.observe((now - checkedOutAt) / 1000);
-      this.leaks.checkin(client);
-      // A socket that has already died cannot settle: drop it now, not after a timeout. Queries
-      // the caller queued before releasing would run in the next borrower's checkout: drop those
-      // with the connection (they fail with pg's "Client was closed").
-      if (err || client[DEAD] || connectionLost(client) || queuedQueries(client) > 0) return release(err ?? true);
-      // Released before the server's ReadyForQuery: an error answer (pg calls back before the
-      // ReadyForQuery that carries the transaction status), or a query abandoned by
-      // query_timeout. Wait for the server to settle.
-      if (client.readyForQuery === false) return this.settleAndRelease(client, release);
-      this.resetAndRelease(client, release);
-    };
-    this.counters.acquired++;
-    acquire.callback(undefined, client, client.release);
+  private timeOut(acquire: Acquire, state: PoolState): void {
+    if (acquire.settled) return;
+    this.stats.timedOut(acquire.probe);
+    this.fail(acquire, new PoolTimeoutError(this.settings.name, acquire.timeoutMs, state, acquire.lastError ? { cause: acquire.lastError } : undefined));
   }
 
-  /** Hands the connection back once the server is ready for a query again, or discards it. */
-  private settleAndRelease(client: TrackedClient, release: (err?: Error | boolean) => void): void {
-    const connection = client.connection;
-    if (!connection) return release(true);
-    let settled = false;
-    const settle = (outcome: () => void) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      connection.removeListener('readyForQuery', onReady);
-      connection.removeListener('end', onEnd);
-      outcome();
-    };
-    // pg clears its active query in its own readyForQuery handler, which may run after ours.
-    const onReady = () => settle(() => setImmediate(() => (client.readyForQuery === false ? release(true) : this.resetAndRelease(client, release))));
-    const onEnd = () => settle(() => release(true));
-    const timer = setTimeout(
-      () =>
-        settle(() => {
-          this.logger.debug?.(`db-pool "${this.settings.name}": a connection released with a query in flight did not settle; discarding it`);
-          release(new Error('released with a query in flight that did not finish'));
-        }),
-      this.settings.validationTimeoutMs,
-    );
-    connection.once('readyForQuery', onReady);
-    connection.once('end', onEnd);
+  /** One timer for every waiter: armed for the earliest deadline, never touched on the hot path. */
+  private watchDeadline(acquire: Acquire): void {
+    if (acquire.deadline < this.deadlineAt) this.armDeadline(acquire.deadline);
   }
 
-  private resetAndRelease(client: TrackedClient, release: (err?: Error | boolean) => void): void {
-    const status = client.getTransactionStatus?.();
-    if (status === 'T' || status === 'E') return this.rollbackAndRelease(client, release);
-    if (client[SESSION_CHANGED] || this.settings.resetSession === 'always') return this.resetSessionAndRelease(client, release);
-    release();
+  private armDeadline(at: number): void {
+    clearTimeout(this.deadlineTimer);
+    this.deadlineAt = at;
+    this.deadlineTimer = setTimeout(() => this.expireWaiters(), Math.max(0, at - performance.now()));
+    this.deadlineTimer.unref();
   }
 
-  /** Undoes session state a borrower left (settings, role, LISTEN, advisory locks), or discards the connection. */
-  private resetSessionAndRelease(client: TrackedClient, release: (err?: Error | boolean) => void): void {
-    this.counters.sessionResets++;
-    client[SESSION_CHANGED] = false;
-    client.query({ text: RESET_SESSION, query_timeout: this.settings.validationTimeoutMs } as pg.QueryConfig, (err: Error | null) => {
-      // The reset's own RESET marks the session changed again: it is clean now.
-      client[SESSION_CHANGED] = false;
-      if (err) {
-        this.counters.resetFailures++;
-        this.logger.warn(`db-pool "${this.settings.name}": could not reset the session state of a returned connection; discarding it`);
-        return release(err);
+  /** Fails every waiter whose deadline has passed, and arms the timer for the next one. */
+  private expireWaiters(): void {
+    this.deadlineTimer = undefined;
+    this.deadlineAt = Infinity;
+    const now = performance.now();
+    const state = this.state(); // as the callers saw it, themselves still waiting
+    const expired: Acquire[] = [];
+    let next = Infinity;
+    const waiting: Acquire[] = [];
+    for (const acquire of this.queue) {
+      if (acquire.settled) continue;
+      if (acquire.deadline <= now) expired.push(acquire);
+      else {
+        waiting.push(acquire);
+        next = Math.min(next, acquire.deadline);
       }
-      release();
-    });
-  }
-
-  /** A connection handed back inside a transaction is rolled back, or discarded, before reuse. */
-  private rollbackAndRelease(client: TrackedClient, release: (err?: Error | boolean) => void): void {
-    this.counters.resets++;
-    client.query({ text: 'ROLLBACK', query_timeout: this.settings.validationTimeoutMs } as pg.QueryConfig, (err: Error | null) => {
-      if (err || client.getTransactionStatus?.() !== 'I') {
-        this.counters.resetFailures++;
-        this.logger.warn(`db-pool "${this.settings.name}": could not roll back a connection returned inside a transaction; discarding it`);
-        return release(err ?? true);
-      }
-      // A SET inside the transaction that was just rolled back is undone too; one committed
-      // before it, or a LISTEN, is not: the session reset covers what is left.
-      this.resetAndRelease(client, release);
-    });
-  }
-
-  private onConnect(client: TrackedClient): void {
-    this.counters.created++;
-    client[LAST_USED] = JUST_OPENED;
-    // A checked-out client has no pg-pool listener; its errors must not crash the process.
-    // pg marks it unusable and pg-pool drops it when it comes back.
-    client.on('error', (err: Error) => {
-      this.counters.clientErrors++;
-      this.logger.debug?.(`db-pool "${this.settings.name}": connection error: ${err.message}`);
-    });
-    // A FATAL answer (the backend was terminated, the server shuts down) reaches the query
-    // before the socket's end does; mark the connection so it is not handed out in between.
-    // Prepended: pg's own handler calls the query back synchronously, and a caller that releases
-    // there must already see the mark.
-    const connection = client.connection as NodeJS.EventEmitter | undefined;
-    connection?.prependListener('errorMessage', (msg: { severity?: string }) => {
-      if (msg.severity === 'FATAL' || msg.severity === 'PANIC') client[DEAD] = true;
-    });
-    // Session state a borrower may leave behind: SET (role, settings), LISTEN, and any change
-    // the server reports (a reported setting changed by set_config(), say).
-    connection?.on('commandComplete', (msg: { text?: string }) => {
-      const text = msg.text ?? '';
-      if (SESSION_COMMANDS.has(text)) client[SESSION_CHANGED] = true;
-    });
-    connection?.on('parameterStatus', () => {
-      client[SESSION_CHANGED] = true;
-    });
-    const { recycleMs, recycleJitter } = this.settings;
-    if (recycleMs > 0) {
-      const lifetime = recycleMs * (1 - recycleJitter * Math.random());
-      const timer = setTimeout(() => this.retire(client), lifetime);
-      timer.unref();
-      client.once('end', () => clearTimeout(timer));
     }
+    this.queue = waiting;
+    for (const acquire of this.validating) {
+      if (acquire.deadline <= now) expired.push(acquire);
+      else next = Math.min(next, acquire.deadline);
+    }
+    for (const acquire of expired) {
+      this.validating.delete(acquire);
+      this.timeOut(acquire, state);
+    }
+    if (next < Infinity) this.armDeadline(next);
   }
 
-  /** Marks a connection as expired; pg-pool closes it now if idle, else when it comes back. */
-  private retire(client: TrackedClient): void {
-    const pool = this.internals;
-    this.counters.recycled++;
-    pool._expired.add(client);
-    if (pool._idle.some((item) => item.client === client)) pool._remove(client, () => pool._pulseQueue());
+  /** The first waiter still waiting. */
+  private nextWaiter(): Acquire | undefined {
+    while (this.queue.length > 0) {
+      const acquire = this.queue.shift()!;
+      if (!acquire.settled) return acquire;
+    }
+    return undefined;
   }
 
-  private onRemove(client: TrackedClient): void {
-    // pg-pool can emit `remove` twice for one client (closed at shutdown, then released late).
-    if (REMOVED.has(client)) return;
-    REMOVED.add(client);
-    this.counters.removed++;
-    if (!this.ending && this.totalCount < this.settings.poolSize) this.scheduleFill(0);
+  // ----- releasing ----------------------------------------------------------------------------
+
+  /** Takes a connection back from its lease (@internal: called by the lease's `release`). */
+  giveBack(entry: PoolEntry, err: Error | boolean | undefined): void {
+    const now = performance.now();
+    this.stats.released(now - entry.checkedOutAt);
+    entry.checkedOutAt = -1;
+    entry.lastUsed = now;
+    this.leaks.checkin(entry);
+    if (this.listenerCount('release') > 0) this.emit('release', err instanceof Error ? err : undefined, entry.client);
+    if (entry.removed) return; // closed by shutdown while it was out
+    // A socket that has died cannot settle: dropped now, not after a timeout. Queries the
+    // caller queued before releasing would run in the next borrower's checkout: dropped with it.
+    if (err || this.ending || entry.dead || connectionLost(entry.client) || queuedQueries(entry.client) > 0) return this.remove(entry, err ? 'discarded' : 'broken');
+    // Released before the server's ReadyForQuery (an error answer whose ReadyForQuery is on its
+    // way, a query abandoned by query_timeout): kept only if the server settles in time.
+    if (awaitingServer(entry.client)) {
+      return settle(entry.client, this.settings.validationTimeoutMs, (settleErr) => (settleErr ? this.remove(entry, 'broken') : this.resetAndReturn(entry)));
+    }
+    this.resetAndReturn(entry);
   }
 
-  private scheduleFill(delayMs: number): void {
-    if (this.fillTimer || this.filling) return;
-    this.fillTimer = setTimeout(() => {
-      this.fillTimer = undefined;
-      this.fill();
-    }, delayMs);
-    this.fillTimer.unref();
+  /** Rolls back a transaction left open and resets changed session state, then returns the connection. */
+  private resetAndReturn(entry: PoolEntry): void {
+    const { validationTimeoutMs, name, logger } = this.settings;
+    if (inTransaction(entry.client)) {
+      return rollback(entry.client, validationTimeoutMs, (err) => {
+        this.stats.rolledBack(!err);
+        if (!err) return this.resetAndReturn(entry); // a SET committed before, a LISTEN: the session reset covers them
+        logger.warn(`db-pool "${name}": could not roll back a connection returned inside a transaction; discarding it`);
+        this.remove(entry, 'reset-failed');
+      });
+    }
+    if (entry.sessionChanged || this.settings.resetSession === 'always') {
+      entry.sessionChanged = false;
+      return resetSession(entry.client, entry.setUp, validationTimeoutMs, (err) => {
+        entry.sessionChanged = false; // the reset's own RESET marked it again
+        this.stats.sessionReset(!err);
+        if (!err) return this.returnToPool(entry);
+        logger.warn(`db-pool "${name}": could not reset the session state of a returned connection; discarding it`);
+        this.remove(entry, 'reset-failed');
+      });
+    }
+    this.returnToPool(entry);
+  }
+
+  private returnToPool(entry: PoolEntry): void {
+    entry.uses++;
+    if (this.ending) return this.remove(entry, 'shutdown');
+    if (entry.expired) return this.remove(entry, 'recycled');
+    if (entry.uses >= this.settings.maxUses) return this.remove(entry, 'max-uses');
+    this.makeAvailable(entry);
+  }
+
+  /** Gives a connection to the first waiter, or puts it in the idle list. */
+  private makeAvailable(entry: PoolEntry): void {
+    if (this.ending) return this.remove(entry, 'shutdown');
+    const waiter = this.nextWaiter();
+    if (waiter) return this.handOut(waiter, entry, performance.now());
+    this.idle.push(entry);
+    if (this.settings.allowExitOnIdle) refSocket(entry.client, false);
+    if (this.entries.size > this.settings.poolSize) this.sweepIdleLater();
+  }
+
+  // ----- opening and closing connections ------------------------------------------------------
+
+  /** Opens connections for waiters: one per waiter not already covered, within `max`. */
+  private openForWaiters(): void {
+    const max = this.settings.poolSize + this.settings.maxOverflow;
+    while (this.entries.size < max && this.opening < this.queue.length) this.open();
+  }
+
+  /** Opens one connection for the idle list (warm-up, refill). */
+  private openIdle(done: (err?: Error) => void): void {
+    if (this.ending) return done(new PoolClosedError(this.settings.name, this.state()));
+    if (this.entries.size >= this.settings.poolSize + this.settings.maxOverflow) return done();
+    this.open(done);
+  }
+
+  /** Opens one connection; it goes to the first waiter or the idle list. `done` hears the outcome. */
+  private open(done?: (err?: Error) => void): void {
+    const startedAt = performance.now();
+    let client: pg.Client;
+    try {
+      client = new this.Client(this.clientConfig);
+    } catch (err) {
+      // pg builds the client synchronously and can throw there (an unreadable sslrootcert,
+      // EMFILE): a failed connection attempt like any other, not an exception in the caller.
+      this.opening++;
+      return process.nextTick(() => this.connectFailed(err as Error, startedAt, done));
+    }
+    const entry = new PoolEntry(client, startedAt);
+    this.opening++;
+    this.entries.add(entry);
+    client.connect((err?: Error) => {
+      entry.connecting = false;
+      if (err) {
+        this.entries.delete(entry);
+        return this.connectFailed(err, startedAt, done);
+      }
+      this.opening--;
+      this.stats.connectionCreated(performance.now() - startedAt);
+      this.adopt(entry, done);
+    });
+  }
+
+  private connectFailed(err: Error, startedAt: number, done: ((err?: Error) => void) | undefined): void {
+    this.opening--;
+    this.stats.connectionFailed(err);
+    done?.(err);
+    if (this.ending) return this.checkEnded();
+    // Fail fast, as pg.Pool does: one waiter per failed attempt, the longest waiting first — but
+    // only one that was already waiting when the attempt began; a later one gets its own.
+    const head = this.queue.find((a) => !a.settled);
+    const waiter = head && head.startedAt <= startedAt ? this.nextWaiter() : undefined;
+    if (waiter) {
+      this.stats.connectFailed();
+      // pg says only "timeout expired" when its connect timeout fires; name the setting.
+      const reason =
+        err.message === 'timeout expired' ? `Connection terminated due to connection timeout (DB_CONNECT_TIMEOUT ${this.settings.connectTimeoutMs} ms)` : scrubSecrets(err.message);
+      this.fail(waiter, new PoolConnectError(this.settings.name, this.state(), reason, { cause: err }));
+    }
+    this.openForWaiters();
+  }
+
+  /** A new connection: listeners, lifetime, the application's set-up, then into service. */
+  private adopt(entry: PoolEntry, done: ((err?: Error) => void) | undefined): void {
+    const client = entry.client;
+    delegateOnce(this.Client, client);
+    // Its errors must never crash the process: an idle one is dropped and reported, a
+    // checked-out one is dropped when it comes back (its caller sees the query fail).
+    client.on('error', (err: Error) => this.onClientError(entry, err));
+    const protocol = protocolOf(client);
+    // A FATAL answer (the backend was terminated, the server shuts down) reaches the query before
+    // the socket's end does; marked first, so a caller that releases in its callback sees it.
+    protocol.prependListener('errorMessage', (msg: { severity?: string }) => {
+      if (msg.severity === 'FATAL' || msg.severity === 'PANIC') entry.dead = true;
+    });
+    const lifetime = lifetimeOf(this.settings.recycleMs, this.settings.recycleJitter);
+    if (lifetime > 0) {
+      entry.lifetimeTimer = setTimeout(() => this.retire(entry), lifetime);
+      entry.lifetimeTimer.unref();
+    }
+    this.setUp(entry, (err) => {
+      if (err) {
+        this.remove(entry, 'broken');
+        done?.(err);
+        const waiter = this.nextWaiter();
+        if (waiter) this.fail(waiter, new PoolConnectError(this.settings.name, this.state(), `the connection's set-up failed: ${scrubSecrets(err.message)}`, { cause: err }));
+        return;
+      }
+      watchSession(client, () => (entry.sessionChanged = true));
+      entry.lastUsed = performance.now();
+      done?.();
+      this.makeAvailable(entry);
+    });
   }
 
   /**
-   * Tops the pool back up to `poolSize` after connections were closed. One round opens every
-   * missing connection; a round with failures schedules the next one, the delay doubling per
-   * round (not per failed connection) up to 5 s, and a round without failures resets it.
+   * The application's per-connection set-up — 'connect' listeners, pg-pool's `onConnect` and
+   * `verify` hooks — runs before anyone gets the connection. The statements they send are kept
+   * and replayed after a session reset, so a `SET search_path` made there survives it.
    */
-  private fill(): void {
-    const missing = this.settings.poolSize - this.totalCount;
-    if (missing <= 0 || this.ending) return;
-    this.filling = true;
-    let pending = missing;
-    let failed = 0;
-    let firstError: Error | undefined;
-    for (let i = 0; i < missing; i++) {
-      this.openOne((err) => {
-        if (err) {
-          failed++;
-          firstError ??= err;
-        }
-        if (--pending > 0) return;
-        this.filling = false;
-        if (this.ending) return;
-        if (failed === 0) {
-          this.fillRetryMs = FILL_RETRY_MIN_MS;
-          if (this.totalCount < this.settings.poolSize) this.scheduleFill(0); // removed during the round
-          return;
-        }
-        this.logger.debug?.(`db-pool "${this.settings.name}": refill failed for ${failed} of ${missing} connection(s): ${scrubSecrets(firstError!.message)}; next round in ${this.fillRetryMs} ms`);
-        this.scheduleFill(this.fillRetryMs);
-        this.fillRetryMs = Math.min(this.fillRetryMs * 2, FILL_RETRY_MAX_MS);
-      });
+  private setUp(entry: PoolEntry, done: (err?: Error) => void): void {
+    const { onConnect, verify } = this.options;
+    const client = entry.client;
+    if (this.listenerCount('connect') === 0 && !onConnect && !verify) return done();
+    const query = client.query;
+    const record = (config: unknown, values: unknown) => {
+      if (values !== undefined && typeof values !== 'function') return;
+      const text = typeof config === 'string' ? config : (config as { text?: unknown } | null)?.text;
+      if (typeof text === 'string' && !(config as { values?: unknown }).values) entry.setUp.push(text.trim().replace(/;+$/, ''));
+    };
+    (client as unknown as { query: unknown }).query = function (this: pg.Client, config: unknown, values?: unknown, callback?: unknown) {
+      record(config, values);
+      return (query as (...args: unknown[]) => unknown).call(this, config, values, callback);
+    };
+    const restore = () => delete (client as unknown as { query?: unknown }).query;
+    try {
+      this.emit('connect', client);
+    } catch (err) {
+      restore();
+      return done(err as Error);
+    }
+    const hook = onConnect ? this.Promise.resolve().then(() => onConnect(client as pg.PoolClient)) : this.Promise.resolve();
+    hook
+      .then(() => (verify ? new this.Promise<void>((resolve, reject) => verify(client as pg.PoolClient, (err) => (err ? reject(err) : resolve()))) : undefined))
+      // Whatever the set-up sent has run before the connection is handed out.
+      .then(() => (queuedQueries(client) > 0 || awaitingServer(client) ? (query as (text: string) => Promise<unknown>).call(client, 'SELECT 1') : undefined))
+      .then(
+        () => {
+          restore();
+          done();
+        },
+        (err: Error) => {
+          restore();
+          done(err);
+        },
+      );
+  }
+
+  private onClientError(entry: PoolEntry, err: Error): void {
+    this.stats.clientError();
+    const i = this.idle.indexOf(entry);
+    if (i === -1) return this.settings.logger.debug?.(`db-pool "${this.settings.name}": connection error: ${scrubSecrets(err.message)}`);
+    this.idle.splice(i, 1);
+    this.remove(entry, 'broken');
+    if (this.listenerCount('error') > 0) this.emit('error', err, entry.client);
+    else this.settings.logger.warn(`db-pool "${this.settings.name}": idle connection lost: ${scrubSecrets(err.message)}`);
+  }
+
+  /** Marks a connection as expired: closed now if idle, else when it comes back. */
+  private retire(entry: PoolEntry): void {
+    this.stats.recycled();
+    entry.expired = true;
+    const i = this.idle.indexOf(entry);
+    if (i !== -1) {
+      this.idle.splice(i, 1);
+      this.remove(entry, 'recycled');
     }
   }
 
-  /** Opens one new connection and puts it straight into the idle list. */
-  private openOne(done: (err?: Error) => void): void {
-    if (this.ending) return done(new PoolClosedError(this.settings.name, this.state()));
-    if (this.totalCount >= this.settings.poolSize + this.settings.maxOverflow) return done();
-    this.internals.newClient({
-      callback: (err, client) => {
-        if (err) return done(err);
-        (client as TrackedClient)[LAST_USED] = performance.now();
-        client!.release();
-        done();
-      },
-    });
+  /**
+   * Takes a connection out of the pool and closes it politely. A server that never closes its
+   * end (a hung backend) would hold the close, and shutdown, forever: past
+   * DB_VALIDATION_TIMEOUT_MS the socket is destroyed.
+   */
+  private remove(entry: PoolEntry, reason: RemovalReason, now = false): void {
+    if (entry.removed) return;
+    entry.removed = true;
+    this.entries.delete(entry);
+    const i = this.idle.indexOf(entry);
+    if (i !== -1) this.idle.splice(i, 1);
+    clearTimeout(entry.lifetimeTimer);
+    this.stats.connectionRemoved(reason);
+    this.closing++;
+    const client = entry.client;
+    let closed = false;
+    const onClosed = () => {
+      if (closed) return;
+      closed = true;
+      clearTimeout(timer);
+      this.closing--;
+      if (this.listenerCount('remove') > 0) this.emit('remove', client);
+      this.checkEnded();
+    };
+    const timer = setTimeout(() => destroySocket(client), now ? 0 : this.settings.validationTimeoutMs);
+    timer.unref();
+    client.end().then(onClosed, onClosed);
+    if (this.ending) return;
+    // The slot is free now: serve waiters without waiting for the close, and keep the pool warm.
+    this.openForWaiters();
+    if (this.entries.size < this.settings.poolSize) this.refill.schedule();
   }
+
+  /** Closes overflow connections idle longer than DB_POOL_OVERFLOW_IDLE_TIMEOUT (a sweep, not a timer per release). */
+  private sweepIdleLater(): void {
+    const timeoutMs = this.settings.overflowIdleTimeoutMs;
+    if (this.idleSweeper || timeoutMs <= 0) return;
+    this.idleSweeper = setTimeout(() => {
+      this.idleSweeper = undefined;
+      const now = performance.now();
+      // Oldest idle first (the list is LIFO); never below the pool size.
+      for (const entry of [...this.idle]) {
+        if (this.entries.size <= this.settings.poolSize) break;
+        if (now - entry.lastUsed >= timeoutMs) this.remove(entry, 'idle');
+      }
+      if (this.entries.size > this.settings.poolSize && this.idle.length > 0) this.sweepIdleLater();
+    }, Math.max(10, timeoutMs / 4));
+    this.idleSweeper.unref();
+  }
+
+  // ----- shutting down ------------------------------------------------------------------------
+
+  /**
+   * Fails queued callers at once (PoolClosedError), closes idle connections now and the others as
+   * they come back; connections still checked out or being opened after `shutdownGraceMs`
+   * (leaked, or stuck on a dead server) are closed then, so shutdown always finishes.
+   */
+  end(): Promise<void>;
+  end(callback: (err?: Error) => void): void;
+  end(callback?: (err?: Error) => void): Promise<void> | void {
+    if (this.ending) {
+      const err = new Error('Called end on pool more than once');
+      return callback ? callback(err) : this.Promise.reject(err);
+    }
+    this.ending = true;
+    this.refill.stop();
+    this.leaks.stop();
+    clearTimeout(this.deadlineTimer);
+    clearTimeout(this.idleSweeper);
+    const result = promised<void>(this.Promise, callback as ((err?: Error) => void) | undefined, (done) => this.endWaiters.push(done));
+    // Each waiter is told on its own tick, after shutdown has begun: a callback that throws
+    // stops neither the shutdown nor the others.
+    const waiters = [...this.queue, ...this.validating];
+    const state = { ...this.state(), waiting: waiters.length };
+    this.queue = [];
+    this.validating.clear();
+    for (const acquire of waiters) {
+      if (acquire.settled) continue;
+      acquire.settled = true;
+      process.nextTick(() => acquire.callback(new PoolClosedError(this.settings.name, state)));
+    }
+    for (const entry of [...this.idle]) this.remove(entry, 'shutdown');
+    // Not unref'd: a shutdown under way keeps the process alive until it has finished.
+    this.graceTimer = setTimeout(() => this.closeAll(), this.settings.shutdownGraceMs);
+    this.checkEnded();
+    return result;
+  }
+
+  private closeAll(): void {
+    if (this.ended) return;
+    const left = [...this.entries];
+    if (left.length > 0) {
+      this.settings.logger.warn(
+        `db-pool "${this.settings.name}": closing ${left.length} connection(s) still checked out or being opened ${this.settings.shutdownGraceMs / 1000} s after shutdown began`,
+      );
+    }
+    for (const entry of left) {
+      if (entry.connecting) destroySocket(entry.client); // its connect fails, and the pool ends
+      else this.remove(entry, 'shutdown', true);
+    }
+  }
+
+  private checkEnded(): void {
+    if (!this.ending || this.ended || this.entries.size > 0 || this.closing > 0 || this.opening > 0) return;
+    this.ended = true;
+    clearTimeout(this.graceTimer);
+    for (const done of this.endWaiters.splice(0)) done();
+  }
+}
+
+const delegatedClasses = new WeakSet<object>();
+/** Gives leases the members of a client class, once per class. */
+function delegateOnce(Client: typeof pg.Client, sample: pg.Client): void {
+  if (delegatedClasses.has(Client)) return;
+  delegatedClasses.add(Client);
+  delegateToClient(sample);
+}
+
+/** pg's `client.ref()` / `unref()` (not in its typings): an idle socket that does not keep the process alive (`allowExitOnIdle`). */
+function refSocket(client: pg.Client, ref: boolean): void {
+  const c = client as unknown as { ref(): void; unref(): void };
+  if (ref) c.ref();
+  else c.unref();
+}
+
+/** Copies `password` and `connectionString` from `source` onto `target` as non-enumerable, as pg-pool hides the password. */
+function hideSecrets<T extends object>(target: T, source: pg.PoolConfig): T {
+  for (const key of ['password', 'connectionString'] as const) {
+    if (key in source) Object.defineProperty(target, key, { value: source[key], enumerable: false, writable: true, configurable: true });
+  }
+  return target;
+}
+
+/** pg's dual API: a callback when one is given, else a promise. */
+function promised<T>(P: PromiseConstructor, callback: ((err: Error | undefined, value?: T) => void) | undefined, run: (done: (err?: Error, value?: T) => void) => void): Promise<T> | undefined {
+  if (callback) {
+    run((err, value) => callback(err, value));
+    return undefined;
+  }
+  return new P<T>((resolve, reject) => run((err, value) => (err ? reject(err) : resolve(value as T))));
 }

@@ -28,10 +28,6 @@ export class Histogram {
     out.push({ le: Infinity, count: running + this.counts[this.bounds.length] });
     return out;
   }
-
-  mean(): number {
-    return this.count === 0 ? 0 : this.sum / this.count;
-  }
 }
 
 /** Seconds. Acquire waits are microseconds when a connection is idle, up to DB_POOL_TIMEOUT when not. */

@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks';
-import type { DbPoolLogger } from './db-pool.js';
+import type { DbPoolLogger } from './logger.js';
 
 /** Watches checkouts for connections held too long (HikariCP's leakDetectionThreshold). */
 export interface LeakTracker {

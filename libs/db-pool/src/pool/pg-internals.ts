@@ -1,33 +1,64 @@
+/**
+ * Every use of pg's and TypeORM's undocumented members, in one place. db-pool owns its queue
+ * (pg-pool's is not used); what it still reads of a `pg.Client` is how its socket and protocol
+ * stand, which pg does not expose otherwise. `test/pg-internals.contract.spec.ts` checks each
+ * member against the pinned versions and fails naming the one an upgrade changed.
+ */
+import type { EventEmitter } from 'node:events';
 import type pg from 'pg';
 
-/** pg's own client state (private in its typings), read to know whether a socket still works. */
-interface PgClientState {
+/** The versions this file was written against (pinned in package.json; the contract test checks them). */
+export const PINNED = { pg: '8.23.1', typeorm: '1.1.1' } as const;
+
+/** pg's client state, private in its typings. */
+interface PgClientInternals {
   /** false once the connection reported an error. */
-  _queryable?: boolean;
-  /** true once `end()` was called on the client (by us, pg-pool or pg's connect timeout). */
-  _ending?: boolean;
+  _queryable: boolean;
+  /** true once `end()` was called (by us or by pg's connect timeout). */
+  _ending: boolean;
   /** true once the socket has closed. */
-  _ended?: boolean;
+  _ended: boolean;
   /** Queries handed to the client and not sent yet (pg sends one at a time). */
-  _queryQueue?: unknown[];
-  connection?: { stream?: { destroy(): void } };
+  _queryQueue: unknown[];
+  /** false from sending a query until the server's ReadyForQuery. */
+  readyForQuery: boolean;
+  /** The protocol connection: emits every server message by name. */
+  connection: EventEmitter & { stream: { destroy(): void } };
 }
+
+const internals = (client: pg.ClientBase) => client as unknown as PgClientInternals;
 
 /**
  * True when the client's connection has failed or is closing: its socket reported an error,
  * it has closed, or it is being ended. Such a client can never answer again.
  */
 export function connectionLost(client: pg.ClientBase): boolean {
-  const state = client as unknown as PgClientState;
-  return state._queryable === false || state._ending === true || state._ended === true;
+  const c = internals(client);
+  return c._queryable === false || c._ending || c._ended;
 }
 
 /** Queries the caller queued on the client that pg has not sent yet. */
 export function queuedQueries(client: pg.ClientBase): number {
-  return (client as unknown as PgClientState)._queryQueue?.length ?? 0;
+  return internals(client)._queryQueue.length;
+}
+
+/** True while a query is on the wire: the server's ReadyForQuery has not arrived yet. */
+export function awaitingServer(client: pg.ClientBase): boolean {
+  return internals(client).readyForQuery === false;
+}
+
+/** The protocol connection, whose events are the server's messages ('readyForQuery', 'errorMessage', …). */
+export function protocolOf(client: pg.ClientBase): EventEmitter {
+  return internals(client).connection;
 }
 
 /** Closes the client's socket at once, without waiting for the server to close its end. */
 export function destroySocket(client: pg.ClientBase): void {
-  (client as unknown as PgClientState).connection?.stream?.destroy();
+  internals(client).connection.stream.destroy();
+}
+
+/** The pg pool TypeORM's Postgres driver holds (`driver.master`; `driver.slaves` with replication). */
+export function typeOrmPoolsOf(driver: unknown): { master: unknown; slaves: unknown[] } {
+  const d = driver as { master?: unknown; slaves?: unknown[] };
+  return { master: d.master, slaves: d.slaves ?? [] };
 }

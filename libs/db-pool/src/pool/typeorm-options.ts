@@ -1,60 +1,17 @@
-import pg from 'pg';
 import type { TypeOrmModuleOptions } from '@nestjs/typeorm';
+import pg from 'pg';
 import type { DataSource } from 'typeorm';
 import type { DbPoolConfig } from '../config/db-pool.options.js';
-import { DbPool, type DbPoolLogger, type DbPoolSettings } from './db-pool.js';
-
-export function toPoolSettings(config: DbPoolConfig, logger?: DbPoolLogger): DbPoolSettings {
-  return {
-    name: config.name,
-    poolSize: config.poolSize,
-    maxOverflow: config.maxOverflow,
-    poolTimeoutMs: config.poolTimeoutMs,
-    connectTimeoutMs: config.connectTimeoutMs,
-    overflowIdleTimeoutMs: config.overflowIdleTimeoutMs,
-    recycleMs: config.recycleMs,
-    recycleJitter: config.recycleJitter,
-    prePing: config.prePing,
-    prePingBypassMs: config.prePingBypassMs,
-    validationTimeoutMs: config.validationTimeoutMs,
-    resetSession: config.resetSession,
-    leakThresholdMs: config.leakThresholdMs,
-    leakStackRate: config.leakStackRate,
-    shutdownGraceMs: config.shutdownGraceMs,
-    logger,
-  };
-}
+import { DbPool } from './db-pool.js';
+import { typeOrmPoolsOf } from './pg-internals.js';
 
 /**
- * The `pg` module as TypeORM should see it: everything of pg's, with `Pool` bound to this
- * pool's settings. TypeORM calls `new driver.Pool(options)` with its own connection options.
+ * TypeORM DataSource options for a pool built from the same configuration (a pure function).
+ * TypeORM reaches the pool through its `driver` option: the `pg` module with `Pool` standing for
+ * the given pool, so TypeORM's `new Pool(...)` gets it — its own connection options are not used,
+ * and the password never enters TypeORM's options.
  */
-export function createPgDriver(settings: DbPoolSettings, credentials: { connectionString?: string; password?: string } = {}): typeof pg {
-  class ConfiguredDbPool extends DbPool {
-    constructor(options: pg.PoolConfig) {
-      // The credentials travel in this closure, not in TypeORM's options, so a logged or
-      // inspected DataSource never shows the password (DbPool hides it in its own options).
-      super({
-        ...options,
-        ...(credentials.connectionString !== undefined ? { connectionString: credentials.connectionString } : {}),
-        ...(credentials.password !== undefined ? { password: credentials.password } : {}),
-        dbPool: settings,
-      });
-    }
-  }
-  return Object.create(pg, { Pool: { value: ConfiguredDbPool, enumerable: true } }) as typeof pg;
-}
-
-/** The pg client options db-pool sets per connection (TypeORM passes them on as `extra`). */
-export function toPgClientOptions(config: DbPoolConfig): pg.ClientConfig {
-  const options: pg.ClientConfig = {};
-  if (config.statementTimeoutMs > 0) options.statement_timeout = config.statementTimeoutMs;
-  if (config.queryTimeoutMs > 0) options.query_timeout = config.queryTimeoutMs;
-  return options;
-}
-
-/** Maps the validated configuration to TypeORM DataSource options (a pure function). */
-export function toTypeOrmOptions(config: DbPoolConfig, logger?: DbPoolLogger): TypeOrmModuleOptions & { type: 'postgres' } {
+export function toTypeOrmOptions(config: DbPoolConfig, pool: DbPool): TypeOrmModuleOptions & { type: 'postgres' } {
   return {
     retryAttempts: 1,
     ...config.typeorm,
@@ -68,14 +25,22 @@ export function toTypeOrmOptions(config: DbPoolConfig, logger?: DbPoolLogger): T
     applicationName: config.applicationName,
     poolSize: config.poolSize + config.maxOverflow,
     connectTimeoutMS: config.connectTimeoutMs,
-    driver: createPgDriver(toPoolSettings(config, logger), { connectionString: config.url, password: config.password }),
-    extra: toPgClientOptions(config),
+    driver: pgWith(pool),
+    extra: {},
   };
+}
+
+/** The `pg` module as TypeORM should see it: everything of pg's, with `Pool` answering with `pool`. */
+function pgWith(pool: DbPool): typeof pg {
+  function ExistingPool(): DbPool {
+    return pool;
+  }
+  return Object.create(pg, { Pool: { value: ExistingPool, enumerable: true } }) as typeof pg;
 }
 
 /** The pool behind a DataSource built from {@link toTypeOrmOptions}. */
 export function poolOf(dataSource: DataSource): DbPool {
-  const pool = (dataSource.driver as unknown as { master?: unknown }).master;
+  const pool = typeOrmPoolsOf(dataSource.driver).master;
   if (!(pool instanceof DbPool)) {
     throw new Error('this DataSource is not connected through db-pool (was it built by DbPoolModule and initialized?)');
   }

@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { DbPool, type DbPoolLogger, resolveDbPoolConfig, toPgClientOptions, toPoolSettings, type DbPoolConfig, type DbPoolOptions } from '../../src/index.js';
+import { createDbPool, type DbPool, type DbPoolConfig, type DbPoolLogger, type DbPoolOptions, resolveDbPoolConfig } from '../../src/index.js';
 import { startFaultProxy, type FaultProxy } from '../../../../tools/fault-proxy.mjs';
 
 /** The server the test run was given (tools/jest/global-setup.js makes sure there is one). */
@@ -12,15 +12,21 @@ export function databaseUrl(): string {
 let poolCounter = 0;
 const RUN_ID = `${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
 
-/** A small DbPool against the test server, with its own application_name to find its backends. */
-export function createTestConfig(options: Omit<DbPoolOptions, 'env'> = {}): DbPoolConfig {
+/** Options of a small pool against the test server, with a name (and application_name) of its own to find its backends by. */
+export function testOptions(options: Omit<DbPoolOptions, 'env'> = {}): DbPoolOptions {
   // Jest runs the files in one process: the run id keeps names unique across files.
   const name = options.name ?? `test-${RUN_ID}-${++poolCounter}`;
-  return resolveDbPoolConfig({ url: databaseUrl(), poolSize: 2, maxOverflow: 3, poolTimeout: 5, shutdownGrace: 2, applicationName: name, env: {}, ...options, name });
+  return { url: databaseUrl(), poolSize: 2, maxOverflow: 3, poolTimeout: 5, shutdownGrace: 2, applicationName: name, env: {}, ...options, name };
 }
 
-export function createTestPool(options: Omit<DbPoolOptions, 'env'> = {}, config = createTestConfig(options), logger?: DbPoolLogger): DbPool {
-  return new DbPool({ connectionString: config.url, application_name: config.applicationName, ...toPgClientOptions(config), dbPool: toPoolSettings(config, logger) });
+/** The validated configuration of {@link testOptions}. */
+export function createTestConfig(options: Omit<DbPoolOptions, 'env'> = {}): DbPoolConfig {
+  return resolveDbPoolConfig(testOptions(options));
+}
+
+/** A running test pool, built as every pool is: by createDbPool. */
+export function createTestPool(options: Omit<DbPoolOptions, 'env'> = {}, logger?: DbPoolLogger): Promise<DbPool> {
+  return createDbPool({ ...testOptions(options), ...(logger ? { logger } : {}) });
 }
 
 /** A logger that keeps every line, level first (`debug refill failed …`). */
@@ -79,7 +85,7 @@ export async function eventually(predicate: () => boolean | Promise<boolean>, ti
  */
 export function poolFixture(): {
   admin: () => pg.Client;
-  pool: (options?: Omit<DbPoolOptions, 'env'>, config?: DbPoolConfig, logger?: DbPoolLogger) => DbPool;
+  pool: (options?: Omit<DbPoolOptions, 'env'>, logger?: DbPoolLogger) => Promise<DbPool>;
 } {
   let admin: pg.Client | undefined;
   const pools: DbPool[] = [];
@@ -94,8 +100,8 @@ export function poolFixture(): {
   });
   return {
     admin: () => admin!,
-    pool: (options, config, logger) => {
-      const created = createTestPool(options, config, logger);
+    pool: async (options, logger) => {
+      const created = await createTestPool(options, logger);
       pools.push(created);
       return created;
     },

@@ -1,0 +1,154 @@
+import type { EventEmitter } from 'node:events';
+import type pg from 'pg';
+import { PoolLeaseError, PoolReleaseError } from '../errors.js';
+import type { PoolEntry } from './pool-entry.js';
+
+/** What a lease needs of its pool. */
+export interface LeaseOwner {
+  readonly name: string;
+  /** Takes the connection back; called once per checkout, by the lease's `release`. */
+  giveBack(entry: PoolEntry, err: Error | boolean | undefined): void;
+}
+
+type Listener = (...args: unknown[]) => void;
+const HELD = Symbol('db-pool.lease.held');
+type Delegate = Record<string, (...args: unknown[]) => unknown>;
+
+/**
+ * What a caller gets from an acquire: the connection's client, for this checkout only (HikariCP's
+ * proxy per checkout). It does what a `pg.PoolClient` does while the checkout lasts; after
+ * `release()`, any use of it throws {@link PoolLeaseError} naming the pool and never reaches the
+ * connection, which may belong to another caller by then. Listeners added through it are removed
+ * from the connection at release, so the next borrower hears none of them.
+ *
+ * Costs one object and one closure per checkout; each call is one check and a call.
+ */
+export class PoolLease implements Pick<pg.PoolClient, 'query'> {
+  /** pg.Pool's release: bound, so it works detached (TypeORM keeps it). */
+  readonly release: (err?: Error | boolean) => void;
+  // #private: no name of pg's client can collide with them.
+  #entry: PoolEntry | undefined;
+  #listeners: [string | symbol, Listener][] | undefined;
+  readonly #owner: LeaseOwner;
+
+  constructor(owner: LeaseOwner, entry: PoolEntry) {
+    this.#owner = owner;
+    this.#entry = entry;
+    this.release = (err?: Error | boolean) => {
+      const held = this.#entry;
+      if (!held) throw new PoolReleaseError(owner.name);
+      this.#entry = undefined;
+      if (this.#listeners) this.#dropListeners(held.client);
+      owner.giveBack(held, err);
+    };
+  }
+
+  /** The client while the checkout lasts; throws, naming `member`, once released. */
+  [HELD](member: string): pg.Client {
+    const entry = this.#entry;
+    if (!entry) throw new PoolLeaseError(this.#owner.name, member);
+    return entry.client;
+  }
+
+  query(...args: unknown[]): never {
+    return (this[HELD]('query') as unknown as Delegate).query(...args) as never;
+  }
+
+  on(event: string | symbol, listener: Listener): this {
+    emitter(this[HELD]('on')).on(event, listener);
+    (this.#listeners ??= []).push([event, listener]);
+    return this;
+  }
+
+  addListener(event: string | symbol, listener: Listener): this {
+    return this.on(event, listener);
+  }
+
+  once(event: string | symbol, listener: Listener): this {
+    emitter(this[HELD]('once')).once(event, listener);
+    (this.#listeners ??= []).push([event, listener]);
+    return this;
+  }
+
+  prependListener(event: string | symbol, listener: Listener): this {
+    emitter(this[HELD]('prependListener')).prependListener(event, listener);
+    (this.#listeners ??= []).push([event, listener]);
+    return this;
+  }
+
+  prependOnceListener(event: string | symbol, listener: Listener): this {
+    emitter(this[HELD]('prependOnceListener')).prependOnceListener(event, listener);
+    (this.#listeners ??= []).push([event, listener]);
+    return this;
+  }
+
+  removeListener(event: string | symbol, listener: Listener): this {
+    emitter(this[HELD]('removeListener')).removeListener(event, listener);
+    const i = this.#listeners?.findIndex(([e, l]) => e === event && l === listener) ?? -1;
+    if (i !== -1) this.#listeners!.splice(i, 1);
+    return this;
+  }
+
+  off(event: string | symbol, listener: Listener): this {
+    return this.removeListener(event, listener);
+  }
+
+  /** Removes the listeners added through this lease (the pool's own stay). */
+  removeAllListeners(event?: string | symbol): this {
+    this[HELD]('removeAllListeners');
+    for (const [e, l] of [...(this.#listeners ?? [])]) if (event === undefined || e === event) this.removeListener(e, l);
+    return this;
+  }
+
+  #dropListeners(client: pg.Client): void {
+    for (const [event, listener] of this.#listeners!) emitter(client).removeListener(event, listener);
+    this.#listeners = undefined;
+  }
+}
+
+const emitter = (client: pg.Client) => client as unknown as EventEmitter;
+
+const delegated = new WeakSet<object>();
+
+/**
+ * Gives {@link PoolLease} every other public member of a client class — methods
+ * (`escapeLiteral`, `getTransactionStatus`, `emit`, …) and fields (`processID`, `database`, …) —
+ * each checking the lease first. Run once per client class, with one instance to read its fields.
+ */
+export function delegateToClient(sample: pg.Client): void {
+  const target = PoolLease.prototype as unknown as Record<string, unknown>;
+  for (let proto = Object.getPrototypeOf(sample) as object | null; proto && proto !== Object.prototype; proto = Object.getPrototypeOf(proto) as object | null) {
+    if (delegated.has(proto)) break;
+    delegated.add(proto);
+    for (const name of Object.getOwnPropertyNames(proto)) {
+      if (name === 'constructor' || name.startsWith('_') || name in target) continue;
+      const descriptor = Object.getOwnPropertyDescriptor(proto, name)!;
+      if (typeof descriptor.value === 'function') {
+        Object.defineProperty(target, name, {
+          configurable: true,
+          writable: true,
+          value: function (this: PoolLease, ...args: unknown[]) {
+            return (this[HELD](name) as unknown as Delegate)[name](...args);
+          },
+        });
+      } else if (descriptor.get) {
+        defineField(target, name);
+      }
+    }
+  }
+  for (const name of Object.getOwnPropertyNames(sample)) {
+    if (!name.startsWith('_') && !(name in target)) defineField(target, name);
+  }
+}
+
+function defineField(target: object, name: string): void {
+  Object.defineProperty(target, name, {
+    configurable: true,
+    get(this: PoolLease) {
+      return (this[HELD](name) as unknown as Record<string, unknown>)[name];
+    },
+    set(this: PoolLease, value: unknown) {
+      (this[HELD](name) as unknown as Record<string, unknown>)[name] = value;
+    },
+  });
+}

@@ -1,0 +1,31 @@
+import type pg from 'pg';
+
+/** One connection of the pool and what the pool knows of it (HikariCP's `PoolEntry`). */
+export class PoolEntry {
+  /** When it was last handed back or opened (performance.now()): the pre-ping's bypass window. */
+  lastUsed: number;
+  /** When the current checkout began; -1 while not checked out. */
+  checkedOutAt = -1;
+  /** Checkouts so far (pg's `maxUses`). */
+  uses = 0;
+  /** Outlived its lifetime: closed when it comes back, or now if idle. */
+  expired = false;
+  /** The server sent a FATAL error: the connection is closing, whatever pg says yet. */
+  dead = false;
+  /** A checkout changed the session (SET, RESET, LISTEN, a reported setting): reset it on return. */
+  sessionChanged = false;
+  /** Being opened: not yet connected. */
+  connecting = true;
+  /** Taken out of the pool (closing or closed). */
+  removed = false;
+  /** Statements the application ran on it when it was opened ('connect' listeners), replayed after a session reset. */
+  setUp: string[] = [];
+  lifetimeTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    readonly client: pg.Client,
+    readonly openedAt: number,
+  ) {
+    this.lastUsed = openedAt;
+  }
+}

@@ -1,0 +1,92 @@
+import type pg from 'pg';
+import type { DbPoolConfig } from '../config/db-pool.options.js';
+import { DbPoolConfigError } from '../errors.js';
+import { type DbPoolLogger, SILENT } from './logger.js';
+
+/** How a pool behaves: the validated configuration's pool fields, plus pg's own that have no environment key. Durations in ms. */
+export type DbPoolSettings = Pick<
+  DbPoolConfig,
+  | 'name'
+  | 'poolSize'
+  | 'maxOverflow'
+  | 'poolTimeoutMs'
+  | 'connectTimeoutMs'
+  | 'overflowIdleTimeoutMs'
+  | 'recycleMs'
+  | 'recycleJitter'
+  | 'prePing'
+  | 'prePingBypassMs'
+  | 'validationTimeoutMs'
+  | 'resetSession'
+  | 'leakThresholdMs'
+  | 'leakStackRate'
+  | 'shutdownGraceMs'
+> & {
+  /** pg's `maxUses`: checkouts after which a connection is replaced. @default Infinity */
+  maxUses: number;
+  /** pg's `allowExitOnIdle`: idle connections do not keep the process alive. @default false */
+  allowExitOnIdle: boolean;
+  logger: DbPoolLogger;
+};
+
+/** The pool-only keys of pg.Pool's options (the rest are each client's). */
+export const PG_POOL_KEYS = ['max', 'min', 'poolSize', 'idleTimeoutMillis', 'connectionTimeoutMillis', 'maxLifetimeSeconds', 'maxUses', 'allowExitOnIdle', 'log', 'Promise', 'Client', 'onConnect', 'verify'] as const;
+
+/** pg.Pool's options, and the two hooks pg-pool takes beyond its typings. */
+export type PgPoolOptions = pg.PoolConfig & {
+  poolSize?: number;
+  onConnect?: (client: pg.PoolClient) => unknown;
+  verify?: (client: pg.PoolClient, done: (err?: Error) => void) => void;
+};
+
+/**
+ * Settings from pg.Pool's options alone, with pg's defaults (max 10, min 0, idle clients closed
+ * after 10 s, no acquire deadline, no lifetime) and db-pool's safety on top (reset on return,
+ * leases, a shutdown grace of 10 s; pre-ping off, as pg has none). Nonsense is refused, naming
+ * the option; nothing is dropped.
+ */
+export function settingsFromPg(options: PgPoolOptions, overrides: Partial<DbPoolSettings> = {}): DbPoolSettings {
+  const problems: string[] = [];
+  const count = (key: keyof PgPoolOptions, fallback: number, min: number): number => {
+    const value = options[key];
+    if (value === undefined || value === null) return fallback;
+    if (typeof value !== 'number' || Number.isNaN(value) || value < min || (!Number.isInteger(value) && value !== Infinity)) {
+      problems.push(`${key}=${JSON.stringify(value)}: must be an integer of at least ${min}`);
+      return fallback;
+    }
+    return value;
+  };
+  const max = count('max', count('poolSize', 10, 1), 1);
+  const min = count('min', 0, 0);
+  if (min > max) problems.push(`min=${min} is more than max=${max}`);
+  const connectionTimeout = count('connectionTimeoutMillis', 0, 0);
+  const idleTimeout = count('idleTimeoutMillis', 10_000, 0);
+  const lifetime = count('maxLifetimeSeconds', 0, 0);
+  const maxUses = count('maxUses', Infinity, 1);
+  for (const hook of ['Client', 'onConnect', 'verify', 'log'] as const) {
+    if (options[hook] !== undefined && typeof options[hook] !== 'function') problems.push(`${hook}: must be a function`);
+  }
+  if (problems.length > 0) throw new DbPoolConfigError(overrides.name ?? 'default', problems);
+  const log = options.log;
+  return {
+    name: 'default',
+    poolSize: min,
+    maxOverflow: max - min,
+    poolTimeoutMs: connectionTimeout > 0 ? connectionTimeout : Infinity,
+    connectTimeoutMs: connectionTimeout,
+    overflowIdleTimeoutMs: idleTimeout,
+    recycleMs: lifetime * 1000,
+    recycleJitter: 0,
+    prePing: false,
+    prePingBypassMs: 500,
+    validationTimeoutMs: 5_000,
+    resetSession: 'auto',
+    leakThresholdMs: 0,
+    leakStackRate: 100,
+    shutdownGraceMs: 10_000,
+    maxUses,
+    allowExitOnIdle: options.allowExitOnIdle === true,
+    logger: log ? { log: () => {}, warn: (m) => log(m), debug: (m) => log(m) } : SILENT,
+    ...overrides,
+  };
+}

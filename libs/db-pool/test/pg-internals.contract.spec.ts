@@ -1,0 +1,67 @@
+/**
+ * The contract of `src/pool/pg-internals.ts`: every undocumented member of pg and TypeORM that
+ * db-pool reads exists, with the meaning it relies on, in the versions package.json pins. An
+ * upgrade that changes one fails here, naming it.
+ */
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { createDbPoolDataSource, poolOf } from '../src/index.js';
+import { awaitingServer, connectionLost, PINNED, protocolOf, queuedQueries, typeOrmPoolsOf } from '../src/pool/pg-internals.js';
+import { databaseUrl } from './support/db.js';
+
+const root = fileURLToPath(new URL('../../../', import.meta.url));
+const rootPackage = JSON.parse(readFileSync(`${root}package.json`, 'utf8')) as { dependencies: Record<string, string> };
+
+/** Fails naming the member when it is not what db-pool expects. */
+function expectMember(owner: object, member: string, kind: 'boolean' | 'object' | 'function'): void {
+  const value = (owner as Record<string, unknown>)[member];
+  expect({ member, kind: Array.isArray(value) ? 'object' : typeof value }).toEqual({ member, kind });
+}
+
+describe('pg and TypeORM internals db-pool reads (pg-internals.ts)', () => {
+  it.each(Object.entries(PINNED))('%s is pinned to %s in package.json and installed at that version', (name, version) => {
+    expect(rootPackage.dependencies[name]).toBe(version);
+    const installed = JSON.parse(readFileSync(`${root}node_modules/${name}/package.json`, 'utf8')) as { version: string };
+    expect(installed.version).toBe(version);
+  });
+
+  it('a connected pg.Client has _queryable, _ending, _ended, _queryQueue, readyForQuery and connection, as read', async () => {
+    const client = new pg.Client({ connectionString: databaseUrl() });
+    await client.connect();
+    try {
+      for (const member of ['_queryable', '_ending', '_ended', 'readyForQuery'] as const) expectMember(client, member, 'boolean');
+      expectMember(client, '_queryQueue', 'object');
+      expectMember(client, 'connection', 'object');
+      expectMember((client as unknown as { connection: object }).connection, 'stream', 'object');
+      expect(connectionLost(client)).toBe(false);
+      expect(queuedQueries(client)).toBe(0);
+      expect(awaitingServer(client)).toBe(false);
+
+      // While a query is on the wire and another is queued behind it:
+      const messages: string[] = [];
+      for (const name of ['readyForQuery', 'commandComplete', 'parameterStatus']) protocolOf(client).on(name, () => messages.push(name));
+      const running = client.query('SELECT pg_sleep(0.05)');
+      const queued = client.query("SET TimeZone = 'UTC'");
+      expect(awaitingServer(client)).toBe(true);
+      expect(queuedQueries(client)).toBe(1);
+      await Promise.all([running, queued]);
+      expect(awaitingServer(client)).toBe(false);
+      expect(messages).toEqual(expect.arrayContaining(['commandComplete', 'readyForQuery', 'parameterStatus']));
+    } finally {
+      await client.end();
+    }
+    expect(connectionLost(client)).toBe(true); // ended
+  });
+
+  it("pg.Client has getTransactionStatus() (pg ≥ 8.23) and TypeORM's Postgres driver keeps its pool as driver.master", async () => {
+    expectMember(pg.Client.prototype, 'getTransactionStatus', 'function');
+    const dataSource = await createDbPoolDataSource({ url: databaseUrl(), poolSize: 1, maxOverflow: 0, env: {} });
+    try {
+      expect(typeOrmPoolsOf(dataSource.driver).master).toBe(poolOf(dataSource));
+      expectMember(dataSource.driver, 'slaves', 'object');
+    } finally {
+      await dataSource.destroy();
+    }
+  });
+});

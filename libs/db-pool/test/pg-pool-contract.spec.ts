@@ -1,0 +1,181 @@
+/**
+ * The drop-in contract: `new DbPool(options)` with pg.Pool's options alone behaves as pg.Pool
+ * does (plus db-pool's safety), each option honoured or refused. One test per option or promise,
+ * against a real PostgreSQL.
+ */
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { DbPool, DbPoolConfigError, PoolConnectError, PoolTimeoutError } from '../src/index.js';
+import { databaseUrl, eventually, poolFixture } from './support/db.js';
+
+const root = fileURLToPath(new URL('../../../', import.meta.url));
+
+/** True when the client's socket has TCP keep-alive on (`ss` shows its keepalive timer). */
+function keepAliveOn(client: pg.PoolClient): boolean {
+  const port = (client as unknown as { connection: { stream: { localPort: number } } }).connection.stream.localPort;
+  return execFileSync('ss', ['-tnoH', 'sport', '=', `:${port}`], { encoding: 'utf8' }).includes('keepalive');
+}
+
+const pid = async (client: pg.PoolClient) => (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+
+describe('a drop-in for pg.Pool', () => {
+  const pools: DbPool[] = [];
+  const { pool: created } = poolFixture();
+  const dropIn = (options: ConstructorParameters<typeof DbPool>[0] = {}) => {
+    const pool = new DbPool({ connectionString: databaseUrl(), ...options });
+    pools.push(pool);
+    return pool;
+  };
+  afterEach(async () => {
+    await Promise.all(pools.splice(0).filter((p) => !p.ending).map((p) => p.end()));
+  });
+
+  it('goes wherever a pg.Pool is expected (its type), and works with pg.Pool\'s options alone', async () => {
+    const asPg: pg.Pool = dropIn({ max: 2 });
+    const { rows } = await asPg.query<{ two: number }>('SELECT 2 AS two');
+    expect(rows[0].two).toBe(2);
+    expect(asPg.options.max).toBe(2);
+    expect([asPg.totalCount, asPg.idleCount, asPg.waitingCount, asPg.expiredCount]).toEqual([1, 1, 0, 0]);
+  });
+
+  it('Client: the given class is used for every connection', async () => {
+    const made: pg.Client[] = [];
+    class CountingClient extends pg.Client {
+      constructor(config?: pg.ClientConfig) {
+        super(config);
+        made.push(this);
+      }
+    }
+    const pool = dropIn({ Client: CountingClient as unknown as typeof pg.Client });
+    const connected: unknown[] = [];
+    pool.on('connect', (client) => connected.push(client));
+    await pool.query('SELECT 1');
+    expect(made).toHaveLength(1);
+    expect(connected[0]).toBeInstanceOf(CountingClient);
+  });
+
+  it('a connect error keeps the driver code (err.code), severity and cause; the callback form gets a release function', async () => {
+    const url = new URL(databaseUrl());
+    url.pathname = '/no_such_database_for_db_pool';
+    const pool = new DbPool({ connectionString: url.toString(), max: 1 });
+    pools.push(pool);
+    const err = (await pool.connect().catch((e: unknown) => e)) as PoolConnectError;
+    expect(err).toBeInstanceOf(PoolConnectError);
+    expect(err.code).toBe('3D000'); // invalid_catalog_name, as on pg's own error
+    expect(err.severity).toBe('FATAL');
+    expect((err.cause as { code?: string }).code).toBe('3D000');
+    const viaCallback = await new Promise<{ err: Error | undefined; release: unknown }>((resolve) => pool.connect((e, _client, release) => resolve({ err: e, release })));
+    expect(viaCallback.err).toBeInstanceOf(PoolConnectError);
+    expect(typeof viaCallback.release).toBe('function');
+    expect(() => (viaCallback.release as () => void)()).not.toThrow();
+  });
+
+  it("connectionTimeoutMillis: the acquire deadline, and the message keeps pg-pool's words", async () => {
+    const pool = dropIn({ max: 1, connectionTimeoutMillis: 300 });
+    const held = await pool.connect();
+    const err = (await pool.connect().catch((e: unknown) => e)) as PoolTimeoutError;
+    expect(err).toBeInstanceOf(PoolTimeoutError);
+    expect(err.message).toContain('timeout exceeded when trying to connect');
+    expect(err.timeoutMs).toBe(300);
+    held.release();
+  });
+
+  it('keepAlive: reaches the socket (TCP keep-alive on), and is off when not asked for', async () => {
+    const withKeepAlive = dropIn({ keepAlive: true });
+    const on = await withKeepAlive.connect();
+    expect(keepAliveOn(on)).toBe(true);
+    on.release();
+    const without = dropIn();
+    const off = await without.connect();
+    expect(keepAliveOn(off)).toBe(false);
+    off.release();
+  });
+
+  it('maxUses: a connection is retired after that many checkouts', async () => {
+    const pool = dropIn({ max: 1, maxUses: 2 });
+    const pids: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const client = await pool.connect();
+      pids.push(await pid(client));
+      client.release();
+    }
+    expect(pids[0]).toBe(pids[1]);
+    expect(pids[2]).not.toBe(pids[0]);
+  });
+
+  it('idleTimeoutMillis: idle connections above min are closed; min stays open', async () => {
+    const pool = dropIn({ max: 3, min: 1, idleTimeoutMillis: 100 });
+    const clients = await Promise.all([pool.connect(), pool.connect(), pool.connect()]);
+    clients.forEach((c) => c.release());
+    expect(pool.totalCount).toBe(3);
+    expect(await eventually(() => pool.totalCount === 1, 3_000)).toBe(true);
+  });
+
+  it('maxLifetimeSeconds: a connection is replaced once it is that old', async () => {
+    const pool = dropIn({ max: 1, maxLifetimeSeconds: 1 });
+    const first = await pool.connect();
+    const before = await pid(first);
+    first.release();
+    expect(await eventually(() => pool.counters.recycled === 1, 3_000)).toBe(true);
+    const next = await pool.connect();
+    expect(await pid(next)).not.toBe(before);
+    next.release();
+  });
+
+  it('events: connect, acquire, release and remove, as pg.Pool emits them', async () => {
+    const pool = dropIn({ max: 1 });
+    const events: string[] = [];
+    for (const name of ['connect', 'acquire', 'release', 'remove'] as const) pool.on(name, () => events.push(name));
+    const client = await pool.connect();
+    client.release(true); // discard it
+    await eventually(() => events.includes('remove'));
+    expect(events).toEqual(['connect', 'acquire', 'release', 'remove']);
+  });
+
+  it('allowExitOnIdle: idle connections do not keep the process alive', () => {
+    execFileSync(process.execPath, [`${root}node_modules/typescript/bin/tsc`, '-b', `${root}libs/db-pool/tsconfig.lib.json`]);
+    const script = `
+      import { DbPool } from '${root}libs/db-pool/dist/index.js';
+      const pool = new DbPool({ connectionString: process.env.DATABASE_URL, allowExitOnIdle: true });
+      await pool.query('SELECT 1');
+      console.log('idle, not ended');
+    `;
+    // Returns only when the process has exited by itself (the test times out otherwise).
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], { cwd: root, env: { ...process.env }, encoding: 'utf8', timeout: 20_000 });
+    expect(out).toContain('idle, not ended');
+  }, 60_000);
+
+  it('pg.Pool options that make no sense are refused, naming the option; none is silently dropped', () => {
+    expect(() => new DbPool({ max: 0 })).toThrow(DbPoolConfigError);
+    expect(() => new DbPool({ max: 0 })).toThrow('max=0: must be an integer of at least 1');
+    expect(() => new DbPool({ min: 5, max: 2 })).toThrow('min=5 is more than max=2');
+    expect(() => new DbPool({ idleTimeoutMillis: -1 })).toThrow('idleTimeoutMillis=-1: must be an integer of at least 0');
+    expect(() => new DbPool({ Client: 'pg' as never })).toThrow('Client: must be a function');
+  });
+
+  it('pool.query: a failed statement keeps its connection (pg.Pool would discard it)', async () => {
+    const pool = dropIn({ max: 1 });
+    const first = await pool.connect();
+    const before = await pid(first);
+    first.release();
+    await expect(pool.query('SELECT * FROM no_such_table_for_db_pool')).rejects.toThrow(/does not exist/);
+    const again = await pool.connect();
+    expect(await pid(again)).toBe(before);
+    again.release();
+  });
+
+  it("createDbPool: typeorm.extra reaches pg (keepAlive, maxUses), db-pool's own keys winning", async () => {
+    const pool = await created({ poolSize: 1, maxOverflow: 0, typeorm: { extra: { keepAlive: true, maxUses: 1, max: 50, application_name: 'not-this' } } });
+    const first = await pool.connect();
+    expect(keepAliveOn(first)).toBe(true);
+    const firstPid = await pid(first);
+    const name = (await first.query<{ name: string }>("SELECT current_setting('application_name') AS name")).rows[0].name;
+    first.release();
+    expect(name).toBe(pool.name); // DB_APPLICATION_NAME (the test's pool name), not extra's
+    expect(pool.options.max).toBe(1); // DB_POOL_SIZE + DB_MAX_OVERFLOW, not extra's 50
+    const second = await pool.connect();
+    expect(await pid(second)).not.toBe(firstPid); // maxUses: 1
+    second.release();
+  });
+});
