@@ -83,7 +83,8 @@ export async function startFaultProxy(target) {
       latencyMs = options.latencyMs ?? latencyMs;
       if (next === 'reset') {
         for (const link of links) {
-          link.client.resetAndDestroy?.() ?? link.client.destroy();
+          if (link.client.resetAndDestroy) link.client.resetAndDestroy();
+          else link.client.destroy();
           link.upstream?.destroy();
         }
         links.clear();

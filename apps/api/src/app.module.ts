@@ -29,7 +29,11 @@ export class AppModule {
         DbPoolModule.forRootAsync({
           imports: [ConfigModule.forFeature(dbPoolConfig)],
           inject: [dbPoolConfig.KEY],
-          useFactory: (fromEnv: DbPoolOptions): DbPoolOptions => ({ ...fromEnv, ...overrides, typeorm: { ...apiTypeOrmOptions, ...overrides.typeorm } }),
+          useFactory: (fromEnv: DbPoolOptions): DbPoolOptions => ({
+            ...fromEnv,
+            ...overrides,
+            typeorm: { ...apiTypeOrmOptions, ...overrides.typeorm },
+          }),
         }),
         ...extraPools.map((options) => DbPoolModule.forRoot(options)),
         ItemsModule,

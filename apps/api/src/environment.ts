@@ -26,12 +26,14 @@ export function readEnvironment(env: NodeJS.ProcessEnv): ApiEnvironment {
   let port = 3000;
   if (raw !== undefined && raw !== '') {
     port = Number(raw);
-    if (!/^\d+$/.test(raw.trim()) || port < 1 || port > 65_535) problems.push(`PORT=${JSON.stringify(raw)}: must be an integer from 1 to 65535`);
+    if (!/^\d+$/.test(raw.trim()) || port < 1 || port > 65_535)
+      problems.push(`PORT=${JSON.stringify(raw)}: must be an integer from 1 to 65535`);
   }
   const millis = (key: 'SHUTDOWN_DELAY_MS' | 'SHUTDOWN_TIMEOUT_MS', fallback: number): number => {
     const raw = env[key];
     if (raw === undefined || raw === '') return fallback;
-    if (!/^\d+$/.test(raw.trim()) || Number(raw) > 600_000) problems.push(`${key}=${JSON.stringify(raw)}: must be an integer from 0 to 600000`);
+    if (!/^\d+$/.test(raw.trim()) || Number(raw) > 600_000)
+      problems.push(`${key}=${JSON.stringify(raw)}: must be an integer from 0 to 600000`);
     return Number(raw);
   };
   const shutdownDelayMs = millis('SHUTDOWN_DELAY_MS', 0);
@@ -43,7 +45,9 @@ export function readEnvironment(env: NodeJS.ProcessEnv): ApiEnvironment {
     problems.push(...err.problems);
   }
   if (problems.length > 0) {
-    throw new Error(`Invalid configuration (${problems.length} problem${problems.length === 1 ? '' : 's'}):\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    throw new Error(
+      `Invalid configuration (${problems.length} problem${problems.length === 1 ? '' : 's'}):\n${problems.map((p) => `  - ${p}`).join('\n')}`,
+    );
   }
   return { port, host: env.HOST || '0.0.0.0', shutdownDelayMs, shutdownTimeoutMs };
 }

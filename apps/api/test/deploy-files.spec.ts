@@ -54,7 +54,16 @@ const container = () => deployment().spec.template.spec.containers[0];
 describe('docker/ and Kubernetes files agree with the app', () => {
   it('every file parses', () => {
     const all = files();
-    expect(all).toEqual(expect.arrayContaining(['Dockerfile', 'compose.yml', 'k8s/deployment.yaml', 'prometheus/alerts.yml', 'prometheus/prometheus.yml', 'pgbouncer/pgbouncer.ini']));
+    expect(all).toEqual(
+      expect.arrayContaining([
+        'Dockerfile',
+        'compose.yml',
+        'k8s/deployment.yaml',
+        'prometheus/alerts.yml',
+        'prometheus/prometheus.yml',
+        'pgbouncer/pgbouncer.ini',
+      ]),
+    );
     for (const file of all) {
       if (/\.ya?ml$/.test(file)) {
         for (const doc of parseAllDocuments(read(file))) expect(doc.errors).toEqual([]);
@@ -67,7 +76,8 @@ describe('docker/ and Kubernetes files agree with the app', () => {
           .map((l) => l.trim())
           .filter((l) => l && !l.startsWith('#'))
           .map((l) => l.split(/\s+/)[0]);
-        for (const instruction of instructions) expect(['FROM', 'WORKDIR', 'COPY', 'RUN', 'ENV', 'USER', 'EXPOSE', 'HEALTHCHECK', 'CMD', 'ARG', 'LABEL']).toContain(instruction);
+        for (const instruction of instructions)
+          expect(['FROM', 'WORKDIR', 'COPY', 'RUN', 'ENV', 'USER', 'EXPOSE', 'HEALTHCHECK', 'CMD', 'ARG', 'LABEL']).toContain(instruction);
       } else if (file.endsWith('userlist.txt')) {
         for (const line of read(file).trim().split('\n')) expect(line).toMatch(/^"[^"]+" "[^"]+"$/);
       } else {
@@ -83,7 +93,9 @@ describe('docker/ and Kubernetes files agree with the app', () => {
       for (const key of Object.keys(env)) expect(ACCEPTED_ENV_KEYS).toContain(key);
       expect(() => readEnvironment(env)).not.toThrow();
     }
-    expect((container().env as K8sEnv).find((e) => e.name === 'DATABASE_URL')?.valueFrom).toEqual({ secretKeyRef: { name: 'db-pool-api-db', key: 'url' } });
+    expect((container().env as K8sEnv).find((e) => e.name === 'DATABASE_URL')?.valueFrom).toEqual({
+      secretKeyRef: { name: 'db-pool-api-db', key: 'url' },
+    });
     const secret = parse(read('k8s/secret.example.yaml'));
     expect(secret).toMatchObject({ kind: 'Secret', metadata: { name: 'db-pool-api-db' } });
     expect(Object.keys(secret.stringData)).toEqual(['url']);
@@ -93,7 +105,9 @@ describe('docker/ and Kubernetes files agree with the app', () => {
     const env = Object.fromEntries((container().env as K8sEnv).filter((e) => e.value !== undefined).map((e) => [e.name, e.value!]));
     const { shutdownDelayMs, shutdownTimeoutMs } = readEnvironment({ ...env, DATABASE_URL: 'postgres://x@db/app' });
     const poolGraceMs = resolveDbPoolConfig({ env: { ...env, DATABASE_URL: 'postgres://x@db/app' } }).shutdownGraceMs;
-    expect(shutdownDelayMs + shutdownTimeoutMs + poolGraceMs).toBeLessThan(deployment().spec.template.spec.terminationGracePeriodSeconds * 1000);
+    expect(shutdownDelayMs + shutdownTimeoutMs + poolGraceMs).toBeLessThan(
+      deployment().spec.template.spec.terminationGracePeriodSeconds * 1000,
+    );
   });
 
   it('ports agree: Dockerfile, compose, Kubernetes, Prometheus, PgBouncer', () => {
@@ -160,7 +174,12 @@ describe('docker/ and Kubernetes files agree with the app', () => {
 
     it('every probe path and the Docker health check answer 200', async () => {
       const c = container();
-      const paths = [c.livenessProbe.httpGet.path, c.readinessProbe.httpGet.path, c.startupProbe.httpGet.path, /\/health\/\w+/.exec(read('Dockerfile'))![0]];
+      const paths = [
+        c.livenessProbe.httpGet.path,
+        c.readinessProbe.httpGet.path,
+        c.startupProbe.httpGet.path,
+        /\/health\/\w+/.exec(read('Dockerfile'))![0],
+      ];
       expect(new Set(paths)).toEqual(new Set(['/health/live', '/health/ready']));
       expect(c.livenessProbe.httpGet.path).toBe('/health/live'); // never the database
       for (const path of paths) expect((await fetch(`${base}${path}`)).status).toBe(200);

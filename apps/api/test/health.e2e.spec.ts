@@ -51,7 +51,9 @@ describe('health routes and metrics over real HTTP', () => {
   });
 
   it('GET /health/db_pool: healthy, with every seed field, for each named pool', async () => {
-    const running = await start({ poolSize: 4, maxOverflow: 4 }, [{ name: 'reporting', url: db.url, poolSize: 2, maxOverflow: 0, env: {} }]);
+    const running = await start({ poolSize: 4, maxOverflow: 4 }, [
+      { name: 'reporting', url: db.url, poolSize: 2, maxOverflow: 0, env: {} },
+    ]);
     const res = await running.get('/health/db_pool');
     expect(res.status).toBe(200);
     expect(res.body.status).toBe('ok');
@@ -123,7 +125,9 @@ describe('health routes and metrics over real HTTP', () => {
     // The probe waits its turn behind the queued callers, never longer than its timeout.
     const ready = await running.get('/health/ready');
     expect(ready.status).toBe(503);
-    expect(ready.body.error.default.message).toMatch(/^database not reachable within 300 ms: db-pool "default": timeout exceeded when trying to connect: no connection within 300 ms \(total=8, active=8, idle=0, waiting=6\)$/);
+    expect(ready.body.error.default.message).toMatch(
+      /^database not reachable within 300 ms: db-pool "default": timeout exceeded when trying to connect: no connection within 300 ms \(total=8, active=8, idle=0, waiting=6\)$/,
+    );
     expect(held.pool.counters).toMatchObject({ probeTimeouts: 1, timeouts: 0 });
 
     held.release();
@@ -160,7 +164,9 @@ describe('health routes and metrics over real HTTP', () => {
     await runner.connect(); // this line's stack is what the warning must show
     await sleep(3_200);
     const warning = running.logger.lines.find((l) => l.level === 'warn' && l.text.includes('possible connection leak'));
-    expect(warning?.text).toMatch(/^db-pool "default": possible connection leak: a connection has been checked out for [23]\.\d s \(DB_POOL_LEAK_THRESHOLD=2 s\)/);
+    expect(warning?.text).toMatch(
+      /^db-pool "default": possible connection leak: a connection has been checked out for [23]\.\d s \(DB_POOL_LEAK_THRESHOLD=2 s\)/,
+    );
     expect(warning?.text).toContain('health.e2e.spec.ts');
     const res = await running.get('/health/db_pool');
     expect(res.body.details.default.leak_detected).toBe(true);
@@ -182,7 +188,11 @@ describe('health routes and metrics over real HTTP', () => {
     let sawLeak = false;
     const worker = async (i: number) => {
       while (Date.now() < end) {
-        const res = await fetch(`${running.base}/items`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: `load-${i}` }) });
+        const res = await fetch(`${running.base}/items`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ name: `load-${i}` }),
+        });
         if (res.status === 201) ok++;
         else failed++;
         await res.arrayBuffer();
@@ -209,8 +219,15 @@ describe('health routes and metrics over real HTTP', () => {
     const running = await start({ poolSize: 6, maxOverflow: 6, expectedReplicas: 10, applicationName: 'headroom-test' });
     const res = await running.get('/health/db_pool');
     const report = res.body.details.default;
-    expect(report.server_headroom).toMatchObject({ max_connections: 100, superuser_reserved_connections: 3, available: 97, in_use_by_pool: 6 });
-    expect(report.recommendations.join('\n')).toMatch(/Server headroom: 10 replica\(s\) × 12 connections = 120, more than the \d+ the server can give \(max_connections=100, superuser_reserved_connections=3/);
+    expect(report.server_headroom).toMatchObject({
+      max_connections: 100,
+      superuser_reserved_connections: 3,
+      available: 97,
+      in_use_by_pool: 6,
+    });
+    expect(report.recommendations.join('\n')).toMatch(
+      /Server headroom: 10 replica\(s\) × 12 connections = 120, more than the \d+ the server can give \(max_connections=100, superuser_reserved_connections=3/,
+    );
     expect(running.logger.lines.some((l) => l.level === 'warn' && l.text.includes('Server headroom: 10 replica(s)'))).toBe(true);
     const metrics = await running.get('/metrics');
     expect(metrics.text).toMatch(/db_pool_server_headroom_connections\{pool_name="default"\} \d+/);

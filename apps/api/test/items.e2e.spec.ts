@@ -28,7 +28,11 @@ describe('api over real HTTP: items and liveness', () => {
   });
 
   const post = (body: unknown, raw = false) =>
-    fetch(`${base}/items`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: raw ? (body as string) : JSON.stringify(body) });
+    fetch(`${base}/items`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: raw ? (body as string) : JSON.stringify(body),
+    });
 
   it('GET /health/live answers 200 with the Terminus envelope', async () => {
     const res = await fetch(`${base}/health/live`);
@@ -84,7 +88,11 @@ describe('api over real HTTP: items and liveness', () => {
 
   it.each([
     ['a NUL character (PostgreSQL text cannot hold U+0000)', '{"name":"a\\u0000b"}', 'name must not contain the character U+0000'],
-    ['a lone high surrogate (it would be stored as U+FFFD)', '{"name":"a\\ud800b"}', 'name must be well-formed Unicode (no lone surrogate code units)'],
+    [
+      'a lone high surrogate (it would be stored as U+FFFD)',
+      '{"name":"a\\ud800b"}',
+      'name must be well-formed Unicode (no lone surrogate code units)',
+    ],
     ['a lone low surrogate', '{"name":"\\udc00"}', 'name must be well-formed Unicode (no lone surrogate code units)'],
   ])('POST /items with %s is a 400 and writes nothing', async (_case, raw, message) => {
     const before = (await admin.query('SELECT count(*)::int AS n FROM items')).rows[0].n;
@@ -116,14 +124,21 @@ describe('api over real HTTP: items and liveness', () => {
   });
 
   it('POST /items takes application/json with a charset', async () => {
-    const res = await fetch(`${base}/items`, { method: 'POST', headers: { 'content-type': 'application/json; charset=utf-8' }, body: JSON.stringify({ name: `${tag}-charset` }) });
+    const res = await fetch(`${base}/items`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json; charset=utf-8' },
+      body: JSON.stringify({ name: `${tag}-charset` }),
+    });
     expect(res.status).toBe(201);
   });
 
-  it.each(['0x1', '1.0', '1e3', '+1', '01', ' 1', '-1', '0', '2147483648', '1,2'])('GET /items/%s is a 400: ids are canonical decimal integers from 1', async (id) => {
-    const res = await fetch(`${base}/items/${encodeURIComponent(id)}`);
-    expect(res.status).toBe(400);
-  });
+  it.each(['0x1', '1.0', '1e3', '+1', '01', ' 1', '-1', '0', '2147483648', '1,2'])(
+    'GET /items/%s is a 400: ids are canonical decimal integers from 1',
+    async (id) => {
+      const res = await fetch(`${base}/items/${encodeURIComponent(id)}`);
+      expect(res.status).toBe(400);
+    },
+  );
 
   it('GET /items?limit= (empty) is the default limit, as if absent; a repeated or non-decimal limit is a 400', async () => {
     const absent = await body(await fetch(`${base}/items`));

@@ -49,9 +49,15 @@ describe('overload and outage over HTTP', () => {
         pool: 'default',
         retry_after: 1,
       });
-      const write = await fetch(`${running.base}/items`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"name":"never"}' });
+      const write = await fetch(`${running.base}/items`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: '{"name":"never"}',
+      });
       expect(write.status).toBe(503);
-      expect(running.logger.text()).toContain('503 pool_timeout: db-pool "default": timeout exceeded when trying to connect: no connection within 1000 ms');
+      expect(running.logger.text()).toContain(
+        '503 pool_timeout: db-pool "default": timeout exceeded when trying to connect: no connection within 1000 ms',
+      );
     } finally {
       held.forEach((c) => c.release());
     }
@@ -73,7 +79,13 @@ describe('overload and outage over HTTP', () => {
     const health = await running.get('/health/db_pool');
     const report = health.body.error.default;
     expect(report.status).toBe('down');
-    expect(report.pool_status).toMatchObject({ health: 'critical', checked_out: 0, checked_in: 0, connect_failing: true, last_connect_error: 'ECONNREFUSED' });
+    expect(report.pool_status).toMatchObject({
+      health: 'critical',
+      checked_out: 0,
+      checked_in: 0,
+      connect_failing: true,
+      last_connect_error: 'ECONNREFUSED',
+    });
     expect(report.pool_status.consecutive_connect_failures).toBeGreaterThan(0);
     expect(report.recommendations.join('\n')).toContain('New connections are failing');
     expect((await running.get('/health/ready')).status).toBe(503);
@@ -94,7 +106,13 @@ describe('overload and outage over HTTP', () => {
       expect((await fetch(`${running.base}/items?limit=1`)).status).toBe(503);
       const health = await running.get('/health/db_pool');
       expect(health.status).toBe(503);
-      expect(health.body.error.default.pool_status).toMatchObject({ checked_out: 2, checked_in: 0, utilization: 50, health: 'critical', connect_failing: true });
+      expect(health.body.error.default.pool_status).toMatchObject({
+        checked_out: 2,
+        checked_in: 0,
+        utilization: 50,
+        health: 'critical',
+        connect_failing: true,
+      });
     } finally {
       held.forEach((c) => c.release());
     }
@@ -113,7 +131,9 @@ describe('overload and outage over HTTP', () => {
     expect(quietReport.server_headroom.in_use_by_pool).toBeGreaterThan(0);
     expect(quietReport.configuration.url).toBeUndefined();
     const detailedReport = await headroom(detailed);
-    expect(detailedReport.server_headroom.by_application).toEqual(expect.arrayContaining([expect.objectContaining({ application_name: 'db-pool' })]));
+    expect(detailedReport.server_headroom.by_application).toEqual(
+      expect.arrayContaining([expect.objectContaining({ application_name: 'db-pool' })]),
+    );
     expect(detailedReport.configuration.url).toContain(`@127.0.0.1:${proxy.port}/`);
 
     await serverGone();

@@ -40,7 +40,9 @@ async function freePort(): Promise<number> {
 
 describe('the api process: start-up validation and graceful shutdown', () => {
   beforeAll(() => {
-    execFileSync(process.execPath, [`${root}node_modules/typescript/bin/tsc`, '-b', `${root}apps/api/tsconfig.app.json`], { stdio: 'inherit' });
+    execFileSync(process.execPath, [`${root}node_modules/typescript/bin/tsc`, '-b', `${root}apps/api/tsconfig.app.json`], {
+      stdio: 'inherit',
+    });
   });
 
   it('refuses a bad configuration before it listens: exit 1, one message listing every bad key, no password', async () => {
@@ -85,7 +87,10 @@ describe('the api process: start-up validation and graceful shutdown', () => {
   });
 
   it('a DATABASE_URL in libpq keyword form or with a slash missing is refused without its password', async () => {
-    for (const given of ['host=db.internal port=5432 user=app password=Tr0ub4dor dbname=shop', 'postgres:/app:Tr0ub4dor@db.internal:5432/shop']) {
+    for (const given of [
+      'host=db.internal port=5432 user=app password=Tr0ub4dor dbname=shop',
+      'postgres:/app:Tr0ub4dor@db.internal:5432/shop',
+    ]) {
       const run = start({ PORT: String(await freePort()), DATABASE_URL: given });
       expect(await run.exited).toBe(1);
       expect(run.output()).toContain('DATABASE_URL="');
@@ -104,14 +109,24 @@ describe('the api process: start-up validation and graceful shutdown', () => {
   it('prints where it listens, and on SIGTERM finishes in-flight writes, ends the pool and exits 0', async () => {
     const port = await freePort();
     const appName = `api-shutdown-${process.pid}`;
-    const run = start({ PORT: String(port), DATABASE_URL: process.env.DATABASE_URL!, DB_POOL_SIZE: '3', DB_MAX_OVERFLOW: '3', DB_APPLICATION_NAME: appName });
+    const run = start({
+      PORT: String(port),
+      DATABASE_URL: process.env.DATABASE_URL!,
+      DB_POOL_SIZE: '3',
+      DB_MAX_OVERFLOW: '3',
+      DB_APPLICATION_NAME: appName,
+    });
     await waitFor(run, `API listening on http://localhost:${port}`);
     expect(run.output()).toContain('url=postgres://');
     expect(run.output()).toContain('pool_size=3, max_overflow=3, total_max=6');
 
     const tag = `shutdown-${process.pid}-${Date.now()}`;
     const writes = Array.from({ length: 40 }, (_, i) =>
-      fetch(`http://127.0.0.1:${port}/items`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: `${tag}-${i}` }) })
+      fetch(`http://127.0.0.1:${port}/items`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ name: `${tag}-${i}` }),
+      })
         .then(async (res) => (res.status === 201 ? ((await res.json()) as { id: number }).id : undefined))
         .catch(() => undefined),
     );
@@ -137,7 +152,14 @@ describe('the api process: start-up validation and graceful shutdown', () => {
 
   it('a second SIGTERM during the drain is ignored: the in-flight write finishes and the exit is 0', async () => {
     const port = await freePort();
-    const run = start({ PORT: String(port), DATABASE_URL: process.env.DATABASE_URL!, DB_POOL_SIZE: '2', DB_MAX_OVERFLOW: '0', SHUTDOWN_DELAY_MS: '300', DB_APPLICATION_NAME: `api-double-${process.pid}` });
+    const run = start({
+      PORT: String(port),
+      DATABASE_URL: process.env.DATABASE_URL!,
+      DB_POOL_SIZE: '2',
+      DB_MAX_OVERFLOW: '0',
+      SHUTDOWN_DELAY_MS: '300',
+      DB_APPLICATION_NAME: `api-double-${process.pid}`,
+    });
     await waitFor(run, 'API listening');
     const locker = new pg.Client({ connectionString: process.env.DATABASE_URL });
     await locker.connect();
@@ -145,8 +167,17 @@ describe('the api process: start-up validation and graceful shutdown', () => {
     try {
       await locker.query('BEGIN');
       await locker.query('LOCK TABLE items IN ACCESS EXCLUSIVE MODE'); // holds the write in flight
-      const post = fetch(`http://127.0.0.1:${port}/items`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: tag }) }).then((r) => r.status);
-      const waiting = async () => (await locker.query("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = $1", [`api-double-${process.pid}`])).rowCount === 1;
+      const post = fetch(`http://127.0.0.1:${port}/items`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ name: tag }),
+      }).then((r) => r.status);
+      const waiting = async () =>
+        (
+          await locker.query("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = $1", [
+            `api-double-${process.pid}`,
+          ])
+        ).rowCount === 1;
       while (!(await waiting())) await new Promise((r) => setTimeout(r, 20));
       run.child.kill('SIGTERM');
       run.child.kill('SIGTERM');
@@ -162,7 +193,14 @@ describe('the api process: start-up validation and graceful shutdown', () => {
 
   it('shutdown finishes though a keep-alive client keeps sending and another stalls mid-body: busy connections are closed after SHUTDOWN_TIMEOUT_MS, exit 0', async () => {
     const port = await freePort();
-    const run = start({ PORT: String(port), DATABASE_URL: process.env.DATABASE_URL!, DB_POOL_SIZE: '2', DB_MAX_OVERFLOW: '0', SHUTDOWN_DELAY_MS: '300', SHUTDOWN_TIMEOUT_MS: '500' });
+    const run = start({
+      PORT: String(port),
+      DATABASE_URL: process.env.DATABASE_URL!,
+      DB_POOL_SIZE: '2',
+      DB_MAX_OVERFLOW: '0',
+      SHUTDOWN_DELAY_MS: '300',
+      SHUTDOWN_TIMEOUT_MS: '500',
+    });
     await waitFor(run, 'API listening');
     const { Agent, get } = await import('node:http');
     const { connect } = await import('node:net');

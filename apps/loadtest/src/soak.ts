@@ -26,7 +26,16 @@ async function main(): Promise<void> {
   const url = process.env.DATABASE_URL;
   if (!url) throw new Error('DATABASE_URL is not set');
   const name = `soak-${process.pid}`;
-  const pool = await createDbPool({ url, poolSize: 5, maxOverflow: 5, poolTimeout: 5, overflowIdleTimeout: 1, leakThreshold: 30, applicationName: name, env: {} });
+  const pool = await createDbPool({
+    url,
+    poolSize: 5,
+    maxOverflow: 5,
+    poolTimeout: 5,
+    overflowIdleTimeout: 1,
+    leakThreshold: 30,
+    applicationName: name,
+    env: {},
+  });
   await pool.query('CREATE TABLE IF NOT EXISTS soak (id serial PRIMARY KEY, v int)');
   const admin = new pg.Client({ connectionString: url });
   await admin.connect();
@@ -75,7 +84,10 @@ async function main(): Promise<void> {
   const killer = (async () => {
     while (running) {
       await sleep(500);
-      const { rowCount } = await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid() LIMIT 1', [name]);
+      const { rowCount } = await admin.query(
+        'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid() LIMIT 1',
+        [name],
+      );
       counts.kills += rowCount ?? 0;
     }
   })();

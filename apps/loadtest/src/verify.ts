@@ -42,8 +42,16 @@ async function main(): Promise<void> {
     const avgMs = (seconds * 1000) / 50;
     out(`50 sequential queries in ${seconds.toFixed(2)}s`);
     out(`Average: ${avgMs.toFixed(2)}ms per query`);
-    check(avgMs < FAST_MS, `Fast queries (${avgMs.toFixed(2)}ms avg) - pooling working!`, `Slow queries (${avgMs.toFixed(2)}ms avg, expected < ${FAST_MS}ms)`);
-    check(pool.counters.created === created, 'No new connections after warm-up - connections reused', `${pool.counters.created - created} new connection(s) opened during the run`);
+    check(
+      avgMs < FAST_MS,
+      `Fast queries (${avgMs.toFixed(2)}ms avg) - pooling working!`,
+      `Slow queries (${avgMs.toFixed(2)}ms avg, expected < ${FAST_MS}ms)`,
+    );
+    check(
+      pool.counters.created === created,
+      'No new connections after warm-up - connections reused',
+      `${pool.counters.created - created} new connection(s) opened during the run`,
+    );
     check(pool.state().active === 0, 'All connections returned to pool', `${pool.state().active} connection(s) still checked out`);
 
     out();
@@ -69,7 +77,11 @@ async function main(): Promise<void> {
     out('Recommendations:');
     for (const r of monitor.getRecommendations()) out(`  - ${r}`);
     out();
-    check(status.checked_in === c.pool_size, `All ${c.pool_size} connections warm and checked in`, `${status.checked_in} of ${c.pool_size} connections checked in`);
+    check(
+      status.checked_in === c.pool_size,
+      `All ${c.pool_size} connections warm and checked in`,
+      `${status.checked_in} of ${c.pool_size} connections checked in`,
+    );
     check(!monitor.checkConnectionLeaks(), 'No connection leaks detected', 'Connection leak suspected');
     check(monitor.isPoolHealthy(), 'Pool is healthy', `Pool is not healthy (${status.health})`);
   } finally {

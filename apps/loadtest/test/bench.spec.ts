@@ -9,14 +9,31 @@ const root = fileURLToPath(new URL('../../../', import.meta.url));
 const main = `${root}apps/loadtest/dist/bench/main.js`;
 const CHROMIUM = '/usr/bin/chromium';
 
-const RATIO_KEYS = ['latency_vs_pg_pool', 'latency_vs_typeorm', 'preping_on_vs_off', 'no_pool_slowdown', 'p99_over_median_wait_c200', 'features_on_vs_off'];
-const TARGET_KEYS = ['latency_vs_pg_pool', 'throughput_vs_pg_pool', 'latency_vs_typeorm', 'preping_on_vs_off', 'no_pool_slowdown', 'p99_over_median_wait_c200'];
+const RATIO_KEYS = [
+  'latency_vs_pg_pool',
+  'latency_vs_typeorm',
+  'preping_on_vs_off',
+  'no_pool_slowdown',
+  'p99_over_median_wait_c200',
+  'features_on_vs_off',
+];
+const TARGET_KEYS = [
+  'latency_vs_pg_pool',
+  'throughput_vs_pg_pool',
+  'latency_vs_typeorm',
+  'preping_on_vs_off',
+  'no_pool_slowdown',
+  'p99_over_median_wait_c200',
+];
 const CHART_IDS = ['chart-latency', 'chart-throughput', 'chart-pool-utilization'];
 
 interface Results {
   settings: { db_pool_features: Record<string, unknown> };
   ratio_details: Record<string, { median: number }>;
-  scenarios: { id: string; levels: { contenders: { name: string; note?: string; leakStacks?: { captured: number; skipped: number } }[] }[] }[];
+  scenarios: {
+    id: string;
+    levels: { contenders: { name: string; note?: string; leakStacks?: { captured: number; skipped: number } }[] }[];
+  }[];
   ratios: Record<string, unknown>;
   targets: Record<string, { limit: number; comparison: string; met: unknown }>;
   machine: Record<string, unknown>;
@@ -39,10 +56,22 @@ function runCli(args: string[]): Promise<{ code: number | null; stdout: string; 
 async function dumpDom(file: string): Promise<string> {
   const profile = await mkdtemp(join(tmpdir(), 'bench-chromium-'));
   try {
-    const flags = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+    const flags = [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ];
     return await new Promise((resolve, reject) => {
-      execFile(CHROMIUM, [...flags, `--user-data-dir=${profile}`, '--dump-dom', pathToFileURL(file).href], { timeout: 30_000, maxBuffer: 16 << 20 }, (err, stdout) =>
-        err ? reject(err) : resolve(stdout),
+      execFile(
+        CHROMIUM,
+        [...flags, `--user-data-dir=${profile}`, '--dump-dom', pathToFileURL(file).href],
+        { timeout: 30_000, maxBuffer: 16 << 20 },
+        (err, stdout) => (err ? reject(err) : resolve(stdout)),
       );
     });
   } finally {
@@ -55,7 +84,9 @@ describe('the benchmark CLI (--quick)', () => {
   let run: { code: number | null; stdout: string; stderr: string };
 
   beforeAll(async () => {
-    execFileSync(process.execPath, [`${root}node_modules/typescript/bin/tsc`, '-b', `${root}apps/loadtest/tsconfig.app.json`], { stdio: 'inherit' });
+    execFileSync(process.execPath, [`${root}node_modules/typescript/bin/tsc`, '-b', `${root}apps/loadtest/tsconfig.app.json`], {
+      stdio: 'inherit',
+    });
     outDir = await mkdtemp(join(tmpdir(), 'bench-out-'));
     run = await runCli(['--quick', '--out-dir', outDir]);
   }, 150_000); // typically 40–55 s; the margin is for a machine busy with other suites
@@ -66,7 +97,8 @@ describe('the benchmark CLI (--quick)', () => {
 
   it('exits 0 and prints a table with every scenario and the ratios, and a progress bar on stderr', () => {
     expect({ code: run.code, stderr: run.code === 0 ? '' : run.stderr }).toEqual({ code: 0, stderr: '' });
-    for (const title of ['Sequential latency', 'Concurrency sweep', 'features on vs off', 'SCRAM-SHA-256']) expect(run.stdout).toContain(title);
+    for (const title of ['Sequential latency', 'Concurrency sweep', 'features on vs off', 'SCRAM-SHA-256'])
+      expect(run.stdout).toContain(title);
     for (const name of ['db-pool via TypeORM', 'TypeORM (stock)', 'pg.Pool', 'postgres.js', 'no pool']) expect(run.stdout).toContain(name);
     expect(run.stdout).toMatch(/All targets met\.|TARGETS MISSED/);
     expect(run.stderr).toMatch(/\[#+-*\]\s+\d+%/);
@@ -84,17 +116,30 @@ describe('the benchmark CLI (--quick)', () => {
       expect(typeof results.targets[key]?.limit).toBe('number');
       expect(typeof results.targets[key]?.met).toBe('boolean');
     }
-    expect(results.machine).toEqual(expect.objectContaining({ cpu_model: expect.any(String), cpu_count: expect.any(Number), node_version: process.version, server_version: expect.stringMatching(/PostgreSQL/) }));
+    expect(results.machine).toEqual(
+      expect.objectContaining({
+        cpu_model: expect.any(String),
+        cpu_count: expect.any(Number),
+        node_version: process.version,
+        server_version: expect.stringMatching(/PostgreSQL/),
+      }),
+    );
     // The no-pool comparison really authenticated with a password.
-    expect(results.machine).toEqual(expect.objectContaining({ scram_authenticated_as: expect.stringMatching(/^scram-sha-256:/), scram_wrong_password_refused: true }));
+    expect(results.machine).toEqual(
+      expect.objectContaining({ scram_authenticated_as: expect.stringMatching(/^scram-sha-256:/), scram_wrong_password_refused: true }),
+    );
     expect(results.command).toContain('--quick');
   });
 
   it('measures the headline db-pool rows with every feature on, leak tracking with checkout stacks included', async () => {
     const results = JSON.parse(await readFile(join(outDir, 'bench-results.json'), 'utf8')) as Results;
-    expect(results.settings.db_pool_features).toEqual(expect.objectContaining({ pre_ping: true, leak_threshold_s: 30, leak_stack_rate_per_s: 100 }));
+    expect(results.settings.db_pool_features).toEqual(
+      expect.objectContaining({ pre_ping: true, leak_threshold_s: 30, leak_stack_rate_per_s: 100 }),
+    );
     for (const id of ['sequential', 'sweep-core', 'sweep-orm']) {
-      const rows = results.scenarios.find((s) => s.id === id)!.levels[0].contenders.filter((c) => c.name === 'db-pool' || c.name === 'db-pool via TypeORM');
+      const rows = results.scenarios
+        .find((s) => s.id === id)!
+        .levels[0].contenders.filter((c) => c.name === 'db-pool' || c.name === 'db-pool via TypeORM');
       expect(rows.length).toBeGreaterThan(0);
       for (const row of rows) {
         expect([id, row.name, row.note]).toEqual([id, row.name, expect.stringContaining('all features on')]);
@@ -112,7 +157,10 @@ describe('the benchmark CLI (--quick)', () => {
     expect(html).toMatch(/db-pool rows run with every feature on: .*<code>leak_stack_rate_per_s<\/code> 100/);
 
     if (!existsSync(CHROMIUM)) {
-      if (process.env.CI) throw new Error(`${CHROMIUM} is missing: CI must install Chromium (apt-get install -y --no-install-recommends chromium) to check the HTML report`);
+      if (process.env.CI)
+        throw new Error(
+          `${CHROMIUM} is missing: CI must install Chromium (apt-get install -y --no-install-recommends chromium) to check the HTML report`,
+        );
       console.warn(`${CHROMIUM} is not installed: skipping the browser check of bench-report.html (it fails instead when CI is set)`);
       return;
     }

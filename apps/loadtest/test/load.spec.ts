@@ -5,8 +5,17 @@
  */
 import 'reflect-metadata';
 import pg from 'pg';
-import { DataSource, type DataSourceOptions } from 'typeorm';
-import { createDbPool, createDbPoolDataSource, type DbPool, PoolMonitor, PoolTimeoutError, RECOMMENDATIONS, poolOf, resolveDbPoolConfig, type DbPoolOptions } from '@db-pool/db-pool';
+import {
+  createDbPool,
+  createDbPoolDataSource,
+  type DbPool,
+  PoolMonitor,
+  PoolTimeoutError,
+  RECOMMENDATIONS,
+  poolOf,
+  resolveDbPoolConfig,
+  type DbPoolOptions,
+} from '@db-pool/db-pool';
 import { startEmbeddedPostgres } from '../../../tools/embedded-db.mjs';
 
 const url = () => process.env.DATABASE_URL!;
@@ -19,7 +28,7 @@ async function build(options: Omit<DbPoolOptions, 'env'> = {}) {
   return { pool: await createDbPool(all), config: resolveDbPoolConfig(all) };
 }
 
-describe('connection pool load suite (the seed\'s 11 tests)', () => {
+describe("connection pool load suite (the seed's 11 tests)", () => {
   const open: DbPool[] = [];
   const monitors: PoolMonitor[] = [];
   const make = async (options: Omit<DbPoolOptions, 'env'> = {}) => {
@@ -29,7 +38,12 @@ describe('connection pool load suite (the seed\'s 11 tests)', () => {
   };
   afterEach(async () => {
     monitors.splice(0).forEach((m) => m.stop());
-    await Promise.all(open.splice(0).filter((p) => !p.ending).map((p) => p.end()));
+    await Promise.all(
+      open
+        .splice(0)
+        .filter((p) => !p.ending)
+        .map((p) => p.end()),
+    );
   });
 
   it('1. test_single_connection: one query through the TypeORM DataSource', async () => {
@@ -58,7 +72,9 @@ describe('connection pool load suite (the seed\'s 11 tests)', () => {
   it('3. test_concurrent_connections_light: 10 concurrent callers', async () => {
     const { pool } = await make({ poolSize: 20, maxOverflow: 40 });
     await pool.warmUp();
-    const results = await Promise.all(Array.from({ length: 10 }, (_, i) => pool.query<{ n: number }>('SELECT $1::int AS n, pg_sleep(0.05)', [i])));
+    const results = await Promise.all(
+      Array.from({ length: 10 }, (_, i) => pool.query<{ n: number }>('SELECT $1::int AS n, pg_sleep(0.05)', [i])),
+    );
     expect(results.map((r) => r.rows[0].n)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
     expect(pool.totalCount).toBe(20); // served from the warm connections
   });
@@ -141,9 +157,11 @@ describe('connection pool load suite (the seed\'s 11 tests)', () => {
     await monitor.start();
     // busy: saturated, but every connection comes back
     const end = Date.now() + 1_500;
-    await Promise.all(Array.from({ length: 8 }, async () => {
-      while (Date.now() < end) await pool.query('SELECT pg_sleep(0.01)');
-    }));
+    await Promise.all(
+      Array.from({ length: 8 }, async () => {
+        while (Date.now() < end) await pool.query('SELECT pg_sleep(0.01)');
+      }),
+    );
     expect(monitor.checkConnectionLeaks()).toBe(false);
     // leaked: four connections taken and never returned
     const leaked = await Promise.all(Array.from({ length: 4 }, () => pool.connect()));
@@ -188,7 +206,9 @@ describe('connection pool load suite (the seed\'s 11 tests)', () => {
         await client.query('SELECT 1');
         await client.end();
       });
-      process.stdout.write(`pool vs no pool: ${pooled.toFixed(3)} ms vs ${unpooled.toFixed(3)} ms per query (${(unpooled / pooled).toFixed(1)}x)\n`);
+      process.stdout.write(
+        `pool vs no pool: ${pooled.toFixed(3)} ms vs ${unpooled.toFixed(3)} ms per query (${(unpooled / pooled).toFixed(1)}x)\n`,
+      );
       expect(unpooled / pooled).toBeGreaterThanOrEqual(10);
       await pool.end();
     } finally {

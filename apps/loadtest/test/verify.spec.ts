@@ -4,12 +4,19 @@ import { fileURLToPath } from 'node:url';
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 
 function verify(env: Record<string, string>) {
-  return spawnSync(process.execPath, [`${root}apps/loadtest/dist/verify.js`], { cwd: root, env: { PATH: process.env.PATH!, ...env }, encoding: 'utf8', timeout: 60_000 });
+  return spawnSync(process.execPath, [`${root}apps/loadtest/dist/verify.js`], {
+    cwd: root,
+    env: { PATH: process.env.PATH!, ...env },
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
 }
 
-describe('npm run verify (the seed\'s quick verification report)', () => {
+describe("npm run verify (the seed's quick verification report)", () => {
   beforeAll(() => {
-    execFileSync(process.execPath, [`${root}node_modules/typescript/bin/tsc`, '-b', `${root}apps/loadtest/tsconfig.app.json`], { stdio: 'inherit' });
+    execFileSync(process.execPath, [`${root}node_modules/typescript/bin/tsc`, '-b', `${root}apps/loadtest/tsconfig.app.json`], {
+      stdio: 'inherit',
+    });
   });
 
   it('prints the three tests as the seed does and exits 0 when every check passes', () => {

@@ -23,12 +23,31 @@ export type { ConnectHealth, DbPoolCounters } from './pool/tracker.js';
 export type { PoolTimings } from './pool/histogram.js';
 export { poolOf } from './pool/typeorm-options.js';
 export { REDACTED, redactUrl } from './redact.js';
-export { InjectDbPool, InjectDbPoolConfig, InjectPoolMonitor, getDbPoolConfigToken, getDbPoolToken, getPoolMonitorToken } from './tokens.js';
+export {
+  InjectDbPool,
+  InjectDbPoolConfig,
+  InjectPoolMonitor,
+  getDbPoolConfigToken,
+  getDbPoolToken,
+  getPoolMonitorToken,
+} from './tokens.js';
 export { DbPoolHealthIndicator } from './health/db-pool.health.js';
-export { DbPoolExceptionFilter, RETRY_AFTER_SECONDS, type PoolUnavailableBody, type PoolUnavailableCondition } from './http/db-pool-exception.filter.js';
+export {
+  DbPoolExceptionFilter,
+  RETRY_AFTER_SECONDS,
+  type PoolUnavailableBody,
+  type PoolUnavailableCondition,
+} from './http/db-pool-exception.filter.js';
 export { DbPoolMetrics } from './metrics/db-pool.metrics.js';
 export { RECOMMENDATIONS } from './monitor/messages.constant.js';
-export { PoolMonitor, type PoolConfiguration, type PoolHealth, type PoolHealthReport, type PoolMonitorOptions, type PoolStatus } from './monitor/pool-monitor.js';
+export {
+  PoolMonitor,
+  type PoolConfiguration,
+  type PoolHealth,
+  type PoolHealthReport,
+  type PoolMonitorOptions,
+  type PoolStatus,
+} from './monitor/pool-monitor.js';
 export { DbPoolRegistry } from './monitor/pool-registry.js';
 export type { ServerHeadroom } from './monitor/server-headroom.js';
 export type { PgBouncerStats } from './monitor/pgbouncer-stats.js';

@@ -31,7 +31,9 @@ describe('acquire timeout (DB_POOL_TIMEOUT)', () => {
     expect(timeout.timeoutMs).toBe(1000);
     expect(timeout.state).toEqual({ total: 3, active: 3, idle: 0, waiting: 1 });
     // pg-pool's own words stay in the message: code in the wild matches on them.
-    expect(timeout.message).toBe('db-pool "orders": timeout exceeded when trying to connect: no connection within 1000 ms (total=3, active=3, idle=0, waiting=1)');
+    expect(timeout.message).toBe(
+      'db-pool "orders": timeout exceeded when trying to connect: no connection within 1000 ms (total=3, active=3, idle=0, waiting=1)',
+    );
     expect(elapsed).toBeGreaterThanOrEqual(990);
     expect(elapsed).toBeLessThan(1_400);
     expect(pool.waitingCount).toBe(0);
@@ -52,19 +54,26 @@ describe('acquire timeout (DB_POOL_TIMEOUT)', () => {
 
   it('a refused connect fails the acquire at once with PoolConnectError, keeping the driver code and cause', async () => {
     // The drop-in: a pool that does not warm up, so the acquire is what opens the connection.
-    pool = new DbPool({ connectionString: 'postgres://nobody:secret@127.0.0.1:1/none', max: 1, connectionTimeoutMillis: 5_000 }, { name: 'refused' });
+    pool = new DbPool(
+      { connectionString: 'postgres://nobody:secret@127.0.0.1:1/none', max: 1, connectionTimeoutMillis: 5_000 },
+      { name: 'refused' },
+    );
     const started = Date.now();
     const err = (await pool.connect().catch((e: unknown) => e)) as PoolConnectError;
     expect(err).toBeInstanceOf(PoolConnectError);
     expect(Date.now() - started).toBeLessThan(1_000);
     expect(err.code).toBe('ECONNREFUSED');
     expect((err.cause as { code?: string }).code).toBe('ECONNREFUSED');
-    expect(err.message).toMatch(/^db-pool "refused": could not open a connection: .*ECONNREFUSED.* \(total=0, active=0, idle=0, waiting=0\)$/);
+    expect(err.message).toMatch(
+      /^db-pool "refused": could not open a connection: .*ECONNREFUSED.* \(total=0, active=0, idle=0, waiting=0\)$/,
+    );
     expect(err.message).not.toContain('secret');
   });
 
   it('createDbPool against a server that refuses rejects with the same PoolConnectError, and leaves nothing open', async () => {
-    const err = (await createTestPool({ url: 'postgres://nobody:secret@127.0.0.1:1/none', poolSize: 2, maxOverflow: 0 }).catch((e: unknown) => e)) as PoolConnectError;
+    const err = (await createTestPool({ url: 'postgres://nobody:secret@127.0.0.1:1/none', poolSize: 2, maxOverflow: 0 }).catch(
+      (e: unknown) => e,
+    )) as PoolConnectError;
     expect(err).toBeInstanceOf(PoolConnectError);
     expect(err.code).toBe('ECONNREFUSED');
     expect(err.message).not.toContain('secret');

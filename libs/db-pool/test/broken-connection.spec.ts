@@ -12,7 +12,11 @@ describe('a connection whose socket died is dropped when it is released', () => 
     let failure: unknown;
     try {
       const running = client.query('SELECT pg_sleep(30)');
-      await eventually(async () => (await admin().query("SELECT 1 FROM pg_stat_activity WHERE application_name = $1 AND state = 'active'", [p.settings.name])).rowCount === 1);
+      await eventually(
+        async () =>
+          (await admin().query("SELECT 1 FROM pg_stat_activity WHERE application_name = $1 AND state = 'active'", [p.settings.name]))
+            .rowCount === 1,
+      );
       await proxy().setMode('reset');
       await running;
     } catch (err) {

@@ -29,7 +29,9 @@ describe('connect(callback), the form TypeORM uses', () => {
 
   it('keeps pool.query working through the same acquire path', async () => {
     pool = await fixture.pool({ poolSize: 1, maxOverflow: 0 });
-    const rows = await new Promise<unknown[]>((resolve, reject) => pool.query('SELECT 2 AS two', [], (err, res) => (err ? reject(err) : resolve(res.rows))));
+    const rows = await new Promise<unknown[]>((resolve, reject) =>
+      pool.query('SELECT 2 AS two', [], (err, res) => (err ? reject(err) : resolve(res.rows))),
+    );
     expect(rows).toEqual([{ two: 2 }]);
     expect(pool.counters.acquired).toBe(1);
   });

@@ -1,5 +1,4 @@
 import { rmSync, writeFileSync } from 'node:fs';
-import type pg from 'pg';
 import { PoolConnectError, PoolReleaseError, type DbPool } from '../src/index.js';
 import { backendPids, databaseUrl, eventually, poolFixture } from './support/db.js';
 
@@ -124,7 +123,9 @@ describe('a connection attempt that throws', () => {
     expect(pool.state()).toEqual({ total: 2, active: 0, idle: 2, waiting: 0 });
     expect(pool.counters).toMatchObject({ connectErrors: 1, connectFailures: 1 });
     // Losing a connection now sends the refill into the same error: it retries, it does not throw.
-    await admin().query('SELECT pg_terminate_backend(pid) FROM (SELECT pid FROM pg_stat_activity WHERE application_name = $1 LIMIT 1) x', [pool.settings.name]);
+    await admin().query('SELECT pg_terminate_backend(pid) FROM (SELECT pid FROM pg_stat_activity WHERE application_name = $1 LIMIT 1) x', [
+      pool.settings.name,
+    ]);
     const p = pool;
     expect(await eventually(() => p.counters.connectFailures >= 2)).toBe(true);
     expect(p.state().active).toBe(0);

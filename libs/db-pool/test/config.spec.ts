@@ -1,7 +1,6 @@
 import { DbPoolConfigError, describeConfig, OPTION_KEYS, resolveDbPoolConfig } from '../src/index.js';
 
 const URL_OK = 'postgres://app:s3cr%40t:pw@db.internal:5432/app';
-const PASSWORD = 's3cr@t:pw';
 
 function problemsOf(env: Record<string, string>, options: Record<string, unknown> = {}): string[] {
   try {
@@ -50,13 +49,26 @@ describe('configuration: defaults', () => {
   });
 
   it('reads a named pool from its own prefixed variables', () => {
-    const config = resolveDbPoolConfig({ name: 'reporting', envPrefix: 'REPORTING_', env: { REPORTING_DATABASE_URL: URL_OK, REPORTING_DB_POOL_SIZE: '4', DB_POOL_SIZE: '9' } });
+    const config = resolveDbPoolConfig({
+      name: 'reporting',
+      envPrefix: 'REPORTING_',
+      env: { REPORTING_DATABASE_URL: URL_OK, REPORTING_DB_POOL_SIZE: '4', DB_POOL_SIZE: '9' },
+    });
     expect(config.poolSize).toBe(4);
     expect(config.applicationName).toBe('db-pool:reporting');
   });
 
   it('accepts the boolean words', () => {
-    for (const [word, value] of [['true', true], ['FALSE', false], ['1', true], ['0', false], ['yes', true], ['no', false], ['on', true], ['off', false]] as const) {
+    for (const [word, value] of [
+      ['true', true],
+      ['FALSE', false],
+      ['1', true],
+      ['0', false],
+      ['yes', true],
+      ['no', false],
+      ['on', true],
+      ['off', false],
+    ] as const) {
       expect(resolveDbPoolConfig({ env: { DATABASE_URL: URL_OK, DB_POOL_PRE_PING: word } }).prePing).toBe(value);
     }
   });
@@ -94,7 +106,11 @@ describe('configuration: validation', () => {
     ['DB_POOL_RECYCLE_JITTER', '80', /^DB_POOL_RECYCLE_JITTER="80": must be an integer from 0 to 50$/],
     ['DB_VALIDATION_TIMEOUT_MS', '1', /^DB_VALIDATION_TIMEOUT_MS="1": must be an integer from 100 to 60000$/],
     ['DB_STATEMENT_TIMEOUT_MS', '-1', /^DB_STATEMENT_TIMEOUT_MS="-1": must be an integer/],
-    ['DB_APPLICATION_NAME', 'x'.repeat(64), /^DB_APPLICATION_NAME=".*": must be printable ASCII \(space to ~\) of 1 to 63 characters: the server truncates/],
+    [
+      'DB_APPLICATION_NAME',
+      'x'.repeat(64),
+      /^DB_APPLICATION_NAME=".*": must be printable ASCII \(space to ~\) of 1 to 63 characters: the server truncates/,
+    ],
     ['DB_APPLICATION_NAME', 'caf\u00e9', /^DB_APPLICATION_NAME="caf\u00e9": must be printable ASCII/],
     ['DB_APPLICATION_NAME', 'tab\there', /^DB_APPLICATION_NAME="tab\\there": must be printable ASCII/],
     ['DB_POOL_LEAK_THRESHOLD', '1', /^DB_POOL_LEAK_THRESHOLD="1": must be 0 \(off\) or an integer from 2 to 86400$/],
@@ -107,7 +123,11 @@ describe('configuration: validation', () => {
     ['DB_POOL_EXPECTED_REPLICAS', '0', /^DB_POOL_EXPECTED_REPLICAS="0": must be an integer from 1 to 10000$/],
     ['DB_POOL_HEALTH_TIMEOUT_MS', '10', /^DB_POOL_HEALTH_TIMEOUT_MS="10": must be an integer from 100 to 60000$/],
     ['DB_POOL_HEADROOM_INTERVAL', '1.5', /^DB_POOL_HEADROOM_INTERVAL="1.5": must be 0 \(off\) or an integer from 1 to 86400$/],
-    ['DATABASE_URL', 'mysql://root@localhost/db', /^DATABASE_URL="mysql:\/\/root@localhost\/db": must be a postgres:\/\/ or postgresql:\/\/ URL/],
+    [
+      'DATABASE_URL',
+      'mysql://root@localhost/db',
+      /^DATABASE_URL="mysql:\/\/root@localhost\/db": must be a postgres:\/\/ or postgresql:\/\/ URL/,
+    ],
     ['DATABASE_URL', 'not a url', /^DATABASE_URL="not a url": must be a postgres/],
   ];
 
@@ -126,12 +146,17 @@ describe('configuration: validation', () => {
     expect(problemsOf({}, { poolSize: 0 })).toEqual(['poolSize (DB_POOL_SIZE)="0": must be an integer from 1 to 10000']);
   });
 
-  it("takes application_name from the URL when it is there (pg lets it win), and refuses two names that disagree", () => {
-    expect(resolveDbPoolConfig({ env: { DATABASE_URL: 'postgres://app@db/app?application_name=shop-api' } }).applicationName).toBe('shop-api');
+  it('takes application_name from the URL when it is there (pg lets it win), and refuses two names that disagree', () => {
+    expect(resolveDbPoolConfig({ env: { DATABASE_URL: 'postgres://app@db/app?application_name=shop-api' } }).applicationName).toBe(
+      'shop-api',
+    );
     expect(problemsOf({ DATABASE_URL: 'postgres://app@db/app?application_name=shop-api', DB_APPLICATION_NAME: 'other' })).toEqual([
       'DB_APPLICATION_NAME="other" disagrees with application_name="shop-api" in DATABASE_URL: give one of them',
     ]);
-    expect(resolveDbPoolConfig({ env: { DATABASE_URL: 'postgres://app@db/app?application_name=same', DB_APPLICATION_NAME: 'same' } }).applicationName).toBe('same');
+    expect(
+      resolveDbPoolConfig({ env: { DATABASE_URL: 'postgres://app@db/app?application_name=same', DB_APPLICATION_NAME: 'same' } })
+        .applicationName,
+    ).toBe('same');
   });
 
   it('refuses a pool name whose derived application_name the server would truncate, and asks for DB_APPLICATION_NAME', () => {
@@ -139,14 +164,18 @@ describe('configuration: validation', () => {
     expect(() => resolveDbPoolConfig({ name, env: { DATABASE_URL: 'postgres://app@db/app' } })).toThrow(
       `DB_APPLICATION_NAME: not set, and the default derived from the pool name ("db-pool:${name}") is not printable ASCII of at most 63 characters; set DB_APPLICATION_NAME`,
     );
-    expect(resolveDbPoolConfig({ name, env: { DATABASE_URL: 'postgres://app@db/app', DB_APPLICATION_NAME: 'reporting' } }).applicationName).toBe('reporting');
+    expect(
+      resolveDbPoolConfig({ name, env: { DATABASE_URL: 'postgres://app@db/app', DB_APPLICATION_NAME: 'reporting' } }).applicationName,
+    ).toBe('reporting');
   });
 
   it('refuses cross-field conflicts', () => {
     expect(problemsOf({ DB_POOL_TIMEOUT: '5', DB_CONNECT_TIMEOUT: '20' })).toEqual([
       'DB_CONNECT_TIMEOUT=20 exceeds DB_POOL_TIMEOUT=5: a connection that takes that long to open could never be handed out in time; make DB_CONNECT_TIMEOUT ≤ DB_POOL_TIMEOUT',
     ]);
-    expect(problemsOf({ DB_POOL_SIZE: '9000', DB_MAX_OVERFLOW: '2000' })).toEqual(['DB_POOL_SIZE + DB_MAX_OVERFLOW = 11000: the total capacity must be at most 10000']);
+    expect(problemsOf({ DB_POOL_SIZE: '9000', DB_MAX_OVERFLOW: '2000' })).toEqual([
+      'DB_POOL_SIZE + DB_MAX_OVERFLOW = 11000: the total capacity must be at most 10000',
+    ]);
     expect(problemsOf({ DB_POOL_WARN_UTILIZATION: '90', DB_POOL_CRITICAL_UTILIZATION: '80' })).toEqual([
       'DB_POOL_WARN_UTILIZATION=90 is not below DB_POOL_CRITICAL_UTILIZATION=80: the warning threshold must be lower than the critical one',
     ]);

@@ -1,5 +1,13 @@
 import type pg from 'pg';
-import { DbPoolMetrics, DbPoolRegistry, PoolClosedError, PoolConnectError, PoolMonitor, PoolTimeoutError, resolveDbPoolConfig } from '../src/index.js';
+import {
+  DbPoolMetrics,
+  DbPoolRegistry,
+  PoolClosedError,
+  PoolConnectError,
+  PoolMonitor,
+  PoolTimeoutError,
+  resolveDbPoolConfig,
+} from '../src/index.js';
 import { poolFixture, testOptions } from './support/db.js';
 
 describe('counters mean what they say', () => {

@@ -18,7 +18,10 @@ describe('leak tracking: the stack budget (DB_POOL_LEAK_STACK_RATE), with a fake
   function tracker(stackRate: number, thresholdMs = 10_000) {
     now = 0;
     const rec = recorder();
-    return { rec, tracker: new CheckoutLeakTracker({ poolName: 't', thresholdMs, stackRate, logger: rec.logger, now: clock, timer: false }) };
+    return {
+      rec,
+      tracker: new CheckoutLeakTracker({ poolName: 't', thresholdMs, stackRate, logger: rec.logger, now: clock, timer: false }),
+    };
   }
 
   it('captures at most the rate per second, refilled by elapsed time', () => {
@@ -66,7 +69,9 @@ describe('leak tracking: the stack budget (DB_POOL_LEAK_STACK_RATE), with a fake
     t.sweep();
     const warnings = rec.lines.filter((l) => l.startsWith('warn'));
     expect(warnings).toHaveLength(2);
-    expect(warnings[1]).toMatch(/checked out for 10\.0 s \(DB_POOL_LEAK_THRESHOLD=10 s\); it was checked out at:\n\s+at .*leak-tracking\.spec/);
+    expect(warnings[1]).toMatch(
+      /checked out for 10\.0 s \(DB_POOL_LEAK_THRESHOLD=10 s\); it was checked out at:\n\s+at .*leak-tracking\.spec/,
+    );
     expect(warnings[1]).not.toContain('at takeConnection'); // the frames from `above` down are left out
 
     t.checkin(leaked);
@@ -152,7 +157,9 @@ describe('leak tracking on a pool under load (real PostgreSQL)', () => {
     const leaked = await p.connect(); // taken while armed: its report has the stack
     expect(await eventually(() => rec.lines.filter((l) => l.startsWith('warn')).length === 2, 5_000)).toBe(true);
     const [, second] = rec.lines.filter((l) => l.startsWith('warn'));
-    expect(second).toMatch(/possible connection leak: a connection has been checked out for [23]\.\d s \(DB_POOL_LEAK_THRESHOLD=2 s\); it was checked out at:\n\s+at .*leak-tracking\.spec/);
+    expect(second).toMatch(
+      /possible connection leak: a connection has been checked out for [23]\.\d s \(DB_POOL_LEAK_THRESHOLD=2 s\); it was checked out at:\n\s+at .*leak-tracking\.spec/,
+    );
     held.release();
     leaked.release();
     expect(p.leaksOutstanding()).toBe(0);

@@ -33,7 +33,9 @@ describe('a lease per checkout: what a caller gets is valid for its checkout onl
 
     // The stale lease: neither call reaches the connection the second caller holds now.
     await expect(async () => first.query(`INSERT INTO ${table} VALUES (2)`)).rejects.toThrow(PoolLeaseError);
-    expect(() => first.query('ROLLBACK')).toThrow(`db-pool "${p.name}": query called on a client that was released to the pool; check out another one`);
+    expect(() => first.query('ROLLBACK')).toThrow(
+      `db-pool "${p.name}": query called on a client that was released to the pool; check out another one`,
+    );
     expect(() => first.release()).toThrow(PoolReleaseError);
     expect(() => first.release()).toThrow(PoolLeaseError);
 
@@ -46,14 +48,14 @@ describe('a lease per checkout: what a caller gets is valid for its checkout onl
     expect(p.counters.resets).toBe(0); // nothing was rolled back
   });
 
-  it("every other member of a released client throws too, naming it: escapeLiteral, processID, on", async () => {
+  it('every other member of a released client throws too, naming it: escapeLiteral, processID, on', async () => {
     const p = await pool({ poolSize: 1, maxOverflow: 0 });
     const client = await p.connect();
     expect(client.escapeLiteral("it's")).toBe("'it''s'");
-    expect(typeof client.processID).toBe('number');
+    expect(typeof (client as unknown as { processID: number }).processID).toBe('number');
     client.release();
     expect(() => client.escapeLiteral('x')).toThrow(/escapeLiteral called on a client that was released/);
-    expect(() => client.processID).toThrow(/processID called on a client that was released/);
+    expect(() => (client as unknown as { processID: number }).processID).toThrow(/processID called on a client that was released/);
     expect(() => client.on('notice', () => {})).toThrow(/on called on a client that was released/);
   });
 

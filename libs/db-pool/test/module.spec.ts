@@ -5,7 +5,16 @@ import { Test, type TestingModule } from '@nestjs/testing';
 import { InjectDataSource, InjectRepository, TypeOrmModule, getDataSourceToken } from '@nestjs/typeorm';
 import { Column, DataSource, Entity, PrimaryGeneratedColumn, type Repository } from 'typeorm';
 import pg from 'pg';
-import { DbPool, DbPoolConfigError, DbPoolModule, dbPoolConfig, getDbPoolToken, InjectDbPool, type DbPoolConfig, getDbPoolConfigToken } from '../src/index.js';
+import {
+  DbPool,
+  DbPoolConfigError,
+  DbPoolModule,
+  dbPoolConfig,
+  getDbPoolToken,
+  InjectDbPool,
+  type DbPoolConfig,
+  getDbPoolConfigToken,
+} from '../src/index.js';
 import { backendPids, databaseUrl, eventually } from './support/db.js';
 
 const table = `module_notes_${process.pid}`;
@@ -53,8 +62,23 @@ describe('DbPoolModule', () => {
     beforeAll(async () => {
       app = await Test.createTestingModule({
         imports: [
-          DbPoolModule.forRoot({ url: databaseUrl(), poolSize: 2, maxOverflow: 1, applicationName: `mod-default-${process.pid}`, env: {}, typeorm: { entities: [Note], synchronize: true } }),
-          DbPoolModule.forRoot({ name: 'reporting', url: databaseUrl(), poolSize: 3, maxOverflow: 0, applicationName: `mod-reporting-${process.pid}`, env: {}, typeorm: { entities: [Note] } }),
+          DbPoolModule.forRoot({
+            url: databaseUrl(),
+            poolSize: 2,
+            maxOverflow: 1,
+            applicationName: `mod-default-${process.pid}`,
+            env: {},
+            typeorm: { entities: [Note], synchronize: true },
+          }),
+          DbPoolModule.forRoot({
+            name: 'reporting',
+            url: databaseUrl(),
+            poolSize: 3,
+            maxOverflow: 0,
+            applicationName: `mod-reporting-${process.pid}`,
+            env: {},
+            typeorm: { entities: [Note] },
+          }),
           NotesModule,
         ],
       }).compile();
@@ -119,7 +143,12 @@ describe('DbPoolModule', () => {
           DbPoolModule.forRootAsync({
             imports: [ConfigModule.forRoot({ ignoreEnvFile: true, load: [() => ({ DATABASE_URL: databaseUrl(), POOL: '2' })] })],
             inject: [ConfigService],
-            useFactory: (config: ConfigService) => ({ url: config.get('DATABASE_URL'), poolSize: config.get('POOL'), maxOverflow: 0, env: { DB_POOL_TIMEOUT: '7' } }),
+            useFactory: (config: ConfigService) => ({
+              url: config.get('DATABASE_URL'),
+              poolSize: config.get('POOL'),
+              maxOverflow: 0,
+              env: { DB_POOL_TIMEOUT: '7' },
+            }),
           }),
         ],
       }).compile();
@@ -148,7 +177,11 @@ describe('DbPoolModule', () => {
 
     it('fails start-up with the configuration error, listing every bad key', async () => {
       const build = Test.createTestingModule({
-        imports: [DbPoolModule.forRootAsync({ useFactory: () => ({ url: databaseUrl(), env: { DB_POOL_SIZE: 'abc', DB_POOL_PRE_PING: 'maybe' } }) })],
+        imports: [
+          DbPoolModule.forRootAsync({
+            useFactory: () => ({ url: databaseUrl(), env: { DB_POOL_SIZE: 'abc', DB_POOL_PRE_PING: 'maybe' } }),
+          }),
+        ],
       }).compile();
       const err = await build.catch((e: unknown) => e);
       expect(err).toBeInstanceOf(DbPoolConfigError);
@@ -190,12 +223,19 @@ describe('DbPoolModule start-up against a role with a connection limit below the
       const pool = app.get<DbPool>(getDbPoolToken());
       // 2, or 1 while the server still counts a connection that is on its way out
       expect([1, 2]).toContain(pool.totalCount);
-      expect(logs.some((l) => new RegExp(`db-pool "default": warmed ${pool.totalCount} of 4 connections: .*too many connections for role`).test(l))).toBe(true);
+      expect(
+        logs.some((l) =>
+          new RegExp(`db-pool "default": warmed ${pool.totalCount} of 4 connections: .*too many connections for role`).test(l),
+        ),
+      ).toBe(true);
       expect(logs.join('\n')).not.toContain('limited@');
       const held: pg.PoolClient[] = [];
       let err: Error | undefined;
       while (!err && held.length <= 2) {
-        await pool.connect().then((c) => held.push(c), (e: Error) => (err = e));
+        await pool.connect().then(
+          (c) => held.push(c),
+          (e: Error) => (err = e),
+        );
       }
       expect(held.length).toBeLessThanOrEqual(2);
       if (!err) throw new Error('expected the role limit to refuse a connection');

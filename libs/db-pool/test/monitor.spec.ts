@@ -78,12 +78,21 @@ describe('PoolMonitor', () => {
   });
 
   it('suspects a leak when every connection is held and the server refuses more, below the configured capacity', async () => {
-    const { pool, monitor } = await monitored({ url: proxied(), poolSize: 2, maxOverflow: 2, poolTimeout: 1, connectTimeout: 1 }, { leakWindowMs: 300, tickMs: 50 });
+    const { pool, monitor } = await monitored(
+      { url: proxied(), poolSize: 2, maxOverflow: 2, poolTimeout: 1, connectTimeout: 1 },
+      { leakWindowMs: 300, tickMs: 50 },
+    );
     await monitor.start();
     const release = await holdAll(pool, 2);
     await proxy().setMode('refuse'); // a full server, a role's CONNECTION LIMIT
     await expect(pool.connect()).rejects.toThrow(/could not open a connection/);
-    expect(monitor.getPoolStatus()).toMatchObject({ checked_out: 2, checked_in: 0, utilization: 50, health: 'critical', connect_failing: true });
+    expect(monitor.getPoolStatus()).toMatchObject({
+      checked_out: 2,
+      checked_in: 0,
+      utilization: 50,
+      health: 'critical',
+      connect_failing: true,
+    });
     expect(await eventually(() => monitor.checkConnectionLeaks(), 3_000)).toBe(true);
     release();
   });
@@ -114,7 +123,9 @@ describe('PoolMonitor', () => {
       }),
     );
     const advice = monitor.getRecommendations().find((r) => r.startsWith('Acquires waited'));
-    expect(advice).toMatch(/^Acquires waited \d+% of the time \(mean wait [\d.]+ ms, mean use [\d.]+ ms at \d+ checkouts\/s\): this load keeps about \d+ connections busy; consider DB_POOL_SIZE=(\d+) \(now 2\)\.$/);
+    expect(advice).toMatch(
+      /^Acquires waited \d+% of the time \(mean wait [\d.]+ ms, mean use [\d.]+ ms at \d+ checkouts\/s\): this load keeps about \d+ connections busy; consider DB_POOL_SIZE=(\d+) \(now 2\)\.$/,
+    );
     expect(Number(/DB_POOL_SIZE=(\d+)/.exec(advice!)![1])).toBeGreaterThanOrEqual(3);
   });
 

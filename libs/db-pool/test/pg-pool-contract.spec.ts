@@ -28,10 +28,15 @@ describe('a drop-in for pg.Pool', () => {
     return pool;
   };
   afterEach(async () => {
-    await Promise.all(pools.splice(0).filter((p) => !p.ending).map((p) => p.end()));
+    await Promise.all(
+      pools
+        .splice(0)
+        .filter((p) => !p.ending)
+        .map((p) => p.end()),
+    );
   });
 
-  it('goes wherever a pg.Pool is expected (its type), and works with pg.Pool\'s options alone', async () => {
+  it("goes wherever a pg.Pool is expected (its type), and works with pg.Pool's options alone", async () => {
     const asPg: pg.Pool = dropIn({ max: 2 });
     const { rows } = await asPg.query<{ two: number }>('SELECT 2 AS two');
     expect(rows[0].two).toBe(2);
@@ -65,7 +70,9 @@ describe('a drop-in for pg.Pool', () => {
     expect(err.code).toBe('3D000'); // invalid_catalog_name, as on pg's own error
     expect(err.severity).toBe('FATAL');
     expect((err.cause as { code?: string }).code).toBe('3D000');
-    const viaCallback = await new Promise<{ err: Error | undefined; release: unknown }>((resolve) => pool.connect((e, _client, release) => resolve({ err: e, release })));
+    const viaCallback = await new Promise<{ err: Error | undefined; release: unknown }>((resolve) =>
+      pool.connect((e, _client, release) => resolve({ err: e, release })),
+    );
     expect(viaCallback.err).toBeInstanceOf(PoolConnectError);
     expect(typeof viaCallback.release).toBe('function');
     expect(() => (viaCallback.release as () => void)()).not.toThrow();
@@ -142,7 +149,12 @@ describe('a drop-in for pg.Pool', () => {
       console.log('idle, not ended');
     `;
     // Returns only when the process has exited by itself (the test times out otherwise).
-    const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], { cwd: root, env: { ...process.env }, encoding: 'utf8', timeout: 20_000 });
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], {
+      cwd: root,
+      env: { ...process.env },
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
     expect(out).toContain('idle, not ended');
   }, 60_000);
 
@@ -166,7 +178,11 @@ describe('a drop-in for pg.Pool', () => {
   });
 
   it("createDbPool: typeorm.extra reaches pg (keepAlive, maxUses), db-pool's own keys winning", async () => {
-    const pool = await created({ poolSize: 1, maxOverflow: 0, typeorm: { extra: { keepAlive: true, maxUses: 1, max: 50, application_name: 'not-this' } } });
+    const pool = await created({
+      poolSize: 1,
+      maxOverflow: 0,
+      typeorm: { extra: { keepAlive: true, maxUses: 1, max: 50, application_name: 'not-this' } },
+    });
     const first = await pool.connect();
     expect(keepAliveOn(first)).toBe(true);
     const firstPid = await pid(first);

@@ -38,7 +38,9 @@ describe('secrets: passwords are masked where credentials stand', () => {
   });
 
   it('a value that is not a URL at all is masked too: libpq keyword form, a missing slash', () => {
-    expect(redactUrl('host=db.internal port=5432 user=app password=Tr0ub4dor dbname=shop')).toBe('host=db.internal port=5432 user=app password=*** dbname=shop');
+    expect(redactUrl('host=db.internal port=5432 user=app password=Tr0ub4dor dbname=shop')).toBe(
+      'host=db.internal port=5432 user=app password=*** dbname=shop',
+    );
     expect(redactUrl("host=db password='Tr0 ub4dor' dbname=shop")).toBe('host=db password=*** dbname=shop');
     expect(redactUrl('postgres:/app:Tr0ub4dor@db.internal:5432/shop')).toBe('postgres:***@db.internal:5432/shop');
     expect(redactUrl('app:Tr0ub4dor@db.internal/shop')).toBe('app:***@db.internal/shop');
@@ -52,7 +54,9 @@ describe('secrets: passwords are masked where credentials stand', () => {
 
   it('in free text, masks the credential positions only: a one-letter password leaves "database "x" does not exist" alone', () => {
     expect(scrubSecrets('database "x" does not exist')).toBe('database "x" does not exist');
-    expect(scrubSecrets('could not connect to postgres://app:x@db/x: database "x" does not exist')).toBe('could not connect to postgres://app:***@db/x: database "x" does not exist');
+    expect(scrubSecrets('could not connect to postgres://app:x@db/x: database "x" does not exist')).toBe(
+      'could not connect to postgres://app:***@db/x: database "x" does not exist',
+    );
     expect(scrubSecrets('host=db user=app password=Zq9xW7 dbname=app')).toBe('host=db user=app password=*** dbname=app');
     expect(scrubSecrets("host=db password='Zq9 xW7' dbname=app")).toBe('host=db password=*** dbname=app');
     // A password with a space, in a URL inside a sentence.
@@ -98,10 +102,14 @@ describe('secrets: passwords are masked where credentials stand', () => {
   });
 
   it('a password whose "/" was not encoded, yet parses as a URL (app:123/x@db), is refused rather than sent to host "app"', () => {
-    expect(() => resolveDbPoolConfig({ env: {}, url: 'postgres://app:123/x@db/app' })).toThrow(/\(DATABASE_URL\)="postgres:\/\/app:\*\*\*@db\/app": must be a postgres/);
+    expect(() => resolveDbPoolConfig({ env: {}, url: 'postgres://app:123/x@db/app' })).toThrow(
+      /\(DATABASE_URL\)="postgres:\/\/app:\*\*\*@db\/app": must be a postgres/,
+    );
   });
 
   it('a password with a stray % (not percent-encoding) is refused at start-up rather than at every connect', () => {
-    expect(() => resolveDbPoolConfig({ env: {}, url: 'postgres://app:50%off@db/app' })).toThrow(/\(DATABASE_URL\)="postgres:\/\/app:\*\*\*@db\/app": must be a postgres.*percent-encode/);
+    expect(() => resolveDbPoolConfig({ env: {}, url: 'postgres://app:50%off@db/app' })).toThrow(
+      /\(DATABASE_URL\)="postgres:\/\/app:\*\*\*@db\/app": must be a postgres.*percent-encode/,
+    );
   });
 });

@@ -88,7 +88,16 @@ describe('shutdown never strands a caller', () => {
       await ending;
       console.log(JSON.stringify({ heard, thrown, endingAtOnce, ended: pool.ended }));
     `;
-    const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], { cwd: root, env: { ...process.env }, encoding: 'utf8' });
-    expect(JSON.parse(out.trim().split('\n').pop()!)).toEqual({ heard: ['first: PoolClosedError', 'second: PoolClosedError'], thrown: ['PoolClosedError'], endingAtOnce: true, ended: true });
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], {
+      cwd: root,
+      env: { ...process.env },
+      encoding: 'utf8',
+    });
+    expect(JSON.parse(out.trim().split('\n').pop()!)).toEqual({
+      heard: ['first: PoolClosedError', 'second: PoolClosedError'],
+      thrown: ['PoolClosedError'],
+      endingAtOnce: true,
+      ended: true,
+    });
   }, 60_000);
 });

@@ -1,4 +1,3 @@
-import type pg from 'pg';
 import type { DbPool } from '../src/index.js';
 import { backendPids, eventually, poolFixture, sleep } from './support/db.js';
 

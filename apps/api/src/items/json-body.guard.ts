@@ -13,7 +13,8 @@ interface RequestWithType {
 export class JsonBodyGuard implements CanActivate {
   canActivate(context: ExecutionContext): boolean {
     const request = context.switchToHttp().getRequest<RequestWithType>();
-    if (!request.is('application/json')) throw new UnsupportedMediaTypeException('the body must be JSON, sent with Content-Type: application/json');
+    if (!request.is('application/json'))
+      throw new UnsupportedMediaTypeException('the body must be JSON, sent with Content-Type: application/json');
     return true;
   }
 }

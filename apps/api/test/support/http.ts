@@ -7,7 +7,10 @@ import { createApp } from '../../src/bootstrap.js';
 export class CapturingLogger implements LoggerService {
   readonly lines: { level: string; text: string }[] = [];
   private add(level: string, message: unknown, rest: unknown[]) {
-    this.lines.push({ level, text: [message, ...rest].map((p) => (p instanceof Error ? `${p.message}\n${p.stack}` : String(p))).join(' ') });
+    this.lines.push({
+      level,
+      text: [message, ...rest].map((p) => (p instanceof Error ? `${p.message}\n${p.stack}` : String(p))).join(' '),
+    });
   }
   log(message: unknown, ...rest: unknown[]) {
     this.add('log', message, rest);
@@ -52,11 +55,11 @@ export async function startApi(overrides: DbPoolOptions, extraPools: DbPoolOptio
       const res = await fetch(`${base}${path}`);
       const text = await res.text();
       const ms = performance.now() - started;
-      let body: unknown = undefined;
+      let body: unknown;
       try {
         body = JSON.parse(text);
       } catch {
-        body = undefined;
+        // not JSON: `text` has it
       }
       return { status: res.status, body, text, ms };
     },

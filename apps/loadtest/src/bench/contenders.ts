@@ -62,7 +62,12 @@ export async function openDbPool(res: Resources, url: string, name: string, feat
 }
 
 /** A TypeORM DataSource whose pool is db-pool's, built by the lib's own mapping. */
-export async function openDbPoolDataSource(res: Resources, url: string, name: string, features: DbPoolFeatures = ALL_FEATURES): Promise<DataSource> {
+export async function openDbPoolDataSource(
+  res: Resources,
+  url: string,
+  name: string,
+  features: DbPoolFeatures = ALL_FEATURES,
+): Promise<DataSource> {
   const ds = await createDbPoolDataSource({ url, name, poolSize: CAPACITY, maxOverflow: 0, applicationName: name, env: {}, ...features });
   res.add(() => ds.destroy());
   return ds;
@@ -93,7 +98,11 @@ export async function openPostgresJs(res: Resources, url: string, name: string, 
   return sql;
 }
 
-function inProcess(name: string, op: Operation, extra: { waitSource?: Contender['waitSource']; pool?: DbPool; note?: string } = {}): Contender {
+function inProcess(
+  name: string,
+  op: Operation,
+  extra: { waitSource?: Contender['waitSource']; pool?: DbPool; note?: string } = {},
+): Contender {
   const histogram: PoolTimings['wait'] | undefined = extra.pool?.timings.wait;
   const waitSource = extra.waitSource ?? (histogram ? 'histogram' : 'none');
   return {

@@ -107,7 +107,9 @@ async function main(): Promise<number> {
   }
   const url = process.env.DATABASE_URL;
   if (!url) {
-    process.stderr.write('DATABASE_URL is not set. Run `npx nx run loadtest:bench` (it starts an embedded PostgreSQL) or set DATABASE_URL.\n');
+    process.stderr.write(
+      'DATABASE_URL is not set. Run `npx nx run loadtest:bench` (it starts an embedded PostgreSQL) or set DATABASE_URL.\n',
+    );
     return 2;
   }
 
@@ -116,7 +118,9 @@ async function main(): Promise<number> {
   // Up to three pools of 20 plus pgbench's 20 are open at once.
   const needed = 3 * CAPACITY + 5;
   if (server.maxConnections - server.clientConnections < needed) {
-    progress.note(`warning: the server has ${server.maxConnections - server.clientConnections} free connections; this benchmark needs about ${needed}`);
+    progress.note(
+      `warning: the server has ${server.maxConnections - server.clientConnections} free connections; this benchmark needs about ${needed}`,
+    );
   }
   const pgbench = findPgbench();
   if (!pgbench) progress.note('pgbench is not on PATH: the native ceiling is left out');
@@ -179,11 +183,16 @@ async function main(): Promise<number> {
   await mkdir(cli.outDir, { recursive: true });
   const jsonPath = resolve(cli.outDir, 'bench-results.json');
   const htmlPath = resolve(cli.outDir, 'bench-report.html');
-  await writeFile(jsonPath, `${JSON.stringify(results, (_k, v: unknown) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2)}\n`);
+  await writeFile(
+    jsonPath,
+    `${JSON.stringify(results, (_k, v: unknown) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2)}\n`,
+  );
   await writeFile(htmlPath, renderHtml(analysis, info, CAPACITY));
 
   process.stdout.write(renderTable(analysis, { rounds: cli.rounds, durationMs: cli.durationMs }));
-  process.stdout.write(`\nmachine: ${String(info.machine.cpu_count)} × ${String(info.machine.cpu_model)}, node ${process.version}, ${server.version.split(',')[0]}\n`);
+  process.stdout.write(
+    `\nmachine: ${String(info.machine.cpu_count)} × ${String(info.machine.cpu_model)}, node ${process.version}, ${server.version.split(',')[0]}\n`,
+  );
   process.stderr.write(`wrote ${jsonPath}\nwrote ${htmlPath}\n`);
   return 0;
 }

@@ -1,7 +1,8 @@
 // The profile behind docs/benchmarks.md "What the profile shows": each pool in turn runs
 // `SELECT 1` from N callers for a few seconds in a child process of its own, started with
 // `node --cpu-prof`; then the self time of every function is summed per pool and the top lines
-// and db-pool's own functions are printed.
+// and db-pool's own functions are printed, and what the lease (src/pool/lease.ts) costs per
+// checkout: its self time over the checkouts the child made.
 //
 //   npx nx run loadtest:profile [--callers 10] [--seconds 6] [--out-dir DIR]
 //
@@ -12,7 +13,17 @@ import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { ALL_FEATURES, CAPACITY, EVERY_STACK, FEATURES_OFF, Resources, openDbPool, openPgPool, poolQuery, type Contender } from './contenders.js';
+import {
+  ALL_FEATURES,
+  CAPACITY,
+  EVERY_STACK,
+  FEATURES_OFF,
+  Resources,
+  openDbPool,
+  openPgPool,
+  poolQuery,
+  type Contender,
+} from './contenders.js';
 import { C } from './scenarios.js';
 
 const POOLS: Record<string, (res: Resources, url: string) => Promise<Contender>> = {
@@ -51,9 +62,10 @@ async function child(pool: string, callers: number, seconds: number): Promise<vo
   const res = new Resources();
   try {
     const contender = await POOLS[pool](res, url);
-    await contender.run(callers, 500); // warm
+    const warm = await contender.run(callers, 500);
     const slice = await contender.run(callers, seconds * 1000);
-    process.stdout.write(`${JSON.stringify({ opsPerSec: (slice.ops / slice.elapsedMs) * 1000 })}\n`);
+    // One checkout per query: the profile covers both runs.
+    process.stdout.write(`${JSON.stringify({ opsPerSec: (slice.ops / slice.elapsedMs) * 1000, checkouts: warm.ops + slice.ops })}\n`);
   } finally {
     await res.closeAll();
   }
@@ -71,21 +83,45 @@ function run(args: string[]): Promise<string> {
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
-    options: { child: { type: 'string' }, callers: { type: 'string', default: '10' }, seconds: { type: 'string', default: '6' }, 'out-dir': { type: 'string' }, top: { type: 'string', default: '6' } },
+    options: {
+      child: { type: 'string' },
+      callers: { type: 'string', default: '10' },
+      seconds: { type: 'string', default: '6' },
+      'out-dir': { type: 'string' },
+      top: { type: 'string', default: '6' },
+    },
   });
   const callers = Number(values.callers);
   const seconds = Number(values.seconds);
-  if (!Number.isInteger(callers) || callers < 1 || !(seconds > 0)) throw new Error('--callers must be a positive integer and --seconds a positive number');
-  if (!process.env.DATABASE_URL) throw new Error('DATABASE_URL is not set: run `npx nx run loadtest:profile` (it starts an embedded PostgreSQL) or set it');
+  if (!Number.isInteger(callers) || callers < 1 || !(seconds > 0))
+    throw new Error('--callers must be a positive integer and --seconds a positive number');
+  if (!process.env.DATABASE_URL)
+    throw new Error('DATABASE_URL is not set: run `npx nx run loadtest:profile` (it starts an embedded PostgreSQL) or set it');
   if (values.child) return child(values.child, callers, seconds);
 
   const outDir = values['out-dir'] ? resolve(values['out-dir']) : await mkdtemp(join(tmpdir(), 'db-pool-profile-'));
   await mkdir(outDir, { recursive: true });
   const script = fileURLToPath(import.meta.url);
-  process.stdout.write(`${callers} callers × ${seconds} s of pool.query('SELECT 1') per pool, capacity ${CAPACITY}; profiles in ${outDir}\n`);
+  process.stdout.write(
+    `${callers} callers × ${seconds} s of pool.query('SELECT 1') per pool, capacity ${CAPACITY}; profiles in ${outDir}\n`,
+  );
   for (const pool of Object.keys(POOLS)) {
     const dir = join(outDir, pool.replace(/[^a-z0-9]+/gi, '-'));
-    const { opsPerSec } = JSON.parse(await run(['--cpu-prof', `--cpu-prof-dir=${dir}`, script, '--child', pool, '--callers', String(callers), '--seconds', String(seconds)])) as { opsPerSec: number };
+    // Sampled every 100 µs (V8's default is 1 ms): functions that take a microsecond still show.
+    const { opsPerSec, checkouts } = JSON.parse(
+      await run([
+        '--cpu-prof',
+        '--cpu-prof-interval=100',
+        `--cpu-prof-dir=${dir}`,
+        script,
+        '--child',
+        pool,
+        '--callers',
+        String(callers),
+        '--seconds',
+        String(seconds),
+      ]),
+    ) as { opsPerSec: number; checkouts: number };
     const [file] = await readdir(dir);
     const times = selfTimes(JSON.parse(await readFile(join(dir, file), 'utf8')) as CpuProfile);
     const total = [...times.values()].reduce((a, b) => a + b, 0);
@@ -95,9 +131,23 @@ async function main(): Promise<void> {
     process.stdout.write(`\n== ${pool}: ${Math.round(opsPerSec).toLocaleString('en-US')} ops/s\n`);
     for (const [k, ms] of sorted.slice(0, Number(values.top))) process.stdout.write(`  ${pct(ms).padStart(8)}  ${k}\n`);
     const oursTotal = ours.reduce((a, [, ms]) => a + ms, 0);
-    process.stdout.write(`  db-pool's own functions: ${pct(oursTotal)}${ours.length ? ` (${ours.slice(0, 4).map(([k, ms]) => `${k.split(' ')[0]} ${pct(ms)}`).join(', ')})` : ''}\n`);
+    process.stdout.write(
+      `  db-pool's own functions: ${pct(oursTotal)}${
+        ours.length
+          ? ` (${ours
+              .slice(0, 4)
+              .map(([k, ms]) => `${k.split(' ')[0]} ${pct(ms)}`)
+              .join(', ')})`
+          : ''
+      }\n`,
+    );
     const gc = times.get('(garbage collector)') ?? 0;
     process.stdout.write(`  garbage collector: ${pct(gc)}\n`);
+    const lease = ours.filter(([k]) => k.includes('/pool/lease.')).reduce((a, [, ms]) => a + ms, 0);
+    if (pool !== C.pgPool)
+      process.stdout.write(
+        `  the lease: ${((lease * 1000) / checkouts).toFixed(3)} µs per checkout (${checkouts.toLocaleString('en-US')} checkouts)\n`,
+      );
   }
 }
 

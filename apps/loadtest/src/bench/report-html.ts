@@ -16,7 +16,8 @@ export interface RunInfo {
 
 const PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#17becf', '#7f7f7f', '#bcbd22'];
 
-const esc = (s: unknown): string => String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
+const esc = (s: unknown): string =>
+  String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
 
 interface Series {
   name: string;
@@ -92,7 +93,10 @@ function lineChart(spec: ChartSpec): string {
   const height = plot.top + plot.height + 56 + legendRows * 20;
   const sx = (x: number) => plot.left + ((x - spec.x.min) / (spec.x.max - spec.x.min || 1)) * plot.width;
   const syOf = (axis: Axis) => (y: number) => {
-    const t = axis.scale === 'log' ? (Math.log10(y) - Math.log10(axis.min)) / (Math.log10(axis.max) - Math.log10(axis.min)) : (y - axis.min) / (axis.max - axis.min);
+    const t =
+      axis.scale === 'log'
+        ? (Math.log10(y) - Math.log10(axis.min)) / (Math.log10(axis.max) - Math.log10(axis.min))
+        : (y - axis.min) / (axis.max - axis.min);
     return plot.top + plot.height - Math.max(0, Math.min(1, t)) * plot.height;
   };
   const sy = syOf(spec.y);
@@ -106,7 +110,9 @@ function lineChart(spec: ChartSpec): string {
   }
   if (spec.yRight) {
     for (const t of ticksOf(spec.yRight)) {
-      parts.push(`<text x="${plot.left + plot.width + 8}" y="${syRight(t).toFixed(1)}" dy="4" class="tick">${esc(spec.yRight.format(t))}</text>`);
+      parts.push(
+        `<text x="${plot.left + plot.width + 8}" y="${syRight(t).toFixed(1)}" dy="4" class="tick">${esc(spec.yRight.format(t))}</text>`,
+      );
     }
     parts.push(
       `<text transform="translate(${width - 14} ${plot.top + plot.height / 2}) rotate(90)" text-anchor="middle" class="axis-label">${esc(spec.yRight.label)}</text>`,
@@ -118,8 +124,12 @@ function lineChart(spec: ChartSpec): string {
     parts.push(`<text x="${x}" y="${plot.top + plot.height + 20}" text-anchor="middle" class="tick">${esc(t.label)}</text>`);
   }
   parts.push(`<rect x="${plot.left}" y="${plot.top}" width="${plot.width}" height="${plot.height}" class="frame"/>`);
-  parts.push(`<text x="${plot.left + plot.width / 2}" y="${plot.top + plot.height + 40}" text-anchor="middle" class="axis-label">${esc(spec.x.label)}</text>`);
-  parts.push(`<text transform="translate(18 ${plot.top + plot.height / 2}) rotate(-90)" text-anchor="middle" class="axis-label">${esc(spec.y.label)}</text>`);
+  parts.push(
+    `<text x="${plot.left + plot.width / 2}" y="${plot.top + plot.height + 40}" text-anchor="middle" class="axis-label">${esc(spec.x.label)}</text>`,
+  );
+  parts.push(
+    `<text transform="translate(18 ${plot.top + plot.height / 2}) rotate(-90)" text-anchor="middle" class="axis-label">${esc(spec.y.label)}</text>`,
+  );
 
   for (const s of spec.series) {
     const y = s.axis === 'right' ? syRight : sy;
@@ -129,7 +139,9 @@ function lineChart(spec: ChartSpec): string {
     parts.push(`<path d="${d}" stroke="${s.color}" class="series" data-name="${esc(s.name)}"/>`);
     if (pts.length <= 40) {
       for (const p of pts) {
-        parts.push(`<circle cx="${sx(p.x).toFixed(1)}" cy="${y(p.y).toFixed(1)}" r="3.5" fill="${s.color}"><title>${esc(s.name)}: ${esc((s.axis === 'right' && spec.yRight ? spec.yRight : spec.y).format(p.y))}</title></circle>`);
+        parts.push(
+          `<circle cx="${sx(p.x).toFixed(1)}" cy="${y(p.y).toFixed(1)}" r="3.5" fill="${s.color}"><title>${esc(s.name)}: ${esc((s.axis === 'right' && spec.yRight ? spec.yRight : spec.y).format(p.y))}</title></circle>`,
+        );
       }
     }
   }
@@ -143,7 +155,11 @@ function lineChart(spec: ChartSpec): string {
 }
 
 /** Each sweep contender's numbers at each concurrency, in the order the phases listed them. */
-function sweepSeries(phases: PhaseSummary[], levels: number[], metric: (c: { opsPerSec: number; latencyMs: { p50: number } }) => number): Series[] {
+function sweepSeries(
+  phases: PhaseSummary[],
+  levels: number[],
+  metric: (c: { opsPerSec: number; latencyMs: { p50: number } }) => number,
+): Series[] {
   const byName = new Map<string, { x: number; y: number }[]>();
   for (const phase of phases.filter((p) => p.id.startsWith('sweep'))) {
     for (const level of phase.levels) {
@@ -162,11 +178,22 @@ function utilizationChart(samples: StateSample[], capacity: number, callers: num
   return lineChart({
     id: 'chart-pool-utilization',
     title: `db-pool state during a ${callers}-caller slice (pool.state() ${samples.length} times)`,
-    x: { label: 'time since the slice started (ms)', min: 0, max: last, ticks: ticksOf(fitAxis('', 'linear', [last], String)).filter((t) => t <= last).map((t) => ({ value: t, label: String(t) })) },
+    x: {
+      label: 'time since the slice started (ms)',
+      min: 0,
+      max: last,
+      ticks: ticksOf(fitAxis('', 'linear', [last], String))
+        .filter((t) => t <= last)
+        .map((t) => ({ value: t, label: String(t) })),
+    },
     y: { label: `utilization: active / capacity ${capacity} (%)`, scale: 'linear', min: 0, max: 100, format: (v) => `${v}%` },
     yRight: fitAxis('callers waiting', 'linear', [waitingMax], (v) => String(v)),
     series: [
-      { name: 'utilization (active / capacity)', color: PALETTE[0], points: samples.map((s) => ({ x: s.tMs, y: (s.active / capacity) * 100 })) },
+      {
+        name: 'utilization (active / capacity)',
+        color: PALETTE[0],
+        points: samples.map((s) => ({ x: s.tMs, y: (s.active / capacity) * 100 })),
+      },
       { name: 'waiting callers (right axis)', color: PALETTE[1], axis: 'right', points: samples.map((s) => ({ x: s.tMs, y: s.waiting })) },
     ],
   });
@@ -184,14 +211,24 @@ export function renderHtml(a: Analysis, info: RunInfo, capacity: number): string
       id: 'chart-latency',
       title: 'p50 latency vs concurrency (log scale)',
       x,
-      y: fitAxis('p50 latency (ms)', 'log', latency.flatMap((s) => s.points.map((p) => p.y)), fmtMs),
+      y: fitAxis(
+        'p50 latency (ms)',
+        'log',
+        latency.flatMap((s) => s.points.map((p) => p.y)),
+        fmtMs,
+      ),
       series: latency,
     }),
     lineChart({
       id: 'chart-throughput',
       title: 'Throughput vs concurrency',
       x,
-      y: fitAxis('operations per second', 'linear', throughput.flatMap((s) => s.points.map((p) => p.y)), fmtRate),
+      y: fitAxis(
+        'operations per second',
+        'linear',
+        throughput.flatMap((s) => s.points.map((p) => p.y)),
+        fmtRate,
+      ),
       series: throughput,
     }),
     utilizationChart(a.state_samples, capacity, levels.length ? levels[levels.length - 1] : 0),
@@ -209,7 +246,12 @@ export function renderHtml(a: Analysis, info: RunInfo, capacity: number): string
       p.levels.map(
         (level) =>
           `<h3>${esc(p.title)}${p.levels.length > 1 ? ` — ${level.callers} caller(s)` : ''}</h3>\n<table><thead><tr>${CONTENDER_HEADERS.map((h) => `<th>${esc(h)}</th>`).join('')}</tr></thead><tbody>\n${level.contenders
-            .map((c) => `<tr>${contenderCells(c).map((cell, i) => `<td${i > 0 && i < 9 ? ' class="num"' : ''}>${esc(cell)}</td>`).join('')}</tr>`)
+            .map(
+              (c) =>
+                `<tr>${contenderCells(c)
+                  .map((cell, i) => `<td${i > 0 && i < 9 ? ' class="num"' : ''}>${esc(cell)}</td>`)
+                  .join('')}</tr>`,
+            )
             .join('\n')}\n</tbody></table>`,
       ),
     )
@@ -251,7 +293,9 @@ code { font-size: 13px; }
 <h1>db-pool benchmark</h1>
 <p>${esc(info.generated_at)} · ${info.rounds} rounds × ${info.duration_ms} ms per contender${info.quick ? ' · <strong>quick run</strong> (short slices: indicative only)' : ''}</p>
 <p>Command: <code>${esc(info.command)}</code></p>
-<p>db-pool rows run with every feature on: ${Object.entries(info.db_pool_features).map(([k, v]) => `<code>${esc(k)}</code> ${esc(v)}`).join(', ')}.</p>
+<p>db-pool rows run with every feature on: ${Object.entries(info.db_pool_features)
+    .map(([k, v]) => `<code>${esc(k)}</code> ${esc(v)}`)
+    .join(', ')}.</p>
 ${banner}
 <h2>Ratios against baselines measured in the same run</h2>
 <p>Each ratio is the median of per-round ratios: the contenders ran interleaved in short rounds, so machine noise hits both sides of a ratio alike.</p>

@@ -34,7 +34,18 @@ export function contenderCells(c: ContenderSummary): string[] {
   ];
 }
 
-export const CONTENDER_HEADERS = ['contender', 'ops/s', 'ops/s range', 'mean ms', 'p50 ms', 'p95 ms', 'p99 ms', 'wait p50 ms', 'wait p99 ms', 'how'];
+export const CONTENDER_HEADERS = [
+  'contender',
+  'ops/s',
+  'ops/s range',
+  'mean ms',
+  'p50 ms',
+  'p95 ms',
+  'p99 ms',
+  'wait p50 ms',
+  'wait p99 ms',
+  'how',
+];
 
 export interface RatioRow {
   key: string;
@@ -53,16 +64,32 @@ export function ratioRows(a: Analysis): RatioRow[] {
     const target: Target | undefined = a.targets[key];
     if (typeof value === 'number') {
       const d = detail(key);
-      rows.push({ key, measured: value, min: d.min, max: d.max, target: target ? `${target.comparison} ${target.limit}` : 'none', verdict: target ? (target.met ? 'met' : 'MISSED') : 'info' });
+      rows.push({
+        key,
+        measured: value,
+        min: d.min,
+        max: d.max,
+        target: target ? `${target.comparison} ${target.limit}` : 'none',
+        verdict: target ? (target.met ? 'met' : 'MISSED') : 'info',
+      });
     } else {
       for (const [c, v] of Object.entries(value)) {
         const d = detail(`${key}.${c}`);
         const per = target?.by_concurrency?.[c];
-        rows.push({ key: `${key}[${c}]`, measured: v, min: d.min, max: d.max, target: per && target ? `${target.comparison} ${target.limit}` : 'none', verdict: per ? (per.met ? 'met' : 'MISSED') : 'info' });
+        rows.push({
+          key: `${key}[${c}]`,
+          measured: v,
+          min: d.min,
+          max: d.max,
+          target: per && target ? `${target.comparison} ${target.limit}` : 'none',
+          verdict: per ? (per.met ? 'met' : 'MISSED') : 'info',
+        });
       }
     }
   }
-  for (const key of Object.keys(a.ratio_details).filter((k) => k.startsWith('checkout_') || k.startsWith('pg_pool_') || k.startsWith('every_stack_'))) {
+  for (const key of Object.keys(a.ratio_details).filter(
+    (k) => k.startsWith('checkout_') || k.startsWith('pg_pool_') || k.startsWith('every_stack_'),
+  )) {
     const d = detail(key);
     rows.push({ key, measured: d.median, min: d.min, max: d.max, target: 'none', verdict: 'info' });
   }
@@ -71,7 +98,11 @@ export function ratioRows(a: Analysis): RatioRow[] {
 
 function table(headers: string[], rows: string[][], rightAligned: Set<number>): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (cells: string[]) => cells.map((c, i) => (rightAligned.has(i) ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join('  ').trimEnd();
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => (rightAligned.has(i) ? c.padStart(widths[i]) : c.padEnd(widths[i])))
+      .join('  ')
+      .trimEnd();
   return [line(headers), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
 }
 
@@ -80,7 +111,9 @@ export function renderTable(a: Analysis, meta: { rounds: number; durationMs: num
   const numeric = new Set([1, 2, 3, 4, 5, 6, 7, 8]);
   for (const phase of a.phases) {
     for (const level of phase.levels) {
-      out.push(`\n== ${phase.title}${phase.levels.length > 1 ? ` — ${level.callers} caller(s)` : ''} (${meta.rounds} rounds × ${meta.durationMs} ms, interleaved)`);
+      out.push(
+        `\n== ${phase.title}${phase.levels.length > 1 ? ` — ${level.callers} caller(s)` : ''} (${meta.rounds} rounds × ${meta.durationMs} ms, interleaved)`,
+      );
       out.push(table(CONTENDER_HEADERS, level.contenders.map(contenderCells), numeric));
     }
   }
@@ -89,7 +122,13 @@ export function renderTable(a: Analysis, meta: { rounds: number; durationMs: num
   out.push('ops/s = median of rounds; latency percentiles over every operation of every round.');
 
   out.push('\n== Ratios (median of per-round ratios; range = min–max over rounds)');
-  const rows = ratioRows(a).map((r) => [r.key, fmtRatio(r.measured), `${fmtRatio(r.min)}–${fmtRatio(r.max)}`, r.target, r.verdict === 'info' ? 'no target' : r.verdict]);
+  const rows = ratioRows(a).map((r) => [
+    r.key,
+    fmtRatio(r.measured),
+    `${fmtRatio(r.min)}–${fmtRatio(r.max)}`,
+    r.target,
+    r.verdict === 'info' ? 'no target' : r.verdict,
+  ]);
   out.push(table(['ratio', 'measured', 'range', 'target', 'verdict'], rows, new Set([1, 2])));
   out.push('');
   if (a.all_targets_met) out.push('All targets met.');

@@ -120,16 +120,25 @@ function waitSpread(s: SliceResult): number {
   return p.p99 / p.p50;
 }
 
-const TARGETS: Record<Exclude<RatioKey, 'features_on_vs_off'>, { comparison: '<=' | '>='; limit: number; description: string; at?: string[] }> = {
+const TARGETS: Record<
+  Exclude<RatioKey, 'features_on_vs_off'>,
+  { comparison: '<=' | '>='; limit: number; description: string; at?: string[] }
+> = {
   latency_vs_pg_pool: { comparison: '<=', limit: 1.1, description: 'db-pool pool.query latency / raw pg.Pool, 1 caller' },
-  throughput_vs_pg_pool: { comparison: '>=', limit: 0.95, description: 'db-pool ops/s / raw pg.Pool ops/s, capacity 20', at: ['10', '50', '200'] },
+  throughput_vs_pg_pool: {
+    comparison: '>=',
+    limit: 0.95,
+    description: 'db-pool ops/s / raw pg.Pool ops/s, capacity 20',
+    at: ['10', '50', '200'],
+  },
   latency_vs_typeorm: { comparison: '<=', limit: 1.1, description: 'db-pool DataSource latency / stock TypeORM DataSource, 1 caller' },
   preping_on_vs_off: { comparison: '<=', limit: 1.05, description: 'latency with pre-ping (500 ms bypass) / without, steady load' },
   no_pool_slowdown: { comparison: '>=', limit: 50, description: 'new connection per query (SCRAM) latency / pooled latency' },
   p99_over_median_wait_c200: { comparison: '<=', limit: 3, description: 'db-pool acquire wait p99 / p50 at 200 callers, capacity 20' },
 };
 
-const meets = (comparison: '<=' | '>=', value: number, limit: number) => Number.isFinite(value) && (comparison === '<=' ? value <= limit : value >= limit);
+const meets = (comparison: '<=' | '>=', value: number, limit: number) =>
+  Number.isFinite(value) && (comparison === '<=' ? value <= limit : value >= limit);
 
 export function analyze(run: BenchRun): Analysis {
   const phase = (id: PhaseId) => {
@@ -141,7 +150,8 @@ export function analyze(run: BenchRun): Analysis {
     const p = phase(id);
     const level = callers === undefined ? p.levels[0] : p.levels.find((l) => l.callers === callers);
     const found = level?.slices[name];
-    if (!found || found.length === 0) throw new Error(`no results for ${name} in ${id}${callers === undefined ? '' : ` at ${callers} callers`}`);
+    if (!found || found.length === 0)
+      throw new Error(`no results for ${name} in ${id}${callers === undefined ? '' : ` at ${callers} callers`}`);
     return found;
   };
 
@@ -150,7 +160,10 @@ export function analyze(run: BenchRun): Analysis {
 
   const throughput: Record<string, number> = {};
   for (const level of phase('sweep-core').levels) {
-    throughput[String(level.callers)] = stat(`throughput_vs_pg_pool.${level.callers}`, roundRatios(slices('sweep-core', C.dbPool, level.callers), slices('sweep-core', C.pgPool, level.callers), opsPerSec));
+    throughput[String(level.callers)] = stat(
+      `throughput_vs_pg_pool.${level.callers}`,
+      roundRatios(slices('sweep-core', C.dbPool, level.callers), slices('sweep-core', C.pgPool, level.callers), opsPerSec),
+    );
     // Informational: the same with the checkout done by hand, where the acquire is timed too.
     stat(
       `checkout_throughput_vs_pg_pool.${level.callers}`,
@@ -160,13 +173,25 @@ export function analyze(run: BenchRun): Analysis {
   const maxCallers = Math.max(...phase('sweep-core').levels.map((l) => l.callers));
 
   const ratios: Ratios = {
-    latency_vs_pg_pool: stat('latency_vs_pg_pool', roundRatios(slices('sequential', C.dbPool), slices('sequential', C.pgPool), meanLatency)),
+    latency_vs_pg_pool: stat(
+      'latency_vs_pg_pool',
+      roundRatios(slices('sequential', C.dbPool), slices('sequential', C.pgPool), meanLatency),
+    ),
     throughput_vs_pg_pool: throughput,
-    latency_vs_typeorm: stat('latency_vs_typeorm', roundRatios(slices('sequential', C.dbPoolTypeOrm), slices('sequential', C.typeOrm), meanLatency)),
-    preping_on_vs_off: stat('preping_on_vs_off', roundRatios(slices('features', C.prePingOn), slices('features', C.featuresOff), meanLatency)),
+    latency_vs_typeorm: stat(
+      'latency_vs_typeorm',
+      roundRatios(slices('sequential', C.dbPoolTypeOrm), slices('sequential', C.typeOrm), meanLatency),
+    ),
+    preping_on_vs_off: stat(
+      'preping_on_vs_off',
+      roundRatios(slices('features', C.prePingOn), slices('features', C.featuresOff), meanLatency),
+    ),
     no_pool_slowdown: stat('no_pool_slowdown', roundRatios(slices('scram', C.noPoolScram), slices('scram', C.dbPoolScram), meanLatency)),
     p99_over_median_wait_c200: stat('p99_over_median_wait_c200', slices('sweep-core', C.dbPoolCheckout, maxCallers).map(waitSpread)),
-    features_on_vs_off: stat('features_on_vs_off', roundRatios(slices('features', C.featuresOn), slices('features', C.featuresOff), meanLatency)),
+    features_on_vs_off: stat(
+      'features_on_vs_off',
+      roundRatios(slices('features', C.featuresOn), slices('features', C.featuresOff), meanLatency),
+    ),
   };
   // Informational: leak tracking capturing a stack on every checkout, against all off.
   stat('every_stack_vs_off', roundRatios(slices('features', C.featuresEveryStack), slices('features', C.featuresOff), meanLatency));
@@ -188,7 +213,14 @@ export function analyze(run: BenchRun): Analysis {
         by[c] = { measured: v, met: meets(t.comparison, v, t.limit) };
         if (!by[c].met) missed.push(`${key}[${c}] = ${v.toFixed(3)} (target ${t.comparison} ${t.limit})`);
       }
-      targets[key] = { comparison: t.comparison, limit: t.limit, description: `${t.description}; at ${(t.at ?? []).join(', ')} callers`, measured: value, met: Object.values(by).every((b) => b.met), by_concurrency: by };
+      targets[key] = {
+        comparison: t.comparison,
+        limit: t.limit,
+        description: `${t.description}; at ${(t.at ?? []).join(', ')} callers`,
+        measured: value,
+        met: Object.values(by).every((b) => b.met),
+        by_concurrency: by,
+      };
     }
   }
 
@@ -197,7 +229,9 @@ export function analyze(run: BenchRun): Analysis {
     title: p.title,
     levels: p.levels.map((level) => ({
       callers: level.callers,
-      contenders: p.contenders.filter((info) => level.slices[info.name]?.length).map((info) => summarize(info, level.callers, level.slices[info.name])),
+      contenders: p.contenders
+        .filter((info) => level.slices[info.name]?.length)
+        .map((info) => summarize(info, level.callers, level.slices[info.name])),
     })),
   }));
 

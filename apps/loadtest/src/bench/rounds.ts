@@ -38,7 +38,13 @@ const collectGarbage: () => void = (() => {
  * speed cancels out. A warm-up slice per contender comes first and is thrown away: JIT,
  * connection caches, the server's plan cache.
  */
-export async function runRounds(label: string, contenders: Contender[], callers: number, options: RoundsOptions, progress: Progress): Promise<LevelResult> {
+export async function runRounds(
+  label: string,
+  contenders: Contender[],
+  callers: number,
+  options: RoundsOptions,
+  progress: Progress,
+): Promise<LevelResult> {
   for (const contender of contenders) {
     progress.activity(`${label} · warm-up · ${contender.name}`);
     await contender.run(callers, options.warmupMs);

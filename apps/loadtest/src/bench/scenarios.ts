@@ -162,7 +162,10 @@ function phases(settings: BenchSettings, run: BenchRun): PhaseSpec[] {
         if (pgbench) list.push(await openPgbench(res, pgbench, url, C.pgbench));
         return list;
       },
-      observe: (contender, callers) => (contender.name === C.dbPool && callers === maxCallers && contender.pool ? sampleState(contender.pool, run.stateSamples, sampleEveryMs(settings.durationMs)) : undefined),
+      observe: (contender, callers) =>
+        contender.name === C.dbPool && callers === maxCallers && contender.pool
+          ? sampleState(contender.pool, run.stateSamples, sampleEveryMs(settings.durationMs))
+          : undefined,
     },
     {
       id: 'sweep-orm',
@@ -185,9 +188,17 @@ function phases(settings: BenchSettings, run: BenchRun): PhaseSpec[] {
       async open(res) {
         // "off" in the middle: the two target ratios compare neighbours.
         return [
-          poolQuery(C.prePingOn, await openDbPool(res, url, 'bench-preping-on', { prePing: true, prePingBypassMs: 500, leakThreshold: 0 }), 'prePing true, 500 ms bypass'),
+          poolQuery(
+            C.prePingOn,
+            await openDbPool(res, url, 'bench-preping-on', { prePing: true, prePingBypassMs: 500, leakThreshold: 0 }),
+            'prePing true, 500 ms bypass',
+          ),
           poolQuery(C.featuresOff, await openDbPool(res, url, 'bench-features-off', FEATURES_OFF), 'prePing false, leakThreshold 0'),
-          poolQuery(C.featuresOn, await openDbPool(res, url, 'bench-features-on', ALL_FEATURES), 'as the headline rows: prePing, leakThreshold 30 s, ≤ 100 stacks/s'),
+          poolQuery(
+            C.featuresOn,
+            await openDbPool(res, url, 'bench-features-on', ALL_FEATURES),
+            'as the headline rows: prePing, leakThreshold 30 s, ≤ 100 stacks/s',
+          ),
           // Informational: what a stack for every checkout would cost (the rate set out of reach).
           poolQuery(C.featuresEveryStack, await openDbPool(res, url, 'bench-every-stack', EVERY_STACK), 'leakStackRate 1000000'),
         ];
@@ -201,7 +212,10 @@ function phases(settings: BenchSettings, run: BenchRun): PhaseSpec[] {
       async open(res) {
         const server = await startScramServer(res);
         run.scram = server.info;
-        return [noPool(C.noPoolScram, server.url, 'connect + SCRAM, query, end'), poolQuery(C.dbPoolScram, await openDbPool(res, server.url, 'bench-scram-dbpool'), 'pool.query, all features on')];
+        return [
+          noPool(C.noPoolScram, server.url, 'connect + SCRAM, query, end'),
+          poolQuery(C.dbPoolScram, await openDbPool(res, server.url, 'bench-scram-dbpool'), 'pool.query, all features on'),
+        ];
       },
     },
   ];
@@ -221,7 +235,9 @@ async function startScramServer(res: Resources): Promise<{ url: string; info: Sc
 
   const client = new pg.Client({ connectionString: db.url });
   await client.connect();
-  const { rows } = await client.query<{ version: string; who: string }>('SELECT current_setting($1) AS version, system_user AS who', ['server_version']);
+  const { rows } = await client.query<{ version: string; who: string }>('SELECT current_setting($1) AS version, system_user AS who', [
+    'server_version',
+  ]);
   await client.end();
   const wrong = new URL(db.url);
   wrong.password = `${password}-wrong`;
@@ -236,7 +252,10 @@ async function startScramServer(res: Resources): Promise<{ url: string; info: Sc
 /** Planned slice time of the whole run, for the progress bar. */
 export function plannedMs(settings: BenchSettings): number {
   const run: BenchRun = { phases: [], stateSamples: [] };
-  return phases(settings, run).reduce((sum, p) => sum + p.levels.length * p.contenders * (settings.warmupMs + settings.rounds * settings.durationMs), 0);
+  return phases(settings, run).reduce(
+    (sum, p) => sum + p.levels.length * p.contenders * (settings.warmupMs + settings.rounds * settings.durationMs),
+    0,
+  );
 }
 
 export async function runBench(settings: BenchSettings, progress: Progress): Promise<BenchRun> {
@@ -251,7 +270,12 @@ export async function runBench(settings: BenchSettings, progress: Progress): Pro
       for (const callers of spec.levels) {
         levels.push(await runRounds(`${spec.id} c=${callers}`, contenders, callers, { ...rounds, observe: spec.observe }, progress));
       }
-      const infos = contenders.map(({ name, note, waitSource, pool }): ContenderInfo => ({ name, note, waitSource, ...(pool ? { leakStacks: pool.leakStackStats() } : {}) }));
+      const infos = contenders.map(({ name, note, waitSource, pool }): ContenderInfo => ({
+        name,
+        note,
+        waitSource,
+        ...(pool ? { leakStacks: pool.leakStackStats() } : {}),
+      }));
       run.phases.push({ id: spec.id, title: spec.title, contenders: infos, levels });
     } catch (err) {
       // The first error is the one worth reading; a pool that then fails to close adds nothing.

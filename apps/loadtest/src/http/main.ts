@@ -49,7 +49,11 @@ function freePort(): Promise<number> {
 }
 
 async function startServer(script: string, port: number, env: Record<string, string>): Promise<ChildProcess> {
-  const child = spawn(process.execPath, [join(root, script)], { cwd: root, env: { ...process.env, ...env, PORT: String(port) }, stdio: ['ignore', 'ignore', 'inherit'] });
+  const child = spawn(process.execPath, [join(root, script)], {
+    cwd: root,
+    env: { ...process.env, ...env, PORT: String(port) },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
   const deadline = Date.now() + 30_000;
   while (Date.now() < deadline) {
     if (child.exitCode !== null) throw new Error(`${script} exited with ${child.exitCode}`);
@@ -96,7 +100,13 @@ async function drive(port: number, endpoint: Endpoint, id: number, connections: 
     connections,
     duration: durationS,
   });
-  return { rps: result.requests.average, p50: result.latency.p50, p99: result.latency.p99, errors: result.errors + result.timeouts, non2xx: result.non2xx };
+  return {
+    rps: result.requests.average,
+    p50: result.latency.p50,
+    p99: result.latency.p99,
+    errors: result.errors + result.timeouts,
+    non2xx: result.non2xx,
+  };
 }
 
 const median = (xs: number[]) => {
@@ -112,7 +122,16 @@ async function main(): Promise<void> {
   try {
     servers.push(await startServer('apps/api/dist/main.js', dbPoolPort, { DB_APPLICATION_NAME: 'http-load-db-pool' }));
     servers.push(await startServer('apps/api/dist/baseline.js', baselinePort, {}));
-    const seed = async (port: number) => ((await (await fetch(`http://127.0.0.1:${port}/items`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"name":"seed"}' })).json()) as { id: number }).id;
+    const seed = async (port: number) =>
+      (
+        (await (
+          await fetch(`http://127.0.0.1:${port}/items`, {
+            method: 'POST',
+            headers: { 'content-type': 'application/json' },
+            body: '{"name":"seed"}',
+          })
+        ).json()) as { id: number }
+      ).id;
     const ids = { 'db-pool': await seed(dbPoolPort), baseline: await seed(baselinePort) };
 
     const samples = new Map<string, Sample[]>();
@@ -123,7 +142,11 @@ async function main(): Promise<void> {
       for (let round = 0; round < args.rounds; round++) {
         for (const endpoint of ENDPOINTS) {
           // Alternate who goes first, so neither always runs on a warmer machine.
-          const order: ('db-pool' | 'baseline')[] = endpoint.baseline ? (round % 2 ? ['baseline', 'db-pool'] : ['db-pool', 'baseline']) : ['db-pool'];
+          const order: ('db-pool' | 'baseline')[] = endpoint.baseline
+            ? round % 2
+              ? ['baseline', 'db-pool']
+              : ['db-pool', 'baseline']
+            : ['db-pool'];
           for (const who of order) {
             await new Promise((r) => setTimeout(r, 500)); // let the previous slice's requests drain
             const sample = await drive(who === 'db-pool' ? dbPoolPort : baselinePort, endpoint, ids[who], connections, args.durationS);
@@ -170,12 +193,21 @@ async function main(): Promise<void> {
     const fmt = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join('  ');
     process.stdout.write(`${fmt(header)}\n${widths.map((w) => '-'.repeat(w)).join('  ')}\n${lines.map(fmt).join('\n')}\n\n`);
     process.stdout.write('throughput db-pool / plain TypeOrmModule.forRoot defaults:\n');
-    for (const [endpoint, byC] of Object.entries(ratios)) process.stdout.write(`  ${endpoint}: ${Object.entries(byC).map(([c, r]) => `${c} conns ${r}x`).join(', ')}\n`);
+    for (const [endpoint, byC] of Object.entries(ratios))
+      process.stdout.write(
+        `  ${endpoint}: ${Object.entries(byC)
+          .map(([c, r]) => `${c} conns ${r}x`)
+          .join(', ')}\n`,
+      );
 
     const results = {
       command: `nx run loadtest:http ${process.argv.slice(2).join(' ')}`.trim(),
       machine: { cpus: cpus().length, cpu: cpus()[0]?.model, node: process.version },
-      settings: { ...args, dbPool: 'apps/api defaults (DB_POOL_SIZE=20, DB_MAX_OVERFLOW=40)', baseline: 'TypeOrmModule.forRoot defaults (pg pool max 10)' },
+      settings: {
+        ...args,
+        dbPool: 'apps/api defaults (DB_POOL_SIZE=20, DB_MAX_OVERFLOW=40)',
+        baseline: 'TypeOrmModule.forRoot defaults (pg pool max 10)',
+      },
       rows,
       ratios,
     };

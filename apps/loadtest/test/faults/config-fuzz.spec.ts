@@ -27,7 +27,9 @@ describe('fault scenarios: 19. configuration fuzz', () => {
   const numeric = OPTION_KEYS.filter((k) => k.kind === 'int');
 
   it('covers every numeric key', () => {
-    expect(numeric.map((k) => k.env)).toEqual(expect.arrayContaining(['DB_POOL_SIZE', 'DB_MAX_OVERFLOW', 'DB_POOL_TIMEOUT', 'DB_POOL_RECYCLE']));
+    expect(numeric.map((k) => k.env)).toEqual(
+      expect.arrayContaining(['DB_POOL_SIZE', 'DB_MAX_OVERFLOW', 'DB_POOL_TIMEOUT', 'DB_POOL_RECYCLE']),
+    );
     expect(numeric.length).toBeGreaterThanOrEqual(15);
   });
 
@@ -43,7 +45,13 @@ describe('fault scenarios: 19. configuration fuzz', () => {
         }
         expect(result.ok).toBe(false);
         const mine = (result as { problems: readonly string[] }).problems.filter((p) => p.startsWith(`${key.env}=`));
-        expect(mine).toEqual([expect.stringMatching(new RegExp(`^${key.env}="${raw.replace('.', '\\.')}": must be (${key.off} \\(off\\) or )?an integer from ${key.min} to ${key.max}$`))]);
+        expect(mine).toEqual([
+          expect.stringMatching(
+            new RegExp(
+              `^${key.env}="${raw.replace('.', '\\.')}": must be (${key.off} \\(off\\) or )?an integer from ${key.min} to ${key.max}$`,
+            ),
+          ),
+        ]);
       });
     }
   }
@@ -54,7 +62,10 @@ describe('fault scenarios: 19. configuration fuzz', () => {
   });
 
   it('a boolean of "maybe" is refused with the allowed words', () => {
-    expect(outcome({ DB_POOL_PRE_PING: 'maybe' })).toEqual({ ok: false, problems: ['DB_POOL_PRE_PING="maybe": must be one of true, 1, yes, on, false, 0, no, off'] });
+    expect(outcome({ DB_POOL_PRE_PING: 'maybe' })).toEqual({
+      ok: false,
+      problems: ['DB_POOL_PRE_PING="maybe": must be one of true, 1, yes, on, false, 0, no, off'],
+    });
   });
 
   it('every bad key at once is listed in one message', () => {
@@ -74,12 +85,19 @@ describe('fault scenarios: 19. configuration fuzz', () => {
     const lines: string[] = [];
     const env = Object.fromEntries(OPTION_KEYS.filter((k) => k.env !== 'DATABASE_URL').map((k) => [k.env, '']));
     const app = await Test.createTestingModule({
-      imports: [DbPoolModule.forRoot({ env: { ...env, DATABASE_URL: process.env.DATABASE_URL!, DB_POOL_SIZE: '', DB_MAX_OVERFLOW: '' }, poolSize: undefined })],
+      imports: [
+        DbPoolModule.forRoot({
+          env: { ...env, DATABASE_URL: process.env.DATABASE_URL!, DB_POOL_SIZE: '', DB_MAX_OVERFLOW: '' },
+          poolSize: undefined,
+        }),
+      ],
     })
       .setLogger({ log: (m: unknown) => lines.push(String(m)), error() {}, warn() {}, debug() {}, verbose() {} })
       .compile();
     await app.init();
     await app.close();
-    expect(lines.join('\n')).toMatch(/db-pool "default" configured: url=postgres:\/\/[^ ]*, pool_size=20, max_overflow=40, total_max=60, timeout=30s, recycle=3600s, pre_ping=true/);
+    expect(lines.join('\n')).toMatch(
+      /db-pool "default" configured: url=postgres:\/\/[^ ]*, pool_size=20, max_overflow=40, total_max=60, timeout=30s, recycle=3600s, pre_ping=true/,
+    );
   });
 });

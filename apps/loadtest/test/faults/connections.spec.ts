@@ -10,9 +10,13 @@ describe('fault scenarios: connections', () => {
     const { pool, config } = await rig().pool({ poolSize: 4, maxOverflow: 0 });
     await pool.warmUp();
     const killed = await rig().backends(config.applicationName);
-    await (await rig().admin()).query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1', [config.applicationName]);
+    await (
+      await rig().admin()
+    ).query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1', [config.applicationName]);
     await sleep(50);
-    const results = await Promise.allSettled(Array.from({ length: 20 }, () => pool.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')));
+    const results = await Promise.allSettled(
+      Array.from({ length: 20 }, () => pool.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')),
+    );
     expect(results.filter((r) => r.status === 'rejected')).toEqual([]);
     for (const r of results) expect(killed).not.toContain((r as PromiseFulfilledResult<pg.QueryResult<{ pid: number }>>).value.rows[0].pid);
     expect(await eventually(() => pool.totalCount === 4)).toBe(true);
@@ -34,7 +38,6 @@ describe('fault scenarios: connections', () => {
   it('3. server stopped and restarted under load: failures only during the outage, each within DB_POOL_TIMEOUT; full service within 2 s after; no stale connection', async () => {
     const { pool } = await rig().pool({ poolSize: 4, maxOverflow: 4, poolTimeout: 2, connectTimeout: 1 }, true);
     await pool.warmUp();
-    let stoppedAt = 0;
     let startedAt = 0;
     const failures: { at: number; ms: number }[] = [];
     const successes: number[] = [];
@@ -53,7 +56,7 @@ describe('fault scenarios: connections', () => {
     };
     const workers = Array.from({ length: 8 }, worker);
     await sleep(300);
-    stoppedAt = Date.now();
+    const stoppedAt = Date.now();
     await rig().db.server.stop();
     await sleep(1_000);
     await rig().db.server.start();

@@ -25,7 +25,10 @@ async function freePort(): Promise<number> {
 
 async function startApi(env: Record<string, string>, script = `${root}apps/api/dist/main.js`): Promise<Api> {
   const port = await freePort();
-  const child = spawn(process.execPath, [script], { cwd: root, env: { PATH: process.env.PATH!, NO_COLOR: '1', PORT: String(port), HOST: '127.0.0.1', ...env } });
+  const child = spawn(process.execPath, [script], {
+    cwd: root,
+    env: { PATH: process.env.PATH!, NO_COLOR: '1', PORT: String(port), HOST: '127.0.0.1', ...env },
+  });
   let out = '';
   child.stdout.on('data', (d) => (out += d));
   child.stderr.on('data', (d) => (out += d));
@@ -49,7 +52,9 @@ describe('fault scenarios: through the api', () => {
   const rig = faultRig();
   const apis: Api[] = [];
   beforeAll(() => {
-    execFileSync(process.execPath, [`${root}node_modules/typescript/bin/tsc`, '-b', `${root}apps/api/tsconfig.app.json`], { stdio: 'inherit' });
+    execFileSync(process.execPath, [`${root}node_modules/typescript/bin/tsc`, '-b', `${root}apps/api/tsconfig.app.json`], {
+      stdio: 'inherit',
+    });
   });
   afterEach(async () => {
     for (const api of apis.splice(0)) {
@@ -77,7 +82,14 @@ describe('fault scenarios: through the api', () => {
   // (Readiness under an exhausted pool — 503 at once, without a query — is shown over HTTP in
   // apps/api/test/health.e2e.spec.ts.)
   it('16. health under a stalled server: readiness 503 within its timeout; no probe holds a connection past DB_VALIDATION_TIMEOUT_MS; liveness stays 200', async () => {
-    const api = await startApi({ DATABASE_URL: rig().url, DB_POOL_SIZE: '2', DB_MAX_OVERFLOW: '0', DB_POOL_HEALTH_TIMEOUT_MS: '300', DB_VALIDATION_TIMEOUT_MS: '1000', DB_APPLICATION_NAME: 'stalled-api' });
+    const api = await startApi({
+      DATABASE_URL: rig().url,
+      DB_POOL_SIZE: '2',
+      DB_MAX_OVERFLOW: '0',
+      DB_POOL_HEALTH_TIMEOUT_MS: '300',
+      DB_VALIDATION_TIMEOUT_MS: '1000',
+      DB_APPLICATION_NAME: 'stalled-api',
+    });
     apis.push(api);
     await rig().proxy.setMode('freeze'); // every open connection stalls: probes must not wait on them
     for (let i = 0; i < 20; i++) {
@@ -97,14 +109,17 @@ describe('fault scenarios: through the api', () => {
   });
 
   it('15. shutdown with a leaked client under a write-heavy load: readiness 503 at once, in-flight writes finish, the pool is force-closed after the grace, exit 0, every acknowledged write stored, no connection left', async () => {
-    const api = await startApi({
-      DATABASE_URL: rig().url,
-      DB_POOL_SIZE: '4',
-      DB_MAX_OVERFLOW: '4',
-      DB_POOL_SHUTDOWN_GRACE: '1',
-      SHUTDOWN_DELAY_MS: '500',
-      DB_APPLICATION_NAME: 'shutdown-api',
-    }, `${root}apps/loadtest/test/faults/fixtures/leaky-api.mjs`);
+    const api = await startApi(
+      {
+        DATABASE_URL: rig().url,
+        DB_POOL_SIZE: '4',
+        DB_MAX_OVERFLOW: '4',
+        DB_POOL_SHUTDOWN_GRACE: '1',
+        SHUTDOWN_DELAY_MS: '500',
+        DB_APPLICATION_NAME: 'shutdown-api',
+      },
+      `${root}apps/loadtest/test/faults/fixtures/leaky-api.mjs`,
+    );
     expect(api.output()).toContain('one connection leaked');
     apis.push(api);
     const tag = `sd-${Date.now()}`;
@@ -113,7 +128,11 @@ describe('fault scenarios: through the api', () => {
     const writers = Array.from({ length: 10 }, async (_, w) => {
       for (let i = 0; !stop; i++) {
         try {
-          const res = await fetch(`${api.base}/items`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: `${tag}-${w}-${i}` }) });
+          const res = await fetch(`${api.base}/items`, {
+            method: 'POST',
+            headers: { 'content-type': 'application/json' },
+            body: JSON.stringify({ name: `${tag}-${w}-${i}` }),
+          });
           if (res.status === 201) acknowledged.push(((await res.json()) as { id: number }).id);
         } catch {
           return;

@@ -2,8 +2,15 @@
 import 'reflect-metadata';
 import { Test } from '@nestjs/testing';
 import type pg from 'pg';
-import { DataSource, type DataSourceOptions } from 'typeorm';
-import { createDbPoolDataSource, type DbPool, DbPoolModule, PoolConnectError, PoolReleaseError, getDbPoolToken, poolOf } from '@db-pool/db-pool';
+import {
+  createDbPoolDataSource,
+  type DbPool,
+  DbPoolModule,
+  PoolConnectError,
+  PoolReleaseError,
+  getDbPoolToken,
+  poolOf,
+} from '@db-pool/db-pool';
 import { eventually, faultRig, sleep } from './support.js';
 
 type TxClient = pg.PoolClient & { getTransactionStatus(): string };
@@ -108,7 +115,10 @@ describe('fault scenarios: use and misuse', () => {
       const held: pg.PoolClient[] = [];
       let err: unknown;
       while (!err && held.length <= 2) {
-        await pool.connect().then((c) => held.push(c), (e: unknown) => (err = e));
+        await pool.connect().then(
+          (c) => held.push(c),
+          (e: unknown) => (err = e),
+        );
       }
       expect(held.length).toBeLessThanOrEqual(2);
       expect(err).toBeInstanceOf(PoolConnectError);

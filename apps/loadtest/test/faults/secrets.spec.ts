@@ -20,7 +20,13 @@ const PASSWORD = `s3cr@t "pa:ss" w/0rd'#?%&=é`;
 describe('fault scenarios: 18. secrets', () => {
   const rig = faultRig({ authMethod: 'scram-sha-256', password: PASSWORD });
   const seen: string[] = [];
-  const logger = { log: (m: unknown) => seen.push(String(m)), error: (m: unknown, ...r: unknown[]) => seen.push([m, ...r].map(String).join(' ')), warn: (m: unknown) => seen.push(String(m)), debug: (m: unknown) => seen.push(String(m)), verbose: (m: unknown) => seen.push(String(m)) };
+  const logger = {
+    log: (m: unknown) => seen.push(String(m)),
+    error: (m: unknown, ...r: unknown[]) => seen.push([m, ...r].map(String).join(' ')),
+    warn: (m: unknown) => seen.push(String(m)),
+    debug: (m: unknown) => seen.push(String(m)),
+    verbose: (m: unknown) => seen.push(String(m)),
+  };
 
   afterAll(() => {
     const all = seen.join('\n');
@@ -34,7 +40,9 @@ describe('fault scenarios: 18. secrets', () => {
   async function app(options: Parameters<typeof DbPoolModule.forRoot>[0]) {
     const module = DbPoolModule.forRoot({ env: {}, poolSize: 2, maxOverflow: 1, ...options });
     seen.push(inspect(module));
-    const app = await Test.createTestingModule({ imports: [module] }).setLogger(logger).compile();
+    const app = await Test.createTestingModule({ imports: [module] })
+      .setLogger(logger)
+      .compile();
     await app.init();
     return app;
   }
@@ -55,7 +63,13 @@ describe('fault scenarios: 18. secrets', () => {
   });
 
   it('as separate fields: the same', async () => {
-    const testing = await app({ host: '127.0.0.1', port: rig().proxy.port, username: 'postgres', password: PASSWORD, database: 'postgres' });
+    const testing = await app({
+      host: '127.0.0.1',
+      port: rig().proxy.port,
+      username: 'postgres',
+      password: PASSWORD,
+      database: 'postgres',
+    });
     try {
       const pool = testing.get<DbPool>(getDbPoolToken());
       await pool.query('SELECT 1');
@@ -70,7 +84,14 @@ describe('fault scenarios: 18. secrets', () => {
     const wrong = new URL(rig().url);
     wrong.password = encodeURIComponent(`${PASSWORD}x`);
     for (const url of [wrong.toString(), rig().url.replace('127.0.0.1', 'no-such-host.invalid')]) {
-      const err = (await createDbPool({ url, poolSize: 1, maxOverflow: 0, poolTimeout: 3, env: {}, logger: { log: logger.log, warn: logger.warn } }).catch((e: unknown) => e)) as Error;
+      const err = (await createDbPool({
+        url,
+        poolSize: 1,
+        maxOverflow: 0,
+        poolTimeout: 3,
+        env: {},
+        logger: { log: logger.log, warn: logger.warn },
+      }).catch((e: unknown) => e)) as Error;
       expect(err).toBeInstanceOf(Error);
       seen.push(err.message, String(err.stack), inspect(err, { depth: 6 }));
       // The drop-in, given the same URL: its acquire error and the pool itself.

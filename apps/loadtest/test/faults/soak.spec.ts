@@ -6,7 +6,9 @@ const root = fileURLToPath(new URL('../../../../', import.meta.url));
 
 describe('fault scenarios: 20. soak', () => {
   it('mixed load with periodic backend kills: heap growth bounded, pool back at size, the process exits by itself', () => {
-    execFileSync(process.execPath, [`${root}node_modules/typescript/bin/tsc`, '-b', `${root}apps/loadtest/tsconfig.app.json`], { stdio: 'inherit' });
+    execFileSync(process.execPath, [`${root}node_modules/typescript/bin/tsc`, '-b', `${root}apps/loadtest/tsconfig.app.json`], {
+      stdio: 'inherit',
+    });
     const started = Date.now();
     const run = spawnSync(process.execPath, ['--expose-gc', `${root}apps/loadtest/dist/soak.js`, '--duration-s', '8'], {
       cwd: root,

@@ -29,7 +29,11 @@ export function faultRig(serverOptions: Parameters<typeof startEmbeddedPostgres>
     const db = await startEmbeddedPostgres(serverOptions);
     const proxy = await startFaultProxy({ port: db.port });
     const logs: string[] = [];
-    const logger = { log: (m: string) => logs.push(`log ${m}`), warn: (m: string) => logs.push(`warn ${m}`), debug: (m: string) => logs.push(`debug ${m}`) };
+    const logger = {
+      log: (m: string) => logs.push(`log ${m}`),
+      warn: (m: string) => logs.push(`warn ${m}`),
+      debug: (m: string) => logs.push(`debug ${m}`),
+    };
     rig = {
       db,
       proxy,
@@ -37,7 +41,18 @@ export function faultRig(serverOptions: Parameters<typeof startEmbeddedPostgres>
       logs,
       async pool(options = {}, direct = false) {
         const name = `fault-${++counter}`;
-        const all = { url: direct ? db.url : proxy.url(db.url), poolSize: 3, maxOverflow: 2, poolTimeout: 5, shutdownGrace: 1, applicationName: name, env: {}, logger, ...options, name };
+        const all = {
+          url: direct ? db.url : proxy.url(db.url),
+          poolSize: 3,
+          maxOverflow: 2,
+          poolTimeout: 5,
+          shutdownGrace: 1,
+          applicationName: name,
+          env: {},
+          logger,
+          ...options,
+          name,
+        };
         const pool = await createDbPool(all);
         pools.push(pool);
         return { pool, config: resolveDbPoolConfig(all) };
@@ -56,14 +71,21 @@ export function faultRig(serverOptions: Parameters<typeof startEmbeddedPostgres>
         return adminClient;
       },
       async backends(applicationName: string) {
-        const { rows } = await (await rig!.admin()).query<{ pid: number }>('SELECT pid FROM pg_stat_activity WHERE application_name = $1', [applicationName]);
+        const { rows } = await (
+          await rig!.admin()
+        ).query<{ pid: number }>('SELECT pid FROM pg_stat_activity WHERE application_name = $1', [applicationName]);
         return rows.map((r) => r.pid);
       },
     };
   });
   afterEach(async () => {
     await rig?.proxy.setMode('pass');
-    await Promise.all(pools.splice(0).filter((p) => !p.ending).map((p) => p.end()));
+    await Promise.all(
+      pools
+        .splice(0)
+        .filter((p) => !p.ending)
+        .map((p) => p.end()),
+    );
   });
   afterAll(async () => {
     await adminClient?.end().catch(() => {});

@@ -54,7 +54,9 @@ describeIf('scale-out: 8 replicas × 60 against max_connections=40', () => {
   let db: EmbeddedPostgres;
   beforeAll(async () => {
     if (!hasPgBouncer) throw new Error('pgbouncer is not installed (Debian package pgbouncer); .ci/run installs it');
-    execFileSync(process.execPath, [`${root}node_modules/typescript/bin/tsc`, '-b', `${root}apps/loadtest/tsconfig.app.json`], { stdio: 'inherit' });
+    execFileSync(process.execPath, [`${root}node_modules/typescript/bin/tsc`, '-b', `${root}apps/loadtest/tsconfig.app.json`], {
+      stdio: 'inherit',
+    });
     db = await startEmbeddedPostgres({ postgresFlags: ['-c', `max_connections=${MAX_CONNECTIONS}`] });
   });
   afterAll(async () => {
@@ -69,16 +71,22 @@ describeIf('scale-out: 8 replicas × 60 against max_connections=40', () => {
     expect(codes).toEqual(Array(REPLICAS).fill(0));
     for (const r of results) expect(r.crashed).toBeUndefined();
     const warnings = results.flatMap((r) => r.warnings).join('\n');
-    expect(warnings).toMatch(/Server headroom: 8 replica\(s\) × 60 connections = 480, more than the \d+ the server can give \(max_connections=40/);
+    expect(warnings).toMatch(
+      /Server headroom: 8 replica\(s\) × 60 connections = 480, more than the \d+ the server can give \(max_connections=40/,
+    );
     expect(errorCount(results)).toBeGreaterThan(0);
     const kinds = results.flatMap((r) => Object.keys(r.errors));
     // The server refuses (too many clients) or, swamped by connection attempts, answers too late.
     for (const kind of kinds) {
-      expect(kind).toMatch(/^PoolConnectError: db-pool "…": could not open a connection: (sorry, too many clients already|remaining connection slots are reserved.*|DB_CONNECT_TIMEOUT \(3000 ms\) expired)\s*$/);
+      expect(kind).toMatch(
+        /^PoolConnectError: db-pool "…": could not open a connection: (sorry, too many clients already|remaining connection slots are reserved.*|DB_CONNECT_TIMEOUT \(3000 ms\) expired)\s*$/,
+      );
     }
     expect(kinds.some((k) => /too many clients|remaining connection slots/.test(k))).toBe(true);
     expect(total(results)).toBeGreaterThan(0);
-    process.stdout.write(`direct: ${total(results)} queries, ${errorCount(results)} errors, ${results.reduce((n, r) => n + r.ops_per_s, 0)} ops/s\n`);
+    process.stdout.write(
+      `direct: ${total(results)} queries, ${errorCount(results)} errors, ${results.reduce((n, r) => n + r.ops_per_s, 0)} ops/s\n`,
+    );
   }, 120_000);
 
   describe('through PgBouncer', () => {
@@ -110,7 +118,11 @@ describeIf('scale-out: 8 replicas × 60 against max_connections=40', () => {
           await c.end();
           break;
         } catch (err) {
-          if (Date.now() > deadline) throw new Error(`pgbouncer did not start: ${(err as Error).message}\n${readFileSync(join(dir, 'pgbouncer.log'), 'utf8').slice(-2000)}`);
+          if (Date.now() > deadline)
+            throw new Error(
+              `pgbouncer did not start: ${(err as Error).message}\n${readFileSync(join(dir, 'pgbouncer.log'), 'utf8').slice(-2000)}`,
+              { cause: err },
+            );
           await new Promise((r) => setTimeout(r, 100));
         }
       }
@@ -127,11 +139,21 @@ describeIf('scale-out: 8 replicas × 60 against max_connections=40', () => {
       for (const r of results) expect(r).toMatchObject({ errors: {} });
       expect(errorCount(results)).toBe(0);
       expect(total(results)).toBeGreaterThan(1_000);
-      process.stdout.write(`via PgBouncer (server pool ${serverPool}): ${total(results)} queries, 0 errors, ${results.reduce((n, r) => n + r.ops_per_s, 0)} ops/s\n`);
+      process.stdout.write(
+        `via PgBouncer (server pool ${serverPool}): ${total(results)} queries, 0 errors, ${results.reduce((n, r) => n + r.ops_per_s, 0)} ops/s\n`,
+      );
     }, 120_000);
 
     it("with DB_PGBOUNCER_ADMIN_URL, PgBouncer's SHOW POOLS figures join the status, the health report and the metrics", async () => {
-      const options = { url: url(), pgbouncerAdminUrl: url('pgbouncer'), poolSize: 4, maxOverflow: 0, expectedReplicas: 50, healthDetail: true, env: {} };
+      const options = {
+        url: url(),
+        pgbouncerAdminUrl: url('pgbouncer'),
+        poolSize: 4,
+        maxOverflow: 0,
+        expectedReplicas: 50,
+        healthDetail: true,
+        env: {},
+      };
       const config = resolveDbPoolConfig(options);
       const pool = await createDbPool(options);
       const registry = new DbPoolRegistry();
@@ -142,7 +164,12 @@ describeIf('scale-out: 8 replicas × 60 against max_connections=40', () => {
         const held = [await pool.connect(), await pool.connect()];
         await Promise.all(held.map((c) => c.query('BEGIN')));
         const stats = await monitor.samplePgBouncer();
-        expect(stats).toMatchObject({ pool_mode: 'transaction', cl_active: expect.any(Number), sv_active: expect.any(Number), cl_waiting: 0 });
+        expect(stats).toMatchObject({
+          pool_mode: 'transaction',
+          cl_active: expect.any(Number),
+          sv_active: expect.any(Number),
+          cl_waiting: 0,
+        });
         expect(stats!.cl_active + stats!.cl_waiting).toBeGreaterThanOrEqual(2);
         expect(stats!.sv_active).toBeGreaterThanOrEqual(2); // two open transactions hold two server connections
         expect(monitor.getPoolStatus().pgbouncer).toEqual(stats);

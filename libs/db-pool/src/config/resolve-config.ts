@@ -14,7 +14,9 @@ type Parsed = number | boolean | string | undefined;
 function allowed(key: OptionKey): string {
   switch (key.kind) {
     case 'int':
-      return key.off !== undefined ? `must be ${key.off} (off) or an integer from ${key.min} to ${key.max}` : `must be an integer from ${key.min} to ${key.max}`;
+      return key.off !== undefined
+        ? `must be ${key.off} (off) or an integer from ${key.min} to ${key.max}`
+        : `must be an integer from ${key.min} to ${key.max}`;
     case 'bool':
       return `must be one of ${[...TRUE_WORDS, ...FALSE_WORDS].join(', ')}`;
     case 'url':
@@ -128,7 +130,8 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
   let port: number | undefined;
   if (options.port !== undefined && options.port !== '') {
     const n = Number(options.port);
-    if (!Number.isInteger(n) || n < 1 || n > 65_535) problems.push(`port=${JSON.stringify(String(options.port))}: must be an integer from 1 to 65535`);
+    if (!Number.isInteger(n) || n < 1 || n > 65_535)
+      problems.push(`port=${JSON.stringify(String(options.port))}: must be an integer from 1 to 65535`);
     else port = n;
   }
 
@@ -150,10 +153,16 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
     );
   }
   if (values.get('poolSize') !== undefined && values.get('maxOverflow') !== undefined && int('poolSize') + int('maxOverflow') > 10_000) {
-    problems.push(`${envOf('poolSize')} + ${envOf('maxOverflow')} = ${int('poolSize') + int('maxOverflow')}: the total capacity must be at most 10000`);
+    problems.push(
+      `${envOf('poolSize')} + ${envOf('maxOverflow')} = ${int('poolSize') + int('maxOverflow')}: the total capacity must be at most 10000`,
+    );
   }
 
-  if (values.get('warnUtilization') !== undefined && values.get('criticalUtilization') !== undefined && int('warnUtilization') >= int('criticalUtilization')) {
+  if (
+    values.get('warnUtilization') !== undefined &&
+    values.get('criticalUtilization') !== undefined &&
+    int('warnUtilization') >= int('criticalUtilization')
+  ) {
     problems.push(
       `${envOf('warnUtilization')}=${int('warnUtilization')} is not below ${envOf('criticalUtilization')}=${int('criticalUtilization')}: ` +
         `the warning threshold must be lower than the critical one`,
@@ -165,13 +174,19 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
   const fromUrl = applicationNameIn(url);
   const givenName = values.get('applicationName') as string | undefined;
   if (fromUrl !== undefined && givenName !== undefined && fromUrl !== givenName) {
-    problems.push(`${envOf('applicationName')}=${JSON.stringify(givenName)} disagrees with application_name=${JSON.stringify(fromUrl)} in ${envOf('url')}: give one of them`);
+    problems.push(
+      `${envOf('applicationName')}=${JSON.stringify(givenName)} disagrees with application_name=${JSON.stringify(fromUrl)} in ${envOf('url')}: give one of them`,
+    );
   } else if (fromUrl !== undefined && !isPrintableAscii(fromUrl, 1, 63)) {
-    problems.push(`application_name=${JSON.stringify(fromUrl)} in ${envOf('url')}: ${allowed(OPTION_KEYS.find((k) => k.option === 'applicationName')!)}`);
+    problems.push(
+      `application_name=${JSON.stringify(fromUrl)} in ${envOf('url')}: ${allowed(OPTION_KEYS.find((k) => k.option === 'applicationName')!)}`,
+    );
   }
   const applicationName = givenName ?? fromUrl ?? (name === DEFAULT_POOL_NAME ? 'db-pool' : `db-pool:${name}`);
   if (givenName === undefined && fromUrl === undefined && !isPrintableAscii(applicationName, 1, 63)) {
-    problems.push(`${envOf('applicationName')}: not set, and the default derived from the pool name (${JSON.stringify(applicationName)}) is not printable ASCII of at most 63 characters; set ${envOf('applicationName')}`);
+    problems.push(
+      `${envOf('applicationName')}: not set, and the default derived from the pool name (${JSON.stringify(applicationName)}) is not printable ASCII of at most 63 characters; set ${envOf('applicationName')}`,
+    );
   }
 
   if (problems.length > 0) throw new DbPoolConfigError(name, problems);
@@ -179,7 +194,10 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
   const config: DbPoolConfig = {
     name,
     url,
-    redactedUrl: url !== undefined ? redactUrl(url) : `postgres://${options.username ?? ''}${options.password ? ':***' : ''}@${options.host}:${port ?? 5432}/${options.database ?? ''}`,
+    redactedUrl:
+      url !== undefined
+        ? redactUrl(url)
+        : `postgres://${options.username ?? ''}${options.password ? ':***' : ''}@${options.host}:${port ?? 5432}/${options.database ?? ''}`,
     host: options.host,
     port,
     username: options.username,

@@ -54,7 +54,10 @@ export class DbPoolHealthIndicator {
       await monitor.pool.ping(timeoutMs);
       return session.up({ response_time_ms: Math.round(performance.now() - started) });
     } catch (err) {
-      return session.down({ message: `database not reachable within ${timeoutMs} ms: ${monitor.describeError(err as Error)}`, pool_status: monitor.getPoolStatus() });
+      return session.down({
+        message: `database not reachable within ${timeoutMs} ms: ${monitor.describeError(err as Error)}`,
+        pool_status: monitor.getPoolStatus(),
+      });
     }
   }
 }

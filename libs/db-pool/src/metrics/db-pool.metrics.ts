@@ -36,7 +36,9 @@ class PoolCollector {
 
 function histogramSamples(name: string, histogram: Histogram): Sample[] {
   return [
-    ...histogram.cumulative().map((b) => ({ metricName: `${name}_bucket`, labels: { le: b.le === Infinity ? '+Inf' : b.le }, value: b.count })),
+    ...histogram
+      .cumulative()
+      .map((b) => ({ metricName: `${name}_bucket`, labels: { le: b.le === Infinity ? '+Inf' : b.le }, value: b.count })),
     { metricName: `${name}_sum`, labels: {}, value: histogram.sum },
     { metricName: `${name}_count`, labels: {}, value: histogram.count },
   ];
@@ -54,10 +56,16 @@ export class DbPoolMetrics {
   constructor(pools: DbPoolRegistry) {
     const all = () => pools.all();
     const gauge = (name: string, help: string, read: (m: PoolMonitor) => number | Sample[]) =>
-      new PoolCollector(name, help, 'gauge', (m) => {
-        const v = read(m);
-        return typeof v === 'number' ? [{ labels: {}, value: v }] : v;
-      }, all);
+      new PoolCollector(
+        name,
+        help,
+        'gauge',
+        (m) => {
+          const v = read(m);
+          return typeof v === 'number' ? [{ labels: {}, value: v }] : v;
+        },
+        all,
+      );
     const histogram = (name: string, help: string, pick: (m: PoolMonitor) => Histogram) =>
       new PoolCollector(name, help, 'histogram', (m) => histogramSamples(name, pick(m)), all);
 
@@ -72,29 +80,77 @@ export class DbPoolMetrics {
           { labels: { state: 'used' }, value: active },
         ];
       }),
-      gauge('db_client_connection_max', 'Most connections the pool may open (DB_POOL_SIZE + DB_MAX_OVERFLOW).', (m) => m.config.poolSize + m.config.maxOverflow),
+      gauge(
+        'db_client_connection_max',
+        'Most connections the pool may open (DB_POOL_SIZE + DB_MAX_OVERFLOW).',
+        (m) => m.config.poolSize + m.config.maxOverflow,
+      ),
       gauge('db_client_connection_idle_min', 'Connections the pool keeps open (DB_POOL_SIZE).', (m) => m.config.poolSize),
       gauge('db_client_connection_pending_requests', 'Callers queued for a connection.', (m) => m.pool.waitingCount),
-      new PoolCollector('db_client_connection_timeouts_total', 'Acquires that waited DB_POOL_TIMEOUT and timed out.', 'counter', (m) => [{ labels: {}, value: m.pool.counters.timeouts }], all),
-      new PoolCollector('db_pool_probe_timeouts_total', 'Short-deadline acquires (readiness probe, headroom sampler) that timed out; counted apart from db_client_connection_timeouts_total.', 'counter', (m) => [{ labels: {}, value: m.pool.counters.probeTimeouts }], all),
-      new PoolCollector('db_pool_connect_failures_total', 'Connection attempts that failed (acquires, warm-up and refill).', 'counter', (m) => [{ labels: {}, value: m.pool.counters.connectFailures }], all),
+      new PoolCollector(
+        'db_client_connection_timeouts_total',
+        'Acquires that waited DB_POOL_TIMEOUT and timed out.',
+        'counter',
+        (m) => [{ labels: {}, value: m.pool.counters.timeouts }],
+        all,
+      ),
+      new PoolCollector(
+        'db_pool_probe_timeouts_total',
+        'Short-deadline acquires (readiness probe, headroom sampler) that timed out; counted apart from db_client_connection_timeouts_total.',
+        'counter',
+        (m) => [{ labels: {}, value: m.pool.counters.probeTimeouts }],
+        all,
+      ),
+      new PoolCollector(
+        'db_pool_connect_failures_total',
+        'Connection attempts that failed (acquires, warm-up and refill).',
+        'counter',
+        (m) => [{ labels: {}, value: m.pool.counters.connectFailures }],
+        all,
+      ),
       histogram('db_client_connection_create_time_seconds', 'Time to open a new connection.', (m) => m.pool.timings.create),
       histogram('db_client_connection_wait_time_seconds', 'Time from the start of an acquire to the hand-out.', (m) => m.pool.timings.wait),
       histogram('db_client_connection_use_time_seconds', 'Time from hand-out to release.', (m) => m.pool.timings.use),
-      gauge('db_client_connection_utilization_ratio', 'Connections in use / most connections the pool may open (the seed utilization / 100).', (m) => m.getPoolStatus().utilization / 100),
-      gauge('db_pool_connect_failing', '1 while opening connections fails (the last attempt failed, within 30 s), else 0.', (m) => (m.getPoolStatus().connect_failing ? 1 : 0)),
-      gauge('db_pool_leak_suspected', '1 while a connection leak is suspected (heuristic or DB_POOL_LEAK_THRESHOLD), else 0.', (m) => (m.checkConnectionLeaks() ? 1 : 0)),
-      gauge('db_pool_server_headroom_connections', 'Connections the server could still accept (max_connections - reserved - in use), from the last sample.', (m) => {
-        const h = m.getServerHeadroom();
-        return h ? [{ labels: {}, value: h.headroom }] : [];
-      }),
-      gauge('db_pool_pgbouncer_clients', "PgBouncer's client connections for this pool's database, by state (DB_PGBOUNCER_ADMIN_URL).", (m) => {
-        const b = m.getPgBouncerStats();
-        return b ? [{ labels: { state: 'active' }, value: b.cl_active }, { labels: { state: 'waiting' }, value: b.cl_waiting }] : [];
-      }),
+      gauge(
+        'db_client_connection_utilization_ratio',
+        'Connections in use / most connections the pool may open (the seed utilization / 100).',
+        (m) => m.getPoolStatus().utilization / 100,
+      ),
+      gauge('db_pool_connect_failing', '1 while opening connections fails (the last attempt failed, within 30 s), else 0.', (m) =>
+        m.getPoolStatus().connect_failing ? 1 : 0,
+      ),
+      gauge('db_pool_leak_suspected', '1 while a connection leak is suspected (heuristic or DB_POOL_LEAK_THRESHOLD), else 0.', (m) =>
+        m.checkConnectionLeaks() ? 1 : 0,
+      ),
+      gauge(
+        'db_pool_server_headroom_connections',
+        'Connections the server could still accept (max_connections - reserved - in use), from the last sample.',
+        (m) => {
+          const h = m.getServerHeadroom();
+          return h ? [{ labels: {}, value: h.headroom }] : [];
+        },
+      ),
+      gauge(
+        'db_pool_pgbouncer_clients',
+        "PgBouncer's client connections for this pool's database, by state (DB_PGBOUNCER_ADMIN_URL).",
+        (m) => {
+          const b = m.getPgBouncerStats();
+          return b
+            ? [
+                { labels: { state: 'active' }, value: b.cl_active },
+                { labels: { state: 'waiting' }, value: b.cl_waiting },
+              ]
+            : [];
+        },
+      ),
       gauge('db_pool_pgbouncer_servers', "PgBouncer's server connections for this pool's database, by state.", (m) => {
         const b = m.getPgBouncerStats();
-        return b ? [{ labels: { state: 'active' }, value: b.sv_active }, { labels: { state: 'idle' }, value: b.sv_idle }] : [];
+        return b
+          ? [
+              { labels: { state: 'active' }, value: b.sv_active },
+              { labels: { state: 'idle' }, value: b.sv_idle },
+            ]
+          : [];
       }),
       gauge('db_pool_pgbouncer_maxwait_seconds', 'Age of the oldest client waiting in PgBouncer.', (m) => {
         const b = m.getPgBouncerStats();

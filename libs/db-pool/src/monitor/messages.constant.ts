@@ -4,7 +4,8 @@ import { IDLE_IN_TRANSACTION_MIN_S } from './server-headroom.js';
 export const RECOMMENDATIONS = {
   HEALTHY: 'Pool is healthy. No action needed.',
   WARNING: (utilization: number) => `Pool utilization is high (${utilization}%). Monitor for bottlenecks.`,
-  CRITICAL: (utilization: number) => `Pool utilization is critical (${utilization}%). Increase pool_size or max_overflow, or find what holds connections.`,
+  CRITICAL: (utilization: number) =>
+    `Pool utilization is critical (${utilization}%). Increase pool_size or max_overflow, or find what holds connections.`,
   CONNECT_FAILING: (failures: number, usable: number) =>
     `New connections are failing (${failures} attempt(s) in a row)${usable === 0 ? ' and the pool has no open connection: every query fails until the server is reachable again' : `; ${usable} open connection(s) still serve queries`}. Check the server, the network and DB_CONNECT_TIMEOUT (readiness shows the error).`,
   WAITING: (waiting: number) => `${waiting} caller(s) are queued for a connection right now.`,

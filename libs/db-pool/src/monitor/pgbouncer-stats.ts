@@ -26,7 +26,11 @@ const num = (v: unknown) => Number(v ?? 0) || 0;
  * the admin console (it speaks only the simple query protocol, which is what pg uses here).
  */
 export async function samplePgBouncer(adminUrl: string, database: string, timeoutMs: number): Promise<PgBouncerStats> {
-  const client = new pg.Client({ connectionString: adminUrl, connectionTimeoutMillis: timeoutMs, query_timeout: timeoutMs } as pg.ClientConfig);
+  const client = new pg.Client({
+    connectionString: adminUrl,
+    connectionTimeoutMillis: timeoutMs,
+    query_timeout: timeoutMs,
+  } as pg.ClientConfig);
   client.on('error', () => {});
   await client.connect();
   try {

@@ -157,7 +157,10 @@ export class PoolMonitor {
     const size = this.config.poolSize;
     const capacity = size + this.config.maxOverflow;
     const connect = this.pool.connectHealth();
-    const failing = connect.consecutiveFailures > 0 && connect.lastFailureAt !== undefined && performance.now() - connect.lastFailureAt < CONNECT_FAILURE_WINDOW_MS;
+    const failing =
+      connect.consecutiveFailures > 0 &&
+      connect.lastFailureAt !== undefined &&
+      performance.now() - connect.lastFailureAt < CONNECT_FAILURE_WINDOW_MS;
     return {
       size,
       checked_out: active,
@@ -184,7 +187,9 @@ export class PoolMonitor {
     if (this.config.healthDetail) return scrubSecrets(err.message);
     if (err instanceof PoolTimeoutError || err instanceof PoolClosedError) return err.message; // our own text: the pool's name and counts
     const timedOut = [err, err.cause].some((e) => e instanceof Error && e.message === 'timeout expired');
-    const reason = timedOut ? `DB_CONNECT_TIMEOUT (${this.config.connectTimeoutMs} ms) expired` : (codeOf(err) ?? 'no error code; DB_POOL_HEALTH_DETAIL=true shows the message');
+    const reason = timedOut
+      ? `DB_CONNECT_TIMEOUT (${this.config.connectTimeoutMs} ms) expired`
+      : (codeOf(err) ?? 'no error code; DB_POOL_HEALTH_DETAIL=true shows the message');
     return err instanceof PoolConnectError ? `could not open a connection: ${reason} (${describeState(err.state)})` : reason;
   }
 
@@ -196,10 +201,15 @@ export class PoolMonitor {
    */
   checkConnectionLeaks(): boolean {
     this.trackExhaustion();
-    const suspected = this.exhaustedSince !== undefined && performance.now() - this.exhaustedSince >= this.leakWindowMs && this.pool.oldestCheckoutMs() >= this.leakWindowMs;
+    const suspected =
+      this.exhaustedSince !== undefined &&
+      performance.now() - this.exhaustedSince >= this.leakWindowMs &&
+      this.pool.oldestCheckoutMs() >= this.leakWindowMs;
     if (suspected && !this.leakReported) {
       const status = this.getPoolStatus();
-      this.logger.warn(`db-pool "${this.name}": potential connection leak detected! Pool exhausted: ${status.checked_out} connections in use`);
+      this.logger.warn(
+        `db-pool "${this.name}": potential connection leak detected! Pool exhausted: ${status.checked_out} connections in use`,
+      );
     }
     this.leakReported = suspected;
     return suspected || this.pool.leaksOutstanding() > 0;
@@ -210,7 +220,8 @@ export class PoolMonitor {
     const out: string[] = [];
     if (status.health === 'warning') out.push(RECOMMENDATIONS.WARNING(status.utilization));
     if (status.health === 'critical') out.push(RECOMMENDATIONS.CRITICAL(status.utilization));
-    if (status.connect_failing) out.push(RECOMMENDATIONS.CONNECT_FAILING(status.consecutive_connect_failures, status.checked_out + status.checked_in));
+    if (status.connect_failing)
+      out.push(RECOMMENDATIONS.CONNECT_FAILING(status.consecutive_connect_failures, status.checked_out + status.checked_in));
     if (status.waiting > 0) out.push(RECOMMENDATIONS.WAITING(status.waiting));
     if (this.checkConnectionLeaks()) {
       const tracked = this.pool.leaksOutstanding();
@@ -227,7 +238,14 @@ export class PoolMonitor {
 
   getConfiguration(): PoolConfiguration {
     const c = this.config;
-    return { pool_size: c.poolSize, max_overflow: c.maxOverflow, timeout: c.poolTimeoutMs / 1000, recycle: c.recycleMs / 1000, pre_ping: c.prePing, ...(c.healthDetail ? { url: c.redactedUrl } : {}) };
+    return {
+      pool_size: c.poolSize,
+      max_overflow: c.maxOverflow,
+      timeout: c.poolTimeoutMs / 1000,
+      recycle: c.recycleMs / 1000,
+      pre_ping: c.prePing,
+      ...(c.healthDetail ? { url: c.redactedUrl } : {}),
+    };
   }
 
   /** The last server-headroom sample, or null before the first (or when sampling is off). */
@@ -303,7 +321,8 @@ export class PoolMonitor {
     const status = this.getPoolStatus();
     // Exhausted: every connection is in use and no more can be had — at capacity, or the server
     // refuses more (max_connections, a role's CONNECTION LIMIT) below it.
-    const atCapacity = status.overflow >= status.max_overflow && status.checked_out * 100 > this.config.criticalUtilization * status.total_capacity;
+    const atCapacity =
+      status.overflow >= status.max_overflow && status.checked_out * 100 > this.config.criticalUtilization * status.total_capacity;
     const exhausted = atCapacity || (status.checked_in === 0 && status.checked_out > 0 && status.connect_failing);
     if (!exhausted) this.exhaustedSince = undefined;
     else this.exhaustedSince ??= performance.now();
@@ -318,7 +337,17 @@ export class PoolMonitor {
     const others = h.in_use - h.in_use_by_pool;
     // Behind PgBouncer our connections are its clients, not the server's: it decides.
     if (!this.config.pgbouncerAdminUrl && need > h.available - others) {
-      out.push(RECOMMENDATIONS.HEADROOM(this.config.expectedReplicas, capacity, need, h.available - others, h.max_connections, h.superuser_reserved_connections, others));
+      out.push(
+        RECOMMENDATIONS.HEADROOM(
+          this.config.expectedReplicas,
+          capacity,
+          need,
+          h.available - others,
+          h.max_connections,
+          h.superuser_reserved_connections,
+          others,
+        ),
+      );
     }
     if (h.idle_session_timeout_ms > 0) out.push(RECOMMENDATIONS.SERVER_IDLE_TIMEOUT(h.idle_session_timeout_ms));
     if (h.idle_in_transaction > 0) out.push(RECOMMENDATIONS.IDLE_IN_TRANSACTION(h.idle_in_transaction, this.config.applicationName));
@@ -328,7 +357,14 @@ export class PoolMonitor {
   private snapshotLoad(): void {
     const { wait, use } = this.pool.timings;
     const over1ms = wait.count - wait.cumulative().find((b) => b.le >= 0.001)!.count;
-    this.load.push({ at: performance.now(), waits: wait.count, waitsOver1ms: over1ms, waitSum: wait.sum, uses: use.count, useSum: use.sum });
+    this.load.push({
+      at: performance.now(),
+      waits: wait.count,
+      waitsOver1ms: over1ms,
+      waitSum: wait.sum,
+      uses: use.count,
+      useSum: use.sum,
+    });
     const keep = Math.ceil(this.adviceWindowMs / this.tickMs) + 1;
     if (this.load.length > keep) this.load.splice(0, this.load.length - keep);
   }
@@ -350,7 +386,16 @@ export class PoolMonitor {
     const suggested = Math.min(10_000, Math.ceil(busy * 1.25));
     if (suggested <= this.config.poolSize) return [];
     const meanWait = (last.waitSum - first.waitSum) / waits;
-    return [RECOMMENDATIONS.POOL_SIZE(Math.round(waitedShare * 100), round1(meanWait * 1000), round1(meanUse * 1000), Math.round(rate), suggested, this.config.poolSize)];
+    return [
+      RECOMMENDATIONS.POOL_SIZE(
+        Math.round(waitedShare * 100),
+        round1(meanWait * 1000),
+        round1(meanUse * 1000),
+        Math.round(rate),
+        suggested,
+        this.config.poolSize,
+      ),
+    ];
   }
 }
 

@@ -88,15 +88,31 @@ export class DbPool extends EventEmitter {
     this.settings = settingsFromPg(options, settings);
     const { poolSize, maxOverflow, maxUses, allowExitOnIdle, recycleMs, overflowIdleTimeoutMs } = this.settings;
     this.options = hideSecrets(
-      { ...options, max: poolSize + maxOverflow, min: poolSize, maxUses, allowExitOnIdle, maxLifetimeSeconds: recycleMs / 1000, idleTimeoutMillis: overflowIdleTimeoutMs },
+      {
+        ...options,
+        max: poolSize + maxOverflow,
+        min: poolSize,
+        maxUses,
+        allowExitOnIdle,
+        maxLifetimeSeconds: recycleMs / 1000,
+        idleTimeoutMillis: overflowIdleTimeoutMs,
+      },
       options,
     );
     this.Client = (options.Client ?? pg.Client) as typeof pg.Client;
     this.Promise = (options.Promise ?? Promise) as PromiseConstructor;
     this.clientConfig = hideSecrets({ ...options, connectionTimeoutMillis: this.settings.connectTimeoutMs }, options);
     const { name, leakThresholdMs, leakStackRate, logger } = this.settings;
-    this.leaks = leakThresholdMs > 0 ? new CheckoutLeakTracker({ poolName: name, thresholdMs: leakThresholdMs, stackRate: leakStackRate, logger }) : NO_LEAK_TRACKING;
-    this.refill = new Refill({ name, logger, missing: () => this.settings.poolSize - this.entries.size, openOne: (done) => this.openIdle(done) });
+    this.leaks =
+      leakThresholdMs > 0
+        ? new CheckoutLeakTracker({ poolName: name, thresholdMs: leakThresholdMs, stackRate: leakStackRate, logger })
+        : NO_LEAK_TRACKING;
+    this.refill = new Refill({
+      name,
+      logger,
+      missing: () => this.settings.poolSize - this.entries.size,
+      openOne: (done) => this.openIdle(done),
+    });
   }
 
   // ----- pg.Pool's counts and db-pool's state --------------------------------------------------
@@ -169,9 +185,15 @@ export class DbPool extends EventEmitter {
     const site = this.leaks.capture(this.connect);
     if (callback) {
       // Called back on a later tick, as pg.Pool does; on error with a no-op release, as pg.Pool gives.
-      return this.acquire(this.settings.poolTimeoutMs, false, site, (err, lease) => process.nextTick(callback, err, lease as unknown as pg.PoolClient | undefined, lease ? lease.release : NOOP));
+      return this.acquire(this.settings.poolTimeoutMs, false, site, (err, lease) =>
+        process.nextTick(callback, err, lease as unknown as pg.PoolClient | undefined, lease ? lease.release : NOOP),
+      );
     }
-    return new this.Promise((resolve, reject) => this.acquire(this.settings.poolTimeoutMs, false, site, (err, lease) => (err ? reject(err) : resolve(lease as unknown as pg.PoolClient))));
+    return new this.Promise((resolve, reject) =>
+      this.acquire(this.settings.poolTimeoutMs, false, site, (err, lease) =>
+        err ? reject(err) : resolve(lease as unknown as pg.PoolClient),
+      ),
+    );
   }
 
   /**
@@ -181,7 +203,9 @@ export class DbPool extends EventEmitter {
    */
   connectWithin(timeoutMs: number): Promise<pg.PoolClient> {
     const site = this.leaks.capture(this.connectWithin);
-    return new this.Promise((resolve, reject) => this.acquire(timeoutMs, true, site, (err, lease) => (err ? reject(err) : resolve(lease as unknown as pg.PoolClient))));
+    return new this.Promise((resolve, reject) =>
+      this.acquire(timeoutMs, true, site, (err, lease) => (err ? reject(err) : resolve(lease as unknown as pg.PoolClient))),
+    );
   }
 
   /**
@@ -190,15 +214,31 @@ export class DbPool extends EventEmitter {
    * decides, as for any checkout.
    */
   // pg.Pool's overloads, as @types/pg spells them, so that a DbPool goes wherever a pg.Pool does.
-  /* eslint-disable @typescript-eslint/no-explicit-any, @typescript-eslint/unified-signatures */
+  /* eslint-disable @typescript-eslint/no-explicit-any */
   query<T extends pg.Submittable>(queryStream: T): T;
-  query<R extends any[] = any[], I = any[]>(queryConfig: pg.QueryArrayConfig<I>, values?: pg.QueryConfigValues<I>): Promise<pg.QueryArrayResult<R>>;
+  query<R extends any[] = any[], I = any[]>(
+    queryConfig: pg.QueryArrayConfig<I>,
+    values?: pg.QueryConfigValues<I>,
+  ): Promise<pg.QueryArrayResult<R>>;
   query<R extends pg.QueryResultRow = any, I = any[]>(queryConfig: pg.QueryConfig<I>): Promise<pg.QueryResult<R>>;
-  query<R extends pg.QueryResultRow = any, I = any[]>(queryTextOrConfig: string | pg.QueryConfig<I>, values?: pg.QueryConfigValues<I>): Promise<pg.QueryResult<R>>;
-  query<R extends any[] = any[], I = any[]>(queryConfig: pg.QueryArrayConfig<I>, callback: (err: Error, result: pg.QueryArrayResult<R>) => void): void;
-  query<R extends pg.QueryResultRow = any, I = any[]>(queryTextOrConfig: string | pg.QueryConfig<I>, callback: (err: Error, result: pg.QueryResult<R>) => void): void;
-  query<R extends pg.QueryResultRow = any, I = any[]>(queryText: string, values: pg.QueryConfigValues<I>, callback: (err: Error, result: pg.QueryResult<R>) => void): void;
-  /* eslint-enable @typescript-eslint/no-explicit-any, @typescript-eslint/unified-signatures */
+  query<R extends pg.QueryResultRow = any, I = any[]>(
+    queryTextOrConfig: string | pg.QueryConfig<I>,
+    values?: pg.QueryConfigValues<I>,
+  ): Promise<pg.QueryResult<R>>;
+  query<R extends any[] = any[], I = any[]>(
+    queryConfig: pg.QueryArrayConfig<I>,
+    callback: (err: Error, result: pg.QueryArrayResult<R>) => void,
+  ): void;
+  query<R extends pg.QueryResultRow = any, I = any[]>(
+    queryTextOrConfig: string | pg.QueryConfig<I>,
+    callback: (err: Error, result: pg.QueryResult<R>) => void,
+  ): void;
+  query<R extends pg.QueryResultRow = any, I = any[]>(
+    queryText: string,
+    values: pg.QueryConfigValues<I>,
+    callback: (err: Error, result: pg.QueryResult<R>) => void,
+  ): void;
+  /* eslint-enable @typescript-eslint/no-explicit-any */
   query(text: unknown, values?: unknown, callback?: unknown): unknown {
     if (typeof text === 'function') {
       const err = new Error('Passing a function as the first parameter to pool.query is not supported');
@@ -247,14 +287,26 @@ export class DbPool extends EventEmitter {
    */
   async warmUp(): Promise<void> {
     const missing = this.settings.poolSize - this.entries.size;
-    const attempts = Array.from({ length: Math.max(0, missing) }, () => new Promise<void>((resolve, reject) => this.openIdle((err) => (err ? reject(err) : resolve()))));
+    const attempts = Array.from(
+      { length: Math.max(0, missing) },
+      () => new Promise<void>((resolve, reject) => this.openIdle((err) => (err ? reject(err) : resolve()))),
+    );
     const failed = (await Promise.allSettled(attempts)).find((r) => r.status === 'rejected');
     if (failed) throw (failed as PromiseRejectedResult).reason;
   }
 
   private acquire(timeoutMs: number, probe: boolean, site: CheckoutSite | undefined, callback: Acquire['callback']): void {
     const startedAt = performance.now();
-    const acquire: Acquire = { startedAt, deadline: timeoutMs > 0 ? startedAt + timeoutMs : Infinity, timeoutMs, probe, site, callback, settled: false, lastError: undefined };
+    const acquire: Acquire = {
+      startedAt,
+      deadline: timeoutMs > 0 ? startedAt + timeoutMs : Infinity,
+      timeoutMs,
+      probe,
+      site,
+      callback,
+      settled: false,
+      lastError: undefined,
+    };
     this.attempt(acquire, startedAt);
   }
 
@@ -291,7 +343,9 @@ export class DbPool extends EventEmitter {
       this.validating.delete(acquire);
       if (err) {
         this.stats.prePingFailed();
-        this.settings.logger.debug?.(`db-pool "${this.settings.name}": pre-ping failed, discarding the connection: ${scrubSecrets(err.message)}`);
+        this.settings.logger.debug?.(
+          `db-pool "${this.settings.name}": pre-ping failed, discarding the connection: ${scrubSecrets(err.message)}`,
+        );
         this.remove(entry, 'pre-ping');
         if (acquire.settled) return;
         acquire.lastError = err;
@@ -323,7 +377,10 @@ export class DbPool extends EventEmitter {
   private timeOut(acquire: Acquire, state: PoolState): void {
     if (acquire.settled) return;
     this.stats.timedOut(acquire.probe);
-    this.fail(acquire, new PoolTimeoutError(this.settings.name, acquire.timeoutMs, state, acquire.lastError ? { cause: acquire.lastError } : undefined));
+    this.fail(
+      acquire,
+      new PoolTimeoutError(this.settings.name, acquire.timeoutMs, state, acquire.lastError ? { cause: acquire.lastError } : undefined),
+    );
   }
 
   /** One timer for every waiter: armed for the earliest deadline, never touched on the hot path. */
@@ -389,11 +446,14 @@ export class DbPool extends EventEmitter {
     if (entry.removed) return; // closed by shutdown while it was out
     // A socket that has died cannot settle: dropped now, not after a timeout. Queries the
     // caller queued before releasing would run in the next borrower's checkout: dropped with it.
-    if (err || this.ending || entry.dead || connectionLost(entry.client) || queuedQueries(entry.client) > 0) return this.remove(entry, err ? 'discarded' : 'broken');
+    if (err || this.ending || entry.dead || connectionLost(entry.client) || queuedQueries(entry.client) > 0)
+      return this.remove(entry, err ? 'discarded' : 'broken');
     // Released before the server's ReadyForQuery (an error answer whose ReadyForQuery is on its
     // way, a query abandoned by query_timeout): kept only if the server settles in time.
     if (awaitingServer(entry.client)) {
-      return settle(entry.client, this.settings.validationTimeoutMs, (settleErr) => (settleErr ? this.remove(entry, 'broken') : this.resetAndReturn(entry)));
+      return settle(entry.client, this.settings.validationTimeoutMs, (settleErr) =>
+        settleErr ? this.remove(entry, 'broken') : this.resetAndReturn(entry),
+      );
     }
     this.resetAndReturn(entry);
   }
@@ -495,7 +555,9 @@ export class DbPool extends EventEmitter {
       this.stats.connectFailed();
       // pg says only "timeout expired" when its connect timeout fires; name the setting.
       const reason =
-        err.message === 'timeout expired' ? `Connection terminated due to connection timeout (DB_CONNECT_TIMEOUT ${this.settings.connectTimeoutMs} ms)` : scrubSecrets(err.message);
+        err.message === 'timeout expired'
+          ? `Connection terminated due to connection timeout (DB_CONNECT_TIMEOUT ${this.settings.connectTimeoutMs} ms)`
+          : scrubSecrets(err.message);
       this.fail(waiter, new PoolConnectError(this.settings.name, this.state(), reason, { cause: err }));
     }
     this.openForWaiters();
@@ -524,7 +586,13 @@ export class DbPool extends EventEmitter {
         this.remove(entry, 'broken');
         done?.(err);
         const waiter = this.nextWaiter();
-        if (waiter) this.fail(waiter, new PoolConnectError(this.settings.name, this.state(), `the connection's set-up failed: ${scrubSecrets(err.message)}`, { cause: err }));
+        if (waiter)
+          this.fail(
+            waiter,
+            new PoolConnectError(this.settings.name, this.state(), `the connection's set-up failed: ${scrubSecrets(err.message)}`, {
+              cause: err,
+            }),
+          );
         return;
       }
       watchSession(client, () => (entry.sessionChanged = true));
@@ -562,9 +630,17 @@ export class DbPool extends EventEmitter {
     }
     const hook = onConnect ? this.Promise.resolve().then(() => onConnect(client as pg.PoolClient)) : this.Promise.resolve();
     hook
-      .then(() => (verify ? new this.Promise<void>((resolve, reject) => verify(client as pg.PoolClient, (err) => (err ? reject(err) : resolve()))) : undefined))
+      .then(() =>
+        verify
+          ? new this.Promise<void>((resolve, reject) => verify(client as pg.PoolClient, (err) => (err ? reject(err) : resolve())))
+          : undefined,
+      )
       // Whatever the set-up sent has run before the connection is handed out.
-      .then(() => (queuedQueries(client) > 0 || awaitingServer(client) ? (query as (text: string) => Promise<unknown>).call(client, 'SELECT 1') : undefined))
+      .then(() =>
+        queuedQueries(client) > 0 || awaitingServer(client)
+          ? (query as (text: string) => Promise<unknown>).call(client, 'SELECT 1')
+          : undefined,
+      )
       .then(
         () => {
           restore();
@@ -635,16 +711,19 @@ export class DbPool extends EventEmitter {
   private sweepIdleLater(): void {
     const timeoutMs = this.settings.overflowIdleTimeoutMs;
     if (this.idleSweeper || timeoutMs <= 0) return;
-    this.idleSweeper = setTimeout(() => {
-      this.idleSweeper = undefined;
-      const now = performance.now();
-      // Oldest idle first (the list is LIFO); never below the pool size.
-      for (const entry of [...this.idle]) {
-        if (this.entries.size <= this.settings.poolSize) break;
-        if (now - entry.lastUsed >= timeoutMs) this.remove(entry, 'idle');
-      }
-      if (this.entries.size > this.settings.poolSize && this.idle.length > 0) this.sweepIdleLater();
-    }, Math.max(10, timeoutMs / 4));
+    this.idleSweeper = setTimeout(
+      () => {
+        this.idleSweeper = undefined;
+        const now = performance.now();
+        // Oldest idle first (the list is LIFO); never below the pool size.
+        for (const entry of [...this.idle]) {
+          if (this.entries.size <= this.settings.poolSize) break;
+          if (now - entry.lastUsed >= timeoutMs) this.remove(entry, 'idle');
+        }
+        if (this.entries.size > this.settings.poolSize && this.idle.length > 0) this.sweepIdleLater();
+      },
+      Math.max(10, timeoutMs / 4),
+    );
     this.idleSweeper.unref();
   }
 
@@ -695,7 +774,8 @@ export class DbPool extends EventEmitter {
       );
     }
     for (const entry of left) {
-      if (entry.connecting) destroySocket(entry.client); // its connect fails, and the pool ends
+      if (entry.connecting)
+        destroySocket(entry.client); // its connect fails, and the pool ends
       else this.remove(entry, 'shutdown', true);
     }
   }
@@ -732,7 +812,11 @@ function hideSecrets<T extends object>(target: T, source: pg.PoolConfig): T {
 }
 
 /** pg's dual API: a callback when one is given, else a promise. */
-function promised<T>(P: PromiseConstructor, callback: ((err: Error | undefined, value?: T) => void) | undefined, run: (done: (err?: Error, value?: T) => void) => void): Promise<T> | undefined {
+function promised<T>(
+  P: PromiseConstructor,
+  callback: ((err: Error | undefined, value?: T) => void) | undefined,
+  run: (done: (err?: Error, value?: T) => void) => void,
+): Promise<T> | undefined {
   if (callback) {
     run((err, value) => callback(err, value));
     return undefined;

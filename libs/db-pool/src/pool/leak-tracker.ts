@@ -7,7 +7,7 @@ export interface LeakTracker {
    * Captures the caller's stack at the start of an acquire (the hand-out runs in a later tick);
    * `above` and the frames it called are left out. `undefined` when no stack is taken.
    */
-  capture(above: Function): CheckoutSite | undefined;
+  capture(above: (...args: never[]) => unknown): CheckoutSite | undefined;
   checkout(client: object, site: CheckoutSite | undefined): void;
   checkin(client: object): void;
   /** Checkouts reported as possible leaks that have not come back. */
@@ -97,7 +97,7 @@ export class CheckoutLeakTracker implements LeakTracker {
     }
   }
 
-  capture(above: Function): CheckoutSite | undefined {
+  capture(above: (...args: never[]) => unknown): CheckoutSite | undefined {
     if (this.armed ? this.options.stackRate === 0 : this.tokens < 1) {
       this.skipped++;
       return undefined;
@@ -123,7 +123,9 @@ export class CheckoutLeakTracker implements LeakTracker {
     this.out.delete(client);
     if (checkout.reported) {
       this.reported--;
-      this.options.logger.log(`db-pool "${this.options.poolName}": the connection reported as possibly leaked was returned after ${seconds(this.now() - checkout.since)} s`);
+      this.options.logger.log(
+        `db-pool "${this.options.poolName}": the connection reported as possibly leaked was returned after ${seconds(this.now() - checkout.since)} s`,
+      );
     }
   }
 

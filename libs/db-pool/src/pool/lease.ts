@@ -117,7 +117,11 @@ const delegated = new WeakSet<object>();
  */
 export function delegateToClient(sample: pg.Client): void {
   const target = PoolLease.prototype as unknown as Record<string, unknown>;
-  for (let proto = Object.getPrototypeOf(sample) as object | null; proto && proto !== Object.prototype; proto = Object.getPrototypeOf(proto) as object | null) {
+  for (
+    let proto = Object.getPrototypeOf(sample) as object | null;
+    proto && proto !== Object.prototype;
+    proto = Object.getPrototypeOf(proto) as object | null
+  ) {
     if (delegated.has(proto)) break;
     delegated.add(proto);
     for (const name of Object.getOwnPropertyNames(proto)) {

@@ -16,8 +16,10 @@ export function toPgPoolOptions(config: DbPoolConfig): PgPoolOptions {
   if (config.statementTimeoutMs > 0) options.statement_timeout = config.statementTimeoutMs;
   if (config.queryTimeoutMs > 0) options.query_timeout = config.queryTimeoutMs;
   // Readable, not listed: logging or inspecting the options shows neither.
-  if (config.url !== undefined) Object.defineProperty(options, 'connectionString', { value: config.url, enumerable: false, writable: true, configurable: true });
-  if (config.password !== undefined) Object.defineProperty(options, 'password', { value: config.password, enumerable: false, writable: true, configurable: true });
+  if (config.url !== undefined)
+    Object.defineProperty(options, 'connectionString', { value: config.url, enumerable: false, writable: true, configurable: true });
+  if (config.password !== undefined)
+    Object.defineProperty(options, 'password', { value: config.password, enumerable: false, writable: true, configurable: true });
   return options;
 }
 

@@ -30,7 +30,21 @@ export type DbPoolSettings = Pick<
 };
 
 /** The pool-only keys of pg.Pool's options (the rest are each client's). */
-export const PG_POOL_KEYS = ['max', 'min', 'poolSize', 'idleTimeoutMillis', 'connectionTimeoutMillis', 'maxLifetimeSeconds', 'maxUses', 'allowExitOnIdle', 'log', 'Promise', 'Client', 'onConnect', 'verify'] as const;
+export const PG_POOL_KEYS = [
+  'max',
+  'min',
+  'poolSize',
+  'idleTimeoutMillis',
+  'connectionTimeoutMillis',
+  'maxLifetimeSeconds',
+  'maxUses',
+  'allowExitOnIdle',
+  'log',
+  'Promise',
+  'Client',
+  'onConnect',
+  'verify',
+] as const;
 
 /** pg.Pool's options, and the two hooks pg-pool takes beyond its typings. */
 export type PgPoolOptions = pg.PoolConfig & {

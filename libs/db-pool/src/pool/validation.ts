@@ -40,7 +40,8 @@ export function settle(client: pg.ClientBase, timeoutMs: number, done: Done): vo
     done(err);
   };
   // pg clears its active query in its own readyForQuery handler, which may run after ours.
-  const onReady = () => setImmediate(() => finish(awaitingServer(client) ? new Error('the connection is still busy after ReadyForQuery') : undefined));
+  const onReady = () =>
+    setImmediate(() => finish(awaitingServer(client) ? new Error('the connection is still busy after ReadyForQuery') : undefined));
   const onEnd = () => finish(new Error('the connection ended while a released query was on the wire'));
   const timer = setTimeout(() => finish(new Error(`a released query did not finish within ${timeoutMs} ms`)), timeoutMs);
   timer.unref();

@@ -1,5 +1,12 @@
 import pg from 'pg';
-import { createDbPool, type DbPool, type DbPoolConfig, type DbPoolLogger, type DbPoolOptions, resolveDbPoolConfig } from '../../src/index.js';
+import {
+  createDbPool,
+  type DbPool,
+  type DbPoolConfig,
+  type DbPoolLogger,
+  type DbPoolOptions,
+  resolveDbPoolConfig,
+} from '../../src/index.js';
 import { startFaultProxy, type FaultProxy } from '../../../../tools/fault-proxy.mjs';
 
 /** The server the test run was given (tools/jest/global-setup.js makes sure there is one). */
@@ -16,7 +23,17 @@ const RUN_ID = `${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
 export function testOptions(options: Omit<DbPoolOptions, 'env'> = {}): DbPoolOptions {
   // Jest runs the files in one process: the run id keeps names unique across files.
   const name = options.name ?? `test-${RUN_ID}-${++poolCounter}`;
-  return { url: databaseUrl(), poolSize: 2, maxOverflow: 3, poolTimeout: 5, shutdownGrace: 2, applicationName: name, env: {}, ...options, name };
+  return {
+    url: databaseUrl(),
+    poolSize: 2,
+    maxOverflow: 3,
+    poolTimeout: 5,
+    shutdownGrace: 2,
+    applicationName: name,
+    env: {},
+    ...options,
+    name,
+  };
 }
 
 /** The validated configuration of {@link testOptions}. */
@@ -63,7 +80,9 @@ export async function adminClient(): Promise<pg.Client> {
 
 /** Backend pids the server has for an application_name. */
 export async function backendPids(admin: pg.Client, applicationName: string): Promise<number[]> {
-  const { rows } = await admin.query<{ pid: number }>('SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid', [applicationName]);
+  const { rows } = await admin.query<{ pid: number }>('SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid', [
+    applicationName,
+  ]);
   return rows.map((r) => r.pid);
 }
 
@@ -93,7 +112,12 @@ export function poolFixture(): {
     admin = await adminClient();
   });
   afterEach(async () => {
-    await Promise.all(pools.splice(0).filter((p) => !p.ending).map((p) => p.end()));
+    await Promise.all(
+      pools
+        .splice(0)
+        .filter((p) => !p.ending)
+        .map((p) => p.end()),
+    );
   });
   afterAll(async () => {
     await admin?.end();
