@@ -1,8 +1,8 @@
 import { type DynamicModule, Module } from '@nestjs/common';
-import { ConfigModule } from '@nestjs/config';
 import { APP_FILTER } from '@nestjs/core';
 import { TypeOrmModule } from '@nestjs/typeorm';
-import { dbPoolConfig, DbPoolExceptionFilter, type DbPoolOptions, DbPoolModule } from '@db-pool/db-pool';
+import { DbPoolExceptionFilter, type DbPoolOptions, DbPoolModule } from '@db-pool/db-pool';
+import type { ApiEnvironment } from './environment.js';
 import { HealthModule } from './health/health.module.js';
 import { Item } from './items/item.entity.js';
 import { ItemsModule } from './items/items.module.js';
@@ -18,26 +18,22 @@ export const apiTypeOrmOptions: DbPoolOptions['typeorm'] = {
 @Module({})
 export class AppModule {
   /**
-   * `overrides` lets tests set pool options in code (they win over the environment);
+   * `environment` is what main.ts read and checked at start-up (nothing else reads the process
+   * environment); `overrides` lets tests set pool options in code (they win over it);
    * `extraPools` registers further named pools next to the default one.
    */
-  static register(overrides: DbPoolOptions = {}, extraPools: DbPoolOptions[] = []): DynamicModule {
+  static register(
+    overrides: DbPoolOptions = {},
+    extraPools: DbPoolOptions[] = [],
+    environment: Pick<ApiEnvironment, 'dbPoolEnv' | 'shutdownDelayMs'> = { dbPoolEnv: {}, shutdownDelayMs: 0 },
+  ): DynamicModule {
     return {
       module: AppModule,
       imports: [
-        ConfigModule.forRoot({ isGlobal: true, ignoreEnvFile: true }),
-        DbPoolModule.forRootAsync({
-          imports: [ConfigModule.forFeature(dbPoolConfig)],
-          inject: [dbPoolConfig.KEY],
-          useFactory: (fromEnv: DbPoolOptions): DbPoolOptions => ({
-            ...fromEnv,
-            ...overrides,
-            typeorm: { ...apiTypeOrmOptions, ...overrides.typeorm },
-          }),
-        }),
+        DbPoolModule.forRoot({ env: environment.dbPoolEnv, ...overrides, typeorm: { ...apiTypeOrmOptions, ...overrides.typeorm } }),
         ...extraPools.map((options) => DbPoolModule.forRoot(options)),
         ItemsModule,
-        HealthModule,
+        HealthModule.register(environment.shutdownDelayMs),
       ],
       // An exhausted pool or an unreachable server: 503 with Retry-After, not 500.
       providers: [{ provide: APP_FILTER, useClass: DbPoolExceptionFilter }],

@@ -3,13 +3,14 @@ import { NestFactory } from '@nestjs/core';
 import type { Server } from 'node:http';
 import type { DbPoolOptions } from '@db-pool/db-pool';
 import { AppModule } from './app.module.js';
+import type { ApiEnvironment } from './environment.js';
 
 /** Builds the api (not listening yet). Shared by main.ts and the e2e tests. */
 export async function createApp(
   overrides: DbPoolOptions = {},
-  options: { logger?: false | LoggerService; extraPools?: DbPoolOptions[] } = {},
+  options: { logger?: false | LoggerService; extraPools?: DbPoolOptions[]; environment?: ApiEnvironment } = {},
 ): Promise<INestApplication> {
-  return NestFactory.create(AppModule.register(overrides, options.extraPools), {
+  return NestFactory.create(AppModule.register(overrides, options.extraPools, options.environment), {
     abortOnError: false,
     ...(options.logger !== undefined ? { logger: options.logger } : {}),
   });

@@ -1,16 +1,31 @@
-import { DbPoolConfigError, OPTION_KEYS, resolveDbPoolConfig } from '@db-pool/db-pool';
+import { DbPoolConfigError, type EnvKey, OPTION_KEYS, readEnvKeys, resolveDbPoolConfig } from '@db-pool/db-pool';
 
-/** The api's own variables; with the pool's (OPTION_KEYS) these are every key it reads. */
-export const API_ENV_KEYS = ['PORT', 'HOST', 'SHUTDOWN_DELAY_MS', 'SHUTDOWN_TIMEOUT_MS', 'NODE_ENV'] as const;
+/** The api's own variables, read by the same rules as the pool's. */
+export const API_KEYS: readonly EnvKey[] = [
+  { env: 'PORT', kind: 'int', min: 1, max: 65_535, default: 3_000, meaning: 'port the api listens on' },
+  { env: 'HOST', kind: 'text', min: 1, max: 255, default: '0.0.0.0', meaning: 'address the api listens on' },
+  {
+    env: 'SHUTDOWN_DELAY_MS',
+    kind: 'int',
+    min: 0,
+    max: 600_000,
+    default: 0,
+    meaning: 'after a SIGTERM, how long readiness answers 503 before the server stops accepting',
+  },
+  {
+    env: 'SHUTDOWN_TIMEOUT_MS',
+    kind: 'int',
+    min: 0,
+    max: 600_000,
+    default: 10_000,
+    meaning: 'then how long in-flight requests may take before their connections are closed',
+  },
+];
 
-/** Every environment variable the api understands. */
-export const ACCEPTED_ENV_KEYS: readonly string[] = [...API_ENV_KEYS, ...OPTION_KEYS.map((k) => k.env)];
+/** Every environment variable the api understands (NODE_ENV is read by libraries, not by the api). */
+export const ACCEPTED_ENV_KEYS: readonly string[] = [...API_KEYS.map((k) => k.env), 'NODE_ENV', ...OPTION_KEYS.map((k) => k.env)];
 
-/**
- * Checks the whole environment before Nest starts, so a bad value stops the process before it
- * listens with one message listing every bad key (the module checks its keys again when it
- * builds the pool).
- */
+/** The api's environment, validated, read once. */
 export interface ApiEnvironment {
   port: number;
   host: string;
@@ -18,28 +33,20 @@ export interface ApiEnvironment {
   shutdownDelayMs: number;
   /** Then how long in-flight requests may take before their connections are closed. */
   shutdownTimeoutMs: number;
+  /** The variables the pool reads, as they were when the api started (the pool reads nothing else). */
+  dbPoolEnv: Record<string, string | undefined>;
 }
 
+/**
+ * Reads and checks the whole environment before Nest starts, so a bad value stops the process
+ * before it listens with one message listing every bad key: the api's own keys and the pool's,
+ * by the lib's rules.
+ */
 export function readEnvironment(env: NodeJS.ProcessEnv): ApiEnvironment {
-  const problems: string[] = [];
-  const raw = env.PORT;
-  let port = 3000;
-  if (raw !== undefined && raw !== '') {
-    port = Number(raw);
-    if (!/^\d+$/.test(raw.trim()) || port < 1 || port > 65_535)
-      problems.push(`PORT=${JSON.stringify(raw)}: must be an integer from 1 to 65535`);
-  }
-  const millis = (key: 'SHUTDOWN_DELAY_MS' | 'SHUTDOWN_TIMEOUT_MS', fallback: number): number => {
-    const raw = env[key];
-    if (raw === undefined || raw === '') return fallback;
-    if (!/^\d+$/.test(raw.trim()) || Number(raw) > 600_000)
-      problems.push(`${key}=${JSON.stringify(raw)}: must be an integer from 0 to 600000`);
-    return Number(raw);
-  };
-  const shutdownDelayMs = millis('SHUTDOWN_DELAY_MS', 0);
-  const shutdownTimeoutMs = millis('SHUTDOWN_TIMEOUT_MS', 10_000);
+  const { values, problems } = readEnvKeys(API_KEYS, env);
+  const dbPoolEnv = Object.fromEntries(OPTION_KEYS.map((k) => [k.env, env[k.env]]));
   try {
-    resolveDbPoolConfig({ env });
+    resolveDbPoolConfig({ env: dbPoolEnv });
   } catch (err) {
     if (!(err instanceof DbPoolConfigError)) throw err;
     problems.push(...err.problems);
@@ -49,5 +56,11 @@ export function readEnvironment(env: NodeJS.ProcessEnv): ApiEnvironment {
       `Invalid configuration (${problems.length} problem${problems.length === 1 ? '' : 's'}):\n${problems.map((p) => `  - ${p}`).join('\n')}`,
     );
   }
-  return { port, host: env.HOST || '0.0.0.0', shutdownDelayMs, shutdownTimeoutMs };
+  return {
+    port: values.PORT as number,
+    host: values.HOST as string,
+    shutdownDelayMs: values.SHUTDOWN_DELAY_MS as number,
+    shutdownTimeoutMs: values.SHUTDOWN_TIMEOUT_MS as number,
+    dbPoolEnv,
+  };
 }

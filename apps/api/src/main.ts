@@ -8,7 +8,7 @@ const logger = new Logger('api');
 async function main(): Promise<void> {
   const environment = readEnvironment(process.env);
   const { port, host } = environment;
-  const app = await createApp();
+  const app = await createApp({}, { environment });
   closeOnSignals(
     app,
     (code) => {

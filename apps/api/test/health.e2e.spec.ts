@@ -105,8 +105,7 @@ describe('health routes and metrics over real HTTP', () => {
     const running = await start({ poolSize: 4, maxOverflow: 4, poolTimeout: 30, healthTimeoutMs: 300 });
     const held = await hold(running, 8);
     const queued = Array.from({ length: 5 }, () => held.pool.connect().then((c) => c.release()));
-    await sleep(50);
-    expect(held.pool.waitingCount).toBe(5);
+    expect(await eventually(() => held.pool.waitingCount === 5)).toBe(true);
 
     const health = await running.get('/health/db_pool');
     expect(health.status).toBe(503);
@@ -162,8 +161,9 @@ describe('health routes and metrics over real HTTP', () => {
     const dataSource = running.app.get(DataSource);
     const runner = dataSource.createQueryRunner();
     await runner.connect(); // this line's stack is what the warning must show
-    await sleep(3_200);
-    const warning = running.logger.lines.find((l) => l.level === 'warn' && l.text.includes('possible connection leak'));
+    const leakWarning = () => running.logger.lines.find((l) => l.level === 'warn' && l.text.includes('possible connection leak'));
+    expect(await eventually(() => leakWarning() !== undefined, 6_000)).toBe(true);
+    const warning = leakWarning();
     expect(warning?.text).toMatch(
       /^db-pool "default": possible connection leak: a connection has been checked out for [23]\.\d s \(DB_POOL_LEAK_THRESHOLD=2 s\)/,
     );

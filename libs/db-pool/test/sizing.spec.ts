@@ -1,5 +1,5 @@
 import type { DbPool } from '../src/index.js';
-import { backendPids, eventually, poolFixture, sleep } from './support/db.js';
+import { backendPids, eventually, poolFixture } from './support/db.js';
 
 describe('pool sizing (QueuePool semantics)', () => {
   const fixture = poolFixture();
@@ -44,10 +44,9 @@ describe('pool sizing (QueuePool semantics)', () => {
     const p = pool;
     await Promise.all(Array.from({ length: 6 }, () => p.query('SELECT pg_sleep(0.1)')));
     expect(pool.totalCount).toBe(6);
-    await sleep(500);
-    expect(pool.totalCount).toBe(6); // still within the idle time
+    const idleFrom = performance.now();
     expect(await eventually(() => p.totalCount === 2, 3_000)).toBe(true);
-    await sleep(200);
+    expect(performance.now() - idleFrom).toBeGreaterThanOrEqual(900); // not before the idle time
     expect(pool.state()).toEqual({ total: 2, active: 0, idle: 2, waiting: 0 });
     expect(await eventually(async () => (await backendPids(admin(), p.settings.name)).length === 2, 2_000)).toBe(true);
   });

@@ -23,7 +23,7 @@ function allowed(key: (typeof OPTION_KEYS)[number], raw: string): boolean {
   return n === key.off || (n >= key.min! && n <= key.max!);
 }
 
-describe('fault scenarios: 19. configuration fuzz', () => {
+describe('fault scenarios: configuration fuzz', () => {
   const numeric = OPTION_KEYS.filter((k) => k.kind === 'int');
 
   it('covers every numeric key', () => {

@@ -17,7 +17,7 @@ import { faultRig } from './support.js';
 
 const PASSWORD = `s3cr@t "pa:ss" w/0rd'#?%&=é`;
 
-describe('fault scenarios: 18. secrets', () => {
+describe('fault scenarios: secrets', () => {
   const rig = faultRig({ authMethod: 'scram-sha-256', password: PASSWORD });
   const seen: string[] = [];
   const logger = {

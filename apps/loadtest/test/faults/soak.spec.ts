@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('../../../../', import.meta.url));
 
-describe('fault scenarios: 20. soak', () => {
+describe('fault scenarios: soak', () => {
   it('mixed load with periodic backend kills: heap growth bounded, pool back at size, the process exits by itself', () => {
     execFileSync(process.execPath, [`${root}node_modules/typescript/bin/tsc`, '-b', `${root}apps/loadtest/tsconfig.app.json`], {
       stdio: 'inherit',

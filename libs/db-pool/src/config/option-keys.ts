@@ -1,12 +1,12 @@
 import type { DbPoolOptions } from './db-pool.options.js';
 
-/** How one option is read: its environment variable, its type, its range and its default. */
-export interface OptionKey {
-  option: keyof DbPoolOptions;
+/** How one environment variable is read: its type, its range and its default. */
+export interface EnvKey {
   env: string;
-  kind: 'int' | 'bool' | 'ascii' | 'url' | 'enum';
+  kind: 'int' | 'bool' | 'ascii' | 'url' | 'enum' | 'text';
   /** The allowed words of an `enum` key. */
   values?: readonly string[];
+  /** Range of an `int`; length of an `ascii` or `text`. */
   min?: number;
   max?: number;
   default?: number | boolean | string;
@@ -14,6 +14,11 @@ export interface OptionKey {
   off?: number;
   /** Shown in the README table. */
   meaning: string;
+}
+
+/** How one pool option is read: an {@link EnvKey} with the option it fills. */
+export interface OptionKey extends EnvKey {
+  option: keyof DbPoolOptions;
 }
 
 export const TRUE_WORDS = ['true', '1', 'yes', 'on'] as const;

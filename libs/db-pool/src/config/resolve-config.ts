@@ -1,7 +1,7 @@
 import { DbPoolConfigError } from '../errors.js';
 import { redactUrl } from '../redact.js';
 import type { DbPoolConfig, DbPoolOptions } from './db-pool.options.js';
-import { FALSE_WORDS, OPTION_KEYS, type OptionKey, TRUE_WORDS } from './option-keys.js';
+import { type EnvKey, FALSE_WORDS, OPTION_KEYS, TRUE_WORDS } from './option-keys.js';
 
 export const DEFAULT_POOL_NAME = 'default';
 
@@ -11,7 +11,7 @@ const ENCODE_HINT = "percent-encode '/', '@', ':', '#', '?', '%' and spaces in t
 
 type Parsed = number | boolean | string | undefined;
 
-function allowed(key: OptionKey): string {
+function allowed(key: EnvKey): string {
   switch (key.kind) {
     case 'int':
       return key.off !== undefined
@@ -25,11 +25,13 @@ function allowed(key: OptionKey): string {
       return `must be one of ${key.values!.join(', ')}`;
     case 'ascii':
       return `must be printable ASCII (space to ~) of ${key.min} to ${key.max} characters: the server truncates longer values and replaces other characters`;
+    case 'text':
+      return `must be a text of ${key.min} to ${key.max} characters`;
   }
 }
 
 /** Parses one raw value; returns `undefined` for "unset" and throws the allowed-values text when invalid. */
-function parse(key: OptionKey, raw: unknown): Parsed {
+function parse(key: EnvKey, raw: unknown): Parsed {
   if (raw === undefined || raw === null || raw === '') return undefined;
   switch (key.kind) {
     case 'int': {
@@ -69,6 +71,11 @@ function parse(key: OptionKey, raw: unknown): Parsed {
       if (!isPrintableAscii(text, key.min!, key.max!)) throw allowed(key);
       return text;
     }
+    case 'text': {
+      const text = String(raw);
+      if (text.length < key.min! || text.length > key.max!) throw allowed(key);
+      return text;
+    }
   }
 }
 
@@ -94,9 +101,31 @@ function isPrintableAscii(text: string, min: number, max: number): boolean {
   return text.length >= min && text.length <= max && /^[\x20-\x7e]*$/.test(text);
 }
 
-function shown(key: OptionKey, raw: unknown): string {
+function shown(key: EnvKey, raw: unknown): string {
   const text = typeof raw === 'string' ? raw : String(raw);
   return JSON.stringify(key.kind === 'url' ? redactUrl(text) : text);
+}
+
+/**
+ * Reads environment variables by their rules (the same rules as db-pool's own keys): each value
+ * parsed, or its default; every bad one a problem line `KEY="value": what is allowed`, the value
+ * of a URL key redacted. Nothing is thrown: an application adds these to its own problems.
+ */
+export function readEnvKeys(
+  keys: readonly EnvKey[],
+  env: Record<string, string | undefined>,
+): { values: Record<string, Parsed>; problems: string[] } {
+  const values: Record<string, Parsed> = {};
+  const problems: string[] = [];
+  for (const key of keys) {
+    const raw = env[key.env];
+    try {
+      values[key.env] = parse(key, raw) ?? key.default;
+    } catch (rule) {
+      problems.push(`${key.env}=${shown(key, raw)}: ${rule as string}`);
+    }
+  }
+  return { values, problems };
 }
 
 /**

@@ -89,7 +89,8 @@ interface LoadSnapshot {
  */
 export class PoolMonitor {
   private exhaustedSince: number | undefined;
-  private leakReported = false;
+  /** Set by the monitor's tick: the pool has stayed exhausted, a connection held, for the leak window. */
+  private leakSuspected = false;
   private headroom: ServerHeadroom | null = null;
   private pgbouncer: PgBouncerStats | undefined;
   private load: LoadSnapshot[] = [];
@@ -197,26 +198,15 @@ export class PoolMonitor {
    * The seed's heuristic — overflow maxed out and utilization above the critical threshold for
    * longer than 10 s — with one more condition that keeps a busy but healthy pool from being
    * flagged: a connection has been held that long too. Also true while a checkout reported by
-   * DB_POOL_LEAK_THRESHOLD has not come back.
+   * DB_POOL_LEAK_THRESHOLD has not come back. A read: the suspicion is advanced by the monitor's
+   * own timer (`start()`), never by asking.
    */
   checkConnectionLeaks(): boolean {
-    this.trackExhaustion();
-    const suspected =
-      this.exhaustedSince !== undefined &&
-      performance.now() - this.exhaustedSince >= this.leakWindowMs &&
-      this.pool.oldestCheckoutMs() >= this.leakWindowMs;
-    if (suspected && !this.leakReported) {
-      const status = this.getPoolStatus();
-      this.logger.warn(
-        `db-pool "${this.name}": potential connection leak detected! Pool exhausted: ${status.checked_out} connections in use`,
-      );
-    }
-    this.leakReported = suspected;
-    return suspected || this.pool.leaksOutstanding() > 0;
+    return this.leakSuspected || this.pool.leaksOutstanding() > 0;
   }
 
-  getRecommendations(): string[] {
-    const status = this.getPoolStatus();
+  /** The seed's recommendations for a status (by default, the pool's now). */
+  getRecommendations(status: PoolStatus = this.getPoolStatus()): string[] {
     const out: string[] = [];
     if (status.health === 'warning') out.push(RECOMMENDATIONS.WARNING(status.utilization));
     if (status.health === 'critical') out.push(RECOMMENDATIONS.CRITICAL(status.utilization));
@@ -232,8 +222,8 @@ export class PoolMonitor {
     return out;
   }
 
-  isPoolHealthy(): boolean {
-    return this.getPoolStatus().health !== 'critical' && !this.checkConnectionLeaks();
+  isPoolHealthy(status: PoolStatus = this.getPoolStatus()): boolean {
+    return status.health !== 'critical' && !this.checkConnectionLeaks();
   }
 
   getConfiguration(): PoolConfiguration {
@@ -253,11 +243,13 @@ export class PoolMonitor {
     return this.headroom;
   }
 
+  /** The seed's `/health/db_pool` object, from one reading of the pool's status. */
   getHealthReport(): PoolHealthReport {
+    const status = this.getPoolStatus();
     return {
       timestamp: new Date().toISOString(),
-      pool_status: this.getPoolStatus(),
-      recommendations: this.getRecommendations(),
+      pool_status: status,
+      recommendations: this.getRecommendations(status),
       leak_detected: this.checkConnectionLeaks(),
       configuration: this.getConfiguration(),
       server_headroom: this.shownHeadroom(),
@@ -313,19 +305,31 @@ export class PoolMonitor {
   }
 
   private tick(): void {
-    this.checkConnectionLeaks();
+    this.advanceLeakSuspicion();
     this.snapshotLoad();
   }
 
-  private trackExhaustion(): void {
+  /** Where the monitor's leak state moves: on its timer, once per tick. Logs when a suspicion begins. */
+  private advanceLeakSuspicion(): void {
     const status = this.getPoolStatus();
     // Exhausted: every connection is in use and no more can be had — at capacity, or the server
     // refuses more (max_connections, a role's CONNECTION LIMIT) below it.
     const atCapacity =
       status.overflow >= status.max_overflow && status.checked_out * 100 > this.config.criticalUtilization * status.total_capacity;
     const exhausted = atCapacity || (status.checked_in === 0 && status.checked_out > 0 && status.connect_failing);
+    const now = performance.now();
     if (!exhausted) this.exhaustedSince = undefined;
-    else this.exhaustedSince ??= performance.now();
+    else this.exhaustedSince ??= now;
+    const suspected =
+      this.exhaustedSince !== undefined &&
+      now - this.exhaustedSince >= this.leakWindowMs &&
+      this.pool.oldestCheckoutMs() >= this.leakWindowMs;
+    if (suspected && !this.leakSuspected) {
+      this.logger.warn(
+        `db-pool "${this.name}": potential connection leak detected! Pool exhausted: ${status.checked_out} connections in use`,
+      );
+    }
+    this.leakSuspected = suspected;
   }
 
   private serverRecommendations(): string[] {
