@@ -28,7 +28,8 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
   readonly release: (err?: Error | boolean) => void;
   // #private: no name of pg's client can collide with them.
   #entry: PoolEntry | undefined;
-  #listeners: [string | symbol, Listener][] | undefined;
+  /** Listeners added through the lease, flat: event, listener, event, listener, … */
+  #listeners: (string | symbol | Listener)[] | undefined;
   readonly #owner: LeaseOwner;
 
   constructor(owner: LeaseOwner, entry: PoolEntry) {
@@ -50,13 +51,14 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
     return entry.client;
   }
 
-  query(...args: unknown[]): never {
-    return (this[HELD]('query') as unknown as Delegate).query(...args) as never;
+  // Every checkout's hot call: three arguments as pg takes them, no rest array.
+  query(config: unknown, values?: unknown, callback?: unknown): never {
+    return (this[HELD]('query') as unknown as Delegate).query(config, values, callback) as never;
   }
 
   on(event: string | symbol, listener: Listener): this {
     emitter(this[HELD]('on')).on(event, listener);
-    (this.#listeners ??= []).push([event, listener]);
+    (this.#listeners ??= []).push(event, listener);
     return this;
   }
 
@@ -66,26 +68,34 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
 
   once(event: string | symbol, listener: Listener): this {
     emitter(this[HELD]('once')).once(event, listener);
-    (this.#listeners ??= []).push([event, listener]);
+    (this.#listeners ??= []).push(event, listener);
     return this;
   }
 
   prependListener(event: string | symbol, listener: Listener): this {
     emitter(this[HELD]('prependListener')).prependListener(event, listener);
-    (this.#listeners ??= []).push([event, listener]);
+    (this.#listeners ??= []).push(event, listener);
     return this;
   }
 
   prependOnceListener(event: string | symbol, listener: Listener): this {
     emitter(this[HELD]('prependOnceListener')).prependOnceListener(event, listener);
-    (this.#listeners ??= []).push([event, listener]);
+    (this.#listeners ??= []).push(event, listener);
     return this;
   }
 
   removeListener(event: string | symbol, listener: Listener): this {
     emitter(this[HELD]('removeListener')).removeListener(event, listener);
-    const i = this.#listeners?.findIndex(([e, l]) => e === event && l === listener) ?? -1;
-    if (i !== -1) this.#listeners!.splice(i, 1);
+    const added = this.#listeners;
+    if (added) {
+      // The newest first: a listener is most often removed by the code that just added it.
+      for (let i = added.length - 2; i >= 0; i -= 2) {
+        if (added[i] === event && added[i + 1] === listener) {
+          added.splice(i, 2);
+          break;
+        }
+      }
+    }
     return this;
   }
 
@@ -96,12 +106,15 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
   /** Removes the listeners added through this lease (the pool's own stay). */
   removeAllListeners(event?: string | symbol): this {
     this[HELD]('removeAllListeners');
-    for (const [e, l] of [...(this.#listeners ?? [])]) if (event === undefined || e === event) this.removeListener(e, l);
+    const added = [...(this.#listeners ?? [])];
+    for (let i = 0; i < added.length; i += 2)
+      if (event === undefined || added[i] === event) this.removeListener(added[i] as string | symbol, added[i + 1] as Listener);
     return this;
   }
 
   #dropListeners(client: pg.Client): void {
-    for (const [event, listener] of this.#listeners!) emitter(client).removeListener(event, listener);
+    const added = this.#listeners!;
+    for (let i = 0; i < added.length; i += 2) emitter(client).removeListener(added[i] as string | symbol, added[i + 1] as Listener);
     this.#listeners = undefined;
   }
 }
