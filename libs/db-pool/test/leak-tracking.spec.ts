@@ -1,5 +1,5 @@
 import type { DbPool, DbPoolLogger } from '../src/index.js';
-import { CheckoutLeakTracker } from '../src/pool/leak-tracker.js';
+import { CheckoutLeakTracker, type LeakRecord } from '../src/pool/leak-tracker.js';
 import { createTestPool, eventually } from './support/db.js';
 
 /** Collects what a tracker or pool logs, one string per line, prefixed with its level. */
@@ -11,16 +11,41 @@ function recorder(): { logger: DbPoolLogger; lines: string[] } {
 describe('leak tracking: the stack budget (DB_POOL_LEAK_STACK_RATE), with a fake clock', () => {
   let now = 0;
   const clock = () => now;
-  const takeConnection = function takeConnection(tracker: CheckoutLeakTracker, client: object) {
-    tracker.checkout(client, tracker.capture(takeConnection));
+  /** The connections the tracker watches, as a pool keeps them. */
+  let records: LeakRecord[] = [];
+  const connection = (): LeakRecord => {
+    const record: LeakRecord = { checkedOutAt: -1, leakSite: undefined, leakReported: false };
+    records.push(record);
+    return record;
+  };
+  /** A checkout as the pool makes one: the time on the record, then the tracker. */
+  const checkout = (tracker: CheckoutLeakTracker, record: LeakRecord, site: LeakRecord['leakSite']) => {
+    record.checkedOutAt = now;
+    tracker.checkout(record, site);
+  };
+  const checkin = (tracker: CheckoutLeakTracker, record: LeakRecord) => {
+    tracker.checkin(record);
+    record.checkedOutAt = -1;
+  };
+  const takeConnection = function takeConnection(tracker: CheckoutLeakTracker, record: LeakRecord) {
+    checkout(tracker, record, tracker.capture(takeConnection));
   };
 
   function tracker(stackRate: number, thresholdMs = 10_000) {
     now = 0;
+    records = [];
     const rec = recorder();
     return {
       rec,
-      tracker: new CheckoutLeakTracker({ poolName: 't', thresholdMs, stackRate, logger: rec.logger, now: clock, timer: false }),
+      tracker: new CheckoutLeakTracker({
+        poolName: 't',
+        thresholdMs,
+        stackRate,
+        logger: rec.logger,
+        records: () => records,
+        now: clock,
+        timer: false,
+      }),
     };
   }
 
@@ -42,10 +67,10 @@ describe('leak tracking: the stack budget (DB_POOL_LEAK_STACK_RATE), with a fake
 
   it('a leak taken past the budget is reported without a stack, says why, and arms capture for the next one', () => {
     const { tracker: t, rec } = tracker(1, 10_000);
-    const quick = {};
+    const quick = connection();
     takeConnection(t, quick); // uses the one stack, and comes back
-    t.checkin(quick);
-    const leaked = {};
+    checkin(t, quick);
+    const leaked = connection();
     takeConnection(t, leaked);
     expect(t.stackStats()).toMatchObject({ captured: 1, skipped: 1, armed: false });
 
@@ -55,7 +80,7 @@ describe('leak tracking: the stack budget (DB_POOL_LEAK_STACK_RATE), with a fake
     const stacksBefore = t.stackStats().captured;
     for (let i = 0; i < 50; i++) expect(t.capture(t.capture)?.stack).toContain('leak-tracking.spec');
     expect(t.stackStats().captured).toBe(stacksBefore + 50);
-    const second = {};
+    const second = connection();
     takeConnection(t, second);
 
     now = 10_000;
@@ -74,20 +99,20 @@ describe('leak tracking: the stack budget (DB_POOL_LEAK_STACK_RATE), with a fake
     );
     expect(warnings[1]).not.toContain('at takeConnection'); // the frames from `above` down are left out
 
-    t.checkin(leaked);
-    t.checkin(second);
+    checkin(t, leaked);
+    checkin(t, second);
     expect(t.outstanding()).toBe(0);
     expect(rec.lines.filter((l) => l.includes('possibly leaked was returned'))).toHaveLength(2);
   });
 
   it('disarms one threshold after the last checkout held past half of it', () => {
     const { tracker: t } = tracker(1, 10_000);
-    const held = {};
-    t.checkout(held, undefined);
+    const held = connection();
+    checkout(t, held, undefined);
     now = 5_000;
     t.sweep();
     expect(t.stackStats().armed).toBe(true);
-    t.checkin(held);
+    checkin(t, held);
     now = 14_999;
     t.sweep();
     expect(t.stackStats().armed).toBe(true);
@@ -98,7 +123,7 @@ describe('leak tracking: the stack budget (DB_POOL_LEAK_STACK_RATE), with a fake
 
   it('a reported checkout that stays out does not keep capture armed', () => {
     const { tracker: t } = tracker(1, 10_000);
-    t.checkout({}, undefined); // never comes back
+    checkout(t, connection(), undefined); // never comes back
     now = 10_000;
     t.sweep(); // reported
     now = 20_001;
@@ -109,7 +134,7 @@ describe('leak tracking: the stack budget (DB_POOL_LEAK_STACK_RATE), with a fake
 
   it('DB_POOL_LEAK_STACK_RATE=0 captures nothing, armed or not, and the report says so', () => {
     const { tracker: t, rec } = tracker(0, 10_000);
-    takeConnection(t, {});
+    takeConnection(t, connection());
     now = 5_000;
     t.sweep();
     expect(t.stackStats().armed).toBe(true);

@@ -105,7 +105,13 @@ export class DbPool extends EventEmitter {
     const { name, leakThresholdMs, leakStackRate, logger } = this.settings;
     this.leaks =
       leakThresholdMs > 0
-        ? new CheckoutLeakTracker({ poolName: name, thresholdMs: leakThresholdMs, stackRate: leakStackRate, logger })
+        ? new CheckoutLeakTracker({
+            poolName: name,
+            thresholdMs: leakThresholdMs,
+            stackRate: leakStackRate,
+            logger,
+            records: () => this.entries,
+          })
         : NO_LEAK_TRACKING;
     this.refill = new Refill({
       name,
@@ -117,7 +123,7 @@ export class DbPool extends EventEmitter {
 
   // ----- pg.Pool's counts and db-pool's state --------------------------------------------------
 
-  /** The pool's name (DB_POOL_NAME's `name`), in its errors and logs. */
+  /** The pool's name (the `name` option; `default` for the drop-in), in its errors and logs. */
   get name(): string {
     return this.settings.name;
   }
@@ -442,9 +448,9 @@ export class DbPool extends EventEmitter {
   giveBack(entry: PoolEntry, err: Error | boolean | undefined): void {
     const now = performance.now();
     this.stats.released(now - entry.checkedOutAt);
+    this.leaks.checkin(entry);
     entry.checkedOutAt = -1;
     entry.lastUsed = now;
-    this.leaks.checkin(entry);
     if (this.listenerCount('release') > 0) this.emit('release', err instanceof Error ? err : undefined, entry.client);
     if (entry.removed) return; // closed by shutdown while it was out
     // A socket that has died cannot settle: dropped now, not after a timeout. Queries the

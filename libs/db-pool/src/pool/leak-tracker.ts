@@ -1,6 +1,17 @@
 import { performance } from 'node:perf_hooks';
 import type { DbPoolLogger } from './logger.js';
 
+/**
+ * What the tracker reads and marks on each connection: the pool keeps it on its own entry, so a
+ * checkout costs two writes, not a map entry. `checkedOutAt` is on the tracker's clock; -1 while
+ * the connection is not checked out.
+ */
+export interface LeakRecord {
+  checkedOutAt: number;
+  leakSite: CheckoutSite | undefined;
+  leakReported: boolean;
+}
+
 /** Watches checkouts for connections held too long (HikariCP's leakDetectionThreshold). */
 export interface LeakTracker {
   /**
@@ -8,8 +19,10 @@ export interface LeakTracker {
    * `above` and the frames it called are left out. `undefined` when no stack is taken.
    */
   capture(above: (...args: never[]) => unknown): CheckoutSite | undefined;
-  checkout(client: object, site: CheckoutSite | undefined): void;
-  checkin(client: object): void;
+  /** A checkout began (its `checkedOutAt` set by the caller). */
+  checkout(record: LeakRecord, site: CheckoutSite | undefined): void;
+  /** A checkout ended; call before `checkedOutAt` is cleared. */
+  checkin(record: LeakRecord): void;
   /** Checkouts reported as possible leaks that have not come back. */
   outstanding(): number;
   stackStats(): StackCaptureStats;
@@ -41,7 +54,9 @@ export interface LeakTrackerOptions {
    */
   stackRate: number;
   logger: DbPoolLogger;
-  /** The clock (ms); a test may pass its own and call `sweep()` itself. */
+  /** The connections to watch (the pool's), read by the sweep. */
+  records: () => Iterable<LeakRecord>;
+  /** The clock (ms) `checkedOutAt` is on; a test may pass its own and call `sweep()` itself. */
   now?: () => number;
   /** Sweep on a timer (default); off when a test sweeps by hand. */
   timer?: boolean;
@@ -56,18 +71,12 @@ export interface StackCaptureStats {
   armed: boolean;
 }
 
-interface Checkout {
-  since: number;
-  site: CheckoutSite | undefined;
-  reported: boolean;
-}
-
 const STACK_DEPTH = 12;
 
 /**
- * Remembers when and where each connection was checked out. A sweep (not a timer per checkout)
- * reports, once, each one held past the threshold, with the stack of the code that took it, and
- * notes when a reported one comes back.
+ * Notes where each connection was checked out, on the connection's own record. A sweep (not a
+ * timer per checkout) reports, once, each one held past the threshold, with the stack of the code
+ * that took it, and notes when a reported one comes back.
  *
  * Stacks are captured at up to `stackRate` a second (a token bucket refilled by the sweep, so the
  * hot path reads no clock). Once a checkout has been held past half the threshold, the tracker
@@ -76,7 +85,6 @@ const STACK_DEPTH = 12;
  * checkouts far above `stackRate`.
  */
 export class CheckoutLeakTracker implements LeakTracker {
-  private readonly out = new Map<object, Checkout>();
   private readonly sweeper: NodeJS.Timeout | undefined;
   private readonly now: () => number;
   private reported = 0;
@@ -113,20 +121,19 @@ export class CheckoutLeakTracker implements LeakTracker {
     return site;
   }
 
-  checkout(client: object, site: CheckoutSite | undefined): void {
-    this.out.set(client, { since: this.now(), site, reported: false });
+  checkout(record: LeakRecord, site: CheckoutSite | undefined): void {
+    record.leakSite = site;
+    record.leakReported = false;
   }
 
-  checkin(client: object): void {
-    const checkout = this.out.get(client);
-    if (!checkout) return;
-    this.out.delete(client);
-    if (checkout.reported) {
-      this.reported--;
-      this.options.logger.log(
-        `db-pool "${this.options.poolName}": the connection reported as possibly leaked was returned after ${seconds(this.now() - checkout.since)} s`,
-      );
-    }
+  checkin(record: LeakRecord): void {
+    record.leakSite = undefined;
+    if (!record.leakReported) return;
+    record.leakReported = false;
+    this.reported--;
+    this.options.logger.log(
+      `db-pool "${this.options.poolName}": the connection reported as possibly leaked was returned after ${seconds(this.now() - record.checkedOutAt)} s`,
+    );
   }
 
   outstanding(): number {
@@ -147,16 +154,16 @@ export class CheckoutLeakTracker implements LeakTracker {
     const now = this.now();
     this.tokens = Math.min(stackRate, this.tokens + ((now - this.lastRefill) * stackRate) / 1000);
     this.lastRefill = now;
-    for (const checkout of this.out.values()) {
-      if (checkout.reported) continue;
-      const heldMs = now - checkout.since;
+    for (const record of this.options.records()) {
+      if (record.checkedOutAt < 0 || record.leakReported) continue;
+      const heldMs = now - record.checkedOutAt;
       if (heldMs >= thresholdMs / 2) this.armedUntil = now + thresholdMs;
       if (heldMs < thresholdMs) continue;
-      checkout.reported = true;
+      record.leakReported = true;
       this.reported++;
       logger.warn(
         `db-pool "${poolName}": possible connection leak: a connection has been checked out for ${seconds(heldMs)} s ` +
-          `(DB_POOL_LEAK_THRESHOLD=${thresholdMs / 1000} s); ${whereFrom(checkout.site, stackRate)}`,
+          `(DB_POOL_LEAK_THRESHOLD=${thresholdMs / 1000} s); ${whereFrom(record.leakSite, stackRate)}`,
       );
     }
     this.armed = now < this.armedUntil;

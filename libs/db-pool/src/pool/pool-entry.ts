@@ -1,11 +1,16 @@
 import type pg from 'pg';
+import type { CheckoutSite, LeakRecord } from './leak-tracker.js';
 
 /** One connection of the pool and what the pool knows of it (HikariCP's `PoolEntry`). */
-export class PoolEntry {
+export class PoolEntry implements LeakRecord {
   /** When it was last handed back or opened (performance.now()): the pre-ping's bypass window. */
   lastUsed: number;
   /** When the current checkout began; -1 while not checked out. */
   checkedOutAt = -1;
+  /** Where the current checkout was taken (leak tracking, within its stack rate). */
+  leakSite: CheckoutSite | undefined = undefined;
+  /** The current checkout was reported as a possible leak. */
+  leakReported = false;
   /** Checkouts so far (pg's `maxUses`). */
   uses = 0;
   /** Outlived its lifetime: closed when it comes back, or now if idle. */
