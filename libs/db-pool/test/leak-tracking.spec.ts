@@ -49,20 +49,28 @@ describe('leak tracking: the stack budget (DB_POOL_LEAK_STACK_RATE), with a fake
     };
   }
 
-  it('captures at most the rate per second, refilled by elapsed time', () => {
+  it("captures at most the rate per second, a tenth of a second's worth at once: a burst after a quiet spell does not spend a whole second's budget", () => {
     const { tracker: t } = tracker(100);
     for (let i = 0; i < 1_000; i++) t.capture(takeConnection);
-    expect(t.stackStats()).toEqual({ captured: 100, skipped: 900, armed: false });
+    expect(t.stackStats()).toEqual({ captured: 10, skipped: 990, armed: false });
 
-    now = 250; // a quarter of a second: 25 more
-    t.sweep();
+    now = 250; // a quarter of a second: 25 earned, 10 held at most
+    t.refill();
     for (let i = 0; i < 1_000; i++) t.capture(takeConnection);
-    expect(t.stackStats().captured).toBe(125);
+    expect(t.stackStats().captured).toBe(20);
 
-    now = 60_000; // a long idle spell refills one second's worth, not more
-    t.sweep();
+    // Refilled every 100 ms, a busy second spends the whole rate, and no more.
+    for (let step = 1; step <= 10; step++) {
+      now = 250 + step * 100;
+      t.refill();
+      for (let i = 0; i < 100; i++) t.capture(takeConnection);
+    }
+    expect(t.stackStats().captured).toBe(120);
+
+    now = 60_000; // a long idle spell refills a tenth of a second's worth, not more
+    t.refill();
     for (let i = 0; i < 1_000; i++) t.capture(takeConnection);
-    expect(t.stackStats().captured).toBe(225);
+    expect(t.stackStats().captured).toBe(130);
   });
 
   it('a leak taken past the budget is reported without a stack, says why, and arms capture for the next one', () => {
@@ -168,8 +176,8 @@ describe('leak tracking on a pool under load (real PostgreSQL)', () => {
     const elapsedS = (Date.now() - started) / 1000;
     const burst = p.leakStackStats();
     expect(burst.captured + burst.skipped).toBe(200);
-    // The bucket holds one second's worth (5) and the sweep adds 5 a second.
-    expect(burst.captured).toBeLessThanOrEqual(5 + Math.ceil(elapsedS * 5) + 5);
+    // The bucket holds a tenth of a second's worth (at least one stack) and earns 5 a second.
+    expect(burst.captured).toBeLessThanOrEqual(1 + Math.ceil(elapsedS * 5) + 1);
     expect(burst.armed).toBe(false);
 
     const held = await p.connect(); // held past half the threshold: capture arms

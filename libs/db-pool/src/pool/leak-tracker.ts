@@ -58,7 +58,7 @@ export interface LeakTrackerOptions {
   records: () => Iterable<LeakRecord>;
   /** The clock (ms) `checkedOutAt` is on; a test may pass its own and call `sweep()` itself. */
   now?: () => number;
-  /** Sweep on a timer (default); off when a test sweeps by hand. */
+  /** Sweep and refill on timers (default); off when a test calls `sweep()` and `refill()` by hand. */
   timer?: boolean;
 }
 
@@ -72,20 +72,27 @@ export interface StackCaptureStats {
 }
 
 const STACK_DEPTH = 12;
+/** How often the stack budget is refilled, and so how much of it can be spent at once: a tenth of a second's worth. */
+const REFILL_MS = 100;
 
 /**
  * Notes where each connection was checked out, on the connection's own record. A sweep (not a
  * timer per checkout) reports, once, each one held past the threshold, with the stack of the code
  * that took it, and notes when a reported one comes back.
  *
- * Stacks are captured at up to `stackRate` a second (a token bucket refilled by the sweep, so the
- * hot path reads no clock). Once a checkout has been held past half the threshold, the tracker
+ * Stacks are captured at up to `stackRate` a second: a token bucket refilled every 100 ms on a timer
+ * (the hot path reads no clock) and holding a tenth of a second's worth at most, so a burst after a
+ * quiet spell spends 10 stacks, not a whole second's 100 at once (at ~30 µs a capture, that burst
+ * cost a busy pool 3 % of a 100 ms stretch). Once a checkout has been held past half the threshold, the tracker
  * is armed: every checkout gets a stack, whatever the rate, until one threshold has passed
  * without such a checkout — so a leak that recurs is reported with its stack even at a rate of
  * checkouts far above `stackRate`.
  */
 export class CheckoutLeakTracker implements LeakTracker {
   private readonly sweeper: NodeJS.Timeout | undefined;
+  private readonly refiller: NodeJS.Timeout | undefined;
+  /** The most the bucket holds: a tenth of a second's worth (at least one). */
+  private readonly burst: number;
   private readonly now: () => number;
   private reported = 0;
   private tokens: number;
@@ -97,11 +104,16 @@ export class CheckoutLeakTracker implements LeakTracker {
 
   constructor(private readonly options: LeakTrackerOptions) {
     this.now = options.now ?? (() => performance.now());
-    this.tokens = options.stackRate; // a second's worth to start with
+    this.burst = Math.max(1, options.stackRate / (1000 / REFILL_MS));
+    this.tokens = options.stackRate > 0 ? this.burst : 0;
     this.lastRefill = this.now();
     if (options.timer !== false) {
       this.sweeper = setInterval(() => this.sweep(), Math.min(1_000, options.thresholdMs / 4));
       this.sweeper.unref();
+      if (options.stackRate > 0) {
+        this.refiller = setInterval(() => this.refill(), REFILL_MS);
+        this.refiller.unref();
+      }
     }
   }
 
@@ -146,14 +158,20 @@ export class CheckoutLeakTracker implements LeakTracker {
 
   stop(): void {
     clearInterval(this.sweeper);
+    clearInterval(this.refiller);
   }
 
-  /** Refills the stack budget, arms or disarms capture, and reports checkouts past the threshold. */
+  /** Adds the stacks earned since the last refill, up to a tenth of a second's worth. */
+  refill(): void {
+    const now = this.now();
+    this.tokens = Math.min(this.burst, this.tokens + ((now - this.lastRefill) * this.options.stackRate) / 1000);
+    this.lastRefill = now;
+  }
+
+  /** Arms or disarms capture, and reports checkouts past the threshold. */
   sweep(): void {
     const { thresholdMs, stackRate, poolName, logger } = this.options;
     const now = this.now();
-    this.tokens = Math.min(stackRate, this.tokens + ((now - this.lastRefill) * stackRate) / 1000);
-    this.lastRefill = now;
     for (const record of this.options.records()) {
       if (record.checkedOutAt < 0 || record.leakReported) continue;
       const heldMs = now - record.checkedOutAt;
