@@ -30,9 +30,9 @@ async function main(): Promise<void> {
     url,
     poolSize: 5,
     maxOverflow: 5,
-    poolTimeout: 5,
-    overflowIdleTimeout: 1,
-    leakThreshold: 30,
+    poolTimeoutSeconds: 5,
+    overflowIdleTimeoutSeconds: 1,
+    leakThresholdSeconds: 30,
     applicationName: name,
     env: {},
   });

@@ -93,7 +93,7 @@ describe("connection pool load suite (the seed's 11 tests)", () => {
   });
 
   it('5. test_pool_overflow_behavior: grows into the overflow, then shrinks back to the pool size', async () => {
-    const { pool } = await make({ poolSize: 5, maxOverflow: 10, overflowIdleTimeout: 1 });
+    const { pool } = await make({ poolSize: 5, maxOverflow: 10, overflowIdleTimeoutSeconds: 1 });
     await pool.warmUp();
     await Promise.all(Array.from({ length: 15 }, () => pool.query('SELECT pg_sleep(0.1)')));
     expect(pool.totalCount).toBe(15);
@@ -103,7 +103,7 @@ describe("connection pool load suite (the seed's 11 tests)", () => {
   });
 
   it('6. test_pool_exhaustion_timeout: the first caller past capacity gets PoolTimeoutError after DB_POOL_TIMEOUT', async () => {
-    const { pool } = await make({ poolSize: 2, maxOverflow: 1, poolTimeout: 1 });
+    const { pool } = await make({ poolSize: 2, maxOverflow: 1, poolTimeoutSeconds: 1 });
     const held = await Promise.all([pool.connect(), pool.connect(), pool.connect()]);
     const started = performance.now();
     const err = await pool.connect().catch((e: unknown) => e);
@@ -117,7 +117,7 @@ describe("connection pool load suite (the seed's 11 tests)", () => {
   });
 
   it('7. test_connection_recycling: 100 sessions over more than a lifetime; connections are replaced, none fails', async () => {
-    const { pool } = await make({ poolSize: 3, maxOverflow: 2, recycle: 1, recycleJitter: 20 });
+    const { pool } = await make({ poolSize: 3, maxOverflow: 2, recycleSeconds: 1, recycleJitterPercent: 20 });
     await pool.warmUp();
     const pids = new Set<number>();
     for (let session = 0; session < 100; session++) {

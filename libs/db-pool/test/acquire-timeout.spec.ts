@@ -13,7 +13,7 @@ describe('acquire timeout (DB_POOL_TIMEOUT)', () => {
   });
 
   it('rejects the first caller past capacity with PoolTimeoutError after the deadline, naming the pool and its state', async () => {
-    pool = await createTestPool({ name: 'orders', poolSize: 2, maxOverflow: 1, poolTimeout: 1 });
+    pool = await createTestPool({ name: 'orders', poolSize: 2, maxOverflow: 1, poolTimeoutSeconds: 1 });
     await pool.warmUp();
     for (let i = 0; i < 3; i++) held.push(await pool.connect());
 
@@ -41,7 +41,7 @@ describe('acquire timeout (DB_POOL_TIMEOUT)', () => {
   });
 
   it('serves a waiter that a release frees before the deadline, and leaves no timer behind', async () => {
-    pool = await createTestPool({ poolSize: 1, maxOverflow: 0, poolTimeout: 2 });
+    pool = await createTestPool({ poolSize: 1, maxOverflow: 0, poolTimeoutSeconds: 2 });
     await pool.warmUp();
     const first = await pool.connect();
     const waiting = pool.connect();

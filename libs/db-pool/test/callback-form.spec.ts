@@ -20,7 +20,7 @@ describe('connect(callback), the form TypeORM uses', () => {
   });
 
   it('passes the typed timeout error to the callback', async () => {
-    pool = await fixture.pool({ poolSize: 1, maxOverflow: 0, poolTimeout: 1 });
+    pool = await fixture.pool({ poolSize: 1, maxOverflow: 0, poolTimeoutSeconds: 1 });
     const held = await pool.connect();
     const err = await new Promise<Error | undefined>((resolve) => pool.connect((e) => resolve(e)));
     expect(err).toBeInstanceOf(PoolTimeoutError);

@@ -49,7 +49,7 @@ describe('shutdown with connections still checked out', () => {
   const fixture = poolFixture();
 
   it('closes them after the grace period, so end() always finishes', async () => {
-    const pool = await fixture.pool({ poolSize: 2, maxOverflow: 1, shutdownGrace: 1 });
+    const pool = await fixture.pool({ poolSize: 2, maxOverflow: 1, shutdownGraceSeconds: 1 });
     await pool.warmUp();
     const leaked = await pool.connect();
     const started = Date.now();
@@ -63,7 +63,7 @@ describe('shutdown with connections still checked out', () => {
   });
 
   it('finishes at once when every connection is back', async () => {
-    const pool = await fixture.pool({ poolSize: 2, maxOverflow: 1, shutdownGrace: 5 });
+    const pool = await fixture.pool({ poolSize: 2, maxOverflow: 1, shutdownGraceSeconds: 5 });
     const client = await pool.connect();
     setTimeout(() => client.release(), 100);
     const started = Date.now();
@@ -76,7 +76,7 @@ describe('shutdown with callers waiting', () => {
   const fixture = poolFixture();
 
   it('fails a caller queued behind a busy pool when end() comes, instead of leaving it hanging', async () => {
-    const pool = await fixture.pool({ poolSize: 1, maxOverflow: 0, poolTimeout: 30 });
+    const pool = await fixture.pool({ poolSize: 1, maxOverflow: 0, poolTimeoutSeconds: 30 });
     const held = await pool.connect();
     const waiting = pool.connect(); // queued: the only connection is out
     const ended = pool.end();
@@ -87,7 +87,7 @@ describe('shutdown with callers waiting', () => {
   });
 
   it('a caller that asked before end() while a connection was idle gets it, and its release closes it', async () => {
-    const pool = await fixture.pool({ poolSize: 1, maxOverflow: 0, poolTimeout: 30 });
+    const pool = await fixture.pool({ poolSize: 1, maxOverflow: 0, poolTimeoutSeconds: 30 });
     const asked = pool.connect();
     const ended = pool.end();
     const client = await asked;

@@ -48,6 +48,20 @@ describe('configuration: defaults', () => {
     expect(config.maxOverflow).toBe(0);
   });
 
+  it('takes option names with their unit, still accepts the former names, and refuses both names that disagree', () => {
+    const env = { DATABASE_URL: URL_OK, DB_POOL_TIMEOUT: '9' };
+    expect(resolveDbPoolConfig({ env, poolTimeoutSeconds: 3, warnUtilizationPercent: 50 })).toMatchObject({
+      poolTimeoutMs: 3_000,
+      warnUtilization: 50,
+    });
+    expect(resolveDbPoolConfig({ env, poolTimeout: 4, recycle: '60' })).toMatchObject({ poolTimeoutMs: 4_000, recycleMs: 60_000 });
+    expect(resolveDbPoolConfig({ env, poolTimeout: 5, poolTimeoutSeconds: '5' }).poolTimeoutMs).toBe(5_000);
+    expect(problemsOf({}, { poolTimeout: 0 })).toEqual(['poolTimeout (DB_POOL_TIMEOUT)="0": must be an integer from 1 to 3600']);
+    expect(problemsOf({}, { shutdownGrace: 1, shutdownGraceSeconds: 2 })).toEqual([
+      'shutdownGraceSeconds="2" and shutdownGrace="1": shutdownGrace is the former name of shutdownGraceSeconds; give one',
+    ]);
+  });
+
   it('reads a named pool from its own prefixed variables', () => {
     const config = resolveDbPoolConfig({
       name: 'reporting',
@@ -212,8 +226,8 @@ describe('configuration: validation', () => {
     const { readFile } = await import('node:fs/promises');
     const readme = await readFile(new URL('../README.md', import.meta.url), 'utf8');
     for (const key of OPTION_KEYS) {
-      expect(readme).toContain(`\`${key.env}\``);
-      expect(readme).toContain(`\`${key.option}\``);
+      expect(readme).toContain(`| \`${key.env}\` | \`${key.option}\` |`);
+      if (key.alias) expect(readme).toContain(`\`${key.alias}\``);
     }
   });
 });

@@ -33,14 +33,14 @@ describe('counters mean what they say', () => {
     expect(text).toContain(`db_pool_probe_timeouts_total{pool_name="${config.name}"} 2`);
 
     // A caller that waited DB_POOL_TIMEOUT is an acquire timeout.
-    const short = await pool({ poolSize: 1, maxOverflow: 0, poolTimeout: 1 });
+    const short = await pool({ poolSize: 1, maxOverflow: 0, poolTimeoutSeconds: 1 });
     held.push(await short.connect());
     await expect(short.connect()).rejects.toBeInstanceOf(PoolTimeoutError);
     expect(short.counters).toMatchObject({ timeouts: 1, probeTimeouts: 0 });
   });
 
   it('shutdown fails queued callers with PoolClosedError, which is not a connect error and is not counted as one', async () => {
-    const p = await pool({ poolSize: 1, maxOverflow: 0, shutdownGrace: 1 });
+    const p = await pool({ poolSize: 1, maxOverflow: 0, shutdownGraceSeconds: 1 });
     held.push(await p.connect());
     const queued = [p.connect().catch((e: unknown) => e), p.connect().catch((e: unknown) => e)];
     const ending = p.end();

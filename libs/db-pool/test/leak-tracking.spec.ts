@@ -168,7 +168,7 @@ describe('leak tracking on a pool under load (real PostgreSQL)', () => {
 
   it('a burst of checkouts stays within the stack rate; a held connection arms capture; the leak it reports carries the stack of the code that took it', async () => {
     const rec = recorder();
-    const p = await pool({ poolSize: 3, maxOverflow: 0, leakThreshold: 2, leakStackRate: 5 }, rec.logger);
+    const p = await pool({ poolSize: 3, maxOverflow: 0, leakThresholdSeconds: 2, leakStacksPerSecond: 5 }, rec.logger);
     await p.warmUp();
 
     const started = Date.now();

@@ -214,7 +214,7 @@ describe('DbPoolModule start-up against a role with a connection limit below the
     url.password = 'limited';
     const logs: string[] = [];
     const app = await Test.createTestingModule({
-      imports: [DbPoolModule.forRoot({ url: url.toString(), poolSize: 4, maxOverflow: 0, poolTimeout: 2, env: {} })],
+      imports: [DbPoolModule.forRoot({ url: url.toString(), poolSize: 4, maxOverflow: 0, poolTimeoutSeconds: 2, env: {} })],
     })
       .setLogger({ log: () => {}, error: () => {}, warn: (m: string) => logs.push(String(m)), debug: () => {}, verbose: () => {} })
       .compile();

@@ -53,7 +53,7 @@ describe('PoolMonitor', () => {
   });
 
   it('uses the configured thresholds for warning and critical', async () => {
-    const { pool, monitor } = await monitored({ poolSize: 4, maxOverflow: 0, warnUtilization: 20, criticalUtilization: 60 });
+    const { pool, monitor } = await monitored({ poolSize: 4, maxOverflow: 0, warnUtilizationPercent: 20, criticalUtilizationPercent: 60 });
     const release = await holdAll(pool, 1);
     expect(monitor.getPoolStatus().health).toBe('warning'); // 25 % > 20 %
     const more = await holdAll(pool, 2);
@@ -80,7 +80,7 @@ describe('PoolMonitor', () => {
 
   it('suspects a leak when every connection is held and the server refuses more, below the configured capacity', async () => {
     const { pool, monitor } = await monitored(
-      { url: proxied(), poolSize: 2, maxOverflow: 2, poolTimeout: 1, connectTimeout: 1 },
+      { url: proxied(), poolSize: 2, maxOverflow: 2, poolTimeoutSeconds: 1, connectTimeoutSeconds: 1 },
       { leakWindowMs: 300, tickMs: 50 },
     );
     await monitor.start();
@@ -115,7 +115,10 @@ describe('PoolMonitor', () => {
   });
 
   it('recommends a pool size from measured wait and use times when waits are frequent', async () => {
-    const { pool, monitor } = await monitored({ poolSize: 2, maxOverflow: 0, poolTimeout: 10 }, { tickMs: 200, adviceWindowMs: 1_000 });
+    const { pool, monitor } = await monitored(
+      { poolSize: 2, maxOverflow: 0, poolTimeoutSeconds: 10 },
+      { tickMs: 200, adviceWindowMs: 1_000 },
+    );
     await monitor.start();
     const end = Date.now() + 1_400;
     await Promise.all(
@@ -158,7 +161,7 @@ describe('PoolMonitor', () => {
   });
 
   it('the headroom sampler skips a turn while its previous sample is still out: its acquires never pile up', async () => {
-    const { pool, monitor } = await monitored({ poolSize: 1, maxOverflow: 0, headroomInterval: 1, healthTimeoutMs: 1_500 });
+    const { pool, monitor } = await monitored({ poolSize: 1, maxOverflow: 0, headroomIntervalSeconds: 1, healthTimeoutMs: 1_500 });
     const release = await holdAll(pool, 1);
     let mostWaiting = 0;
     let watching = true;
@@ -200,7 +203,7 @@ describe('PoolMonitor', () => {
   });
 
   it('reads status from an exhausted pool with callers queued, and reading changes nothing', async () => {
-    const { pool, monitor } = await monitored({ poolSize: 1, maxOverflow: 0, poolTimeout: 30 });
+    const { pool, monitor } = await monitored({ poolSize: 1, maxOverflow: 0, poolTimeoutSeconds: 30 });
     const release = await holdAll(pool, 1);
     const waiters = Array.from({ length: 3 }, () => pool.connect().then((c) => c.release()));
     expect(await eventually(() => pool.waitingCount === 3)).toBe(true);

@@ -24,7 +24,7 @@ describe('pre-ping (DB_POOL_PRE_PING) with a bypass window', () => {
   });
 
   it('discards a connection that stopped answering and retries the acquire within the same deadline', async () => {
-    pool = await fixture.pool({ poolSize: 1, maxOverflow: 0, prePingBypassMs: 0, validationTimeoutMs: 200, poolTimeout: 3 });
+    pool = await fixture.pool({ poolSize: 1, maxOverflow: 0, prePingBypassMs: 0, validationTimeoutMs: 200, poolTimeoutSeconds: 3 });
     await pool.warmUp();
     const client = await pool.connect();
     const frozenPid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;

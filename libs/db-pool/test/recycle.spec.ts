@@ -7,7 +7,7 @@ describe('recycling (DB_POOL_RECYCLE) with jitter', () => {
   let pool: DbPool;
 
   it('rotates backend pids under steady load with zero failed queries', async () => {
-    pool = await fixture.pool({ poolSize: 3, maxOverflow: 2, recycle: 1, recycleJitter: 50 });
+    pool = await fixture.pool({ poolSize: 3, maxOverflow: 2, recycleSeconds: 1, recycleJitterPercent: 50 });
     await pool.warmUp();
     const p = pool;
     const seen = new Set<number>();
@@ -38,7 +38,7 @@ describe('recycling (DB_POOL_RECYCLE) with jitter', () => {
   });
 
   it('never retires a connection while it is checked out', async () => {
-    pool = await fixture.pool({ poolSize: 1, maxOverflow: 0, recycle: 1, recycleJitter: 0 });
+    pool = await fixture.pool({ poolSize: 1, maxOverflow: 0, recycleSeconds: 1, recycleJitterPercent: 0 });
     await pool.warmUp();
     const client = await pool.connect();
     const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
@@ -53,7 +53,7 @@ describe('recycling (DB_POOL_RECYCLE) with jitter', () => {
 
   it('spreads lifetimes with jitter so a pool does not reconnect all at once', async () => {
     const started = Date.now();
-    pool = await fixture.pool({ poolSize: 6, maxOverflow: 0, recycle: 2, recycleJitter: 50 });
+    pool = await fixture.pool({ poolSize: 6, maxOverflow: 0, recycleSeconds: 2, recycleJitterPercent: 50 });
     const p = pool;
     const originals = new Set(await backendPids(admin(), pool.settings.name));
     expect(originals.size).toBe(6);

@@ -27,7 +27,14 @@ describe('shutdown never strands a caller', () => {
 
   it('a caller whose connection is still being opened when the grace ends is failed then, not at its own deadline', async () => {
     // Deadlines far beyond the grace: had the caller been left to them, the test would time out.
-    const p = await pool({ url: url(), poolSize: 1, maxOverflow: 1, poolTimeout: 50, connectTimeout: 50, shutdownGrace: 1 });
+    const p = await pool({
+      url: url(),
+      poolSize: 1,
+      maxOverflow: 1,
+      poolTimeoutSeconds: 50,
+      connectTimeoutSeconds: 50,
+      shutdownGraceSeconds: 1,
+    });
     await p.warmUp();
     const held = await p.connect();
     await proxy().setMode('blackhole'); // new connections are accepted and never answered
@@ -42,7 +49,7 @@ describe('shutdown never strands a caller', () => {
   }, 20_000);
 
   it('end() finishes after the grace even when a backend never answers the close of its connection', async () => {
-    const p = await pool({ poolSize: 1, maxOverflow: 0, shutdownGrace: 1, validationTimeoutMs: 500 });
+    const p = await pool({ poolSize: 1, maxOverflow: 0, shutdownGraceSeconds: 1, validationTimeoutMs: 500 });
     const { client, thaw } = await frozenCheckout(p);
     try {
       const ending = p.end();
@@ -55,7 +62,7 @@ describe('shutdown never strands a caller', () => {
   });
 
   it('a waiter behind a discarded connection whose server does not answer the close is served, not timed out', async () => {
-    const p = await pool({ poolSize: 1, maxOverflow: 0, poolTimeout: 5, validationTimeoutMs: 30_000 });
+    const p = await pool({ poolSize: 1, maxOverflow: 0, poolTimeoutSeconds: 5, validationTimeoutMs: 30_000 });
     const { client, thaw } = await frozenCheckout(p);
     try {
       const waiter = p.connect();

@@ -39,7 +39,7 @@ describe('pool sizing (QueuePool semantics)', () => {
   });
 
   it('closes overflow connections after the overflow idle timeout, back down to DB_POOL_SIZE', async () => {
-    pool = await fixture.pool({ poolSize: 2, maxOverflow: 4, overflowIdleTimeout: 1 });
+    pool = await fixture.pool({ poolSize: 2, maxOverflow: 4, overflowIdleTimeoutSeconds: 1 });
     await pool.warmUp();
     const p = pool;
     await Promise.all(Array.from({ length: 6 }, () => p.query('SELECT pg_sleep(0.1)')));

@@ -41,18 +41,18 @@ async function openConnections(n: number, query: (sql: string) => Promise<unknow
   await Promise.all(Array.from({ length: n }, () => query('SELECT pg_sleep(0.02)')));
 }
 
-export type DbPoolFeatures = Pick<DbPoolOptions, 'prePing' | 'prePingBypassMs' | 'leakThreshold' | 'leakStackRate'>;
+export type DbPoolFeatures = Pick<DbPoolOptions, 'prePing' | 'prePingBypassMs' | 'leakThresholdSeconds' | 'leakStacksPerSecond'>;
 
 /**
  * What the headline db-pool contenders run with: every feature on. Pre-ping (500 ms bypass),
  * leak tracking with checkout stacks (at the default DB_POOL_LEAK_STACK_RATE); reset on return
  * and the metrics' histograms and counters are always on.
  */
-export const ALL_FEATURES = { prePing: true, prePingBypassMs: 500, leakThreshold: 30 } as const satisfies DbPoolFeatures;
+export const ALL_FEATURES = { prePing: true, prePingBypassMs: 500, leakThresholdSeconds: 30 } as const satisfies DbPoolFeatures;
 /** Pre-ping and leak tracking off: the baseline of the features comparison. */
-export const FEATURES_OFF = { prePing: false, leakThreshold: 0 } as const satisfies DbPoolFeatures;
+export const FEATURES_OFF = { prePing: false, leakThresholdSeconds: 0 } as const satisfies DbPoolFeatures;
 /** Every feature on, with the stack rate out of reach: a stack for every checkout. */
-export const EVERY_STACK = { ...ALL_FEATURES, leakStackRate: 1_000_000 } as const satisfies DbPoolFeatures;
+export const EVERY_STACK = { ...ALL_FEATURES, leakStacksPerSecond: 1_000_000 } as const satisfies DbPoolFeatures;
 
 /** A db-pool pool as an app would build it without Nest: capacity 20, no overflow. */
 export async function openDbPool(res: Resources, url: string, name: string, features: DbPoolFeatures = ALL_FEATURES): Promise<DbPool> {

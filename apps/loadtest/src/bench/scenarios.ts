@@ -190,14 +190,14 @@ function phases(settings: BenchSettings, run: BenchRun): PhaseSpec[] {
         return [
           poolQuery(
             C.prePingOn,
-            await openDbPool(res, url, 'bench-preping-on', { prePing: true, prePingBypassMs: 500, leakThreshold: 0 }),
+            await openDbPool(res, url, 'bench-preping-on', { prePing: true, prePingBypassMs: 500, leakThresholdSeconds: 0 }),
             'prePing true, 500 ms bypass',
           ),
-          poolQuery(C.featuresOff, await openDbPool(res, url, 'bench-features-off', FEATURES_OFF), 'prePing false, leakThreshold 0'),
+          poolQuery(C.featuresOff, await openDbPool(res, url, 'bench-features-off', FEATURES_OFF), 'prePing false, leakThresholdSeconds 0'),
           poolQuery(
             C.featuresOn,
             await openDbPool(res, url, 'bench-features-on', ALL_FEATURES),
-            'as the headline rows: prePing, leakThreshold 30 s, ≤ 100 stacks/s',
+            'as the headline rows: prePing, leakThresholdSeconds 30, ≤ 100 stacks/s',
           ),
           // Informational: what a stack for every checkout would cost (the rate set out of reach).
           poolQuery(C.featuresEveryStack, await openDbPool(res, url, 'bench-every-stack', EVERY_STACK), 'leakStackRate 1000000'),

@@ -42,7 +42,7 @@ describe('fault scenarios: connections', () => {
   });
 
   it('server stopped and restarted under load: failures only during the outage, each within DB_POOL_TIMEOUT; full service within 2 s after; no stale connection', async () => {
-    const { pool } = await rig().pool({ poolSize: 4, maxOverflow: 4, poolTimeout: 2, connectTimeout: 1 }, true);
+    const { pool } = await rig().pool({ poolSize: 4, maxOverflow: 4, poolTimeoutSeconds: 2, connectTimeoutSeconds: 1 }, true);
     await pool.warmUp();
     let startedAt = 0;
     const failures: { at: number; ms: number }[] = [];
@@ -85,7 +85,7 @@ describe('fault scenarios: connections', () => {
   });
 
   it('connection refused: the acquire fails fast with the typed error', async () => {
-    const { pool } = await rig().pool({ poolSize: 1, maxOverflow: 1, poolTimeout: 5 });
+    const { pool } = await rig().pool({ poolSize: 1, maxOverflow: 1, poolTimeoutSeconds: 5 });
     const held = await pool.connect(); // the warm connection: the next acquire must open one
     await rig().proxy.setMode('refuse');
     const started = Date.now();
@@ -100,7 +100,7 @@ describe('fault scenarios: connections', () => {
   });
 
   it('connect blackholed: the connect timeout fires; no backend is left behind', async () => {
-    const { pool, config } = await rig().pool({ poolSize: 1, maxOverflow: 1, poolTimeout: 3, connectTimeout: 1 });
+    const { pool, config } = await rig().pool({ poolSize: 1, maxOverflow: 1, poolTimeoutSeconds: 3, connectTimeoutSeconds: 1 });
     const held = await pool.connect(); // the warm connection: the next acquire must open one
     const heldBackends = await rig().backends(config.applicationName);
     await rig().proxy.setMode('blackhole');
@@ -132,7 +132,7 @@ describe('fault scenarios: connections', () => {
   });
 
   it('max-lifetime rotation under load: backend pids rotate, zero errors', async () => {
-    const { pool } = await rig().pool({ poolSize: 3, maxOverflow: 1, recycle: 1, recycleJitter: 30 });
+    const { pool } = await rig().pool({ poolSize: 3, maxOverflow: 1, recycleSeconds: 1, recycleJitterPercent: 30 });
     await pool.warmUp();
     const pids = new Set<number>();
     let errors = 0;
@@ -157,7 +157,7 @@ describe('fault scenarios: connections', () => {
     await admin.query("ALTER SYSTEM SET idle_session_timeout = '300ms'");
     await admin.query('SELECT pg_reload_conf()');
     try {
-      const { pool, config } = await rig().pool({ poolSize: 2, maxOverflow: 0, headroomInterval: 60 });
+      const { pool, config } = await rig().pool({ poolSize: 2, maxOverflow: 0, headroomIntervalSeconds: 60 });
       await pool.warmUp();
       const { PoolMonitor } = await import('@db-pool/db-pool');
       const warnings: string[] = [];
@@ -175,7 +175,7 @@ describe('fault scenarios: connections', () => {
   });
 
   it('a frozen server while the pool holds idle sockets: readiness fails within its timeout, not a stale success, and timed-out probes hold nothing', async () => {
-    const { pool } = await rig().pool({ poolSize: 2, maxOverflow: 0, healthTimeoutMs: 300, connectTimeout: 1 });
+    const { pool } = await rig().pool({ poolSize: 2, maxOverflow: 0, healthTimeoutMs: 300, connectTimeoutSeconds: 1 });
     await pool.warmUp();
     await rig().proxy.setMode('freeze');
     for (let i = 0; i < 20; i++) {
@@ -192,7 +192,7 @@ describe('fault scenarios: connections', () => {
   });
 
   it('shutdown with a checked-out connection to a server that stopped answering still finishes after the grace', async () => {
-    const { pool } = await rig().pool({ poolSize: 2, maxOverflow: 0, shutdownGrace: 1 });
+    const { pool } = await rig().pool({ poolSize: 2, maxOverflow: 0, shutdownGraceSeconds: 1 });
     await pool.warmUp();
     const stuck = await pool.connect();
     await rig().proxy.setMode('freeze');
@@ -206,7 +206,7 @@ describe('fault scenarios: connections', () => {
   });
 
   it('exhaustion at 10x capacity: waiters get the typed timeout; metrics show pending and timeouts; full recovery after release', async () => {
-    const { pool, config } = await rig().pool({ poolSize: 2, maxOverflow: 1, poolTimeout: 1 });
+    const { pool, config } = await rig().pool({ poolSize: 2, maxOverflow: 1, poolTimeoutSeconds: 1 });
     const registry = new DbPoolRegistry();
     registry.add(new PoolMonitor(pool, config, { log() {}, warn() {} }));
     const metrics = new DbPoolMetrics(registry);

@@ -19,7 +19,7 @@ describe('fault scenarios: use and misuse', () => {
 
   it('a query runner never released: a leak warning with the checkout stack at the threshold', async () => {
     const logs: string[] = [];
-    const ds = await dataSource({ leakThreshold: 2 }, logs);
+    const ds = await dataSource({ leakThresholdSeconds: 2 }, logs);
     try {
       const runner = ds.createQueryRunner();
       const checkedOutAt = Date.now();

@@ -88,7 +88,7 @@ describe('fault scenarios: secrets', () => {
         url,
         poolSize: 1,
         maxOverflow: 0,
-        poolTimeout: 3,
+        poolTimeoutSeconds: 3,
         env: {},
         logger: { log: logger.log, warn: logger.warn },
       }).catch((e: unknown) => e)) as Error;

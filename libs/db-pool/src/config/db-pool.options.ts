@@ -33,19 +33,19 @@ export interface DbPoolOptions {
   /** `DB_MAX_OVERFLOW`: extra connections opened under load, closed again when idle. @default 40 */
   maxOverflow?: Loose<number>;
   /** `DB_POOL_TIMEOUT`: seconds an acquire waits for a connection before it fails. @default 30 */
-  poolTimeout?: Loose<number>;
+  poolTimeoutSeconds?: Loose<number>;
   /** `DB_POOL_RECYCLE`: seconds after which a connection is replaced (0 = never). @default 3600 */
-  recycle?: Loose<number>;
+  recycleSeconds?: Loose<number>;
   /** `DB_POOL_RECYCLE_JITTER`: percent by which each connection's lifetime is shortened at random. @default 10 */
-  recycleJitter?: Loose<number>;
+  recycleJitterPercent?: Loose<number>;
   /** `DB_POOL_PRE_PING`: validate a connection before handing it out. @default true */
   prePing?: Loose<boolean>;
   /** `DB_POOL_PRE_PING_BYPASS_MS`: a connection used within this many ms is handed out unvalidated. @default 500 */
   prePingBypassMs?: Loose<number>;
   /** `DB_POOL_OVERFLOW_IDLE_TIMEOUT`: seconds an overflow connection may sit idle before it is closed. @default 10 */
-  overflowIdleTimeout?: Loose<number>;
+  overflowIdleTimeoutSeconds?: Loose<number>;
   /** `DB_CONNECT_TIMEOUT`: seconds opening one new connection may take. @default 10 */
-  connectTimeout?: Loose<number>;
+  connectTimeoutSeconds?: Loose<number>;
   /** `DB_VALIDATION_TIMEOUT_MS`: ms a pre-ping or a reset on return may take before the connection is discarded. @default 5000 */
   validationTimeoutMs?: Loose<number>;
   /** `DB_STATEMENT_TIMEOUT_MS`: server-side `statement_timeout` for every connection (0 = none). @default 0 */
@@ -53,21 +53,21 @@ export interface DbPoolOptions {
   /** `DB_QUERY_TIMEOUT_MS`: ms the client waits for a query's answer before it gives up and the connection is discarded (0 = none). @default 0 */
   queryTimeoutMs?: Loose<number>;
   /** `DB_POOL_LEAK_THRESHOLD`: seconds a checkout may be held before it is logged with its stack (0 = off, else ≥ 2). @default 0 */
-  leakThreshold?: Loose<number>;
+  leakThresholdSeconds?: Loose<number>;
   /** `DB_POOL_LEAK_STACK_RATE`: checkout stacks captured per second at most while leak tracking is on (0 = none). @default 100 */
-  leakStackRate?: Loose<number>;
+  leakStacksPerSecond?: Loose<number>;
   /** `DB_POOL_WARN_UTILIZATION`: % of capacity checked out above which health is "warning". @default 70 */
-  warnUtilization?: Loose<number>;
+  warnUtilizationPercent?: Loose<number>;
   /** `DB_POOL_CRITICAL_UTILIZATION`: % above which health is "critical". @default 90 */
-  criticalUtilization?: Loose<number>;
+  criticalUtilizationPercent?: Loose<number>;
   /** `DB_POOL_EXPECTED_REPLICAS`: processes running this configuration against the same server. @default 1 */
   expectedReplicas?: Loose<number>;
   /** `DB_POOL_HEALTH_TIMEOUT_MS`: ms a readiness probe or a headroom sample may take in all. @default 1000 */
   healthTimeoutMs?: Loose<number>;
   /** `DB_POOL_HEADROOM_INTERVAL`: seconds between server-headroom samples (0 = off). @default 30 */
-  headroomInterval?: Loose<number>;
+  headroomIntervalSeconds?: Loose<number>;
   /** `DB_POOL_SHUTDOWN_GRACE`: seconds `end()` waits for checked-out connections before closing them. @default 10 */
-  shutdownGrace?: Loose<number>;
+  shutdownGraceSeconds?: Loose<number>;
   /** `DB_PGBOUNCER_ADMIN_URL`: PgBouncer's admin console, e.g. `postgres://admin:pw@pgbouncer:6432/pgbouncer`. */
   pgbouncerAdminUrl?: string;
   /** `DB_APPLICATION_NAME`: `application_name` shown in `pg_stat_activity`; printable ASCII, at most 63 characters. @default 'db-pool' ('db-pool:<name>' for a named pool) */
@@ -87,6 +87,29 @@ export interface DbPoolOptions {
    * database is. @default false
    */
   healthDetail?: Loose<boolean>;
+
+  /** @deprecated The former name of `poolTimeoutSeconds`; give one of the two. */
+  poolTimeout?: Loose<number>;
+  /** @deprecated The former name of `recycleSeconds`; give one of the two. */
+  recycle?: Loose<number>;
+  /** @deprecated The former name of `recycleJitterPercent`; give one of the two. */
+  recycleJitter?: Loose<number>;
+  /** @deprecated The former name of `overflowIdleTimeoutSeconds`; give one of the two. */
+  overflowIdleTimeout?: Loose<number>;
+  /** @deprecated The former name of `connectTimeoutSeconds`; give one of the two. */
+  connectTimeout?: Loose<number>;
+  /** @deprecated The former name of `leakThresholdSeconds`; give one of the two. */
+  leakThreshold?: Loose<number>;
+  /** @deprecated The former name of `leakStacksPerSecond`; give one of the two. */
+  leakStackRate?: Loose<number>;
+  /** @deprecated The former name of `warnUtilizationPercent`; give one of the two. */
+  warnUtilization?: Loose<number>;
+  /** @deprecated The former name of `criticalUtilizationPercent`; give one of the two. */
+  criticalUtilization?: Loose<number>;
+  /** @deprecated The former name of `headroomIntervalSeconds`; give one of the two. */
+  headroomInterval?: Loose<number>;
+  /** @deprecated The former name of `shutdownGraceSeconds`; give one of the two. */
+  shutdownGrace?: Loose<number>;
 
   /** Where the pool and the module write (Nest's `Logger` fits). @default silent for `createDbPool`, Nest's logger in the module */
   logger?: DbPoolLogger;

@@ -19,6 +19,8 @@ export interface EnvKey {
 /** How one pool option is read: an {@link EnvKey} with the option it fills. */
 export interface OptionKey extends EnvKey {
   option: keyof DbPoolOptions;
+  /** The option's former name (without its unit), still accepted. */
+  alias?: keyof DbPoolOptions;
 }
 
 export const TRUE_WORDS = ['true', '1', 'yes', 'on'] as const;
@@ -46,7 +48,8 @@ export const OPTION_KEYS: readonly OptionKey[] = [
     meaning: 'extra connections under load, closed again when idle',
   },
   {
-    option: 'poolTimeout',
+    option: 'poolTimeoutSeconds',
+    alias: 'poolTimeout',
     env: 'DB_POOL_TIMEOUT',
     kind: 'int',
     min: 1,
@@ -55,7 +58,8 @@ export const OPTION_KEYS: readonly OptionKey[] = [
     meaning: 'seconds an acquire waits before it fails with PoolTimeoutError',
   },
   {
-    option: 'recycle',
+    option: 'recycleSeconds',
+    alias: 'recycle',
     env: 'DB_POOL_RECYCLE',
     kind: 'int',
     min: 0,
@@ -64,7 +68,8 @@ export const OPTION_KEYS: readonly OptionKey[] = [
     meaning: 'seconds after which a connection is replaced (0 = never); never while checked out',
   },
   {
-    option: 'recycleJitter',
+    option: 'recycleJitterPercent',
+    alias: 'recycleJitter',
     env: 'DB_POOL_RECYCLE_JITTER',
     kind: 'int',
     min: 0,
@@ -89,7 +94,8 @@ export const OPTION_KEYS: readonly OptionKey[] = [
     meaning: 'a connection used within this many ms is handed out without a round trip',
   },
   {
-    option: 'overflowIdleTimeout',
+    option: 'overflowIdleTimeoutSeconds',
+    alias: 'overflowIdleTimeout',
     env: 'DB_POOL_OVERFLOW_IDLE_TIMEOUT',
     kind: 'int',
     min: 1,
@@ -98,7 +104,8 @@ export const OPTION_KEYS: readonly OptionKey[] = [
     meaning: 'seconds an overflow connection may stay idle before it is closed',
   },
   {
-    option: 'connectTimeout',
+    option: 'connectTimeoutSeconds',
+    alias: 'connectTimeout',
     env: 'DB_CONNECT_TIMEOUT',
     kind: 'int',
     min: 1,
@@ -134,7 +141,8 @@ export const OPTION_KEYS: readonly OptionKey[] = [
     meaning: "client-side limit on waiting for a query's answer (pg query_timeout); the connection is then discarded (0 = none)",
   },
   {
-    option: 'leakThreshold',
+    option: 'leakThresholdSeconds',
+    alias: 'leakThreshold',
     env: 'DB_POOL_LEAK_THRESHOLD',
     kind: 'int',
     min: 2,
@@ -144,7 +152,8 @@ export const OPTION_KEYS: readonly OptionKey[] = [
     meaning: 'seconds a checkout may be held before it is logged as a possible leak, with the stack that took it (0 = off)',
   },
   {
-    option: 'leakStackRate',
+    option: 'leakStacksPerSecond',
+    alias: 'leakStackRate',
     env: 'DB_POOL_LEAK_STACK_RATE',
     kind: 'int',
     min: 0,
@@ -154,7 +163,8 @@ export const OPTION_KEYS: readonly OptionKey[] = [
       'checkout stacks captured per second at most while leak tracking is on (capturing costs CPU); every checkout is captured once one is held past half the threshold (0 = no stacks)',
   },
   {
-    option: 'warnUtilization',
+    option: 'warnUtilizationPercent',
+    alias: 'warnUtilization',
     env: 'DB_POOL_WARN_UTILIZATION',
     kind: 'int',
     min: 1,
@@ -163,7 +173,8 @@ export const OPTION_KEYS: readonly OptionKey[] = [
     meaning: 'utilization (% of capacity checked out) above which health is "warning"; below DB_POOL_CRITICAL_UTILIZATION',
   },
   {
-    option: 'criticalUtilization',
+    option: 'criticalUtilizationPercent',
+    alias: 'criticalUtilization',
     env: 'DB_POOL_CRITICAL_UTILIZATION',
     kind: 'int',
     min: 2,
@@ -190,7 +201,8 @@ export const OPTION_KEYS: readonly OptionKey[] = [
     meaning: 'ms the readiness probe and the headroom sampler may take, acquire included',
   },
   {
-    option: 'headroomInterval',
+    option: 'headroomIntervalSeconds',
+    alias: 'headroomInterval',
     env: 'DB_POOL_HEADROOM_INTERVAL',
     kind: 'int',
     min: 1,
@@ -200,7 +212,8 @@ export const OPTION_KEYS: readonly OptionKey[] = [
     meaning: 'seconds between samples of the server headroom (0 = off)',
   },
   {
-    option: 'shutdownGrace',
+    option: 'shutdownGraceSeconds',
+    alias: 'shutdownGrace',
     env: 'DB_POOL_SHUTDOWN_GRACE',
     kind: 'int',
     min: 0,

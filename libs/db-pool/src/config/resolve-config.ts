@@ -143,10 +143,19 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
 
   for (const key of OPTION_KEYS) {
     const envName = `${prefix}${key.env}`;
-    const fromCode = options[key.option];
-    const useCode = fromCode !== undefined && fromCode !== '';
+    const isSet = (v: unknown) => v !== undefined && v !== '';
+    const byName = options[key.option];
+    const byAlias = key.alias === undefined ? undefined : options[key.alias];
+    if (isSet(byName) && isSet(byAlias) && String(byName) !== String(byAlias)) {
+      problems.push(
+        `${key.option}=${shown(key, byName)} and ${key.alias}=${shown(key, byAlias)}: ${key.alias} is the former name of ${key.option}; give one`,
+      );
+      continue;
+    }
+    const [codeName, fromCode] = isSet(byName) || !isSet(byAlias) ? [key.option, byName] : [key.alias!, byAlias];
+    const useCode = isSet(fromCode);
     const raw = useCode ? fromCode : env[envName];
-    const label = useCode ? `${key.option} (${envName})` : envName;
+    const label = useCode ? `${codeName} (${envName})` : envName;
     try {
       const value = parse(key, raw);
       if (value !== undefined) given.add(key.option);
@@ -171,14 +180,18 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
 
   const int = (option: keyof DbPoolOptions) => values.get(option) as number;
   const envOf = (option: keyof DbPoolOptions) => `${prefix}${OPTION_KEYS.find((k) => k.option === option)!.env}`;
-  if (!given.has('connectTimeout') && values.get('poolTimeout') !== undefined) {
+  if (!given.has('connectTimeoutSeconds') && values.get('poolTimeoutSeconds') !== undefined) {
     // The default connect timeout never outlasts a shorter acquire deadline.
-    values.set('connectTimeout', Math.min(int('connectTimeout'), int('poolTimeout')));
+    values.set('connectTimeoutSeconds', Math.min(int('connectTimeoutSeconds'), int('poolTimeoutSeconds')));
   }
-  if (values.get('connectTimeout') !== undefined && values.get('poolTimeout') !== undefined && int('connectTimeout') > int('poolTimeout')) {
+  if (
+    values.get('connectTimeoutSeconds') !== undefined &&
+    values.get('poolTimeoutSeconds') !== undefined &&
+    int('connectTimeoutSeconds') > int('poolTimeoutSeconds')
+  ) {
     problems.push(
-      `${envOf('connectTimeout')}=${int('connectTimeout')} exceeds ${envOf('poolTimeout')}=${int('poolTimeout')}: ` +
-        `a connection that takes that long to open could never be handed out in time; make ${envOf('connectTimeout')} ≤ ${envOf('poolTimeout')}`,
+      `${envOf('connectTimeoutSeconds')}=${int('connectTimeoutSeconds')} exceeds ${envOf('poolTimeoutSeconds')}=${int('poolTimeoutSeconds')}: ` +
+        `a connection that takes that long to open could never be handed out in time; make ${envOf('connectTimeoutSeconds')} ≤ ${envOf('poolTimeoutSeconds')}`,
     );
   }
   if (values.get('poolSize') !== undefined && values.get('maxOverflow') !== undefined && int('poolSize') + int('maxOverflow') > 10_000) {
@@ -188,12 +201,12 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
   }
 
   if (
-    values.get('warnUtilization') !== undefined &&
-    values.get('criticalUtilization') !== undefined &&
-    int('warnUtilization') >= int('criticalUtilization')
+    values.get('warnUtilizationPercent') !== undefined &&
+    values.get('criticalUtilizationPercent') !== undefined &&
+    int('warnUtilizationPercent') >= int('criticalUtilizationPercent')
   ) {
     problems.push(
-      `${envOf('warnUtilization')}=${int('warnUtilization')} is not below ${envOf('criticalUtilization')}=${int('criticalUtilization')}: ` +
+      `${envOf('warnUtilizationPercent')}=${int('warnUtilizationPercent')} is not below ${envOf('criticalUtilizationPercent')}=${int('criticalUtilizationPercent')}: ` +
         `the warning threshold must be lower than the critical one`,
     );
   }
@@ -234,24 +247,24 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
     database: options.database,
     poolSize: int('poolSize'),
     maxOverflow: int('maxOverflow'),
-    poolTimeoutMs: int('poolTimeout') * 1000,
-    recycleMs: int('recycle') * 1000,
-    recycleJitter: int('recycleJitter') / 100,
+    poolTimeoutMs: int('poolTimeoutSeconds') * 1000,
+    recycleMs: int('recycleSeconds') * 1000,
+    recycleJitter: int('recycleJitterPercent') / 100,
     prePing: values.get('prePing') as boolean,
     prePingBypassMs: int('prePingBypassMs'),
-    overflowIdleTimeoutMs: int('overflowIdleTimeout') * 1000,
-    connectTimeoutMs: int('connectTimeout') * 1000,
+    overflowIdleTimeoutMs: int('overflowIdleTimeoutSeconds') * 1000,
+    connectTimeoutMs: int('connectTimeoutSeconds') * 1000,
     validationTimeoutMs: int('validationTimeoutMs'),
     statementTimeoutMs: int('statementTimeoutMs'),
     queryTimeoutMs: int('queryTimeoutMs'),
-    leakThresholdMs: int('leakThreshold') * 1000,
-    leakStackRate: int('leakStackRate'),
-    warnUtilization: int('warnUtilization'),
-    criticalUtilization: int('criticalUtilization'),
+    leakThresholdMs: int('leakThresholdSeconds') * 1000,
+    leakStackRate: int('leakStacksPerSecond'),
+    warnUtilization: int('warnUtilizationPercent'),
+    criticalUtilization: int('criticalUtilizationPercent'),
     expectedReplicas: int('expectedReplicas'),
     healthTimeoutMs: int('healthTimeoutMs'),
-    headroomIntervalMs: int('headroomInterval') * 1000,
-    shutdownGraceMs: int('shutdownGrace') * 1000,
+    headroomIntervalMs: int('headroomIntervalSeconds') * 1000,
+    shutdownGraceMs: int('shutdownGraceSeconds') * 1000,
     pgbouncerAdminUrl: values.get('pgbouncerAdminUrl') as string | undefined,
     applicationName,
     resetSession: values.get('resetSession') as DbPoolConfig['resetSession'],
