@@ -4,6 +4,8 @@ export interface FaultProxy {
   readonly port: number;
   readonly mode: FaultMode;
   readonly connections: number;
+  readonly accepted: number;
+  readonly statements: number;
   url(databaseUrl: string): string;
   setMode(mode: FaultMode, options?: { latencyMs?: number }): Promise<void>;
   close(): Promise<void>;

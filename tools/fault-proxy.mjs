@@ -8,6 +8,9 @@
 //   freeze     stop moving bytes on every open connection, both ways, sockets left open
 //              (new connections are blackholed too)
 //   reset      destroy every open connection at once (RST), then pass
+//
+// It also counts what passes: connections accepted, and statements (the protocol's Query and
+// Parse messages) forwarded to the server — "no statement reached the old server" is a count.
 import { createServer, connect } from 'node:net';
 
 /**
@@ -22,10 +25,13 @@ export async function startFaultProxy(target) {
   let latencyMs = 0;
   let port = 0;
   let listening = false;
+  let accepted = 0;
+  let statements = 0;
 
   const server = createServer((client) => {
     const link = { client, upstream: undefined };
     links.add(link);
+    accepted++;
     client.on('error', () => {});
     client.on('close', () => {
       links.delete(link);
@@ -36,13 +42,43 @@ export async function startFaultProxy(target) {
     link.upstream = upstream;
     upstream.on('error', () => client.destroy());
     upstream.on('close', () => client.destroy());
-    pipe(client, upstream);
+    pipe(client, upstream, statementCounter());
     pipe(upstream, client);
   });
 
-  function pipe(from, to) {
+  /**
+   * Reads the frontend's message stream as it passes: the start-up packet (and an SSLRequest)
+   * has no type byte, every later message is a type byte and a 4-byte length.
+   */
+  function statementCounter() {
+    let buffered = Buffer.alloc(0);
+    let started = false;
+    return (chunk) => {
+      buffered = Buffer.concat([buffered, chunk]);
+      for (;;) {
+        if (!started) {
+          if (buffered.length < 8) return;
+          const length = buffered.readUInt32BE(0);
+          if (buffered.length < length) return;
+          const code = buffered.readUInt32BE(4);
+          buffered = buffered.subarray(length);
+          if (code !== 80877103 && code !== 80877104) started = true; // not SSLRequest / GSSENCRequest
+          continue;
+        }
+        if (buffered.length < 5) return;
+        const length = buffered.readUInt32BE(1);
+        if (buffered.length < 1 + length) return;
+        const type = String.fromCharCode(buffered[0]);
+        if (type === 'Q' || type === 'P') statements++;
+        buffered = buffered.subarray(1 + length);
+      }
+    };
+  }
+
+  function pipe(from, to, observe) {
     from.on('data', (chunk) => {
       if (mode === 'freeze') return; // dropped: the connection looks alive and says nothing
+      observe?.(chunk);
       if (mode === 'latency' && latencyMs > 0) setTimeout(() => to.writable && to.write(chunk), latencyMs);
       else if (to.writable) to.write(chunk);
     });
@@ -70,6 +106,14 @@ export async function startFaultProxy(target) {
     /** Connections currently open through the proxy. */
     get connections() {
       return links.size;
+    },
+    /** Connections accepted since the proxy started (blackholed ones included). */
+    get accepted() {
+      return accepted;
+    },
+    /** Statements (Query and Parse messages) forwarded to the server since the proxy started. */
+    get statements() {
+      return statements;
     },
     /** The same URL, pointed at the proxy. */
     url(databaseUrl) {

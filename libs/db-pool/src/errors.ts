@@ -74,6 +74,51 @@ export class PoolConnectError extends PoolAcquireError {
 }
 
 /**
+ * The connect circuit breaker is open: connection attempts failed on every host, so the pool
+ * opens none for a back-off and fails acquires that need one at once instead of letting each
+ * wait its deadline. `retryAt` is when the next probe goes (ms since the epoch). A
+ * {@link PoolConnectError}: code that handles "database unreachable" handles this too.
+ */
+export class PoolUnavailableError extends PoolConnectError {
+  constructor(
+    poolName: string,
+    state: PoolState,
+    readonly retryAt: number,
+    options?: { cause?: unknown },
+  ) {
+    // Not `instanceof Error`: a socket error comes from another realm under some test runners.
+    const lastMessage = (options?.cause as { message?: unknown } | undefined)?.message;
+    const last = typeof lastMessage === 'string' ? `; last failure: ${lastMessage}` : '';
+    super(
+      poolName,
+      state,
+      `every host failed, so no connection is opened until ${new Date(retryAt).toISOString()} (connect circuit breaker open${last})`,
+      options,
+    );
+  }
+}
+
+/**
+ * The server behind a checked-out connection changed role (a promotion or demotion seen by the
+ * pool): the statement was not sent. Release the client and check out another; it goes to the
+ * host that now has the session the pool needs.
+ */
+export class PoolFailoverError extends PoolAcquireError {
+  constructor(
+    poolName: string,
+    state: PoolState,
+    readonly host: string,
+    reason: string,
+  ) {
+    super(
+      `db-pool "${poolName}": the server at ${host} was evicted (${reason}); the statement was not sent, check out another connection (${describeState(state)})`,
+      poolName,
+      state,
+    );
+  }
+}
+
+/**
  * The pool is shutting down (or has shut down): the acquire was refused, or failed while it
  * waited. Not a connect error: the server may be fine.
  */

@@ -10,12 +10,17 @@ export {
   PoolAcquireError,
   PoolClosedError,
   PoolConnectError,
+  PoolFailoverError,
   PoolLeaseError,
   PoolReleaseError,
   PoolTimeoutError,
+  PoolUnavailableError,
   type PoolState,
 } from './errors.js';
 export { DbPool } from './pool/db-pool.js';
+export type { BreakerState } from './pool/breaker.js';
+export { NoHostError, type HostRole, type HostStateName, type HostStatus } from './pool/connector.js';
+export { LOAD_BALANCE_HOSTS, TARGET_SESSION_ATTRS, type LoadBalanceHosts, type TargetSessionAttrs } from './pool/hosts.js';
 export type { StackCaptureStats } from './pool/leak-tracker.js';
 export type { DbPoolLogger } from './pool/logger.js';
 export type { DbPoolSettings, PgPoolOptions } from './pool/settings.js';

@@ -1,4 +1,5 @@
 import { DbPoolConfigError } from '../errors.js';
+import { connectTargetOf, firstHostUrl, HostListError, splitUrl } from '../pool/hosts.js';
 import { redactUrl } from '../redact.js';
 import type { DbPoolConfig, DbPoolOptions } from './db-pool.options.js';
 import { type EnvKey, FALSE_WORDS, OPTION_KEYS, TRUE_WORDS } from './option-keys.js';
@@ -51,7 +52,7 @@ function parse(key: EnvKey, raw: unknown): Parsed {
       if (typeof raw !== 'string') throw allowed(key);
       let url: URL;
       try {
-        url = new URL(raw);
+        url = new URL(firstHostUrl(raw));
       } catch {
         throw raw.includes('@') ? `${allowed(key)}; ${ENCODE_HINT}` : allowed(key);
       }
@@ -59,6 +60,15 @@ function parse(key: EnvKey, raw: unknown): Parsed {
       // pg decodes the user and password; a stray '%' would fail there, at every connect.
       // An '@' after the host is almost always a password whose '/' was not encoded.
       if (!decodes(url.username) || !decodes(url.password) || url.pathname.includes('@')) throw `${allowed(key)}; ${ENCODE_HINT}`;
+      // A host list (h1:5432,h2:5433) and libpq's target_session_attrs / load_balance_hosts.
+      if (splitUrl(raw)) {
+        try {
+          connectTargetOf({ connectionString: raw });
+        } catch (err) {
+          if (err instanceof HostListError) throw err.message;
+          throw err;
+        }
+      }
       return raw;
     }
     case 'enum': {
@@ -82,7 +92,7 @@ function parse(key: EnvKey, raw: unknown): Parsed {
 function applicationNameIn(url: string | undefined): string | undefined {
   if (url === undefined) return undefined;
   try {
-    return new URL(url).searchParams.get('application_name') ?? undefined;
+    return new URL(firstHostUrl(url)).searchParams.get('application_name') ?? undefined;
   } catch {
     return undefined; // refused as a URL already
   }

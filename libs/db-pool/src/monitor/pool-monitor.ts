@@ -3,6 +3,7 @@ import type { DbPool } from '../pool/db-pool.js';
 import type { DbPoolLogger } from '../pool/logger.js';
 import { codeOf, describeState, PoolClosedError, PoolConnectError, PoolTimeoutError } from '../errors.js';
 import { scrubSecrets } from '../redact.js';
+import { firstHostUrl } from '../pool/hosts.js';
 import { RECOMMENDATIONS } from './messages.constant.js';
 import { samplePgBouncer, type PgBouncerStats } from './pgbouncer-stats.js';
 import { sampleServerHeadroom, type ServerHeadroom } from './server-headroom.js';
@@ -279,7 +280,8 @@ export class PoolMonitor {
     const adminUrl = this.config.pgbouncerAdminUrl;
     if (!adminUrl) return undefined;
     try {
-      const database = this.config.database ?? decodeURIComponent(new URL(this.config.url ?? 'postgres://x/').pathname.slice(1));
+      const database =
+        this.config.database ?? decodeURIComponent(new URL(firstHostUrl(this.config.url ?? 'postgres://x/')).pathname.slice(1));
       this.pgbouncer = await samplePgBouncer(adminUrl, database, this.config.healthTimeoutMs);
     } catch (err) {
       this.logger.debug?.(`db-pool "${this.name}": PgBouncer not sampled: ${scrubSecrets((err as Error).message)}`);

@@ -1,8 +1,11 @@
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
-import { PoolClosedError, PoolConnectError, PoolTimeoutError, type PoolState } from '../errors.js';
+import { PoolClosedError, PoolConnectError, PoolFailoverError, PoolTimeoutError, PoolUnavailableError, type PoolState } from '../errors.js';
 import { scrubSecrets } from '../redact.js';
+import { type BreakerState, ConnectBreaker } from './breaker.js';
+import { Connector, type HostStatus, type SessionState, watchRole } from './connector.js';
+import type { HostAddress } from './hosts.js';
 import type { PoolTimings } from './histogram.js';
 import { CheckoutLeakTracker, type CheckoutSite, type LeakTracker, NO_LEAK_TRACKING, type StackCaptureStats } from './leak-tracker.js';
 import { delegateToClient, PoolLease } from './lease.js';
@@ -17,6 +20,13 @@ type Release = (err?: Error | boolean) => void;
 type ConnectCallback = (err: Error | undefined, client: pg.PoolClient | undefined, release: Release) => void;
 type QueryCallback = (err: Error | undefined, result?: pg.QueryResult) => void;
 const NOOP = () => {};
+
+/** Errors by which a server says it is going away (SQLSTATE class 57, operator intervention). */
+const FAILOVER_CODES = new Map([
+  ['57P01', 'admin_shutdown'],
+  ['57P02', 'crash_shutdown'],
+  ['57P03', 'cannot_connect_now'],
+]);
 
 /** One acquire, from the call to the hand-out or the failure. */
 interface Acquire {
@@ -76,6 +86,8 @@ export class DbPool extends EventEmitter {
   private idleSweeper: NodeJS.Timeout | undefined;
   private readonly endWaiters: ((err?: Error) => void)[] = [];
   private graceTimer: NodeJS.Timeout | undefined;
+  private readonly connector: Connector;
+  private readonly breaker: ConnectBreaker;
 
   /**
    * @param options pg.Pool's options: `max`, `min`, `connectionTimeoutMillis`, `idleTimeoutMillis`,
@@ -102,6 +114,14 @@ export class DbPool extends EventEmitter {
     this.Client = (options.Client ?? pg.Client) as typeof pg.Client;
     this.Promise = (options.Promise ?? Promise) as PromiseConstructor;
     this.clientConfig = hideSecrets({ ...options, connectionTimeoutMillis: this.settings.connectTimeoutMs }, options);
+    this.connector = new Connector({ Client: this.Client, clientConfig: this.clientConfig, lost: () => this.stats.failover() });
+    this.breaker = new ConnectBreaker({
+      threshold: 2,
+      baseBackoffMs: 100,
+      maxBackoffMs: 800,
+      probe: () => this.probeConnect(),
+      opened: (err) => this.breakerOpened(err),
+    });
     const { name, leakThresholdMs, leakStackRate, logger } = this.settings;
     this.leaks =
       leakThresholdMs > 0
@@ -163,6 +183,21 @@ export class DbPool extends EventEmitter {
   /** How the recent connection attempts went (the monitor turns failures into health). */
   connectHealth(): ConnectHealth {
     return this.stats.connectHealth();
+  }
+
+  /** Each host of the pool's list: its role and state as the pool last saw them. */
+  hosts(): HostStatus[] {
+    return this.connector.hosts();
+  }
+
+  /** The pool has a host list or a session requirement (`target_session_attrs`): health and metrics show its hosts. */
+  get highAvailability(): boolean {
+    return this.connector.highAvailability;
+  }
+
+  /** The connect circuit breaker: `open` while connection attempts are held back after every host failed. */
+  breakerState(): { state: BreakerState; opens: number; retryAt: number } {
+    return { state: this.breaker.state, opens: this.breaker.opens, retryAt: this.breaker.retryAt };
   }
 
   /** Checkouts reported as possible leaks (DB_POOL_LEAK_THRESHOLD) that have not come back. */
@@ -331,8 +366,19 @@ export class DbPool extends EventEmitter {
         continue;
       }
       if (this.settings.allowExitOnIdle) refSocket(entry.client, true);
-      if (this.settings.prePing && now - entry.lastUsed > this.settings.prePingBypassMs) return this.validate(acquire, entry);
+      if ((this.settings.prePing && now - entry.lastUsed > this.settings.prePingBypassMs) || entry.lastUsed === -Infinity)
+        return this.validate(acquire, entry);
       return this.handOut(acquire, entry, now);
+    }
+    if (!this.breaker.allowsConnect) {
+      // With connections out, a caller waits for one to come back (no new one is opened); with
+      // none, it is refused at once. A readiness probe or sampler is the breaker's probe when none
+      // is out, else it waits for the one that is (within its own short deadline).
+      if (!acquire.probe && !this.hasConnections()) return this.refuseByBreaker(acquire);
+      this.queue.push(acquire);
+      this.watchDeadline(acquire);
+      if (acquire.probe && this.breaker.probeNow()) this.open();
+      return;
     }
     this.queue.push(acquire);
     this.watchDeadline(acquire);
@@ -400,8 +446,11 @@ export class DbPool extends EventEmitter {
   private armDeadline(at: number): void {
     clearTimeout(this.deadlineTimer);
     this.deadlineAt = at;
+    // A caller in the queue keeps the process alive until it is served or fails (as pg-pool's timer
+    // does), even when no socket is open (the breaker holding connects back). A pre-ping's deadline
+    // alone does not: its socket is busy anyway.
     this.deadlineTimer = setTimeout(() => this.expireWaiters(), Math.max(0, at - performance.now()));
-    this.deadlineTimer.unref();
+    if (this.queue.length === 0) this.deadlineTimer.unref();
   }
 
   /** Fails every waiter whose deadline has passed, and arms the timer for the next one. */
@@ -439,6 +488,12 @@ export class DbPool extends EventEmitter {
       const acquire = this.queue.shift()!;
       if (!acquire.settled) return acquire;
     }
+    // Nobody waits: the deadline timer (which keeps the process alive) goes.
+    if (this.deadlineTimer !== undefined && this.validating.size === 0) {
+      clearTimeout(this.deadlineTimer);
+      this.deadlineTimer = undefined;
+      this.deadlineAt = Infinity;
+    }
     return undefined;
   }
 
@@ -457,6 +512,7 @@ export class DbPool extends EventEmitter {
     // caller queued before releasing would run in the next borrower's checkout: dropped with it.
     if (err || this.ending || entry.dead || connectionLost(entry.client) || queuedQueries(entry.client) > 0)
       return this.remove(entry, err ? 'discarded' : 'broken');
+    if (entry.evicted !== undefined) return this.remove(entry, 'failover');
     // Released before the server's ReadyForQuery (an error answer whose ReadyForQuery is on its
     // way, a query abandoned by query_timeout): kept only if the server settles in time.
     if (awaitingServer(entry.client)) {
@@ -465,6 +521,11 @@ export class DbPool extends EventEmitter {
       );
     }
     this.resetAndReturn(entry);
+  }
+
+  /** @internal The lease's error for a statement on a connection whose host was evicted. */
+  evictedError(entry: PoolEntry): Error {
+    return new PoolFailoverError(this.settings.name, this.state(), entry.host?.address ?? 'unknown', entry.evicted ?? 'evicted');
   }
 
   /** Rolls back a transaction left open and resets changed session state, then returns the connection. */
@@ -513,6 +574,7 @@ export class DbPool extends EventEmitter {
 
   /** Opens connections for waiters: one per waiter not already covered, within `max`. */
   private openForWaiters(): void {
+    if (!this.breaker.allowsConnect) return;
     const max = this.settings.poolSize + this.settings.maxOverflow;
     while (this.entries.size < max && this.opening < this.queue.length) this.open();
   }
@@ -521,34 +583,82 @@ export class DbPool extends EventEmitter {
   private openIdle(done: (err?: Error) => void): void {
     if (this.ending) return done(new PoolClosedError(this.settings.name, this.state()));
     if (this.entries.size >= this.settings.poolSize + this.settings.maxOverflow) return done();
+    if (!this.breaker.allowsConnect) return done(this.unavailable());
     this.open(done);
   }
 
   /** Opens one connection; it goes to the first waiter or the idle list. `done` hears the outcome. */
   private open(done?: (err?: Error) => void): void {
     const startedAt = performance.now();
-    let client: pg.Client;
-    try {
-      client = new this.Client(this.clientConfig);
-    } catch (err) {
-      // pg builds the client synchronously and can throw there (an unreadable sslrootcert,
-      // EMFILE): a failed connection attempt like any other, not an exception in the caller.
-      this.opening++;
-      return process.nextTick(() => this.connectFailed(err as Error, startedAt, done));
-    }
-    const entry = new PoolEntry(client, startedAt);
+    let entry: PoolEntry | undefined;
     this.opening++;
-    this.entries.add(entry);
-    client.connect((err?: Error) => {
-      entry.connecting = false;
-      if (err) {
-        this.entries.delete(entry);
-        return this.connectFailed(err, startedAt, done);
-      }
-      this.opening--;
-      this.stats.connectionCreated(performance.now() - startedAt);
-      this.adopt(entry, done);
+    // pg builds a client synchronously and can throw there (an unreadable sslrootcert, EMFILE):
+    // the connector reports that as a failed attempt like any other.
+    this.connector.open(
+      {
+        attempt: (client) => {
+          if (entry) entry.client = client;
+          else this.entries.add((entry = new PoolEntry(client, startedAt)));
+        },
+        // A shutdown destroys the socket being opened; the walk goes no further.
+        proceed: () => !this.ending,
+      },
+      (err, opened) => {
+        if (entry) entry.connecting = false;
+        if (err) {
+          if (entry) this.entries.delete(entry);
+          return this.connectFailed(err, startedAt, done);
+        }
+        entry!.host = opened!.host;
+        this.opening--;
+        this.breaker.succeeded();
+        this.stats.connectionCreated(performance.now() - startedAt);
+        this.adopt(entry!, opened!.session, done);
+      },
+    );
+  }
+
+  /** The breaker's half-open probe: one connection attempt for the idle list. */
+  private probeConnect(): void {
+    if (this.ending) return;
+    if (this.entries.size >= this.settings.poolSize + this.settings.maxOverflow) return this.breaker.succeeded();
+    this.open((err) => {
+      if (!err) this.openForWaiters();
     });
+  }
+
+  private unavailable(): PoolUnavailableError {
+    return new PoolUnavailableError(this.settings.name, this.state(), this.breaker.retryAt, { cause: this.breaker.lastFailure });
+  }
+
+  private refuseByBreaker(acquire: Acquire): void {
+    this.stats.breakerRefused();
+    this.fail(acquire, this.unavailable());
+  }
+
+  /** Every host failed twice in a row: the queue fails now rather than at each caller's deadline. */
+  private breakerOpened(err: Error): void {
+    this.stats.breakerOpened();
+    this.settings.logger.warn(
+      `db-pool "${this.settings.name}": connections failed on every host; holding back new ones (connect circuit breaker open): ${scrubSecrets(err.message)}`,
+    );
+    this.refuseWaiters();
+  }
+
+  /** Open connections (checked out or idle): a waiter can still be served by one coming back. */
+  private hasConnections(): boolean {
+    return this.entries.size - this.opening > 0;
+  }
+
+  /**
+   * While the breaker is open and no connection is left to come back, callers in the queue fail
+   * now; probes wait for the breaker's own probe.
+   */
+  private refuseWaiters(): void {
+    if (this.hasConnections()) return;
+    const refused = this.queue.filter((a) => !a.settled && !a.probe);
+    this.queue = this.queue.filter((a) => !a.settled && a.probe);
+    for (const acquire of refused) this.refuseByBreaker(acquire);
   }
 
   private connectFailed(err: Error, startedAt: number, done: ((err?: Error) => void) | undefined): void {
@@ -556,6 +666,9 @@ export class DbPool extends EventEmitter {
     this.stats.connectionFailed(err);
     done?.(err);
     if (this.ending) return this.checkEnded();
+    this.hostRefused(err);
+    this.breaker.failed(err);
+    if (!this.breaker.allowsConnect) this.refuseWaiters();
     // Fail fast, as pg.Pool does: one waiter per failed attempt, the longest waiting first — but
     // only one that was already waiting when the attempt began; a later one gets its own.
     const head = this.queue.find((a) => !a.settled);
@@ -573,7 +686,7 @@ export class DbPool extends EventEmitter {
   }
 
   /** A new connection: listeners, lifetime, the application's set-up, then into service. */
-  private adopt(entry: PoolEntry, done: ((err?: Error) => void) | undefined): void {
+  private adopt(entry: PoolEntry, session: SessionState, done: ((err?: Error) => void) | undefined): void {
     const client = entry.client;
     delegateOnce(this.Client, client);
     // Its errors must never crash the process: an idle one is dropped and reported, a
@@ -582,9 +695,14 @@ export class DbPool extends EventEmitter {
     const protocol = protocolOf(client);
     // A FATAL answer (the backend was terminated, the server shuts down) reaches the query before
     // the socket's end does; marked first, so a caller that releases in its callback sees it.
-    protocol.prependListener('errorMessage', (msg: { severity?: string }) => {
+    protocol.prependListener('errorMessage', (msg: { severity?: string; code?: string }) => {
       if (msg.severity === 'FATAL' || msg.severity === 'PANIC') entry.dead = true;
+      if (msg.code !== undefined && FAILOVER_CODES.has(msg.code)) this.hostGone(entry, `${msg.code} ${FAILOVER_CODES.get(msg.code)}`);
+      else if (msg.code === '25006' && this.needsWrites && (!session.reported || session.readOnly))
+        this.evictHost(entry.host, 'the server refused a write (25006): it is read-only now');
     });
+    if (this.connector.target.targetSessionAttrs !== 'any')
+      watchRole(client, session, this.connector.target.targetSessionAttrs, (why) => this.evictHost(entry.host, why));
     const lifetime = lifetimeOf(this.settings.recycleMs, this.settings.recycleJitter);
     if (lifetime > 0) {
       entry.lifetimeTimer = setTimeout(() => this.retire(entry), lifetime);
@@ -662,6 +780,76 @@ export class DbPool extends EventEmitter {
       );
   }
 
+  /** The pool's sessions must accept writes (`target_session_attrs` read-write or primary). */
+  private get needsWrites(): boolean {
+    const attrs = this.connector.target.targetSessionAttrs;
+    return attrs === 'read-write' || attrs === 'primary';
+  }
+
+  /**
+   * A server signalled it is going away (57P01 shutdown, 57P02 crash, 57P03 not accepting
+   * connections): no idle connection to it is handed out again unvalidated. PostgreSQL sends
+   * 57P01 for `pg_terminate_backend()` of one backend as well as for a shutdown, so the others
+   * are not closed blindly: each is pinged before its next hand-out (pre-ping on or off) and
+   * dropped if the server is gone; a single terminated backend leaves the rest working.
+   */
+  private hostGone(entry: PoolEntry, why: string): void {
+    const host = entry.host;
+    if (!host) return;
+    let suspect = 0;
+    for (const other of this.idle) {
+      if (other.host === host && other !== entry && other.lastUsed !== -Infinity) {
+        other.lastUsed = -Infinity; // outside any bypass window: validated at its next checkout
+        suspect++;
+      }
+    }
+    this.connector.mark(host.address, 'down', why);
+    if (suspect > 0)
+      this.settings.logger.debug?.(
+        `db-pool "${this.settings.name}": ${host.address} sent ${why}; validating its ${suspect} idle connection(s) before use`,
+      );
+  }
+
+  /** A connection refused at the host's address: its idle connections are dead too. */
+  private hostRefused(err: Error): void {
+    const errors = (err as { errors?: { address: string; error: Error }[] }).errors ?? [];
+    const refused = new Set(errors.filter((e) => (e.error as { code?: string }).code === 'ECONNREFUSED').map((e) => e.address));
+    if ((err as { code?: string }).code === 'ECONNREFUSED' && this.connector.target.hosts.length === 1)
+      refused.add(this.connector.target.hosts[0].address);
+    if (refused.size === 0) return;
+    let closed = 0;
+    for (const entry of [...this.idle]) {
+      if (entry.host && refused.has(entry.host.address)) {
+        this.remove(entry, 'failover');
+        closed++;
+      }
+    }
+    if (closed > 0) this.stats.evicted(closed);
+  }
+
+  /**
+   * The server at `host` no longer has the session the pool needs (promoted, demoted, made
+   * read-only): every connection to it leaves — idle ones now, checked-out ones refuse any
+   * further statement (PoolFailoverError) and close when they come back. New connections walk
+   * the host list again.
+   */
+  private evictHost(host: HostAddress | undefined, why: string): void {
+    if (!host || this.ending) return;
+    let evicted = 0;
+    for (const entry of [...this.entries]) {
+      if (entry.host !== host || entry.evicted !== undefined || entry.removed) continue;
+      entry.evicted = why;
+      evicted++;
+      if (this.idle.includes(entry)) this.remove(entry, 'failover');
+    }
+    if (evicted === 0) return;
+    this.stats.evicted(evicted);
+    this.connector.mark(host.address, 'evicted', why);
+    this.settings.logger.warn(
+      `db-pool "${this.settings.name}": evicted ${evicted} connection(s) to ${host.address}: ${scrubSecrets(why)}; new connections walk the host list again`,
+    );
+  }
+
   private onClientError(entry: PoolEntry, err: Error): void {
     this.stats.clientError();
     const i = this.idle.indexOf(entry);
@@ -711,8 +899,10 @@ export class DbPool extends EventEmitter {
     timer.unref();
     client.end().then(onClosed, onClosed);
     if (this.ending) return;
-    // The slot is free now: serve waiters without waiting for the close, and keep the pool warm.
-    this.openForWaiters();
+    // The slot is free now: serve waiters without waiting for the close (unless the breaker holds
+    // connects back: then they fail now if nothing is left to serve them), and keep the pool warm.
+    if (this.breaker.allowsConnect) this.openForWaiters();
+    else this.refuseWaiters();
     if (this.entries.size < this.settings.poolSize) this.refill.schedule();
   }
 

@@ -8,6 +8,8 @@ export interface LeaseOwner {
   readonly name: string;
   /** Takes the connection back; called once per checkout, by the lease's `release`. */
   giveBack(entry: PoolEntry, err: Error | boolean | undefined): void;
+  /** The error a statement on an evicted connection (its server changed role) gets instead of being sent. */
+  evictedError(entry: PoolEntry): Error;
 }
 
 type Listener = (...args: unknown[]) => void;
@@ -53,6 +55,9 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
 
   // Every checkout's hot call: three arguments as pg takes them, no rest array.
   query(config: unknown, values?: unknown, callback?: unknown): never {
+    const entry = this.#entry;
+    if (entry !== undefined && entry.evicted !== undefined)
+      return refuse(this.#owner.evictedError(entry), config, values, callback) as never;
     return (this[HELD]('query') as unknown as Delegate).query(config, values, callback) as never;
   }
 
@@ -120,6 +125,18 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
 }
 
 const emitter = (client: pg.Client) => client as unknown as EventEmitter;
+
+/** Fails a query without sending it, through the channel the caller chose (as pg does for a client that is not queryable). */
+function refuse(err: Error, config: unknown, values: unknown, callback: unknown): unknown {
+  const cb = typeof callback === 'function' ? callback : typeof values === 'function' ? values : undefined;
+  if (cb) return void process.nextTick(cb as (err: Error) => void, err);
+  const submittable = config as { submit?: unknown; handleError?: (err: Error) => void } | null;
+  if (submittable && typeof submittable.submit === 'function') {
+    process.nextTick(() => submittable.handleError?.(err));
+    return config;
+  }
+  return Promise.reject(err);
+}
 
 const delegated = new WeakSet<object>();
 

