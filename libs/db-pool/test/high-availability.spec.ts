@@ -5,6 +5,9 @@ import {
   createDbPool,
   type DbPool,
   DbPoolConfigError,
+  DbPoolMetrics,
+  DbPoolRegistry,
+  PoolMonitor,
   PoolAcquireError,
   PoolFailoverError,
   PoolUnavailableError,
@@ -152,6 +155,39 @@ describe('a host list (libpq semantics)', () => {
       );
       expect(err?.message).not.toContain('postgres:postgres');
     });
+  });
+
+  it('health shows each host (addresses only with DB_POOL_HEALTH_DETAIL) and the breaker; metrics label each host with its role', async () => {
+    const url = urlOf([rs.standby.hostPort, rs.primary.hostPort], 'target_session_attrs=read-write');
+    const p = await pool(url, { poolSize: 2 });
+    const quiet = new PoolMonitor(p, resolveDbPoolConfig({ url, env: {} }), capturingLogger());
+    const detailed = new PoolMonitor(p, resolveDbPoolConfig({ url, healthDetail: true, env: {} }), capturingLogger());
+    expect(quiet.getHealthReport()).toMatchObject({
+      breaker: { state: 'closed', retry_at: null, opens: 0 },
+      hosts: [
+        { index: 1, role: 'standby', state: 'rejected', connections: 0 },
+        { index: 2, role: 'primary', state: 'up', connections: 2 },
+      ],
+    });
+    expect(JSON.stringify(quiet.getHealthReport())).not.toContain(String(rs.primary.port));
+    expect(detailed.getHosts()).toEqual([
+      {
+        index: 1,
+        role: 'standby',
+        state: 'rejected',
+        connections: 0,
+        address: rs.standby.hostPort,
+        reason: 'a standby, not a writable session',
+      },
+      { index: 2, role: 'primary', state: 'up', connections: 2, address: rs.primary.hostPort },
+    ]);
+    const registry = new DbPoolRegistry();
+    registry.add(quiet);
+    const text = await new DbPoolMetrics(registry).metrics();
+    expect(text).toContain(`db_pool_host_up{pool_name="default",host="${rs.standby.hostPort}",role="standby"} 0`);
+    expect(text).toContain(`db_pool_host_up{pool_name="default",host="${rs.primary.hostPort}",role="primary"} 1`);
+    expect(text).toContain('db_pool_connect_breaker_open{pool_name="default"} 0');
+    expect(text).toContain('db_pool_failovers_total{pool_name="default"} 0');
   });
 
   it('load_balance_hosts=random spreads new connections over the list', async () => {

@@ -108,6 +108,37 @@ export class DbPoolMetrics {
         (m) => [{ labels: {}, value: m.pool.counters.connectFailures }],
         all,
       ),
+      new PoolCollector(
+        'db_pool_failovers_total',
+        'Times a database host the pool used went away or changed role (promotion, demotion, made read-only).',
+        'counter',
+        (m) => [{ labels: {}, value: m.pool.counters.failovers }],
+        all,
+      ),
+      new PoolCollector(
+        'db_pool_evictions_total',
+        'Connections closed, or refused further statements, because their host went away or changed role.',
+        'counter',
+        (m) => [{ labels: {}, value: m.pool.counters.evictions }],
+        all,
+      ),
+      gauge(
+        'db_pool_connect_breaker_open',
+        '1 while the connect circuit breaker holds new connections back (every host failed), else 0.',
+        (m) => (m.pool.breakerState().state === 'closed' ? 0 : 1),
+      ),
+      new PoolCollector(
+        'db_pool_connect_breaker_refusals_total',
+        'Acquires failed at once (PoolUnavailableError) while the connect circuit breaker was open.',
+        'counter',
+        (m) => [{ labels: {}, value: m.pool.counters.breakerRefusals }],
+        all,
+      ),
+      gauge('db_pool_host_up', 'Per host of a host list: 1 while the pool can use it (up), else 0; labelled with its role.', (m) =>
+        m.pool.highAvailability
+          ? m.pool.hosts().map((h) => ({ labels: { host: h.address, role: h.role }, value: h.state === 'up' ? 1 : 0 }))
+          : [],
+      ),
       histogram('db_client_connection_create_time_seconds', 'Time to open a new connection.', (m) => m.pool.timings.create),
       histogram('db_client_connection_wait_time_seconds', 'Time from the start of an acquire to the hand-out.', (m) => m.pool.timings.wait),
       histogram('db_client_connection_use_time_seconds', 'Time from hand-out to release.', (m) => m.pool.timings.use),

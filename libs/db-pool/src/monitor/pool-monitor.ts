@@ -1,4 +1,6 @@
 import type { DbPoolConfig } from '../config/db-pool.options.js';
+import type { BreakerState } from '../pool/breaker.js';
+import type { HostRole, HostStateName } from '../pool/connector.js';
 import type { DbPool } from '../pool/db-pool.js';
 import type { DbPoolLogger } from '../pool/logger.js';
 import { codeOf, describeState, PoolClosedError, PoolConnectError, PoolTimeoutError } from '../errors.js';
@@ -52,6 +54,27 @@ export interface PoolConfiguration {
   url?: string;
 }
 
+/** One host of the pool's list as a health body shows it. */
+export interface PoolHostReport {
+  /** Its place in DATABASE_URL's host list, from 1. */
+  index: number;
+  role: HostRole;
+  state: HostStateName;
+  /** Connections of this pool open on it. */
+  connections: number;
+  /** `host:port`, and why it is not up: only with DB_POOL_HEALTH_DETAIL (they name the host). */
+  address?: string;
+  reason?: string;
+}
+
+/** The connect circuit breaker as a health body shows it. */
+export interface PoolBreakerReport {
+  state: BreakerState;
+  /** When the next probe goes, while open (ISO time); null when closed. */
+  retry_at: string | null;
+  opens: number;
+}
+
 /** The seed's `/health/db_pool` object, plus the last server-headroom sample. */
 export interface PoolHealthReport {
   timestamp: string;
@@ -60,6 +83,10 @@ export interface PoolHealthReport {
   leak_detected: boolean;
   configuration: PoolConfiguration;
   server_headroom: ServerHeadroom | null;
+  /** The connect circuit breaker (DATABASE_URL's hosts all failing opens it). */
+  breaker: PoolBreakerReport;
+  /** Each host of a host list, or of a URL with target_session_attrs; absent for a plain single-host URL. */
+  hosts?: PoolHostReport[];
 }
 
 /** How long a failed connection attempt keeps `connect_failing` set, absent a later attempt. */
@@ -247,6 +274,7 @@ export class PoolMonitor {
   /** The seed's `/health/db_pool` object, from one reading of the pool's status. */
   getHealthReport(): PoolHealthReport {
     const status = this.getPoolStatus();
+    const breaker = this.pool.breakerState();
     return {
       timestamp: new Date().toISOString(),
       pool_status: status,
@@ -254,7 +282,25 @@ export class PoolMonitor {
       leak_detected: this.checkConnectionLeaks(),
       configuration: this.getConfiguration(),
       server_headroom: this.shownHeadroom(),
+      breaker: {
+        state: breaker.state,
+        retry_at: breaker.state === 'closed' ? null : new Date(breaker.retryAt).toISOString(),
+        opens: breaker.opens,
+      },
+      ...(this.pool.highAvailability ? { hosts: this.getHosts() } : {}),
     };
+  }
+
+  /** Each host of the pool's list: role, state and connections; addresses and reasons with DB_POOL_HEALTH_DETAIL. */
+  getHosts(): PoolHostReport[] {
+    const open = this.pool.connectionsByHost();
+    return this.pool.hosts().map((h, i) => ({
+      index: i + 1,
+      role: h.role,
+      state: h.state,
+      connections: open.get(h.address) ?? 0,
+      ...(this.config.healthDetail ? { address: h.address, ...(h.reason ? { reason: h.reason } : {}) } : {}),
+    }));
   }
 
   /** The headroom sample as a health body shows it: other applications' names only with DB_POOL_HEALTH_DETAIL. */

@@ -190,6 +190,15 @@ export class DbPool extends EventEmitter {
     return this.connector.hosts();
   }
 
+  /** Open connections per host address (a read: one pass over the entries). */
+  connectionsByHost(): Map<string, number> {
+    const counts = new Map<string, number>();
+    for (const entry of this.entries) {
+      if (entry.host && !entry.connecting) counts.set(entry.host.address, (counts.get(entry.host.address) ?? 0) + 1);
+    }
+    return counts;
+  }
+
   /** The pool has a host list or a session requirement (`target_session_attrs`): health and metrics show its hosts. */
   get highAvailability(): boolean {
     return this.connector.highAvailability;
@@ -366,8 +375,7 @@ export class DbPool extends EventEmitter {
         continue;
       }
       if (this.settings.allowExitOnIdle) refSocket(entry.client, true);
-      if ((this.settings.prePing && now - entry.lastUsed > this.settings.prePingBypassMs) || entry.lastUsed === -Infinity)
-        return this.validate(acquire, entry);
+      if (this.settings.prePing && now - entry.lastUsed > this.settings.prePingBypassMs) return this.validate(acquire, entry);
       return this.handOut(acquire, entry, now);
     }
     if (!this.breaker.allowsConnect) {
@@ -701,6 +709,14 @@ export class DbPool extends EventEmitter {
       else if (msg.code === '25006' && this.needsWrites && (!session.reported || session.readOnly))
         this.evictHost(entry.host, 'the server refused a write (25006): it is read-only now');
     });
+    // An immediate shutdown warns (57P01 as a notice) before it cuts the connection.
+    protocol.on('notice', (msg: { code?: string }) => {
+      if (msg.code !== undefined && FAILOVER_CODES.has(msg.code)) this.hostGone(entry, `${msg.code} ${FAILOVER_CODES.get(msg.code)}`);
+    });
+    // A connection that ends without the pool closing it: its server may be gone.
+    client.on('end', () => {
+      if (!entry.removed) this.hostGone(entry, 'a connection was lost');
+    });
     if (this.connector.target.targetSessionAttrs !== 'any')
       watchRole(client, session, this.connector.target.targetSessionAttrs, (why) => this.evictHost(entry.host, why));
     const lifetime = lifetimeOf(this.settings.recycleMs, this.settings.recycleJitter);
@@ -788,26 +804,26 @@ export class DbPool extends EventEmitter {
 
   /**
    * A server signalled it is going away (57P01 shutdown, 57P02 crash, 57P03 not accepting
-   * connections): no idle connection to it is handed out again unvalidated. PostgreSQL sends
-   * 57P01 for `pg_terminate_backend()` of one backend as well as for a shutdown, so the others
-   * are not closed blindly: each is pinged before its next hand-out (pre-ping on or off) and
-   * dropped if the server is gone; a single terminated backend leaves the rest working.
+   * connections — as an error or, for an immediate shutdown, a warning), or one of its
+   * connections was lost: its idle connections are closed now, so no caller is handed one and
+   * nothing more is sent there; new connections walk the host list. Checked-out ones are left
+   * to their callers (PostgreSQL sends the same 57P01 for `pg_terminate_backend()` of a single
+   * backend, whose siblings then just reconnect) and are closed on return if they died.
    */
   private hostGone(entry: PoolEntry, why: string): void {
     const host = entry.host;
-    if (!host) return;
-    let suspect = 0;
-    for (const other of this.idle) {
-      if (other.host === host && other !== entry && other.lastUsed !== -Infinity) {
-        other.lastUsed = -Infinity; // outside any bypass window: validated at its next checkout
-        suspect++;
+    if (!host || this.ending) return;
+    let closed = 0;
+    for (const other of [...this.idle]) {
+      if (other.host === host && other !== entry) {
+        this.remove(other, 'failover');
+        closed++;
       }
     }
+    if (closed > 0) this.stats.evicted(closed);
     this.connector.mark(host.address, 'down', why);
-    if (suspect > 0)
-      this.settings.logger.debug?.(
-        `db-pool "${this.settings.name}": ${host.address} sent ${why}; validating its ${suspect} idle connection(s) before use`,
-      );
+    if (closed > 0)
+      this.settings.logger.debug?.(`db-pool "${this.settings.name}": ${host.address}: ${why}; closed its ${closed} idle connection(s)`);
   }
 
   /** A connection refused at the host's address: its idle connections are dead too. */
