@@ -5,7 +5,9 @@ import { codeOf, PoolConnectError } from './errors.js';
 import { DbPool } from './pool/db-pool.js';
 import { SILENT } from './pool/logger.js';
 import { toPgPoolOptions, toPoolSettings } from './pool/pg-options.js';
+import { ReplicaRouter } from './pool/replicas.js';
 import { toTypeOrmOptions } from './pool/typeorm-options.js';
+import type { DbPoolConfig } from './config/db-pool.options.js';
 import { scrubSecrets } from './redact.js';
 
 /** SQLSTATEs of a server that is up but cannot take a connection right now: too_many_connections, cannot_connect_now. */
@@ -48,6 +50,49 @@ export async function createDbPool(options: DbPoolOptions = {}): Promise<DbPool>
   return pool;
 }
 
+/** The options of the pool of read replica `index` (from 1): the primary's, with the replica's URL and a name of its own. */
+export function replicaOptions(options: DbPoolOptions, config: DbPoolConfig, index: number): DbPoolOptions {
+  return {
+    ...options,
+    name: `${config.name}-replica-${index}`,
+    url: config.replicaUrls[index - 1],
+    replicaUrls: undefined,
+    host: undefined,
+  };
+}
+
+/**
+ * The pools of `DB_REPLICA_URLS` and the router TypeORM's reads go through, its first lag sample
+ * taken; undefined when there are no replicas. A replica that cannot be reached at start-up is a
+ * configuration error, as the primary is.
+ */
+export async function createReplicaRouter(options: DbPoolOptions, primary: DbPool): Promise<ReplicaRouter | undefined> {
+  const config = resolveDbPoolConfig(options);
+  if (config.replicaUrls.length === 0) return undefined;
+  const logger = options.logger ?? SILENT;
+  const replicas: DbPool[] = [];
+  const configs: DbPoolConfig[] = [];
+  try {
+    for (let i = 1; i <= config.replicaUrls.length; i++) {
+      configs.push(resolveDbPoolConfig(replicaOptions(options, config, i)));
+      replicas.push(await createDbPool(replicaOptions(options, config, i)));
+    }
+  } catch (err) {
+    await Promise.all(replicas.map((r) => r.end().catch(() => {})));
+    throw err;
+  }
+  const router = new ReplicaRouter({
+    primary,
+    replicas,
+    configs,
+    maxLagMs: config.replicaMaxLagMs,
+    sampleTimeoutMs: config.healthTimeoutMs,
+    logger,
+  });
+  await router.start();
+  return router;
+}
+
 /**
  * A TypeORM DataSource on a pool from {@link createDbPool}, initialized — for an application that
  * uses TypeORM without Nest. `dataSource.destroy()` ends the pool; `poolOf(dataSource)` is it.
@@ -55,10 +100,12 @@ export async function createDbPool(options: DbPoolOptions = {}): Promise<DbPool>
 export async function createDbPoolDataSource(options: DbPoolOptions = {}): Promise<DataSource> {
   const config = resolveDbPoolConfig(options);
   const pool = await createDbPool(options);
+  let replicas: ReplicaRouter | undefined;
   try {
-    return await new DataSource(toTypeOrmOptions(config, pool) as DataSourceOptions).initialize();
+    replicas = await createReplicaRouter(options, pool);
+    return await new DataSource(toTypeOrmOptions(config, pool, replicas) as DataSourceOptions).initialize();
   } catch (err) {
-    await pool.end().catch(() => {});
+    await Promise.all([pool.end().catch(() => {}), replicas?.end().catch(() => {})]);
     throw err;
   }
 }

@@ -6,10 +6,11 @@ import { ASYNC_OPTIONS_TYPE, ConfigurableModuleClass, DB_POOL_MODULE_OPTIONS, OP
 import { DbPoolCoreModule } from './db-pool-core.module.js';
 import { PoolMonitor } from './monitor/pool-monitor.js';
 import { DbPoolRegistry } from './monitor/pool-registry.js';
-import { createDbPool } from './create-db-pool.js';
+import { createDbPool, createReplicaRouter } from './create-db-pool.js';
+import type { ReplicaRouter } from './pool/replicas.js';
 import type { DbPool } from './pool/db-pool.js';
 import { toTypeOrmOptions } from './pool/typeorm-options.js';
-import { getDbPoolConfigToken, getDbPoolToken, getPoolMonitorToken } from './tokens.js';
+import { getDbPoolConfigToken, getDbPoolReplicasToken, getDbPoolToken, getPoolMonitorToken } from './tokens.js';
 
 const logger = new Logger('DbPool');
 
@@ -36,6 +37,7 @@ export class DbPoolModule extends ConfigurableModuleClass {
 function withPool(base: DynamicModule, name: string): DynamicModule {
   const configToken = getDbPoolConfigToken(name);
   const poolToken = getDbPoolToken(name);
+  const replicasToken = getDbPoolReplicasToken(name);
   const configModule: DynamicModule = {
     module: DbPoolConfigModule,
     imports: base.imports ?? [],
@@ -56,15 +58,22 @@ function withPool(base: DynamicModule, name: string): DynamicModule {
         inject: [DB_POOL_MODULE_OPTIONS, configToken],
         useFactory: (options: DbPoolOptions): Promise<DbPool> => createDbPool({ logger, ...options, name }),
       },
+      {
+        provide: replicasToken,
+        inject: [DB_POOL_MODULE_OPTIONS, poolToken],
+        useFactory: async (options: DbPoolOptions, pool: DbPool): Promise<ReplicaRouter | null> =>
+          (await createReplicaRouter({ logger, ...options, name }, pool)) ?? null,
+      },
     ],
-    exports: [configToken, poolToken],
+    exports: [configToken, poolToken, replicasToken],
   };
   // TypeORM ends the pool when the DataSource is destroyed (application shutdown).
   const typeOrm = TypeOrmModule.forRootAsync({
     name: name === DEFAULT_POOL_NAME ? undefined : name,
     imports: [configModule],
-    inject: [configToken, poolToken],
-    useFactory: (config: DbPoolConfig, pool: DbPool) => toTypeOrmOptions(config, pool),
+    inject: [configToken, poolToken, replicasToken],
+    useFactory: (config: DbPoolConfig, pool: DbPool, replicas: ReplicaRouter | null) =>
+      toTypeOrmOptions(config, pool, replicas ?? undefined),
   });
   return {
     module: DbPoolModule,
@@ -73,10 +82,17 @@ function withPool(base: DynamicModule, name: string): DynamicModule {
     providers: [
       {
         provide: getPoolMonitorToken(name),
-        inject: [poolToken, configToken, DbPoolRegistry],
-        useFactory: (pool: DbPool, config: DbPoolConfig, registry: DbPoolRegistry) => {
+        inject: [poolToken, configToken, DbPoolRegistry, replicasToken],
+        useFactory: (pool: DbPool, config: DbPoolConfig, registry: DbPoolRegistry, replicas: ReplicaRouter | null) => {
           const monitor = new PoolMonitor(pool, config, logger);
           registry.add(monitor);
+          // Each replica's pool has its own health entry and metrics, labelled by its name.
+          replicas?.pools().forEach((replica, i) => {
+            const replicaMonitor = new PoolMonitor(replica, replicas.configs[i], logger, { replica: () => replicas.status()[i] });
+            registry.add(replicaMonitor);
+            void replicaMonitor.start();
+            replicas.onEnd(() => replicaMonitor.stop());
+          });
           return monitor;
         },
       },

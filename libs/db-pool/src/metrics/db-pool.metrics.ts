@@ -139,6 +139,18 @@ export class DbPoolMetrics {
           ? m.pool.hosts().map((h) => ({ labels: { host: h.address, role: h.role }, value: h.state === 'up' ? 1 : 0 }))
           : [],
       ),
+      gauge('db_pool_replica_lag_seconds', "A read replica's replay lag at the last sample (DB_REPLICA_URLS).", (m) => {
+        const r = m.getReplicaStatus();
+        return r && r.lagMs !== null ? [{ labels: {}, value: r.lagMs / 1000 }] : [];
+      }),
+      gauge(
+        'db_pool_replica_in_rotation',
+        '1 while reads go to this replica, 0 while it is out of rotation (lag above DB_REPLICA_MAX_LAG_MS, or not sampled).',
+        (m) => {
+          const r = m.getReplicaStatus();
+          return r ? [{ labels: {}, value: r.inRotation ? 1 : 0 }] : [];
+        },
+      ),
       histogram('db_client_connection_create_time_seconds', 'Time to open a new connection.', (m) => m.pool.timings.create),
       histogram('db_client_connection_wait_time_seconds', 'Time from the start of an acquire to the hand-out.', (m) => m.pool.timings.wait),
       histogram('db_client_connection_use_time_seconds', 'Time from hand-out to release.', (m) => m.pool.timings.use),

@@ -2,6 +2,7 @@ import type { DbPoolConfig } from '../config/db-pool.options.js';
 import type { BreakerState } from '../pool/breaker.js';
 import type { HostRole, HostStateName } from '../pool/connector.js';
 import type { DbPool } from '../pool/db-pool.js';
+import type { ReplicaStatus } from '../pool/replicas.js';
 import type { DbPoolLogger } from '../pool/logger.js';
 import { codeOf, describeState, PoolClosedError, PoolConnectError, PoolTimeoutError } from '../errors.js';
 import { scrubSecrets } from '../redact.js';
@@ -77,6 +78,8 @@ export interface PoolBreakerReport {
 
 /** The seed's `/health/db_pool` object, plus the last server-headroom sample. */
 export interface PoolHealthReport {
+  /** For a read replica's pool: its lag and whether reads go to it. */
+  replica?: PoolReplicaReport;
   timestamp: string;
   pool_status: PoolStatus;
   recommendations: string[];
@@ -92,7 +95,19 @@ export interface PoolHealthReport {
 /** How long a failed connection attempt keeps `connect_failing` set, absent a later attempt. */
 export const CONNECT_FAILURE_WINDOW_MS = 30_000;
 
+/** A read replica's standing, in its pool's health body. */
+export interface PoolReplicaReport {
+  role: 'replica';
+  /** Replay lag at the last sample, ms; null when not sampled. */
+  lag_ms: number | null;
+  in_rotation: boolean;
+  /** Why it is out of rotation (lag, or a failed sample; the latter only with DB_POOL_HEALTH_DETAIL). */
+  reason?: string;
+}
+
 export interface PoolMonitorOptions {
+  /** The pool is a read replica: its standing in the rotation (out of rotation → health at least `warning`). */
+  replica?: () => ReplicaStatus;
   /** How long the pool must stay exhausted, with a connection held as long, to suspect a leak. @default 10000 */
   leakWindowMs?: number;
   /** Period of the leak and load bookkeeping. @default 1000 */
@@ -128,6 +143,7 @@ export class PoolMonitor {
   private readonly leakWindowMs: number;
   private readonly tickMs: number;
   private readonly adviceWindowMs: number;
+  private readonly replica: (() => ReplicaStatus) | undefined;
 
   constructor(
     readonly pool: DbPool,
@@ -138,6 +154,12 @@ export class PoolMonitor {
     this.leakWindowMs = options.leakWindowMs ?? 10_000;
     this.tickMs = options.tickMs ?? 1_000;
     this.adviceWindowMs = options.adviceWindowMs ?? 10_000;
+    this.replica = options.replica;
+  }
+
+  /** A read replica's standing (undefined for a primary pool). */
+  getReplicaStatus(): ReplicaStatus | undefined {
+    return this.replica?.();
   }
 
   get name(): string {
@@ -288,6 +310,17 @@ export class PoolMonitor {
         opens: breaker.opens,
       },
       ...(this.pool.highAvailability ? { hosts: this.getHosts() } : {}),
+      ...(this.replica ? { replica: this.replicaReport(this.replica()) } : {}),
+    };
+  }
+
+  private replicaReport(r: ReplicaStatus): PoolReplicaReport {
+    const lagReason = r.reason?.startsWith('replay lag') || r.reason === 'it has replayed no transaction yet';
+    return {
+      role: 'replica',
+      lag_ms: r.lagMs,
+      in_rotation: r.inRotation,
+      ...(r.reason && (lagReason || this.config.healthDetail) ? { reason: r.reason } : r.reason ? { reason: 'not sampled' } : {}),
     };
   }
 
@@ -349,6 +382,8 @@ export class PoolMonitor {
     if (connectFailing && idle === 0) return 'critical';
     if (active * 100 > this.config.criticalUtilization * capacity) return 'critical';
     if (connectFailing || active * 100 > this.config.warnUtilization * capacity) return 'warning';
+    // A replica out of rotation serves no reads: degraded, not down (reads go elsewhere).
+    if (this.replica && !this.replica().inRotation) return 'warning';
     return 'healthy';
   }
 

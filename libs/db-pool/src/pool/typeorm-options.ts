@@ -4,6 +4,10 @@ import type { DataSource } from 'typeorm';
 import type { DbPoolConfig } from '../config/db-pool.options.js';
 import { DbPool } from './db-pool.js';
 import { firstHostUrl } from './hosts.js';
+import type { ReplicaRouter } from './replicas.js';
+
+/** The connection string TypeORM is given for its one replica pool: the driver answers it with the router. */
+const REPLICAS = 'postgres://db-pool-replicas';
 import { typeOrmPoolsOf } from './pg-internals.js';
 
 /**
@@ -12,13 +16,18 @@ import { typeOrmPoolsOf } from './pg-internals.js';
  * the given pool, so TypeORM's `new Pool(...)` gets it — its own connection options are not used,
  * and the password never enters TypeORM's options.
  */
-export function toTypeOrmOptions(config: DbPoolConfig, pool: DbPool): TypeOrmModuleOptions & { type: 'postgres' } {
+export function toTypeOrmOptions(
+  config: DbPoolConfig,
+  pool: DbPool,
+  replicas?: ReplicaRouter,
+): TypeOrmModuleOptions & { type: 'postgres' } {
+  const url = config.url === undefined ? undefined : withoutPassword(config.url);
   return {
     retryAttempts: 1,
     ...config.typeorm,
     type: 'postgres',
     name: config.name,
-    url: config.url === undefined ? undefined : withoutPassword(config.url),
+    url,
     host: config.host,
     port: config.port,
     username: config.username,
@@ -26,15 +35,33 @@ export function toTypeOrmOptions(config: DbPoolConfig, pool: DbPool): TypeOrmMod
     applicationName: config.applicationName,
     poolSize: config.poolSize + config.maxOverflow,
     connectTimeoutMS: config.connectTimeoutMs,
-    driver: pgWith(pool),
+    driver: pgWith(pool, replicas),
     extra: {},
+    // TypeORM's read query runners (`find`, a SELECT query builder outside a transaction) use
+    // the replicas, through one router that picks a replica in rotation or the primary.
+    ...(replicas
+      ? {
+          replication: {
+            master: { url, host: config.host, port: config.port, username: config.username, database: config.database },
+            slaves: [{ url: `${REPLICAS}/${config.database ?? databaseOf(url)}` }],
+          },
+        }
+      : {}),
   };
 }
 
+function databaseOf(url: string | undefined): string {
+  try {
+    return url ? new URL(url).pathname.slice(1) : '';
+  } catch {
+    return '';
+  }
+}
+
 /** The `pg` module as TypeORM should see it: everything of pg's, with `Pool` answering with `pool`. */
-function pgWith(pool: DbPool): typeof pg {
-  function ExistingPool(): DbPool {
-    return pool;
+function pgWith(pool: DbPool, replicas?: ReplicaRouter): typeof pg {
+  function ExistingPool(options?: { connectionString?: string }): DbPool | ReplicaRouter {
+    return replicas && options?.connectionString?.startsWith(REPLICAS) ? replicas : pool;
   }
   return Object.create(pg, { Pool: { value: ExistingPool, enumerable: true } }) as typeof pg;
 }
