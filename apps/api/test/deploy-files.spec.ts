@@ -6,6 +6,7 @@
  */
 import 'reflect-metadata';
 import type { INestApplication } from '@nestjs/common';
+import { execFileSync } from 'node:child_process';
 import { readFileSync, readdirSync, statSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -78,6 +79,8 @@ describe('docker/ and Kubernetes files agree with the app', () => {
           .map((l) => l.split(/\s+/)[0]);
         for (const instruction of instructions)
           expect(['FROM', 'WORKDIR', 'COPY', 'RUN', 'ENV', 'USER', 'EXPOSE', 'HEALTHCHECK', 'CMD', 'ARG', 'LABEL']).toContain(instruction);
+      } else if (file.endsWith('.sh')) {
+        execFileSync('sh', ['-n', join(docker, file)]); // parses as a POSIX shell script
       } else if (file.endsWith('userlist.txt')) {
         for (const line of read(file).trim().split('\n')) expect(line).toMatch(/^"[^"]+" "[^"]+"$/);
       } else {
@@ -135,6 +138,18 @@ describe('docker/ and Kubernetes files agree with the app', () => {
     expect(compose().services.pgbouncer.ports).toContain(`${bouncer.pgbouncer.listen_port}:${bouncer.pgbouncer.listen_port}`);
     const rules = parse(read('prometheus/prometheus.yml')).rule_files[0];
     expect(compose().services.prometheus.volumes).toContain(`./prometheus/alerts.yml:${rules}:ro`);
+
+    // The standby: the api reads from it; it streams from the primary service, which lets it in.
+    const services = compose().services;
+    const replica = new URL(services.api.environment.DB_REPLICA_URLS);
+    expect(services[replica.hostname]).toBeDefined();
+    expect(services[replica.hostname].ports).toContain(`5433:${replica.port}`);
+    expect(services.api.depends_on).toContain(replica.hostname);
+    const standbyScript = read('postgres/standby-entrypoint.sh');
+    expect(standbyScript).toContain('-h postgres -p 5432');
+    expect(services[replica.hostname].volumes).toContain('./postgres/standby-entrypoint.sh:/standby-entrypoint.sh:ro');
+    expect(services.postgres.volumes).toContain('./postgres/primary-replication.sh:/docker-entrypoint-initdb.d/10-replication.sh:ro');
+    expect(read('postgres/primary-replication.sh')).toContain('host replication');
   });
 
   it('replicas × pool capacity fits the server, or the pooler in front of it', () => {
@@ -154,6 +169,9 @@ describe('docker/ and Kubernetes files agree with the app', () => {
     expect(Number(api.environment.DB_POOL_EXPECTED_REPLICAS)).toBe(api.deploy.replicas);
     expect(api.deploy.replicas * capacity(api.environment)).toBeLessThanOrEqual(Number(bouncer.max_client_conn));
     expect(Number(bouncer.default_pool_size) + Number(bouncer.reserve_pool_size)).toBeLessThanOrEqual(available);
+    // Reads go to the standby directly: every replica's replica pool must fit its max_connections.
+    const standbyMax = Number(/max_connections=(\d+)/.exec(read('postgres/standby-entrypoint.sh'))![1]);
+    expect(api.deploy.replicas * capacity(api.environment)).toBeLessThanOrEqual(standbyMax - SUPERUSER_RESERVED);
 
     const pdb = k8s().find((d) => d.kind === 'PodDisruptionBudget');
     expect(pdb.spec.minAvailable).toBeLessThan(k8sReplicas);

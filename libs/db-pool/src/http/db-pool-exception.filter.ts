@@ -1,9 +1,10 @@
 import { type ArgumentsHost, Catch, type ExceptionFilter, HttpStatus, Injectable, Logger } from '@nestjs/common';
-import { HttpAdapterHost } from '@nestjs/core';
+import { BaseExceptionFilter, HttpAdapterHost } from '@nestjs/core';
+import { QueryFailedError } from 'typeorm';
 import { codeOf, PoolAcquireError, PoolClosedError, PoolConnectError, PoolTimeoutError } from '../errors.js';
 
 /** What a 503 from {@link DbPoolExceptionFilter} says went wrong. */
-export type PoolUnavailableCondition = 'pool_timeout' | 'database_unreachable' | 'shutting_down';
+export type PoolUnavailableCondition = 'pool_timeout' | 'database_unreachable' | 'shutting_down' | 'connection_lost';
 
 /** The JSON body of that 503. */
 export interface PoolUnavailableBody {
@@ -11,8 +12,8 @@ export interface PoolUnavailableBody {
   error: 'Service Unavailable';
   condition: PoolUnavailableCondition;
   message: string;
-  /** The pool that could not serve the request. */
-  pool: string;
+  /** The pool that could not serve the request (absent for `connection_lost`: the driver's error does not say). */
+  pool?: string;
   /** Seconds, as in the Retry-After header. */
   retry_after: number;
   /** The driver's code for an unreachable server (`ECONNREFUSED`, `57P03`, `53300`, …). */
@@ -27,42 +28,71 @@ export const RETRY_AFTER_SECONDS: Readonly<Record<PoolUnavailableCondition, numb
   database_unreachable: 5,
   // This process is going away; another replica may answer.
   shutting_down: 5,
+  // The server went away mid-request (a failover): the pool is already moving to the next host.
+  connection_lost: 1,
 };
 
 const MESSAGES: Readonly<Record<PoolUnavailableCondition, (pool: string) => string>> = {
   pool_timeout: (pool) => `No database connection became free in time (pool "${pool}"); retry later.`,
   database_unreachable: (pool) => `The database cannot be reached (pool "${pool}"); retry later.`,
   shutting_down: () => 'The service is shutting down; retry later.',
+  connection_lost: () =>
+    'The database connection was lost during the request (a server restart or failover); a write may or may not have been applied. Retry if it is safe to.',
 };
+
+/** SQLSTATEs and socket codes of a connection that died under a statement. */
+const LOST_CODES = new Set(['57P01', '57P02', '57P03', '08000', '08003', '08006', 'ECONNRESET', 'EPIPE']);
+/** pg's messages for a connection that ended under a query (they carry no code). */
+const LOST_MESSAGES = new Set([
+  'Connection terminated unexpectedly',
+  'Connection terminated',
+  'Client has encountered a connection error and is not queryable',
+]);
+
+/** A TypeORM query failure whose cause is the connection dying, not the statement. */
+export function isConnectionLost(error: unknown): boolean {
+  if (!(error instanceof QueryFailedError)) return false;
+  const driverError = (error as QueryFailedError & { driverError?: { code?: unknown; message?: unknown } }).driverError;
+  return LOST_CODES.has(String(driverError?.code ?? '')) || LOST_MESSAGES.has(String(driverError?.message ?? ''));
+}
 
 /**
  * Answers a request whose connection could not be acquired with `503 Service Unavailable`, a
- * `Retry-After` header and a JSON body naming the condition, instead of Nest's `500`. It
- * catches only {@link PoolAcquireError}s: nothing of the request reached the database, so a
- * retry is safe. Register it globally (`{ provide: APP_FILTER, useClass: DbPoolExceptionFilter }`
+ * `Retry-After` header and a JSON body naming the condition, instead of Nest's `500`. For a
+ * {@link PoolAcquireError} nothing of the request reached the database, so a retry is safe. A
+ * TypeORM query that failed because its connection died under it (a server shutdown or
+ * failover: `57P01`, "Connection terminated unexpectedly") is answered 503 `connection_lost`:
+ * the server is going away, and whether a write was applied is unknown. Every other error goes
+ * to Nest's default handling, unchanged. Register it globally (`{ provide: APP_FILTER, useClass: DbPoolExceptionFilter }`
  * or `app.useGlobalFilters(new DbPoolExceptionFilter(app.get(HttpAdapterHost)))`).
  *
  * The body never carries the driver's message (it can name hosts): the condition, the pool
  * and the driver's code only.
  */
-@Catch(PoolAcquireError)
+@Catch(PoolAcquireError, QueryFailedError)
 @Injectable()
-export class DbPoolExceptionFilter implements ExceptionFilter<PoolAcquireError> {
+export class DbPoolExceptionFilter implements ExceptionFilter<PoolAcquireError | QueryFailedError> {
   private readonly logger = new Logger('DbPool');
 
   constructor(private readonly adapterHost: HttpAdapterHost) {}
 
-  catch(error: PoolAcquireError, host: ArgumentsHost): void {
+  catch(error: PoolAcquireError | QueryFailedError, host: ArgumentsHost): void {
     if (host.getType() !== 'http') throw error;
-    const condition = conditionOf(error);
+    if (!(error instanceof PoolAcquireError) && !isConnectionLost(error)) {
+      // Not ours: Nest's own answer (500, logged), as without this filter.
+      return new BaseExceptionFilter(this.adapterHost.httpAdapter).catch(error, host);
+    }
+    const condition = error instanceof PoolAcquireError ? conditionOf(error) : 'connection_lost';
     const retryAfter = RETRY_AFTER_SECONDS[condition];
-    const code = error instanceof PoolConnectError ? codeOf(error.cause) : undefined;
+    const code =
+      error instanceof PoolConnectError ? codeOf(error.cause) : error instanceof PoolAcquireError ? undefined : codeOf(error.driverError);
+    const pool = error instanceof PoolAcquireError ? error.poolName : undefined;
     const body: PoolUnavailableBody = {
       statusCode: HttpStatus.SERVICE_UNAVAILABLE,
       error: 'Service Unavailable',
       condition,
-      message: MESSAGES[condition](error.poolName),
-      pool: error.poolName,
+      message: MESSAGES[condition](pool ?? ''),
+      ...(pool !== undefined ? { pool } : {}),
       retry_after: retryAfter,
       ...(code ? { code } : {}),
     };

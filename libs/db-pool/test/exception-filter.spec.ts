@@ -1,0 +1,67 @@
+import 'reflect-metadata';
+import { Controller, Get, type INestApplication } from '@nestjs/common';
+import { APP_FILTER } from '@nestjs/core';
+import { Test } from '@nestjs/testing';
+import { InjectDataSource } from '@nestjs/typeorm';
+import type { AddressInfo } from 'node:net';
+import type { DataSource } from 'typeorm';
+import { DbPoolExceptionFilter, DbPoolModule } from '../src/index.js';
+import { testOptions } from './support/db.js';
+
+@Controller()
+class ProbeController {
+  constructor(@InjectDataSource() private readonly ds: DataSource) {}
+
+  /** A statement that fails on its own merits: not the filter's business. */
+  @Get('division')
+  division(): Promise<unknown> {
+    return this.ds.query('SELECT 1/0');
+  }
+
+  /** The connection dies under the statement (its backend terminated: 57P01), as in a server shutdown or failover. */
+  @Get('lost')
+  lost(): Promise<unknown> {
+    return this.ds.query('SELECT pg_terminate_backend(pg_backend_pid())');
+  }
+}
+
+describe('DbPoolExceptionFilter', () => {
+  let app: INestApplication;
+  let base: string;
+  beforeAll(async () => {
+    const moduleRef = await Test.createTestingModule({
+      imports: [DbPoolModule.forRoot(testOptions({ name: 'default', poolSize: 1, maxOverflow: 1 }))],
+      controllers: [ProbeController],
+      providers: [{ provide: APP_FILTER, useClass: DbPoolExceptionFilter }],
+    })
+      .setLogger({ log: () => {}, error: () => {}, warn: () => {}, debug: () => {}, verbose: () => {} })
+      .compile();
+    app = moduleRef.createNestApplication();
+    await app.listen(0, '127.0.0.1');
+    base = `http://127.0.0.1:${(app.getHttpServer().address() as AddressInfo).port}`;
+  });
+  afterAll(async () => {
+    await app?.close();
+  });
+
+  it('answers a connection that died under a statement with 503 connection_lost and Retry-After', async () => {
+    const res = await fetch(`${base}/lost`);
+    expect(res.status).toBe(503);
+    expect(res.headers.get('retry-after')).toBe('1');
+    expect(await res.json()).toEqual({
+      statusCode: 503,
+      error: 'Service Unavailable',
+      condition: 'connection_lost',
+      message:
+        'The database connection was lost during the request (a server restart or failover); a write may or may not have been applied. Retry if it is safe to.',
+      retry_after: 1,
+      code: '57P01',
+    });
+  });
+
+  it("leaves every other query error to Nest's own 500", async () => {
+    const res = await fetch(`${base}/division`);
+    expect(res.status).toBe(500);
+    expect(await res.json()).toEqual({ statusCode: 500, message: 'Internal server error' });
+  });
+});
