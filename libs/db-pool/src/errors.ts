@@ -99,6 +99,21 @@ export class PoolUnavailableError extends PoolConnectError {
 }
 
 /**
+ * The pool is overloaded: the queue is full (`DB_POOL_MAX_WAITING`), or the wait the caller would
+ * have — its place in the queue times the measured time a connection is held, over the pool's
+ * capacity — is longer than its deadline. Failed at once rather than after waiting it out.
+ */
+export class PoolOverloadedError extends PoolAcquireError {
+  constructor(
+    poolName: string,
+    state: PoolState,
+    readonly reason: string,
+  ) {
+    super(`db-pool "${poolName}": overloaded, not queued: ${reason} (${describeState(state)})`, poolName, state);
+  }
+}
+
+/**
  * The server behind a checked-out connection changed role (a promotion or demotion seen by the
  * pool): the statement was not sent. Release the client and check out another; it goes to the
  * host that now has the session the pool needs.

@@ -12,6 +12,7 @@ export {
   PoolConnectError,
   PoolFailoverError,
   PoolLeaseError,
+  PoolOverloadedError,
   PoolReleaseError,
   PoolTimeoutError,
   PoolUnavailableError,

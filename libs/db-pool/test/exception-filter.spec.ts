@@ -5,8 +5,8 @@ import { Test } from '@nestjs/testing';
 import { InjectDataSource } from '@nestjs/typeorm';
 import type { AddressInfo } from 'node:net';
 import type { DataSource } from 'typeorm';
-import { DbPoolExceptionFilter, DbPoolModule } from '../src/index.js';
-import { testOptions } from './support/db.js';
+import { type DbPool, DbPoolExceptionFilter, DbPoolModule, getDbPoolToken } from '../src/index.js';
+import { eventually, testOptions } from './support/db.js';
 
 @Controller()
 class ProbeController {
@@ -16,6 +16,12 @@ class ProbeController {
   @Get('division')
   division(): Promise<unknown> {
     return this.ds.query('SELECT 1/0');
+  }
+
+  /** Holds a connection for a while (fills the pool). */
+  @Get('slow')
+  slow(): Promise<unknown> {
+    return this.ds.query('SELECT pg_sleep(0.5)');
   }
 
   /** The connection dies under the statement (its backend terminated: 57P01), as in a server shutdown or failover. */
@@ -30,7 +36,7 @@ describe('DbPoolExceptionFilter', () => {
   let base: string;
   beforeAll(async () => {
     const moduleRef = await Test.createTestingModule({
-      imports: [DbPoolModule.forRoot(testOptions({ name: 'default', poolSize: 1, maxOverflow: 1 }))],
+      imports: [DbPoolModule.forRoot(testOptions({ name: 'default', poolSize: 1, maxOverflow: 1, maxWaiting: 1 }))],
       controllers: [ProbeController],
       providers: [{ provide: APP_FILTER, useClass: DbPoolExceptionFilter }],
     })
@@ -57,6 +63,22 @@ describe('DbPoolExceptionFilter', () => {
       retry_after: 1,
       code: '57P01',
     });
+  });
+
+  it('answers a request shed by DB_POOL_MAX_WAITING with 503 overloaded and Retry-After, at once', async () => {
+    const pool = app.get<DbPool>(getDbPoolToken());
+    // Settled after the previous test (its connection was terminated and refilled): all idle.
+    expect(await eventually(() => pool.state().total > 0 && pool.state().idle === pool.state().total)).toBe(true);
+    // Two connections busy (the second opened for its caller), one caller queued on the busy pool.
+    const busy = [fetch(`${base}/slow`), fetch(`${base}/slow`), fetch(`${base}/slow`)];
+    expect(await eventually(() => pool.state().active === 2 && pool.waitingCount === 1)).toBe(true);
+    const started = performance.now();
+    const res = await fetch(`${base}/slow`);
+    expect(performance.now() - started).toBeLessThan(300);
+    expect(res.status).toBe(503);
+    expect(res.headers.get('retry-after')).toBe('1');
+    expect(await res.json()).toMatchObject({ condition: 'overloaded', pool: 'default', retry_after: 1 });
+    expect((await Promise.all(busy)).map((r) => r.status)).toEqual([200, 200, 200]);
   });
 
   it("leaves every other query error to Nest's own 500", async () => {

@@ -7,7 +7,15 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { createDbPoolDataSource, poolOf } from '../src/index.js';
-import { awaitingServer, connectionLost, PINNED, protocolOf, queuedQueries, typeOrmPoolsOf } from '../src/pool/pg-internals.js';
+import {
+  awaitingServer,
+  backendKeyOf,
+  connectionLost,
+  PINNED,
+  protocolOf,
+  queuedQueries,
+  typeOrmPoolsOf,
+} from '../src/pool/pg-internals.js';
 import { databaseUrl } from './support/db.js';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
@@ -36,6 +44,9 @@ describe('pg and TypeORM internals db-pool reads (pg-internals.ts)', () => {
       expectMember((client as unknown as { connection: object }).connection, 'stream', 'object');
       expect(connectionLost(client)).toBe(false);
       expect(queuedQueries(client)).toBe(0);
+      // processID and secretKey: the backend's key a cancel request names.
+      const { rows } = await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+      expect(backendKeyOf(client)).toEqual({ processID: rows[0].pid, secretKey: expect.any(Number) });
       expect(awaitingServer(client)).toBe(false);
 
       // While a query is on the wire and another is queued behind it:

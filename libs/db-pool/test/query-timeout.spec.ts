@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import { poolFixture } from './support/db.js';
 
@@ -41,15 +42,22 @@ describe('query timeout (DB_QUERY_TIMEOUT_MS) and connections released mid-query
     expect(pool.counters.removed).toBe(0);
   });
 
-  it('discards a connection released while its query is still running, when the answer does not come in time', async () => {
-    const pool = await fixture.pool({ poolSize: 1, maxOverflow: 0, validationTimeoutMs: 200 });
+  it('cancels on the server the query of a connection released while it runs, and keeps the connection', async () => {
+    const pool = await fixture.pool({ poolSize: 1, maxOverflow: 0, validationTimeoutMs: 2_000 });
     await pool.warmUp();
     const client = await pool.connect();
     const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
-    const running = client.query('SELECT pg_sleep(2)').catch(() => undefined);
+    const running = client.query('SELECT pg_sleep(30)').then(
+      () => 'finished',
+      (e: { code?: string }) => e.code,
+    );
     client.release(); // misuse: released with the query in flight
+    const started = performance.now();
     const { rows } = await pool.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
-    expect(rows[0].pid).not.toBe(pid);
-    await running;
+    expect(performance.now() - started).toBeLessThan(2_000); // not after pg_sleep(30)
+    expect(rows[0].pid).toBe(pid);
+    expect(await running).toBe('57014'); // query_canceled
+    expect(pool.counters.cancels).toBe(1);
+    expect(pool.counters.removed).toBe(0);
   });
 });

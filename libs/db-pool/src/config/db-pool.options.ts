@@ -68,6 +68,8 @@ export interface DbPoolOptions {
   headroomIntervalSeconds?: Loose<number>;
   /** `DB_POOL_SHUTDOWN_GRACE`: seconds `end()` waits for checked-out connections before closing them. @default 10 */
   shutdownGraceSeconds?: Loose<number>;
+  /** `DB_POOL_MAX_WAITING`: callers allowed to queue; the next fails at once with PoolOverloadedError (0 = no bound). @default 0 */
+  maxWaiting?: Loose<number>;
   /** `DB_REPLICA_URLS`: read replicas (comma-separated URLs, or a list); TypeORM's reads go to them, writes to `url`. */
   replicaUrls?: string | readonly string[];
   /** `DB_REPLICA_MAX_LAG_MS`: replay lag above which a replica leaves rotation until it catches up. @default 5000 */
@@ -159,6 +161,8 @@ export interface DbPoolConfig {
   shutdownGraceMs: number;
   /** The admin console URL as given (may hold a password; not enumerable). */
   pgbouncerAdminUrl: string | undefined;
+  /** Callers allowed to queue (0: no bound). */
+  maxWaiting: number;
   /** Read replicas' URLs, in order (empty: none). */
   replicaUrls: string[];
   replicaMaxLagMs: number;

@@ -222,6 +222,16 @@ export const OPTION_KEYS: readonly OptionKey[] = [
     meaning: 'seconds shutdown waits for checked-out connections to come back before it closes them',
   },
   {
+    option: 'maxWaiting',
+    env: 'DB_POOL_MAX_WAITING',
+    kind: 'int',
+    min: 0,
+    max: 1_000_000,
+    default: 0,
+    meaning:
+      'callers allowed to queue for a connection; the next one fails at once with `PoolOverloadedError` (503 through the api) instead of queuing. 0 = no bound',
+  },
+  {
     option: 'replicaUrls',
     env: 'DB_REPLICA_URLS',
     kind: 'urls',

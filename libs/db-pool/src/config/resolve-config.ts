@@ -301,6 +301,7 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
     pgbouncerAdminUrl: values.get('pgbouncerAdminUrl') as string | undefined,
     replicaUrls: values.get('replicaUrls') === undefined ? [] : splitUrlList(values.get('replicaUrls') as string),
     replicaMaxLagMs: int('replicaMaxLagMs'),
+    maxWaiting: int('maxWaiting'),
     applicationName,
     resetSession: values.get('resetSession') as DbPoolConfig['resetSession'],
     healthDetail: values.get('healthDetail') as boolean,

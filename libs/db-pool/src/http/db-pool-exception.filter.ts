@@ -1,10 +1,10 @@
 import { type ArgumentsHost, Catch, type ExceptionFilter, HttpStatus, Injectable, Logger } from '@nestjs/common';
 import { BaseExceptionFilter, HttpAdapterHost } from '@nestjs/core';
 import { QueryFailedError } from 'typeorm';
-import { codeOf, PoolAcquireError, PoolClosedError, PoolConnectError, PoolTimeoutError } from '../errors.js';
+import { codeOf, PoolAcquireError, PoolClosedError, PoolConnectError, PoolOverloadedError, PoolTimeoutError } from '../errors.js';
 
 /** What a 503 from {@link DbPoolExceptionFilter} says went wrong. */
-export type PoolUnavailableCondition = 'pool_timeout' | 'database_unreachable' | 'shutting_down' | 'connection_lost';
+export type PoolUnavailableCondition = 'pool_timeout' | 'overloaded' | 'database_unreachable' | 'shutting_down' | 'connection_lost';
 
 /** The JSON body of that 503. */
 export interface PoolUnavailableBody {
@@ -24,6 +24,8 @@ export interface PoolUnavailableBody {
 export const RETRY_AFTER_SECONDS: Readonly<Record<PoolUnavailableCondition, number>> = {
   // Connections come back as requests finish: soon.
   pool_timeout: 1,
+  // The queue is full or too slow for the deadline: shed now, try again in a moment.
+  overloaded: 1,
   // A server restart or failover takes seconds.
   database_unreachable: 5,
   // This process is going away; another replica may answer.
@@ -34,6 +36,7 @@ export const RETRY_AFTER_SECONDS: Readonly<Record<PoolUnavailableCondition, numb
 
 const MESSAGES: Readonly<Record<PoolUnavailableCondition, (pool: string) => string>> = {
   pool_timeout: (pool) => `No database connection became free in time (pool "${pool}"); retry later.`,
+  overloaded: (pool) => `The database pool is overloaded (pool "${pool}"); the request was shed at once. Retry later.`,
   database_unreachable: (pool) => `The database cannot be reached (pool "${pool}"); retry later.`,
   shutting_down: () => 'The service is shutting down; retry later.',
   connection_lost: () =>
@@ -108,5 +111,6 @@ export class DbPoolExceptionFilter implements ExceptionFilter<PoolAcquireError |
 function conditionOf(error: PoolAcquireError): PoolUnavailableCondition {
   if (error instanceof PoolClosedError) return 'shutting_down';
   if (error instanceof PoolTimeoutError) return 'pool_timeout';
+  if (error instanceof PoolOverloadedError) return 'overloaded';
   return 'database_unreachable';
 }

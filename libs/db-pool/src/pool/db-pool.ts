@@ -1,7 +1,15 @@
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
-import { PoolClosedError, PoolConnectError, PoolFailoverError, PoolTimeoutError, PoolUnavailableError, type PoolState } from '../errors.js';
+import {
+  PoolClosedError,
+  PoolConnectError,
+  PoolFailoverError,
+  PoolOverloadedError,
+  PoolTimeoutError,
+  PoolUnavailableError,
+  type PoolState,
+} from '../errors.js';
 import { scrubSecrets } from '../redact.js';
 import { type BreakerState, ConnectBreaker } from './breaker.js';
 import { Connector, type HostStatus, type SessionState, watchRole } from './connector.js';
@@ -14,7 +22,7 @@ import { awaitingServer, connectionLost, destroySocket, protocolOf, queuedQuerie
 import { PoolEntry } from './pool-entry.js';
 import { type DbPoolSettings, type PgPoolOptions, settingsFromPg } from './settings.js';
 import { type ConnectHealth, type DbPoolCounters, PoolStats, type RemovalReason } from './tracker.js';
-import { inTransaction, ping, resetSession, rollback, settle, watchSession } from './validation.js';
+import { cancelAndSettle, inTransaction, ping, resetSession, rollback, watchSession } from './validation.js';
 
 type Release = (err?: Error | boolean) => void;
 type ConnectCallback = (err: Error | undefined, client: pg.PoolClient | undefined, release: Release) => void;
@@ -378,6 +386,11 @@ export class DbPool extends EventEmitter {
       if (this.settings.prePing && now - entry.lastUsed > this.settings.prePingBypassMs) return this.validate(acquire, entry);
       return this.handOut(acquire, entry, now);
     }
+    const shed = acquire.probe ? undefined : this.shedReason(acquire, now);
+    if (shed !== undefined) {
+      this.stats.shed();
+      return this.fail(acquire, new PoolOverloadedError(this.settings.name, this.state(), shed));
+    }
     if (!this.breaker.allowsConnect) {
       // With connections out, a caller waits for one to come back (no new one is opened); with
       // none, it is refused at once. A readiness probe or sampler is the breaker's probe when none
@@ -521,10 +534,12 @@ export class DbPool extends EventEmitter {
     if (err || this.ending || entry.dead || connectionLost(entry.client) || queuedQueries(entry.client) > 0)
       return this.remove(entry, err ? 'discarded' : 'broken');
     if (entry.evicted !== undefined) return this.remove(entry, 'failover');
-    // Released before the server's ReadyForQuery (an error answer whose ReadyForQuery is on its
-    // way, a query abandoned by query_timeout): kept only if the server settles in time.
+    // Released before the server's ReadyForQuery (a query abandoned by query_timeout, a caller
+    // gone): the query is cancelled on the server — nothing runs for a caller who left — and the
+    // connection kept only if the server settles in time.
     if (awaitingServer(entry.client)) {
-      return settle(entry.client, this.settings.validationTimeoutMs, (settleErr) =>
+      this.stats.cancelled();
+      return cancelAndSettle(entry.client, entry.host, this.settings.validationTimeoutMs, (settleErr) =>
         settleErr ? this.remove(entry, 'broken') : this.resetAndReturn(entry),
       );
     }
@@ -651,6 +666,29 @@ export class DbPool extends EventEmitter {
       `db-pool "${this.settings.name}": connections failed on every host; holding back new ones (connect circuit breaker open): ${scrubSecrets(err.message)}`,
     );
     this.refuseWaiters();
+  }
+
+  /**
+   * Why an acquire about to queue should fail now instead (undefined: let it queue): at capacity,
+   * the callers waiting on the busy pool (not on a connection being opened) are DB_POOL_MAX_WAITING, or — at capacity, with the use time measured — its place in the queue
+   * times the mean use time, over the pool's capacity (the rate connections come back at), puts its
+   * hand-out past its deadline.
+   * Probes (readiness, samplers) are never shed. Runs only when no connection is idle.
+   */
+  private shedReason(acquire: Acquire, now: number): string | undefined {
+    const { maxWaiting, poolSize, maxOverflow } = this.settings;
+    const capacity = poolSize + maxOverflow;
+    // Below capacity this caller gets a connection of its own: never shed.
+    if (this.entries.size < capacity) return undefined;
+    // Waiters a connection being opened will serve are not waiting on the busy pool.
+    const ahead = Math.max(0, this.queue.length - this.opening);
+    if (maxWaiting > 0 && ahead >= maxWaiting) return `${ahead} caller(s) already waiting (DB_POOL_MAX_WAITING=${maxWaiting})`;
+    if (acquire.deadline === Infinity || this.stats.useSamples < 16) return undefined;
+    // The pool hands out capacity / mean-use connections per ms: this caller's turn comes after ahead + 1 of them.
+    const expected = ((ahead + 1) / capacity) * this.stats.meanUseMs;
+    const left = acquire.deadline - now;
+    if (expected <= left) return undefined;
+    return `expected wait ${Math.round(expected)} ms (${ahead} ahead, ${capacity} connections held ${Math.round(this.stats.meanUseMs)} ms on average) is past the deadline (${Math.round(left)} ms left)`;
   }
 
   /** Open connections (checked out or idle): a waiter can still be served by one coming back. */

@@ -52,6 +52,17 @@ export function protocolOf(client: pg.ClientBase): EventEmitter {
   return internals(client).connection;
 }
 
+/**
+ * The backend's key (BackendKeyData) a cancel request names: pg keeps it as `processID` and
+ * `secretKey` (the latter not in its typings). Undefined before the connection is up.
+ */
+export function backendKeyOf(client: pg.ClientBase): { processID: number; secretKey: number } | undefined {
+  const c = client as unknown as { processID?: unknown; secretKey?: unknown };
+  return typeof c.processID === 'number' && typeof c.secretKey === 'number'
+    ? { processID: c.processID, secretKey: c.secretKey }
+    : undefined;
+}
+
 /** Closes the client's socket at once, without waiting for the server to close its end. */
 export function destroySocket(client: pg.ClientBase): void {
   internals(client).connection.stream.destroy();

@@ -41,6 +41,7 @@ export function toPoolSettings(config: DbPoolConfig, logger: DbPoolLogger): Part
     leakThresholdMs: config.leakThresholdMs,
     leakStackRate: config.leakStackRate,
     shutdownGraceMs: config.shutdownGraceMs,
+    maxWaiting: config.maxWaiting,
     logger,
   };
 }

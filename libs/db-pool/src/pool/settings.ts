@@ -21,6 +21,7 @@ export type DbPoolSettings = Pick<
   | 'leakThresholdMs'
   | 'leakStackRate'
   | 'shutdownGraceMs'
+  | 'maxWaiting'
 > & {
   /** pg's `maxUses`: checkouts after which a connection is replaced. @default Infinity */
   maxUses: number;
@@ -98,6 +99,7 @@ export function settingsFromPg(options: PgPoolOptions, overrides: Partial<DbPool
     leakThresholdMs: 0,
     leakStackRate: 100,
     shutdownGraceMs: 10_000,
+    maxWaiting: 0,
     maxUses,
     allowExitOnIdle: options.allowExitOnIdle === true,
     logger: log ? { log: () => {}, warn: (m) => log(m), debug: (m) => log(m) } : SILENT,

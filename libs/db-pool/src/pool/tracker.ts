@@ -42,6 +42,10 @@ export class PoolEventTracker {
   evicted(_connections: number): void {}
   /** The connect circuit breaker opened. */
   breakerOpened(): void {}
+  /** An acquire was shed at once (the queue full, or its expected wait past its deadline). */
+  shed(): void {}
+  /** A connection was released with its query still running: a cancel request was sent. */
+  cancelled(): void {}
   /** An acquire was refused at once because the connect circuit breaker was open. */
   breakerRefused(): void {}
 }
@@ -88,6 +92,10 @@ export interface DbPoolCounters {
   breakerOpens: number;
   /** Acquires refused at once while the connect circuit breaker was open. */
   breakerRefusals: number;
+  /** Acquires shed at once with PoolOverloadedError (DB_POOL_MAX_WAITING, or a wait past the deadline). */
+  overloaded: number;
+  /** Queries cancelled on the server because their caller released the connection before the answer. */
+  cancels: number;
 }
 
 /** Whether connections can be opened right now, from the outcome of the recent attempts. */
@@ -121,7 +129,13 @@ export class PoolStats extends PoolEventTracker {
     evictions: 0,
     breakerOpens: 0,
     breakerRefusals: 0,
+    overloaded: 0,
+    cancels: 0,
   };
+  /** Mean time a connection is held, ms, exponentially weighted (the newest use counts 1/16); 0 before any. */
+  meanUseMs = 0;
+  /** Checkouts the mean is taken over, up to 16 (an estimate is trusted once it is 16). */
+  useSamples = 0;
   /** Wait, use and create times, in seconds. */
   readonly timings: PoolTimings = createPoolTimings();
   private readonly connect: ConnectHealth = { consecutiveFailures: 0, lastFailureAt: undefined, lastError: undefined };
@@ -150,6 +164,8 @@ export class PoolStats extends PoolEventTracker {
 
   override released(ms: number): void {
     this.timings.use.observe(ms / 1000);
+    if (this.useSamples < 16) this.useSamples++;
+    this.meanUseMs += (ms - this.meanUseMs) / this.useSamples;
   }
 
   override timedOut(probe: boolean): void {
@@ -198,6 +214,14 @@ export class PoolStats extends PoolEventTracker {
 
   override breakerOpened(): void {
     this.counters.breakerOpens++;
+  }
+
+  override shed(): void {
+    this.counters.overloaded++;
+  }
+
+  override cancelled(): void {
+    this.counters.cancels++;
   }
 
   override breakerRefused(): void {

@@ -4,8 +4,10 @@
  * left open and the reset of session state left behind. Each is bounded by a timeout; a
  * connection that fails one is discarded by the pool.
  */
+import { connect } from 'node:net';
 import type pg from 'pg';
-import { awaitingServer, protocolOf } from './pg-internals.js';
+import type { HostAddress } from './hosts.js';
+import { awaitingServer, backendKeyOf, protocolOf } from './pg-internals.js';
 
 type Done = (err: Error | undefined) => void;
 
@@ -47,6 +49,50 @@ export function settle(client: pg.ClientBase, timeoutMs: number, done: Done): vo
   timer.unref();
   connection.once('readyForQuery', onReady);
   connection.once('end', onEnd);
+}
+
+/**
+ * Settles a connection released while its query runs on the server (its caller's deadline passed,
+ * `query_timeout`): PostgreSQL's cancel request stops the query, then the connection is kept if the
+ * server's ReadyForQuery comes within `timeoutMs`. It goes back to the pool only once the cancel
+ * request has been handled too (the server closes that socket after signalling the backend), so
+ * a late cancel can never hit the next borrower's query: a cancel that reaches an idle backend is
+ * ignored by the server.
+ */
+export function cancelAndSettle(client: pg.ClientBase, host: HostAddress | undefined, timeoutMs: number, done: Done): void {
+  let pending = 2;
+  let failure: Error | undefined;
+  const one = (err?: Error) => {
+    failure ??= err;
+    if (--pending === 0) done(failure);
+  };
+  settle(client, timeoutMs, one);
+  sendCancel(client, host, timeoutMs, () => one());
+}
+
+/** PostgreSQL's CancelRequest on a connection of its own: length 16, code 80877102, the backend's pid and key. */
+function sendCancel(client: pg.ClientBase, host: HostAddress | undefined, timeoutMs: number, done: () => void): void {
+  const key = backendKeyOf(client);
+  if (!host || !key) return done();
+  const packet = Buffer.alloc(16);
+  packet.writeInt32BE(16, 0);
+  packet.writeInt32BE(80877102, 4);
+  packet.writeInt32BE(key.processID, 8);
+  packet.writeInt32BE(key.secretKey, 12);
+  const socket = host.host.startsWith('/') ? connect(`${host.host}/.s.PGSQL.${host.port}`) : connect(host.port, host.host);
+  let finished = false;
+  const finish = () => {
+    if (finished) return;
+    finished = true;
+    clearTimeout(timer);
+    socket.destroy();
+    done();
+  };
+  const timer = setTimeout(finish, timeoutMs);
+  timer.unref();
+  socket.on('connect', () => socket.end(packet));
+  socket.on('error', finish);
+  socket.on('close', finish);
 }
 
 /** True when the connection is inside a transaction (open or aborted). */
