@@ -26,9 +26,11 @@ describe('connection errors and misuse never crash the process', () => {
     await pool.warmUp();
     await admin().query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1', [pool.settings.name]);
     const p = pool;
-    // Both idle connections hear of it and are dropped (a query sent before the news arrives
-    // would fail: that race is what pre-ping outside the bypass window is for).
-    expect(await eventually(() => p.counters.clientErrors === 2 && p.counters.removed >= 2)).toBe(true);
+    // Both idle connections are dropped: each on its own error, or the second already with the
+    // first, whose 57P01 closes the host's other idle connections (a query sent before the news
+    // arrives would fail: that race is what pre-ping outside the bypass window is for).
+    expect(await eventually(() => p.counters.clientErrors >= 1 && p.counters.removed >= 2)).toBe(true);
+    expect(p.counters.clientErrors).toBeLessThanOrEqual(2);
     await expect(pool.query('SELECT 1')).resolves.toBeDefined();
   });
 

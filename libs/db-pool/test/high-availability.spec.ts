@@ -18,6 +18,7 @@ import {
   PoolUnavailableError,
   resolveDbPoolConfig,
 } from '../src/index.js';
+import { connectTargetOf } from '../src/pool/hosts.js';
 import { startReplicaSet, type ReplicaSet } from '../../../tools/replica-set.mjs';
 import { startFaultProxy, type FaultProxy } from '../../../tools/fault-proxy.mjs';
 import { freePort } from '../../../tools/embedded-db.mjs';
@@ -82,6 +83,15 @@ describe('a host list (libpq semantics)', () => {
       /host "h2:70000" in the URL: the port must be an integer from 1 to 65535$/,
     );
     expect(problem('postgres://app:pw@h1,,h2/app')).toMatch(/host "" in the URL: each host must be a name or address/);
+    // IPv6 hosts in brackets, ports defaulted, and each host's own connection string for pg.
+    const target = connectTargetOf({
+      connectionString: 'postgres://app:p%40ss@[::1]:6432,db-b/app?sslmode=disable&target_session_attrs=primary',
+    });
+    expect(target.hosts.map((h) => h.address)).toEqual(['[::1]:6432', 'db-b:5432']);
+    expect(target.targetSessionAttrs).toBe('primary');
+    expect(target.clientConfig(target.hosts[0]).connectionString).toBe('postgres://app:p%40ss@[::1]:6432/app?sslmode=disable');
+    expect(Object.keys(target.clientConfig(target.hosts[1]))).not.toContain('connectionString'); // kept hidden, as pg-pool hides it
+    expect(connectTargetOf({ host: 'db-a,db-b:5433', port: 5432 }).hosts.map((h) => h.address)).toEqual(['db-a:5432', 'db-b:5433']);
     // DB_REPLICA_URLS: a comma starts a new URL only before a scheme; inside a URL it separates hosts.
     const replicas = resolveDbPoolConfig({
       env: {

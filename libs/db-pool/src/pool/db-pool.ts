@@ -997,6 +997,7 @@ export class DbPool extends EventEmitter {
     this.ending = true;
     this.refill.stop();
     this.leaks.stop();
+    this.breaker.stop();
     clearTimeout(this.deadlineTimer);
     clearTimeout(this.idleSweeper);
     const result = promised<void>(this.Promise, callback as ((err?: Error) => void) | undefined, (done) => this.endWaiters.push(done));
