@@ -88,6 +88,11 @@ describe('a host list (libpq semantics)', () => {
       connectionString: 'postgres://app:p%40ss@[::1]:6432,db-b/app?sslmode=disable&target_session_attrs=primary',
     });
     expect(target.hosts.map((h) => h.address)).toEqual(['[::1]:6432', 'db-b:5432']);
+    const socketDir = connectTargetOf({
+      connectionString: 'postgres://app:pw@%2Fvar%2Frun%2Fpostgresql,db-b/app?target_session_attrs=any',
+    });
+    expect(socketDir.hosts[0].host).toBe('/var/run/postgresql');
+    expect(socketDir.clientConfig(socketDir.hosts[0]).connectionString).toBe('postgres://app:pw@%2Fvar%2Frun%2Fpostgresql:5432/app');
     expect(target.targetSessionAttrs).toBe('primary');
     expect(target.clientConfig(target.hosts[0]).connectionString).toBe('postgres://app:p%40ss@[::1]:6432/app?sslmode=disable');
     expect(Object.keys(target.clientConfig(target.hosts[1]))).not.toContain('connectionString'); // kept hidden, as pg-pool hides it
@@ -236,6 +241,24 @@ describe('a host list (libpq semantics)', () => {
 });
 
 describe('failover by eviction', () => {
+  it("a caller's own SET default_transaction_read_only changes its session only: no eviction, and the reset on return undoes it", async () => {
+    const p = await pool(urlOf([rs.primary.hostPort], 'target_session_attrs=read-write'), { poolSize: 2, maxOverflow: 0 });
+    const client = await p.connect();
+    await client.query('SET default_transaction_read_only = on');
+    await expect(client.query('CREATE TEMP TABLE refused (id int)')).rejects.toMatchObject({ code: '25006' });
+    await client.query('SELECT 1');
+    client.release();
+    expect(p.counters.failovers).toBe(0);
+    expect(p.counters.evictions).toBe(0);
+    expect(p.hosts()[0].state).toBe('up');
+    const again = await p.connect();
+    try {
+      expect((await again.query<{ ro: string }>("SELECT current_setting('default_transaction_read_only') AS ro")).rows[0].ro).toBe('off');
+    } finally {
+      again.release();
+    }
+  });
+
   it('a server made read-only is evicted: idle connections close, a held one sends nothing more, new ones go elsewhere', async () => {
     const front = await proxy(rs.primary.port);
     const logger = capturingLogger();

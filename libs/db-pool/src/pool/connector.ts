@@ -105,9 +105,12 @@ export class Connector {
   private readonly hostStates = new Map<string, HostStatus>();
   private readonly checksSession: boolean;
   private readonly lost: (address: string) => void;
+  /** The session check after login gets what a connect gets: a host that logs in and stalls is passed over. */
+  private readonly checkTimeoutMs: number | undefined;
 
   constructor(options: ConnectorOptions) {
     this.Client = options.Client;
+    this.checkTimeoutMs = options.clientConfig.connectionTimeoutMillis || undefined;
     this.lost = options.lost ?? (() => {});
     this.target = connectTargetOf(options.clientConfig);
     this.checksSession = this.target.targetSessionAttrs !== 'any';
@@ -186,6 +189,8 @@ export class Connector {
     try {
       client = new this.Client(this.target.clientConfig(host));
     } catch (err) {
+      // A URL error carries the URL, password included, as `input`.
+      if (err && typeof err === 'object' && 'input' in err) delete (err as { input?: unknown }).input;
       return process.nextTick(done, err as Error);
     }
     hooks.attempt(client);
@@ -218,7 +223,8 @@ export class Connector {
           return done(undefined, { client, host, session: session! });
         }
         const why = `${session!.hotStandby ? 'a standby' : session!.readOnly ? 'read-only' : 'a writable primary'}, not ${describe(wanted)}`;
-        this.mark(host.address, 'rejected', why, role);
+        // prefer-standby's first pass passing over a primary is not a verdict on it: the second pass may take it.
+        if (this.target.targetSessionAttrs !== 'prefer-standby') this.mark(host.address, 'rejected', why, role);
         client.end().catch(() => {});
         done(new WrongSessionError(why));
       });
@@ -242,9 +248,12 @@ export class Connector {
       return done(undefined, { hotStandby: hot === 'on', readOnly: hot === 'on' || ro === 'on', reported: true });
     const needsReadOnly = wanted === 'read-write' || wanted === 'read-only';
     client.query(
-      needsReadOnly
-        ? "SELECT current_setting('transaction_read_only') = 'on' AS read_only, pg_is_in_recovery() AS hot_standby"
-        : 'SELECT pg_is_in_recovery() AS hot_standby, NULL::boolean AS read_only',
+      {
+        text: needsReadOnly
+          ? "SELECT current_setting('transaction_read_only') = 'on' AS read_only, pg_is_in_recovery() AS hot_standby"
+          : 'SELECT pg_is_in_recovery() AS hot_standby, NULL::boolean AS read_only',
+        query_timeout: this.checkTimeoutMs,
+      } as pg.QueryConfig,
       (err: Error | null, result?: pg.QueryResult<{ read_only: boolean | null; hot_standby: boolean }>) => {
         if (err) return done(err);
         const row = result!.rows[0];
@@ -258,7 +267,12 @@ export class Connector {
  * Follows a session's reported `in_hot_standby` and `default_transaction_read_only` (a promotion,
  * a server made read-only): updates `session` and calls `changed` when it no longer matches.
  */
-export function watchRole(client: pg.Client, session: SessionState, attrs: TargetSessionAttrs, changed: (why: string) => void): void {
+export function watchRole(
+  client: pg.Client,
+  session: SessionState,
+  attrs: TargetSessionAttrs,
+  changed: (why: string, parameter: string) => void,
+): void {
   if (!session.reported) return;
   const values = new Map<string, string>([
     ['in_hot_standby', session.hotStandby ? 'on' : 'off'],
@@ -270,6 +284,6 @@ export function watchRole(client: pg.Client, session: SessionState, attrs: Targe
     const matched = sessionMatches(attrs, session);
     session.hotStandby = values.get('in_hot_standby') === 'on';
     session.readOnly = session.hotStandby || values.get('default_transaction_read_only') === 'on';
-    if (matched && !sessionMatches(attrs, session)) changed(`${msg.parameterName} is now ${msg.parameterValue}`);
+    if (matched && !sessionMatches(attrs, session)) changed(`${msg.parameterName} is now ${msg.parameterValue}`, msg.parameterName);
   });
 }

@@ -398,7 +398,7 @@ export class DbPool extends EventEmitter {
       if (!acquire.probe && !this.hasConnections()) return this.refuseByBreaker(acquire);
       this.queue.push(acquire);
       this.watchDeadline(acquire);
-      if (acquire.probe && this.breaker.probeNow()) this.open();
+      if (acquire.probe && this.entries.size < this.settings.poolSize + this.settings.maxOverflow && this.breaker.probeNow()) this.open();
       return;
     }
     this.queue.push(acquire);
@@ -586,6 +586,8 @@ export class DbPool extends EventEmitter {
   /** Gives a connection to the first waiter, or puts it in the idle list. */
   private makeAvailable(entry: PoolEntry): void {
     if (this.ending) return this.remove(entry, 'shutdown');
+    // Evicted while it was being validated, reset or set up: it never serves again.
+    if (entry.evicted !== undefined) return this.remove(entry, 'failover');
     const waiter = this.nextWaiter();
     if (waiter) return this.handOut(waiter, entry, performance.now());
     this.idle.push(entry);
@@ -744,8 +746,11 @@ export class DbPool extends EventEmitter {
     protocol.prependListener('errorMessage', (msg: { severity?: string; code?: string }) => {
       if (msg.severity === 'FATAL' || msg.severity === 'PANIC') entry.dead = true;
       if (msg.code !== undefined && FAILOVER_CODES.has(msg.code)) this.hostGone(entry, `${msg.code} ${FAILOVER_CODES.get(msg.code)}`);
-      else if (msg.code === '25006' && this.needsWrites && (!session.reported || session.readOnly))
-        this.evictHost(entry.host, 'the server refused a write (25006): it is read-only now');
+      // A write refused as read-only (25006) where the server does not report its state (before
+      // 14, a pooler in between): a caller's own read-only transaction gives it too, so only this
+      // connection goes, when it comes back; new connections check the server's role. (Where the
+      // state is reported, a server-wide change arrives as a parameter status: watchRole.)
+      else if (msg.code === '25006' && this.needsWrites && !session.reported) entry.expired = true;
     });
     // An immediate shutdown warns (57P01 as a notice) before it cuts the connection.
     protocol.on('notice', (msg: { code?: string }) => {
@@ -756,7 +761,13 @@ export class DbPool extends EventEmitter {
       if (!entry.removed) this.hostGone(entry, 'a connection was lost');
     });
     if (this.connector.target.targetSessionAttrs !== 'any')
-      watchRole(client, session, this.connector.target.targetSessionAttrs, (why) => this.evictHost(entry.host, why));
+      watchRole(client, session, this.connector.target.targetSessionAttrs, (why, parameter) => {
+        // A caller's own `SET default_transaction_read_only` (its SET came first, this checkout)
+        // changes its session only, and the reset on return undoes it; a promotion or a reload
+        // changes the server.
+        if (parameter === 'default_transaction_read_only' && entry.sessionChanged) return;
+        this.evictHost(entry.host, why);
+      });
     const lifetime = lifetimeOf(this.settings.recycleMs, this.settings.recycleJitter);
     if (lifetime > 0) {
       entry.lifetimeTimer = setTimeout(() => this.retire(entry), lifetime);
@@ -859,7 +870,9 @@ export class DbPool extends EventEmitter {
       }
     }
     if (closed > 0) this.stats.evicted(closed);
-    this.connector.mark(host.address, 'down', why);
+    // With one host and no session requirement there is nothing to fail over to: a terminated
+    // backend is not a failover there (its alert would fire for a DBA's pg_terminate_backend).
+    if (this.connector.highAvailability) this.connector.mark(host.address, 'down', why);
     if (closed > 0)
       this.settings.logger.debug?.(`db-pool "${this.settings.name}": ${host.address}: ${why}; closed its ${closed} idle connection(s)`);
   }

@@ -84,7 +84,7 @@ function fromUrl(config: pg.ClientConfig, url: string): ConnectTarget {
     loadBalanceHosts: balance,
     clientConfig: untouched
       ? () => config
-      : (host) => withConnectionString(config, `${parts.scheme}${parts.userinfo}${bracket(host.host)}:${host.port}${tail}`),
+      : (host) => withConnectionString(config, `${parts.scheme}${parts.userinfo}${urlHost(host.host)}:${host.port}${tail}`),
   };
 }
 
@@ -160,6 +160,11 @@ function splitHostList(list: string, defaultPort: number, where: string): HostAd
 
 function addressOf(host: string, port: number): string {
   return `${bracket(host)}:${port}`;
+}
+
+/** A host as it stands in a URL: IPv6 in brackets, anything else percent-encoded again (a socket folder `/var/run/postgresql`). */
+function urlHost(host: string): string {
+  return host.includes(':') ? bracket(host) : encodeURIComponent(host);
 }
 
 function bracket(host: string): string {

@@ -67,11 +67,17 @@ export function cancelAndSettle(client: pg.ClientBase, host: HostAddress | undef
     if (--pending === 0) done(failure);
   };
   settle(client, timeoutMs, one);
-  sendCancel(client, host, timeoutMs, () => one());
+  sendCancel(client, host, timeoutMs, one);
 }
 
-/** PostgreSQL's CancelRequest on a connection of its own: length 16, code 80877102, the backend's pid and key. */
-function sendCancel(client: pg.ClientBase, host: HostAddress | undefined, timeoutMs: number, done: () => void): void {
+/**
+ * PostgreSQL's CancelRequest on a connection of its own: length 16, code 80877102, the backend's pid
+ * and key. Succeeds once the server has closed that connection after reading the packet (it
+ * signals the backend first); a cancel not confirmed so — refused, timed out — is an error, so the
+ * connection is not handed to anyone whose query a late signal could hit. Without a key or a host
+ * there is no cancel to wait for.
+ */
+function sendCancel(client: pg.ClientBase, host: HostAddress | undefined, timeoutMs: number, done: (err?: Error) => void): void {
   const key = backendKeyOf(client);
   if (!host || !key) return done();
   const packet = Buffer.alloc(16);
@@ -80,19 +86,20 @@ function sendCancel(client: pg.ClientBase, host: HostAddress | undefined, timeou
   packet.writeInt32BE(key.processID, 8);
   packet.writeInt32BE(key.secretKey, 12);
   const socket = host.host.startsWith('/') ? connect(`${host.host}/.s.PGSQL.${host.port}`) : connect(host.port, host.host);
+  let sent = false;
   let finished = false;
-  const finish = () => {
+  const finish = (err?: Error) => {
     if (finished) return;
     finished = true;
     clearTimeout(timer);
     socket.destroy();
-    done();
+    done(err);
   };
-  const timer = setTimeout(finish, timeoutMs);
+  const timer = setTimeout(() => finish(new Error(`the cancel request was not confirmed within ${timeoutMs} ms`)), timeoutMs);
   timer.unref();
-  socket.on('connect', () => socket.end(packet));
-  socket.on('error', finish);
-  socket.on('close', finish);
+  socket.on('connect', () => socket.end(packet, () => (sent = true)));
+  socket.on('error', (err) => finish(err));
+  socket.on('close', () => finish(sent ? undefined : new Error('the cancel request could not be sent')));
 }
 
 /** True when the connection is inside a transaction (open or aborted). */
