@@ -165,6 +165,28 @@ export class PoolReleaseError extends PoolLeaseError {
   }
 }
 
+/**
+ * The request's deadline (`withDeadline`, `@DbPoolDeadline`) passed: the statement was not sent,
+ * or it was still running and was cancelled on the server. A retry is safe only for reads; a
+ * write cancelled mid-way was rolled back by the server, but one whose answer was merely late
+ * may have committed.
+ */
+export class PoolDeadlineError extends Error {
+  readonly code = 'DB_POOL_DEADLINE';
+  constructor(
+    readonly poolName: string,
+    readonly budgetMs: number,
+    readonly sent: boolean,
+    options?: { cause?: unknown },
+  ) {
+    super(
+      `db-pool "${poolName}": the request's deadline of ${budgetMs} ms passed ${sent ? 'while the statement ran (it was cancelled on the server)' : 'before the statement was sent'}`,
+      options,
+    );
+    this.name = new.target.name;
+  }
+}
+
 /** The configuration given to db-pool is invalid; the message lists every bad key. */
 export class DbPoolConfigError extends Error {
   constructor(

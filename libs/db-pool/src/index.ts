@@ -10,6 +10,7 @@ export {
   PoolAcquireError,
   PoolClosedError,
   PoolConnectError,
+  PoolDeadlineError,
   PoolFailoverError,
   PoolLeaseError,
   PoolOverloadedError,
@@ -20,6 +21,8 @@ export {
 } from './errors.js';
 export { DbPool } from './pool/db-pool.js';
 export type { BreakerState } from './pool/breaker.js';
+export type { ConcurrencyLimitState } from './pool/concurrency-limit.js';
+export { currentDeadline, deadlineLeftMs, withDeadline, type Deadline } from './pool/deadline.js';
 export { NoHostError, type HostRole, type HostStateName, type HostStatus } from './pool/connector.js';
 export type { ReplicaRouter, ReplicaStatus } from './pool/replicas.js';
 export { LOAD_BALANCE_HOSTS, TARGET_SESSION_ATTRS, type LoadBalanceHosts, type TargetSessionAttrs } from './pool/hosts.js';

@@ -11,8 +11,10 @@ import { machineInfo, serverInfo } from './machine.js';
 import { findPgbench, pgbenchVersion } from './pgbench.js';
 import { Progress } from './progress.js';
 import { renderHtml, type RunInfo } from './report-html.js';
+import { renderOverloadTable } from './report-overload.js';
 import { renderTable } from './report-table.js';
 import { analyze } from './results.js';
+import { analyzeOverload, OVERLOAD_SQL, runOverload, type OverloadResult, type OverloadSettings } from './overload.js';
 import { plannedMs, runBench, type BenchSettings } from './scenarios.js';
 
 const USAGE = `usage: node apps/loadtest/dist/bench/main.js [options]   (or: npx nx run loadtest:bench -- [options])
@@ -24,6 +26,8 @@ interleaved in short rounds; every ratio is the median of per-round ratios.
   --quick            a short run (well under a minute): 5 rounds × 100 ms, indicative only
   --rounds N         rounds per scenario (default 75; 5 with --quick)
   --duration-ms N    length of one contender's slice in a round (default 100)
+  --scenario S       core (the comparisons above), overload (2× capacity, open loop, deadlines), or all (default)
+  --overload-seconds N  length of the overload (default 5; 2 with --quick)
   --out-dir DIR      where bench-results.json and bench-report.html go (default: current dir)
   --help             this text
 
@@ -33,6 +37,8 @@ The exit code is 0 when a target is missed (this is a report); non-zero only on 
 
 interface Cli {
   quick: boolean;
+  scenarios: { core: boolean; overload: boolean };
+  overloadMs: number;
   rounds: number;
   durationMs: number;
   warmupMs: number;
@@ -56,6 +62,8 @@ function parseCli(argv: string[]): Cli | undefined {
       rounds: { type: 'string' },
       'duration-ms': { type: 'string' },
       'out-dir': { type: 'string' },
+      scenario: { type: 'string', default: 'all' },
+      'overload-seconds': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -66,8 +74,13 @@ function parseCli(argv: string[]): Cli | undefined {
   // change in machine speed (these machines swing by 2× for seconds at a time) rarely falls between them.
   // 75 × 100 ms gave steadier medians here than 25 × 300 ms in the same time.
   const durationMs = positiveInt('--duration-ms', values['duration-ms'], 100, 20);
+  const scenario = values.scenario ?? 'all';
+  if (!['core', 'overload', 'all'].includes(scenario))
+    throw new UsageError(`--scenario must be one of core, overload, all; got ${JSON.stringify(scenario)}`);
   return {
     quick,
+    scenarios: { core: scenario !== 'overload', overload: scenario !== 'core' },
+    overloadMs: positiveInt('--overload-seconds', values['overload-seconds'], quick ? 2 : 5, 1) * 1000,
     rounds: positiveInt('--rounds', values.rounds, quick ? 5 : 75, 1),
     durationMs,
     warmupMs: Math.max(150, Math.round(durationMs / 2)),
@@ -134,11 +147,26 @@ async function main(): Promise<number> {
     pgbench,
     steadyCallers: 10,
   };
-  progress.plan(plannedMs(settings));
-  const run = await runBench(settings, progress);
+  const overloadSettings: OverloadSettings = {
+    url,
+    sql: OVERLOAD_SQL,
+    deadlineMs: 250,
+    factor: 2,
+    overloadMs: cli.overloadMs,
+    sweep: [1, 2, 4, 8, 16],
+    sweepMs: cli.quick ? 500 : 1500,
+  };
+  progress.plan(
+    (cli.scenarios.core ? plannedMs(settings) : 0) +
+      (cli.scenarios.overload ? overloadSettings.sweep.length * (2 * overloadSettings.sweepMs + 200) + 4 * (cli.overloadMs + 2000) : 0),
+  );
+  const run = cli.scenarios.core ? await runBench(settings, progress) : undefined;
+  const overload: OverloadResult | undefined = cli.scenarios.overload ? await runOverload(overloadSettings, progress) : undefined;
   progress.finish();
 
-  const analysis = analyze(run);
+  const analysis = run ? analyze(run) : undefined;
+  const overloadAnalysis = overload ? analyzeOverload(overload) : undefined;
+  const missed = [...(analysis?.missed ?? []), ...(overloadAnalysis?.missed ?? [])];
   const info: RunInfo = {
     generated_at: new Date().toISOString(),
     command: commandLine(),
@@ -149,9 +177,9 @@ async function main(): Promise<number> {
     machine: machineInfo({
       server_version: server.version,
       server_max_connections: server.maxConnections,
-      scram_server_version: run.scram?.serverVersion,
-      scram_authenticated_as: run.scram?.authenticatedAs,
-      scram_wrong_password_refused: run.scram?.wrongPasswordRefused,
+      scram_server_version: run?.scram?.serverVersion,
+      scram_authenticated_as: run?.scram?.authenticatedAs,
+      scram_wrong_password_refused: run?.scram?.wrongPasswordRefused,
       pgbench: pgbench ? await pgbenchVersion(pgbench) : 'not on PATH',
     }),
   };
@@ -162,6 +190,9 @@ async function main(): Promise<number> {
     argv: process.argv.slice(2),
     settings: {
       quick: cli.quick,
+      scenarios: Object.entries(cli.scenarios)
+        .filter(([, on]) => on)
+        .map(([name]) => name),
       rounds: cli.rounds,
       duration_ms: cli.durationMs,
       warmup_ms: cli.warmupMs,
@@ -171,13 +202,14 @@ async function main(): Promise<number> {
       db_pool_features: info.db_pool_features,
     },
     machine: info.machine,
-    ratios: analysis.ratios,
-    targets: analysis.targets,
-    all_targets_met: analysis.all_targets_met,
-    missed: analysis.missed,
-    ratio_details: analysis.ratio_details,
-    scenarios: analysis.phases,
-    pool_state_samples: analysis.state_samples,
+    ratios: { ...analysis?.ratios, ...overloadAnalysis?.ratios },
+    targets: { ...analysis?.targets, ...overloadAnalysis?.targets },
+    all_targets_met: missed.length === 0,
+    missed,
+    ratio_details: analysis?.ratio_details,
+    scenarios: analysis?.phases,
+    pool_state_samples: analysis?.state_samples,
+    overload,
   };
 
   await mkdir(cli.outDir, { recursive: true });
@@ -187,9 +219,13 @@ async function main(): Promise<number> {
     jsonPath,
     `${JSON.stringify(results, (_k, v: unknown) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2)}\n`,
   );
-  await writeFile(htmlPath, renderHtml(analysis, info, CAPACITY));
+  await writeFile(
+    htmlPath,
+    renderHtml(analysis, info, CAPACITY, overload && overloadAnalysis ? { result: overload, ...overloadAnalysis } : undefined),
+  );
 
-  process.stdout.write(renderTable(analysis, { rounds: cli.rounds, durationMs: cli.durationMs }));
+  if (analysis) process.stdout.write(renderTable(analysis, { rounds: cli.rounds, durationMs: cli.durationMs }));
+  if (overload && overloadAnalysis) process.stdout.write(renderOverloadTable(overload, overloadAnalysis));
   process.stdout.write(
     `\nmachine: ${String(info.machine.cpu_count)} × ${String(info.machine.cpu_model)}, node ${process.version}, ${server.version.split(',')[0]}\n`,
   );

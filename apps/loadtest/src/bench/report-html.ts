@@ -1,3 +1,4 @@
+import { type OverloadReport, renderOverloadHtml } from './report-overload.js';
 import type { Analysis, PhaseSummary } from './results.js';
 import { CONTENDER_HEADERS, contenderCells, fmtMs, fmtRate, fmtRatio, ratioRows } from './report-table.js';
 import type { StateSample } from './scenarios.js';
@@ -14,19 +15,19 @@ export interface RunInfo {
   db_pool_features: Record<string, unknown>;
 }
 
-const PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#17becf', '#7f7f7f', '#bcbd22'];
+export const PALETTE = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#17becf', '#7f7f7f', '#bcbd22'];
 
-const esc = (s: unknown): string =>
+export const esc = (s: unknown): string =>
   String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
 
-interface Series {
+export interface Series {
   name: string;
   color: string;
   points: { x: number; y: number }[];
   axis?: 'left' | 'right';
 }
 
-interface Axis {
+export interface Axis {
   label: string;
   scale: 'linear' | 'log';
   min: number;
@@ -34,7 +35,7 @@ interface Axis {
   format: (v: number) => string;
 }
 
-interface ChartSpec {
+export interface ChartSpec {
   id: string;
   title: string;
   x: { label: string; min: number; max: number; ticks: { value: number; label: string }[] };
@@ -50,7 +51,7 @@ function niceStep(range: number, count: number): number {
   return (unit <= 1 ? 1 : unit <= 2 ? 2 : unit <= 5 ? 5 : 10) * power;
 }
 
-function ticksOf(axis: Axis): number[] {
+export function ticksOf(axis: Axis): number[] {
   if (axis.scale === 'log') {
     const out: number[] = [];
     for (let e = Math.floor(Math.log10(axis.min)); e <= Math.ceil(Math.log10(axis.max)); e++) {
@@ -68,7 +69,7 @@ function ticksOf(axis: Axis): number[] {
 }
 
 /** Widens an axis to round numbers (log: whole decades) so the ticks frame the data. */
-function fitAxis(label: string, scale: 'linear' | 'log', values: number[], format: (v: number) => string, zeroBased = true): Axis {
+export function fitAxis(label: string, scale: 'linear' | 'log', values: number[], format: (v: number) => string, zeroBased = true): Axis {
   const finite = values.filter((v) => Number.isFinite(v) && (scale === 'linear' || v > 0));
   if (finite.length === 0) return { label, scale, min: scale === 'log' ? 0.01 : 0, max: 1, format };
   let min = Math.min(...finite);
@@ -86,7 +87,7 @@ function fitAxis(label: string, scale: 'linear' | 'log', values: number[], forma
   return { label, scale, min, max, format };
 }
 
-function lineChart(spec: ChartSpec): string {
+export function lineChart(spec: ChartSpec): string {
   const width = 760;
   const legendRows = Math.ceil(spec.series.length / 2);
   const plot = { left: 78, top: 40, width: 760 - 78 - (spec.yRight ? 70 : 24), height: 280 };
@@ -199,7 +200,20 @@ function utilizationChart(samples: StateSample[], capacity: number, callers: num
   });
 }
 
-export function renderHtml(a: Analysis, info: RunInfo, capacity: number): string {
+export function renderHtml(a: Analysis | undefined, info: RunInfo, capacity: number, overload?: OverloadReport): string {
+  const core = a ? renderCore(a, capacity) : '';
+  const missed = [...(a?.missed ?? []), ...(overload?.missed ?? [])];
+  const banner =
+    missed.length === 0
+      ? '<p class="banner met">All targets met.</p>'
+      : `<div class="banner missed"><strong>Targets missed (${missed.length}):</strong><ul>${missed.map((m) => `<li>${esc(m)}</li>`).join('')}</ul></div>`;
+  const machine = Object.entries(info.machine)
+    .map(([k, v]) => `<tr><th>${esc(k)}</th><td>${esc(typeof v === 'object' ? JSON.stringify(v) : v)}</td></tr>`)
+    .join('\n');
+  return page(info, banner, core + (overload ? renderOverloadHtml(overload) : ''), machine);
+}
+
+function renderCore(a: Analysis, capacity: number): string {
   const sweep = a.phases.find((p) => p.id === 'sweep-core');
   const levels = sweep ? sweep.levels.map((l) => l.callers) : [];
   const xTicks = levels.map((c, i) => ({ value: i, label: String(c) }));
@@ -256,13 +270,20 @@ export function renderHtml(a: Analysis, info: RunInfo, capacity: number): string
       ),
     )
     .join('\n');
-  const banner = a.all_targets_met
-    ? '<p class="banner met">All targets met.</p>'
-    : `<div class="banner missed"><strong>Targets missed (${a.missed.length}):</strong><ul>${a.missed.map((m) => `<li>${esc(m)}</li>`).join('')}</ul></div>`;
-  const machine = Object.entries(info.machine)
-    .map(([k, v]) => `<tr><th>${esc(k)}</th><td>${esc(typeof v === 'object' ? JSON.stringify(v) : v)}</td></tr>`)
-    .join('\n');
+  return `<h2>Ratios against baselines measured in the same run</h2>
+<p>Each ratio is the median of per-round ratios: the contenders ran interleaved in short rounds, so machine noise hits both sides of a ratio alike.</p>
+<table><thead><tr><th>ratio</th><th>median</th><th>range over rounds</th><th>target</th><th>verdict</th></tr></thead><tbody>
+${ratioTable}
+</tbody></table>
+<h2>Charts</h2>
+${charts.join('\n')}
+<h2>Per scenario</h2>
+<p>ops/s: median over rounds, with its range. Latency percentiles: over every operation of every round. Acquire wait: timed around <code>connect()</code>, or (≤) the upper bound of the db-pool wait-time histogram bucket the percentile falls in. pgbench with several clients per thread reports only its average latency.</p>
+${phaseTables}
+`;
+}
 
+function page(info: RunInfo, banner: string, body: string, machine: string): string {
   return `<!doctype html>
 <html lang="en">
 <head>
@@ -297,16 +318,7 @@ code { font-size: 13px; }
     .map(([k, v]) => `<code>${esc(k)}</code> ${esc(v)}`)
     .join(', ')}.</p>
 ${banner}
-<h2>Ratios against baselines measured in the same run</h2>
-<p>Each ratio is the median of per-round ratios: the contenders ran interleaved in short rounds, so machine noise hits both sides of a ratio alike.</p>
-<table><thead><tr><th>ratio</th><th>median</th><th>range over rounds</th><th>target</th><th>verdict</th></tr></thead><tbody>
-${ratioTable}
-</tbody></table>
-<h2>Charts</h2>
-${charts.join('\n')}
-<h2>Per scenario</h2>
-<p>ops/s: median over rounds, with its range. Latency percentiles: over every operation of every round. Acquire wait: timed around <code>connect()</code>, or (≤) the upper bound of the db-pool wait-time histogram bucket the percentile falls in. pgbench with several clients per thread reports only its average latency.</p>
-${phaseTables}
+${body}
 <h2>Machine</h2>
 <table><tbody>
 ${machine}

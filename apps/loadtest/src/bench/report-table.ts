@@ -96,7 +96,7 @@ export function ratioRows(a: Analysis): RatioRow[] {
   return rows;
 }
 
-function table(headers: string[], rows: string[][], rightAligned: Set<number>): string {
+export function table(headers: string[], rows: string[][], rightAligned: Set<number>): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (cells: string[]) =>
     cells

@@ -70,6 +70,10 @@ export interface DbPoolOptions {
   shutdownGraceSeconds?: Loose<number>;
   /** `DB_POOL_MAX_WAITING`: callers allowed to queue; the next fails at once with PoolOverloadedError (0 = no bound). @default 0 */
   maxWaiting?: Loose<number>;
+  /** `DB_POOL_ADAPTIVE`: learn how many connections to hand out at once from checkout latency (between `adaptiveMin` and the capacity). @default false */
+  adaptive?: Loose<boolean>;
+  /** `DB_POOL_ADAPTIVE_MIN`: the lowest the adaptive limit goes. @default 2 */
+  adaptiveMin?: Loose<number>;
   /** `DB_REPLICA_URLS`: read replicas (comma-separated URLs, or a list); TypeORM's reads go to them, writes to `url`. */
   replicaUrls?: string | readonly string[];
   /** `DB_REPLICA_MAX_LAG_MS`: replay lag above which a replica leaves rotation until it catches up. @default 5000 */
@@ -163,6 +167,10 @@ export interface DbPoolConfig {
   pgbouncerAdminUrl: string | undefined;
   /** Callers allowed to queue (0: no bound). */
   maxWaiting: number;
+  /** The concurrency limit is learnt from checkout latency. */
+  adaptive: boolean;
+  /** The adaptive limit's floor (at most the capacity). */
+  adaptiveMin: number;
   /** Read replicas' URLs, in order (empty: none). */
   replicaUrls: string[];
   replicaMaxLagMs: number;

@@ -232,6 +232,23 @@ export const OPTION_KEYS: readonly OptionKey[] = [
       'callers allowed to queue for a connection; the next one fails at once with `PoolOverloadedError` (503 through the api) instead of queuing. 0 = no bound',
   },
   {
+    option: 'adaptive',
+    env: 'DB_POOL_ADAPTIVE',
+    kind: 'bool',
+    default: false,
+    meaning:
+      'learn how many connections to hand out at once from checkout latency (a gradient limit between `DB_POOL_ADAPTIVE_MIN` and the capacity); off by default: see "Overload control"',
+  },
+  {
+    option: 'adaptiveMin',
+    env: 'DB_POOL_ADAPTIVE_MIN',
+    kind: 'int',
+    min: 1,
+    max: 10_000,
+    default: 2,
+    meaning: 'the lowest the adaptive limit goes (capped at the capacity)',
+  },
+  {
     option: 'replicaUrls',
     env: 'DB_REPLICA_URLS',
     kind: 'urls',

@@ -302,6 +302,8 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
     replicaUrls: values.get('replicaUrls') === undefined ? [] : splitUrlList(values.get('replicaUrls') as string),
     replicaMaxLagMs: int('replicaMaxLagMs'),
     maxWaiting: int('maxWaiting'),
+    adaptive: values.get('adaptive') as boolean,
+    adaptiveMin: int('adaptiveMin'),
     applicationName,
     resetSession: values.get('resetSession') as DbPoolConfig['resetSession'],
     healthDetail: values.get('healthDetail') as boolean,
@@ -320,6 +322,10 @@ export function describeConfig(config: DbPoolConfig): string {
     `timeout=${config.poolTimeoutMs / 1000}s, recycle=${config.recycleMs / 1000}s, pre_ping=${config.prePing}, ` +
     `connect_timeout=${config.connectTimeoutMs / 1000}s, overflow_idle_timeout=${config.overflowIdleTimeoutMs / 1000}s, ` +
     `leak_threshold=${config.leakThresholdMs > 0 ? `${config.leakThresholdMs / 1000}s, leak_stack_rate=${config.leakStackRate}/s` : 'off'}, reset_session=${config.resetSession}, application_name=${config.applicationName}` +
+    (config.adaptive
+      ? `, adaptive_limit=${Math.min(config.adaptiveMin, config.poolSize + config.maxOverflow)}..${config.poolSize + config.maxOverflow}`
+      : '') +
+    (config.maxWaiting > 0 ? `, max_waiting=${config.maxWaiting}` : '') +
     (config.replicaUrls.length > 0
       ? `, replicas=${config.replicaUrls.map(redactUrl).join(' ')}, replica_max_lag=${config.replicaMaxLagMs}ms`
       : '')

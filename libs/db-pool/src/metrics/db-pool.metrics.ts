@@ -134,6 +134,25 @@ export class DbPoolMetrics {
         (m) => [{ labels: {}, value: m.pool.counters.breakerRefusals }],
         all,
       ),
+      gauge(
+        'db_pool_concurrency_limit',
+        'Connections the pool hands out at once at most: the capacity, or the limit learnt from checkout latency (DB_POOL_ADAPTIVE).',
+        (m) => m.pool.concurrencyLimit().limit,
+      ),
+      new PoolCollector(
+        'db_pool_overloaded_total',
+        'Acquires shed at once with PoolOverloadedError (DB_POOL_MAX_WAITING, or an expected wait past the deadline).',
+        'counter',
+        (m) => [{ labels: {}, value: m.pool.counters.overloaded }],
+        all,
+      ),
+      new PoolCollector(
+        'db_pool_cancels_total',
+        'Statements cancelled on the server because their caller had left (a deadline, DB_QUERY_TIMEOUT_MS, a release mid-query).',
+        'counter',
+        (m) => [{ labels: {}, value: m.pool.counters.cancels }],
+        all,
+      ),
       gauge('db_pool_host_up', 'Per host of a host list: 1 while the pool can use it (up), else 0; labelled with its role.', (m) =>
         m.pool.highAvailability
           ? m.pool.hosts().map((h) => ({ labels: { host: h.address, role: h.role }, value: h.state === 'up' ? 1 : 0 }))

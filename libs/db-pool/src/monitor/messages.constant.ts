@@ -9,6 +9,9 @@ export const RECOMMENDATIONS = {
   CONNECT_FAILING: (failures: number, usable: number) =>
     `New connections are failing (${failures} attempt(s) in a row)${usable === 0 ? ' and the pool has no open connection: every query fails until the server is reachable again' : `; ${usable} open connection(s) still serve queries`}. Check the server, the network and DB_CONNECT_TIMEOUT (readiness shows the error).`,
   WAITING: (waiting: number) => `${waiting} caller(s) are queued for a connection right now.`,
+  OVERLOADED: (shed: number, windowS: number, limit: number, capacity: number) =>
+    `${shed} acquire(s) were shed in the last ${windowS} s (PoolOverloadedError, answered 503): demand is above what the database serves within the callers' deadlines ` +
+    `(${limit} of ${capacity} connections handed out at once). Add database capacity or instances, or make the queries cheaper; a bigger pool will not help.`,
   LEAK: 'Potential connection leak detected: the pool has been exhausted for a while and connections are not coming back. Review code for query runners and transactions that are never released.',
   LEAK_TRACKED: (count: number, thresholdS: number) =>
     `${count} connection(s) have been checked out for longer than DB_POOL_LEAK_THRESHOLD (${thresholdS} s); the log shows the stack that took each one.`,

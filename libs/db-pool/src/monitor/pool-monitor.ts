@@ -40,8 +40,34 @@ export interface PoolStatus {
    * DB_POOL_HEALTH_DETAIL, its message (which may name the host). Null when none failed.
    */
   last_connect_error: string | null;
+  /**
+   * Connections handed out at once at most right now: `total_capacity`, or with DB_POOL_ADAPTIVE
+   * the limit learnt from checkout latency (between DB_POOL_ADAPTIVE_MIN and `total_capacity`).
+   */
+  concurrency_limit: number;
+  /** Acquires shed at once with PoolOverloadedError over the last 10 s (the advice window). */
+  shed_recently: number;
   /** PgBouncer's own figures (last sample), when DB_PGBOUNCER_ADMIN_URL is set. */
   pgbouncer?: PgBouncerStats;
+}
+
+/** Overload control as a health body shows it. */
+export interface PoolOverloadReport {
+  /** DB_POOL_ADAPTIVE. */
+  adaptive: boolean;
+  /** Connections handed out at once at most, right now. */
+  limit: number;
+  /** Its bounds: DB_POOL_ADAPTIVE_MIN (the capacity when not adaptive) and the capacity. */
+  floor: number;
+  ceiling: number;
+  /** The checkout time the limit is judged against, ms; null when not adaptive or not measured yet. */
+  baseline_ms: number | null;
+  /** DB_POOL_MAX_WAITING (0: no bound). */
+  max_waiting: number;
+  /** Acquires shed (PoolOverloadedError) since start. */
+  shed_total: number;
+  /** Statements cancelled on the server because their caller had left (deadline, query timeout). */
+  cancels_total: number;
 }
 
 /** The seed's `configuration` block, with the URL (password redacted). */
@@ -88,6 +114,8 @@ export interface PoolHealthReport {
   server_headroom: ServerHeadroom | null;
   /** The connect circuit breaker (DATABASE_URL's hosts all failing opens it). */
   breaker: PoolBreakerReport;
+  /** Overload control: the concurrency limit and what was shed. */
+  overload: PoolOverloadReport;
   /** Each host of a host list, or of a URL with target_session_attrs; absent for a plain single-host URL. */
   hosts?: PoolHostReport[];
 }
@@ -118,6 +146,7 @@ export interface PoolMonitorOptions {
 
 interface LoadSnapshot {
   at: number;
+  shed: number;
   waits: number;
   waitsOver1ms: number;
   waitSum: number;
@@ -208,6 +237,7 @@ export class PoolMonitor {
     const size = this.config.poolSize;
     const capacity = size + this.config.maxOverflow;
     const connect = this.pool.connectHealth();
+    const shed = this.pool.counters.overloaded - (this.load[0]?.shed ?? this.pool.counters.overloaded);
     const failing =
       connect.consecutiveFailures > 0 &&
       connect.lastFailureAt !== undefined &&
@@ -219,12 +249,14 @@ export class PoolMonitor {
       overflow: Math.max(0, total - size),
       max_overflow: this.config.maxOverflow,
       utilization: Math.round((active / capacity) * 1000) / 10,
-      health: this.healthOf(active, capacity, idle, failing),
+      health: this.healthOf(active, capacity, idle, failing, shed),
       total_capacity: capacity,
       waiting,
       connect_failing: failing,
       consecutive_connect_failures: connect.consecutiveFailures,
       last_connect_error: connect.lastError ? this.describeError(connect.lastError) : null,
+      concurrency_limit: this.pool.concurrencyLimit().limit,
+      shed_recently: shed,
       ...(this.pgbouncer ? { pgbouncer: this.pgbouncer } : {}),
     };
   }
@@ -263,6 +295,15 @@ export class PoolMonitor {
     if (status.connect_failing)
       out.push(RECOMMENDATIONS.CONNECT_FAILING(status.consecutive_connect_failures, status.checked_out + status.checked_in));
     if (status.waiting > 0) out.push(RECOMMENDATIONS.WAITING(status.waiting));
+    if (status.shed_recently > 0)
+      out.push(
+        RECOMMENDATIONS.OVERLOADED(
+          status.shed_recently,
+          Math.round(this.adviceWindowMs / 1000),
+          status.concurrency_limit,
+          status.total_capacity,
+        ),
+      );
     if (this.checkConnectionLeaks()) {
       const tracked = this.pool.leaksOutstanding();
       out.push(tracked > 0 ? RECOMMENDATIONS.LEAK_TRACKED(tracked, this.config.leakThresholdMs / 1000) : RECOMMENDATIONS.LEAK);
@@ -309,8 +350,25 @@ export class PoolMonitor {
         retry_at: breaker.state === 'closed' ? null : new Date(breaker.retryAt).toISOString(),
         opens: breaker.opens,
       },
+      overload: this.getOverload(),
       ...(this.pool.highAvailability ? { hosts: this.getHosts() } : {}),
       ...(this.replica ? { replica: this.replicaReport(this.replica()) } : {}),
+    };
+  }
+
+  /** Overload control: the concurrency limit, its bounds, and what was shed and cancelled. */
+  getOverload(): PoolOverloadReport {
+    const c = this.pool.concurrencyLimit();
+    const counters = this.pool.counters;
+    return {
+      adaptive: c.adaptive,
+      limit: c.limit,
+      floor: c.floor,
+      ceiling: c.ceiling,
+      baseline_ms: Number.isFinite(c.baselineMs) ? Math.round(c.baselineMs * 100) / 100 : null,
+      max_waiting: this.config.maxWaiting,
+      shed_total: counters.overloaded,
+      cancels_total: counters.cancels,
     };
   }
 
@@ -378,10 +436,11 @@ export class PoolMonitor {
    * pool with no free connection that cannot open one is critical whatever its utilization: the
    * server gave fewer connections than configured, or none.
    */
-  private healthOf(active: number, capacity: number, idle: number, connectFailing: boolean): PoolHealth {
+  private healthOf(active: number, capacity: number, idle: number, connectFailing: boolean, shed: number): PoolHealth {
     if (connectFailing && idle === 0) return 'critical';
     if (active * 100 > this.config.criticalUtilization * capacity) return 'critical';
-    if (connectFailing || active * 100 > this.config.warnUtilization * capacity) return 'warning';
+    // Shedding load: callers are being turned away (503), whatever the utilization says.
+    if (connectFailing || shed > 0 || active * 100 > this.config.warnUtilization * capacity) return 'warning';
     // A replica out of rotation serves no reads: degraded, not down (reads go elsewhere).
     if (this.replica && !this.replica().inRotation) return 'warning';
     return 'healthy';
@@ -446,6 +505,7 @@ export class PoolMonitor {
     const over1ms = wait.count - wait.cumulative().find((b) => b.le >= 0.001)!.count;
     this.load.push({
       at: performance.now(),
+      shed: this.pool.counters.overloaded,
       waits: wait.count,
       waitsOver1ms: over1ms,
       waitSum: wait.sum,

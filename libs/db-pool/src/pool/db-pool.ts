@@ -12,7 +12,9 @@ import {
 } from '../errors.js';
 import { scrubSecrets } from '../redact.js';
 import { type BreakerState, ConnectBreaker } from './breaker.js';
+import { type ConcurrencyLimit, type ConcurrencyLimitState, FixedLimit, GradientLimit } from './concurrency-limit.js';
 import { Connector, type HostStatus, type SessionState, watchRole } from './connector.js';
+import { currentDeadline, type Deadline } from './deadline.js';
 import type { HostAddress } from './hosts.js';
 import type { PoolTimings } from './histogram.js';
 import { CheckoutLeakTracker, type CheckoutSite, type LeakTracker, NO_LEAK_TRACKING, type StackCaptureStats } from './leak-tracker.js';
@@ -22,7 +24,7 @@ import { awaitingServer, connectionLost, destroySocket, protocolOf, queuedQuerie
 import { PoolEntry } from './pool-entry.js';
 import { type DbPoolSettings, type PgPoolOptions, settingsFromPg } from './settings.js';
 import { type ConnectHealth, type DbPoolCounters, PoolStats, type RemovalReason } from './tracker.js';
-import { cancelAndSettle, inTransaction, ping, resetSession, rollback, watchSession } from './validation.js';
+import { cancelAndSettle, inTransaction, ping, resetSession, rollback, sendCancel, settle, watchSession } from './validation.js';
 
 type Release = (err?: Error | boolean) => void;
 type ConnectCallback = (err: Error | undefined, client: pg.PoolClient | undefined, release: Release) => void;
@@ -42,8 +44,15 @@ interface Acquire {
   /** performance.now() by which it must be served; Infinity = no deadline (pg's default). */
   readonly deadline: number;
   readonly timeoutMs: number;
-  /** A short-deadline acquire of its own (`connectWithin`): counted apart when it times out. */
+  /** A short-deadline acquire of its own (`connectWithin`): counted apart when it times out, never shed, not held to the concurrency limit. */
   readonly probe: boolean;
+  /**
+   * The deadline is a request's (`withDeadline`), which bounds its statements too: it is shed
+   * when its wait plus the mean use time would pass it, not just its wait.
+   */
+  readonly request: boolean;
+  /** The request's deadline in force when it was made (`withDeadline`): its lease bounds statements by it. */
+  readonly scope: Deadline | undefined;
   readonly site: CheckoutSite | undefined;
   readonly callback: (err: Error | undefined, lease?: PoolLease) => void;
   /** Handed out or failed; a connection meant for it later goes back to the pool. */
@@ -96,6 +105,7 @@ export class DbPool extends EventEmitter {
   private graceTimer: NodeJS.Timeout | undefined;
   private readonly connector: Connector;
   private readonly breaker: ConnectBreaker;
+  private readonly concurrency: ConcurrencyLimit;
 
   /**
    * @param options pg.Pool's options: `max`, `min`, `connectionTimeoutMillis`, `idleTimeoutMillis`,
@@ -130,6 +140,9 @@ export class DbPool extends EventEmitter {
       probe: () => this.probeConnect(),
       opened: (err) => this.breakerOpened(err),
     });
+    this.concurrency = this.settings.adaptive
+      ? new GradientLimit({ floor: this.settings.adaptiveMin, ceiling: poolSize + maxOverflow })
+      : new FixedLimit(poolSize + maxOverflow);
     const { name, leakThresholdMs, leakStackRate, logger } = this.settings;
     this.leaks =
       leakThresholdMs > 0
@@ -215,6 +228,31 @@ export class DbPool extends EventEmitter {
   /** The connect circuit breaker: `open` while connection attempts are held back after every host failed. */
   breakerState(): { state: BreakerState; opens: number; retryAt: number } {
     return { state: this.breaker.state, opens: this.breaker.opens, retryAt: this.breaker.retryAt };
+  }
+
+  /**
+   * Connections the pool hands out at once: its capacity, or with `DB_POOL_ADAPTIVE` the limit it
+   * has learnt (between `DB_POOL_ADAPTIVE_MIN` and the capacity) and the baseline checkout time
+   * it learnt it against.
+   */
+  concurrencyLimit(): ConcurrencyLimitState {
+    const c = this.concurrency;
+    return {
+      adaptive: c.adaptive,
+      limit: c.limit,
+      floor: c.adaptive ? Math.min(this.settings.adaptiveMin, this.capacity) : this.capacity,
+      ceiling: this.capacity,
+      baselineMs: c instanceof GradientLimit ? c.baseline : NaN,
+    };
+  }
+
+  private get capacity(): number {
+    return this.settings.poolSize + this.settings.maxOverflow;
+  }
+
+  /** Connections out for a caller (checked out, being validated for one, or being reset after one). */
+  private get busy(): number {
+    return this.entries.size - this.idle.length - this.opening;
   }
 
   /** Checkouts reported as possible leaks (DB_POOL_LEAK_THRESHOLD) that have not come back. */
@@ -358,11 +396,21 @@ export class DbPool extends EventEmitter {
 
   private acquire(timeoutMs: number, probe: boolean, site: CheckoutSite | undefined, callback: Acquire['callback']): void {
     const startedAt = performance.now();
+    let deadline = timeoutMs > 0 ? startedAt + timeoutMs : Infinity;
+    // A request's deadline (withDeadline) earlier than the pool's own bounds the wait.
+    const scope = probe ? undefined : currentDeadline();
+    const request = scope !== undefined && scope.at < deadline;
+    if (request) {
+      deadline = scope.at;
+      timeoutMs = Math.max(0, Math.round(scope.at - startedAt));
+    }
     const acquire: Acquire = {
       startedAt,
-      deadline: timeoutMs > 0 ? startedAt + timeoutMs : Infinity,
+      deadline,
       timeoutMs,
       probe,
+      request,
+      scope,
       site,
       callback,
       settled: false,
@@ -376,7 +424,9 @@ export class DbPool extends EventEmitter {
     if (this.ending) return this.fail(acquire, new PoolClosedError(this.settings.name, this.state()));
     // A deadline that has passed is final: no idle connection is taken (and pinged) after it.
     if (now >= acquire.deadline) return this.timeOut(acquire, this.state());
-    while (this.idle.length > 0) {
+    // Probes (readiness, samplers) are not held to the concurrency limit: they are tiny, and a
+    // pool that sheds load must not look dead.
+    while (this.idle.length > 0 && (acquire.probe || this.busy < this.concurrency.limit)) {
       const entry = this.idle.pop()!;
       if (entry.dead || connectionLost(entry.client)) {
         this.remove(entry, 'broken');
@@ -398,7 +448,7 @@ export class DbPool extends EventEmitter {
       if (!acquire.probe && !this.hasConnections()) return this.refuseByBreaker(acquire);
       this.queue.push(acquire);
       this.watchDeadline(acquire);
-      if (acquire.probe && this.entries.size < this.settings.poolSize + this.settings.maxOverflow && this.breaker.probeNow()) this.open();
+      if (acquire.probe && this.entries.size < this.capacity && this.breaker.probeNow()) this.open();
       return;
     }
     this.queue.push(acquire);
@@ -439,7 +489,7 @@ export class DbPool extends EventEmitter {
     entry.checkedOutAt = now;
     this.stats.acquired(now - acquire.startedAt);
     this.leaks.checkout(entry, acquire.site);
-    const lease = new PoolLease(this, entry);
+    const lease = new PoolLease(this, entry, acquire.scope);
     if (this.listenerCount('acquire') > 0) this.emit('acquire', lease);
     acquire.callback(undefined, lease);
   }
@@ -503,6 +553,29 @@ export class DbPool extends EventEmitter {
     if (next < Infinity) this.armDeadline(next);
   }
 
+  /**
+   * The first waiter worth serving: one whose request deadline would pass during its statement
+   * (less time left than the mean use) fails now instead — the statement would only be cancelled,
+   * after taking the server's time from callers who can still be answered.
+   */
+  private nextServable(now: number): Acquire | undefined {
+    for (;;) {
+      const waiter = this.nextWaiter();
+      if (!waiter || !waiter.request || this.stats.useSamples < 16) return waiter;
+      const left = waiter.deadline - now;
+      if (left >= this.stats.meanUseMs) return waiter;
+      this.stats.shed();
+      this.fail(
+        waiter,
+        new PoolOverloadedError(
+          this.settings.name,
+          this.state(),
+          `${Math.round(left)} ms left of its deadline when a connection came free, less than the ${Math.round(this.stats.meanUseMs)} ms a connection is held on average`,
+        ),
+      );
+    }
+  }
+
   /** The first waiter still waiting. */
   private nextWaiter(): Acquire | undefined {
     while (this.queue.length > 0) {
@@ -523,7 +596,9 @@ export class DbPool extends EventEmitter {
   /** Takes a connection back from its lease (@internal: called by the lease's `release`). */
   giveBack(entry: PoolEntry, err: Error | boolean | undefined): void {
     const now = performance.now();
-    this.stats.released(now - entry.checkedOutAt);
+    const useMs = now - entry.checkedOutAt;
+    this.stats.released(useMs);
+    const raised = this.concurrency.sample(useMs, this.busy);
     this.leaks.checkin(entry);
     entry.checkedOutAt = -1;
     entry.lastUsed = now;
@@ -534,6 +609,21 @@ export class DbPool extends EventEmitter {
     if (err || this.ending || entry.dead || connectionLost(entry.client) || queuedQueries(entry.client) > 0)
       return this.remove(entry, err ? 'discarded' : 'broken');
     if (entry.evicted !== undefined) return this.remove(entry, 'failover');
+    // A cancel was sent during the checkout (its deadline passed): the connection waits for it,
+    // and for the server's answer, before anyone else gets it.
+    if (entry.cancel !== undefined) {
+      const cancel = entry.cancel;
+      entry.cancel = undefined;
+      const after = () => {
+        if (cancel.failed) return this.remove(entry, 'broken');
+        if (!awaitingServer(entry.client)) return this.resetAndReturn(entry);
+        settle(entry.client, this.settings.validationTimeoutMs, (err) => (err ? this.remove(entry, 'broken') : this.resetAndReturn(entry)));
+      };
+      if (cancel.done) after();
+      else cancel.then.push(after);
+      if (raised) this.serveWaiters();
+      return;
+    }
     // Released before the server's ReadyForQuery (a query abandoned by query_timeout, a caller
     // gone): the query is cancelled on the server — nothing runs for a caller who left — and the
     // connection kept only if the server settles in time.
@@ -544,11 +634,26 @@ export class DbPool extends EventEmitter {
       );
     }
     this.resetAndReturn(entry);
+    // The limit went up: waiters held back by it are served by idle or new connections.
+    if (raised) this.serveWaiters();
   }
 
   /** @internal The lease's error for a statement on a connection whose host was evicted. */
   evictedError(entry: PoolEntry): Error {
     return new PoolFailoverError(this.settings.name, this.state(), entry.host?.address ?? 'unknown', entry.evicted ?? 'evicted');
+  }
+
+  /** @internal A request's deadline passed under a running statement (the lease's query): it is cancelled now, once. */
+  deadlinePassed(entry: PoolEntry): void {
+    if (entry.cancel !== undefined || entry.removed || !awaitingServer(entry.client)) return;
+    const cancel: NonNullable<PoolEntry['cancel']> = { done: false, failed: false, then: [] };
+    entry.cancel = cancel;
+    this.stats.cancelled();
+    sendCancel(entry.client, entry.host, this.settings.validationTimeoutMs, (err) => {
+      cancel.done = true;
+      cancel.failed = err !== undefined;
+      for (const next of cancel.then.splice(0)) next();
+    });
   }
 
   /** Rolls back a transaction left open and resets changed session state, then returns the connection. */
@@ -588,8 +693,11 @@ export class DbPool extends EventEmitter {
     if (this.ending) return this.remove(entry, 'shutdown');
     // Evicted while it was being validated, reset or set up: it never serves again.
     if (entry.evicted !== undefined) return this.remove(entry, 'failover');
-    const waiter = this.nextWaiter();
-    if (waiter) return this.handOut(waiter, entry, performance.now());
+    // The entry is still counted busy: handing it to a waiter keeps the count, within the limit
+    // unless the limit has just come down (then it waits idle until the checkouts out fall below).
+    const now = performance.now();
+    const waiter = this.busy <= this.concurrency.limit || this.queue[0]?.probe ? this.nextServable(now) : undefined;
+    if (waiter) return this.handOut(waiter, entry, now);
     this.idle.push(entry);
     if (this.settings.allowExitOnIdle) refSocket(entry.client, false);
     if (this.entries.size > this.settings.poolSize) this.sweepIdleLater();
@@ -597,17 +705,28 @@ export class DbPool extends EventEmitter {
 
   // ----- opening and closing connections ------------------------------------------------------
 
-  /** Opens connections for waiters: one per waiter not already covered, within `max`. */
+  /** Opens connections for waiters: one per waiter not already covered, within `max` and the concurrency limit. */
   private openForWaiters(): void {
     if (!this.breaker.allowsConnect) return;
-    const max = this.settings.poolSize + this.settings.maxOverflow;
-    while (this.entries.size < max && this.opening < this.queue.length) this.open();
+    const { capacity } = this;
+    const limit = this.concurrency.limit;
+    while (this.entries.size < capacity && this.busy + this.opening < limit && this.opening < this.queue.length) this.open();
+  }
+
+  /** After the limit went up: waiters get idle connections, or new ones, up to the new limit. */
+  private serveWaiters(): void {
+    while (this.idle.length > 0 && this.busy < this.concurrency.limit) {
+      const waiter = this.nextWaiter();
+      if (!waiter) return;
+      this.attempt(waiter, performance.now());
+    }
+    this.openForWaiters();
   }
 
   /** Opens one connection for the idle list (warm-up, refill). */
   private openIdle(done: (err?: Error) => void): void {
     if (this.ending) return done(new PoolClosedError(this.settings.name, this.state()));
-    if (this.entries.size >= this.settings.poolSize + this.settings.maxOverflow) return done();
+    if (this.entries.size >= this.capacity) return done();
     if (!this.breaker.allowsConnect) return done(this.unavailable());
     this.open(done);
   }
@@ -646,7 +765,7 @@ export class DbPool extends EventEmitter {
   /** The breaker's half-open probe: one connection attempt for the idle list. */
   private probeConnect(): void {
     if (this.ending) return;
-    if (this.entries.size >= this.settings.poolSize + this.settings.maxOverflow) return this.breaker.succeeded();
+    if (this.entries.size >= this.capacity) return this.breaker.succeeded();
     this.open((err) => {
       if (!err) this.openForWaiters();
     });
@@ -678,19 +797,23 @@ export class DbPool extends EventEmitter {
    * Probes (readiness, samplers) are never shed. Runs only when no connection is idle.
    */
   private shedReason(acquire: Acquire, now: number): string | undefined {
-    const { maxWaiting, poolSize, maxOverflow } = this.settings;
-    const capacity = poolSize + maxOverflow;
-    // Below capacity this caller gets a connection of its own: never shed.
-    if (this.entries.size < capacity) return undefined;
+    const { maxWaiting } = this.settings;
+    const limit = this.concurrency.limit;
+    // Below the limit and the capacity this caller gets a connection of its own: never shed.
+    if (this.busy < limit && this.entries.size < this.capacity) return undefined;
     // Waiters a connection being opened will serve are not waiting on the busy pool.
     const ahead = Math.max(0, this.queue.length - this.opening);
     if (maxWaiting > 0 && ahead >= maxWaiting) return `${ahead} caller(s) already waiting (DB_POOL_MAX_WAITING=${maxWaiting})`;
     if (acquire.deadline === Infinity || this.stats.useSamples < 16) return undefined;
-    // The pool hands out capacity / mean-use connections per ms: this caller's turn comes after ahead + 1 of them.
-    const expected = ((ahead + 1) / capacity) * this.stats.meanUseMs;
+    // The pool hands out limit / mean-use connections per ms: this caller's turn comes after ahead + 1 of them.
+    const meanUse = this.stats.meanUseMs;
+    const expected = ((ahead + 1) / limit) * meanUse;
+    // A request's deadline bounds its statement too: it must be handed out with its use time left,
+    // and a quarter of its budget is kept as margin (the waits and uses it was judged by are means;
+    // an answer a little late is as lost as one not given).
     const left = acquire.deadline - now;
-    if (expected <= left) return undefined;
-    return `expected wait ${Math.round(expected)} ms (${ahead} ahead, ${capacity} connections held ${Math.round(this.stats.meanUseMs)} ms on average) is past the deadline (${Math.round(left)} ms left)`;
+    if (acquire.request ? expected + meanUse <= 0.75 * left : expected <= left) return undefined;
+    return `expected wait ${Math.round(expected)} ms${acquire.request ? ` and use ${Math.round(meanUse)} ms` : ''} (${ahead} ahead, ${limit} connections held ${Math.round(meanUse)} ms on average) is past the deadline (${Math.round(left)} ms left)`;
   }
 
   /** Open connections (checked out or idle): a waiter can still be served by one coming back. */

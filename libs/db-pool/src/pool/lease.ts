@@ -1,6 +1,8 @@
 import type { EventEmitter } from 'node:events';
+import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
-import { PoolLeaseError, PoolReleaseError } from '../errors.js';
+import { PoolDeadlineError, PoolLeaseError, PoolReleaseError } from '../errors.js';
+import type { Deadline } from './deadline.js';
 import type { PoolEntry } from './pool-entry.js';
 
 /** What a lease needs of its pool. */
@@ -10,6 +12,8 @@ export interface LeaseOwner {
   giveBack(entry: PoolEntry, err: Error | boolean | undefined): void;
   /** The error a statement on an evicted connection (its server changed role) gets instead of being sent. */
   evictedError(entry: PoolEntry): Error;
+  /** The request's deadline passed while a statement ran: cancel it on the server now. */
+  deadlinePassed(entry: PoolEntry): void;
 }
 
 type Listener = (...args: unknown[]) => void;
@@ -33,10 +37,13 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
   /** Listeners added through the lease, flat: event, listener, event, listener, … */
   #listeners: (string | symbol | Listener)[] | undefined;
   readonly #owner: LeaseOwner;
+  /** The deadline of the request that acquired it (`withDeadline`): it bounds every statement. */
+  readonly #deadline: Deadline | undefined;
 
-  constructor(owner: LeaseOwner, entry: PoolEntry) {
+  constructor(owner: LeaseOwner, entry: PoolEntry, deadline?: Deadline) {
     this.#owner = owner;
     this.#entry = entry;
+    this.#deadline = deadline;
     this.release = (err?: Error | boolean) => {
       const held = this.#entry;
       if (!held) throw new PoolReleaseError(owner.name);
@@ -58,7 +65,42 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
     const entry = this.#entry;
     if (entry !== undefined && entry.evicted !== undefined)
       return refuse(this.#owner.evictedError(entry), config, values, callback) as never;
+    if (this.#deadline !== undefined && entry !== undefined) return this.#queryBy(this.#deadline, entry, config, values, callback) as never;
     return (this[HELD]('query') as unknown as Delegate).query(config, values, callback) as never;
+  }
+
+  /**
+   * A statement under a request's deadline (`withDeadline`): not sent once it has passed, else
+   * sent with the time left as its `query_timeout`. When that fires first, the caller gets a
+   * {@link PoolDeadlineError} at once and the statement is cancelled on the server.
+   */
+  #queryBy(deadline: Deadline, entry: PoolEntry, config: unknown, values: unknown, callback: unknown): unknown {
+    const client = entry.client as unknown as Delegate & { connectionParameters?: { query_timeout?: number } };
+    const submittable = typeof (config as { submit?: unknown } | null)?.submit === 'function';
+    if (submittable || config === null || config === undefined) return client.query(config, values, callback);
+    const left = Math.floor(deadline.at - performance.now());
+    const owner = this.#owner;
+    if (left <= 0) return refuse(new PoolDeadlineError(owner.name, deadline.budgetMs, false), config, values, callback);
+    const given = typeof config === 'object' ? (config as { query_timeout?: number }).query_timeout : undefined;
+    const own = client.connectionParameters?.query_timeout;
+    const timeout = Math.min(left, given || Infinity, own || Infinity);
+    const bounded =
+      typeof config === 'string' ? { text: config, query_timeout: timeout } : { ...(config as object), query_timeout: timeout };
+    const byDeadline = timeout === left;
+    const translate = (err: Error | null): Error | null => {
+      if (!err || !byDeadline || err.message !== 'Query read timeout') return err;
+      owner.deadlinePassed(entry);
+      return new PoolDeadlineError(owner.name, deadline.budgetMs, true, { cause: err });
+    };
+    const cb = (typeof callback === 'function' ? callback : typeof values === 'function' ? values : undefined) as
+      ((err: Error | null, result?: unknown) => void) | undefined;
+    if (cb) {
+      const wrapped = (err: Error | null, result?: unknown) => cb(translate(err), result);
+      return cb === values ? client.query(bounded, wrapped) : client.query(bounded, values, wrapped);
+    }
+    return (client.query(bounded, values) as Promise<unknown>).catch((err: Error) => {
+      throw translate(err);
+    });
   }
 
   on(event: string | symbol, listener: Listener): this {

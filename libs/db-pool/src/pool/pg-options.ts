@@ -42,6 +42,8 @@ export function toPoolSettings(config: DbPoolConfig, logger: DbPoolLogger): Part
     leakStackRate: config.leakStackRate,
     shutdownGraceMs: config.shutdownGraceMs,
     maxWaiting: config.maxWaiting,
+    adaptive: config.adaptive,
+    adaptiveMin: config.adaptiveMin,
     logger,
   };
 }

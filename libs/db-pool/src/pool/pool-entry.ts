@@ -31,6 +31,11 @@ export class PoolEntry implements LeakRecord {
   host: HostAddress | undefined = undefined;
   /** Its server changed role (failover): no statement is sent on it any more; closed when it comes back. */
   evicted: string | undefined = undefined;
+  /**
+   * A cancel request sent for the current checkout's statement (its request's deadline passed):
+   * the connection goes to no one else before the server has taken it.
+   */
+  cancel: { done: boolean; failed: boolean; then: (() => void)[] } | undefined = undefined;
 
   constructor(
     /** The client being opened (the current host's, while a host list is walked), then the connection's. */

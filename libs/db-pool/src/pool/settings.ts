@@ -22,6 +22,8 @@ export type DbPoolSettings = Pick<
   | 'leakStackRate'
   | 'shutdownGraceMs'
   | 'maxWaiting'
+  | 'adaptive'
+  | 'adaptiveMin'
 > & {
   /** pg's `maxUses`: checkouts after which a connection is replaced. @default Infinity */
   maxUses: number;
@@ -100,6 +102,8 @@ export function settingsFromPg(options: PgPoolOptions, overrides: Partial<DbPool
     leakStackRate: 100,
     shutdownGraceMs: 10_000,
     maxWaiting: 0,
+    adaptive: false,
+    adaptiveMin: 2,
     maxUses,
     allowExitOnIdle: options.allowExitOnIdle === true,
     logger: log ? { log: () => {}, warn: (m) => log(m), debug: (m) => log(m) } : SILENT,

@@ -60,6 +60,7 @@ export function settle(client: pg.ClientBase, timeoutMs: number, done: Done): vo
  * ignored by the server.
  */
 export function cancelAndSettle(client: pg.ClientBase, host: HostAddress | undefined, timeoutMs: number, done: Done): void {
+  // (A cancel sent earlier in the checkout is waited for by the pool; see DbPool.giveBack.)
   let pending = 2;
   let failure: Error | undefined;
   const one = (err?: Error) => {
@@ -77,7 +78,7 @@ export function cancelAndSettle(client: pg.ClientBase, host: HostAddress | undef
  * connection is not handed to anyone whose query a late signal could hit. Without a key or a host
  * there is no cancel to wait for.
  */
-function sendCancel(client: pg.ClientBase, host: HostAddress | undefined, timeoutMs: number, done: (err?: Error) => void): void {
+export function sendCancel(client: pg.ClientBase, host: HostAddress | undefined, timeoutMs: number, done: (err?: Error) => void): void {
   const key = backendKeyOf(client);
   if (!host || !key) return done();
   const packet = Buffer.alloc(16);

@@ -1,0 +1,40 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { performance } from 'node:perf_hooks';
+
+/** A deadline in force for the code running inside {@link withDeadline}. */
+export interface Deadline {
+  /** performance.now() by which the work must be done. */
+  readonly at: number;
+  /** The budget it was given, in ms (for messages). */
+  readonly budgetMs: number;
+}
+
+const current = new AsyncLocalStorage<Deadline>();
+
+/**
+ * Runs `fn` with a deadline `budgetMs` from now, carried with AsyncLocalStorage through every
+ * await. Inside it, every db-pool acquire waits at most until the deadline (or its own
+ * `DB_POOL_TIMEOUT`, whichever comes first), is shed at once with `PoolOverloadedError` when the
+ * pool's measured wait plus use time would pass the deadline, and every statement gets the time
+ * left as its `query_timeout`: a statement still running at the deadline fails and is cancelled
+ * on the server. A nested call can shorten the deadline, never extend it.
+ */
+export function withDeadline<T>(budgetMs: number, fn: () => T): T {
+  if (!Number.isFinite(budgetMs) || budgetMs <= 0)
+    throw new RangeError(`withDeadline: the budget must be a positive number of ms, got ${String(budgetMs)}`);
+  const at = performance.now() + budgetMs;
+  const outer = current.getStore();
+  if (outer && outer.at <= at) return current.run(outer, fn);
+  return current.run({ at, budgetMs }, fn);
+}
+
+/** The deadline in force here, if any. */
+export function currentDeadline(): Deadline | undefined {
+  return current.getStore();
+}
+
+/** Ms left before the deadline in force here (undefined when none is). */
+export function deadlineLeftMs(): number | undefined {
+  const d = current.getStore();
+  return d === undefined ? undefined : d.at - performance.now();
+}
