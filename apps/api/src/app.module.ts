@@ -1,7 +1,7 @@
 import { type DynamicModule, Module } from '@nestjs/common';
-import { APP_FILTER } from '@nestjs/core';
+import { APP_FILTER, APP_INTERCEPTOR } from '@nestjs/core';
 import { TypeOrmModule } from '@nestjs/typeorm';
-import { DbPoolExceptionFilter, type DbPoolOptions, DbPoolModule } from '@db-pool/db-pool';
+import { DbPoolDeadlineInterceptor, DbPoolExceptionFilter, type DbPoolOptions, DbPoolModule } from '@db-pool/db-pool';
 import type { ApiEnvironment } from './environment.js';
 import { HealthModule } from './health/health.module.js';
 import { Item } from './items/item.entity.js';
@@ -35,8 +35,12 @@ export class AppModule {
         ItemsModule,
         HealthModule.register(environment.shutdownDelayMs),
       ],
-      // An exhausted pool or an unreachable server: 503 with Retry-After, not 500.
-      providers: [{ provide: APP_FILTER, useClass: DbPoolExceptionFilter }],
+      providers: [
+        // An exhausted or overloaded pool, a passed deadline, an unreachable server: 503 with Retry-After, not 500.
+        { provide: APP_FILTER, useClass: DbPoolExceptionFilter },
+        // X-Request-Deadline-Ms bounds a request's acquires and statements on every route.
+        { provide: APP_INTERCEPTOR, useClass: DbPoolDeadlineInterceptor },
+      ],
     };
   }
 

@@ -43,6 +43,7 @@ export {
   getPoolMonitorToken,
 } from './tokens.js';
 export { DbPoolHealthIndicator } from './health/db-pool.health.js';
+export { DbPoolDeadline, DbPoolDeadlineInterceptor, DEADLINE_HEADER } from './http/db-pool-deadline.js';
 export {
   DbPoolExceptionFilter,
   RETRY_AFTER_SECONDS,

@@ -5,8 +5,8 @@ import { Test } from '@nestjs/testing';
 import { InjectDataSource } from '@nestjs/typeorm';
 import type { AddressInfo } from 'node:net';
 import type { DataSource } from 'typeorm';
-import { type DbPool, DbPoolExceptionFilter, DbPoolModule, getDbPoolToken } from '../src/index.js';
-import { eventually, testOptions } from './support/db.js';
+import { type DbPool, DbPoolDeadline, DbPoolExceptionFilter, DbPoolModule, getDbPoolToken } from '../src/index.js';
+import { adminClient, eventually, testOptions } from './support/db.js';
 
 @Controller()
 class ProbeController {
@@ -22,6 +22,20 @@ class ProbeController {
   @Get('slow')
   slow(): Promise<unknown> {
     return this.ds.query('SELECT pg_sleep(0.5)');
+  }
+
+  /** A report that takes 5 s, with a route deadline of 300 ms. */
+  @Get('report')
+  @DbPoolDeadline(300)
+  report(): Promise<unknown> {
+    return this.ds.query("SELECT pg_sleep(5), 'report' AS r");
+  }
+
+  /** The same with a generous route deadline: the client's header shortens it. */
+  @Get('report-long')
+  @DbPoolDeadline(60_000)
+  reportLong(): Promise<unknown> {
+    return this.ds.query("SELECT pg_sleep(5), 'report-long' AS r");
   }
 
   /** The connection dies under the statement (its backend terminated: 57P01), as in a server shutdown or failover. */
@@ -79,6 +93,35 @@ describe('DbPoolExceptionFilter', () => {
     expect(res.headers.get('retry-after')).toBe('1');
     expect(await res.json()).toMatchObject({ condition: 'overloaded', pool: 'default', retry_after: 1 });
     expect((await Promise.all(busy)).map((r) => r.status)).toEqual([200, 200, 200]);
+  });
+
+  it('a route deadline (@DbPoolDeadline) cancels the statement on the server and answers 503 deadline_exceeded; a header can shorten it', async () => {
+    const admin = await adminClient();
+    try {
+      const running = async (r: string) =>
+        (
+          await admin.query<{ n: number }>(
+            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep(5), ''' || $1 || '''%' AND pid <> pg_backend_pid()`,
+            [r],
+          )
+        ).rows[0].n;
+      let started = performance.now();
+      let res = await fetch(`${base}/report`);
+      expect(performance.now() - started).toBeLessThan(2_000);
+      expect(res.status).toBe(503);
+      expect(res.headers.get('retry-after')).toBe('1');
+      expect(await res.json()).toMatchObject({ condition: 'deadline_exceeded', pool: 'default', retry_after: 1 });
+      expect(await eventually(async () => (await running('report')) === 0, 3_000)).toBe(true);
+
+      started = performance.now();
+      res = await fetch(`${base}/report-long`, { headers: { 'x-request-deadline-ms': '300' } });
+      expect(performance.now() - started).toBeLessThan(2_000);
+      expect(res.status).toBe(503);
+      expect(await res.json()).toMatchObject({ condition: 'deadline_exceeded' });
+      expect(await eventually(async () => (await running('report-long')) === 0, 3_000)).toBe(true);
+    } finally {
+      await admin.end();
+    }
   });
 
   it("leaves every other query error to Nest's own 500", async () => {

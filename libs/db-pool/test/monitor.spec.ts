@@ -46,6 +46,8 @@ describe('PoolMonitor', () => {
       connect_failing: false,
       consecutive_connect_failures: 0,
       last_connect_error: null,
+      concurrency_limit: 5,
+      shed_recently: 0,
     });
     expect(monitor.getConfiguration()).toEqual({ pool_size: 3, max_overflow: 2, timeout: 5, recycle: 3600, pre_ping: true });
     expect(monitor.isPoolHealthy()).toBe(true);

@@ -1,0 +1,56 @@
+import {
+  type CallHandler,
+  type ExecutionContext,
+  Injectable,
+  type NestInterceptor,
+  SetMetadata,
+  applyDecorators,
+  UseInterceptors,
+} from '@nestjs/common';
+import { Reflector } from '@nestjs/core';
+import { Observable } from 'rxjs';
+import { withDeadline } from '../pool/deadline.js';
+
+const DEADLINE_KEY = 'db-pool:deadline-ms';
+/** The request header a client may send to shorten a route's deadline (never to lengthen it). */
+export const DEADLINE_HEADER = 'x-request-deadline-ms';
+
+/**
+ * Gives the requests of a route (or of every route of a controller) a deadline of `ms` from the
+ * moment the interceptor runs: every db-pool acquire they make waits at most until then, is shed
+ * at once with `PoolOverloadedError` when the pool's measured wait and use would pass it, and every
+ * statement is cancelled on the server when it passes (`PoolDeadlineError`; 503 through
+ * {@link DbPoolExceptionFilter}). A client may send `X-Request-Deadline-Ms` to shorten it.
+ * Applies {@link DbPoolDeadlineInterceptor}; register that globally instead to honour the header
+ * on every route.
+ */
+export function DbPoolDeadline(ms: number): MethodDecorator & ClassDecorator {
+  if (!Number.isInteger(ms) || ms < 1) throw new RangeError(`@DbPoolDeadline(ms): ms must be a positive integer, got ${String(ms)}`);
+  return applyDecorators(SetMetadata(DEADLINE_KEY, ms), UseInterceptors(DbPoolDeadlineInterceptor));
+}
+
+/**
+ * Runs the handler inside `withDeadline` (AsyncLocalStorage) when the route has a
+ * `@DbPoolDeadline` or the request carries `X-Request-Deadline-Ms` (a positive integer, at most
+ * the route's own). Without either, it does nothing.
+ */
+@Injectable()
+export class DbPoolDeadlineInterceptor implements NestInterceptor {
+  constructor(private readonly reflector: Reflector) {}
+
+  intercept(context: ExecutionContext, next: CallHandler): Observable<unknown> {
+    const route = this.reflector.getAllAndOverride<number | undefined>(DEADLINE_KEY, [context.getHandler(), context.getClass()]);
+    const asked =
+      context.getType() === 'http' ? headerMs(context.switchToHttp().getRequest<{ headers?: Record<string, unknown> }>()) : undefined;
+    const ms = route === undefined ? asked : asked === undefined ? route : Math.min(route, asked);
+    if (ms === undefined) return next.handle();
+    // The handler is subscribed inside the deadline's context, so everything it awaits carries it.
+    return new Observable((subscriber) => withDeadline(ms, () => next.handle().subscribe(subscriber)));
+  }
+}
+
+function headerMs(request: { headers?: Record<string, unknown> }): number | undefined {
+  const raw = request.headers?.[DEADLINE_HEADER];
+  if (typeof raw !== 'string' || !/^[1-9][0-9]{0,8}$/.test(raw)) return undefined;
+  return Number(raw);
+}
