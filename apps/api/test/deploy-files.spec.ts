@@ -6,7 +6,7 @@
  */
 import 'reflect-metadata';
 import type { INestApplication } from '@nestjs/common';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { readFileSync, readdirSync, statSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -18,7 +18,9 @@ import { ACCEPTED_ENV_KEYS, readEnvironment } from '../src/environment.js';
 
 const docker = fileURLToPath(new URL('../../../docker/', import.meta.url));
 const read = (path: string) => readFileSync(join(docker, path), 'utf8');
+const runbook = () => readFileSync(fileURLToPath(new URL('../../../docs/runbook.md', import.meta.url)), 'utf8');
 const SUPERUSER_RESERVED = 3; // PostgreSQL's default superuser_reserved_connections
+const hasAmtool = spawnSync('amtool', ['--version']).status === 0;
 
 function files(dir = docker): string[] {
   return readdirSync(dir).flatMap((name) => {
@@ -52,6 +54,23 @@ const k8s = () => parseAllDocuments(read('k8s/deployment.yaml')).map((d) => d.to
 const deployment = () => k8s().find((d) => d.kind === 'Deployment');
 const container = () => deployment().spec.template.spec.containers[0];
 
+interface AlertRule {
+  alert: string;
+  expr: string;
+  labels: Record<string, string>;
+  annotations: Record<string, string>;
+}
+const alertRules = (): AlertRule[] => parse(read('prometheus/alerts.yml')).groups.flatMap((g: { rules: AlertRule[] }) => g.rules);
+/** GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens. */
+const slug = (heading: string) =>
+  heading
+    .trim()
+    .toLowerCase()
+    .replace(/[^\p{L}\p{N}\s_-]/gu, '')
+    .replace(/\s/g, '-');
+/** `alertname="X"` matchers of an Alertmanager rule, as { alertname: 'X' }. */
+const matchers = (list: string[] = []) => Object.fromEntries(list.map((m) => /^(\w+)="([^"]*)"$/.exec(m)!.slice(1, 3) as [string, string]));
+
 describe('docker/ and Kubernetes files agree with the app', () => {
   it('every file parses', () => {
     const all = files();
@@ -62,6 +81,7 @@ describe('docker/ and Kubernetes files agree with the app', () => {
         'k8s/deployment.yaml',
         'prometheus/alerts.yml',
         'prometheus/prometheus.yml',
+        'alertmanager/alertmanager.yml',
         'pgbouncer/pgbouncer.ini',
       ]),
     );
@@ -176,6 +196,89 @@ describe('docker/ and Kubernetes files agree with the app', () => {
     const pdb = k8s().find((d) => d.kind === 'PodDisruptionBudget');
     expect(pdb.spec.minAvailable).toBeLessThan(k8sReplicas);
     expect(pdb.spec.selector).toEqual(deployment().spec.selector);
+  });
+
+  it("every alert has a section in docs/runbook.md, and its runbook_url is that section's anchor", () => {
+    const headings = [...runbook().matchAll(/^## (.+)$/gm)].map((m) => m[1].trim());
+    const anchors = headings.map(slug);
+    const rules = alertRules();
+    expect(rules.length).toBeGreaterThanOrEqual(6);
+    const pages = new Set<string>();
+    for (const rule of rules) {
+      expect(headings).toContain(rule.alert);
+      expect(rule.annotations.runbook_url).toBeDefined();
+      const url = new URL(rule.annotations.runbook_url); // absolute: Alertmanager passes it on as a link
+      expect(url.protocol).toBe('https:');
+      expect(url.pathname).toMatch(/\/docs\/runbook\.md$/);
+      expect(anchors).toContain(url.hash.slice(1));
+      expect(url.hash.slice(1)).toBe(slug(rule.alert));
+      pages.add(url.origin + url.pathname);
+    }
+    expect(pages.size).toBe(1); // one base to change (docs/runbook.md, "Changing the runbook links")
+
+    // promtool compares annotations exactly: the unit tests must expect the same links.
+    const byName = new Map(rules.map((r) => [r.alert, r]));
+    const tests = parse(read('prometheus/alerts.test.yml')).tests as {
+      alert_rule_test: { alertname: string; exp_alerts: { exp_annotations?: Record<string, string> }[] }[];
+    }[];
+    const expected = tests.flatMap((t) => t.alert_rule_test).flatMap((c) => c.exp_alerts.map((a) => ({ c, a })));
+    for (const { c, a } of expected) expect(a.exp_annotations?.runbook_url).toBe(byName.get(c.alertname)!.annotations.runbook_url);
+  });
+
+  (hasAmtool || process.env.CI ? it : it.skip)(
+    'amtool check-config accepts the Alertmanager example, which sends critical and warning alerts to different receivers',
+    () => {
+      if (!hasAmtool) throw new Error('amtool is not installed (Debian package prometheus-alertmanager); .ci/run installs it');
+      const file = join(docker, 'alertmanager/alertmanager.yml');
+      const check = spawnSync('amtool', ['check-config', file], { encoding: 'utf8' });
+      expect({ status: check.status, output: check.stdout + check.stderr }).toMatchObject({ status: 0 });
+
+      const config = parse(read('alertmanager/alertmanager.yml'));
+      const receiverWith = (kind: string) => config.receivers.find((r: Record<string, unknown>) => kind in r)?.name;
+      const expected: Record<string, string> = { critical: receiverWith('pagerduty_configs'), warning: receiverWith('slack_configs') };
+      expect(expected.critical).not.toBe(expected.warning);
+      const severities = new Set(alertRules().map((r) => r.labels.severity));
+      expect([...severities].sort()).toEqual(['critical', 'warning']);
+      for (const severity of severities) {
+        const routed = spawnSync(
+          'amtool',
+          ['config', 'routes', 'test', `--config.file=${file}`, `severity=${severity}`, 'alertname=DbPoolTest', 'pool_name=default'],
+          { encoding: 'utf8' },
+        );
+        expect(routed.stdout.trim()).toBe(expected[severity]);
+      }
+    },
+  );
+
+  it("Alertmanager's inhibit rules name alerts of alerts.yml, a critical one muting a warning", () => {
+    const severity = new Map(alertRules().map((r) => [r.alert, r.labels.severity]));
+    const rules = parse(read('alertmanager/alertmanager.yml')).inhibit_rules as Record<string, string[]>[];
+    expect(rules.length).toBeGreaterThan(0);
+    for (const rule of rules) {
+      const source = matchers(rule.source_matchers);
+      const target = matchers(rule.target_matchers);
+      for (const name of [source.alertname, target.alertname]) if (name !== undefined) expect(severity.has(name)).toBe(true);
+      expect(source.severity ?? severity.get(source.alertname)).toBe('critical');
+      expect(target.severity ?? severity.get(target.alertname)).toBe('warning');
+      expect(rule.equal).toEqual(expect.arrayContaining(['pool_name', 'instance']));
+    }
+  });
+
+  it('compose runs Alertmanager with that file, and Prometheus sends its alerts there', () => {
+    const services = compose().services;
+    const alertmanager = services.alertmanager;
+    expect(alertmanager.image).toMatch(/^prom\/alertmanager(:|$)/);
+    // the image's default --config.file
+    expect(alertmanager.volumes).toContain('./alertmanager/alertmanager.yml:/etc/alertmanager/alertmanager.yml:ro');
+    const alerting = parse(read('prometheus/prometheus.yml')).alerting;
+    const targets: string[] = alerting.alertmanagers.flatMap((a: { static_configs: { targets: string[] }[] }) =>
+      a.static_configs.flatMap((c) => c.targets),
+    );
+    expect(targets).toEqual(['alertmanager:9093']);
+    const [host, port] = targets[0].split(':');
+    expect(services[host]).toBe(alertmanager);
+    expect(alertmanager.ports).toContain(`${port}:${port}`);
+    expect(services.prometheus.depends_on).toContain(host);
   });
 
   describe('against the running app', () => {

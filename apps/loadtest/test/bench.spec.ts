@@ -25,7 +25,8 @@ const TARGET_KEYS = [
   'no_pool_slowdown',
   'p99_over_median_wait_c200',
 ];
-const CHART_IDS = ['chart-latency', 'chart-throughput', 'chart-pool-utilization'];
+const OVERLOAD_KEYS = ['overload_goodput_vs_capacity', 'overload_goodput_vs_pg_pool', 'overload_p99_over_deadline', 'overload_recovery_s'];
+const CHART_IDS = ['chart-latency', 'chart-throughput', 'chart-pool-utilization', 'chart-overload'];
 
 interface Results {
   settings: { db_pool_features: Record<string, unknown> };
@@ -89,7 +90,7 @@ describe('the benchmark CLI (--quick)', () => {
     });
     outDir = await mkdtemp(join(tmpdir(), 'bench-out-'));
     run = await runCli(['--quick', '--out-dir', outDir]);
-  }, 150_000); // typically 40–55 s; the margin is for a machine busy with other suites
+  }, 300_000); // typically 90–120 s (the overload scenario drains raw pg.Pool's backlog); the margin is for a machine busy with other suites
 
   afterAll(async () => {
     if (outDir) await rm(outDir, { recursive: true, force: true });
@@ -101,6 +102,8 @@ describe('the benchmark CLI (--quick)', () => {
       expect(run.stdout).toContain(title);
     for (const name of ['db-pool via TypeORM', 'TypeORM (stock)', 'pg.Pool', 'postgres.js', 'no pool']) expect(run.stdout).toContain(name);
     expect(run.stdout).toMatch(/All targets met\.|TARGETS MISSED/);
+    expect(run.stdout).toContain('== Overload: capacity');
+    for (const name of ['db-pool adaptive', 'db-pool fixed 20+40', 'pg.Pool max 60', 'pg.Pool max 10']) expect(run.stdout).toContain(name);
     expect(run.stderr).toMatch(/\[#+-*\]\s+\d+%/);
   });
 
@@ -112,9 +115,13 @@ describe('the benchmark CLI (--quick)', () => {
     const throughput = results.ratios.throughput_vs_pg_pool as Record<string, number>;
     expect(Object.keys(throughput).sort()).toEqual(['1', '10', '200', '50']);
     for (const value of Object.values(throughput)) expect(Number.isFinite(value)).toBe(true);
-    for (const key of TARGET_KEYS) {
+    for (const key of [...TARGET_KEYS, ...OVERLOAD_KEYS]) {
       expect(typeof results.targets[key]?.limit).toBe('number');
       expect(typeof results.targets[key]?.met).toBe('boolean');
+    }
+    // pg.Pool may answer nothing in time (the ratio is then unbounded, null in JSON); the others are numbers.
+    for (const key of OVERLOAD_KEYS.filter((k) => k !== 'overload_goodput_vs_pg_pool')) {
+      expect([key, Number.isFinite(results.ratios[key])]).toEqual([key, true]);
     }
     expect(results.machine).toEqual(
       expect.objectContaining({
@@ -148,6 +155,28 @@ describe('the benchmark CLI (--quick)', () => {
       }
     }
     expect(Number.isFinite(results.ratio_details.every_stack_vs_off?.median)).toBe(true);
+  });
+
+  it('records the overload scenario: the capacity sweep, every contender with its outcomes, and the adaptive limit over time', async () => {
+    const results = JSON.parse(await readFile(join(outDir, 'bench-results.json'), 'utf8')) as Results & {
+      overload: {
+        capacity: { opsPerSec: number; levels: { concurrency: number; opsPerSec: number }[] };
+        contenders: { name: string; offered: number; outcomes: Record<string, number>; timeline: { limit?: number }[] }[];
+      };
+    };
+    const o = results.overload;
+    expect(o.capacity.levels.map((l) => l.concurrency)).toEqual([1, 2, 4, 8, 16]);
+    expect(o.capacity.opsPerSec).toBeGreaterThan(0);
+    expect(o.contenders.map((c) => c.name)).toEqual(['db-pool adaptive', 'db-pool fixed 20+40', 'pg.Pool max 60', 'pg.Pool max 10']);
+    for (const c of o.contenders) {
+      // Every request is accounted for, one outcome each.
+      expect([c.name, Object.values(c.outcomes).reduce((a, b) => a + b, 0)]).toEqual([c.name, c.offered]);
+    }
+    const limits = o.contenders[0].timeline.map((b) => b.limit).filter((l): l is number => l !== undefined);
+    expect(limits.length).toBeGreaterThan(5);
+    // The fixed pool's limit is its capacity throughout; the adaptive one's moved below it.
+    expect(new Set(o.contenders[1].timeline.map((b) => b.limit).filter((l) => l !== undefined))).toEqual(new Set([60]));
+    expect(Math.min(...limits)).toBeLessThan(60);
   });
 
   it('writes a self-contained bench-report.html whose charts Chromium parses with drawn paths', async () => {

@@ -41,14 +41,22 @@ async function openConnections(n: number, query: (sql: string) => Promise<unknow
   await Promise.all(Array.from({ length: n }, () => query('SELECT pg_sleep(0.02)')));
 }
 
-export type DbPoolFeatures = Pick<DbPoolOptions, 'prePing' | 'prePingBypassMs' | 'leakThresholdSeconds' | 'leakStacksPerSecond'>;
+export type DbPoolFeatures = Pick<
+  DbPoolOptions,
+  'prePing' | 'prePingBypassMs' | 'leakThresholdSeconds' | 'leakStacksPerSecond' | 'adaptive'
+>;
 
 /**
  * What the headline db-pool contenders run with: every feature on. Pre-ping (500 ms bypass),
  * leak tracking with checkout stacks (at the default DB_POOL_LEAK_STACK_RATE); reset on return
  * and the metrics' histograms and counters are always on.
  */
-export const ALL_FEATURES = { prePing: true, prePingBypassMs: 500, leakThresholdSeconds: 30 } as const satisfies DbPoolFeatures;
+export const ALL_FEATURES = {
+  prePing: true,
+  prePingBypassMs: 500,
+  leakThresholdSeconds: 30,
+  adaptive: true,
+} as const satisfies DbPoolFeatures;
 /** Pre-ping and leak tracking off: the baseline of the features comparison. */
 export const FEATURES_OFF = { prePing: false, leakThresholdSeconds: 0 } as const satisfies DbPoolFeatures;
 /** Every feature on, with the stack rate out of reach: a stack for every checkout. */

@@ -92,6 +92,7 @@ function parseCli(argv: string[]): Cli | undefined {
 function dbPoolFeatures() {
   const config = resolveDbPoolConfig({ url: 'postgres://bench@localhost/bench', env: {}, ...ALL_FEATURES });
   return {
+    adaptive_limit: config.adaptive ? `${config.adaptiveMin}..capacity` : 'off',
     pre_ping: config.prePing,
     pre_ping_bypass_ms: config.prePingBypassMs,
     leak_threshold_s: config.leakThresholdMs / 1000,

@@ -134,7 +134,7 @@ async function openContenders(s: OverloadSettings): Promise<(() => Promise<Overl
       maxOverflow: 40,
       env: {},
       ...ALL_FEATURES,
-      ...(adaptive ? { adaptive: true } : { queryTimeoutMs: s.deadlineMs }),
+      ...(adaptive ? { adaptive: true } : { adaptive: false, queryTimeoutMs: s.deadlineMs }),
     });
     return {
       name,

@@ -4,15 +4,20 @@
  * against the same routes on plain `TypeOrmModule.forRoot` defaults (apps/api/src/baseline.ts),
  * interleaved in rounds in one run. Prints a table and writes http-results.json.
  *
- *   npx nx run loadtest:http [-- --quick] [--connections 10,50,200] [--duration 5] [--rounds 3] [--out-dir .]
+ * Then the overload slice (skip it with --skip-overload): GET /items/stats over 30k rows at twice
+ * the rate the api serves, against the api with DB_POOL_ADAPTIVE (the route's deadline is 1 s), and
+ * against the baseline (see ./overload.ts).
+ *
+ *   npx nx run loadtest:http [-- --quick] [--connections 10,50,200] [--duration 5] [--rounds 3] [--skip-overload] [--out-dir .]
  */
 import autocannon from 'autocannon';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { overloadSlice, seedRows, type OverloadSliceResult } from './overload.js';
 
 const root = fileURLToPath(new URL('../../../../', import.meta.url));
 
@@ -22,10 +27,14 @@ interface Args {
   durationS: number;
   rounds: number;
   outDir: string;
+  overload: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
+  // `--flag value` or `--flag=value` (nx passes the latter).
   const get = (flag: string) => {
+    const joined = argv.find((a) => a.startsWith(`${flag}=`));
+    if (joined) return joined.slice(flag.length + 1);
     const i = argv.indexOf(flag);
     return i === -1 ? undefined : argv[i + 1];
   };
@@ -36,6 +45,7 @@ function parseArgs(argv: string[]): Args {
     durationS: Number(get('--duration') ?? (quick ? 1 : 5)),
     rounds: Number(get('--rounds') ?? (quick ? 1 : 3)),
     outDir: get('--out-dir') ?? process.cwd(),
+    overload: !argv.includes('--skip-overload'),
   };
 }
 
@@ -117,7 +127,7 @@ const median = (xs: number[]) => {
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   if (!process.env.DATABASE_URL) throw new Error('DATABASE_URL is not set (run through `nx run loadtest:http`, which provides one)');
-  const [dbPoolPort, baselinePort] = [await freePort(), await freePort()];
+  const [dbPoolPort, baselinePort, overloadPort] = [await freePort(), await freePort(), await freePort()];
   const servers: ChildProcess[] = [];
   try {
     servers.push(await startServer('apps/api/dist/main.js', dbPoolPort, { DB_APPLICATION_NAME: 'http-load-db-pool' }));
@@ -200,6 +210,53 @@ async function main(): Promise<void> {
           .join(', ')}\n`,
       );
 
+    let overload: OverloadSliceResult | undefined;
+    if (args.overload) {
+      servers.push(
+        await startServer('apps/api/dist/main.js', overloadPort, { DB_APPLICATION_NAME: 'http-load-overload', DB_POOL_ADAPTIVE: 'true' }),
+      );
+      const cleanup = await seedRows(process.env.DATABASE_URL, 30_000);
+      try {
+        // The route's own deadline (@DbPoolDeadline(1_000)): a statement here takes tens of ms on
+        // an idle machine and ~100 ms under this load, where the api shares two cores with the
+        // server and autocannon; 250 ms would leave room for one or two in line.
+        const deadlineMs = 1_000;
+        overload = await overloadSlice(
+          [
+            {
+              name: 'db-pool, DB_POOL_ADAPTIVE, route deadline 1 s',
+              port: overloadPort,
+            },
+            { name: 'baseline (TypeOrmModule.forRoot defaults)', port: baselinePort },
+          ],
+          { rows: 30_000, deadlineMs, factor: 2, connections: 200, durationS: args.quick ? 3 : 10 },
+          (text) => process.stderr.write(`${text}\n`),
+        );
+      } finally {
+        await cleanup();
+      }
+      const f = (v: number) => (Number.isFinite(v) ? String(Math.round(v)) : '—');
+      process.stdout.write(
+        `\noverload slice: GET /items/stats over ${overload.rows} rows, capacity ${f(overload.capacityPerSec)}/s, offered ${f(overload.results[0].offeredPerSec)}/s (2×) by ${overload.connections} connections for ${overload.durationS} s\n`,
+      );
+      const oh = ['contender', 'sent/s', '2xx/s', '2xx p50 ms', '2xx p99 ms', '503/s', '503 p50 ms', '503 p99 ms', 'other', 'errors'];
+      const ol = overload.results.map((r) => [
+        r.contender,
+        f(r.sentPerSec),
+        f(r.ok.perSec),
+        f(r.ok.p50),
+        f(r.ok.p99),
+        f(r.shed.perSec),
+        f(r.shed.p50),
+        f(r.shed.p99),
+        String(r.otherNon2xx),
+        String(r.errors),
+      ]);
+      const ow = oh.map((h, i) => Math.max(h.length, ...ol.map((l) => l[i].length)));
+      const ofmt = (cells: string[]) => cells.map((c, i) => c.padEnd(ow[i])).join('  ');
+      process.stdout.write(`${ofmt(oh)}\n${ow.map((w) => '-'.repeat(w)).join('  ')}\n${ol.map(ofmt).join('\n')}\n`);
+    }
+
     const results = {
       command: `nx run loadtest:http ${process.argv.slice(2).join(' ')}`.trim(),
       machine: { cpus: cpus().length, cpu: cpus()[0]?.model, node: process.version },
@@ -210,7 +267,9 @@ async function main(): Promise<void> {
       },
       rows,
       ratios,
+      overload,
     };
+    await mkdir(args.outDir, { recursive: true });
     await writeFile(join(args.outDir, 'http-results.json'), `${JSON.stringify(results, null, 2)}\n`);
     // /health/db_pool answering 503 while the pool is critical is the route doing its job;
     // anywhere else a non-2xx answer, and everywhere a transport error, is a failure.

@@ -49,23 +49,26 @@ export interface GradientLimitOptions {
 
 /**
  * An adaptive concurrency limit by latency gradient, after Netflix's concurrency-limits
- * `GradientLimit` (newLimit = limit × baseline / latency + √limit; github.com/Netflix/concurrency-limits)
- * with the baseline kept as BBR keeps its minimum RTT (Cardwell et al., "BBR: Congestion-Based
- * Congestion Control", ACM Queue 14(5), 2016): the lowest mean latency seen since the last probe,
- * re-measured now and then by holding the limit at the floor for one window.
+ * (`GradientLimit`: newLimit = limit × baseline / latency + √limit; `Gradient2Limit`'s latency
+ * tolerance of 1.5; github.com/Netflix/concurrency-limits), with the baseline kept as BBR keeps its
+ * minimum RTT (Cardwell et al., "BBR: Congestion-Based Congestion Control", ACM Queue 14(5), 2016):
+ * the lowest window latency since the last probe, re-measured now and then by holding the limit at
+ * the floor for one window, and TCP's slow start from the floor.
  *
- * Why it finds the server's best concurrency: while the server keeps up, latency stays at the
- * baseline, the gradient is 1 and the limit grows by √limit per window; past the point where
- * the server is saturated, latency grows in proportion to the checkouts in flight, so
- * limit × baseline / latency is what the server serves at its baseline latency, and the limit
- * settles a few (√limit) above it. The gradient is held within [0.5, 1]: the limit at most halves
- * per window.
+ * Why it finds the server's best concurrency: while the server keeps up, latency stays near the
+ * baseline, the gradient is 1 and the limit grows (doubling until the first decrease, then by
+ * √limit per window); past the point where the server is saturated, latency grows in proportion
+ * to the checkouts in flight, so limit × baseline / latency is what the server serves at its
+ * baseline latency, and the limit settles a few (√limit, and the tolerance) above it. The gradient
+ * is held within [0.25, 1]: the limit at most quarters per window.
  *
- * Samples are averaged over a window (a few checkouts, at most 16) before the limit moves, so a
- * mixed workload (a 0.1 ms lookup next to a 50 ms report) moves it by its mean, and the cost per
- * release is an addition and a comparison. A window in which fewer than half the limit were in
- * flight says nothing about the server at the limit and only feeds the baseline.
+ * Samples are averaged over a window (4–8 checkouts) before the limit moves, so a mixed workload
+ * (a 0.1 ms lookup next to a 50 ms report) moves it by its mean, and the cost per release is an
+ * addition and a comparison. A window in which fewer than half the limit were in flight says
+ * nothing about the server at the limit and only feeds the baseline.
  */
+const TOLERANCE = 1.5;
+
 export class GradientLimit implements ConcurrencyLimit {
   readonly adaptive = true;
   /** The estimate, fractional; `limit` is its floor. */
@@ -153,7 +156,9 @@ export class GradientLimit implements ConcurrencyLimit {
     }
     // Averaged over a window, the reading is steady enough to act on most of it at once (Netflix
     // holds a single sample's gradient to at least 0.5).
-    const gradient = Math.max(0.25, Math.min(1, this.baselineMs / mean));
+    // Latency up to 1.5 × the baseline is tolerated (Netflix's Gradient2 `rttTolerance`): a server
+    // that answers a little slower with more connections but more answers in all is not held back.
+    const gradient = Math.max(0.25, Math.min(1, (TOLERANCE * this.baselineMs) / mean));
     let next: number;
     if (this.slowStart && gradient >= 0.9) next = this.estimate * 2;
     else {
