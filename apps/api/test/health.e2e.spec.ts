@@ -73,6 +73,8 @@ describe('health routes and metrics over real HTTP', () => {
       connect_failing: false,
       consecutive_connect_failures: 0,
       last_connect_error: null,
+      concurrency_limit: 8,
+      shed_recently: 0,
     });
     expect(report.recommendations).toEqual(['Pool is healthy. No action needed.']);
     expect(report.leak_detected).toBe(false);
