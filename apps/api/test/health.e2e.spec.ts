@@ -81,6 +81,12 @@ describe('health routes and metrics over real HTTP', () => {
     // The URL names the host: shown only with DB_POOL_HEALTH_DETAIL (see "discloses no more than it must").
     expect(report.configuration).toEqual({ pool_size: 4, max_overflow: 4, timeout: 30, recycle: 3600, pre_ping: true });
     expect(res.body.details.reporting.pool_status).toMatchObject({ size: 2, checked_in: 2, total_capacity: 2, health: 'healthy' });
+    // The seed's own commands: `jq '.pool_status'`, `jq '.leak_detected'` — the default pool's report at the top level too.
+    expect(res.body.pool_status).toEqual(report.pool_status);
+    expect(res.body.leak_detected).toBe(false);
+    expect(res.body.recommendations).toEqual(report.recommendations);
+    expect(res.body.configuration).toEqual(report.configuration);
+    expect(res.body.timestamp).toBe(report.timestamp);
     expect(res.body.details.reporting.configuration.pool_size).toBe(2);
 
     const metrics = await running.get('/metrics');
@@ -114,6 +120,9 @@ describe('health routes and metrics over real HTTP', () => {
     expect(health.body.status).toBe('error');
     expect(health.body.error.default.pool_status).toMatchObject({ checked_out: 8, utilization: 100, health: 'critical', waiting: 5 });
     expect(health.body.error.default.recommendations).toContain('5 caller(s) are queued for a connection right now.');
+    // 503 too: the seed's fields at the top level, beside Terminus' envelope.
+    expect(health.body.pool_status).toEqual(health.body.error.default.pool_status);
+    expect(health.body.status).toBe('error');
     expect(health.ms).toBeLessThan(100);
 
     const metrics = await running.get('/metrics');

@@ -14,14 +14,14 @@ describe('leak tracking: the stack budget (DB_POOL_LEAK_STACK_RATE), with a fake
   /** The connections the tracker watches, as a pool keeps them. */
   let records: LeakRecord[] = [];
   const connection = (): LeakRecord => {
-    const record: LeakRecord = { checkedOutAt: -1, leakSite: undefined, leakReported: false };
+    const record: LeakRecord = { checkedOutAt: -1, leakSite: undefined, leakSpan: undefined, leakReported: false };
     records.push(record);
     return record;
   };
   /** A checkout as the pool makes one: the time on the record, then the tracker. */
   const checkout = (tracker: CheckoutLeakTracker, record: LeakRecord, site: LeakRecord['leakSite']) => {
     record.checkedOutAt = now;
-    tracker.checkout(record, site);
+    tracker.checkout(record, site, undefined);
   };
   const checkin = (tracker: CheckoutLeakTracker, record: LeakRecord) => {
     tracker.checkin(record);

@@ -86,6 +86,11 @@ export class DbPoolMetrics {
         (m) => m.config.poolSize + m.config.maxOverflow,
       ),
       gauge('db_client_connection_idle_min', 'Connections the pool keeps open (DB_POOL_SIZE).', (m) => m.config.poolSize),
+      gauge(
+        'db_client_connection_idle_max',
+        'Most connections that may sit idle (DB_POOL_SIZE + DB_MAX_OVERFLOW: overflow ones close after DB_POOL_OVERFLOW_IDLE_TIMEOUT).',
+        (m) => m.config.poolSize + m.config.maxOverflow,
+      ),
       gauge('db_client_connection_pending_requests', 'Callers queued for a connection.', (m) => m.pool.waitingCount),
       new PoolCollector(
         'db_client_connection_timeouts_total',

@@ -14,6 +14,7 @@ import { scrubSecrets } from '../redact.js';
 import { type BreakerState, ConnectBreaker } from './breaker.js';
 import { type ConcurrencyLimit, type ConcurrencyLimitState, FixedLimit, GradientLimit } from './concurrency-limit.js';
 import { Connector, type HostStatus, type SessionState, watchRole } from './connector.js';
+import type { Span } from '@opentelemetry/api';
 import { currentDeadline, type Deadline } from './deadline.js';
 import type { HostAddress } from './hosts.js';
 import type { PoolTimings } from './histogram.js';
@@ -21,6 +22,7 @@ import { CheckoutLeakTracker, type CheckoutSite, type LeakTracker, NO_LEAK_TRACK
 import { delegateToClient, PoolLease } from './lease.js';
 import { lifetimeOf, Refill } from './lifetime.js';
 import { awaitingServer, connectionLost, destroySocket, protocolOf, queuedQueries } from './pg-internals.js';
+import { activeSpan, bindOtelMetrics, type OtelBinding, POOL_NAME_ATTRIBUTE } from './otel.js';
 import { PoolEntry } from './pool-entry.js';
 import { type DbPoolSettings, type PgPoolOptions, settingsFromPg } from './settings.js';
 import { type ConnectHealth, type DbPoolCounters, PoolStats, type RemovalReason } from './tracker.js';
@@ -53,6 +55,11 @@ interface Acquire {
   readonly request: boolean;
   /** The request's deadline in force when it was made (`withDeadline`): its lease bounds statements by it. */
   readonly scope: Deadline | undefined;
+  /** The span active where it was asked for (a tracer registered): told of a wait, a pre-ping, a retry. */
+  readonly span: Span | undefined;
+  /** Pre-pings run for it (each a round trip before the hand-out), and those that found their connection dead (each sent it round again). */
+  prePings: number;
+  retries: number;
   readonly site: CheckoutSite | undefined;
   readonly callback: (err: Error | undefined, lease?: PoolLease) => void;
   /** Handed out or failed; a connection meant for it later goes back to the pool. */
@@ -106,6 +113,7 @@ export class DbPool extends EventEmitter {
   private readonly connector: Connector;
   private readonly breaker: ConnectBreaker;
   private readonly concurrency: ConcurrencyLimit;
+  private readonly otel: OtelBinding | undefined;
 
   /**
    * @param options pg.Pool's options: `max`, `min`, `connectionTimeoutMillis`, `idleTimeoutMillis`,
@@ -154,6 +162,14 @@ export class DbPool extends EventEmitter {
             records: () => this.entries,
           })
         : NO_LEAK_TRACKING;
+    this.otel = bindOtelMetrics({
+      name,
+      timings: this.stats.timings,
+      state: () => this.state(),
+      waiting: () => this.queue.length,
+      counters: this.stats.counters,
+      capacity: { min: poolSize, max: poolSize + maxOverflow },
+    });
     this.refill = new Refill({
       name,
       logger,
@@ -411,6 +427,9 @@ export class DbPool extends EventEmitter {
       probe,
       request,
       scope,
+      span: activeSpan(),
+      prePings: 0,
+      retries: 0,
       site,
       callback,
       settled: false,
@@ -465,6 +484,7 @@ export class DbPool extends EventEmitter {
     this.validating.add(acquire);
     this.watchDeadline(acquire);
     this.stats.prePingStarted();
+    acquire.prePings++;
     ping(entry.client, this.settings.validationTimeoutMs, (err) => {
       this.validating.delete(acquire);
       if (err) {
@@ -473,6 +493,7 @@ export class DbPool extends EventEmitter {
           `db-pool "${this.settings.name}": pre-ping failed, discarding the connection: ${scrubSecrets(err.message)}`,
         );
         this.remove(entry, 'pre-ping');
+        acquire.retries++;
         if (acquire.settled) return;
         acquire.lastError = err;
         return this.attempt(acquire, performance.now());
@@ -487,11 +508,24 @@ export class DbPool extends EventEmitter {
   private handOut(acquire: Acquire, entry: PoolEntry, now: number): void {
     acquire.settled = true;
     entry.checkedOutAt = now;
-    this.stats.acquired(now - acquire.startedAt);
-    this.leaks.checkout(entry, acquire.site);
+    const waitedMs = now - acquire.startedAt;
+    this.stats.acquired(waitedMs);
+    // On the caller's span, an acquire that did more than take an idle connection: one event (the
+    // cheapest record that keeps each of several acquires of a request apart).
+    if (acquire.span !== undefined && (waitedMs >= 1 || acquire.prePings > 0)) this.traceAcquire(acquire, waitedMs);
+    this.leaks.checkout(entry, acquire.site, acquire.span);
     const lease = new PoolLease(this, entry, acquire.scope);
     if (this.listenerCount('acquire') > 0) this.emit('acquire', lease);
     acquire.callback(undefined, lease);
+  }
+
+  private traceAcquire(acquire: Acquire, waitedMs: number): void {
+    acquire.span!.addEvent('db_pool.acquire', {
+      [POOL_NAME_ATTRIBUTE]: this.settings.name,
+      'db_pool.wait_ms': Math.round(waitedMs * 1000) / 1000,
+      'db_pool.pre_pings': acquire.prePings,
+      'db_pool.retries': acquire.retries,
+    });
   }
 
   private fail(acquire: Acquire, err: Error): void {
@@ -1134,6 +1168,7 @@ export class DbPool extends EventEmitter {
     this.refill.stop();
     this.leaks.stop();
     this.breaker.stop();
+    this.otel?.unbind();
     clearTimeout(this.deadlineTimer);
     clearTimeout(this.idleSweeper);
     const result = promised<void>(this.Promise, callback as ((err?: Error) => void) | undefined, (done) => this.endWaiters.push(done));

@@ -7,6 +7,8 @@ export class Histogram {
   readonly counts: number[];
   sum = 0;
   count = 0;
+  /** Also told every observation (OpenTelemetry's histogram, when an SDK is registered). */
+  mirror: ((value: number) => void) | undefined = undefined;
 
   constructor(readonly bounds: readonly number[]) {
     this.counts = new Array<number>(bounds.length + 1).fill(0);
@@ -19,6 +21,7 @@ export class Histogram {
     this.counts[i]++;
     this.sum += value;
     this.count++;
+    if (this.mirror !== undefined) this.mirror(value);
   }
 
   /** Cumulative counts per upper bound, as Prometheus `le` buckets want them. */

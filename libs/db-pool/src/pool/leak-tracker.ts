@@ -1,4 +1,5 @@
 import { performance } from 'node:perf_hooks';
+import type { Span } from '@opentelemetry/api';
 import type { DbPoolLogger } from './logger.js';
 
 /**
@@ -9,6 +10,8 @@ import type { DbPoolLogger } from './logger.js';
 export interface LeakRecord {
   checkedOutAt: number;
   leakSite: CheckoutSite | undefined;
+  /** The span active where the checkout was asked for (a tracer registered): its ids go in the report. */
+  leakSpan: Span | undefined;
   leakReported: boolean;
 }
 
@@ -20,7 +23,7 @@ export interface LeakTracker {
    */
   capture(above: (...args: never[]) => unknown): CheckoutSite | undefined;
   /** A checkout began (its `checkedOutAt` set by the caller). */
-  checkout(record: LeakRecord, site: CheckoutSite | undefined): void;
+  checkout(record: LeakRecord, site: CheckoutSite | undefined, span: Span | undefined): void;
   /** A checkout ended; call before `checkedOutAt` is cleared. */
   checkin(record: LeakRecord): void;
   /** Checkouts reported as possible leaks that have not come back. */
@@ -133,13 +136,15 @@ export class CheckoutLeakTracker implements LeakTracker {
     return site;
   }
 
-  checkout(record: LeakRecord, site: CheckoutSite | undefined): void {
+  checkout(record: LeakRecord, site: CheckoutSite | undefined, span: Span | undefined): void {
     record.leakSite = site;
+    record.leakSpan = span;
     record.leakReported = false;
   }
 
   checkin(record: LeakRecord): void {
     record.leakSite = undefined;
+    record.leakSpan = undefined;
     if (!record.leakReported) return;
     record.leakReported = false;
     this.reported--;
@@ -181,11 +186,18 @@ export class CheckoutLeakTracker implements LeakTracker {
       this.reported++;
       logger.warn(
         `db-pool "${poolName}": possible connection leak: a connection has been checked out for ${seconds(heldMs)} s ` +
-          `(DB_POOL_LEAK_THRESHOLD=${thresholdMs / 1000} s); ${whereFrom(record.leakSite, stackRate)}`,
+          `(DB_POOL_LEAK_THRESHOLD=${thresholdMs / 1000} s)${traceOf(record.leakSpan)}; ${whereFrom(record.leakSite, stackRate)}`,
       );
     }
     this.armed = now < this.armedUntil;
   }
+}
+
+/** The trace the checkout belongs to, so a leak leads to the request that caused it. */
+function traceOf(span: Span | undefined): string {
+  if (!span) return '';
+  const { traceId, spanId } = span.spanContext();
+  return ` in trace_id=${traceId} span_id=${spanId}`;
 }
 
 function whereFrom(site: CheckoutSite | undefined, stackRate: number): string {

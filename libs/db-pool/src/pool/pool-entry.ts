@@ -1,3 +1,4 @@
+import type { Span } from '@opentelemetry/api';
 import type pg from 'pg';
 import type { HostAddress } from './hosts.js';
 import type { CheckoutSite, LeakRecord } from './leak-tracker.js';
@@ -10,6 +11,8 @@ export class PoolEntry implements LeakRecord {
   checkedOutAt = -1;
   /** Where the current checkout was taken (leak tracking, within its stack rate). */
   leakSite: CheckoutSite | undefined = undefined;
+  /** The span active where the current checkout was asked for, when leak tracking and a tracer are on. */
+  leakSpan: Span | undefined = undefined;
   /** The current checkout was reported as a possible leak. */
   leakReported = false;
   /** Checkouts so far (pg's `maxUses`). */
