@@ -72,6 +72,25 @@ const slug = (heading: string) =>
 const matchers = (list: string[] = []) => Object.fromEntries(list.map((m) => /^(\w+)="([^"]*)"$/.exec(m)!.slice(1, 3) as [string, string]));
 
 describe('docker/ and Kubernetes files agree with the app', () => {
+  it('compose runs Grafana with the dashboard and its Prometheus data source provisioned', () => {
+    const grafana = compose().services.grafana as { volumes: string[]; depends_on: string[] };
+    expect(grafana.volumes).toEqual(
+      expect.arrayContaining([
+        './grafana/provisioning/datasources:/etc/grafana/provisioning/datasources:ro',
+        './grafana/provisioning/dashboards:/etc/grafana/provisioning/dashboards:ro',
+        './grafana/dashboards:/var/lib/grafana/dashboards:ro',
+      ]),
+    );
+    expect(grafana.depends_on).toContain('prometheus');
+    const source = parse(read('grafana/provisioning/datasources/prometheus.yml')) as { datasources: { uid: string; url: string }[] };
+    expect(source.datasources[0].url).toBe('http://prometheus:9090');
+    const provider = parse(read('grafana/provisioning/dashboards/db-pool.yml')) as { providers: { options: { path: string } }[] };
+    expect(provider.providers[0].options.path).toBe('/var/lib/grafana/dashboards');
+    // Every panel names the provisioned data source.
+    const dashboard = JSON.parse(read('grafana/dashboards/db-pool.json')) as { panels: { type: string; datasource?: { uid: string } }[] };
+    for (const panel of dashboard.panels.filter((p) => p.type !== 'row')) expect(panel.datasource?.uid).toBe(source.datasources[0].uid);
+  });
+
   it('every file parses', () => {
     const all = files();
     expect(all).toEqual(
@@ -82,12 +101,17 @@ describe('docker/ and Kubernetes files agree with the app', () => {
         'prometheus/alerts.yml',
         'prometheus/prometheus.yml',
         'alertmanager/alertmanager.yml',
+        'grafana/dashboards/db-pool.json',
+        'grafana/provisioning/datasources/prometheus.yml',
+        'grafana/provisioning/dashboards/db-pool.yml',
         'pgbouncer/pgbouncer.ini',
       ]),
     );
     for (const file of all) {
       if (/\.ya?ml$/.test(file)) {
         for (const doc of parseAllDocuments(read(file))) expect(doc.errors).toEqual([]);
+      } else if (file.endsWith('.json')) {
+        expect(() => JSON.parse(read(file)) as unknown).not.toThrow();
       } else if (file.endsWith('.ini')) {
         expect(() => ini(read(file))).not.toThrow();
       } else if (file.endsWith('Dockerfile')) {
