@@ -61,21 +61,19 @@ describe('api over real HTTP: items and liveness', () => {
     expect((await fetch(`${base}/items/abc`)).status).toBe(400);
   });
 
-  it('GET /items/stats totals the table (the same figures as SQL); X-Request-Deadline-Ms 1 answers 503 deadline_exceeded', async () => {
+  it('GET /items/stats totals the table', async () => {
     await post({ name: `${tag}-stats` });
+    const count = async () => (await admin.query<{ n: number }>('SELECT count(*)::int AS n FROM items')).rows[0].n;
+    const before = await count();
     const res = await fetch(`${base}/items/stats`);
+    const after = await count();
     expect(res.status).toBe(200);
-    const { rows } = await admin.query<{ n: number }>('SELECT count(*)::int AS n FROM items');
     const stats = await body(res);
     expect(stats).toMatchObject({ distinct_names: expect.any(Number), longest_name: expect.any(Number) });
-    // Other suites may write meanwhile: at least what SQL counted just before.
-    expect(stats.items).toBeGreaterThanOrEqual(1);
-    expect(stats.items).toBeLessThanOrEqual(rows[0].n + 100);
-    // A deadline of 1 ms has passed by the time the statement would be sent: never sent, 503.
-    const late = await fetch(`${base}/items/stats`, { headers: { 'x-request-deadline-ms': '1' } });
-    expect(late.status).toBe(503);
-    expect(late.headers.get('retry-after')).toBe('1');
-    expect(await body(late)).toMatchObject({ condition: expect.stringMatching(/^(deadline_exceeded|pool_timeout)$/) });
+    expect(stats.distinct_names).toBeGreaterThanOrEqual(1);
+    // Nothing else writes during a test here; should something, the total lies between the two counts.
+    expect(stats.items).toBeGreaterThanOrEqual(before);
+    expect(stats.items).toBeLessThanOrEqual(after);
   });
 
   it('GET /items?limit= lists the newest items, and refuses a bad limit', async () => {

@@ -180,7 +180,7 @@ export class PoolDeadlineError extends Error {
     options?: { cause?: unknown },
   ) {
     super(
-      `db-pool "${poolName}": the request's deadline of ${budgetMs} ms passed ${sent ? 'while the statement ran (it was cancelled on the server)' : 'before the statement was sent'}`,
+      `db-pool "${poolName}": the request's deadline of ${budgetMs} ms passed ${sent ? 'while the statement ran (it was cancelled on the server)' : 'before the statement was sent (while it waited for a connection, or after it had one)'}`,
       options,
     );
     this.name = new.target.name;

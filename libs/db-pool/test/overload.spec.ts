@@ -134,6 +134,37 @@ describe('adaptive concurrency limit (DB_POOL_ADAPTIVE)', () => {
     expect(overLimit).toBe(0);
   }, 90_000);
 
+  it('never strands the queue: with the limit filled by a connection held long (a LISTEN, a report), it is raised until a caller is served', async () => {
+    // The limit starts at its floor (1): the one connection held fills it, and nothing comes back.
+    const p = await pool({ poolSize: 1, maxOverflow: 3, adaptive: true, adaptiveMin: 1, poolTimeoutSeconds: 10 });
+    const held = await p.connect();
+    try {
+      expect(p.concurrencyLimit().limit).toBe(1);
+      const started = performance.now();
+      const second = await p.connect();
+      // Served after the stall guard's wait (100 ms–1 s), not after DB_POOL_TIMEOUT.
+      expect(performance.now() - started).toBeLessThan(2_000);
+      expect(p.concurrencyLimit().limit).toBeGreaterThanOrEqual(2);
+      second.release();
+    } finally {
+      held.release();
+    }
+  });
+
+  it('a readiness probe held back by the limit, with no idle connection, gets a connection of its own within capacity', async () => {
+    const p = await pool({ poolSize: 1, maxOverflow: 2, adaptive: true, adaptiveMin: 1, poolTimeoutSeconds: 10 });
+    const held = await p.connect();
+    try {
+      expect(p.concurrencyLimit().limit).toBe(1);
+      const started = performance.now();
+      await p.ping(1_000);
+      expect(performance.now() - started).toBeLessThan(900);
+      expect(p.counters.probeTimeouts).toBe(0);
+    } finally {
+      held.release();
+    }
+  });
+
   it('is off by default: the limit is the capacity', async () => {
     const p = await pool({ poolSize: 2, maxOverflow: 3 });
     expect(p.concurrencyLimit()).toMatchObject({ adaptive: false, limit: 5, floor: 5, ceiling: 5 });
@@ -184,17 +215,18 @@ describe('request deadlines (withDeadline)', () => {
     expect(p.counters).toMatchObject({ cancels: 1, resets: 1, created: 1 });
   });
 
-  it('bounds the acquire: a caller with 200 ms left waits 200 ms, not DB_POOL_TIMEOUT', async () => {
+  it('bounds the acquire: a caller with 200 ms left waits 200 ms, not DB_POOL_TIMEOUT, and fails with PoolDeadlineError (not a pool timeout)', async () => {
     const p = await pool({ poolSize: 1, maxOverflow: 0, poolTimeoutSeconds: 30 });
     const held = await p.connect();
     try {
       const started = performance.now();
       const err = await withDeadline(200, () => p.connect()).catch((e: unknown) => e);
       const waited = performance.now() - started;
-      expect(err).toBeInstanceOf(PoolTimeoutError);
+      expect(err).toBeInstanceOf(PoolDeadlineError);
+      expect(err).toMatchObject({ sent: false, budgetMs: 200 });
       expect(waited).toBeGreaterThanOrEqual(190);
       expect(waited).toBeLessThan(1_000);
-      expect(p.counters.timeouts).toBe(1);
+      expect(p.counters).toMatchObject({ timeouts: 0, deadlines: 1 });
     } finally {
       held.release();
     }

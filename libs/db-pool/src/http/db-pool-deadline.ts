@@ -14,13 +14,16 @@ import { withDeadline } from '../pool/deadline.js';
 const DEADLINE_KEY = 'db-pool:deadline-ms';
 /** The request header a client may send to shorten a route's deadline (never to lengthen it). */
 export const DEADLINE_HEADER = 'x-request-deadline-ms';
+/** The shortest deadline the header can ask for: below it, requests would only turn into 503s and cancels. */
+export const MIN_HEADER_DEADLINE_MS = 50;
 
 /**
  * Gives the requests of a route (or of every route of a controller) a deadline of `ms` from the
  * moment the interceptor runs: every db-pool acquire they make waits at most until then, is shed
  * at once with `PoolOverloadedError` when the pool's measured wait and use would pass it, and every
  * statement is cancelled on the server when it passes (`PoolDeadlineError`; 503 through
- * {@link DbPoolExceptionFilter}). A client may send `X-Request-Deadline-Ms` to shorten it.
+ * {@link DbPoolExceptionFilter}). A client may send `X-Request-Deadline-Ms` to shorten it (to 50 ms at
+ * the least).
  * Applies {@link DbPoolDeadlineInterceptor}; register that globally instead to honour the header
  * on every route.
  */
@@ -52,5 +55,5 @@ export class DbPoolDeadlineInterceptor implements NestInterceptor {
 function headerMs(request: { headers?: Record<string, unknown> }): number | undefined {
   const raw = request.headers?.[DEADLINE_HEADER];
   if (typeof raw !== 'string' || !/^[1-9][0-9]{0,8}$/.test(raw)) return undefined;
-  return Number(raw);
+  return Math.max(MIN_HEADER_DEADLINE_MS, Number(raw));
 }

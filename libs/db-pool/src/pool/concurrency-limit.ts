@@ -12,6 +12,8 @@ export interface ConcurrencyLimit {
    * every release: arithmetic only. Returns true when the limit went up (waiters may be served).
    */
   sample(useMs: number, inFlight: number): boolean;
+  /** Nothing came back for a while and callers wait behind the limit: raise it by one (end a probe). True when it went up. */
+  unstall(): boolean;
 }
 
 /** The limit as the status, health body and metrics show it. */
@@ -32,6 +34,9 @@ export class FixedLimit implements ConcurrencyLimit {
   readonly adaptive = false;
   constructor(readonly limit: number) {}
   sample(): boolean {
+    return false;
+  }
+  unstall(): boolean {
     return false;
   }
 }
@@ -119,6 +124,18 @@ export class GradientLimit implements ConcurrencyLimit {
     if (inFlight > this.peakInFlight) this.peakInFlight = inFlight;
     if (++this.count < this.windowSize()) return false;
     return this.endWindow();
+  }
+
+  unstall(): boolean {
+    const before = this.limit;
+    if (this.probing) {
+      // The probe cannot finish: more than the floor are held. Back to the estimate, baseline kept.
+      this.probing = false;
+      this.estimate = this.resumeAt;
+      this.sum = this.count = this.peakInFlight = 0;
+    }
+    if (this.limit <= before) this.estimate = Math.min(this.ceiling, Math.floor(this.estimate) + 1);
+    return this.limit > before;
   }
 
   private windowSize(): number {

@@ -4,6 +4,7 @@ import pg from 'pg';
 import {
   PoolClosedError,
   PoolConnectError,
+  PoolDeadlineError,
   PoolFailoverError,
   PoolOverloadedError,
   PoolTimeoutError,
@@ -57,6 +58,8 @@ interface Acquire {
   readonly scope: Deadline | undefined;
   /** The span active where it was asked for (a tracer registered): told of a wait, a pre-ping, a retry. */
   readonly span: Span | undefined;
+  /** A probe counted in `probesQueued` while it waits in the queue. */
+  queuedProbe: boolean;
   /** Pre-pings run for it (each a round trip before the hand-out), and those that found their connection dead (each sent it round again). */
   prePings: number;
   retries: number;
@@ -114,6 +117,11 @@ export class DbPool extends EventEmitter {
   private readonly breaker: ConnectBreaker;
   private readonly concurrency: ConcurrencyLimit;
   private readonly otel: OtelBinding | undefined;
+  /** Probes (readiness, samplers) in the queue: served first when the limit holds others back. */
+  private probesQueued = 0;
+  /** Releases so far, and the stall guard's timer (adaptive limit only). */
+  private releases = 0;
+  private stallTimer: NodeJS.Timeout | undefined;
 
   /**
    * @param options pg.Pool's options: `max`, `min`, `connectionTimeoutMillis`, `idleTimeoutMillis`,
@@ -428,6 +436,7 @@ export class DbPool extends EventEmitter {
       request,
       scope,
       span: activeSpan(),
+      queuedProbe: false,
       prePings: 0,
       retries: 0,
       site,
@@ -465,14 +474,50 @@ export class DbPool extends EventEmitter {
       // none, it is refused at once. A readiness probe or sampler is the breaker's probe when none
       // is out, else it waits for the one that is (within its own short deadline).
       if (!acquire.probe && !this.hasConnections()) return this.refuseByBreaker(acquire);
-      this.queue.push(acquire);
-      this.watchDeadline(acquire);
+      this.enqueue(acquire);
       if (acquire.probe && this.entries.size < this.capacity && this.breaker.probeNow()) this.open();
       return;
     }
+    this.enqueue(acquire);
+    // A probe held back by the limit with no idle connection gets one of its own, within capacity.
+    if (acquire.probe && this.idle.length === 0 && this.entries.size < this.capacity && this.opening < this.queue.length) this.open();
+    else this.openForWaiters();
+    if (this.concurrency.adaptive && !acquire.probe) this.watchStall();
+  }
+
+  private enqueue(acquire: Acquire): void {
     this.queue.push(acquire);
+    if (acquire.probe && !acquire.queuedProbe) {
+      acquire.queuedProbe = true;
+      this.probesQueued++;
+    }
     this.watchDeadline(acquire);
-    this.openForWaiters();
+  }
+
+  /** A queued probe has left the queue (served or failed). */
+  private dequeued(acquire: Acquire): void {
+    if (!acquire.queuedProbe) return;
+    acquire.queuedProbe = false;
+    this.probesQueued--;
+  }
+
+  /**
+   * The adaptive limit moves only when connections come back. Should none come back while callers
+   * wait behind the limit — the connections out are held long (a LISTEN, a report, a leak) and fill
+   * it — the limit is raised by one after a while (four mean use times, 100 ms–1 s), and again, until
+   * a caller is served: a limit never strands the queue.
+   */
+  private watchStall(): void {
+    if (this.stallTimer !== undefined || this.ending) return;
+    const armedAt = this.releases;
+    const afterMs = Math.min(1_000, Math.max(100, 4 * this.stats.meanUseMs));
+    this.stallTimer = setTimeout(() => {
+      this.stallTimer = undefined;
+      if (this.ending || this.queue.length === 0) return;
+      if (this.releases === armedAt && this.busy >= this.concurrency.limit && this.concurrency.unstall()) this.serveWaiters();
+      if (this.queue.length > 0) this.watchStall();
+    }, afterMs);
+    this.stallTimer.unref();
   }
 
   /**
@@ -507,6 +552,7 @@ export class DbPool extends EventEmitter {
 
   private handOut(acquire: Acquire, entry: PoolEntry, now: number): void {
     acquire.settled = true;
+    this.dequeued(acquire);
     entry.checkedOutAt = now;
     const waitedMs = now - acquire.startedAt;
     this.stats.acquired(waitedMs);
@@ -531,11 +577,18 @@ export class DbPool extends EventEmitter {
   private fail(acquire: Acquire, err: Error): void {
     if (acquire.settled) return;
     acquire.settled = true;
+    this.dequeued(acquire);
     acquire.callback(err);
   }
 
   private timeOut(acquire: Acquire, state: PoolState): void {
     if (acquire.settled) return;
+    if (acquire.request) {
+      // The caller's own deadline, not the pool's DB_POOL_TIMEOUT: not a pool timeout (its metric
+      // and alert stay for callers the pool kept waiting past its own bound).
+      this.stats.deadlineExpired();
+      return this.fail(acquire, new PoolDeadlineError(this.settings.name, acquire.scope!.budgetMs, false, { cause: acquire.lastError }));
+    }
     this.stats.timedOut(acquire.probe);
     this.fail(
       acquire,
@@ -599,15 +652,21 @@ export class DbPool extends EventEmitter {
       const left = waiter.deadline - now;
       if (left >= this.stats.meanUseMs) return waiter;
       this.stats.shed();
-      this.fail(
-        waiter,
-        new PoolOverloadedError(
-          this.settings.name,
-          this.state(),
-          `${Math.round(left)} ms left of its deadline when a connection came free, less than the ${Math.round(this.stats.meanUseMs)} ms a connection is held on average`,
-        ),
+      const err = new PoolOverloadedError(
+        this.settings.name,
+        this.state(),
+        `${Math.round(left)} ms left of its deadline when a connection came free, less than the ${Math.round(this.stats.meanUseMs)} ms a connection is held on average`,
       );
+      // Told on its own tick: a callback that throws must not unwind the release that served it.
+      waiter.settled = true;
+      process.nextTick(() => waiter.callback(err));
     }
+  }
+
+  /** The first probe in the queue (taken out of it): served past the limit. */
+  private queuedProbe(): Acquire | undefined {
+    const i = this.queue.findIndex((a) => a.probe && !a.settled);
+    return i === -1 ? undefined : this.queue.splice(i, 1)[0];
   }
 
   /** The first waiter still waiting. */
@@ -632,7 +691,10 @@ export class DbPool extends EventEmitter {
     const now = performance.now();
     const useMs = now - entry.checkedOutAt;
     this.stats.released(useMs);
-    const raised = this.concurrency.sample(useMs, this.busy);
+    this.releases++;
+    // The limit went up: waiters held back by it are served by idle or new connections (whatever
+    // happens to this one below).
+    if (this.concurrency.sample(useMs, this.busy)) this.serveWaiters();
     this.leaks.checkin(entry);
     entry.checkedOutAt = -1;
     entry.lastUsed = now;
@@ -655,7 +717,6 @@ export class DbPool extends EventEmitter {
       };
       if (cancel.done) after();
       else cancel.then.push(after);
-      if (raised) this.serveWaiters();
       return;
     }
     // Released before the server's ReadyForQuery (a query abandoned by query_timeout, a caller
@@ -668,8 +729,6 @@ export class DbPool extends EventEmitter {
       );
     }
     this.resetAndReturn(entry);
-    // The limit went up: waiters held back by it are served by idle or new connections.
-    if (raised) this.serveWaiters();
   }
 
   /** @internal The lease's error for a statement on a connection whose host was evicted. */
@@ -679,7 +738,7 @@ export class DbPool extends EventEmitter {
 
   /** @internal A request's deadline passed under a running statement (the lease's query): it is cancelled now, once. */
   deadlinePassed(entry: PoolEntry): void {
-    if (entry.cancel !== undefined || entry.removed || !awaitingServer(entry.client)) return;
+    if (entry.cancel !== undefined || entry.removed || entry.checkedOutAt < 0 || !awaitingServer(entry.client)) return;
     const cancel: NonNullable<PoolEntry['cancel']> = { done: false, failed: false, then: [] };
     entry.cancel = cancel;
     this.stats.cancelled();
@@ -730,7 +789,7 @@ export class DbPool extends EventEmitter {
     // The entry is still counted busy: handing it to a waiter keeps the count, within the limit
     // unless the limit has just come down (then it waits idle until the checkouts out fall below).
     const now = performance.now();
-    const waiter = this.busy <= this.concurrency.limit || this.queue[0]?.probe ? this.nextServable(now) : undefined;
+    const waiter = this.busy <= this.concurrency.limit ? this.nextServable(now) : this.probesQueued > 0 ? this.queuedProbe() : undefined;
     if (waiter) return this.handOut(waiter, entry, now);
     this.idle.push(entry);
     if (this.settings.allowExitOnIdle) refSocket(entry.client, false);
@@ -1125,7 +1184,7 @@ export class DbPool extends EventEmitter {
     if (this.ending) return;
     // The slot is free now: serve waiters without waiting for the close (unless the breaker holds
     // connects back: then they fail now if nothing is left to serve them), and keep the pool warm.
-    if (this.breaker.allowsConnect) this.openForWaiters();
+    if (this.breaker.allowsConnect) this.serveWaiters();
     else this.refuseWaiters();
     if (this.entries.size < this.settings.poolSize) this.refill.schedule();
   }
@@ -1169,6 +1228,7 @@ export class DbPool extends EventEmitter {
     this.leaks.stop();
     this.breaker.stop();
     this.otel?.unbind();
+    clearTimeout(this.stallTimer);
     clearTimeout(this.deadlineTimer);
     clearTimeout(this.idleSweeper);
     const result = promised<void>(this.Promise, callback as ((err?: Error) => void) | undefined, (done) => this.endWaiters.push(done));

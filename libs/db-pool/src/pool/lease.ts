@@ -89,11 +89,20 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
     const byDeadline = timeout === left;
     const translate = (err: Error | null): Error | null => {
       if (!err || !byDeadline || err.message !== 'Query read timeout') return err;
-      owner.deadlinePassed(entry);
+      // Only while this lease still holds the connection: after a release the pool has its own
+      // cancel under way, and the connection may be someone else's by the time a second one lands.
+      if (this.#entry === entry) owner.deadlinePassed(entry);
       return new PoolDeadlineError(owner.name, deadline.budgetMs, true, { cause: err });
     };
     const cb = (typeof callback === 'function' ? callback : typeof values === 'function' ? values : undefined) as
       ((err: Error | null, result?: unknown) => void) | undefined;
+    const configCallback = (config as { callback?: unknown }).callback;
+    if (typeof configCallback === 'function' && !cb) {
+      // A config carrying its own callback (pg's QueryConfig.callback): pg answers through it.
+      (bounded as { callback?: unknown }).callback = (err: Error | null, result?: unknown) =>
+        (configCallback as (e: Error | null, r?: unknown) => void)(translate(err), result);
+      return client.query(bounded, values);
+    }
     if (cb) {
       const wrapped = (err: Error | null, result?: unknown) => cb(translate(err), result);
       return cb === values ? client.query(bounded, wrapped) : client.query(bounded, values, wrapped);

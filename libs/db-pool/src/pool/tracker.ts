@@ -46,6 +46,8 @@ export class PoolEventTracker {
   shed(): void {}
   /** A connection was released with its query still running: a cancel request was sent. */
   cancelled(): void {}
+  /** A request's deadline (withDeadline) passed while its acquire waited. */
+  deadlineExpired(): void {}
   /** An acquire was refused at once because the connect circuit breaker was open. */
   breakerRefused(): void {}
 }
@@ -96,6 +98,8 @@ export interface DbPoolCounters {
   overloaded: number;
   /** Queries cancelled on the server because their caller released the connection before the answer. */
   cancels: number;
+  /** Acquires whose request deadline (withDeadline) passed while they waited: PoolDeadlineError, not counted in `timeouts`. */
+  deadlines: number;
 }
 
 /** Whether connections can be opened right now, from the outcome of the recent attempts. */
@@ -131,6 +135,7 @@ export class PoolStats extends PoolEventTracker {
     breakerRefusals: 0,
     overloaded: 0,
     cancels: 0,
+    deadlines: 0,
   };
   /** Mean time a connection is held, ms, exponentially weighted (the newest use counts 1/16); 0 before any. */
   meanUseMs = 0;
@@ -222,6 +227,10 @@ export class PoolStats extends PoolEventTracker {
 
   override cancelled(): void {
     this.counters.cancels++;
+  }
+
+  override deadlineExpired(): void {
+    this.counters.deadlines++;
   }
 
   override breakerRefused(): void {
