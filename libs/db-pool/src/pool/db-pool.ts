@@ -642,7 +642,7 @@ export class DbPool extends EventEmitter {
 
   /**
    * The first waiter worth serving: one whose request deadline would pass during its statement
-   * (less time left than the mean use) fails now instead — the statement would only be cancelled,
+   * (less time left than 1.5 × the mean use) fails now instead — the statement would only be cancelled,
    * after taking the server's time from callers who can still be answered.
    */
   private nextServable(now: number): Acquire | undefined {
@@ -650,12 +650,14 @@ export class DbPool extends EventEmitter {
       const waiter = this.nextWaiter();
       if (!waiter || !waiter.request || this.stats.useSamples < 16) return waiter;
       const left = waiter.deadline - now;
-      if (left >= this.stats.meanUseMs) return waiter;
+      // Its statement needs the mean use time and a margin for one slower than the mean: an answer
+      // that lands at the deadline is as lost as one cancelled, and took the server's time.
+      if (left >= 1.5 * this.stats.meanUseMs) return waiter;
       this.stats.shed();
       const err = new PoolOverloadedError(
         this.settings.name,
         this.state(),
-        `${Math.round(left)} ms left of its deadline when a connection came free, less than the ${Math.round(this.stats.meanUseMs)} ms a connection is held on average`,
+        `${Math.round(left)} ms left of its deadline when a connection came free, less than 1.5 × the ${Math.round(this.stats.meanUseMs)} ms a connection is held on average`,
       );
       // Told on its own tick: a callback that throws must not unwind the release that served it.
       waiter.settled = true;
