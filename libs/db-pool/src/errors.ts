@@ -187,6 +187,45 @@ export class PoolDeadlineError extends Error {
   }
 }
 
+/** Why the answer to a statement whose outcome matters never came. */
+export type OutcomeUnknownReason = 'deadline' | 'query_timeout' | 'connection_lost';
+
+/**
+ * A statement that ends a transaction (`COMMIT`, `END`, `PREPARE TRANSACTION`, `COMMIT
+ * PREPARED`) or writes in a transaction of its own was sent, and no answer came: the request's
+ * deadline passed and the server did not answer the cancel in time, pg's `query_timeout` fired,
+ * or the connection was lost. The server may have applied it. Never retry it blindly: check, or
+ * retry with an idempotency key. `committed` is true where the server said the transaction
+ * committed locally (its wait for synchronous replication was cancelled): the write is on the
+ * primary, its replication is unconfirmed.
+ */
+export class PoolOutcomeUnknownError extends Error {
+  readonly code = 'DB_POOL_OUTCOME_UNKNOWN';
+  constructor(
+    readonly poolName: string,
+    /** The statement's command (`COMMIT`, `INSERT`, …). */
+    readonly command: string,
+    readonly reason: OutcomeUnknownReason,
+    /** true: committed on the server, replication unconfirmed; undefined: unknown. */
+    readonly committed: true | undefined,
+    options?: { cause?: unknown },
+  ) {
+    super(
+      committed
+        ? `db-pool "${poolName}": ${command} committed on the server, but its synchronous replication was not confirmed (${REASONS[reason]}); do not retry it`
+        : `db-pool "${poolName}": the outcome of ${command} is unknown (${REASONS[reason]} after it was sent); it may have been applied, so do not retry it blindly`,
+      options,
+    );
+    this.name = new.target.name;
+  }
+}
+
+const REASONS: Readonly<Record<OutcomeUnknownReason, string>> = {
+  deadline: "the request's deadline passed",
+  query_timeout: 'its query_timeout passed',
+  connection_lost: 'the connection was lost',
+};
+
 /** The configuration given to db-pool is invalid; the message lists every bad key. */
 export class DbPoolConfigError extends Error {
   constructor(
