@@ -259,6 +259,51 @@ describe('failover by eviction', () => {
     }
   });
 
+  it("a session's own set_config(), SET SESSION CHARACTERISTICS or function making it read-only evicts nothing and fails no other caller's transaction", async () => {
+    const p = await pool(urlOf([rs.primary.hostPort], 'target_session_attrs=read-write'), { poolSize: 2, maxOverflow: 1 });
+    await p.query('CREATE TABLE IF NOT EXISTS session_read_only (id serial PRIMARY KEY, how text)');
+    await p.query(
+      "CREATE OR REPLACE FUNCTION session_read_only_on() RETURNS void LANGUAGE plpgsql AS $$ BEGIN PERFORM set_config('default_transaction_read_only', 'on', false); END $$",
+    );
+    const ways = [
+      "SELECT set_config('default_transaction_read_only', 'on', false)",
+      'SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY',
+      'SELECT session_read_only_on()',
+    ];
+    try {
+      for (const [i, how] of ways.entries()) {
+        // Another caller's transaction is open while one session turns itself read-only.
+        const writer = await p.connect();
+        try {
+          await writer.query('BEGIN');
+          await writer.query('INSERT INTO session_read_only (how) VALUES ($1)', [how]);
+          const reader = await p.connect();
+          await reader.query(how);
+          await expect(reader.query('CREATE TEMP TABLE refused (id int)')).rejects.toMatchObject({ code: '25006' });
+          reader.release();
+          // The pool checks the server's role on a connection of its own before it acts.
+          expect(await eventually(() => p.counters.roleChecks === i + 1)).toBe(true);
+          await writer.query('COMMIT');
+        } finally {
+          writer.release(true);
+        }
+      }
+      expect(p.counters.failovers).toBe(0);
+      expect(p.counters.evictions).toBe(0);
+      expect(p.hosts()[0].state).toBe('up');
+      const { rows } = await p.query<{ how: string }>('SELECT how FROM session_read_only ORDER BY id');
+      expect(rows.map((r) => r.how)).toEqual(ways);
+      // No session handed out later is read-only.
+      const clients = await Promise.all([p.connect(), p.connect(), p.connect()]);
+      for (const c of clients)
+        expect((await c.query<{ ro: string }>("SELECT current_setting('default_transaction_read_only') AS ro")).rows[0].ro).toBe('off');
+      clients.forEach((c) => c.release());
+    } finally {
+      await rs.primary.query('DROP TABLE IF EXISTS session_read_only');
+      await rs.primary.query('DROP FUNCTION IF EXISTS session_read_only_on()');
+    }
+  });
+
   it('a server made read-only is evicted: idle connections close, a held one sends nothing more, new ones go elsewhere', async () => {
     const front = await proxy(rs.primary.port);
     const logger = capturingLogger();
@@ -279,8 +324,11 @@ describe('failover by eviction', () => {
       await expect(held.query('SELECT 2')).rejects.toBeInstanceOf(PoolFailoverError);
       expect(front.statements).toBe(sent); // refused before it left the process
       held.release();
-      expect(p.hosts()[0]).toMatchObject({ state: 'evicted', reason: expect.stringContaining('default_transaction_read_only is now on') });
-      expect(logger.lines.some((l) => l.startsWith('warn') && l.includes('evicted'))).toBe(true);
+      // Evicted, and (once the refill has tried it again) rejected as read-only.
+      expect(['evicted', 'rejected']).toContain(p.hosts()[0].state);
+      expect(
+        logger.lines.some((l) => l.startsWith('warn') && l.includes('evicted') && l.includes('default_transaction_read_only is now on')),
+      ).toBe(true);
       // Neither host gives a writable session now: the acquire fails with every host's reason.
       await expect(p.query('SELECT 1')).rejects.toThrow(/no host gave a writable session/);
     } finally {

@@ -91,7 +91,19 @@ export interface AttemptHooks {
   attempt(client: pg.Client): void;
   /** Asked before the next host is tried: false ends the walk (the pool is shutting down). */
   proceed(): boolean;
+  /**
+   * The pool opens it for itself (a breaker probe, the refill): bounded by
+   * {@link INTERNAL_CONNECT_TIMEOUT_MS} when pg's `connectionTimeoutMillis` sets no bound.
+   */
+  readonly internal?: boolean;
 }
+
+/**
+ * The bound on a connection the pool opens for itself (a breaker probe, the refill, a role check)
+ * when pg's `connectionTimeoutMillis` sets none: a server that accepts and never answers must not
+ * hold a probe, and with it the breaker, forever.
+ */
+export const INTERNAL_CONNECT_TIMEOUT_MS = 5_000;
 
 export interface Opened {
   client: pg.Client;
@@ -107,10 +119,13 @@ export class Connector {
   private readonly lost: (address: string) => void;
   /** The session check after login gets what a connect gets: a host that logs in and stalls is passed over. */
   private readonly checkTimeoutMs: number | undefined;
+  /** The bound on the connections the pool opens for itself. */
+  private readonly internalTimeoutMs: number;
 
   constructor(options: ConnectorOptions) {
     this.Client = options.Client;
     this.checkTimeoutMs = options.clientConfig.connectionTimeoutMillis || undefined;
+    this.internalTimeoutMs = this.checkTimeoutMs ?? INTERNAL_CONNECT_TIMEOUT_MS;
     this.lost = options.lost ?? (() => {});
     this.target = connectTargetOf(options.clientConfig);
     this.checksSession = this.target.targetSessionAttrs !== 'any';
@@ -185,48 +200,79 @@ export class Connector {
     hooks: AttemptHooks,
     done: (err: Error | undefined, opened?: Opened) => void,
   ): void {
-    let client: pg.Client;
-    try {
-      client = new this.Client(this.target.clientConfig(host));
-    } catch (err) {
-      // A URL error carries the URL, password included, as `input`.
-      if (err && typeof err === 'object' && 'input' in err) delete (err as { input?: unknown }).input;
-      return process.nextTick(done, err as Error);
-    }
-    hooks.attempt(client);
-    const reported = new Map<string, string>();
-    const protocol = protocolOf(client);
-    const onStatus = (msg: { parameterName: string; parameterValue: string }) => {
-      if ((READ_ONLY_REPORTED as readonly string[]).includes(msg.parameterName)) reported.set(msg.parameterName, msg.parameterValue);
-    };
-    if (this.checksSession) protocol.on('parameterStatus', onStatus);
-    client.connect((err?: Error) => {
+    const timeoutMs = hooks.internal ? this.internalTimeoutMs : this.checkTimeoutMs;
+    this.connectAndRead(host, wanted, timeoutMs, this.checksSession, hooks, (err, client, session) => {
       if (err) {
-        protocol.removeListener('parameterStatus', onStatus);
         this.mark(host.address, 'down', err.message);
         return done(err);
       }
       if (!this.checksSession) {
         this.mark(host.address, 'up');
-        return done(undefined, { client, host, session: { readOnly: undefined, hotStandby: undefined, reported: false } });
+        return done(undefined, { client: client!, host, session: session! });
       }
+      const role: HostRole = session!.hotStandby === undefined ? 'unknown' : session!.hotStandby ? 'standby' : 'primary';
+      if (sessionMatches(wanted, session!)) {
+        this.mark(host.address, 'up', undefined, role);
+        return done(undefined, { client: client!, host, session: session! });
+      }
+      const why = `${session!.hotStandby ? 'a standby' : session!.readOnly ? 'read-only' : 'a writable primary'}, not ${describe(wanted)}`;
+      // prefer-standby's first pass passing over a primary is not a verdict on it: the second pass may take it.
+      if (this.target.targetSessionAttrs !== 'prefer-standby') this.mark(host.address, 'rejected', why, role);
+      client!.end().catch(() => {});
+      done(new WrongSessionError(why));
+    });
+  }
+
+  /**
+   * The session a new connection to `host` gets, read on a connection of its own and closed
+   * again: whether a role signal seen on one session (`default_transaction_read_only` now on) is
+   * the server's or that session's own. Marks nothing.
+   */
+  checkSession(host: HostAddress, done: (err: Error | undefined, session?: SessionState) => void): void {
+    this.connectAndRead(host, this.target.targetSessionAttrs, this.internalTimeoutMs, true, undefined, (err, client, session) => {
+      // Its socket may fail while it closes: nobody else listens to it.
+      client?.on('error', () => {});
+      client?.end().catch(() => {});
+      done(err, session);
+    });
+  }
+
+  /**
+   * Connects a client to `host` within `timeoutMs` (when pg's options set no bound of their own)
+   * and, with `readSession`, reads its session. A client whose session could not be read is
+   * closed; sync errors of pg's constructor (an unreadable certificate) are failures like any other.
+   */
+  private connectAndRead(
+    host: HostAddress,
+    wanted: TargetSessionAttrs,
+    timeoutMs: number | undefined,
+    readSession: boolean,
+    hooks: AttemptHooks | undefined,
+    done: (err: Error | undefined, client?: pg.Client, session?: SessionState) => void,
+  ): void {
+    let client: pg.Client;
+    try {
+      client = new this.Client(boundedConfig(this.target.clientConfig(host), timeoutMs));
+    } catch (err) {
+      // A URL error carries the URL, password included, as `input`.
+      if (err && typeof err === 'object' && 'input' in err) delete (err as { input?: unknown }).input;
+      return process.nextTick(done, err as Error);
+    }
+    hooks?.attempt(client);
+    const reported = new Map<string, string>();
+    const protocol = protocolOf(client);
+    const onStatus = (msg: { parameterName: string; parameterValue: string }) => {
+      if ((READ_ONLY_REPORTED as readonly string[]).includes(msg.parameterName)) reported.set(msg.parameterName, msg.parameterValue);
+    };
+    if (readSession) protocol.on('parameterStatus', onStatus);
+    client.connect((err?: Error) => {
       protocol.removeListener('parameterStatus', onStatus);
-      this.sessionOf(client, reported, wanted, (checkErr, session) => {
-        if (checkErr) {
-          this.mark(host.address, 'down', checkErr.message);
-          client.end().catch(() => {});
-          return done(checkErr);
-        }
-        const role: HostRole = session!.hotStandby === undefined ? 'unknown' : session!.hotStandby ? 'standby' : 'primary';
-        if (sessionMatches(wanted, session!)) {
-          this.mark(host.address, 'up', undefined, role);
-          return done(undefined, { client, host, session: session! });
-        }
-        const why = `${session!.hotStandby ? 'a standby' : session!.readOnly ? 'read-only' : 'a writable primary'}, not ${describe(wanted)}`;
-        // prefer-standby's first pass passing over a primary is not a verdict on it: the second pass may take it.
-        if (this.target.targetSessionAttrs !== 'prefer-standby') this.mark(host.address, 'rejected', why, role);
+      if (err) return done(err);
+      if (!readSession) return done(undefined, client, { readOnly: undefined, hotStandby: undefined, reported: false });
+      this.sessionOf(client, reported, wanted, timeoutMs, (checkErr, session) => {
+        if (!checkErr) return done(undefined, client, session);
         client.end().catch(() => {});
-        done(new WrongSessionError(why));
+        done(checkErr);
       });
     });
   }
@@ -240,6 +286,7 @@ export class Connector {
     client: pg.Client,
     reported: Map<string, string>,
     wanted: TargetSessionAttrs,
+    timeoutMs: number | undefined,
     done: (err: Error | undefined, session?: SessionState) => void,
   ): void {
     const hot = reported.get('in_hot_standby');
@@ -252,7 +299,7 @@ export class Connector {
         text: needsReadOnly
           ? "SELECT current_setting('transaction_read_only') = 'on' AS read_only, pg_is_in_recovery() AS hot_standby"
           : 'SELECT pg_is_in_recovery() AS hot_standby, NULL::boolean AS read_only',
-        query_timeout: this.checkTimeoutMs,
+        query_timeout: timeoutMs,
       } as pg.QueryConfig,
       (err: Error | null, result?: pg.QueryResult<{ read_only: boolean | null; hot_standby: boolean }>) => {
         if (err) return done(err);
@@ -286,4 +333,12 @@ export function watchRole(
     session.readOnly = session.hotStandby || values.get('default_transaction_read_only') === 'on';
     if (matched && !sessionMatches(attrs, session)) changed(`${msg.parameterName} is now ${msg.parameterValue}`, msg.parameterName);
   });
+}
+
+/** pg's options with `connectionTimeoutMillis` set to `timeoutMs` where they set none; secrets stay as hidden as they were. */
+function boundedConfig(config: pg.ClientConfig, timeoutMs: number | undefined): pg.ClientConfig {
+  if (timeoutMs === undefined || config.connectionTimeoutMillis) return config;
+  const copy = Object.create(Object.getPrototypeOf(config) as object, Object.getOwnPropertyDescriptors(config)) as pg.ClientConfig;
+  copy.connectionTimeoutMillis = timeoutMs;
+  return copy;
 }

@@ -14,7 +14,7 @@ import {
 import { scrubSecrets } from '../redact.js';
 import { type BreakerState, ConnectBreaker } from './breaker.js';
 import { type ConcurrencyLimit, type ConcurrencyLimitState, FixedLimit, GradientLimit } from './concurrency-limit.js';
-import { Connector, type HostStatus, type SessionState, watchRole } from './connector.js';
+import { Connector, type HostStatus, type SessionState, sessionMatches, watchRole } from './connector.js';
 import type { Span } from '@opentelemetry/api';
 import { currentDeadline, type Deadline } from './deadline.js';
 import type { HostAddress } from './hosts.js';
@@ -122,6 +122,8 @@ export class DbPool extends EventEmitter {
   /** Releases so far, and the stall guard's timer (adaptive limit only). */
   private releases = 0;
   private stallTimer: NodeJS.Timeout | undefined;
+  /** Hosts whose role is being checked on a connection of its own (checkRole). */
+  private readonly checkingRole = new Set<HostAddress>();
 
   /**
    * @param options pg.Pool's options: `max`, `min`, `connectionTimeoutMillis`, `idleTimeoutMillis`,
@@ -779,6 +781,9 @@ export class DbPool extends EventEmitter {
     entry.uses++;
     if (this.ending) return this.remove(entry, 'shutdown');
     if (entry.expired) return this.remove(entry, 'recycled');
+    // A session its borrower made read-only, which the reset did not undo: not what the pool promises.
+    if (entry.session !== undefined && !sessionMatches(this.connector.target.targetSessionAttrs, entry.session))
+      return this.remove(entry, 'discarded');
     if (entry.uses >= this.settings.maxUses) return this.remove(entry, 'max-uses');
     this.makeAvailable(entry);
   }
@@ -978,14 +983,16 @@ export class DbPool extends EventEmitter {
     client.on('end', () => {
       if (!entry.removed) this.hostGone(entry, 'a connection was lost');
     });
-    if (this.connector.target.targetSessionAttrs !== 'any')
+    if (this.connector.target.targetSessionAttrs !== 'any') {
+      entry.session = session;
       watchRole(client, session, this.connector.target.targetSessionAttrs, (why, parameter) => {
-        // A caller's own `SET default_transaction_read_only` (its SET came first, this checkout)
-        // changes its session only, and the reset on return undoes it; a promotion or a reload
-        // changes the server.
-        if (parameter === 'default_transaction_read_only' && entry.sessionChanged) return;
-        this.evictHost(entry.host, why);
+        // in_hot_standby is the server's alone (a promotion, a demotion). default_transaction_read_only
+        // may be this session's own (SET, set_config(), SET SESSION CHARACTERISTICS, a function): the
+        // server's is read on a connection of its own before anything is evicted.
+        if (parameter === 'in_hot_standby') this.evictHost(entry.host, why);
+        else this.checkRole(entry.host, why);
       });
+    }
     const lifetime = lifetimeOf(this.settings.recycleMs, this.settings.recycleJitter);
     if (lifetime > 0) {
       entry.lifetimeTimer = setTimeout(() => this.retire(entry), lifetime);
@@ -1110,6 +1117,28 @@ export class DbPool extends EventEmitter {
       }
     }
     if (closed > 0) this.stats.evicted(closed);
+  }
+
+  /**
+   * One session said it became read-only, which its own statement may have done: a new
+   * connection to its host says whether the server did. Evicts the host only then; one check per
+   * host at a time (a reload reaches every connection of the host).
+   */
+  private checkRole(host: HostAddress | undefined, why: string): void {
+    if (!host || this.ending || this.checkingRole.has(host)) return;
+    this.checkingRole.add(host);
+    this.connector.checkSession(host, (err, session) => {
+      this.checkingRole.delete(host);
+      this.stats.roleChecked();
+      if (err) {
+        // Unreachable: the host's own failures will show (its connections end, connects fail).
+        this.settings.logger.debug?.(
+          `db-pool "${this.settings.name}": ${host.address}: ${why}; its role could not be checked: ${scrubSecrets(err.message)}`,
+        );
+        return;
+      }
+      if (!sessionMatches(this.connector.target.targetSessionAttrs, session!)) this.evictHost(host, `${why} (a new session confirms it)`);
+    });
   }
 
   /**

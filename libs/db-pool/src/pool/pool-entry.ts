@@ -1,5 +1,6 @@
 import type { Span } from '@opentelemetry/api';
 import type pg from 'pg';
+import type { SessionState } from './connector.js';
 import type { HostAddress } from './hosts.js';
 import type { CheckoutSite, LeakRecord } from './leak-tracker.js';
 
@@ -32,6 +33,8 @@ export class PoolEntry implements LeakRecord {
   lifetimeTimer: NodeJS.Timeout | undefined;
   /** The host it is connected to (of the pool's host list); unset while being opened. */
   host: HostAddress | undefined = undefined;
+  /** The session's read-only and hot-standby state as the server last reported it (a host list or target_session_attrs). */
+  session: SessionState | undefined = undefined;
   /** Its server changed role (failover): no statement is sent on it any more; closed when it comes back. */
   evicted: string | undefined = undefined;
   /**

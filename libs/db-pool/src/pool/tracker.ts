@@ -40,6 +40,8 @@ export class PoolEventTracker {
   failover(): void {}
   /** Connections were closed or refused further statements because their host went away or changed role. */
   evicted(_connections: number): void {}
+  /** A role signal that one session could have caused was checked on a connection of its own. */
+  roleChecked(): void {}
   /** The connect circuit breaker opened. */
   breakerOpened(): void {}
   /** An acquire was shed at once (the queue full, or its expected wait past its deadline). */
@@ -90,6 +92,11 @@ export interface DbPoolCounters {
   failovers: number;
   /** Connections evicted with their host. */
   evictions: number;
+  /**
+   * Role signals checked on a new connection before anything was evicted: a session that turned
+   * `default_transaction_read_only` on may have done it itself (SET, set_config(), a function).
+   */
+  roleChecks: number;
   /** Times the connect circuit breaker opened. */
   breakerOpens: number;
   /** Acquires refused at once while the connect circuit breaker was open. */
@@ -131,6 +138,7 @@ export class PoolStats extends PoolEventTracker {
     clientErrors: 0,
     failovers: 0,
     evictions: 0,
+    roleChecks: 0,
     breakerOpens: 0,
     breakerRefusals: 0,
     overloaded: 0,
@@ -215,6 +223,10 @@ export class PoolStats extends PoolEventTracker {
 
   override evicted(connections: number): void {
     this.counters.evictions += connections;
+  }
+
+  override roleChecked(): void {
+    this.counters.roleChecks++;
   }
 
   override breakerOpened(): void {
