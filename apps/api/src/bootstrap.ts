@@ -17,7 +17,7 @@ export async function createApp(
 }
 
 /**
- * On SIGTERM or SIGINT: readiness turns 503 for `shutdownDelayMs` (Terminus), then the server
+ * On SIGTERM or SIGINT: readiness turns 503 for `shutdownDelayMs` (Terminus; liveness stays 200), then the server
  * stops accepting, in-flight requests finish, and the shutdown hooks run (TypeORM destroys the
  * DataSource, which drains and ends the pool). Responses from then on say `Connection: close`,
  * so keep-alive clients move on; requests still running `shutdownTimeoutMs` after the server

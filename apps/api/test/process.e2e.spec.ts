@@ -150,6 +150,47 @@ describe('the api process: start-up validation and graceful shutdown', () => {
     }
   });
 
+  it('during SHUTDOWN_DELAY_MS after SIGTERM, /health/live stays 200 while /health/ready answers 503 shutting_down; then the exit is 0', async () => {
+    const port = await freePort();
+    const base = `http://127.0.0.1:${port}`;
+    const run = start({
+      PORT: String(port),
+      DATABASE_URL: process.env.DATABASE_URL!,
+      DB_POOL_SIZE: '1',
+      DB_MAX_OVERFLOW: '0',
+      SHUTDOWN_DELAY_MS: '1500',
+      DB_APPLICATION_NAME: `api-drain-${process.pid}`,
+    });
+    await waitFor(run, 'API listening');
+    const probe = (path: string) =>
+      fetch(`${base}${path}`).then(
+        async (res) => ({ status: res.status, body: await res.text() }),
+        () => ({ status: 0, body: '' }), // refused: the server has stopped accepting
+      );
+    expect((await probe('/health/live')).status).toBe(200);
+    expect((await probe('/health/ready')).status).toBe(200);
+
+    run.child.kill('SIGTERM');
+    // Both routes, side by side, until the server stops answering either.
+    const seen: { ready: { status: number; body: string }; live: { status: number; body: string } }[] = [];
+    for (;;) {
+      const [ready, live] = await Promise.all([probe('/health/ready'), probe('/health/live')]);
+      if (ready.status === 0 && live.status === 0) break;
+      seen.push({ ready, live });
+      await new Promise((r) => setTimeout(r, 20)); // a probe's pace, not a wait for a state
+    }
+    const draining = seen.filter((s) => s.ready.status === 503);
+    expect(draining.length).toBeGreaterThan(0);
+    expect(draining[0].ready.body).toContain('shutting_down');
+    // While the process answers, liveness says it is alive: a liveness probe must not kill a draining pod.
+    expect(seen.map((s) => s.live.status).filter((status) => status !== 0 && status !== 200)).toEqual([]);
+    const both = draining.filter((s) => s.live.status === 200); // the last pair may straddle the close
+    expect(both.length).toBeGreaterThan(0);
+    expect(JSON.parse(both[0].live.body)).toEqual({ status: 'ok', info: {}, error: {}, details: {} });
+    expect(await run.exited).toBe(0);
+    expect(run.output()).toContain('shut down');
+  });
+
   it('a second SIGTERM during the drain is ignored: the in-flight write finishes and the exit is 0', async () => {
     const port = await freePort();
     const run = start({

@@ -6,9 +6,9 @@ import { MetricsController } from './metrics.controller.js';
 @Module({})
 export class HealthModule {
   /**
-   * During `shutdownDelayMs` (SHUTDOWN_DELAY_MS) after a SIGTERM the health routes answer 503
-   * ("shutting_down") while requests are still served, so a load balancer stops sending before
-   * the server closes.
+   * During `shutdownDelayMs` (SHUTDOWN_DELAY_MS) after a SIGTERM readiness (and the pool report)
+   * answer 503 ("shutting_down") while requests are still served, so a load balancer stops
+   * sending before the server closes; liveness stays 200 while the process answers.
    */
   static register(shutdownDelayMs: number): DynamicModule {
     return {
