@@ -9,6 +9,9 @@
  */
 export type BreakerState = 'closed' | 'open' | 'half-open';
 
+/** A probe out this long (ms) is likely stuck on a server that accepts and never answers: a health check may send another. */
+export const STALE_PROBE_MS = 1_000;
+
 export interface BreakerOptions {
   /** Failed attempts in a row that open the breaker. */
   threshold: number;
@@ -31,6 +34,8 @@ export class ConnectBreaker {
   /** performance.now() / Date.now()-free: ms epoch of when a probe may go next (0 when closed). */
   retryAt = 0;
   private failuresInRow = 0;
+  /** When the last probe went (Date.now()). */
+  private probeAt = 0;
   private backoffMs: number;
   private timer: NodeJS.Timeout | undefined;
   private readonly random: () => number;
@@ -46,13 +51,16 @@ export class ConnectBreaker {
   }
 
   /**
-   * Lets a probe go now, ahead of the back-off, when none is out: for a health check, which is
-   * a probe by nature and is bounded by its own polling rate. True when the caller may open one.
+   * Lets a probe go now, ahead of the back-off, when none is out or the one out has been out
+   * longer than {@link STALE_PROBE_MS} (a server that accepts and never answers holds it until its
+   * connect timeout): for a health check, which is a probe by nature and is bounded by its own
+   * polling rate. True when the caller may open one.
    */
-  probeNow(): boolean {
-    if (this.state !== 'open') return false;
+  probeNow(now = Date.now()): boolean {
+    if (this.state === 'half-open' ? now - this.probeAt < STALE_PROBE_MS : this.state !== 'open') return false;
     clearTimeout(this.timer);
     this.state = 'half-open';
+    this.probeAt = now;
     return true;
   }
 
@@ -88,6 +96,7 @@ export class ConnectBreaker {
     clearTimeout(this.timer);
     this.timer = setTimeout(() => {
       this.state = 'half-open';
+      this.probeAt = Date.now();
       this.options.probe();
     }, wait);
     this.timer.unref();

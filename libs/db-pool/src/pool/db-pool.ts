@@ -477,12 +477,13 @@ export class DbPool extends EventEmitter {
       // is out, else it waits for the one that is (within its own short deadline).
       if (!acquire.probe && !this.hasConnections()) return this.refuseByBreaker(acquire);
       this.enqueue(acquire);
-      if (acquire.probe && this.entries.size < this.capacity && this.breaker.probeNow()) this.open();
+      if (acquire.probe && this.entries.size < this.capacity && this.breaker.probeNow()) this.open(undefined, true);
       return;
     }
     this.enqueue(acquire);
     // A probe held back by the limit with no idle connection gets one of its own, within capacity.
-    if (acquire.probe && this.idle.length === 0 && this.entries.size < this.capacity && this.opening < this.queue.length) this.open();
+    if (acquire.probe && this.idle.length === 0 && this.entries.size < this.capacity && this.opening < this.queue.length)
+      this.open(undefined, true);
     else this.openForWaiters();
     if (this.concurrency.adaptive && !acquire.probe) this.watchStall();
   }
@@ -828,11 +829,15 @@ export class DbPool extends EventEmitter {
     if (this.ending) return done(new PoolClosedError(this.settings.name, this.state()));
     if (this.entries.size >= this.capacity) return done();
     if (!this.breaker.allowsConnect) return done(this.unavailable());
-    this.open(done);
+    this.open(done, true);
   }
 
-  /** Opens one connection; it goes to the first waiter or the idle list. `done` hears the outcome. */
-  private open(done?: (err?: Error) => void): void {
+  /**
+   * Opens one connection; it goes to the first waiter or the idle list. `done` hears the outcome.
+   * One the pool opens for itself (`internal`: a probe, the refill) is bounded even where pg's
+   * options set no connect timeout.
+   */
+  private open(done?: (err?: Error) => void, internal = false): void {
     const startedAt = performance.now();
     let entry: PoolEntry | undefined;
     this.opening++;
@@ -846,6 +851,7 @@ export class DbPool extends EventEmitter {
         },
         // A shutdown destroys the socket being opened; the walk goes no further.
         proceed: () => !this.ending,
+        internal,
       },
       (err, opened) => {
         if (entry) entry.connecting = false;
@@ -868,7 +874,7 @@ export class DbPool extends EventEmitter {
     if (this.entries.size >= this.capacity) return this.breaker.succeeded();
     this.open((err) => {
       if (!err) this.openForWaiters();
-    });
+    }, true);
   }
 
   private unavailable(): PoolUnavailableError {
