@@ -339,6 +339,60 @@ describe('failover by eviction', () => {
   });
 });
 
+describe('a connection that ends unasked', () => {
+  const socketOf = (client: unknown) => (client as { connection: { stream: { destroy(): void } } }).connection.stream;
+
+  it('closes its idle siblings and marks its host down when its caller releases it in the failed query’s callback (before pg’s end event)', async () => {
+    const front = await proxy(rs.primary.port);
+    const p = await pool(urlOf([`127.0.0.1:${front.port}`], 'target_session_attrs=read-write'), { poolSize: 3, maxOverflow: 0 });
+    const held = await p.connect();
+    expect(p.idleCount).toBe(2);
+    const removed: unknown[] = [];
+    p.on('remove', (client) => removed.push(client));
+    const failed = new Promise<Error>((resolve) =>
+      held.query('SELECT pg_sleep(10)', (err: Error) => {
+        // As pool.query() does: the connection goes back in the callback itself.
+        held.release();
+        resolve(err);
+      }),
+    );
+    // This one connection is cut where it stands (a reset, a crash of the path): no 57P0x, no FATAL.
+    socketOf(held).destroy();
+    expect((await failed).message).toMatch(/Connection terminated/);
+    // Its two idle siblings were closed with it, and the host was seen to go.
+    expect(await eventually(() => removed.length === 3)).toBe(true);
+    expect(p.counters.evictions).toBe(2);
+    expect(p.counters.failovers).toBe(1);
+    expect(await where(p)).toEqual({ port: rs.primary.port, standby: false });
+  });
+
+  it('marks its host down when pg reports the socket error before the end (a reset of idle connections)', async () => {
+    const front = await proxy(rs.primary.port);
+    const p = await pool(urlOf([`127.0.0.1:${front.port}`], 'target_session_attrs=read-write'), { poolSize: 2, maxOverflow: 0 });
+    const errors: Error[] = [];
+    p.on('error', (err) => errors.push(err));
+    await front.setMode('reset');
+    // The first error closes the other idle connection with it (its own error, if any, is absorbed).
+    expect(await eventually(() => errors.length >= 1 && p.counters.failovers === 1)).toBe(true);
+    expect(errors[0].message).toMatch(/ECONNRESET|Connection terminated/);
+    await front.setMode('pass');
+    expect(await where(p)).toEqual({ port: rs.primary.port, standby: false });
+  });
+
+  it('a session the server ended for a reason of its own (idle_session_timeout, 57P05) is not its host going', async () => {
+    const p = await pool(urlOf([rs.primary.hostPort], 'target_session_attrs=read-write'), { poolSize: 2, maxOverflow: 0 });
+    const idleTimedOut = await p.connect();
+    await idleTimedOut.query("SET idle_session_timeout = '50ms'");
+    const ended = new Promise<Error>((resolve) => idleTimedOut.once('error', resolve));
+    const err = await ended;
+    expect((err as Error & { code?: string }).code).toBe('57P05');
+    idleTimedOut.release();
+    expect(p.counters.failovers).toBe(0);
+    expect(p.counters.evictions).toBe(0);
+    expect(p.idleCount).toBe(1);
+  });
+});
+
 describe('the connect circuit breaker', () => {
   it('every host down: acquires fail at once, attempts are bounded, and the pool is back within a second of a host', async () => {
     const front = await proxy(rs.primary.port);
@@ -478,83 +532,117 @@ describe('read replicas through TypeORM replication', () => {
 });
 
 describe('failover drill: the primary killed, the standby promoted, under writes', () => {
-  let drill: ReplicaSet;
-  beforeAll(async () => {
-    drill = await startReplicaSet({ synchronous: true });
-    await drill.primary.query('CREATE TABLE drill (id int PRIMARY KEY)');
-    await drill.caughtUp();
-  });
-  afterAll(async () => {
-    await drill?.stop();
-  });
+  interface Drill {
+    resumedAfterPromotionMs: number;
+    resumedAfterKillMs: number;
+    failures: { ms: number; name: string }[];
+    acknowledged: number;
+    lost: number[];
+    statementsAfterSeen: number;
+    hosts: ReturnType<DbPool['hosts']>;
+    failovers: number;
+  }
 
-  it('writes resume on the new primary, every acknowledged write is there, and the old server gets no statement once the pool has seen it go', async () => {
-    const front = await proxy(drill.primary.port);
-    const p = await pool(urlOf([`127.0.0.1:${front.port}`, drill.standby.hostPort], 'target_session_attrs=read-write'), {
-      poolSize: 2,
-      maxOverflow: 2,
-      poolTimeoutSeconds: 2,
-      connectTimeoutSeconds: 1,
-    });
-    const acknowledged: number[] = [];
-    const failures: { ms: number; name: string }[] = [];
-    let next = 0;
-    let stop = false;
-    let firstFailureAt = 0;
-    let statementsWhenSeen = -1;
-    let resumedAt = 0;
-    let promotedAt = 0;
-    const writer = (async () => {
-      while (!stop) {
-        const id = ++next;
-        const started = performance.now();
-        try {
-          await p.query('INSERT INTO drill (id) VALUES ($1)', [id]);
-          acknowledged.push(id);
-          if (promotedAt > 0 && resumedAt === 0) resumedAt = performance.now();
-        } catch (err) {
-          failures.push({ ms: performance.now() - started, name: (err as Error).name });
-          if (firstFailureAt === 0) {
-            firstFailureAt = performance.now();
-            statementsWhenSeen = front.statements;
+  /** One drill on a replica set of its own: a writer, the primary killed, the standby promoted. */
+  async function drillOnce(): Promise<Drill> {
+    const drill = await startReplicaSet({ synchronous: true });
+    try {
+      await drill.primary.query('CREATE TABLE drill (id int PRIMARY KEY)');
+      await drill.caughtUp();
+      const front = await proxy(drill.primary.port);
+      const p = await pool(urlOf([`127.0.0.1:${front.port}`, drill.standby.hostPort], 'target_session_attrs=read-write'), {
+        poolSize: 2,
+        maxOverflow: 2,
+        poolTimeoutSeconds: 2,
+        connectTimeoutSeconds: 1,
+      });
+      const acknowledged: number[] = [];
+      const failures: { ms: number; name: string }[] = [];
+      let next = 0;
+      let stop = false;
+      let firstFailureAt = 0;
+      let statementsWhenSeen = -1;
+      let resumedAt = 0;
+      let promotedAt = 0;
+      const writer = (async () => {
+        while (!stop) {
+          const id = ++next;
+          const started = performance.now();
+          try {
+            await p.query('INSERT INTO drill (id) VALUES ($1)', [id]);
+            acknowledged.push(id);
+            if (promotedAt > 0 && resumedAt === 0) resumedAt = performance.now();
+          } catch (err) {
+            failures.push({ ms: performance.now() - started, name: (err as Error).name });
+            if (firstFailureAt === 0) {
+              firstFailureAt = performance.now();
+              statementsWhenSeen = front.statements;
+            }
+            await new Promise((r) => setTimeout(r, 5));
           }
-          await new Promise((r) => setTimeout(r, 5));
         }
+      })();
+      try {
+        expect(await eventually(() => acknowledged.length >= 30, 10_000, 5)).toBe(true);
+        const killedAt = performance.now();
+        await drill.primary.stop('immediate');
+        expect(await eventually(() => firstFailureAt > 0, 5_000, 5)).toBe(true);
+        await drill.promote();
+        promotedAt = performance.now();
+        expect(await eventually(() => resumedAt > 0, 10_000, 5)).toBe(true);
+        const ackedAfter = acknowledged.length;
+        expect(await eventually(() => acknowledged.length >= ackedAfter + 20, 10_000, 5)).toBe(true);
+        stop = true;
+        await writer;
+        // Synchronous replication: every acknowledged write is on the new primary.
+        const { rows } = await drill.standby.query<{ id: number }>('SELECT id FROM drill');
+        const present = new Set(rows.map((r) => r.id));
+        return {
+          resumedAfterPromotionMs: resumedAt - promotedAt,
+          resumedAfterKillMs: resumedAt - killedAt,
+          failures,
+          acknowledged: acknowledged.length,
+          lost: acknowledged.filter((id) => !present.has(id)),
+          statementsAfterSeen: front.statements - statementsWhenSeen,
+          hosts: p.hosts(),
+          failovers: p.counters.failovers,
+        };
+      } finally {
+        stop = true;
+        await writer;
+        await p.end();
       }
-    })();
-    expect(await eventually(() => acknowledged.length >= 50, 10_000, 5)).toBe(true);
-    const killedAt = performance.now();
-    await drill.primary.stop('immediate');
-    expect(await eventually(() => firstFailureAt > 0, 5_000, 5)).toBe(true);
-    await drill.promote();
-    promotedAt = performance.now();
-    expect(await eventually(() => resumedAt > 0, 10_000, 5)).toBe(true);
-    const resumedAfterMs = resumedAt - promotedAt;
-    const ackedAfter = acknowledged.length;
-    expect(await eventually(() => acknowledged.length >= ackedAfter + 20, 10_000, 5)).toBe(true);
-    stop = true;
-    await writer;
+    } finally {
+      await drill.stop();
+    }
+  }
 
+  it('20 drills in a row: writes resume on the new primary, every acknowledged write is there, and the old server gets no statement once the pool has seen it go', async () => {
+    const drills: Drill[] = [];
+    // A loop, not a retry: every one of the 20 must hold.
+    for (let i = 0; i < 20; i++) drills.push(await drillOnce());
+    const max = (values: number[]) => Math.round(Math.max(...values));
+    const failureNames = new Set(drills.flatMap((d) => d.failures.map((f) => f.name)));
     process.stdout.write(
-      `failover drill: writes resumed ${Math.round(resumedAfterMs)} ms after the promotion completed, ${Math.round(resumedAt - killedAt)} ms after the kill; ${failures.length} failed writes ` +
-        `(${[...new Set(failures.map((f) => f.name))].join(', ')}), slowest failure ${Math.round(Math.max(...failures.map((f) => f.ms)))} ms; ` +
-        `${acknowledged.length} acknowledged; statements at the old server after the pool saw it go: ${front.statements - statementsWhenSeen}\n`,
+      `failover drill ×${drills.length}: writes resumed at most ${max(drills.map((d) => d.resumedAfterPromotionMs))} ms after the promotion completed ` +
+        `(${max(drills.map((d) => d.resumedAfterKillMs))} ms after the kill); ${drills.reduce((n, d) => n + d.failures.length, 0)} failed writes ` +
+        `(${[...failureNames].join(', ')}), slowest failure ${max(drills.flatMap((d) => d.failures.map((f) => f.ms)))} ms; ` +
+        `${drills.reduce((n, d) => n + d.acknowledged, 0)} acknowledged; statements at the old server after the pool saw it go, per drill: ` +
+        `${drills.map((d) => d.statementsAfterSeen).join(' ')}\n`,
     );
-    // Goal: under 2 s plus one DB_CONNECT_TIMEOUT (1 s here).
-    expect(resumedAfterMs).toBeLessThan(3_000);
-    // Every failure was a typed, prompt one: none waited past DB_POOL_TIMEOUT.
-    expect(Math.max(...failures.map((f) => f.ms))).toBeLessThan(2_000 + 500);
-    expect(failures.length).toBeGreaterThan(0);
-    // Synchronous replication: every acknowledged write is on the new primary.
-    const { rows } = await drill.standby.query<{ id: number }>('SELECT id FROM drill');
-    const present = new Set(rows.map((r) => r.id));
-    expect(acknowledged.filter((id) => !present.has(id))).toEqual([]);
-    // The old server heard nothing after the pool saw it go.
-    expect(front.statements).toBe(statementsWhenSeen);
-    expect(p.hosts()).toEqual([
-      expect.objectContaining({ address: `127.0.0.1:${front.port}`, state: 'down' }),
-      expect.objectContaining({ address: drill.standby.hostPort, role: 'primary', state: 'up' }),
-    ]);
-    expect(p.counters.failovers).toBeGreaterThanOrEqual(1);
-  });
+    const none = drills.map(() => 0);
+    // The old server heard nothing after the pool saw it go (the writer's first failure), in every drill.
+    expect(drills.map((d) => d.statementsAfterSeen)).toEqual(none);
+    // Synchronous replication: no acknowledged write is missing from the new primary.
+    expect(drills.map((d) => d.lost.length)).toEqual(none);
+    for (const d of drills) {
+      // Goal: under 2 s plus one DB_CONNECT_TIMEOUT (1 s here).
+      expect(d.resumedAfterPromotionMs).toBeLessThan(3_000);
+      // Every failure was a typed, prompt one: none waited past DB_POOL_TIMEOUT.
+      expect(d.failures.length).toBeGreaterThan(0);
+      expect(Math.max(...d.failures.map((f) => f.ms))).toBeLessThan(2_000 + 500);
+      expect(d.hosts).toEqual([expect.objectContaining({ state: 'down' }), expect.objectContaining({ role: 'primary', state: 'up' })]);
+      expect(d.failovers).toBeGreaterThanOrEqual(1);
+    }
+  }, 300_000);
 });

@@ -973,8 +973,12 @@ export class DbPool extends EventEmitter {
     // A FATAL answer (the backend was terminated, the server shuts down) reaches the query before
     // the socket's end does; marked first, so a caller that releases in its callback sees it.
     protocol.prependListener('errorMessage', (msg: { severity?: string; code?: string }) => {
-      if (msg.severity === 'FATAL' || msg.severity === 'PANIC') entry.dead = true;
-      if (msg.code !== undefined && FAILOVER_CODES.has(msg.code)) this.hostGone(entry, `${msg.code} ${FAILOVER_CODES.get(msg.code)}`);
+      if (msg.severity === 'FATAL' || msg.severity === 'PANIC') {
+        entry.dead = true;
+        entry.fatalCode = msg.code ?? '';
+      }
+      if (msg.code !== undefined && FAILOVER_CODES.has(msg.code))
+        this.connectionEnded(entry, `${msg.code} ${FAILOVER_CODES.get(msg.code)}`);
       // A write refused as read-only (25006) where the server does not report its state (before
       // 14, a pooler in between): a caller's own read-only transaction gives it too, so only this
       // connection goes, when it comes back; new connections check the server's role. (Where the
@@ -983,11 +987,13 @@ export class DbPool extends EventEmitter {
     });
     // An immediate shutdown warns (57P01 as a notice) before it cuts the connection.
     protocol.on('notice', (msg: { code?: string }) => {
-      if (msg.code !== undefined && FAILOVER_CODES.has(msg.code)) this.hostGone(entry, `${msg.code} ${FAILOVER_CODES.get(msg.code)}`);
+      if (msg.code !== undefined && FAILOVER_CODES.has(msg.code))
+        this.connectionEnded(entry, `${msg.code} ${FAILOVER_CODES.get(msg.code)}`);
     });
-    // A connection that ends without the pool closing it: its server may be gone.
+    // A connection that ends without the pool closing it: its server may be gone. (Its caller
+    // may have released it before this event: remove() looks for that case too.)
     client.on('end', () => {
-      if (!entry.removed) this.hostGone(entry, 'a connection was lost');
+      if (!entry.endAsked) this.connectionEnded(entry, 'a connection was lost');
     });
     if (this.connector.target.targetSessionAttrs !== 'any') {
       entry.session = session;
@@ -1083,6 +1089,19 @@ export class DbPool extends EventEmitter {
   }
 
   /**
+   * A connection failed or ended without the pool closing it (a reset, a crash, a 57P0x), seen
+   * once per connection whichever of pg's 'error', its 'end' or the release comes first: its host
+   * may be gone. A FATAL the server sent for this session alone (idle_session_timeout,
+   * idle_in_transaction_session_timeout, …) says why it ended: its host is fine.
+   */
+  private connectionEnded(entry: PoolEntry, why: string): void {
+    if (entry.endSeen) return;
+    entry.endSeen = true;
+    if (entry.fatalCode !== undefined && !FAILOVER_CODES.has(entry.fatalCode)) return;
+    this.hostGone(entry, why);
+  }
+
+  /**
    * A server signalled it is going away (57P01 shutdown, 57P02 crash, 57P03 not accepting
    * connections — as an error or, for an immediate shutdown, a warning), or one of its
    * connections was lost: its idle connections are closed now, so no caller is handed one and
@@ -1172,6 +1191,8 @@ export class DbPool extends EventEmitter {
 
   private onClientError(entry: PoolEntry, err: Error): void {
     this.stats.clientError();
+    // pg reports a dead socket as an error, before its 'end' (and before removal below).
+    if (!entry.endAsked) this.connectionEnded(entry, `a connection failed: ${(err as { code?: string }).code ?? err.message}`);
     const i = this.idle.indexOf(entry);
     if (i === -1) return this.settings.logger.debug?.(`db-pool "${this.settings.name}": connection error: ${scrubSecrets(err.message)}`);
     this.idle.splice(i, 1);
@@ -1206,6 +1227,9 @@ export class DbPool extends EventEmitter {
     this.stats.connectionRemoved(reason);
     this.closing++;
     const client = entry.client;
+    // Released (or found) already lost, before pg's 'end' reached its listener: the host may be gone.
+    if (!entry.endAsked && !entry.connecting && connectionLost(client)) this.connectionEnded(entry, 'a connection was lost');
+    entry.endAsked = true;
     let closed = false;
     const onClosed = () => {
       if (closed) return;

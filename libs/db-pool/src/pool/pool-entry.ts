@@ -24,6 +24,12 @@ export class PoolEntry implements LeakRecord {
   dead = false;
   /** A checkout changed the session (SET, RESET, LISTEN, a reported setting): reset it on return. */
   sessionChanged = false;
+  /** The SQLSTATE of a FATAL the server sent on it (it ended the session, saying why). */
+  fatalCode: string | undefined = undefined;
+  /** The pool is closing it (or has): its 'end' is no news. */
+  endAsked = false;
+  /** Its unasked end or failure has been handled (once per connection, whichever event came first). */
+  endSeen = false;
   /** Being opened: not yet connected. */
   connecting = true;
   /** Taken out of the pool (closing or closed). */
