@@ -52,6 +52,12 @@ export {
   type PoolUnavailableBody,
   type PoolUnavailableCondition,
 } from './http/db-pool-exception.filter.js';
+export {
+  poolErrorResponse,
+  type DbPoolErrorBody,
+  type DbPoolErrorCondition,
+  type DbPoolErrorResponse,
+} from './http/pool-error-response.js';
 export { DbPoolMetrics } from './metrics/db-pool.metrics.js';
 export { RECOMMENDATIONS } from './monitor/messages.constant.js';
 export {

@@ -1,12 +1,10 @@
 import 'reflect-metadata';
 import { Controller, Get, type INestApplication } from '@nestjs/common';
-import { APP_FILTER } from '@nestjs/core';
-import { Test } from '@nestjs/testing';
 import { InjectDataSource } from '@nestjs/typeorm';
-import type { AddressInfo } from 'node:net';
 import type { DataSource } from 'typeorm';
-import { type DbPool, DbPoolDeadline, DbPoolExceptionFilter, DbPoolModule, getDbPoolToken } from '../src/index.js';
-import { adminClient, eventually, testOptions } from './support/db.js';
+import { type DbPool, DbPoolDeadline, getDbPoolToken } from '../src/index.js';
+import { adminClient, eventually } from './support/db.js';
+import { filteredAppFixture } from './support/filtered-app.js';
 
 @Controller()
 class ProbeController {
@@ -46,25 +44,15 @@ class ProbeController {
 }
 
 describe('DbPoolExceptionFilter', () => {
+  const fixture = filteredAppFixture([ProbeController], { poolSize: 1, maxOverflow: 1, maxWaiting: 1 });
   let app: INestApplication;
   let base: string;
-  beforeAll(async () => {
-    const moduleRef = await Test.createTestingModule({
-      imports: [DbPoolModule.forRoot(testOptions({ name: 'default', poolSize: 1, maxOverflow: 1, maxWaiting: 1 }))],
-      controllers: [ProbeController],
-      providers: [{ provide: APP_FILTER, useClass: DbPoolExceptionFilter }],
-    })
-      .setLogger({ log: () => {}, error: () => {}, warn: () => {}, debug: () => {}, verbose: () => {} })
-      .compile();
-    app = moduleRef.createNestApplication();
-    await app.listen(0, '127.0.0.1');
-    base = `http://127.0.0.1:${(app.getHttpServer().address() as AddressInfo).port}`;
-  });
-  afterAll(async () => {
-    await app?.close();
+  beforeAll(() => {
+    app = fixture.app();
+    base = fixture.base();
   });
 
-  it('answers a connection that died under a statement with 503 connection_lost and Retry-After', async () => {
+  it('answers a connection that died under a statement before its transaction ended with 503 connection_lost and Retry-After (rolled back: safe to retry)', async () => {
     const res = await fetch(`${base}/lost`);
     expect(res.status).toBe(503);
     expect(res.headers.get('retry-after')).toBe('1');
@@ -73,7 +61,7 @@ describe('DbPoolExceptionFilter', () => {
       error: 'Service Unavailable',
       condition: 'connection_lost',
       message:
-        'The database connection was lost during the request (a server restart or failover); a write may or may not have been applied. Retry if it is safe to.',
+        'The database connection was lost during the request (a server restart or failover), before the transaction ended: the server rolled it back. Retry later.',
       retry_after: 1,
       code: '57P01',
     });

@@ -1,0 +1,212 @@
+import { HttpException } from '@nestjs/common';
+import { QueryFailedError } from 'typeorm';
+import {
+  codeOf,
+  PoolAcquireError,
+  PoolClosedError,
+  PoolConnectError,
+  PoolDeadlineError,
+  PoolFailoverError,
+  PoolOutcomeUnknownError,
+  PoolOverloadedError,
+  PoolTimeoutError,
+} from '../errors.js';
+import { NoHostError } from '../pool/connector.js';
+
+/** What an answer of {@link poolErrorResponse} says went wrong. */
+export type DbPoolErrorCondition =
+  | 'pool_timeout'
+  | 'overloaded'
+  | 'deadline_exceeded'
+  | 'database_unreachable'
+  | 'shutting_down'
+  | 'failover'
+  | 'connection_lost'
+  | 'outcome_unknown';
+
+/** The conditions answered 503 with Retry-After: what failed was not applied, so a retry is safe. */
+export type PoolUnavailableCondition = Exclude<DbPoolErrorCondition, 'outcome_unknown'>;
+
+/** The JSON body of the answer. */
+export interface DbPoolErrorBody {
+  statusCode: 503 | 504;
+  error: 'Service Unavailable' | 'Gateway Timeout';
+  condition: DbPoolErrorCondition;
+  message: string;
+  /** The pool that could not serve the request (absent where the driver's error does not say). */
+  pool?: string;
+  /** Seconds, as in the Retry-After header; absent for `outcome_unknown`, which invites no retry. */
+  retry_after?: number;
+  /** The driver's code (`ECONNREFUSED`, `57P01`, `53300`, …). */
+  code?: string;
+  /** `outcome_unknown` only: the server said the transaction committed (its synchronous replication is unconfirmed). */
+  committed?: true;
+}
+
+/** @deprecated Since `outcome_unknown` (504) the body is {@link DbPoolErrorBody}. */
+export type PoolUnavailableBody = DbPoolErrorBody;
+
+/** How to answer a request that failed on a pool error. */
+export interface DbPoolErrorResponse {
+  status: 503 | 504;
+  /** Seconds for the Retry-After header; undefined: send none. */
+  retryAfter: number | undefined;
+  body: DbPoolErrorBody;
+  /** The pool's or the driver's error that decided the answer, for the log (its message is not in the body). */
+  error: Error;
+}
+
+/** Seconds a client is told to wait (Retry-After), per condition. */
+export const RETRY_AFTER_SECONDS: Readonly<Record<PoolUnavailableCondition, number>> = {
+  // Connections come back as requests finish: soon.
+  pool_timeout: 1,
+  // The queue is full or too slow for the deadline: shed now, try again in a moment.
+  overloaded: 1,
+  // The request's own deadline passed: the database is slow right now.
+  deadline_exceeded: 1,
+  // A server restart or failover takes seconds.
+  database_unreachable: 5,
+  // This process is going away; another replica may answer.
+  shutting_down: 5,
+  // The pool has evicted the old server and opens the next connection on the one with the role.
+  failover: 1,
+  // The server went away mid-request (a failover): the pool is already moving to the next host.
+  connection_lost: 1,
+};
+
+/** What the walk found: the condition and the error it comes from. */
+interface Found {
+  condition: DbPoolErrorCondition;
+  error: Error;
+  pool?: string;
+  code?: string;
+  /** `deadline_exceeded`: whether the statement had been sent (and was cancelled). */
+  sent?: boolean;
+  committed?: true;
+}
+
+const at = (pool: string | undefined) => (pool === undefined ? '' : ` (pool "${pool}")`);
+
+const MESSAGES: Readonly<Record<DbPoolErrorCondition, (found: Found) => string>> = {
+  pool_timeout: ({ pool }) => `No database connection became free in time${at(pool)}; retry later.`,
+  overloaded: ({ pool }) => `The database pool is overloaded${at(pool)}; the request was shed at once. Retry later.`,
+  deadline_exceeded: ({ pool, sent }) =>
+    sent
+      ? `The request's deadline passed while the statement ran${at(pool)}; it was cancelled on the server and rolled back. Retry later.`
+      : `The request's deadline passed before the statement was sent${at(pool)}. Retry later.`,
+  database_unreachable: ({ pool }) => `The database cannot be reached${at(pool)}; retry later.`,
+  shutting_down: () => 'The service is shutting down; retry later.',
+  failover: ({ pool }) =>
+    `The database server changed role (a failover)${at(pool)}; the statement was not sent, so it is safe to retry. Retry later.`,
+  connection_lost: () =>
+    'The database connection was lost during the request (a server restart or failover), before the transaction ended: the server rolled it back. Retry later.',
+  outcome_unknown: ({ pool, committed }) =>
+    committed
+      ? `The write was committed on the database${at(pool)}, but its replication to a standby was not confirmed. Do not send it again, except with the same Idempotency-Key.`
+      : `The database did not answer a statement that ends a write${at(pool)}: it may have been applied. Do not retry blindly: retry only with the same Idempotency-Key, or check first whether it was applied.`,
+};
+
+/** SQLSTATEs and socket codes of a connection that died under a statement. */
+const LOST_CODES = new Set(['57P01', '57P02', '57P03', '08000', '08003', '08006', 'ECONNRESET', 'EPIPE']);
+/** pg's messages for a connection that ended under a query (they carry no code). */
+const LOST_MESSAGES = new Set([
+  'Connection terminated unexpectedly',
+  'Connection terminated',
+  'Client has encountered a connection error and is not queryable',
+]);
+/** Statements that end a transaction: the server may have committed before the connection died. */
+const ENDS_TRANSACTION = /^\s*(COMMIT|END|PREPARE\s+TRANSACTION)\b/i;
+
+/** Levels of wrapping followed (`cause`, `driverError`, an AggregateError's `errors`). */
+const MAX_DEPTH = 8;
+/** Errors looked at in all: an AggregateError may hold thousands. */
+const MAX_ERRORS = 64;
+
+/**
+ * How to answer a request that failed because of the pool, or `undefined` when the error is not
+ * the pool's (nor a connection that died under a statement) and the application's own handling
+ * applies. The error may be wrapped in anything: TypeORM's `QueryFailedError` (`driverError`),
+ * `cause` chains, an `AggregateError`, a transaction callback's rethrow. An error that may have
+ * been applied (outcome unknown) wins over any other found beside it; otherwise the outermost
+ * pool error decides. An `HttpException` is the application's chosen answer, kept as it is.
+ * Use it from your own exception filter to combine it with your own handling.
+ */
+export function poolErrorResponse(error: unknown): DbPoolErrorResponse | undefined {
+  if (error instanceof HttpException) return undefined;
+  const found = find(error);
+  if (!found) return undefined;
+  const unknown = found.condition === 'outcome_unknown';
+  const retryAfter = unknown ? undefined : RETRY_AFTER_SECONDS[found.condition as PoolUnavailableCondition];
+  // 504, not 503: the database (our upstream) gave no answer, and unlike a 503 that says nothing
+  // about the request having been left undone; clients and proxies that retry every 503 must not
+  // repeat a write that may have committed. Not 500: neither the request nor the code is wrong.
+  const status = unknown ? 504 : 503;
+  const body: DbPoolErrorBody = {
+    statusCode: status,
+    error: unknown ? 'Gateway Timeout' : 'Service Unavailable',
+    condition: found.condition,
+    message: MESSAGES[found.condition](found),
+    ...(found.pool !== undefined ? { pool: found.pool } : {}),
+    ...(retryAfter !== undefined ? { retry_after: retryAfter } : {}),
+    ...(found.code ? { code: found.code } : {}),
+    ...(found.committed ? { committed: true } : {}),
+  };
+  return { status, retryAfter, body, error: found.error };
+}
+
+/** Breadth first through the wrappers: the outermost pool error, unless an outcome-unknown one lies anywhere. */
+function find(root: unknown): Found | undefined {
+  const seen = new Set<object>();
+  let first: Found | undefined;
+  let level: unknown[] = [root];
+  for (let depth = 0; depth <= MAX_DEPTH && level.length > 0; depth++) {
+    const next: unknown[] = [];
+    for (const error of level) {
+      if (typeof error !== 'object' || error === null || seen.has(error) || seen.size >= MAX_ERRORS) continue;
+      seen.add(error);
+      const found = classify(error);
+      if (found?.condition === 'outcome_unknown') return found;
+      first ??= found;
+      const { cause, driverError } = error as { cause?: unknown; driverError?: unknown };
+      next.push(driverError, cause, ...(error instanceof AggregateError ? (error.errors as unknown[]) : []));
+    }
+    level = next;
+  }
+  return first;
+}
+
+function classify(error: object): Found | undefined {
+  if (error instanceof PoolOutcomeUnknownError)
+    return { condition: 'outcome_unknown', error, pool: error.poolName, committed: error.committed };
+  if (error instanceof PoolDeadlineError) return { condition: 'deadline_exceeded', error, pool: error.poolName, sent: error.sent };
+  if (error instanceof PoolAcquireError)
+    return {
+      condition: acquireCondition(error),
+      error,
+      pool: error.poolName,
+      code: error instanceof PoolConnectError ? codeOf(error.cause) : undefined,
+    };
+  if (error instanceof NoHostError) return { condition: 'database_unreachable', error, code: error.code };
+  // TypeORM copies its driver error's fields (`code` too) onto itself: the driver error is
+  // classified on its own; here only what TypeORM alone knows, the statement that failed.
+  if (error instanceof QueryFailedError)
+    return ENDS_TRANSACTION.test(error.query ?? '') && isLost(error.driverError)
+      ? { condition: 'outcome_unknown', error, code: codeOf(error.driverError) }
+      : undefined;
+  if (isLost(error)) return { condition: 'connection_lost', error: error as Error, code: codeOf(error) };
+  return undefined;
+}
+
+function acquireCondition(error: PoolAcquireError): PoolUnavailableCondition {
+  if (error instanceof PoolClosedError) return 'shutting_down';
+  if (error instanceof PoolTimeoutError) return 'pool_timeout';
+  if (error instanceof PoolOverloadedError) return 'overloaded';
+  if (error instanceof PoolFailoverError) return 'failover';
+  return 'database_unreachable';
+}
+
+/** A driver's error for a connection that died under a statement. */
+function isLost(error: unknown): boolean {
+  const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
+  return LOST_CODES.has(String(code ?? '')) || LOST_MESSAGES.has(String(message ?? ''));
+}
