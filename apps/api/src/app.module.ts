@@ -7,11 +7,12 @@ import { HealthModule } from './health/health.module.js';
 import { Item } from './items/item.entity.js';
 import { ItemsModule } from './items/items.module.js';
 import { CreateItems1764200000000 } from './migrations/1764200000000-create-items.js';
+import { AddItemsIdempotencyKey1796500000000 } from './migrations/1796500000000-add-items-idempotency-key.js';
 
 /** The api's TypeORM needs: its entities and migrations, run at start-up. */
 export const apiTypeOrmOptions: DbPoolOptions['typeorm'] = {
   entities: [Item],
-  migrations: [CreateItems1764200000000],
+  migrations: [CreateItems1764200000000, AddItemsIdempotencyKey1796500000000],
   migrationsRun: true,
 };
 

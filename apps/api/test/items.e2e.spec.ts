@@ -1,30 +1,18 @@
 import 'reflect-metadata';
-import type { INestApplication } from '@nestjs/common';
-import type { AddressInfo } from 'node:net';
-import pg from 'pg';
-import { createApp } from '../src/bootstrap.js';
+import type pg from 'pg';
+import { itemsFixture } from './support/items-fixture.js';
 
-const url = () => process.env.DATABASE_URL!;
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- response bodies are checked by the assertions
 const body = async (res: Response): Promise<any> => res.json();
 
 describe('api over real HTTP: items and liveness', () => {
-  let app: INestApplication;
+  const tag = `e2e-${process.pid}-${Date.now()}`;
+  const fixture = itemsFixture(tag);
   let base: string;
   let admin: pg.Client;
-  const tag = `e2e-${process.pid}-${Date.now()}`;
-
-  beforeAll(async () => {
-    app = await createApp({ url: url(), poolSize: 2, maxOverflow: 2, env: {} }, { logger: false });
-    await app.listen(0, '127.0.0.1');
-    base = `http://127.0.0.1:${(app.getHttpServer().address() as AddressInfo).port}`;
-    admin = new pg.Client({ connectionString: url() });
-    await admin.connect();
-  });
-  afterAll(async () => {
-    await admin?.query('DELETE FROM items WHERE name LIKE $1', [`${tag}%`]);
-    await admin?.end();
-    await app?.close();
+  beforeAll(() => {
+    base = fixture.base();
+    admin = fixture.admin();
   });
 
   const post = (body: unknown, raw = false) =>
@@ -44,7 +32,7 @@ describe('api over real HTTP: items and liveness', () => {
     const res = await post({ name: `${tag}-first` });
     expect(res.status).toBe(201);
     const item = await body(res);
-    expect(item).toMatchObject({ id: expect.any(Number), name: `${tag}-first` });
+    expect(item).toEqual({ id: expect.any(Number), name: `${tag}-first`, createdAt: expect.any(String) });
     const { rows } = await admin.query('SELECT name FROM items WHERE id = $1', [item.id]);
     expect(rows).toEqual([{ name: `${tag}-first` }]);
   });

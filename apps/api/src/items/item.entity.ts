@@ -10,4 +10,11 @@ export class Item {
 
   @CreateDateColumn({ name: 'created_at', type: 'timestamptz' })
   createdAt!: Date;
+
+  /**
+   * The Idempotency-Key of the request that created it. Never read back (`select: false`): keys
+   * are global to the api, so whoever saw one could replay it.
+   */
+  @Column({ name: 'idempotency_key', type: 'varchar', length: 128, nullable: true, unique: true, select: false })
+  idempotencyKey?: string | null;
 }

@@ -3,6 +3,12 @@ import { InjectDataSource, InjectRepository } from '@nestjs/typeorm';
 import { DataSource, type Repository } from 'typeorm';
 import { Item } from './item.entity.js';
 
+/** What a create did: wrote the item, found the one its idempotency key wrote before, or found the key used for another. */
+export type CreateOutcome = { kind: 'created' | 'replayed'; item: Item } | { kind: 'key-reused' };
+
+/** An item's columns as the entity names them (what `save` returns, for the same JSON). */
+const ITEM_COLUMNS = 'id, name, created_at AS "createdAt"';
+
 export interface ItemStats {
   items: number;
   distinct_names: number;
@@ -17,8 +23,29 @@ export class ItemsService {
     @InjectDataSource() private readonly dataSource: DataSource,
   ) {}
 
-  create(name: string): Promise<Item> {
-    return this.dataSource.transaction((manager) => manager.getRepository(Item).save(manager.create(Item, { name })));
+  /**
+   * Writes an item, in a transaction. With an idempotency key, a key already stored writes
+   * nothing and returns its row instead (`replayed`), or `key-reused` when that row is not this
+   * request's item. The unique key decides between concurrent requests: the second waits for the
+   * first's transaction, then finds its row.
+   */
+  async create(name: string, idempotencyKey?: string): Promise<CreateOutcome> {
+    // Twice at most: the row that held the key may be deleted between the insert and the read.
+    for (let attempt = 0; ; attempt++) {
+      const [created] = await this.dataSource.transaction((manager) =>
+        manager.query<Item[]>(
+          `INSERT INTO items (name, idempotency_key) VALUES ($1, $2) ON CONFLICT (idempotency_key) DO NOTHING RETURNING ${ITEM_COLUMNS}`,
+          [name, idempotencyKey ?? null],
+        ),
+      );
+      if (created) return { kind: 'created', item: created };
+      // Outside that transaction: a snapshot taken after the one holding the key committed.
+      const [stored] = await this.dataSource.query<Item[]>(`SELECT ${ITEM_COLUMNS} FROM items WHERE idempotency_key = $1`, [
+        idempotencyKey,
+      ]);
+      if (stored) return stored.name === name ? { kind: 'replayed', item: stored } : { kind: 'key-reused' };
+      if (attempt === 1) throw new Error('the row holding this Idempotency-Key was deleted twice while the request ran');
+    }
   }
 
   findOne(id: number): Promise<Item | null> {
