@@ -3,6 +3,7 @@ import { Registry } from 'prom-client';
 import type { PoolMonitor } from '../monitor/pool-monitor.js';
 import { DbPoolRegistry } from '../monitor/pool-registry.js';
 import type { Histogram } from '../pool/histogram.js';
+import { REPLICA_OUT_OF_ROTATION } from '../pool/replicas.js';
 
 type Labels = Record<string, string | number>;
 interface Sample {
@@ -163,16 +164,36 @@ export class DbPoolMetrics {
           ? m.pool.hosts().map((h) => ({ labels: { host: h.address, role: h.role }, value: h.state === 'up' ? 1 : 0 }))
           : [],
       ),
-      gauge('db_pool_replica_lag_seconds', "A read replica's replay lag at the last sample (DB_REPLICA_URLS).", (m) => {
-        const r = m.getReplicaStatus();
-        return r && r.lagMs !== null ? [{ labels: {}, value: r.lagMs / 1000 }] : [];
-      }),
+      gauge(
+        'db_pool_replica_lag_seconds',
+        "A read replica's replay lag at the last sample (DB_REPLICA_URLS), on the pool's clock: the time since the primary passed the replica's replay position. Absent while unknown.",
+        (m) => {
+          const r = m.getReplicaStatus();
+          return r && r.lagMs !== null ? [{ labels: {}, value: r.lagMs / 1000 }] : [];
+        },
+      ),
+      gauge(
+        'db_pool_replica_lag_bytes',
+        "WAL bytes from a read replica's replay position to the primary's last sampled position. Absent while unknown.",
+        (m) => {
+          const r = m.getReplicaStatus();
+          return r && r.lagBytes !== null ? [{ labels: {}, value: r.lagBytes }] : [];
+        },
+      ),
       gauge(
         'db_pool_replica_in_rotation',
-        '1 while reads go to this replica, 0 while it is out of rotation (lag above DB_REPLICA_MAX_LAG_MS, or not sampled).',
+        '1 while reads go to this replica, 0 while it is out of rotation (db_pool_replica_out_of_rotation says why).',
         (m) => {
           const r = m.getReplicaStatus();
           return r ? [{ labels: {}, value: r.inRotation ? 1 : 0 }] : [];
+        },
+      ),
+      gauge(
+        'db_pool_replica_out_of_rotation',
+        'Per reason a read replica can be out of rotation, 1 for the current one, else 0: lagging (lag above DB_REPLICA_MAX_LAG_MS), lag_unknown, unreachable, not_sampled, promoted (not a standby), timeline_mismatch, system_mismatch.',
+        (m) => {
+          const r = m.getReplicaStatus();
+          return r ? REPLICA_OUT_OF_ROTATION.map((reason) => ({ labels: { reason }, value: r.outOfRotation === reason ? 1 : 0 })) : [];
         },
       ),
       histogram('db_client_connection_create_time_seconds', 'Time to open a new connection.', (m) => m.pool.timings.create),

@@ -2,7 +2,7 @@ import type { DbPoolConfig } from '../config/db-pool.options.js';
 import type { BreakerState } from '../pool/breaker.js';
 import type { HostRole, HostStateName } from '../pool/connector.js';
 import type { DbPool } from '../pool/db-pool.js';
-import type { ReplicaStatus } from '../pool/replicas.js';
+import type { ReplicaOutOfRotation, ReplicaStatus } from '../pool/replicas.js';
 import type { DbPoolLogger } from '../pool/logger.js';
 import { codeOf, describeState, PoolClosedError, PoolConnectError, PoolTimeoutError } from '../errors.js';
 import { scrubSecrets } from '../redact.js';
@@ -126,10 +126,23 @@ export const CONNECT_FAILURE_WINDOW_MS = 30_000;
 /** A read replica's standing, in its pool's health body. */
 export interface PoolReplicaReport {
   role: 'replica';
-  /** Replay lag at the last sample, ms; null when not sampled. */
+  /**
+   * Replay lag at the last sample, ms on the pool's clock: the time since the primary passed the
+   * position the replica has replayed. Null when unknown, or when the server is not a standby of
+   * the primary.
+   */
   lag_ms: number | null;
+  /** WAL bytes from the replica's replay position to the primary's last sampled position; null when not known. */
+  lag_bytes: number | null;
+  /** The last sample could not measure the lag (the primary's or the replica's sample failed); `reason` says why. */
+  lag_unknown: boolean;
   in_rotation: boolean;
-  /** Why it is out of rotation (lag, or a failed sample; the latter only with DB_POOL_HEALTH_DETAIL). */
+  /** Why it is out of rotation, as a code (`lagging`, `lag_unknown`, `promoted`, …); null while in. */
+  out_of_rotation: ReplicaOutOfRotation | null;
+  /**
+   * Why it is out of rotation or its lag is unknown. A failed sample's error is shown by its code,
+   * or with DB_POOL_HEALTH_DETAIL by its message (which may name a host).
+   */
   reason?: string;
 }
 
@@ -373,12 +386,15 @@ export class PoolMonitor {
   }
 
   private replicaReport(r: ReplicaStatus): PoolReplicaReport {
-    const lagReason = r.reason?.startsWith('replay lag') || r.reason === 'it has replayed no transaction yet';
+    const reason = r.reason && r.cause ? `${r.reason}: ${this.describeError(r.cause)}` : r.reason;
     return {
       role: 'replica',
       lag_ms: r.lagMs,
+      lag_bytes: r.lagBytes,
+      lag_unknown: r.lagUnknown,
       in_rotation: r.inRotation,
-      ...(r.reason && (lagReason || this.config.healthDetail) ? { reason: r.reason } : r.reason ? { reason: 'not sampled' } : {}),
+      out_of_rotation: r.outOfRotation ?? null,
+      ...(reason ? { reason } : {}),
     };
   }
 

@@ -1,8 +1,15 @@
 /**
  * Read replicas: one db-pool per replica, behind a router that TypeORM sees as its one "slave"
  * pool. The router hands out a connection from a replica in rotation (round robin) and falls back
- * to the primary when none is; a replica leaves rotation while its replay lag exceeds
- * `DB_REPLICA_MAX_LAG_MS`, or while it cannot be sampled, and comes back when it catches up.
+ * to the primary when none is. A replica is in rotation while it is a standby of the primary (in
+ * recovery, with the primary's system identifier and timeline) whose lag is within
+ * `DB_REPLICA_MAX_LAG_MS` — or, while the primary cannot be sampled, could be at most that.
+ *
+ * Lag is read on the pool's own clock, never by comparing two servers' clocks: each sample notes
+ * when (performance.now()) the primary was at which WAL position, and a replica's lag is the time
+ * since the primary passed the position the replica has replayed (`pg_last_wal_replay_lsn()`),
+ * interpolated between the two samples around it; its bytes behind are the primary's last
+ * position less that one. See docs/high-availability.md, "Lag".
  */
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
@@ -12,31 +19,108 @@ import { scrubSecrets } from '../redact.js';
 import type { DbPool } from './db-pool.js';
 import type { DbPoolLogger } from './logger.js';
 
+/** Why a replica is out of rotation (a label of `db_pool_replica_out_of_rotation`, `replica.out_of_rotation` in health). */
+export const REPLICA_OUT_OF_ROTATION = [
+  'not_sampled',
+  'lagging',
+  'lag_unknown',
+  'unreachable',
+  'promoted',
+  'timeline_mismatch',
+  'system_mismatch',
+] as const;
+export type ReplicaOutOfRotation = (typeof REPLICA_OUT_OF_ROTATION)[number];
+
 /** One replica as the router sees it. */
 export interface ReplicaStatus {
   /** The replica's pool name (`<pool>-replica-<n>`). */
   readonly name: string;
-  /** Replay lag at the last sample, ms (0 when it has replayed everything the primary wrote); null before the first sample or when it failed. */
+  /**
+   * Replay lag at the last sample, ms on the pool's clock: the time since the primary passed the
+   * replica's replay position (0 when it had replayed all the primary had at its last sample).
+   * Null when unknown, or when the server is not a standby of the primary.
+   */
   readonly lagMs: number | null;
+  /** WAL bytes from the replica's replay position to the primary's last sampled position; null when not known. */
+  readonly lagBytes: number | null;
+  /**
+   * The lag could not be measured: the primary's or the replica's sample failed, or the replica
+   * has not replayed up to the first position sampled on the primary.
+   */
+  readonly lagUnknown: boolean;
   /** Reads go to it. */
   readonly inRotation: boolean;
-  /** Why it is out of rotation. */
+  /** Why it is out of rotation; undefined while in. */
+  readonly outOfRotation: ReplicaOutOfRotation | undefined;
+  /** Why it is out of rotation, or why its lag is unknown, in the router's words (no host named). */
   readonly reason: string | undefined;
-  /** performance.now() of the last sample that answered. */
+  /** The failed sample's error behind `reason` (its message may name a host). */
+  readonly cause: Error | undefined;
+  /** performance.now() when the replica's last sample answered. */
   readonly sampledAt: number | undefined;
 }
 
-interface Replica {
-  pool: DbPool;
+interface Standing {
   lagMs: number | null;
-  inRotation: boolean;
+  lagBytes: number | null;
+  lagUnknown: boolean;
+  outOfRotation: ReplicaOutOfRotation | undefined;
   reason: string | undefined;
+  cause: Error | undefined;
+}
+
+/** A standing whose lag is known (or, for a server that is not a standby of the primary, does not apply). */
+const KNOWN: Standing = {
+  lagMs: null,
+  lagBytes: null,
+  lagUnknown: false,
+  outOfRotation: undefined,
+  reason: undefined,
+  cause: undefined,
+};
+const UNKNOWN: Standing = { ...KNOWN, lagUnknown: true };
+
+interface Replica extends Standing {
+  pool: DbPool;
   sampledAt: number | undefined;
+  /** Replay position at its last sample, while it is a standby of the primary. */
+  replay: bigint | undefined;
+}
+
+/** The primary seen at one WAL position: first and last at these pool-clock times (when the sample was sent). */
+interface WalMark {
+  lsn: bigint;
+  firstAt: number;
+  lastAt: number;
+}
+
+interface Identity {
+  systemId: string;
+  timeline: number;
 }
 
 type ConnectCallback = (err: Error | undefined, client: pg.PoolClient | undefined, release: (err?: Error | boolean) => void) => void;
 
-const LSN = /^[0-9A-F]{1,8}\/[0-9A-F]{1,8}$/i;
+const LSN = /^([0-9A-F]{1,8})\/([0-9A-F]{1,8})$/i;
+
+/** A pg_lsn's text (`16/B374D848`) as a byte position. */
+function parseLsn(text: string | null | undefined): bigint | undefined {
+  const m = LSN.exec(text ?? '');
+  return m ? (BigInt(`0x${m[1]}`) << 32n) | BigInt(`0x${m[2]}`) : undefined;
+}
+
+// The timeline a server writes, or (a standby) receives and replays: a standby's WAL receiver
+// knows it; without one (or without the rights to see it) the last restartpoint's timeline.
+const TIMELINE =
+  `CASE WHEN pg_is_in_recovery() ` +
+  `THEN coalesce((SELECT nullif(received_tli, 0) FROM pg_stat_wal_receiver), (SELECT timeline_id FROM pg_control_checkpoint())) ` +
+  `ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END`;
+const SYSTEM_ID = '(SELECT system_identifier FROM pg_control_system())::text';
+const PRIMARY_SAMPLE = `SELECT pg_current_wal_lsn()::text AS lsn, ${SYSTEM_ID} AS system_id, ${TIMELINE} AS timeline`;
+const REPLICA_SAMPLE = `SELECT pg_is_in_recovery() AS standby, pg_last_wal_replay_lsn()::text AS replay_lsn, ${SYSTEM_ID} AS system_id, ${TIMELINE} AS timeline`;
+
+/** Primary positions kept; past it the oldest-but-one goes, so a far-behind replica's lag still grows, more coarsely. */
+const MAX_MARKS = 1_000;
 
 export interface ReplicaRouterOptions {
   primary: DbPool;
@@ -51,7 +135,8 @@ export interface ReplicaRouterOptions {
 
 /**
  * What TypeORM's read query runners connect through (`replication.slaves`): `connect()` as
- * pg.Pool has it, from a replica in rotation or else the primary.
+ * pg.Pool has it, from a replica in rotation or else the primary (an EventEmitter, as TypeORM
+ * listens for a pool's `'error'`).
  */
 export class ReplicaRouter extends EventEmitter {
   readonly primary: DbPool;
@@ -65,6 +150,11 @@ export class ReplicaRouter extends EventEmitter {
   private sampling = false;
   private ended = false;
   private readonly endHooks: (() => void)[] = [];
+  /** The primary's positions, oldest first, strictly increasing. */
+  private marks: WalMark[] = [];
+  private identity: Identity | undefined;
+  /** Why the primary's last sample failed; undefined when it answered. */
+  private primaryError: Error | undefined;
 
   constructor(options: ReplicaRouterOptions) {
     super();
@@ -73,9 +163,13 @@ export class ReplicaRouter extends EventEmitter {
     this.replicas = options.replicas.map((pool) => ({
       pool,
       lagMs: null,
-      inRotation: false,
+      lagBytes: null,
+      lagUnknown: true,
+      outOfRotation: 'not_sampled',
       reason: 'not sampled yet',
+      cause: undefined,
       sampledAt: undefined,
+      replay: undefined,
     }));
     this.maxLagMs = options.maxLagMs;
     this.sampleTimeoutMs = options.sampleTimeoutMs;
@@ -101,8 +195,12 @@ export class ReplicaRouter extends EventEmitter {
     return this.replicas.map((r) => ({
       name: r.pool.name,
       lagMs: r.lagMs,
-      inRotation: r.inRotation,
+      lagBytes: r.lagBytes,
+      lagUnknown: r.lagUnknown,
+      inRotation: r.outOfRotation === undefined,
+      outOfRotation: r.outOfRotation,
       reason: r.reason,
+      cause: r.cause,
       sampledAt: r.sampledAt,
     }));
   }
@@ -112,64 +210,172 @@ export class ReplicaRouter extends EventEmitter {
     return this.replicas.map((r) => r.pool);
   }
 
-  /**
-   * One lag sample of every replica: the primary's current WAL position first, then each
-   * replica's replay position and the age of its last replayed transaction. A replica that has
-   * replayed up to the primary's position has no lag, however long ago its last transaction was
-   * (an idle primary must not make its replicas look late).
-   */
+  /** One sample round: the primary's WAL position and identity, then every replica against them. */
   async sample(): Promise<void> {
     this.sampling = true;
     try {
-      let primaryLsn: string | undefined;
-      try {
-        const { rows } = await this.primary.queryWithin<{ lsn: string }>('SELECT pg_current_wal_lsn()::text AS lsn', this.sampleTimeoutMs);
-        primaryLsn = LSN.test(rows[0]?.lsn ?? '') ? rows[0].lsn : undefined;
-      } catch {
-        primaryLsn = undefined; // the primary is down or is itself a standby: lag from timestamps alone
-      }
-      await Promise.all(this.replicas.map((r) => this.sampleOne(r, primaryLsn)));
+      await this.samplePrimary();
+      await Promise.all(this.replicas.map((r) => this.sampleReplica(r)));
+      this.forgetPassedMarks();
     } finally {
       this.sampling = false;
     }
   }
 
-  private async sampleOne(replica: Replica, primaryLsn: string | undefined): Promise<void> {
-    const caughtUp = primaryLsn ? `pg_last_wal_replay_lsn() >= '${primaryLsn}'::pg_lsn` : 'false';
+  private async samplePrimary(): Promise<void> {
+    // The time before asking: the primary was at the position it reports at some moment after it.
+    const sentAt = performance.now();
     try {
-      const { rows } = await replica.pool.queryWithin<{ standby: boolean; caught_up: boolean | null; lag_ms: number | null }>(
-        `SELECT pg_is_in_recovery() AS standby, ${caughtUp} AS caught_up, ` +
-          `(extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::float8 AS lag_ms`,
+      const { rows } = await this.primary.queryWithin<{ lsn: string; system_id: string; timeline: number }>(
+        PRIMARY_SAMPLE,
         this.sampleTimeoutMs,
       );
-      const row = rows[0];
-      replica.sampledAt = performance.now();
-      if (!row.standby) {
-        // Promoted: it has no lag, and it takes reads as well as any primary.
-        this.set(replica, 0, true, undefined);
-      } else {
-        const lag = row.caught_up ? 0 : row.lag_ms === null ? null : Math.max(0, Math.round(row.lag_ms));
-        if (lag === null) this.set(replica, null, false, 'it has replayed no transaction yet');
-        else if (lag > this.maxLagMs)
-          this.set(replica, lag, false, `replay lag ${lag} ms exceeds DB_REPLICA_MAX_LAG_MS (${this.maxLagMs} ms)`);
-        else this.set(replica, lag, true, undefined);
+      const lsn = parseLsn(rows[0]?.lsn);
+      if (lsn === undefined) throw new Error(`pg_current_wal_lsn() answered ${JSON.stringify(rows[0]?.lsn)}`);
+      const identity = { systemId: rows[0].system_id, timeline: Number(rows[0].timeline) };
+      const last = this.marks[this.marks.length - 1];
+      // Another server, or one that went back: positions from before say nothing about it.
+      if (this.identity?.systemId !== identity.systemId || this.identity.timeline !== identity.timeline || (last && lsn < last.lsn)) {
+        this.marks = [];
       }
+      this.identity = identity;
+      const latest = this.marks[this.marks.length - 1];
+      if (latest && latest.lsn === lsn) latest.lastAt = sentAt;
+      else this.marks.push({ lsn, firstAt: sentAt, lastAt: sentAt });
+      if (this.marks.length > MAX_MARKS) this.marks.splice(1, 1);
+      this.primaryError = undefined;
     } catch (err) {
-      this.set(replica, null, false, `lag not sampled: ${scrubSecrets((err as Error).message)}`);
+      this.primaryError = err as Error;
     }
   }
 
-  private set(replica: Replica, lagMs: number | null, inRotation: boolean, reason: string | undefined): void {
-    replica.lagMs = lagMs;
-    if (replica.inRotation !== inRotation && replica.sampledAt !== undefined) {
-      if (inRotation) this.logger.log(`db-pool "${replica.pool.name}": back in rotation for reads (lag ${lagMs ?? '?'} ms)`);
-      else
-        this.logger.warn(
-          `db-pool "${replica.pool.name}": out of rotation for reads: ${reason}; reads go to the other replicas or the primary`,
-        );
+  private async sampleReplica(replica: Replica): Promise<void> {
+    let row: { standby: boolean; replay_lsn: string | null; system_id: string; timeline: number };
+    try {
+      row = (await replica.pool.queryWithin<typeof row>(REPLICA_SAMPLE, this.sampleTimeoutMs)).rows[0];
+    } catch (err) {
+      replica.replay = undefined;
+      this.set(replica, { ...UNKNOWN, outOfRotation: 'unreachable', reason: 'the replica could not be sampled', cause: err as Error });
+      return;
     }
-    replica.inRotation = inRotation;
-    replica.reason = reason;
+    const at = performance.now();
+    replica.sampledAt = at;
+    replica.replay = undefined;
+    const primary = this.identity;
+    const timeline = Number(row.timeline);
+    if (primary && row.system_id !== primary.systemId) {
+      return this.set(replica, {
+        ...KNOWN,
+        outOfRotation: 'system_mismatch',
+        reason: `another database cluster: system identifier ${row.system_id}, the primary's ${primary.systemId}`,
+      });
+    }
+    if (!row.standby) {
+      return this.set(replica, {
+        ...KNOWN,
+        outOfRotation: 'promoted',
+        reason: `not a standby: promoted (timeline ${timeline}; the primary's is ${primary?.timeline ?? 'unknown'})`,
+      });
+    }
+    if (primary && timeline !== primary.timeline) {
+      return this.set(replica, {
+        ...KNOWN,
+        outOfRotation: 'timeline_mismatch',
+        reason: `replays timeline ${timeline}, the primary writes timeline ${primary.timeline}`,
+      });
+    }
+    const replay = parseLsn(row.replay_lsn);
+    if (replay === undefined) {
+      return this.set(replica, { ...UNKNOWN, outOfRotation: 'lag_unknown', reason: 'lag unknown: the replica reports no replay position' });
+    }
+    if (!primary) {
+      return this.set(replica, { ...UNKNOWN, ...this.primaryUnknown(), outOfRotation: 'lag_unknown' });
+    }
+    replica.replay = replay;
+    this.set(replica, this.lagOf(replay, at));
+  }
+
+  /** A standby of the primary whose replay position is `replay` at `at`: its lag and whether it stays in rotation. */
+  private lagOf(replay: bigint, at: number): Standing {
+    const latest = this.marks[this.marks.length - 1];
+    const bytes = latest.lsn > replay ? Number(latest.lsn - replay) : 0;
+    const passed = this.marks.findIndex((m) => m.lsn > replay);
+    if (passed === -1) {
+      // It has all the primary had at its last sample.
+      if (!this.primaryError) return { ...KNOWN, lagMs: 0, lagBytes: 0 };
+      // The primary has not answered since: it may have written since, the replica not. At most
+      // the time since that sample, which grows until the limit.
+      const bound = Math.round(at - latest.lastAt);
+      const unknown = this.primaryUnknown();
+      return bound <= this.maxLagMs
+        ? {
+            ...UNKNOWN,
+            ...unknown,
+            reason: `${unknown.reason}; at most ${bound} ms behind, within DB_REPLICA_MAX_LAG_MS (${this.maxLagMs} ms)`,
+            outOfRotation: undefined,
+          }
+        : {
+            ...UNKNOWN,
+            ...unknown,
+            reason: `${unknown.reason} for ${bound} ms, more than DB_REPLICA_MAX_LAG_MS (${this.maxLagMs} ms)`,
+            outOfRotation: 'lag_unknown',
+          };
+    }
+    if (passed === 0) {
+      return {
+        ...UNKNOWN,
+        lagBytes: bytes,
+        outOfRotation: 'lag_unknown',
+        reason: 'lag unknown: it has not replayed up to the first WAL position sampled on the primary',
+      };
+    }
+    // The primary was at or before `replay` at `before.lastAt`, past it at `after.firstAt`: in
+    // between, as the positions interpolate.
+    const before = this.marks[passed - 1];
+    const after = this.marks[passed];
+    const share = Number(replay - before.lsn) / Number(after.lsn - before.lsn);
+    const lag = Math.max(0, Math.round(at - (before.lastAt + share * (after.firstAt - before.lastAt))));
+    if (lag > this.maxLagMs) {
+      return {
+        ...KNOWN,
+        lagMs: lag,
+        lagBytes: bytes,
+        outOfRotation: 'lagging',
+        reason: `replay lag ${lag} ms exceeds DB_REPLICA_MAX_LAG_MS (${this.maxLagMs} ms)`,
+      };
+    }
+    return { ...KNOWN, lagMs: lag, lagBytes: bytes };
+  }
+
+  private primaryUnknown(): Pick<Standing, 'reason' | 'cause'> {
+    return { reason: "lag unknown: the primary's WAL position could not be sampled", cause: this.primaryError };
+  }
+
+  /** Drops the primary's positions every sampled replica has replayed past, but the last of them (the lower end of an interpolation). */
+  private forgetPassedMarks(): void {
+    const replays = this.replicas.flatMap((r) => (r.replay === undefined ? [] : [r.replay]));
+    if (replays.length === 0) return;
+    const least = replays.reduce((a, b) => (b < a ? b : a));
+    let keep = 0;
+    while (keep + 1 < this.marks.length && this.marks[keep + 1].lsn <= least) keep++;
+    if (keep > 0) this.marks.splice(0, keep);
+  }
+
+  private set(replica: Replica, next: Standing): void {
+    const was = replica.outOfRotation;
+    const wasUnknown = replica.lagUnknown;
+    Object.assign(replica, next);
+    const why = () => `${next.reason}${next.cause ? `: ${scrubSecrets(next.cause.message)}` : ''}`;
+    const name = `db-pool "${replica.pool.name}"`;
+    if (next.outOfRotation !== was) {
+      if (next.outOfRotation === undefined) {
+        if (was !== 'not_sampled') this.logger.log(`${name}: back in rotation for reads (lag ${next.lagMs ?? 'unknown'} ms)`);
+      } else {
+        this.logger.warn(`${name}: out of rotation for reads: ${why()}; reads go to the other replicas or the primary`);
+      }
+    } else if (next.outOfRotation === undefined && next.lagUnknown && !wasUnknown) {
+      this.logger.warn(`${name}: ${why()}; it stays in rotation while it could be at most DB_REPLICA_MAX_LAG_MS behind`);
+    }
   }
 
   /** pg.Pool's `connect()` as TypeORM calls it: a replica in rotation (round robin), else the primary. */
@@ -184,7 +390,7 @@ export class ReplicaRouter extends EventEmitter {
     const n = this.replicas.length;
     for (let i = 0; i < n; i++) {
       const replica = this.replicas[(this.next + i) % n];
-      if (replica.inRotation && replica.pool.breakerState().state === 'closed') {
+      if (replica.outOfRotation === undefined && replica.pool.breakerState().state === 'closed') {
         this.next = (this.next + i + 1) % n;
         return replica.pool;
       }
