@@ -160,9 +160,11 @@ describe('replica lag from WAL positions on the pool clock', () => {
   it("a failed primary sample is reported as lag_unknown with its reason: the replica stays in rotation while the time since the primary's last sample is within DB_REPLICA_MAX_LAG_MS, then leaves it, and returns when the primary answers", async () => {
     const { router, replica, metrics } = await rig({ replicaMaxLagMs: 2_000 });
     await sampleUntil(router, (s) => s.inRotation && s.lagMs === 0, 5_000, 'the replica is current');
+    // Watched from before the stop, so a slow shutdown cannot hide the first sample that failed.
+    const firstUnknown = sampleUntil(router, (s) => s.lagUnknown, 8_000, 'the lag is unknown');
     await rs.primary.stop('fast');
     try {
-      const unknown = await sampleUntil(router, (s) => s.lagUnknown, 5_000, 'the lag is unknown');
+      const unknown = await firstUnknown;
       // One sample interval (500 ms) after the primary's last answer: within the limit.
       expect(unknown).toMatchObject({ inRotation: true, lagMs: null, lagBytes: null, outOfRotation: undefined });
       expect(unknown.reason).toMatch(/^lag unknown: the primary's WAL position could not be sampled/);
