@@ -188,7 +188,7 @@ export class PoolDeadlineError extends Error {
 }
 
 /** Why the answer to a statement whose outcome matters never came. */
-export type OutcomeUnknownReason = 'deadline' | 'query_timeout' | 'connection_lost';
+export type OutcomeUnknownReason = 'deadline' | 'query_timeout' | 'connection_lost' | 'cancelled';
 
 /**
  * A statement that ends a transaction (`COMMIT`, `END`, `PREPARE TRANSACTION`, `COMMIT
@@ -224,6 +224,7 @@ const REASONS: Readonly<Record<OutcomeUnknownReason, string>> = {
   deadline: "the request's deadline passed",
   query_timeout: 'its query_timeout passed',
   connection_lost: 'the connection was lost',
+  cancelled: 'it was cancelled on the server',
 };
 
 /** The configuration given to db-pool is invalid; the message lists every bad key. */

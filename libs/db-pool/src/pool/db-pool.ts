@@ -741,6 +741,11 @@ export class DbPool extends EventEmitter {
     return new PoolFailoverError(this.settings.name, this.state(), entry.host?.address ?? 'unknown', entry.evicted ?? 'evicted');
   }
 
+  /** @internal How long the answer to a cancelled statement whose outcome matters is awaited (DB_VALIDATION_TIMEOUT_MS). */
+  get cancelWaitMs(): number {
+    return this.settings.validationTimeoutMs;
+  }
+
   /** @internal A request's deadline passed under a running statement (the lease's query): it is cancelled now, once. */
   deadlinePassed(entry: PoolEntry): void {
     if (entry.cancel !== undefined || entry.removed || entry.checkedOutAt < 0 || !awaitingServer(entry.client)) return;

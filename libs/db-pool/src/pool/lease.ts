@@ -1,8 +1,10 @@
 import type { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
-import { PoolDeadlineError, PoolLeaseError, PoolReleaseError } from '../errors.js';
+import { type OutcomeUnknownReason, PoolDeadlineError, PoolLeaseError, PoolOutcomeUnknownError, PoolReleaseError } from '../errors.js';
 import type { Deadline } from './deadline.js';
+import { committedLocally, outcomeSensitive, statementText } from './outcome.js';
+import { connectionLost } from './pg-internals.js';
 import type { PoolEntry } from './pool-entry.js';
 
 /** What a lease needs of its pool. */
@@ -14,11 +16,14 @@ export interface LeaseOwner {
   evictedError(entry: PoolEntry): Error;
   /** The request's deadline passed while a statement ran: cancel it on the server now. */
   deadlinePassed(entry: PoolEntry): void;
+  /** How long past its request's deadline the answer to a statement whose outcome matters is awaited, once it is cancelled (DB_VALIDATION_TIMEOUT_MS). */
+  readonly cancelWaitMs: number;
 }
 
 type Listener = (...args: unknown[]) => void;
 const HELD = Symbol('db-pool.lease.held');
 type Delegate = Record<string, (...args: unknown[]) => unknown>;
+type TxStatusReader = { getTransactionStatus?(): string | null };
 
 /**
  * What a caller gets from an acquire: the connection's client, for this checkout only (HikariCP's
@@ -63,53 +68,120 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
   // Every checkout's hot call: three arguments as pg takes them, no rest array.
   query(config: unknown, values?: unknown, callback?: unknown): never {
     const entry = this.#entry;
-    if (entry !== undefined && entry.evicted !== undefined)
-      return refuse(this.#owner.evictedError(entry), config, values, callback) as never;
-    if (this.#deadline !== undefined && entry !== undefined) return this.#queryBy(this.#deadline, entry, config, values, callback) as never;
+    if (entry !== undefined) {
+      if (entry.evicted !== undefined) return refuse(this.#owner.evictedError(entry), config, values, callback) as never;
+      const text = statementText(config);
+      // A statement that ends a transaction or writes in one of its own: how it ended must be known.
+      const command = text === undefined ? undefined : outcomeSensitive(text, entry.client as TxStatusReader);
+      if (this.#deadline !== undefined || command !== undefined)
+        return this.#queryGuarded(entry, config, values, callback, this.#deadline, command) as never;
+    }
     return (this[HELD]('query') as unknown as Delegate).query(config, values, callback) as never;
   }
 
   /**
-   * A statement under a request's deadline (`withDeadline`): not sent once it has passed, else
-   * sent with the time left as its `query_timeout`. When that fires first, the caller gets a
-   * {@link PoolDeadlineError} at once and the statement is cancelled on the server.
+   * A statement under a request's deadline (`withDeadline`), or one whose outcome matters
+   * (`command`: it ends a transaction, or writes in one of its own).
+   *
+   * Under a deadline a statement is not sent once it has passed, else sent with the time left as
+   * its `query_timeout`: when that fires first, the caller gets a {@link PoolDeadlineError} at once
+   * and the statement is cancelled on the server. A statement whose outcome matters is cancelled
+   * at the deadline too, but its answer is awaited up to `cancelWaitMs` longer: done (its result),
+   * rolled back by the cancel (PoolDeadlineError), committed locally with its synchronous
+   * replication unconfirmed, or none at all (both {@link PoolOutcomeUnknownError}). With no
+   * deadline, such a statement whose connection is lost or whose `query_timeout` passes is a
+   * PoolOutcomeUnknownError as well, never a plain error that invites a retry.
    */
-  #queryBy(deadline: Deadline, entry: PoolEntry, config: unknown, values: unknown, callback: unknown): unknown {
-    const client = entry.client as unknown as Delegate & { connectionParameters?: { query_timeout?: number } };
-    const submittable = typeof (config as { submit?: unknown } | null)?.submit === 'function';
-    if (submittable || config === null || config === undefined) return client.query(config, values, callback);
-    const left = Math.floor(deadline.at - performance.now());
+  #queryGuarded(
+    entry: PoolEntry,
+    config: unknown,
+    values: unknown,
+    callback: unknown,
+    deadline: Deadline | undefined,
+    command: string | undefined,
+  ): unknown {
+    const client = entry.client as unknown as Delegate & EventEmitter & { connectionParameters?: { query_timeout?: number } };
+    if (typeof (config as { submit?: unknown } | null)?.submit === 'function' || config === null || config === undefined)
+      return client.query(config, values, callback);
     const owner = this.#owner;
-    if (left <= 0) return refuse(new PoolDeadlineError(owner.name, deadline.budgetMs, false), config, values, callback);
-    const given = typeof config === 'object' ? (config as { query_timeout?: number }).query_timeout : undefined;
-    const own = client.connectionParameters?.query_timeout;
-    const timeout = Math.min(left, given || Infinity, own || Infinity);
-    const bounded =
-      typeof config === 'string' ? { text: config, query_timeout: timeout } : { ...(config as object), query_timeout: timeout };
-    const byDeadline = timeout === left;
-    const translate = (err: Error | null): Error | null => {
-      if (!err || !byDeadline || err.message !== 'Query read timeout') return err;
-      // Only while this lease still holds the connection: after a release the pool has its own
-      // cancel under way, and the connection may be someone else's by the time a second one lands.
-      if (this.#entry === entry) owner.deadlinePassed(entry);
-      return new PoolDeadlineError(owner.name, deadline.budgetMs, true, { cause: err });
+    let timeout: number | undefined;
+    let byDeadline = false;
+    let timer: NodeJS.Timeout | undefined;
+    let cancelled = false;
+    if (deadline !== undefined) {
+      const left = Math.floor(deadline.at - performance.now());
+      if (left <= 0) return refuse(new PoolDeadlineError(owner.name, deadline.budgetMs, false), config, values, callback);
+      const given = typeof config === 'object' ? (config as { query_timeout?: number }).query_timeout : undefined;
+      const own = client.connectionParameters?.query_timeout;
+      if (command === undefined) {
+        timeout = Math.min(left, given || Infinity, own || Infinity);
+        byDeadline = timeout === left;
+      } else {
+        timeout = Math.min(left + owner.cancelWaitMs, given || Infinity, own || Infinity);
+        timer = setTimeout(() => {
+          cancelled = true;
+          if (this.#entry === entry) owner.deadlinePassed(entry);
+        }, left);
+      }
+    }
+    let committed = false;
+    const onNotice =
+      command === undefined
+        ? undefined
+        : (msg: { message?: string; detail?: string }) => {
+            if (committedLocally(msg)) committed = true;
+          };
+    if (onNotice) client.on('notice', onNotice);
+    const outcome = (err: Error | null): Error | null => {
+      if (command === undefined) {
+        if (!err || !byDeadline || err.message !== 'Query read timeout') return err;
+        // Only while this lease still holds the connection: after a release the pool has its own
+        // cancel under way, and the connection may be someone else's by the time a second one lands.
+        if (this.#entry === entry) owner.deadlinePassed(entry);
+        return new PoolDeadlineError(owner.name, deadline!.budgetMs, true, { cause: err });
+      }
+      clearTimeout(timer);
+      client.removeListener('notice', onNotice!);
+      if (!err) return committed ? new PoolOutcomeUnknownError(owner.name, command, cancelled ? 'deadline' : 'cancelled', true) : null;
+      const unknown = (reason: OutcomeUnknownReason) =>
+        new PoolOutcomeUnknownError(owner.name, command, reason, committed || undefined, { cause: err });
+      if (err.message === 'Query read timeout') return unknown(cancelled ? 'deadline' : 'query_timeout');
+      if (entry.dead || connectionLost(entry.client)) return unknown('connection_lost');
+      // The cancel reached the statement: the server rolled it back.
+      if (cancelled && (err as { code?: string }).code === '57014')
+        return new PoolDeadlineError(owner.name, deadline!.budgetMs, true, { cause: err });
+      return err;
     };
+    const sent =
+      timeout === undefined
+        ? config
+        : typeof config === 'string'
+          ? { text: config, query_timeout: timeout }
+          : { ...(config as object), query_timeout: timeout };
     const cb = (typeof callback === 'function' ? callback : typeof values === 'function' ? values : undefined) as
       ((err: Error | null, result?: unknown) => void) | undefined;
     const configCallback = (config as { callback?: unknown }).callback;
     if (typeof configCallback === 'function' && !cb) {
       // A config carrying its own callback (pg's QueryConfig.callback): pg answers through it.
-      (bounded as { callback?: unknown }).callback = (err: Error | null, result?: unknown) =>
-        (configCallback as (e: Error | null, r?: unknown) => void)(translate(err), result);
-      return client.query(bounded, values);
+      const withCallback = { ...(sent as object) } as { callback?: unknown };
+      withCallback.callback = (err: Error | null, result?: unknown) =>
+        (configCallback as (e: Error | null, r?: unknown) => void)(outcome(err), result);
+      return client.query(withCallback, values);
     }
     if (cb) {
-      const wrapped = (err: Error | null, result?: unknown) => cb(translate(err), result);
-      return cb === values ? client.query(bounded, wrapped) : client.query(bounded, values, wrapped);
+      const wrapped = (err: Error | null, result?: unknown) => cb(outcome(err), result);
+      return cb === values ? client.query(sent, wrapped) : client.query(sent, values, wrapped);
     }
-    return (client.query(bounded, values) as Promise<unknown>).catch((err: Error) => {
-      throw translate(err);
-    });
+    return (client.query(sent, values) as Promise<unknown>).then(
+      (result) => {
+        const err = outcome(null);
+        if (err) throw err;
+        return result;
+      },
+      (err: Error) => {
+        throw outcome(err);
+      },
+    );
   }
 
   on(event: string | symbol, listener: Listener): this {
