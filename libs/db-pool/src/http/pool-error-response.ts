@@ -12,6 +12,7 @@ import {
   PoolTimeoutError,
 } from '../errors.js';
 import { NoHostError } from '../pool/connector.js';
+import { outcomeSensitive } from '../pool/outcome.js';
 
 /** What an answer of {@link poolErrorResponse} says went wrong. */
 export type DbPoolErrorCondition =
@@ -114,8 +115,13 @@ const LOST_MESSAGES = new Set([
   'Connection terminated',
   'Client has encountered a connection error and is not queryable',
 ]);
-/** Statements that end a transaction: the server may have committed before the connection died. */
-const ENDS_TRANSACTION = /^\s*(COMMIT|END|PREPARE\s+TRANSACTION)\b/i;
+/**
+ * A failed statement is judged as if inside a transaction (the error does not say whether it
+ * was; a write outside one the pool reports itself, as PoolOutcomeUnknownError): only one that
+ * ends the transaction (`COMMIT`, `END`, `PREPARE TRANSACTION`) counts, as the server may have
+ * committed it before the connection died.
+ */
+const IN_TRANSACTION = { getTransactionStatus: () => 'T' };
 
 /** Levels of wrapping followed (`cause`, `driverError`, an AggregateError's `errors`). */
 const MAX_DEPTH = 8;
@@ -190,7 +196,7 @@ function classify(error: object): Found | undefined {
   // TypeORM copies its driver error's fields (`code` too) onto itself: the driver error is
   // classified on its own; here only what TypeORM alone knows, the statement that failed.
   if (error instanceof QueryFailedError)
-    return ENDS_TRANSACTION.test(error.query ?? '') && isLost(error.driverError)
+    return isLost(error.driverError) && outcomeSensitive(error.query ?? '', IN_TRANSACTION) !== undefined
       ? { condition: 'outcome_unknown', error, code: codeOf(error.driverError) }
       : undefined;
   if (isLost(error)) return { condition: 'connection_lost', error: error as Error, code: codeOf(error) };
