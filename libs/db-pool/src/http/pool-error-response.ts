@@ -143,9 +143,10 @@ export function poolErrorResponse(error: unknown): DbPoolErrorResponse | undefin
   if (!found) return undefined;
   const unknown = found.condition === 'outcome_unknown';
   const retryAfter = unknown ? undefined : RETRY_AFTER_SECONDS[found.condition as PoolUnavailableCondition];
-  // 504, not 503: the database (our upstream) gave no answer, and unlike a 503 that says nothing
-  // about the request having been left undone; clients and proxies that retry every 503 must not
-  // repeat a write that may have committed. Not 500: neither the request nor the code is wrong.
+  // 504, not 503: the database, this service's upstream, gave no answer in time, and a 504 makes
+  // no claim that the request was left undone, as a 503 does; clients and proxies that retry
+  // every 503 must not repeat a write that may have committed. Not 500: neither the request nor
+  // the code is wrong.
   const status = unknown ? 504 : 503;
   const body: DbPoolErrorBody = {
     statusCode: status,
