@@ -1,11 +1,15 @@
 /** Shown in place of a password wherever a connection string is printed. */
 export const REDACTED = '***';
 
-/** Query parameters that carry a secret (libpq's `password` and `sslpassword`, and the like). */
-const SECRET_PARAM = /([?&][^=&#\s]*(?:password|secret|token)[^=&#\s]*=)[^&]*/gi;
+/**
+ * Query parameters that carry a secret (libpq's `password` and `sslpassword`, and the like). The
+ * value runs to the next `&name=`, not the next `&` or `#`: a raw `&` or `#` may be part of it.
+ */
+const SECRET_PARAM = /([?&][^=&#\s]*(?:password|secret|token)[^=&#\s]*=)(?:(?!&[A-Za-z_][\w.-]*=)[\s\S])*/gi;
 /** `password=…` in libpq's keyword/value form, quoted or not. */
 const SECRET_KEYWORD = /((?:^|[\s,;(])(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|"(?:[^"\\]|\\.)*"?|[^\s,;)]*)/gi;
 const SCHEME = /[a-z][a-z0-9+.-]*:\/\//gi;
+const SCHEME_AT_START = /^[a-z][a-z0-9+.-]*:\/\//i;
 
 /**
  * Returns the connection string with its password replaced by `***`. Works on strings that are
@@ -16,11 +20,9 @@ const SCHEME = /[a-z][a-z0-9+.-]*:\/\//gi;
  * masked. When the query holds an `@` too, more than the password is masked — never less.
  */
 export function redactUrl(url: string): string {
-  SCHEME.lastIndex = 0;
-  const scheme = SCHEME.exec(url);
-  const start = scheme && scheme.index === 0 ? scheme[0].length : 0;
+  const start = schemeLength(url);
   // A value given where a URL belongs may be libpq's keyword form (`host=… password=…`).
-  return maskSecretParams(maskUserinfo(url, start, url.length)).replace(SECRET_KEYWORD, `$1${REDACTED}`);
+  return maskCredentials(url, start).replace(SECRET_KEYWORD, `$1${REDACTED}`);
 }
 
 /**
@@ -40,7 +42,7 @@ export function scrubSecrets(text: string): string {
     while (end < text.length && !/[\s"'<>]/.test(text[end])) end++;
     const lineEnd = text.indexOf('\n', start) === -1 ? text.length : text.indexOf('\n', start);
     if (text.lastIndexOf('@', end) < start && text.slice(start, end).includes(':') && text.lastIndexOf('@', lineEnd) > end) end = lineEnd;
-    out += text.slice(from, m.index) + maskSecretParams(maskUserinfo(text.slice(m.index, end), m[0].length, end - m.index));
+    out += text.slice(from, m.index) + maskCredentials(text.slice(m.index, end), m[0].length);
     from = end;
     SCHEME.lastIndex = Math.max(end, start);
   }
@@ -48,14 +50,29 @@ export function scrubSecrets(text: string): string {
   return out.replace(SECRET_KEYWORD, `$1${REDACTED}`);
 }
 
-function maskUserinfo(url: string, start: number, end: number): string {
-  const at = url.lastIndexOf('@', end - 1);
-  if (at < start) return url;
+/**
+ * Where a URL's password may stand: from the first ':' after the scheme (`start`) to the last '@'
+ * — the span {@link redactUrl} masks; undefined when there is none (a user name alone is not a
+ * secret). Anything that overlaps it is never quoted in a message.
+ */
+export function credentialSpan(url: string, start = schemeLength(url)): { from: number; to: number } | undefined {
+  const at = url.lastIndexOf('@');
+  if (at < start) return undefined;
   const colon = url.indexOf(':', start);
-  if (colon === -1 || colon > at) return url; // a user name alone is not a secret
-  return `${url.slice(0, colon + 1)}${REDACTED}${url.slice(at)}`;
+  if (colon === -1 || colon > at) return undefined;
+  return { from: colon + 1, to: at };
 }
 
-function maskSecretParams(url: string): string {
-  return url.replace(SECRET_PARAM, `$1${REDACTED}`);
+function schemeLength(url: string): number {
+  return SCHEME_AT_START.exec(url)?.[0].length ?? 0;
+}
+
+/**
+ * Secret parameters first: an '@' in a password parameter's value would otherwise pass for the
+ * end of the user-info and leave the rest of the value unmasked.
+ */
+function maskCredentials(url: string, start: number): string {
+  const masked = url.replace(SECRET_PARAM, `$1${REDACTED}`);
+  const span = credentialSpan(masked, start);
+  return span ? `${masked.slice(0, span.from)}${REDACTED}${masked.slice(span.to)}` : masked;
 }

@@ -1,4 +1,4 @@
-import { DbPoolConfigError, PoolConnectError, redactUrl, resolveDbPoolConfig } from '../src/index.js';
+import { DbPool, DbPoolConfigError, PoolConnectError, redactUrl, resolveDbPoolConfig } from '../src/index.js';
 import { scrubSecrets } from '../src/redact.js';
 import { createTestPool, databaseUrl } from './support/db.js';
 
@@ -103,8 +103,10 @@ describe('secrets: passwords are masked where credentials stand', () => {
 
   it('a password whose "/" was not encoded, yet parses as a URL (app:123/x@db), is refused rather than sent to host "app"', () => {
     expect(() => resolveDbPoolConfig({ env: {}, url: 'postgres://app:123/x@db/app' })).toThrow(
-      /\(DATABASE_URL\)="postgres:\/\/app:\*\*\*@db\/app": must be a postgres/,
+      /\(DATABASE_URL\)="postgres:\/\/app:\*\*\*@db\/app": an '@' after the host: percent-encode/,
     );
+    // The drop-in, the same: pg would connect to host "app", port 123.
+    expect(() => new DbPool({ connectionString: 'postgres://app:123/x@db/app' })).toThrow(/^an '@' after the host: percent-encode/);
   });
 
   it('a password with a stray % (not percent-encoding) is refused at start-up rather than at every connect', () => {

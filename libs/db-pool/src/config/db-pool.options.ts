@@ -19,7 +19,11 @@ export interface DbPoolOptions {
   /** Environment to read (tests pass their own). @default process.env */
   env?: Record<string, string | undefined>;
 
-  /** `DATABASE_URL`: `postgres://user:password@host:port/database`. Required unless `host` is given. */
+  /**
+   * `DATABASE_URL`: `postgres://user:password@host:port/database`, a host list
+   * (`postgres://h1:5432,h2:5433/db`, `postgres:///db?host=h1,h2&port=5432,5433`) or pg's
+   * `socket:` form. Required unless `host` is given, or (default pool only) pg's `PGHOST`.
+   */
   url?: string;
   /** Connection fields, an alternative to `url` (each overrides the URL's part). */
   host?: string;
@@ -171,7 +175,7 @@ export interface DbPoolConfig {
   adaptive: boolean;
   /** The adaptive limit's floor (at most the capacity). */
   adaptiveMin: number;
-  /** Read replicas' URLs, in order (empty: none). */
+  /** Read replicas' URLs, in order (empty: none); they may hold passwords, so they are not enumerable. */
   replicaUrls: string[];
   replicaMaxLagMs: number;
   applicationName: string;

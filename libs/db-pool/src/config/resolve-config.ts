@@ -1,5 +1,5 @@
 import { DbPoolConfigError } from '../errors.js';
-import { connectTargetOf, firstHostUrl, HostListError, splitUrl } from '../pool/hosts.js';
+import { connectTargetOf, describeServer, ENCODE_HINT, HostListError, splitUrl } from '../pool/hosts.js';
 import { redactUrl } from '../redact.js';
 import type { DbPoolConfig, DbPoolOptions } from './db-pool.options.js';
 import { type EnvKey, FALSE_WORDS, OPTION_KEYS, TRUE_WORDS } from './option-keys.js';
@@ -8,7 +8,6 @@ export const DEFAULT_POOL_NAME = 'default';
 
 const NUMBER = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
 const URL_EXAMPLE = 'postgres://user:password@host:5432/database';
-const ENCODE_HINT = "percent-encode '/', '@', ':', '#', '?', '%' and spaces in the user and password (encodeURIComponent)";
 
 type Parsed = number | boolean | string | undefined;
 
@@ -50,29 +49,9 @@ function parse(key: EnvKey, raw: unknown): Parsed {
       if ((FALSE_WORDS as readonly string[]).includes(word)) return false;
       throw allowed(key);
     }
-    case 'url': {
+    case 'url':
       if (typeof raw !== 'string') throw allowed(key);
-      let url: URL;
-      try {
-        url = new URL(firstHostUrl(raw));
-      } catch {
-        throw raw.includes('@') ? `${allowed(key)}; ${ENCODE_HINT}` : allowed(key);
-      }
-      if ((url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') || !url.hostname) throw allowed(key);
-      // pg decodes the user and password; a stray '%' would fail there, at every connect.
-      // An '@' after the host is almost always a password whose '/' was not encoded.
-      if (!decodes(url.username) || !decodes(url.password) || url.pathname.includes('@')) throw `${allowed(key)}; ${ENCODE_HINT}`;
-      // A host list (h1:5432,h2:5433) and libpq's target_session_attrs / load_balance_hosts.
-      if (splitUrl(raw)) {
-        try {
-          connectTargetOf({ connectionString: raw });
-        } catch (err) {
-          if (err instanceof HostListError) throw err.message;
-          throw err;
-        }
-      }
-      return raw;
-    }
+      return checkedUrl(key, raw);
     case 'urls': {
       const list = typeof raw === 'string' ? splitUrlList(raw) : Array.isArray(raw) ? raw.map(String) : undefined;
       if (!list || list.length === 0) throw allowed(key);
@@ -111,13 +90,30 @@ export function splitUrlList(text: string): string[] {
     .filter((u) => u !== '');
 }
 
-function applicationNameIn(url: string | undefined): string | undefined {
-  if (url === undefined) return undefined;
+/**
+ * A connection string the pool and pg read alike (hosts, ports, socket folders, libpq's
+ * target_session_attrs and load_balance_hosts), or the rule it breaks, never quoting its user-info.
+ */
+function checkedUrl(key: EnvKey, raw: string): string {
+  const parts = splitUrl(raw);
+  if (!parts && !raw.startsWith('/'))
+    throw /^\s*[a-z_]+\s*=/i.test(raw)
+      ? `${allowed(key)}; "host=… dbname=…" is libpq's keyword/value form, which pg does not read`
+      : allowed(key);
+  // pg decodes the user and password; libpq refuses a stray '%' there, and so does the pool.
+  if (parts && !decodes(parts.userinfo)) throw `${allowed(key)}; ${ENCODE_HINT}`;
   try {
-    return new URL(firstHostUrl(url)).searchParams.get('application_name') ?? undefined;
-  } catch {
-    return undefined; // refused as a URL already
+    // A URL that names no host is pg's default host: only where PGHOST names one, never localhost by accident.
+    if (connectTargetOf({ connectionString: raw }).defaultHost && !process.env.PGHOST) throw allowed(key);
+  } catch (err) {
+    if (err instanceof HostListError) throw err.message;
+    throw err;
   }
+  return raw;
+}
+
+function applicationNameIn(url: string | undefined): string | undefined {
+  return url === undefined ? undefined : splitUrl(url)?.params.findLast((p) => p.name === 'application_name')?.value;
 }
 
 function decodes(text: string): boolean {
@@ -207,8 +203,19 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
   }
 
   const url = values.get('url') as string | undefined;
-  if (url === undefined && !options.host && !problems.some((p) => p.startsWith(`${prefix}DATABASE_URL=`) || p.startsWith('url '))) {
-    problems.push(`${prefix}DATABASE_URL: not set; give a postgres:// URL such as ${URL_EXAMPLE} (or the host option)`);
+  // Without a URL, pg's own variables name the server (PGHOST, PGPORT, PGUSER, PGPASSWORD,
+  // PGDATABASE, read by pg from the process environment) — for the default pool only: a pool of
+  // its own (envPrefix) must name its server, not fall back to another's.
+  const pgNamesServer = prefix === '' && Boolean(process.env.PGHOST);
+  if (
+    url === undefined &&
+    !options.host &&
+    !pgNamesServer &&
+    !problems.some((p) => p.startsWith(`${prefix}DATABASE_URL=`) || p.startsWith('url '))
+  ) {
+    problems.push(
+      `${prefix}DATABASE_URL: not set; give a postgres:// URL such as ${URL_EXAMPLE}, the host option${prefix === '' ? ", or pg's PGHOST (with PGPORT, PGUSER, PGPASSWORD, PGDATABASE)" : ''}`,
+    );
   }
 
   const int = (option: keyof DbPoolOptions) => values.get(option) as number;
@@ -264,15 +271,22 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
     );
   }
 
+  let server: string | undefined;
+  if (url === undefined && (options.host || pgNamesServer)) {
+    try {
+      server = describeServer({ host: options.host, port, user: options.username, password: options.password, database: options.database });
+    } catch (err) {
+      if (!(err instanceof HostListError)) throw err;
+      problems.push(err.message);
+    }
+  }
+
   if (problems.length > 0) throw new DbPoolConfigError(name, problems);
 
   const config: DbPoolConfig = {
     name,
     url,
-    redactedUrl:
-      url !== undefined
-        ? redactUrl(url)
-        : `postgres://${options.username ?? ''}${options.password ? ':***' : ''}@${options.host}:${port ?? 5432}/${options.database ?? ''}`,
+    redactedUrl: url !== undefined ? redactUrl(url) : server!,
     host: options.host,
     port,
     username: options.username,
@@ -309,8 +323,9 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
     healthDetail: values.get('healthDetail') as boolean,
     typeorm: options.typeorm ?? {},
   };
-  // Readable, but not listed: util.inspect, JSON.stringify and logging a config show neither.
-  for (const key of ['url', 'password', 'pgbouncerAdminUrl'] as const) Object.defineProperty(config, key, { enumerable: false });
+  // Readable, but not listed: util.inspect, JSON.stringify and logging a config show none of them.
+  for (const key of ['url', 'password', 'pgbouncerAdminUrl', 'replicaUrls'] as const)
+    Object.defineProperty(config, key, { enumerable: false });
   return config;
 }
 

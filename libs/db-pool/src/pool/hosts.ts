@@ -1,9 +1,14 @@
 /**
- * Host lists with libpq's semantics: `postgres://user:pw@h1:5432,h2:5433,h3/db?target_session_attrs=read-write`.
- * pg (and the WHATWG URL parser it uses) takes one host per connection string; db-pool splits the
- * list itself and hands pg one single-host configuration per connection attempt.
+ * Where a pool's connections go, read as pg reads it, with libpq's host lists on top:
+ * `postgres://user:pw@h1:5432,h2:5433,h3/db?target_session_attrs=read-write`,
+ * `postgres:///db?host=h1,h2&port=5432,5433`, `socket:/var/run/postgresql?db=db`, or no URL at all
+ * (the `host` and `port` options, else `PGHOST` and `PGPORT`, else `pg.defaults`). pg takes one
+ * host per connection; db-pool resolves the list once and hands pg, for each attempt, options
+ * that name one host and port outright — so the address the pool shows, cancels on and fails over
+ * from is the one pg connects to, whatever the environment says later.
  */
-import type pg from 'pg';
+import pg from 'pg';
+import { credentialSpan, REDACTED, scrubSecrets } from '../redact.js';
 
 /** libpq's `target_session_attrs` (PostgreSQL 14+ has all six). */
 export const TARGET_SESSION_ATTRS = ['any', 'read-write', 'read-only', 'primary', 'standby', 'prefer-standby'] as const;
@@ -12,12 +17,16 @@ export type TargetSessionAttrs = (typeof TARGET_SESSION_ATTRS)[number];
 export const LOAD_BALANCE_HOSTS = ['disable', 'random'] as const;
 export type LoadBalanceHosts = (typeof LOAD_BALANCE_HOSTS)[number];
 
-const HA_PARAMS = ['target_session_attrs', 'load_balance_hosts'] as const;
+/** URL parameters the pool reads and leaves out of the URL it gives pg for one host. */
+const POOL_PARAMS = ['target_session_attrs', 'load_balance_hosts', 'host', 'port'];
+
+/** What to do about a user or password pg cannot read; said instead of quoting the part, which may hold the password. */
+export const ENCODE_HINT = "percent-encode '/', '@', ':', '#', '?', '%' and spaces in the user and password (encodeURIComponent)";
 
 export interface HostAddress {
   readonly host: string;
   readonly port: number;
-  /** `host:port` (`[v6]:port`): how the host is named in health, metrics and logs. */
+  /** `host:port` (`[v6]:port`, `/socket/folder:port`): how the host is named in health, metrics and logs. */
   readonly address: string;
 }
 
@@ -26,95 +35,246 @@ export interface ConnectTarget {
   readonly hosts: readonly HostAddress[];
   readonly targetSessionAttrs: TargetSessionAttrs;
   readonly loadBalanceHosts: LoadBalanceHosts;
-  /** pg's options for a connection to one host of the list. */
+  /** No host was named (options, URL, `host=`): pg's own default (`PGHOST`, else `pg.defaults.host`) is the host. */
+  readonly defaultHost: boolean;
+  /** pg's options for a connection to one host of the list: that host and port, and nothing pg could read otherwise. */
   clientConfig(host: HostAddress): pg.ClientConfig;
 }
 
-/** A host list or one of its parameters that cannot be used; the message names the part and what is allowed. */
+/** A host list or one of its parameters that cannot be used; the message names the part and what is allowed, never the password. */
 export class HostListError extends Error {
   override name = 'HostListError';
 }
 
-const DEFAULT_PORT = 5432;
-
 /**
- * Reads the host list and the session requirement from pg's options: a `connectionString` whose
- * authority lists several hosts, or a `host` option `h1,h2:5433`. A single host with no HA
- * parameter gives a target whose `clientConfig` returns the options unchanged.
+ * Reads where connections go from pg's options: a `connectionString` (`postgres://`,
+ * `postgresql://`, pg's `socket:` form or a socket folder `"/var/run/postgresql dbname"`) or the
+ * `host`/`port` options, each falling back to pg's own sources. Each host's `clientConfig` is
+ * checked against pg's reading of it: a string pg would read otherwise is refused here.
  */
 export function connectTargetOf(config: pg.ClientConfig): ConnectTarget {
   const url = config.connectionString;
-  if (url !== undefined && url !== '') return fromUrl(config, url);
-  const hostOption = typeof config.host === 'string' ? config.host : undefined;
-  const defaultPort = config.port === undefined ? DEFAULT_PORT : Number(config.port);
-  const hosts = hostOption?.includes(',') ? splitHostList(hostOption, defaultPort, 'host') : undefined;
-  const attrs = readAttrs((config as { target_session_attrs?: string }).target_session_attrs, 'target_session_attrs');
-  const balance = readBalance((config as { load_balance_hosts?: string }).load_balance_hosts, 'load_balance_hosts');
-  if (!hosts) {
-    const only = { host: hostOption ?? 'localhost', port: defaultPort, address: addressOf(hostOption ?? 'localhost', defaultPort) };
-    return { hosts: [only], targetSessionAttrs: attrs, loadBalanceHosts: balance, clientConfig: () => config };
+  const target =
+    url === undefined || url === '' ? fromOptions(config) : url.startsWith('/') ? fromSocketFolder(config, url) : fromUrl(config, url);
+  for (const host of target.hosts) {
+    const seen = pgAddress(target.clientConfig(host));
+    if (seen.host !== host.host || seen.port !== host.port)
+      throw new HostListError(`pg would read another host or port from the connection string than the pool does; ${ENCODE_HINT}`);
   }
+  return target;
+}
+
+/**
+ * The server pg connects to for options without a URL, written as one with the password masked
+ * (`postgres://app:***@db:5432/shop`): the options, else pg's PG* variables, else pg.defaults.
+ */
+export function describeServer(config: pg.ClientConfig): string {
+  const { hosts } = connectTargetOf(config);
+  const client = new pg.Client({ user: config.user, database: config.database, password: config.password, host: 'x' });
+  const password = client.password ? `:${REDACTED}` : '';
+  const list = hosts.map((h) => `${urlHost(h.host)}:${h.port}`).join(',');
+  return `postgres://${encodeURIComponent(client.user ?? '')}${password}@${list}/${encodeURIComponent(client.database ?? '')}`;
+}
+
+/**
+ * The host and port pg connects to for these options, by pg's own reading (`pg.Client#host` and
+ * `#port`): the URL's parts, else the options, else `PGHOST`/`PGPORT`, else `pg.defaults`.
+ */
+function pgAddress(config: pg.ClientConfig): { host: string; port: number } {
+  try {
+    const client = new pg.Client({ connectionString: config.connectionString, host: config.host, port: config.port });
+    return { host: client.host, port: client.port };
+  } catch (err) {
+    // pg's URL errors carry no input (pg-connection-string redacts it); scrubbed all the same.
+    throw new HostListError(`pg cannot read the connection string (${scrubSecrets((err as Error).message)}); ${ENCODE_HINT}`);
+  }
+}
+
+/** pg's default port, named by where it came from when it is no port at all. */
+function defaultPort(portOption: unknown): number {
+  const { port } = pgAddress({ port: portOption as number | undefined });
+  if (validPort(port)) return port;
+  const [source, value] = portOption
+    ? ['the port option', portOption]
+    : process.env.PGPORT
+      ? ['PGPORT', process.env.PGPORT]
+      : ['pg.defaults.port', pg.defaults.port];
+  throw new HostListError(`${source}=${JSON.stringify(String(value))}: the port must be an integer from 1 to 65535`);
+}
+
+function fromOptions(config: pg.ClientConfig): ConnectTarget {
+  const session = sessionParams((name) => {
+    const value = (config as Record<string, unknown>)[name] as string | undefined;
+    return { value, quoted: JSON.stringify(value) };
+  });
+  const given = typeof config.host === 'string' && config.host !== '' ? config.host : undefined;
+  const port = defaultPort(config.port);
+  const hosts = given?.includes(',')
+    ? hostItems(given, 0, 'the host option', undefined).map((item) => hostAddress(item.host, item.port === '' ? port : Number(item.port)))
+    : [hostAddress(pgAddress({ host: given }).host, port)];
   return {
     hosts,
-    targetSessionAttrs: attrs,
-    loadBalanceHosts: balance,
-    clientConfig: (host) => ({ ...config, host: host.host, port: host.port }),
+    ...session,
+    defaultHost: given === undefined,
+    clientConfig: (host) => withOptions(config, { host: host.host, port: host.port }),
   };
+}
+
+/** pg's plainest form: `"/var/run/postgresql dbname"` (a socket folder, a space, a database). */
+function fromSocketFolder(config: pg.ClientConfig, url: string): ConnectTarget {
+  // pg reads only the folder and the database from it; the port stays the option's (else PGPORT, pg.defaults).
+  const host = hostAddress(pgAddress({ connectionString: url }).host, defaultPort(config.port));
+  return {
+    hosts: [host],
+    targetSessionAttrs: 'any',
+    loadBalanceHosts: 'disable',
+    defaultHost: false,
+    clientConfig: (h) => withOptions(config, { port: h.port }),
+  };
+}
+
+interface Param {
+  name: string;
+  value: string;
+  /** The parameter as written, and where its value starts in the URL. */
+  raw: string;
+  valueAt: number;
 }
 
 function fromUrl(config: pg.ClientConfig, url: string): ConnectTarget {
   const parts = splitUrl(url);
-  if (!parts) throw new HostListError('the connection string is not a postgres:// URL');
-  const params = parts.query === '' ? [] : parts.query.split('&');
-  const param = (name: string) => {
-    const hit = params.find((p) => p.split('=')[0] === name);
-    return hit === undefined ? undefined : decodeURIComponent(hit.slice(name.length + 1).replace(/\+/g, ' '));
-  };
-  const attrs = readAttrs(param('target_session_attrs'), 'target_session_attrs');
-  const balance = readBalance(param('load_balance_hosts'), 'load_balance_hosts');
+  if (!parts) throw new HostListError(notAConnectionString(url));
+  // An '@' after the authority is a user or password with a raw '/', '?' or '#' (where the
+  // WHATWG parser pg uses ends the authority); the host list read before it is part of them.
+  if (parts.path.includes('@') || parts.fragment.includes('@') || parts.params.some((p) => p.raw.split('=')[0].includes('@')))
+    throw new HostListError(`an '@' after the host: ${ENCODE_HINT}; an '@' in the database name is written %40`);
+  const param = (name: string) => parts.params.findLast((p) => p.name === name);
+  const session = sessionParams((name) => {
+    const p = param(name);
+    return { value: p?.value, quoted: p && shown(url, p.raw.slice(p.raw.indexOf('=') + 1), p.valueAt) };
+  });
+
+  let items: HostItem[];
+  if (parts.form === 'socket') {
+    if (parts.hostList !== '')
+      throw new HostListError('a socket: URL names its socket folder as its path, not a host: socket:/var/run/postgresql?db=…');
+    // pg reads the folder with decodeURI, as it is.
+    let folder: string;
+    try {
+      folder = decodeURI(parts.path);
+    } catch {
+      throw new HostListError("a socket: URL's folder is not percent-encoded correctly: a '%' must start a percent-encoded byte (%20)");
+    }
+    items = [{ host: folder, port: '', text: parts.path, at: parts.pathAt }];
+    if (!folder.startsWith('/'))
+      throw new HostListError('a socket: URL names its socket folder as its path: socket:/var/run/postgresql?db=…');
+  } else {
+    items = hostItems(parts.hostList, parts.hostListAt, 'the URL', url);
+    const hostParam = param('host');
+    if (hostParam && hostParam.value !== '') {
+      // libpq and pg: host= wins over the authority's host (whose port still counts).
+      if (items.length > 1) throw new HostListError('the URL names hosts both before its path and in host=: name them in one place');
+      const port = items[0].port;
+      let at = hostParam.valueAt;
+      items = hostParam.value.split(',').map((host) => {
+        const item = { host, port, text: host, at };
+        at += host.length + 1;
+        return item;
+      });
+    }
+  }
   const portParam = param('port');
-  const defaultPort = portParam === undefined ? DEFAULT_PORT : Number(portParam);
-  const hosts = splitHostList(parts.hostList, defaultPort, 'the URL');
-  const rest = params.filter((p) => !(HA_PARAMS as readonly string[]).includes(p.split('=')[0]));
-  const tail = `${parts.path}${rest.length > 0 ? `?${rest.join('&')}` : ''}${parts.fragment}`;
-  const untouched = hosts.length === 1 && rest.length === params.length;
+  if (portParam && portParam.value !== '') {
+    const ports = portParam.value.split(',');
+    if (ports.length !== 1 && ports.length !== items.length)
+      throw new HostListError(
+        `the URL gives ${ports.length} ports for ${items.length} host${items.length === 1 ? '' : 's'}: give one port for all of them or one per host, as libpq does`,
+      );
+    items = items.map((item, i) => ({ ...item, port: ports[ports.length === 1 ? 0 : i] }));
+  }
+
+  // A URL's empty host or port is pg's default: PGHOST / PGPORT, else pg.defaults (never the options: the URL wins over them in pg).
+  const defaultHost = items.length === 1 && items[0].host === '';
+  const fallbackPort = items.some((item) => item.port === '') ? defaultPort(parts.form === 'socket' ? config.port : undefined) : 0;
+  const hosts = items.map((item) => {
+    if (item.host === '' && items.length > 1)
+      throw new HostListError(badHost(url, item, 'the URL', 'each host must be a name or address, with :port optionally'));
+    const port = item.port === '' ? fallbackPort : /^\d+$/.test(item.port) ? Number(item.port) : NaN;
+    if (!validPort(port)) throw new HostListError(badHost(url, item, 'the URL', 'the port must be an integer from 1 to 65535'));
+    return hostAddress(defaultHost ? pgAddress({}).host : item.host, port);
+  });
+
+  const rest = parts.params.filter((p) => !POOL_PARAMS.includes(p.name)).map((p) => p.raw);
+  // A single host and port written out, nothing for the pool in the query: pg reads the URL as given.
+  const asGiven =
+    parts.form === 'url' &&
+    hosts.length === 1 &&
+    !defaultHost &&
+    parts.hostList !== '' &&
+    rest.length === parts.params.length &&
+    /:\d+$/.test(parts.hostList);
   return {
     hosts,
-    targetSessionAttrs: attrs,
-    loadBalanceHosts: balance,
-    clientConfig: untouched
+    ...session,
+    defaultHost,
+    clientConfig: asGiven
       ? () => config
-      : (host) => withConnectionString(config, `${parts.scheme}${parts.userinfo}${urlHost(host.host)}:${host.port}${tail}`),
+      : (host) => {
+          const authority = parts.form === 'socket' ? parts.hostList : `${urlHost(host.host)}:${host.port}`;
+          const query = parts.form === 'socket' ? [...rest, `port=${host.port}`] : rest;
+          return withOptions(config, {
+            connectionString: `${parts.scheme}${parts.userinfo}${authority}${parts.path}${query.length > 0 ? `?${query.join('&')}` : ''}${parts.fragment}`,
+          });
+        },
   };
 }
 
-/** A copy of `config` with another connection string, kept as hidden as the original (pg-pool hides secrets). */
-function withConnectionString(config: pg.ClientConfig, connectionString: string): pg.ClientConfig {
-  const copy = { ...config };
-  Object.defineProperty(copy, 'connectionString', { value: connectionString, enumerable: false, writable: true, configurable: true });
-  if ('password' in config)
-    Object.defineProperty(copy, 'password', { value: config.password, enumerable: false, writable: true, configurable: true });
+/**
+ * A copy of `config` with `changes`, its secrets kept as hidden as in the original (pg-pool
+ * hides them): a spread would drop a non-enumerable password.
+ */
+function withOptions(config: pg.ClientConfig, changes: pg.ClientConfig): pg.ClientConfig {
+  const copy: pg.ClientConfig = { ...config };
+  for (const key of ['password', 'connectionString'] as const) {
+    if (key in config || key in changes)
+      Object.defineProperty(copy, key, {
+        value: key in changes ? changes[key] : config[key],
+        enumerable: false,
+        writable: true,
+        configurable: true,
+      });
+  }
+  for (const [key, value] of Object.entries(changes))
+    if (key !== 'password' && key !== 'connectionString') (copy as Record<string, unknown>)[key] = value;
   return copy;
 }
 
 interface UrlParts {
+  /** `url`: postgres:// or postgresql://; `socket`: pg's socket: form, whose path is the socket folder. */
+  form: 'url' | 'socket';
   scheme: string;
   userinfo: string;
   hostList: string;
+  hostListAt: number;
   path: string;
+  pathAt: number;
   query: string;
+  params: Param[];
   fragment: string;
 }
 
 /**
- * Splits a postgres URL around its authority. The credentials end at the authority's last '@'
- * (a password's own '@' must be percent-encoded, which the configuration checks).
+ * Splits a connection URL where the WHATWG parser pg uses splits it: the authority ends at the
+ * first '/', '?' or '#', and the credentials at its last '@'. Undefined when it is not a
+ * postgres://, postgresql:// or socket: URL.
  */
 export function splitUrl(url: string): UrlParts | undefined {
-  const scheme = /^postgres(?:ql)?:\/\//i.exec(url)?.[0];
+  const scheme = /^(?:postgres(?:ql)?:\/\/|socket:(?:\/\/)?)/i.exec(url)?.[0];
   if (!scheme) return undefined;
+  const form = scheme.toLowerCase().startsWith('socket') ? 'socket' : 'url';
+  const hasAuthority = scheme.endsWith('//');
   const afterScheme = url.slice(scheme.length);
-  const authorityEnd = afterScheme.search(/[/?#]/);
+  const authorityEnd = hasAuthority ? afterScheme.search(/[/?#]/) : 0;
   const authority = authorityEnd === -1 ? afterScheme : afterScheme.slice(0, authorityEnd);
   let rest = authorityEnd === -1 ? '' : afterScheme.slice(authorityEnd);
   const at = authority.lastIndexOf('@');
@@ -122,65 +282,138 @@ export function splitUrl(url: string): UrlParts | undefined {
   const fragment = hashAt === -1 ? '' : rest.slice(hashAt);
   if (hashAt !== -1) rest = rest.slice(0, hashAt);
   const q = rest.indexOf('?');
+  const pathAt = scheme.length + authority.length;
+  const query = q === -1 ? '' : rest.slice(q + 1);
   return {
+    form,
     scheme,
     userinfo: at === -1 ? '' : authority.slice(0, at + 1),
     hostList: at === -1 ? authority : authority.slice(at + 1),
+    hostListAt: scheme.length + at + 1,
     path: q === -1 ? rest : rest.slice(0, q),
-    query: q === -1 ? '' : rest.slice(q + 1),
+    pathAt,
+    query,
+    params: queryParams(query, pathAt + q + 1),
     fragment,
   };
 }
 
+/** The query's parameters, decoded as pg decodes them (URLSearchParams: '+' is a space), with where each value stands. */
+function queryParams(query: string, at: number): Param[] {
+  const params: Param[] = [];
+  for (const raw of query.split('&')) {
+    const [entry] = [...new URLSearchParams(raw)];
+    if (entry) params.push({ name: entry[0], value: entry[1], raw, valueAt: at + raw.indexOf('=') + 1 });
+    at += raw.length + 1;
+  }
+  return params;
+}
+
 /**
- * The URL with its host list cut to the first host (for parsers that take one host: the WHATWG
- * URL class, TypeORM's URL reader); the URL itself when it is not a postgres:// URL.
+ * The URL with one host, written out (for parsers that take one: the WHATWG URL class, TypeORM's
+ * URL reader): the first of a list, and pg's socket forms as `postgres://%2Ffolder/db`. The
+ * string itself when it is none of these.
  */
 export function firstHostUrl(url: string): string {
+  if (url.startsWith('/')) {
+    const [folder, database = ''] = url.split(' ');
+    return `postgres://${encodeURIComponent(folder)}/${encodeURIComponent(database)}`;
+  }
   const parts = splitUrl(url);
-  if (!parts || !parts.hostList.includes(',')) return url;
+  if (!parts) return url;
+  if (parts.form === 'socket') {
+    const database = parts.params.findLast((p) => p.name === 'db')?.value ?? '';
+    const rest = parts.params.filter((p) => p.name !== 'db' && p.name !== 'encoding').map((p) => p.raw);
+    return `postgres://${parts.userinfo}${encodeURIComponent(decodeURI(parts.path))}/${encodeURIComponent(database)}${rest.length > 0 ? `?${rest.join('&')}` : ''}`;
+  }
+  if (!parts.hostList.includes(',')) return url;
   const first = parts.hostList.slice(0, parts.hostList.indexOf(','));
   return `${parts.scheme}${parts.userinfo}${first}${parts.path}${parts.query === '' ? '' : `?${parts.query}`}${parts.fragment}`;
 }
 
-/** `h1:5432,h2,[::1]:5433` → hosts; a missing port is `defaultPort`. */
-function splitHostList(list: string, defaultPort: number, where: string): HostAddress[] {
-  const hosts = list.split(',').map((item) => {
-    const m = /^(\[[^\]]*\]|[^:[\]]*)(?::(\d*))?$/.exec(item);
-    const host = m?.[1].replace(/^\[(.*)\]$/, '$1') ?? '';
-    const port = m?.[2] === undefined || m[2] === '' ? defaultPort : Number(m[2]);
-    if (!m || host === '')
-      throw new HostListError(`host ${JSON.stringify(item)} in ${where}: each host must be a name or address, with :port optionally`);
-    if (!Number.isInteger(port) || port < 1 || port > 65_535)
-      throw new HostListError(`host ${JSON.stringify(item)} in ${where}: the port must be an integer from 1 to 65535`);
-    return { host: decodeURIComponent(host), port, address: addressOf(host, port) };
+interface HostItem {
+  host: string;
+  /** As written: digits, or '' for the default. */
+  port: string;
+  /** The item as written, and where it stands in the URL (for quoting it only when it cannot hold the password). */
+  text: string;
+  at: number;
+}
+
+/** `h1:5432,h2,[::1]:5433` → items; a URL's hosts are percent-decoded (a socket folder `%2Fvar%2Frun%2Fpostgresql`). */
+function hostItems(list: string, at: number, where: string, url: string | undefined): HostItem[] {
+  return list.split(',').map((text) => {
+    const item = { host: '', port: '', text, at };
+    at += text.length + 1;
+    const m = /^(\[[^\]]*\]|[^:[\]]*)(?::(\d*))?$/.exec(text);
+    if (!m || (m[1] === '' && list.includes(',')))
+      throw new HostListError(badHost(url, item, where, 'each host must be a name or address, with :port optionally'));
+    const host = m[1].replace(/^\[(.*)\]$/, '$1');
+    item.port = m[2] ?? '';
+    try {
+      item.host = url === undefined ? host : decodeURIComponent(host);
+    } catch {
+      throw new HostListError(badHost(url, item, where, "a '%' must start a percent-encoded byte (%2F)"));
+    }
+    return item;
   });
-  return hosts;
 }
 
-function addressOf(host: string, port: number): string {
-  return `${bracket(host)}:${port}`;
+/** A host's problem, quoting the host only where it cannot be a piece of the password. */
+function badHost(url: string | undefined, item: HostItem, where: string, problem: string): string {
+  const quoted = shown(url, item.text, item.at);
+  return quoted === undefined
+    ? `a host in ${where} (not shown: it stands where a password may): ${problem}; ${ENCODE_HINT}`
+    : `host ${quoted} in ${where}: ${problem}`;
 }
 
-/** A host as it stands in a URL: IPv6 in brackets, anything else percent-encoded again (a socket folder `/var/run/postgresql`). */
+/** `"text"` when the text at `at` lies outside the URL's credentials (what redactUrl masks); undefined otherwise. */
+function shown(url: string | undefined, text: string, at: number): string | undefined {
+  const span = url === undefined ? undefined : credentialSpan(url);
+  return span && at < span.to && at + text.length > span.from ? undefined : JSON.stringify(text);
+}
+
+function notAConnectionString(url: string): string {
+  return /^\s*[a-z_]+\s*=/i.test(url)
+    ? "a keyword/value connection string (host=… dbname=…) is libpq's form, which pg does not read: give a postgres:// URL"
+    : 'the connection string is not a postgres:// or postgresql:// URL, a socket: URL or a socket folder ("/var/run/postgresql dbname")';
+}
+
+function validPort(port: number): boolean {
+  return Number.isInteger(port) && port >= 1 && port <= 65_535;
+}
+
+function hostAddress(host: string, port: number): HostAddress {
+  return { host, port, address: `${bracket(host)}:${port}` };
+}
+
+/** A host as it stands in a URL: IPv6 in brackets, anything else percent-encoded (a socket folder `/var/run/postgresql`). */
 function urlHost(host: string): string {
   return host.includes(':') ? bracket(host) : encodeURIComponent(host);
 }
 
 function bracket(host: string): string {
-  return host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
+  return host.includes(':') && !host.startsWith('[') && !host.startsWith('/') ? `[${host}]` : host;
 }
 
-function readAttrs(value: string | undefined, key: string): TargetSessionAttrs {
-  if (value === undefined || value === '') return 'any';
-  if ((TARGET_SESSION_ATTRS as readonly string[]).includes(value)) return value as TargetSessionAttrs;
-  throw new HostListError(`${key}=${JSON.stringify(value)}: must be one of ${TARGET_SESSION_ATTRS.join(', ')}`);
+/** `target_session_attrs` and `load_balance_hosts`, from `read` (a parameter's value, and how to quote it in an error). */
+function sessionParams(
+  read: (name: string) => { value: string | undefined; quoted: string | undefined },
+): Pick<ConnectTarget, 'targetSessionAttrs' | 'loadBalanceHosts'> {
+  const choice = <T extends string>(name: string, allowed: readonly T[], fallback: T): T => {
+    const { value, quoted } = read(name);
+    return readChoice(value, name, allowed, fallback, quoted);
+  };
+  return {
+    targetSessionAttrs: choice('target_session_attrs', TARGET_SESSION_ATTRS, 'any'),
+    loadBalanceHosts: choice('load_balance_hosts', LOAD_BALANCE_HOSTS, 'disable'),
+  };
 }
 
-function readBalance(value: string | undefined, key: string): LoadBalanceHosts {
-  if (value === undefined || value === '') return 'disable';
-  if ((LOAD_BALANCE_HOSTS as readonly string[]).includes(value)) return value as LoadBalanceHosts;
-  throw new HostListError(`${key}=${JSON.stringify(value)}: must be one of ${LOAD_BALANCE_HOSTS.join(', ')}`);
+function readChoice<T extends string>(value: string | undefined, key: string, allowed: readonly T[], fallback: T, quoted?: string): T {
+  if (value === undefined || value === '') return fallback;
+  if ((allowed as readonly string[]).includes(value)) return value as T;
+  throw new HostListError(`${key}${quoted === undefined ? ' in the URL' : `=${quoted}`}: must be one of ${allowed.join(', ')}`);
 }
 
 /** The order one connection attempt walks the hosts in: as listed, or shuffled (`load_balance_hosts=random`). */
