@@ -352,7 +352,15 @@ describe('connection strings as libpq and pg read them', () => {
   describe.each(FORMS.filter(([, f]) => f.refused))('%s', (_name, form) => {
     it('is refused by the drop-in and the environment alike, naming the form and not the password', () => {
       expect(() => connectTargetOf({ connectionString: form.url })).toThrow(form.refused);
-      expect(() => new DbPool({ connectionString: form.url })).toThrow(form.refused);
+      let dropIn: unknown;
+      try {
+        new DbPool({ connectionString: form.url });
+      } catch (err) {
+        dropIn = err;
+      }
+      expect(dropIn).toBeInstanceOf(DbPoolConfigError);
+      const [problem] = (dropIn as DbPoolConfigError).problems;
+      expect(problem.startsWith('connectionString: ') && form.refused!.test(problem.slice('connectionString: '.length))).toBe(true);
       let message = '';
       try {
         resolveDbPoolConfig({ env: { DATABASE_URL: form.url } });
@@ -361,7 +369,8 @@ describe('connection strings as libpq and pg read them', () => {
         message = (err as Error).message;
       }
       expect(message).toMatch(/^Invalid db-pool configuration/);
-      for (const piece of ['Tr0ub', 'ub4do', '4dor']) expect(message).not.toContain(piece);
+      for (const text of [message, (dropIn as Error).message])
+        for (const piece of ['Tr0ub', 'ub4do', '4dor']) expect(text).not.toContain(piece);
     });
 
     if (form.libpq === 'same')

@@ -9,6 +9,7 @@ import pg from 'pg';
 import {
   createDbPool,
   DbPool,
+  DbPoolConfigError,
   DbPoolMetrics,
   DbPoolRegistry,
   type PgPoolOptions,
@@ -156,7 +157,8 @@ describe("pg's configuration sources are the pool's", () => {
   it('a bad PGPORT is refused at once, naming the variable and its value', () => {
     serverInEnvironment();
     process.env.PGPORT = 'fifty';
-    expect(() => new DbPool({ max: 1 })).toThrow('PGPORT="fifty": the port must be an integer from 1 to 65535');
+    expect(() => new DbPool({ max: 1 })).toThrow(DbPoolConfigError);
+    expect(() => new DbPool({ max: 1 })).toThrow('- PGPORT="fifty": the port must be an integer from 1 to 65535');
     expect(() => resolveDbPoolConfig({ env: {} })).toThrow(/PGPORT="fifty": the port must be an integer from 1 to 65535/);
   });
 

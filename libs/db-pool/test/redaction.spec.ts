@@ -106,7 +106,9 @@ describe('secrets: passwords are masked where credentials stand', () => {
       /\(DATABASE_URL\)="postgres:\/\/app:\*\*\*@db\/app": an '@' after the host: percent-encode/,
     );
     // The drop-in, the same: pg would connect to host "app", port 123.
-    expect(() => new DbPool({ connectionString: 'postgres://app:123/x@db/app' })).toThrow(/^an '@' after the host: percent-encode/);
+    expect(() => new DbPool({ connectionString: 'postgres://app:123/x@db/app' })).toThrow(
+      /- connectionString: an '@' after the host: percent-encode/,
+    );
   });
 
   it('a password with a stray % (not percent-encoding) is refused at start-up rather than at every connect', () => {

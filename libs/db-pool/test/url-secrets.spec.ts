@@ -176,7 +176,7 @@ describe('no fragment of a password in any message, log line or util.inspect out
     ['a raw "?", one host', 'postgres://u:Sup3rS3cret?tail@h1/db'],
     ['a raw "?" before "=", one host', 'postgres://u:Sup3rS3cret?a=tail@h1/db'],
     ['digits, then a raw "/"', 'postgres://u:123456/Sup3rS3cret@h1/db'],
-  ])('the drop-in refuses a password with %s, naming the problem and not the password', (_what, url) => {
+  ])('the drop-in refuses a password with %s, naming the key and the problem and not the password', (_what, url) => {
     let message = '';
     expect(() => {
       try {
@@ -185,7 +185,7 @@ describe('no fragment of a password in any message, log line or util.inspect out
         message = `${(err as Error).message}\n${inspect(err)}`;
         throw err;
       }
-    }).toThrow(/percent-encode/);
+    }).toThrow(/- connectionString: .*percent-encode/);
     for (const piece of ['Sup3', 'p3rS', 'S3cr', '3cre', 'tail', '1234', '3456']) expect(message).not.toContain(piece);
   });
 

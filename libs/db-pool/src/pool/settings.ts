@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import type { DbPoolConfig } from '../config/db-pool.options.js';
 import { DbPoolConfigError } from '../errors.js';
+import { connectTargetOf, HostListError } from './hosts.js';
 import { type DbPoolLogger, SILENT } from './logger.js';
 
 /** How a pool behaves: the validated configuration's pool fields, plus pg's own that have no environment key. Durations in ms. */
@@ -60,7 +61,7 @@ export type PgPoolOptions = pg.PoolConfig & {
  * Settings from pg.Pool's options alone, with pg's defaults (max 10, min 0, idle clients closed
  * after 10 s, no acquire deadline, no lifetime) and db-pool's safety on top (reset on return,
  * leases, a shutdown grace of 10 s; pre-ping off, as pg has none). Nonsense is refused, naming
- * the option; nothing is dropped.
+ * the option (a connection string by what is wrong with it, never by its text); nothing is dropped.
  */
 export function settingsFromPg(options: PgPoolOptions, overrides: Partial<DbPoolSettings> = {}): DbPoolSettings {
   const problems: string[] = [];
@@ -82,6 +83,14 @@ export function settingsFromPg(options: PgPoolOptions, overrides: Partial<DbPool
   const maxUses = count('maxUses', Infinity, 1);
   for (const hook of ['Client', 'onConnect', 'verify', 'log'] as const) {
     if (options[hook] !== undefined && typeof options[hook] !== 'function') problems.push(`${hook}: must be a function`);
+  }
+  // Where connections go: a connection string pg would read otherwise (or not at all), a bad
+  // host list or port; the problem never quotes what may be the password.
+  try {
+    connectTargetOf(options);
+  } catch (err) {
+    if (!(err instanceof HostListError)) throw err;
+    problems.push(options.connectionString ? `connectionString: ${err.message}` : err.message);
   }
   if (problems.length > 0) throw new DbPoolConfigError(overrides.name ?? 'default', problems);
   const log = options.log;
