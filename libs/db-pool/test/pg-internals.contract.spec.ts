@@ -6,11 +6,13 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import Cursor from 'pg-cursor';
 import { createDbPoolDataSource, poolOf } from '../src/index.js';
 import {
   awaitingServer,
   backendKeyOf,
   connectionLost,
+  openSubmittables,
   PINNED,
   protocolOf,
   queuedQueries,
@@ -63,6 +65,29 @@ describe('pg and TypeORM internals db-pool reads (pg-internals.ts)', () => {
       await client.end();
     }
     expect(connectionLost(client)).toBe(true); // ended
+  });
+
+  it('pg.Client keeps the submittable it runs as _activeQuery and queued ones in _queryQueue (openSubmittables)', async () => {
+    const client = new pg.Client({ connectionString: databaseUrl() });
+    await client.connect();
+    try {
+      expect('_activeQuery' in client).toBe(true); // null or undefined while idle
+      expect(openSubmittables(client)).toEqual([]);
+      const cursor = client.query(new Cursor('SELECT n FROM generate_series(1, 3) AS n'));
+      const queued = client.query(new Cursor('SELECT 1'));
+      await cursor.read(1);
+      expect(openSubmittables(client)).toEqual([cursor, queued]);
+      await cursor.close();
+      await queued.read(1);
+      await queued.close();
+      expect(openSubmittables(client)).toEqual([]);
+      // pg's own queries are not submittables of the caller's.
+      const running = client.query('SELECT pg_sleep(0.01)');
+      expect(openSubmittables(client)).toEqual([]);
+      await running;
+    } finally {
+      await client.end();
+    }
   });
 
   it("pg.Client has getTransactionStatus() (pg ≥ 8.23) and TypeORM's Postgres driver keeps its pool as driver.master", async () => {

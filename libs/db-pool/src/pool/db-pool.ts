@@ -6,6 +6,7 @@ import {
   PoolConnectError,
   PoolDeadlineError,
   PoolFailoverError,
+  PoolLeaseError,
   PoolOverloadedError,
   PoolTimeoutError,
   PoolUnavailableError,
@@ -22,7 +23,8 @@ import type { PoolTimings } from './histogram.js';
 import { CheckoutLeakTracker, type CheckoutSite, type LeakTracker, NO_LEAK_TRACKING, type StackCaptureStats } from './leak-tracker.js';
 import { delegateToClient, PoolLease } from './lease.js';
 import { lifetimeOf, Refill } from './lifetime.js';
-import { awaitingServer, connectionLost, destroySocket, protocolOf, queuedQueries } from './pg-internals.js';
+import { awaitingServer, connectionLost, destroySocket, openSubmittables, protocolOf, queuedQueries } from './pg-internals.js';
+import { stopSubmittable } from './submittables.js';
 import { activeSpan, bindOtelMetrics, type OtelBinding, POOL_NAME_ATTRIBUTE } from './otel.js';
 import { PoolEntry } from './pool-entry.js';
 import { type DbPoolSettings, type PgPoolOptions, settingsFromPg } from './settings.js';
@@ -705,10 +707,20 @@ export class DbPool extends EventEmitter {
     entry.lastUsed = now;
     if (this.listenerCount('release') > 0) this.emit('release', err instanceof Error ? err : undefined, entry.client);
     if (entry.removed) return; // closed by shutdown while it was out
+    const client = entry.client;
+    const busy = awaitingServer(client);
+    const queued = queuedQueries(client);
+    // A cursor, stream or COPY still open reads the connection through a reference of its own:
+    // it is refused from now on, and the connection is closed with it rather than handed on —
+    // once the server has answered what it sent (a cursor's Sync), so that it ends as any failed
+    // cursor read ends and a close() of its own returns.
+    if (((busy || queued > 0) && this.refuseSubmittables(entry)) || entry.discard) {
+      if (!busy || entry.dead || connectionLost(client)) return this.remove(entry, 'discarded');
+      return cancelAndSettle(client, entry.host, this.settings.validationTimeoutMs, () => this.remove(entry, 'discarded'));
+    }
     // A socket that has died cannot settle: dropped now, not after a timeout. Queries the
     // caller queued before releasing would run in the next borrower's checkout: dropped with it.
-    if (err || this.ending || entry.dead || connectionLost(entry.client) || queuedQueries(entry.client) > 0)
-      return this.remove(entry, err ? 'discarded' : 'broken');
+    if (err || this.ending || entry.dead || connectionLost(client) || queued > 0) return this.remove(entry, err ? 'discarded' : 'broken');
     if (entry.evicted !== undefined) return this.remove(entry, 'failover');
     // A cancel was sent during the checkout (its deadline passed): the connection waits for it,
     // and for the server's answer, before anyone else gets it.
@@ -727,13 +739,26 @@ export class DbPool extends EventEmitter {
     // Released before the server's ReadyForQuery (a query abandoned by query_timeout, a caller
     // gone): the query is cancelled on the server — nothing runs for a caller who left — and the
     // connection kept only if the server settles in time.
-    if (awaitingServer(entry.client)) {
+    if (busy) {
       this.stats.cancelled();
       return cancelAndSettle(entry.client, entry.host, this.settings.validationTimeoutMs, (settleErr) =>
         settleErr ? this.remove(entry, 'broken') : this.resetAndReturn(entry),
       );
     }
     this.resetAndReturn(entry);
+  }
+
+  /** Stops the cursors and streams a released connection still runs or holds queued; true if there were any. */
+  private refuseSubmittables(entry: PoolEntry): boolean {
+    const open = openSubmittables(entry.client);
+    if (open.length === 0) return false;
+    const err = new PoolLeaseError(
+      this.settings.name,
+      'read',
+      `db-pool "${this.settings.name}": the client was released while a cursor, stream or COPY still used it; it was stopped and the connection closed (close it before releasing)`,
+    );
+    for (const submittable of open) stopSubmittable(submittable, err);
+    return true;
   }
 
   /** @internal The lease's error for a statement on a connection whose host was evicted. */

@@ -4,7 +4,8 @@ import type pg from 'pg';
 import { type OutcomeUnknownReason, PoolDeadlineError, PoolLeaseError, PoolOutcomeUnknownError, PoolReleaseError } from '../errors.js';
 import type { Deadline } from './deadline.js';
 import { committedLocally, outcomeSensitive, statementText } from './outcome.js';
-import { connectionLost } from './pg-internals.js';
+import { connectionLost, openSubmittables, type Submittable } from './pg-internals.js';
+import { stopSubmittable } from './submittables.js';
 import type { PoolEntry } from './pool-entry.js';
 
 /** What a lease needs of its pool. */
@@ -101,8 +102,11 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
     command: string | undefined,
   ): unknown {
     const client = entry.client as unknown as Delegate & EventEmitter & { connectionParameters?: { query_timeout?: number } };
-    if (typeof (config as { submit?: unknown } | null)?.submit === 'function' || config === null || config === undefined)
-      return client.query(config, values, callback);
+    if (config === null || config === undefined) return client.query(config, values, callback);
+    if (typeof (config as { submit?: unknown }).submit === 'function')
+      return deadline === undefined
+        ? client.query(config, values, callback)
+        : this.#submitBy(deadline, entry, config as Submittable, values, callback);
     const owner = this.#owner;
     let timeout: number | undefined;
     let byDeadline = false;
@@ -182,6 +186,26 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
         throw outcome(err);
       },
     );
+  }
+
+  /**
+   * A cursor, stream or COPY under a request's deadline: not submitted once it has passed; still
+   * open when it passes, it is stopped (its reads fail with {@link PoolDeadlineError}), the statement
+   * it runs is cancelled on the server, and its connection is closed at release rather than reused
+   * (the submittable holds it and may still write to it).
+   */
+  #submitBy(deadline: Deadline, entry: PoolEntry, submittable: Submittable, values: unknown, callback: unknown): unknown {
+    const owner = this.#owner;
+    const left = deadline.at - performance.now();
+    if (left <= 0) return refuse(new PoolDeadlineError(owner.name, deadline.budgetMs, false), submittable, values, callback);
+    const timer = setTimeout(() => {
+      if (this.#entry !== entry || !openSubmittables(entry.client).includes(submittable)) return;
+      entry.discard = true;
+      owner.deadlinePassed(entry);
+      stopSubmittable(submittable, new PoolDeadlineError(owner.name, deadline.budgetMs, true));
+    }, left);
+    timer.unref();
+    return (entry.client as unknown as Delegate).query(submittable, values, callback);
   }
 
   on(event: string | symbol, listener: Listener): this {

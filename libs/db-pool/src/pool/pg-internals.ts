@@ -5,7 +5,7 @@
  * member against the pinned versions and fails naming the one an upgrade changed.
  */
 import type { EventEmitter } from 'node:events';
-import type pg from 'pg';
+import pg from 'pg';
 
 /** The versions this file was written against (pinned in package.json; the contract test checks them). */
 export const PINNED = { pg: '8.23.1', typeorm: '1.1.1' } as const;
@@ -20,6 +20,8 @@ interface PgClientInternals {
   _ended: boolean;
   /** Queries handed to the client and not sent yet (pg sends one at a time). */
   _queryQueue: unknown[];
+  /** The query whose answer pg is reading (sent, ReadyForQuery not yet come), or null. */
+  _activeQuery: unknown;
   /** false from sending a query until the server's ReadyForQuery. */
   readyForQuery: boolean;
   /** The protocol connection: emits every server message by name. */
@@ -61,6 +63,23 @@ export function backendKeyOf(client: pg.ClientBase): { processID: number; secret
   return typeof c.processID === 'number' && typeof c.secretKey === 'number'
     ? { processID: c.processID, secretKey: c.secretKey }
     : undefined;
+}
+
+/**
+ * Submittables (a pg-cursor, a QueryStream, a COPY stream: anything with `submit` that is not pg's
+ * own Query) the client is running or holds queued. They read the connection through a reference
+ * of their own, not through a lease.
+ */
+export function openSubmittables(client: pg.ClientBase): Submittable[] {
+  const c = internals(client);
+  const all = c._activeQuery ? [c._activeQuery, ...(c._queryQueue ?? [])] : (c._queryQueue ?? []);
+  return all.filter((q) => !(q instanceof pg.Query) && typeof (q as Submittable).submit === 'function') as Submittable[];
+}
+
+/** What pg calls on a submittable (pg.Submittable, with the callback pg drives it by). */
+export interface Submittable {
+  submit(connection: unknown): void;
+  handleError?(err: Error, connection?: unknown): void;
 }
 
 /** Closes the client's socket at once, without waiting for the server to close its end. */

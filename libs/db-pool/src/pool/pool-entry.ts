@@ -30,6 +30,8 @@ export class PoolEntry implements LeakRecord {
   endAsked = false;
   /** Its unasked end or failure has been handled (once per connection, whichever event came first). */
   endSeen = false;
+  /** A cursor or stream stopped by its request's deadline may still write to it: closed at release, never reused. */
+  discard = false;
   /** Being opened: not yet connected. */
   connecting = true;
   /** Taken out of the pool (closing or closed). */

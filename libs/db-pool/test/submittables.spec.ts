@@ -1,0 +1,123 @@
+// Cursors and streams (pg-cursor, pg-query-stream) follow the lease: one still open at release is
+// refused and its connection closed, never read by the next borrower; a request deadline stops
+// one and cancels its statement on the server.
+import Cursor from 'pg-cursor';
+import QueryStream from 'pg-query-stream';
+import { PoolDeadlineError, PoolLeaseError, withDeadline } from '../src/index.js';
+import { backendPids, eventually, poolFixture } from './support/db.js';
+
+const { admin, pool } = poolFixture();
+
+type Row = { n: number };
+const pidOf = async (client: { query<R>(text: string): Promise<{ rows: R[] }> }) =>
+  (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+
+/** Statements of this pool's backends still running on the server. */
+async function running(applicationName: string): Promise<number> {
+  const { rows } = await admin().query<{ n: number }>(
+    "SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND state = 'active'",
+    [applicationName],
+  );
+  return rows[0].n;
+}
+
+describe('a cursor or stream still open at release', () => {
+  it('a pg-cursor is refused after release, and its connection is closed: the next borrower gets another backend, undisturbed', async () => {
+    const p = await pool({ poolSize: 1, maxOverflow: 0 });
+    const first = await p.connect();
+    const firstPid = await pidOf(first);
+    const cursor = first.query(new Cursor<Row>('SELECT n FROM generate_series(1, 1000) AS n'));
+    expect((await cursor.read(10)).map((r) => r.n)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    first.release();
+    // The cursor reads no more: not the old connection, not whoever's it is now.
+    await expect(cursor.read(10)).rejects.toBeInstanceOf(PoolLeaseError);
+    const next = await p.connect();
+    try {
+      expect(await pidOf(next)).not.toBe(firstPid);
+      await cursor.close().catch(() => undefined);
+      expect((await next.query<{ v: number }>('SELECT 42 AS v')).rows).toEqual([{ v: 42 }]);
+    } finally {
+      next.release();
+    }
+    expect(await backendPids(admin(), p.name)).not.toContain(firstPid);
+  });
+
+  it('a QueryStream released mid-stream fails with PoolLeaseError and is destroyed with its connection', async () => {
+    const p = await pool({ poolSize: 1, maxOverflow: 0 });
+    const client = await p.connect();
+    const stream = client.query(new QueryStream('SELECT n FROM generate_series(1, 100000) AS n', [], { batchSize: 100 }));
+    const rows = stream[Symbol.asyncIterator]();
+    expect(((await rows.next()).value as Row).n).toBe(1);
+    client.release();
+    let failure: unknown;
+    try {
+      for (;;) if ((await rows.next()).done) break;
+    } catch (err) {
+      failure = err;
+    }
+    expect(failure).toBeInstanceOf(PoolLeaseError);
+    expect(stream.destroyed).toBe(true);
+    expect((await p.query<{ v: number }>('SELECT 7 AS v')).rows).toEqual([{ v: 7 }]);
+  });
+
+  it('a cursor read to its end and closed before release keeps its connection', async () => {
+    const p = await pool({ poolSize: 1, maxOverflow: 0 });
+    const client = await p.connect();
+    const pid = await pidOf(client);
+    const cursor = client.query(new Cursor<Row>('SELECT n FROM generate_series(1, 5) AS n'));
+    expect(await cursor.read(10)).toHaveLength(5);
+    await cursor.close();
+    client.release();
+    const again = await p.connect();
+    try {
+      expect(await pidOf(again)).toBe(pid);
+    } finally {
+      again.release();
+    }
+  });
+});
+
+describe('a cursor or stream under a request deadline', () => {
+  it('a cursor whose read runs at the deadline fails with PoolDeadlineError, its statement cancelled on the server', async () => {
+    const p = await pool({ poolSize: 1, maxOverflow: 0 });
+    const started = Date.now();
+    const err = await withDeadline(300, async () => {
+      const client = await p.connect();
+      try {
+        const cursor = client.query(new Cursor('SELECT pg_sleep(5) FROM generate_series(1, 2)'));
+        return await cursor.read(1);
+      } finally {
+        client.release();
+      }
+    }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(PoolDeadlineError);
+    expect(err).toMatchObject({ sent: true });
+    expect(Date.now() - started).toBeLessThan(300 + 500);
+    // Cancelled on the server, not left to sleep out its 5 s.
+    expect(await eventually(async () => (await running(p.name)) === 0, 2_000)).toBe(true);
+    expect((await p.query<{ v: number }>('SELECT 1 AS v')).rows).toEqual([{ v: 1 }]);
+  });
+
+  it('a QueryStream still streaming at the deadline fails with PoolDeadlineError', async () => {
+    const p = await pool({ poolSize: 1, maxOverflow: 0 });
+    const err = await withDeadline(300, async () => {
+      const client = await p.connect();
+      try {
+        const stream = client.query(new QueryStream('SELECT pg_sleep(0.05), n FROM generate_series(1, 200) AS n', [], { batchSize: 5 }));
+        let seen = 0;
+        for await (const _row of stream) seen++;
+        return seen;
+      } finally {
+        client.release();
+      }
+    }).then(
+      (seen) => seen,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(PoolDeadlineError);
+    expect(await eventually(async () => (await running(p.name)) === 0, 2_000)).toBe(true);
+  });
+});
