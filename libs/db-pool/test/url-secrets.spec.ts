@@ -8,7 +8,8 @@
 import { inspect } from 'node:util';
 import fc from 'fast-check';
 import type pg from 'pg';
-import { createDbPool, DbPool, type DbPoolLogger, describeConfig, resolveDbPoolConfig } from '../src/index.js';
+import type { DataSource } from 'typeorm';
+import { createDbPool, createDbPoolDataSource, DbPool, type DbPoolLogger, describeConfig, resolveDbPoolConfig } from '../src/index.js';
 import { freePort } from '../../../tools/embedded-db.mjs';
 import { adminClient, databaseUrl, eventually } from './support/db.js';
 
@@ -45,6 +46,12 @@ function pieces(password: string): string[] {
   }
   return [...out];
 }
+
+const TEST_SERVER = new URL(databaseUrl());
+const HOST_OF_TEST = TEST_SERVER.hostname;
+const PORT_OF_TEST = Number(TEST_SERVER.port || 5432);
+const DB_OF_TEST = TEST_SERVER.pathname.slice(1) || 'postgres';
+const USER_OF_TEST = TEST_SERVER.username || 'postgres';
 
 const ENCODINGS: Record<string, (password: string) => string> = {
   raw: (p) => p,
@@ -187,6 +194,29 @@ describe('no fragment of a password in any message, log line or util.inspect out
       }
     }).toThrow(/- connectionString: .*percent-encode/);
     for (const piece of ['Sup3', 'p3rS', 'S3cr', '3cre', 'tail', '1234', '3456']) expect(message).not.toContain(piece);
+  });
+
+  it.each([
+    [
+      'an empty authority with host=',
+      (pw: string) => `postgres://${USER_OF_TEST}:${pw}@/${DB_OF_TEST}?host=${HOST_OF_TEST}&port=${PORT_OF_TEST}`,
+    ],
+    [
+      'a host list',
+      (pw: string) => `postgres://${USER_OF_TEST}:${pw}@${HOST_OF_TEST}:${PORT_OF_TEST},${HOST_OF_TEST}:${PORT_OF_TEST}/${DB_OF_TEST}`,
+    ],
+    ['the socket: form', (pw: string) => `socket://${USER_OF_TEST}:${pw}@/var/run/postgresql?db=${DB_OF_TEST}`],
+  ])('a TypeORM DataSource on %s shows no part of the password', async (_form, form) => {
+    const password = 'é/ZßaЖ?7ø#Ω@ñ:';
+    const url = form(encodeURIComponent(password));
+    const dataSource = await createDbPoolDataSource({ url, poolSize: 1, maxOverflow: 0, env: {} }).catch((err: unknown) => err);
+    const text =
+      dataSource instanceof Error
+        ? describeError(dataSource).join('\n')
+        : `${inspect(dataSource, { depth: 8 })}\n${JSON.stringify((dataSource as DataSource).options)}`;
+    if (!(dataSource instanceof Error)) await (dataSource as DataSource).destroy();
+    expect(leaksIn([text], password)).toBeUndefined();
+    expect(text).not.toContain(encodeURIComponent(password));
   });
 
   it(`holds for ${RUNS} passwords in every URL form, raw and encoded, through every path (seed ${SEED})`, async () => {

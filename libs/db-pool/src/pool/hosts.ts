@@ -311,8 +311,10 @@ function queryParams(query: string, at: number): Param[] {
 
 /**
  * The URL with one host, written out (for parsers that take one: the WHATWG URL class, TypeORM's
- * URL reader): the first of a list, and pg's socket forms as `postgres://%2Ffolder/db`. The
- * string itself when it is none of these.
+ * URL reader): the first of a list, or of `host=`, in the authority with its port, and pg's socket
+ * forms as `postgres://%2Ffolder/db`. The string itself when it is none of these. (The WHATWG
+ * parser refuses credentials before an empty host: `postgres://u:pw@/db?host=h` must be written out
+ * for a reader to find, and remove, the password.)
  */
 export function firstHostUrl(url: string): string {
   if (url.startsWith('/')) {
@@ -326,9 +328,12 @@ export function firstHostUrl(url: string): string {
     const rest = parts.params.filter((p) => p.name !== 'db' && p.name !== 'encoding').map((p) => p.raw);
     return `postgres://${parts.userinfo}${encodeURIComponent(decodeURI(parts.path))}/${encodeURIComponent(database)}${rest.length > 0 ? `?${rest.join('&')}` : ''}`;
   }
-  if (!parts.hostList.includes(',')) return url;
-  const first = parts.hostList.slice(0, parts.hostList.indexOf(','));
-  return `${parts.scheme}${parts.userinfo}${first}${parts.path}${parts.query === '' ? '' : `?${parts.query}`}${parts.fragment}`;
+  try {
+    const target = connectTargetOf({ connectionString: url });
+    return target.clientConfig(target.hosts[0]).connectionString ?? url;
+  } catch {
+    return url; // refused as a connection string already
+  }
 }
 
 interface HostItem {
