@@ -1,7 +1,8 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
 import type pg from 'pg';
 import type { DbPool } from '../src/index.js';
 import { PoolTimeoutError } from '../src/index.js';
-import { poolFixture } from './support/db.js';
+import { eventually, poolFixture } from './support/db.js';
 
 describe('connect(callback), the form TypeORM uses', () => {
   const fixture = poolFixture();
@@ -34,5 +35,45 @@ describe('connect(callback), the form TypeORM uses', () => {
     );
     expect(rows).toEqual([{ two: 2 }]);
     expect(pool.counters.acquired).toBe(1);
+  });
+});
+
+describe("callbacks run in the caller's async context, not the releaser's", () => {
+  const fixture = poolFixture();
+  const context = new AsyncLocalStorage<string>();
+
+  /** One connection, held in the releaser's context; the callback's acquire waits for it. */
+  async function heldByReleaser(): Promise<{ pool: DbPool; releaseInItsContext: () => void }> {
+    const pool = await fixture.pool({ poolSize: 1, maxOverflow: 0 });
+    const held = await context.run('releaser', () => pool.connect());
+    return { pool, releaseInItsContext: () => context.run('releaser', () => held.release()) };
+  }
+
+  it('connect(callback)', async () => {
+    const { pool, releaseInItsContext } = await heldByReleaser();
+    const seen = new Promise<string | undefined>((resolve) =>
+      context.run('caller', () =>
+        pool.connect((err, _client, release) => {
+          resolve(context.getStore());
+          release();
+        }),
+      ),
+    );
+    await eventually(() => pool.waitingCount === 1);
+    releaseInItsContext();
+    expect(await seen).toBe('caller');
+  });
+
+  it('query(text, callback) and query(text, values, callback)', async () => {
+    const { pool, releaseInItsContext } = await heldByReleaser();
+    const seen = Promise.all([
+      new Promise<string | undefined>((resolve) => context.run('caller', () => pool.query('SELECT 1', () => resolve(context.getStore())))),
+      new Promise<string | undefined>((resolve) =>
+        context.run('second caller', () => pool.query('SELECT $1::int', [1], () => resolve(context.getStore()))),
+      ),
+    ]);
+    await eventually(() => pool.waitingCount === 2);
+    releaseInItsContext();
+    expect(await seen).toEqual(['caller', 'second caller']);
   });
 });

@@ -3,14 +3,7 @@
 import 'reflect-metadata';
 import { context, createNoopMeter, metrics, trace } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
-import {
-  AggregationTemporality,
-  DataPointType,
-  type HistogramMetricData,
-  MeterProvider,
-  type MetricData,
-  MetricReader,
-} from '@opentelemetry/sdk-metrics';
+import { DataPointType, type HistogramMetricData, MeterProvider, type MetricData } from '@opentelemetry/sdk-metrics';
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { Test, type TestingModule } from '@nestjs/testing';
 import type pg from 'pg';
@@ -18,15 +11,7 @@ import { type DbPool, DbPoolMetrics, DbPoolModule, getDbPoolToken } from '../src
 import { createPoolTimings } from '../src/pool/histogram.js';
 import { bindOtelMetrics } from '../src/pool/otel.js';
 import { capturingLogger, createTestPool, eventually, testOptions } from './support/db.js';
-
-/** An in-memory reader: collect() on demand, cumulative, as Prometheus is. */
-class InMemoryReader extends MetricReader {
-  constructor() {
-    super({ aggregationTemporalitySelector: () => AggregationTemporality.CUMULATIVE });
-  }
-  protected async onForceFlush(): Promise<void> {}
-  protected async onShutdown(): Promise<void> {}
-}
+import { InMemoryReader } from './support/otel.js';
 
 const POOL = 'otel';
 const NAME_ATTRIBUTE = 'db.client.connection.pool.name';

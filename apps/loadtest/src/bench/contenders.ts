@@ -134,6 +134,13 @@ export function poolQuery(name: string, pool: pg.Pool, note?: string): Contender
   return inProcess(name, () => pool.query(SQL), { pool: pool instanceof DbPool ? pool : undefined, note });
 }
 
+/** `pool.query(SQL, callback)`: the callback form (pg's own, and TypeORM's `connect(callback)`), run in the caller's async context. */
+export function poolQueryCallback(name: string, pool: pg.Pool, note?: string): Contender {
+  const op: Operation = () =>
+    new Promise<void>((resolve, reject) => pool.query(SQL, (err: Error | undefined) => (err ? reject(err) : resolve())));
+  return inProcess(name, op, { pool: pool instanceof DbPool ? pool : undefined, note });
+}
+
 /**
  * `connect()`, query, `release()` by hand, with the acquire timed from outside: the same
  * measurement for every pool, whatever it keeps inside.

@@ -2,7 +2,8 @@
 // `SELECT 1` from N callers for a few seconds in a child process of its own, started with
 // `node --cpu-prof`; then the self time of every function is summed per pool and the top lines
 // and db-pool's own functions are printed, and what the lease (src/pool/lease.ts) costs per
-// checkout: its self time over the checkouts the child made.
+// checkout: its self time over the checkouts the child made; for the callback form, what running
+// each callback in its caller's async context costs (Node's async_hooks frames per checkout).
 //
 //   npx nx run loadtest:profile [--callers 10] [--seconds 6] [--out-dir DIR]
 //
@@ -22,15 +23,20 @@ import {
   openDbPool,
   openPgPool,
   poolQuery,
+  poolQueryCallback,
   type Contender,
 } from './contenders.js';
 import { C } from './scenarios.js';
+
+/** pool.query(text, callback): what binding the callback to its caller's async context costs shows here. */
+const CALLBACKS = 'db-pool callback form';
 
 const POOLS: Record<string, (res: Resources, url: string) => Promise<Contender>> = {
   [C.pgPool]: async (res, url) => poolQuery(C.pgPool, await openPgPool(res, url, 'profile-pg')),
   [C.featuresOff]: async (res, url) => poolQuery(C.featuresOff, await openDbPool(res, url, 'profile-off', FEATURES_OFF)),
   [C.featuresOn]: async (res, url) => poolQuery(C.featuresOn, await openDbPool(res, url, 'profile-on', ALL_FEATURES)),
   [C.featuresEveryStack]: async (res, url) => poolQuery(C.featuresEveryStack, await openDbPool(res, url, 'profile-every', EVERY_STACK)),
+  [CALLBACKS]: async (res, url) => poolQueryCallback(CALLBACKS, await openDbPool(res, url, 'profile-callbacks', FEATURES_OFF)),
 };
 
 interface ProfileNode {
@@ -147,6 +153,14 @@ async function main(): Promise<void> {
     if (pool !== C.pgPool)
       process.stdout.write(
         `  the lease: ${((lease * 1000) / checkouts).toFixed(3)} µs per checkout (${checkouts.toLocaleString('en-US')} checkouts)\n`,
+      );
+    // An AsyncResource per callback and running the callback in its scope: Node's async_hooks frames and callersContext.
+    const asyncContext = sorted
+      .filter(([k]) => k.includes('async_hooks') || k.startsWith('callersContext '))
+      .reduce((a, [, ms]) => a + ms, 0);
+    if (pool === CALLBACKS)
+      process.stdout.write(
+        `  the caller's async context (an AsyncResource per callback): ${((asyncContext * 1000) / checkouts).toFixed(3)} µs per checkout (budget 1 µs)\n`,
       );
   }
 }

@@ -1,3 +1,4 @@
+import { AsyncResource } from 'node:async_hooks';
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
@@ -25,7 +26,7 @@ import { delegateToClient, PoolLease } from './lease.js';
 import { lifetimeOf, Refill } from './lifetime.js';
 import { awaitingServer, connectionLost, destroySocket, openSubmittables, protocolOf, queuedQueries } from './pg-internals.js';
 import { stopSubmittable } from './submittables.js';
-import { activeSpan, bindOtelMetrics, type OtelBinding, POOL_NAME_ATTRIBUTE } from './otel.js';
+import { activeSpan, bindOtelMetricsWhenRegistered, type OtelBinding, POOL_NAME_ATTRIBUTE } from './otel.js';
 import { PoolEntry } from './pool-entry.js';
 import { type DbPoolSettings, type PgPoolOptions, settingsFromPg } from './settings.js';
 import { type ConnectHealth, type DbPoolCounters, PoolStats, type RemovalReason } from './tracker.js';
@@ -118,7 +119,7 @@ export class DbPool extends EventEmitter {
   private readonly connector: Connector;
   private readonly breaker: ConnectBreaker;
   private readonly concurrency: ConcurrencyLimit;
-  private readonly otel: OtelBinding | undefined;
+  private readonly otel: OtelBinding;
   /** Probes (readiness, samplers) in the queue: served first when the limit holds others back. */
   private probesQueued = 0;
   /** Releases so far, and the stall guard's timer (adaptive limit only). */
@@ -174,7 +175,7 @@ export class DbPool extends EventEmitter {
             records: () => this.entries,
           })
         : NO_LEAK_TRACKING;
-    this.otel = bindOtelMetrics({
+    this.otel = bindOtelMetricsWhenRegistered({
       name,
       timings: this.stats.timings,
       state: () => this.state(),
@@ -308,9 +309,12 @@ export class DbPool extends EventEmitter {
   connect(callback?: ConnectCallback): Promise<pg.PoolClient> | void {
     const site = this.leaks.capture(this.connect);
     if (callback) {
-      // Called back on a later tick, as pg.Pool does; on error with a no-op release, as pg.Pool gives.
+      // Called back on a later tick, as pg.Pool does; on error with a no-op release, as pg.Pool
+      // gives; in the caller's async context (AsyncLocalStorage, a request's deadline, a span),
+      // not that of whoever released the connection it gets.
+      const inCallersContext = callersContext(callback);
       return this.acquire(this.settings.poolTimeoutMs, false, site, (err, lease) =>
-        process.nextTick(callback, err, lease as unknown as pg.PoolClient | undefined, lease ? lease.release : NOOP),
+        process.nextTick(inCallersContext, err, lease as unknown as pg.PoolClient | undefined, lease ? lease.release : NOOP),
       );
     }
     return new this.Promise((resolve, reject) =>
@@ -372,6 +376,8 @@ export class DbPool extends EventEmitter {
       callback = values;
       values = undefined;
     }
+    // Called back in the caller's async context, not that of the release that served it.
+    if (typeof callback === 'function') callback = callersContext(callback as QueryCallback);
     const site = this.leaks.capture(this.query);
     return promised(this.Promise, callback as QueryCallback | undefined, (done) => {
       // The acquire's own callback rather than connect()'s: the caller hears back only after the
@@ -1318,7 +1324,7 @@ export class DbPool extends EventEmitter {
     this.refill.stop();
     this.leaks.stop();
     this.breaker.stop();
-    this.otel?.unbind();
+    this.otel.unbind();
     clearTimeout(this.stallTimer);
     clearTimeout(this.deadlineTimer);
     clearTimeout(this.idleSweeper);
@@ -1362,6 +1368,17 @@ export class DbPool extends EventEmitter {
     clearTimeout(this.graceTimer);
     for (const done of this.endWaiters.splice(0)) done();
   }
+}
+
+/**
+ * `fn`, run in the async context it was made in (the caller's AsyncLocalStorage stores: a request's
+ * deadline, a span) wherever it is called from. An AsyncResource of its own rather than
+ * `AsyncResource.bind`, which also defines deprecated accessors on every bound function (twice the
+ * cost, in profile); no destroy hook is wanted, so none is registered.
+ */
+function callersContext<A, B, C>(fn: (a: A, b: B, c: C) => void): (a: A, b: B, c: C) => void {
+  const resource = new AsyncResource('db-pool.callback', { requireManualDestroy: true });
+  return (a, b, c) => resource.runInAsyncScope(fn, undefined, a, b, c);
 }
 
 const delegatedClasses = new WeakSet<object>();

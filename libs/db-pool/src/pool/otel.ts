@@ -46,8 +46,7 @@ export interface OtelBinding {
  * `db.client.connection.pool.name`.
  *
  * When the application has registered no MeterProvider (the API is a no-op), nothing is bound and
- * nothing is added to the pool's hot path; the provider must be registered before the pool is
- * created (as OpenTelemetry's Node SDK is started before the application).
+ * nothing is added to the pool's hot path ({@link bindOtelMetricsWhenRegistered} binds later).
  */
 export function bindOtelMetrics(pool: OtelPoolSource, meter: Meter = metrics.getMeter(OTEL_SCOPE)): OtelBinding | undefined {
   const histogram = (name: string, description: string, bounds: number[]) =>
@@ -114,6 +113,35 @@ export function bindOtelMetrics(pool: OtelPoolSource, meter: Meter = metrics.get
     unbind() {
       meter.removeBatchObservableCallback(observe, observables);
       pool.timings.wait.mirror = pool.timings.use.mirror = pool.timings.create.mirror = undefined;
+    },
+  };
+}
+
+/** How often a pool built before any MeterProvider was registered looks for one (ms). */
+export const OTEL_LOOKUP_INTERVAL_MS = 1_000;
+
+/**
+ * Binds a pool's instruments to the global MeterProvider: now, if one is registered, else as soon
+ * as one is. OpenTelemetry's metrics API hands out no-op meters until a provider is registered and
+ * does not tell anyone when one is, so until then the pool looks once every
+ * {@link OTEL_LOOKUP_INTERVAL_MS} (an unref'd timer, off the hot path), and stops when it has
+ * bound or the pool ends. Values recorded before the binding are not replayed: the observable
+ * instruments read the pool's counters and state at collection, the histograms start then.
+ */
+export function bindOtelMetricsWhenRegistered(pool: OtelPoolSource, intervalMs = OTEL_LOOKUP_INTERVAL_MS): OtelBinding {
+  let bound = bindOtelMetrics(pool);
+  let timer: NodeJS.Timeout | undefined;
+  if (!bound) {
+    timer = setInterval(() => {
+      bound = bindOtelMetrics(pool);
+      if (bound) clearInterval(timer);
+    }, intervalMs);
+    timer.unref();
+  }
+  return {
+    unbind() {
+      clearInterval(timer);
+      bound?.unbind();
     },
   };
 }
