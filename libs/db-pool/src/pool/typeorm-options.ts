@@ -2,6 +2,7 @@ import type { TypeOrmModuleOptions } from '@nestjs/typeorm';
 import pg from 'pg';
 import type { DataSource } from 'typeorm';
 import type { DbPoolConfig } from '../config/db-pool.options.js';
+import { redactUrl } from '../redact.js';
 import { DbPool } from './db-pool.js';
 import { firstHostUrl } from './hosts.js';
 import type { ReplicaRouter } from './replicas.js';
@@ -83,6 +84,7 @@ function withoutPassword(url: string): string {
     parsed.searchParams.delete('password');
     return parsed.toString();
   } catch {
-    return url; // validated before; never reached
+    // Validated before, so not reached; were it reached, TypeORM keeps and may print this URL.
+    return redactUrl(url);
   }
 }
