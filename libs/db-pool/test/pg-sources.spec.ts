@@ -154,13 +154,34 @@ describe("pg's configuration sources are the pool's", () => {
     expect((await p.query<{ ok: number }>('SELECT 1 AS ok')).rows[0].ok).toBe(1);
   });
 
-  it('a bad PGPORT is refused at once, naming the variable and its value', () => {
-    serverInEnvironment();
-    process.env.PGPORT = 'fifty';
-    expect(() => new DbPool({ max: 1 })).toThrow(DbPoolConfigError);
-    expect(() => new DbPool({ max: 1 })).toThrow('- PGPORT="fifty": the port must be an integer from 1 to 65535');
-    expect(() => resolveDbPoolConfig({ env: {} })).toThrow(/PGPORT="fifty": the port must be an integer from 1 to 65535/);
-  });
+  // pg reads PGPORT with parseInt: '1e1' is port 1, '5432abc' and '+5432' are 5432. A URL's
+  // port is digits only (`db:1e3` is refused), and so is PGPORT's.
+  it.each(['fifty', '1e1', '5432abc', '+5432', ' 5432', '5432.0', '0x1538', '0', '65536'])(
+    'PGPORT=%j, not a plain integer from 1 to 65535, is refused at once by every path, naming the variable and its value',
+    (value) => {
+      serverInEnvironment();
+      process.env.PGPORT = value;
+      const problem = `PGPORT=${JSON.stringify(value)}: the port must be an integer from 1 to 65535`;
+      expect(() => new DbPool({ max: 1 })).toThrow(DbPoolConfigError);
+      expect(() => new DbPool({ max: 1 })).toThrow(`- ${problem}`);
+      // A URL without a port takes PGPORT, as pg does.
+      expect(() => new DbPool({ connectionString: `postgres://${db.user}@127.0.0.1/${db.database}`, max: 1 })).toThrow(problem);
+      expect(() => resolveDbPoolConfig({ env: {} })).toThrow(problem);
+      expect(() => resolveDbPoolConfig({ env: { DATABASE_URL: `postgres://${db.user}@127.0.0.1/${db.database}` } })).toThrow(problem);
+    },
+  );
+
+  it.each(['1e1', '5432abc', '+5432', '5432.0'])(
+    'the port option %j is refused as PGPORT is, by the drop-in and by the configuration',
+    (value) => {
+      expect(() => new DbPool({ host: '127.0.0.1', port: value as unknown as number, max: 1 })).toThrow(
+        `the port option=${JSON.stringify(value)}: the port must be an integer from 1 to 65535`,
+      );
+      expect(() => resolveDbPoolConfig({ host: '127.0.0.1', port: value, env: {} })).toThrow(
+        `port=${JSON.stringify(value)}: must be an integer from 1 to 65535`,
+      );
+    },
+  );
 
   it('without DATABASE_URL, the host option or PGHOST, the configuration is refused rather than pointed at localhost', () => {
     expect(() => resolveDbPoolConfig({ env: {} })).toThrow(

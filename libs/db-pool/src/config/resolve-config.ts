@@ -1,5 +1,5 @@
 import { DbPoolConfigError } from '../errors.js';
-import { connectTargetOf, describeServer, ENCODE_HINT, HostListError, splitUrl } from '../pool/hosts.js';
+import { connectTargetOf, describeServer, ENCODE_HINT, HostListError, isPlainPort, splitUrl } from '../pool/hosts.js';
 import { redactUrl } from '../redact.js';
 import type { DbPoolConfig, DbPoolOptions } from './db-pool.options.js';
 import { type EnvKey, FALSE_WORDS, OPTION_KEYS, TRUE_WORDS } from './option-keys.js';
@@ -196,10 +196,8 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
 
   let port: number | undefined;
   if (options.port !== undefined && options.port !== '') {
-    const n = Number(options.port);
-    if (!Number.isInteger(n) || n < 1 || n > 65_535)
-      problems.push(`port=${JSON.stringify(String(options.port))}: must be an integer from 1 to 65535`);
-    else port = n;
+    if (!isPlainPort(options.port)) problems.push(`port=${JSON.stringify(String(options.port))}: must be an integer from 1 to 65535`);
+    else port = Number(options.port);
   }
 
   const url = values.get('url') as string | undefined;

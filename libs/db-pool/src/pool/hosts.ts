@@ -90,16 +90,25 @@ function pgAddress(config: pg.ClientConfig): { host: string; port: number } {
   }
 }
 
-/** pg's default port, named by where it came from when it is no port at all. */
+/**
+ * pg's default port, named by where it came from when it is no plain port: pg reads it with
+ * parseInt (`1e1` is port 1, `5432abc` and `+5432` are 5432), a URL's port is digits only, and
+ * so is this one.
+ */
 function defaultPort(portOption: unknown): number {
   const { port } = pgAddress({ port: portOption as number | undefined });
-  if (validPort(port)) return port;
   const [source, value] = portOption
     ? ['the port option', portOption]
     : process.env.PGPORT
       ? ['PGPORT', process.env.PGPORT]
       : ['pg.defaults.port', pg.defaults.port];
+  if (validPort(port) && isPlainPort(value)) return port;
   throw new HostListError(`${source}=${JSON.stringify(String(value))}: the port must be an integer from 1 to 65535`);
+}
+
+/** Digits that are one port (`5432`, a number 5432), not what parseInt makes a port of (`1e1`, `5432abc`, `+5432`, 5432.5). */
+export function isPlainPort(value: unknown): boolean {
+  return (typeof value === 'number' || typeof value === 'string') && /^\d+$/.test(String(value)) && validPort(Number(value));
 }
 
 function fromOptions(config: pg.ClientConfig): ConnectTarget {
