@@ -135,6 +135,30 @@ const FORMS: [string, Form][] = [
     },
   ],
   [
+    'port= that is a word',
+    {
+      url: `postgresql://${AUTH}${H}:${P}/${D}?port=abc`,
+      refused: /^port="abc" in the URL: the port must be an integer from 1 to 65535$/,
+      libpq: 'same',
+    },
+  ],
+  [
+    'port= in exponent notation',
+    {
+      url: `postgresql://${AUTH}${H}/${D}?port=1e1`,
+      refused: /^port="1e1" in the URL: the port must be an integer from 1 to 65535$/,
+      libpq: 'same',
+    },
+  ],
+  [
+    'a bad port in a port= list',
+    {
+      url: `postgresql://${AUTH}${H},${H}/${D}?port=${P},+${P}`,
+      refused: new RegExp(`^port="${P},\\+${P}" in the URL: each port must be an integer from 1 to 65535$`),
+      libpq: { differs: "libpq reads '+5432' as 5432; the pool takes digits only, as in the authority (db:+5432)" },
+    },
+  ],
+  [
     'an empty host in a list',
     {
       url: `postgresql://${AUTH}${H}:${CLOSED},,${H}:${P}/${D}`,

@@ -199,6 +199,14 @@ function fromUrl(config: pg.ClientConfig, url: string): ConnectTarget {
       throw new HostListError(
         `the URL gives ${ports.length} ports for ${items.length} host${items.length === 1 ? '' : 's'}: give one port for all of them or one per host, as libpq does`,
       );
+    // Named by the parameter, not by a host whose own port it replaced.
+    const bad = ports.find((port) => port !== '' && !isPlainPort(port));
+    if (bad !== undefined) {
+      const quoted = shown(url, portParam.raw.slice(portParam.raw.indexOf('=') + 1), portParam.valueAt);
+      throw new HostListError(
+        `port${quoted === undefined ? '' : `=${quoted}`} in the URL: ${ports.length === 1 ? 'the port' : 'each port'} must be an integer from 1 to 65535`,
+      );
+    }
     items = items.map((item, i) => ({ ...item, port: ports[ports.length === 1 ? 0 : i] }));
   }
 
