@@ -83,6 +83,7 @@ export async function createReplicaRouter(options: DbPoolOptions, primary: DbPoo
   }
   const router = new ReplicaRouter({
     primary,
+    primaryConfig: config,
     replicas,
     configs,
     maxLagMs: config.replicaMaxLagMs,

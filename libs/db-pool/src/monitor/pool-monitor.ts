@@ -2,7 +2,7 @@ import type { DbPoolConfig } from '../config/db-pool.options.js';
 import type { BreakerState } from '../pool/breaker.js';
 import type { HostRole, HostStateName } from '../pool/connector.js';
 import type { DbPool } from '../pool/db-pool.js';
-import type { ReplicaOutOfRotation, ReplicaStatus } from '../pool/replicas.js';
+import { type ReplicaOutOfRotation, type ReplicaStatus, SampleTimeoutError } from '../pool/replicas.js';
 import type { DbPoolLogger } from '../pool/logger.js';
 import { codeOf, describeState, PoolClosedError, PoolConnectError, PoolTimeoutError } from '../errors.js';
 import { scrubSecrets } from '../redact.js';
@@ -281,7 +281,8 @@ export class PoolMonitor {
    */
   describeError(err: Error): string {
     if (this.config.healthDetail) return scrubSecrets(err.message);
-    if (err instanceof PoolTimeoutError || err instanceof PoolClosedError) return err.message; // our own text: the pool's name and counts
+    // Our own texts: the pool's name and counts, a sample's bound.
+    if (err instanceof PoolTimeoutError || err instanceof PoolClosedError || err instanceof SampleTimeoutError) return err.message;
     const timedOut = [err, err.cause].some((e) => e instanceof Error && e.message === 'timeout expired');
     const reason = timedOut
       ? `DB_CONNECT_TIMEOUT (${this.config.connectTimeoutMs} ms) expired`

@@ -10,14 +10,21 @@
  * since the primary passed the position the replica has replayed (`pg_last_wal_replay_lsn()`),
  * interpolated between the two samples around it; its bytes behind are the primary's last
  * position less that one. See docs/high-availability.md, "Lag".
+ *
+ * Samples run on connections of the sampler's own, one per server, outside the pools: a server
+ * whose pool is busy (every connection running a report, callers queued) is not one that cannot
+ * be sampled, and a read spike must not take every replica out of rotation at once.
  */
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import type { DbPoolConfig } from '../config/db-pool.options.js';
 import { scrubSecrets } from '../redact.js';
+import { Connector } from './connector.js';
 import type { DbPool } from './db-pool.js';
 import type { DbPoolLogger } from './logger.js';
+import { toPgPoolOptions } from './pg-options.js';
+import { destroySocket } from './pg-internals.js';
 
 /** Why a replica is out of rotation (a label of `db_pool_replica_out_of_rotation`, `replica.out_of_rotation` in health). */
 export const REPLICA_OUT_OF_ROTATION = [
@@ -82,6 +89,7 @@ const UNKNOWN: Standing = { ...KNOWN, lagUnknown: true };
 
 interface Replica extends Standing {
   pool: DbPool;
+  sampler: SampleConnection;
   sampledAt: number | undefined;
   /** Replay position at its last sample, while it is a standby of the primary. */
   replay: bigint | undefined;
@@ -122,8 +130,150 @@ const REPLICA_SAMPLE = `SELECT pg_is_in_recovery() AS standby, pg_last_wal_repla
 /** Primary positions kept; past it the oldest-but-one goes, so a far-behind replica's lag still grows, more coarsely. */
 const MAX_MARKS = 1_000;
 
+/** How long closing a sample connection waits for the server's goodbye before the socket is destroyed. */
+const CLOSE_WAIT_MS = 1_000;
+
+/** A lag sample that did not answer within its bound. Its text is the router's own: it names no host. */
+export class SampleTimeoutError extends Error {
+  override name = 'SampleTimeoutError';
+  constructor(readonly timeoutMs: number) {
+    super(`no answer within ${timeoutMs} ms (DB_POOL_HEALTH_TIMEOUT_MS), connect included`);
+  }
+}
+
+/**
+ * The sampler's connection to one server: opened as that server's pool opens its own (its host
+ * list, `target_session_attrs`, pg's options and `application_name`, `DB_CONNECT_TIMEOUT`) but
+ * outside the pool, so that a sample never queues behind the pool's callers. One sample at a
+ * time (the router's rounds do not overlap). A sample that fails or does not answer in time
+ * closes the connection and the next opens another; a connect still under way when a sample
+ * gives up goes on, bounded by its own timeout, and serves the next sample.
+ */
+export class SampleConnection {
+  private client: pg.Client | undefined;
+  private opening: Promise<pg.Client> | undefined;
+  /** The client of the connect under way (a shutdown ends it). */
+  private connecting: pg.Client | undefined;
+  private closed = false;
+  private readonly dropped = new WeakSet<pg.Client>();
+  private readonly connector: Connector;
+
+  constructor(config: DbPoolConfig, Client: typeof pg.Client) {
+    const clientConfig = toPgPoolOptions(config);
+    clientConfig.connectionTimeoutMillis = config.connectTimeoutMs;
+    this.connector = new Connector({ Client, clientConfig });
+  }
+
+  /** The first row `text` answers, within `timeoutMs` in all, connect included. */
+  async queryRow<R>(text: string, timeoutMs: number): Promise<R> {
+    let timer: NodeJS.Timeout | undefined;
+    let client: pg.Client | undefined;
+    let timedOut = false;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        timedOut = true;
+        // A query on the wire with no answer: the connection goes (the server ends the backend on
+        // the Terminate, or when the socket is destroyed). A connect under way goes on.
+        if (client) this.drop(client);
+        reject(new SampleTimeoutError(timeoutMs));
+      }, timeoutMs);
+      timer.unref();
+    });
+    const run = async (): Promise<R> => {
+      const opened = await this.connected();
+      if (timedOut) throw new SampleTimeoutError(timeoutMs); // nobody waits for it: kept for the next sample
+      client = opened;
+      try {
+        return (await opened.query<R & pg.QueryResultRow>(text)).rows[0];
+      } catch (err) {
+        this.drop(opened);
+        throw err;
+      }
+    };
+    try {
+      return await Promise.race([timeout, run()]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Closes the connection, and ends a connect under way; later samples fail. */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.connecting) destroySocket(this.connecting);
+    const client = this.client;
+    this.client = undefined;
+    if (client) await closeClient(client);
+  }
+
+  private connected(): Promise<pg.Client> {
+    if (this.closed) return Promise.reject(new Error('the replica router has ended'));
+    if (this.client) return Promise.resolve(this.client);
+    this.opening ??= new Promise<pg.Client>((resolve, reject) => {
+      this.connector.open(
+        {
+          attempt: (client) => {
+            this.connecting = client;
+            // An error on a socket nobody queries (the server went away between samples) must not go unheard.
+            client.on('error', () => this.drop(client));
+          },
+          proceed: () => !this.closed,
+          internal: true,
+        },
+        (err, opened) => {
+          const attempted = this.connecting;
+          this.opening = this.connecting = undefined;
+          if (err || !opened) {
+            if (attempted) destroySocket(attempted);
+            return reject(err ?? new Error('no connection'));
+          }
+          if (this.closed) {
+            void closeClient(opened.client);
+            return reject(new Error('the replica router has ended'));
+          }
+          this.client = opened.client;
+          opened.client.once('end', () => this.drop(opened.client));
+          resolve(opened.client);
+        },
+      );
+    });
+    return this.opening;
+  }
+
+  private drop(client: pg.Client): void {
+    if (this.client === client) this.client = undefined;
+    if (this.dropped.has(client)) return;
+    this.dropped.add(client);
+    void closeClient(client);
+  }
+}
+
+/** Ends a client: its Terminate, then its socket destroyed if the server has not closed it within {@link CLOSE_WAIT_MS}. */
+function closeClient(client: pg.Client): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      destroySocket(client);
+      resolve();
+    }, CLOSE_WAIT_MS);
+    timer.unref();
+    client.end().then(
+      () => {
+        clearTimeout(timer);
+        resolve();
+      },
+      () => {
+        clearTimeout(timer);
+        destroySocket(client);
+        resolve();
+      },
+    );
+  });
+}
+
 export interface ReplicaRouterOptions {
   primary: DbPool;
+  /** The primary pool's validated configuration: the sampler's connection to the primary is opened as its pool's are. */
+  primaryConfig: DbPoolConfig;
   replicas: DbPool[];
   /** The replicas' validated configurations, in the same order (their monitors read them). */
   configs: DbPoolConfig[];
@@ -155,13 +305,16 @@ export class ReplicaRouter extends EventEmitter {
   private identity: Identity | undefined;
   /** Why the primary's last sample failed; undefined when it answered. */
   private primaryError: Error | undefined;
+  private readonly primarySampler: SampleConnection;
 
   constructor(options: ReplicaRouterOptions) {
     super();
     this.primary = options.primary;
     this.configs = options.configs;
-    this.replicas = options.replicas.map((pool) => ({
+    this.primarySampler = new SampleConnection(options.primaryConfig, options.primary.Client);
+    this.replicas = options.replicas.map((pool, i) => ({
       pool,
+      sampler: new SampleConnection(options.configs[i], pool.Client),
       lagMs: null,
       lagBytes: null,
       lagUnknown: true,
@@ -226,13 +379,13 @@ export class ReplicaRouter extends EventEmitter {
     // The time before asking: the primary was at the position it reports at some moment after it.
     const sentAt = performance.now();
     try {
-      const { rows } = await this.primary.queryWithin<{ lsn: string; system_id: string; timeline: number }>(
+      const row = await this.primarySampler.queryRow<{ lsn: string; system_id: string; timeline: number }>(
         PRIMARY_SAMPLE,
         this.sampleTimeoutMs,
       );
-      const lsn = parseLsn(rows[0]?.lsn);
-      if (lsn === undefined) throw new Error(`pg_current_wal_lsn() answered ${JSON.stringify(rows[0]?.lsn)}`);
-      const identity = { systemId: rows[0].system_id, timeline: Number(rows[0].timeline) };
+      const lsn = parseLsn(row?.lsn);
+      if (lsn === undefined) throw new Error(`pg_current_wal_lsn() answered ${JSON.stringify(row?.lsn)}`);
+      const identity = { systemId: row.system_id, timeline: Number(row.timeline) };
       const last = this.marks[this.marks.length - 1];
       // Another server, or one that went back: positions from before say nothing about it.
       if (this.identity?.systemId !== identity.systemId || this.identity.timeline !== identity.timeline || (last && lsn < last.lsn)) {
@@ -252,7 +405,7 @@ export class ReplicaRouter extends EventEmitter {
   private async sampleReplica(replica: Replica): Promise<void> {
     let row: { standby: boolean; replay_lsn: string | null; system_id: string; timeline: number };
     try {
-      row = (await replica.pool.queryWithin<typeof row>(REPLICA_SAMPLE, this.sampleTimeoutMs)).rows[0];
+      row = await replica.sampler.queryRow<typeof row>(REPLICA_SAMPLE, this.sampleTimeoutMs);
     } catch (err) {
       replica.replay = undefined;
       this.set(replica, { ...UNKNOWN, outOfRotation: 'unreachable', reason: 'the replica could not be sampled', cause: err as Error });
@@ -417,6 +570,9 @@ export class ReplicaRouter extends EventEmitter {
     this.ended = true;
     clearInterval(this.timer);
     for (const hook of this.endHooks.splice(0)) hook();
-    await Promise.all(this.replicas.map((r) => (r.pool.ending ? undefined : r.pool.end())));
+    await Promise.all([
+      this.primarySampler.close(),
+      ...this.replicas.map((r) => Promise.all([r.sampler.close(), r.pool.ending ? undefined : r.pool.end()])),
+    ]);
   }
 }
