@@ -3,7 +3,7 @@ import type { DbPoolOptions } from './config/db-pool.options.js';
 import { resolveDbPoolConfig } from './config/resolve-config.js';
 import { codeOf, PoolConnectError } from './errors.js';
 import { DbPool } from './pool/db-pool.js';
-import { SILENT } from './pool/logger.js';
+import { type DbPoolLogger, SILENT } from './pool/logger.js';
 import { toPgPoolOptions, toPoolSettings } from './pool/pg-options.js';
 import { ReplicaRouter } from './pool/replicas.js';
 import { toTypeOrmOptions } from './pool/typeorm-options.js';
@@ -31,22 +31,45 @@ export async function createDbPool(options: DbPoolOptions = {}): Promise<DbPool>
   const config = resolveDbPoolConfig(options);
   const logger = options.logger ?? SILENT;
   const pool = new DbPool(toPgPoolOptions(config), toPoolSettings(config, logger));
+  const failed = await warm(pool, config, logger);
+  if (failed) {
+    // Unreachable, auth, no such database: a configuration to fix before starting.
+    await pool.end().catch(() => {});
+    throw new PoolConnectError(config.name, pool.state(), scrubSecrets(failed.message), { cause: failed });
+  }
+  return pool;
+}
+
+/**
+ * Opens `DB_POOL_SIZE` connections. When only some open, or none because the server is full or
+ * starting (too many clients, cannot connect now) — it is there, and the pool opens more on
+ * demand — it warns and resolves undefined; when none open for any other reason, it resolves
+ * with that error.
+ */
+async function warm(pool: DbPool, config: DbPoolConfig, logger: DbPoolLogger): Promise<Error | undefined> {
   try {
     await pool.warmUp();
+    return undefined;
   } catch (err) {
-    // A server that is full or starting (too many clients, cannot connect now) is there, and
-    // the pool opens more on demand; anything else — unreachable, auth, no such database — is a
-    // configuration to fix before starting.
-    if (pool.totalCount === 0 && !TRANSIENT.has(codeOf(err) ?? '')) {
-      await pool.end().catch(() => {});
-      const reason = scrubSecrets((err as Error).message);
-      throw new PoolConnectError(config.name, pool.state(), reason, { cause: err });
-    }
+    if (pool.totalCount === 0 && !TRANSIENT.has(codeOf(err) ?? '')) return err as Error;
     logger.warn(
       `db-pool "${config.name}": warmed ${pool.totalCount} of ${config.poolSize} connections: ${scrubSecrets((err as Error).message)}; ` +
         `the pool opens more on demand, up to ${config.poolSize + config.maxOverflow}`,
     );
+    return undefined;
   }
+}
+
+/**
+ * A read replica's pool, warmed as far as its server lets it. One that cannot be reached (or
+ * refuses the login) is kept all the same, empty: the router's first sample fails on it too and
+ * it starts out of rotation (`unreachable`), with one warning, until a sample finds it fit —
+ * the pool reconnects on its own (its breaker's probes). A replica outage must not stop, or
+ * crash-loop, an application whose primary serves its reads.
+ */
+async function createReplicaPool(config: DbPoolConfig, logger: DbPoolLogger): Promise<DbPool> {
+  const pool = new DbPool(toPgPoolOptions(config), toPoolSettings(config, logger));
+  await warm(pool, config, logger);
   return pool;
 }
 
@@ -63,24 +86,17 @@ export function replicaOptions(options: DbPoolOptions, config: DbPoolConfig, ind
 
 /**
  * The pools of `DB_REPLICA_URLS` and the router TypeORM's reads go through, its first lag sample
- * taken; undefined when there are no replicas. A replica that cannot be reached at start-up is a
- * configuration error, as the primary is.
+ * taken; undefined when there are no replicas. A replica that cannot be reached at start-up does
+ * not stop it: that replica starts out of rotation (`unreachable`), its reads go to the primary,
+ * and the sampler brings it in once it answers. Its configuration errors do stop it.
  */
 export async function createReplicaRouter(options: DbPoolOptions, primary: DbPool): Promise<ReplicaRouter | undefined> {
   const config = resolveDbPoolConfig(options);
   if (config.replicaUrls.length === 0) return undefined;
   const logger = options.logger ?? SILENT;
-  const replicas: DbPool[] = [];
-  const configs: DbPoolConfig[] = [];
-  try {
-    for (let i = 1; i <= config.replicaUrls.length; i++) {
-      configs.push(resolveDbPoolConfig(replicaOptions(options, config, i)));
-      replicas.push(await createDbPool(replicaOptions(options, config, i)));
-    }
-  } catch (err) {
-    await Promise.all(replicas.map((r) => r.end().catch(() => {})));
-    throw err;
-  }
+  const configs = config.replicaUrls.map((_, i) => resolveDbPoolConfig(replicaOptions(options, config, i + 1)));
+  // Warmed side by side: a replica that accepts and never answers holds start-up DB_CONNECT_TIMEOUT once, not once per replica.
+  const replicas = await Promise.all(configs.map((c) => createReplicaPool(c, logger)));
   const router = new ReplicaRouter({
     primary,
     primaryConfig: config,

@@ -35,7 +35,11 @@ export class HealthController {
     return { status: 'ok', info: {}, error: {}, details: {} };
   }
 
-  /** Readiness: every pool reaches its database within DB_POOL_HEALTH_TIMEOUT_MS and is not critical; 503 otherwise. */
+  /**
+   * Readiness: every pool but the read replicas' answers `SELECT 1` within DB_POOL_HEALTH_TIMEOUT_MS;
+   * 503 otherwise. A replica that cannot serve leaves rotation and the primary serves its reads,
+   * so it never makes the instance unready; `/health/db_pool` shows it degraded, with the reason.
+   */
   @Get('ready')
   @HealthCheck()
   ready() {
@@ -44,7 +48,8 @@ export class HealthController {
 
   /**
    * The seed's pool report for every pool: 200 while healthy (up) or warning (degraded), 503 when
-   * critical; the default pool's report is also at the top level (the seed's shape).
+   * critical; the default pool's report is also at the top level (the seed's shape). A replica
+   * out of rotation is warning (degraded) whatever its counters say: it takes no reads.
    */
   @Get('db_pool')
   @HealthCheck()

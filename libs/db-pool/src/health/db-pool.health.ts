@@ -5,7 +5,7 @@ import { DbPoolRegistry } from '../monitor/pool-registry.js';
 /**
  * Terminus indicators for every pool. `pools()` reports each pool's health from its counters
  * (healthy → up, warning → degraded, critical → down) with the seed's report as details;
- * `readiness()` also checks that the server answers, within DB_POOL_HEALTH_TIMEOUT_MS.
+ * `readiness()` checks that each primary pool's server answers, within DB_POOL_HEALTH_TIMEOUT_MS.
  */
 @Injectable()
 export class DbPoolHealthIndicator {
@@ -19,9 +19,17 @@ export class DbPoolHealthIndicator {
     return this.registry.all().map((m) => () => this.pool(m.name));
   }
 
-  /** One readiness indicator per pool (key: the pool name). */
+  /**
+   * One readiness indicator per pool that is not a read replica's (key: the pool name). A replica
+   * that cannot serve leaves rotation and the primary serves its reads, so the instance is as
+   * ready as its primary pools; were replicas pinged, one replica down would take every instance
+   * out of the load balancer at once. Its standing is in `pools()` (degraded, with the reason).
+   */
   readiness(): HealthIndicatorFunction[] {
-    return this.registry.all().map((m) => () => this.ready(m.name));
+    return this.registry
+      .all()
+      .filter((m) => !m.isReplica)
+      .map((m) => () => this.ready(m.name));
   }
 
   /** A pool's health from its counters alone: never waits on the pool. */

@@ -24,6 +24,9 @@ export const RECOMMENDATIONS = {
   SERVER_IDLE_TIMEOUT: (ms: number) =>
     `Server idle_session_timeout=${ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`} closes connections idle longer than that: ` +
     `the pool's warm connections will be closed under it and reopened (pre-ping and refill cover it, at a cost); raise or disable it for this role.`,
+  REPLICA_OUT_OF_ROTATION: (code: string, reason: string) =>
+    `Replica out of rotation for reads (${code}): ${reason}. Its reads go to the other replicas in rotation or the primary, and the instance stays ready; ` +
+    `it comes back at the first lag sample that finds it fit (runbook: DbPoolReplicaLagging, DbPoolReplicaNotAStandby).`,
   POOL_SIZE: (waitedPct: number, meanWaitMs: number, meanUseMs: number, rate: number, suggested: number, poolSize: number) =>
     `Acquires waited ${waitedPct}% of the time (mean wait ${meanWaitMs} ms, mean use ${meanUseMs} ms at ${rate} checkouts/s): ` +
     `this load keeps about ${suggested} connections busy; consider DB_POOL_SIZE=${suggested} (now ${poolSize}).`,

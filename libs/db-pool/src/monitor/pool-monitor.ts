@@ -204,6 +204,11 @@ export class PoolMonitor {
     return this.replica?.();
   }
 
+  /** The pool is a read replica's: readiness leaves it out (the primary serves its reads when it cannot). */
+  get isReplica(): boolean {
+    return this.replica !== undefined;
+  }
+
   get name(): string {
     return this.config.name;
   }
@@ -304,7 +309,18 @@ export class PoolMonitor {
   /** The seed's recommendations for a status (by default, the pool's now). */
   getRecommendations(status: PoolStatus = this.getPoolStatus()): string[] {
     const out: string[] = [];
-    if (status.health === 'warning') out.push(RECOMMENDATIONS.WARNING(status.utilization));
+    const replica = this.replica?.();
+    if (replica && !replica.inRotation) {
+      out.push(
+        RECOMMENDATIONS.REPLICA_OUT_OF_ROTATION(
+          replica.outOfRotation ?? 'not_sampled',
+          this.replicaReport(replica).reason ?? 'no reason given',
+        ),
+      );
+    }
+    // Only utilization is named as such: a warning for a replica out of rotation or a failing connect says why itself.
+    if (status.health === 'warning' && status.checked_out * 100 > this.config.warnUtilization * status.total_capacity)
+      out.push(RECOMMENDATIONS.WARNING(status.utilization));
     if (status.health === 'critical') out.push(RECOMMENDATIONS.CRITICAL(status.utilization));
     if (status.connect_failing)
       out.push(RECOMMENDATIONS.CONNECT_FAILING(status.consecutive_connect_failures, status.checked_out + status.checked_in));
@@ -454,12 +470,13 @@ export class PoolMonitor {
    * server gave fewer connections than configured, or none.
    */
   private healthOf(active: number, capacity: number, idle: number, connectFailing: boolean, shed: number): PoolHealth {
+    // A replica out of rotation serves no reads, whatever its counters say (a replica that is down
+    // cannot connect): degraded, never down — the primary serves its reads.
+    if (this.replica && !this.replica().inRotation) return 'warning';
     if (connectFailing && idle === 0) return 'critical';
     if (active * 100 > this.config.criticalUtilization * capacity) return 'critical';
     // Shedding load: callers are being turned away (503), whatever the utilization says.
     if (connectFailing || shed > 0 || active * 100 > this.config.warnUtilization * capacity) return 'warning';
-    // A replica out of rotation serves no reads: degraded, not down (reads go elsewhere).
-    if (this.replica && !this.replica().inRotation) return 'warning';
     return 'healthy';
   }
 
