@@ -1,4 +1,4 @@
-import { DbPoolConfigError, describeConfig, OPTION_KEYS, resolveDbPoolConfig } from '../src/index.js';
+import { dbPoolConfig, DbPoolConfigError, describeConfig, OPTION_KEYS, resolveDbPoolConfig } from '../src/index.js';
 
 const URL_OK = 'postgres://app:s3cr%40t:pw@db.internal:5432/app';
 
@@ -229,5 +229,76 @@ describe('configuration: validation', () => {
       expect(readme).toContain(`| \`${key.env}\` | \`${key.option}\` |`);
       if (key.alias) expect(readme).toContain(`\`${key.alias}\``);
     }
+  });
+});
+
+describe("configuration: variables that look like the pool's but are not read", () => {
+  const HEAD = "db-pool: environment variables that look like db-pool's are not read and change nothing: ";
+  const TAIL = '; if another program reads them, ignore this warning';
+
+  it('starts, and warns once of each, naming the key each probably meant and never its value', () => {
+    const warned: string[] = [];
+    const logger = { log() {}, warn: (m: string) => warned.push(m) };
+    const env = {
+      DATABASE_URL: URL_OK,
+      DB_POOL_MAX_OVERFLOW: '0',
+      DB_POOL_SIZ: '5',
+      DB_POOL_FROBNICATE: 'S3cretValue',
+      DB_CONECT_TIMEOUT: '3',
+      DB_QUERY_TIMEOUT: '100',
+      DATABSE_URL: 'postgres://u:S3cretValue@h/db',
+      // Other programs' variables, not like any of the pool's: nothing to say.
+      DB_HOST: 'db',
+      DB_PASSWORD: 'S3cretValue',
+      REPORTING_DB_POOL_SIZE: '4',
+    };
+    const config = resolveDbPoolConfig({ env, logger });
+    expect(config.maxOverflow).toBe(40);
+    const warning =
+      HEAD +
+      'DATABSE_URL (did you mean DATABASE_URL?), DB_CONECT_TIMEOUT (did you mean DB_CONNECT_TIMEOUT?), ' +
+      'DB_POOL_FROBNICATE, DB_POOL_MAX_OVERFLOW (did you mean DB_MAX_OVERFLOW?), DB_POOL_SIZ (did you mean DB_POOL_SIZE?), ' +
+      'DB_QUERY_TIMEOUT (did you mean DB_QUERY_TIMEOUT_MS?)' +
+      TAIL;
+    expect(config.warnings).toEqual([warning]);
+    // createDbPool, the module and a replica's pool resolve the same environment again: one line.
+    resolveDbPoolConfig({ env, logger });
+    resolveDbPoolConfig({ env, logger, name: 'default-replica-1' });
+    expect(warned).toEqual([warning]);
+    expect(warning).not.toContain('S3cret');
+  });
+
+  it("a pool with an envPrefix is warned of its own prefix's look-alikes, and the default pool of DB_POOL_ ones", () => {
+    const env = { DATABASE_URL: URL_OK, REPORTING_DATABASE_URL: URL_OK, REPORTING_DB_POOL_MAX_OVERFLOW: '0', DB_POOL_PREPING: 'false' };
+    expect(resolveDbPoolConfig({ name: 'reporting', envPrefix: 'REPORTING_', env }).warnings).toEqual([
+      `${HEAD}REPORTING_DB_POOL_MAX_OVERFLOW (did you mean REPORTING_DB_MAX_OVERFLOW?)${TAIL}`,
+    ]);
+    expect(resolveDbPoolConfig({ env }).warnings).toEqual([`${HEAD}DB_POOL_PREPING (did you mean DB_POOL_PRE_PING?)${TAIL}`]);
+  });
+
+  it("says nothing when every variable is read or unlike the pool's", () => {
+    const env = Object.fromEntries(OPTION_KEYS.map((k) => [k.env, undefined as string | undefined]));
+    expect(
+      resolveDbPoolConfig({ env: { ...env, DATABASE_URL: URL_OK, DB_POOL_SIZE: '3', DB_USER: 'app', PGHOST: 'db' } }).warnings,
+    ).toEqual([]);
+  });
+
+  it("the @nestjs/config namespace (dbPoolConfig) hands the look-alikes on, so the module's start-up warns of them too", () => {
+    process.env.DB_POOL_MAX_OVERFLOW = '0';
+    try {
+      const options = dbPoolConfig();
+      expect(options.env).toMatchObject({ DB_POOL_MAX_OVERFLOW: '0' });
+      expect(resolveDbPoolConfig({ ...options, url: URL_OK }).warnings).toEqual([
+        `${HEAD}DB_POOL_MAX_OVERFLOW (did you mean DB_MAX_OVERFLOW?)${TAIL}`,
+      ]);
+    } finally {
+      delete process.env.DB_POOL_MAX_OVERFLOW;
+    }
+  });
+
+  it('warns that pg does not read connect_timeout in the URL, and names the key that sets the connect timeout', () => {
+    expect(resolveDbPoolConfig({ env: { DATABASE_URL: `${URL_OK}?connect_timeout=3` } }).warnings).toEqual([
+      'db-pool: connect_timeout=3 in DATABASE_URL is not read (pg does not read it): connections are given DB_CONNECT_TIMEOUT=10 s to open',
+    ]);
   });
 });

@@ -196,6 +196,67 @@ const FORMS: [string, Form][] = [
       libpq: { differs: 'libpq refuses the parameter uselibpqcompat' },
     },
   ],
+  // TLS and timeout parameters pg or libpq cannot read: refused, not taken as something else
+  [
+    'sslmode misspelt (disabled), which pg takes as verify-full',
+    {
+      url: `postgresql://${AUTH}${H}:${P}/${D}?sslmode=disabled`,
+      refused:
+        /^sslmode="disabled" in the URL: must be one of disable, prefer, require, verify-ca, verify-full \(libpq's and pg's\) or no-verify \(pg's\): pg takes any other value, libpq's allow included, as verify-full$/,
+      libpq: 'same',
+    },
+  ],
+  [
+    'sslmode=bogus',
+    {
+      url: `postgresql://${AUTH}${H}:${P}/${D}?sslmode=bogus`,
+      refused: /^sslmode="bogus" in the URL: must be one of disable, /,
+      libpq: 'same',
+    },
+  ],
+  [
+    "sslmode=allow (libpq's; pg takes it as verify-full)",
+    {
+      url: `postgresql://${AUTH}${H}:${P}/${D}?sslmode=allow`,
+      refused: /^sslmode="allow" in the URL: must be one of .*libpq's allow included, as verify-full$/,
+      libpq: { differs: 'libpq tries a plain connection first, then TLS' },
+    },
+  ],
+  [
+    'sslmode=no-verify with uselibpqcompat=true',
+    {
+      url: `postgresql://${AUTH}${H}:${P}/${D}?uselibpqcompat=true&sslmode=no-verify`,
+      refused:
+        /^sslmode="no-verify" in the URL: with uselibpqcompat=true, must be one of disable, prefer, require, verify-ca, verify-full: pg takes any other value, no-verify included, as verify-full$/,
+      libpq: 'same',
+    },
+  ],
+  [
+    'ssl=false, which pg takes as TLS on',
+    {
+      url: `postgresql://${AUTH}${H}:${P}/${D}?ssl=false`,
+      refused:
+        /^ssl="false" in the URL: must be one of true, 1 \(TLS, verified\), 0 \(none\) or no-verify: pg takes any other value, false included, as TLS on$/,
+      libpq: 'same',
+    },
+  ],
+  [
+    'connect_timeout that is a word',
+    {
+      url: `postgresql://${AUTH}${H}:${P}/${D}?connect_timeout=abc`,
+      refused:
+        /^connect_timeout="abc" in the URL: must be an integer number of seconds, as libpq reads it \(0 or less: no limit\); pg does not read it/,
+      libpq: 'same',
+    },
+  ],
+  [
+    'connect_timeout=0 (no limit, as libpq reads it)',
+    { url: `postgresql://${AUTH}${H}:${P}/${D}?connect_timeout=0`, hosts: [`${H}:${P}`], libpq: 'same' },
+  ],
+  [
+    'ssl=0 (no TLS)',
+    { url: `postgresql://${AUTH}${H}:${P}/${D}?ssl=0`, hosts: [`${H}:${P}`], libpq: { differs: 'libpq has no ssl parameter' } },
+  ],
   // user and password
   [
     'percent-encoded user',

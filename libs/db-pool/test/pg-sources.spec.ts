@@ -154,6 +154,29 @@ describe("pg's configuration sources are the pool's", () => {
     expect((await p.query<{ ok: number }>('SELECT 1 AS ok')).rows[0].ok).toBe(1);
   });
 
+  // pg reads PGSSLMODE where the connection says nothing of TLS, and takes a value it does not
+  // know as disable: a typo of require would connect without TLS, and say nothing.
+  it.each(['requre', 'disabled', 'allow', 'REQUIRE'])(
+    'PGSSLMODE=%j, which pg would read as no TLS at all, is refused at once by every path, naming the variable and the values pg reads',
+    async (value) => {
+      serverInEnvironment();
+      process.env.PGSSLMODE = value;
+      const problem =
+        `PGSSLMODE=${JSON.stringify(value)}: must be one of disable, prefer, require, verify-ca, verify-full (libpq's and pg's) ` +
+        "or no-verify (pg's): pg takes any other value, libpq's allow included, as disable (no TLS)";
+      expect(() => new DbPool({ max: 1 })).toThrow(`- ${problem}`);
+      expect(() => resolveDbPoolConfig({ env: {} })).toThrow(`- ${problem}`);
+      expect(() => resolveDbPoolConfig({ env: { DATABASE_URL: db.url } })).toThrow(`- ${problem}`);
+      await expect(createDbPool({ poolSize: 1 })).rejects.toThrow(DbPoolConfigError);
+      // Where the connection sets its own TLS, pg does not read PGSSLMODE, and neither does the check.
+      const own = track(new DbPool({ connectionString: `${db.url}?sslmode=disable`, max: 1 }));
+      expect((await own.query<{ ok: number }>('SELECT 1 AS ok')).rows[0].ok).toBe(1);
+      expect(() => track(new DbPool({ max: 1, ssl: false }))).not.toThrow();
+      expect(resolveDbPoolConfig({ env: { DATABASE_URL: `${db.url}?ssl=0` } }).url).toBeDefined();
+      expect(resolveDbPoolConfig({ env: {}, typeorm: { extra: { ssl: false } } }).url).toBeUndefined();
+    },
+  );
+
   // pg reads PGPORT with parseInt: '1e1' is port 1, '5432abc' and '+5432' are 5432. A URL's
   // port is digits only (`db:1e3` is refused), and so is PGPORT's.
   it.each(['fifty', '1e1', '5432abc', '+5432', ' 5432', '5432.0', '0x1538', '0', '65536'])(

@@ -81,6 +81,29 @@ describe('fault scenarios: configuration fuzz', () => {
     expect(outcome({ DB_POOL_SIZE: '6000', DB_MAX_OVERFLOW: '6000' }).ok).toBe(false);
   });
 
+  it('a misspelt key (DB_POOL_MAX_OVERFLOW) starts the module with the default and one start-up warning naming the key it probably meant', async () => {
+    const lines: string[] = [];
+    const warnings: string[] = [];
+    const app = await Test.createTestingModule({
+      imports: [DbPoolModule.forRoot({ env: { DATABASE_URL: process.env.DATABASE_URL!, DB_POOL_SIZE: '1', DB_POOL_MAX_OVERFLOW: '0' } })],
+    })
+      .setLogger({
+        log: (m: unknown) => lines.push(String(m)),
+        error() {},
+        warn: (m: unknown) => warnings.push(String(m)),
+        debug() {},
+        verbose() {},
+      })
+      .compile();
+    await app.init();
+    await app.close();
+    expect(lines.join('\n')).toMatch(/db-pool "default" configured: .* max_overflow=40,/);
+    expect(warnings.filter((w) => w.includes('DB_POOL_MAX_OVERFLOW'))).toEqual([
+      "db-pool: environment variables that look like db-pool's are not read and change nothing: " +
+        'DB_POOL_MAX_OVERFLOW (did you mean DB_MAX_OVERFLOW?); if another program reads them, ignore this warning',
+    ]);
+  });
+
   it('an empty value means unset: the module starts with the default and its start-up log shows it', async () => {
     const lines: string[] = [];
     const env = Object.fromEntries(OPTION_KEYS.filter((k) => k.env !== 'DATABASE_URL').map((k) => [k.env, '']));

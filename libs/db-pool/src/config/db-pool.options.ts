@@ -182,4 +182,10 @@ export interface DbPoolConfig {
   resetSession: 'auto' | 'always';
   healthDetail: boolean;
   typeorm: NonNullable<DbPoolOptions['typeorm']>;
+  /**
+   * What a valid configuration still gets wrong: variables that look like the pool's and are not
+   * read (`DB_POOL_MAX_OVERFLOW`, meant as `DB_MAX_OVERFLOW`), a URL's `connect_timeout`, which pg
+   * does not read. Logged once through `options.logger`; never a value.
+   */
+  warnings: readonly string[];
 }

@@ -1,6 +1,8 @@
 import { DbPoolConfigError } from '../errors.js';
-import { connectTargetOf, describeServer, ENCODE_HINT, HostListError, isPlainPort, splitUrl } from '../pool/hosts.js';
+import { connectTargetOf, describeServer, ENCODE_HINT, HostListError, isPlainPort, pgSslModeProblem, splitUrl } from '../pool/hosts.js';
 import { redactUrl } from '../redact.js';
+import type pg from 'pg';
+import type { DbPoolLogger } from '../pool/logger.js';
 import type { DbPoolConfig, DbPoolOptions } from './db-pool.options.js';
 import { type EnvKey, FALSE_WORDS, OPTION_KEYS, TRUE_WORDS } from './option-keys.js';
 
@@ -279,6 +281,18 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
     }
   }
 
+  // pg reads PGSSLMODE for any pool whose connection names no TLS of its own (typeorm.extra.ssl is pg's ssl option).
+  const sslMode = pgSslModeProblem({
+    connectionString: url,
+    ssl: (options.typeorm?.extra as { ssl?: pg.ClientConfig['ssl'] } | undefined)?.ssl,
+  });
+  if (sslMode) problems.push(sslMode);
+
+  const connectTimeout =
+    values.get('connectTimeoutSeconds') === undefined ? undefined : `${envOf('connectTimeoutSeconds')}=${int('connectTimeoutSeconds')} s`;
+  const warnings = startUpWarnings(env, prefix, url, envOf('url'), connectTimeout);
+  if (options.logger) warnOnce(options.logger, env, warnings);
+
   if (problems.length > 0) throw new DbPoolConfigError(name, problems);
 
   const config: DbPoolConfig = {
@@ -320,11 +334,103 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
     resetSession: values.get('resetSession') as DbPoolConfig['resetSession'],
     healthDetail: values.get('healthDetail') as boolean,
     typeorm: options.typeorm ?? {},
+    warnings,
   };
   // Readable, but not listed: util.inspect, JSON.stringify and logging a config show none of them.
   for (const key of ['url', 'password', 'pgbouncerAdminUrl', 'replicaUrls'] as const)
     Object.defineProperty(config, key, { enumerable: false });
   return config;
+}
+
+/** Name segments that say where or in what unit, not what: `DB_POOL_MAX_OVERFLOW` and `DB_MAX_OVERFLOW` are one idea. */
+const NOT_MEANING = new Set(['DB', 'POOL', 'MS', 'SEC', 'SECS', 'SECONDS']);
+const meaningOf = (name: string) =>
+  name
+    .split('_')
+    .filter((s) => s !== '' && !NOT_MEANING.has(s))
+    .join('_');
+
+/** The pool's key a variable most likely meant: the same idea under another prefix or unit, else one within two typos. */
+function probablyMeant(name: string): string | undefined {
+  const upper = name.toUpperCase();
+  const meaning = meaningOf(upper);
+  if (upper.startsWith('DB_') && meaning !== '') {
+    const same = OPTION_KEYS.find((k) => meaningOf(k.env) === meaning);
+    if (same) return same.env;
+  }
+  let best: string | undefined;
+  let bestDistance = 3;
+  for (const key of OPTION_KEYS) {
+    if (Math.abs(key.env.length - upper.length) >= bestDistance) continue;
+    const d = editDistance(upper, key.env);
+    if (d < bestDistance) [best, bestDistance] = [key.env, d];
+  }
+  return best;
+}
+
+function editDistance(a: string, b: string): number {
+  let row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const next = [i];
+    for (let j = 1; j <= b.length; j++) next[j] = Math.min(row[j] + 1, next[j - 1] + 1, row[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    row = next;
+  }
+  return row[b.length];
+}
+
+/**
+ * Variables that look like this pool's and that it does not read, sorted, each with the key it
+ * probably meant: every `<envPrefix>DB_POOL_*` one, and any other under the prefix that is one of
+ * the pool's keys misspelt (`DB_CONECT_TIMEOUT`, `DATABSE_URL`). Never refused: another program
+ * may read them.
+ */
+export function lookalikeKeys(env: Record<string, string | undefined>, prefix: string): { key: string; meant?: string }[] {
+  const known = new Set(OPTION_KEYS.map((k) => `${prefix}${k.env}`));
+  const found: { key: string; meant?: string }[] = [];
+  for (const [key, value] of Object.entries(env)) {
+    if (value === undefined || known.has(key) || !key.startsWith(prefix)) continue;
+    const rest = key.slice(prefix.length);
+    const meant = probablyMeant(rest);
+    if (meant !== undefined) found.push({ key, meant: `${prefix}${meant}` });
+    else if (rest.toUpperCase().startsWith('DB_POOL_')) found.push({ key });
+  }
+  return found.sort((a, b) => (a.key < b.key ? -1 : 1));
+}
+
+/** What a configuration that is valid still gets wrong: look-alike variables, a URL's connect_timeout that pg does not read. */
+function startUpWarnings(
+  env: Record<string, string | undefined>,
+  prefix: string,
+  url: string | undefined,
+  urlKey: string,
+  connectTimeout: string | undefined,
+): string[] {
+  const warnings: string[] = [];
+  const lookalikes = lookalikeKeys(env, prefix);
+  if (lookalikes.length > 0)
+    warnings.push(
+      `db-pool: environment variables that look like db-pool's are not read and change nothing: ` +
+        `${lookalikes.map((l) => (l.meant ? `${l.key} (did you mean ${l.meant}?)` : l.key)).join(', ')}; if another program reads them, ignore this warning`,
+    );
+  const timeout = url === undefined ? undefined : splitUrl(url)?.params.findLast((p) => p.name === 'connect_timeout');
+  if (timeout && timeout.value !== '' && connectTimeout !== undefined)
+    warnings.push(
+      `db-pool: connect_timeout=${timeout.value.trim()} in ${urlKey} is not read (pg does not read it): connections are given ${connectTimeout} to open`,
+    );
+  return warnings;
+}
+
+/** Warnings already logged, by environment: createDbPool, the module and each replica's pool resolve the same one again. */
+const logged = new WeakMap<object, Set<string>>();
+
+function warnOnce(logger: DbPoolLogger, env: object, warnings: readonly string[]): void {
+  const seen = logged.get(env) ?? new Set<string>();
+  logged.set(env, seen);
+  for (const warning of warnings) {
+    if (seen.has(warning)) continue;
+    seen.add(warning);
+    logger.warn(warning);
+  }
 }
 
 /** The one start-up line that shows the effective configuration (URL redacted). */

@@ -158,10 +158,14 @@ function fromUrl(config: pg.ClientConfig, url: string): ConnectTarget {
   if (parts.path.includes('@') || parts.fragment.includes('@') || parts.params.some((p) => p.raw.split('=')[0].includes('@')))
     throw new HostListError(`an '@' after the host: ${ENCODE_HINT}; an '@' in the database name is written %40`);
   const param = (name: string) => parts.params.findLast((p) => p.name === name);
+  /** A parameter's value as written, quoted where it cannot be a piece of the password. */
+  const quote = (p: Param) => shown(url, p.raw.slice(p.raw.indexOf('=') + 1), p.valueAt);
+  const named = (p: Param) => `${p.name}${quote(p) === undefined ? '' : `=${quote(p)}`}`;
   const session = sessionParams((name) => {
     const p = param(name);
-    return { value: p?.value, quoted: p && shown(url, p.raw.slice(p.raw.indexOf('=') + 1), p.valueAt) };
+    return { value: p?.value, quoted: p && quote(p) };
   });
+  checkTlsAndTimeout(param, named);
 
   let items: HostItem[];
   if (parts.form === 'socket') {
@@ -201,12 +205,10 @@ function fromUrl(config: pg.ClientConfig, url: string): ConnectTarget {
       );
     // Named by the parameter, not by a host whose own port it replaced.
     const bad = ports.find((port) => port !== '' && !isPlainPort(port));
-    if (bad !== undefined) {
-      const quoted = shown(url, portParam.raw.slice(portParam.raw.indexOf('=') + 1), portParam.valueAt);
+    if (bad !== undefined)
       throw new HostListError(
-        `port${quoted === undefined ? '' : `=${quoted}`} in the URL: ${ports.length === 1 ? 'the port' : 'each port'} must be an integer from 1 to 65535`,
+        `${named(portParam)} in the URL: ${ports.length === 1 ? 'the port' : 'each port'} must be an integer from 1 to 65535`,
       );
-    }
     items = items.map((item, i) => ({ ...item, port: ports[ports.length === 1 ? 0 : i] }));
   }
 
@@ -244,6 +246,65 @@ function fromUrl(config: pg.ClientConfig, url: string): ConnectTarget {
           });
         },
   };
+}
+
+/** The sslmode values libpq and pg both read (pg's own no-verify besides). */
+const SSL_MODES = ['disable', 'prefer', 'require', 'verify-ca', 'verify-full'];
+
+/** What sslmode and PGSSLMODE may be, and what pg makes of anything else (`otherwise`). */
+function sslModeRule(otherwise: string): string {
+  return `must be one of ${SSL_MODES.join(', ')} (libpq's and pg's) or no-verify (pg's): pg takes any other value, libpq's allow included, as ${otherwise}`;
+}
+
+/**
+ * The URL's TLS and timeout parameters, refused where pg would read them as something else:
+ * pg takes an sslmode it does not know (`disabled`, libpq's `allow`) as verify-full, and an
+ * `ssl` other than true, 1, 0 or no-verify (`false` included) as TLS on; `connect_timeout` as
+ * libpq reads it (pg does not).
+ */
+function checkTlsAndTimeout(param: (name: string) => Param | undefined, named: (p: Param) => string): void {
+  const sslmode = param('sslmode');
+  if (sslmode && sslmode.value !== '') {
+    // pg's libpq compatibility has no no-verify: it falls through to verify-full there too.
+    const compat = param('uselibpqcompat')?.value === 'true';
+    if (compat && !SSL_MODES.includes(sslmode.value))
+      throw new HostListError(
+        `${named(sslmode)} in the URL: with uselibpqcompat=true, must be one of ${SSL_MODES.join(', ')}: pg takes any other value, no-verify included, as verify-full`,
+      );
+    if (!SSL_MODES.includes(sslmode.value) && sslmode.value !== 'no-verify')
+      throw new HostListError(`${named(sslmode)} in the URL: ${sslModeRule('verify-full')}`);
+  }
+  const ssl = param('ssl');
+  if (ssl && !['', 'true', '1', '0', 'no-verify'].includes(ssl.value))
+    throw new HostListError(
+      `${named(ssl)} in the URL: must be one of true, 1 (TLS, verified), 0 (none) or no-verify: pg takes any other value, false included, as TLS on`,
+    );
+  const timeout = param('connect_timeout');
+  // libpq: an integer (strtol: blanks around it, a sign), 0 or less for no limit.
+  if (timeout && timeout.value !== '' && !(/^\s*[+-]?\d+\s*$/.test(timeout.value) && Math.abs(Number(timeout.value)) <= 2 ** 31 - 1))
+    throw new HostListError(
+      `${named(timeout)} in the URL: must be an integer number of seconds, as libpq reads it (0 or less: no limit); ` +
+        "pg does not read it: the connect timeout is DB_CONNECT_TIMEOUT, or the drop-in's connectionTimeoutMillis",
+    );
+}
+
+/** URL parameters that set a connection's TLS, so that pg does not read PGSSLMODE. */
+const TLS_PARAMS = ['sslmode', 'sslcert', 'sslkey', 'sslrootcert'];
+
+/**
+ * PGSSLMODE's problem where pg reads it (the connection names no TLS of its own: no `ssl` option,
+ * no `ssl` or `sslmode` in the URL), or undefined. pg takes a value it does not know as disable,
+ * so PGSSLMODE=requre would connect without TLS, and say nothing.
+ */
+export function pgSslModeProblem(config: pg.ClientConfig): string | undefined {
+  const value = process.env.PGSSLMODE;
+  if (!value || SSL_MODES.includes(value) || value === 'no-verify' || config.ssl !== undefined) return undefined;
+  const url = config.connectionString;
+  const params = url === undefined || url.startsWith('/') ? [] : (splitUrl(url)?.params ?? []);
+  const ownTls = params.some(
+    (p) => p.name === 'ssl' || (TLS_PARAMS.includes(p.name) && p.value !== '') || (p.name === 'sslnegotiation' && p.value === 'direct'),
+  );
+  return ownTls ? undefined : `PGSSLMODE=${JSON.stringify(value)}: ${sslModeRule('disable (no TLS)')}`;
 }
 
 /**

@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import type { DbPoolConfig } from '../config/db-pool.options.js';
 import { DbPoolConfigError } from '../errors.js';
-import { connectTargetOf, HostListError } from './hosts.js';
+import { connectTargetOf, HostListError, pgSslModeProblem } from './hosts.js';
 import { type DbPoolLogger, SILENT } from './logger.js';
 
 /** How a pool behaves: the validated configuration's pool fields, plus pg's own that have no environment key. Durations in ms. */
@@ -92,6 +92,8 @@ export function settingsFromPg(options: PgPoolOptions, overrides: Partial<DbPool
     if (!(err instanceof HostListError)) throw err;
     problems.push(options.connectionString ? `connectionString: ${err.message}` : err.message);
   }
+  const sslMode = pgSslModeProblem(options);
+  if (sslMode) problems.push(sslMode);
   if (problems.length > 0) throw new DbPoolConfigError(overrides.name ?? 'default', problems);
   const log = options.log;
   return {
