@@ -157,6 +157,20 @@ describe('docker/ and Kubernetes files agree with the app', () => {
     );
   });
 
+  it("Kubernetes: every probe waits longer than the app's health timeout, so its 503 and the reason arrive before the kubelet gives up", () => {
+    const env = Object.fromEntries((container().env as K8sEnv).filter((e) => e.value !== undefined).map((e) => [e.name, e.value!]));
+    const { healthTimeoutMs } = resolveDbPoolConfig({ env: { ...env, DATABASE_URL: 'postgres://x@db/app' } });
+    const KUBELET_DEFAULT_TIMEOUT_SECONDS = 1;
+    for (const name of ['livenessProbe', 'readinessProbe', 'startupProbe']) {
+      const probe = container()[name] as { timeoutSeconds?: number; periodSeconds?: number };
+      const timeoutMs = (probe.timeoutSeconds ?? KUBELET_DEFAULT_TIMEOUT_SECONDS) * 1000;
+      // At least a second past the app's own bound: the answer still has to be written and sent.
+      expect({ probe: name, enough: timeoutMs - healthTimeoutMs >= 1000 }).toEqual({ probe: name, enough: true });
+      // A probe that may outlast its period would run back to back.
+      expect({ probe: name, fitsPeriod: timeoutMs <= (probe.periodSeconds ?? 10) * 1000 }).toEqual({ probe: name, fitsPeriod: true });
+    }
+  });
+
   it('ports agree: Dockerfile, compose, Kubernetes, Prometheus, PgBouncer', () => {
     const dockerfile = read('Dockerfile');
     const port = Number(/^EXPOSE (\d+)$/m.exec(dockerfile)![1]);
