@@ -15,7 +15,7 @@ export interface EmbeddedPostgres {
 export function startEmbeddedPostgres(options?: {
   user?: string;
   password?: string;
-  authMethod?: 'scram-sha-256' | 'password' | 'md5';
+  authMethod?: 'scram-sha-256' | 'password' | 'md5' | 'trust';
   postgresFlags?: string[];
   database?: string;
   quiet?: boolean;
