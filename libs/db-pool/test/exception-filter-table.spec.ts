@@ -30,6 +30,8 @@ const terminated = () =>
     severity: 'FATAL',
   });
 const reset = () => Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET', errno: -104, syscall: 'read' });
+/** What node hands pg for a socket that died under a statement (keepalive or TCP timeout, a partition, an ICMP error). */
+const socketError = (code: string, syscall = 'read') => Object.assign(new Error(`${syscall} ${code}`), { code, syscall });
 
 interface Expected {
   status: number;
@@ -44,8 +46,19 @@ interface Expected {
   says?: RegExp;
 }
 
+/**
+ * A row of the table: what the error answers, and — for an error that only the driver's place
+ * makes the database's (a socket code, pg's message-only errors) — what it answers where no
+ * TypeORM `QueryFailedError` holds it as its `driverError`: another service's error looks the same.
+ */
+interface Row {
+  make: () => Error;
+  expected: Expected;
+  outsideDriver?: Expected;
+}
+
 const internal: Expected = { status: 500, retryAfter: null };
-const ERRORS: Record<string, { make: () => Error; expected: Expected }> = {
+const ERRORS: Record<string, Row> = {
   PoolTimeoutError: {
     make: () => new PoolTimeoutError('default', 5_000, state),
     expected: { status: 503, condition: 'pool_timeout', retryAfter: '1', pool: 'default' },
@@ -116,10 +129,39 @@ const ERRORS: Record<string, { make: () => Error; expected: Expected }> = {
   'connection lost under a statement (ECONNRESET)': {
     make: reset,
     expected: { status: 503, condition: 'connection_lost', retryAfter: '1', code: 'ECONNRESET', says: /rolled .*back/ },
+    outsideDriver: internal,
   },
   'connection lost under a statement (pg: Connection terminated unexpectedly)': {
     make: () => new Error('Connection terminated unexpectedly'),
     expected: { status: 503, condition: 'connection_lost', retryAfter: '1', says: /rolled .*back/ },
+    outsideDriver: internal,
+  },
+  'connection lost under a statement (EPIPE)': {
+    make: () => socketError('EPIPE', 'write'),
+    expected: { status: 503, condition: 'connection_lost', retryAfter: '1', code: 'EPIPE', says: /rolled .*back/ },
+    outsideDriver: internal,
+  },
+  'connection lost under a statement (pg: Connection terminated)': {
+    make: () => new Error('Connection terminated'),
+    expected: { status: 503, condition: 'connection_lost', retryAfter: '1', says: /rolled .*back/ },
+    outsideDriver: internal,
+  },
+  // A dead socket says more than ECONNRESET: a keepalive or TCP timeout, a partition, a route gone.
+  ...Object.fromEntries(
+    ['ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENETDOWN', 'EHOSTDOWN', 'ECONNABORTED'].map((code) => [
+      `connection lost under a statement (${code})`,
+      {
+        make: () => socketError(code),
+        expected: { status: 503, condition: 'connection_lost', retryAfter: '1', code, says: /rolled .*back/ },
+        outsideDriver: internal,
+      } satisfies Row,
+    ]),
+  ),
+  // Not the database's: a route whose call to another service failed after that service acted
+  // (a payment charged, then the socket reset) must not be told "nothing was applied, retry".
+  "another service's socket reset (fetch failed, caused by ECONNRESET)": {
+    make: () => new TypeError('fetch failed', { cause: reset() }),
+    expected: internal,
   },
   // TypeORM names the statement: a COMMIT whose connection died may have committed, whatever pool sent it.
   'connection lost under COMMIT (TypeORM names the statement)': {
@@ -137,39 +179,66 @@ const ERRORS: Record<string, { make: () => Error; expected: Expected }> = {
   DbPoolConfigError: { make: () => new DbPoolConfigError('default', ['DB_POOL_SIZE: must be an integer']), expected: internal },
 };
 
-/** How an application's code hands the error on: as thrown, as TypeORM wraps it, in `cause` chains, in a transaction. */
-const WRAPPERS: Record<string, (error: Error, ds: DataSource) => Promise<never>> = {
-  bare: async (error) => {
-    throw error;
-  },
-  'QueryFailedError (TypeORM)': async (error) => {
-    throw new QueryFailedError('INSERT INTO "items"("name") VALUES ($1) RETURNING "id"', ['x'], error);
-  },
-  'Error with cause': async (error) => {
-    throw new Error('saving the order failed', { cause: error });
-  },
-  'Error with cause, two levels': async (error) => {
-    throw new Error('checkout failed', { cause: new Error('saving the order failed', { cause: error }) });
-  },
-  'Error with cause, then QueryFailedError': async (error) => {
-    throw new Error('saving the order failed', { cause: new QueryFailedError('SELECT 1', [], error) });
-  },
-  AggregateError: async (error) => {
-    throw new AggregateError([new Error('the other replica failed too'), error], 'every attempt failed');
-  },
-  'thrown in ds.transaction()': async (error, ds) => {
-    await ds.transaction(async (manager) => {
-      await manager.query('SELECT 1');
+/**
+ * How an application's code hands the error on: as thrown, as TypeORM wraps it, in `cause` chains,
+ * in a transaction. `driver`: the error reaches the filter as a `QueryFailedError`'s `driverError`.
+ */
+const WRAPPERS: Record<string, { driver: boolean; wrap: (error: Error, ds: DataSource) => Promise<never> }> = {
+  bare: {
+    driver: false,
+    wrap: async (error) => {
       throw error;
-    });
-    throw new Error('unreachable: the transaction must rethrow');
+    },
   },
-  'QueryFailedError thrown in ds.transaction()': async (error, ds) => {
-    await ds.transaction(async (manager) => {
-      await manager.query('SELECT 1');
-      throw new QueryFailedError('UPDATE "items" SET "name" = $1', ['x'], error);
-    });
-    throw new Error('unreachable: the transaction must rethrow');
+  'QueryFailedError (TypeORM)': {
+    driver: true,
+    wrap: async (error) => {
+      throw new QueryFailedError('INSERT INTO "items"("name") VALUES ($1) RETURNING "id"', ['x'], error);
+    },
+  },
+  'Error with cause': {
+    driver: false,
+    wrap: async (error) => {
+      throw new Error('saving the order failed', { cause: error });
+    },
+  },
+  'Error with cause, two levels': {
+    driver: false,
+    wrap: async (error) => {
+      throw new Error('checkout failed', { cause: new Error('saving the order failed', { cause: error }) });
+    },
+  },
+  'Error with cause, then QueryFailedError': {
+    driver: true,
+    wrap: async (error) => {
+      throw new Error('saving the order failed', { cause: new QueryFailedError('SELECT 1', [], error) });
+    },
+  },
+  AggregateError: {
+    driver: false,
+    wrap: async (error) => {
+      throw new AggregateError([new Error('the other replica failed too'), error], 'every attempt failed');
+    },
+  },
+  'thrown in ds.transaction()': {
+    driver: false,
+    wrap: async (error, ds) => {
+      await ds.transaction(async (manager) => {
+        await manager.query('SELECT 1');
+        throw error;
+      });
+      throw new Error('unreachable: the transaction must rethrow');
+    },
+  },
+  'QueryFailedError thrown in ds.transaction()': {
+    driver: true,
+    wrap: async (error, ds) => {
+      await ds.transaction(async (manager) => {
+        await manager.query('SELECT 1');
+        throw new QueryFailedError('UPDATE "items" SET "name" = $1', ['x'], error);
+      });
+      throw new Error('unreachable: the transaction must rethrow');
+    },
   },
 };
 
@@ -179,7 +248,7 @@ class ThrowingController {
 
   @Get('throw/:error/:wrapper')
   throw(@Param('error') error: string, @Param('wrapper') wrapper: string): Promise<never> {
-    return WRAPPERS[wrapper](ERRORS[error].make(), this.ds);
+    return WRAPPERS[wrapper].wrap(ERRORS[error].make(), this.ds);
   }
 
   @Get('beside')
@@ -209,13 +278,12 @@ class ThrowingController {
 describe('DbPoolExceptionFilter: every pool error, however it is wrapped', () => {
   const { base } = filteredAppFixture([ThrowingController], { poolSize: 1, maxOverflow: 1 });
 
-  const cases = Object.entries(ERRORS).flatMap(([error, { expected }]) =>
-    Object.keys(WRAPPERS).map((wrapper) => ({
-      error,
-      wrapper,
-      expected,
-      answer: `${expected.status} ${expected.condition ?? "(Nest's own)"}${expected.retryAfter === null ? '' : `, Retry-After ${expected.retryAfter}`}`,
-    })),
+  const cases = Object.entries(ERRORS).flatMap(([error, row]) =>
+    Object.entries(WRAPPERS).map(([wrapper, { driver }]) => {
+      const expected = driver ? row.expected : (row.outsideDriver ?? row.expected);
+      const retry = expected.retryAfter === null ? '' : `, Retry-After ${expected.retryAfter}`;
+      return { error, wrapper, expected, answer: `${expected.status} ${expected.condition ?? "(Nest's own)"}${retry}` };
+    }),
   );
 
   it.each(cases)('$error, $wrapper: answers $answer', async ({ error, wrapper, expected }) => {

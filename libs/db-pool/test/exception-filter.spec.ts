@@ -41,6 +41,12 @@ class ProbeController {
   lost(): Promise<unknown> {
     return this.ds.query('SELECT pg_terminate_backend(pg_backend_pid())');
   }
+
+  /** A statement in a transaction that runs until the test cuts its socket. */
+  @Get('socket-dies')
+  socketDies(): Promise<unknown> {
+    return this.ds.transaction((manager) => manager.query("SELECT pg_sleep(30), 'socket-dies' AS r"));
+  }
 }
 
 describe('DbPoolExceptionFilter', () => {
@@ -117,4 +123,39 @@ describe('DbPoolExceptionFilter', () => {
     expect(res.status).toBe(500);
     expect(await res.json()).toEqual({ statusCode: 500, message: 'Internal server error' });
   });
+
+  it.each(['ETIMEDOUT', 'EHOSTUNREACH'])(
+    'answers a statement in a TypeORM transaction whose socket dies with %s (a keepalive timeout, a partition) with 503 connection_lost',
+    async (code) => {
+      const pool = app.get<DbPool>(getDbPoolToken());
+      const leases: { processID?: number; connection: { stream: { destroy(err: Error): void } } }[] = [];
+      const onAcquire = (lease: (typeof leases)[number]) => leases.push(lease);
+      pool.on('acquire', onAcquire);
+      const admin = await adminClient();
+      let pid = 0;
+      try {
+        const answer = fetch(`${base}/socket-dies`);
+        const running = async () => {
+          const { rows } = await admin.query<{ pid: number }>(
+            `SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%''socket-dies''%' AND pid <> pg_backend_pid()`,
+          );
+          pid = rows[0]?.pid ?? 0;
+          return pid !== 0;
+        };
+        expect(await eventually(running)).toBe(true);
+        const lease = leases.find((l) => l.processID === pid)!;
+        // What node hands pg when the kernel gives up on the socket.
+        lease.connection.stream.destroy(Object.assign(new Error(`read ${code}`), { code, errno: -1, syscall: 'read' }));
+        const res = await answer;
+        expect(res.status).toBe(503);
+        expect(res.headers.get('retry-after')).toBe('1');
+        expect(await res.json()).toMatchObject({ condition: 'connection_lost', code, retry_after: 1 });
+      } finally {
+        pool.off('acquire', onAcquire);
+        // The server notices a vanished client only when it next writes: end the sleep now.
+        if (pid !== 0) await admin.query('SELECT pg_terminate_backend($1)', [pid]);
+        await admin.end();
+      }
+    },
+  );
 });

@@ -1,4 +1,5 @@
 import { HttpException } from '@nestjs/common';
+import pg from 'pg';
 import { QueryFailedError } from 'typeorm';
 import {
   codeOf,
@@ -107,8 +108,28 @@ const MESSAGES: Readonly<Record<DbPoolErrorCondition, (found: Found) => string>>
       : `The database did not answer a statement that ends a write${at(pool)}: it may have been applied. Do not retry blindly: retry only with the same Idempotency-Key, or check first whether it was applied.`,
 };
 
-/** SQLSTATEs and socket codes of a connection that died under a statement. */
-const LOST_CODES = new Set(['57P01', '57P02', '57P03', '08000', '08003', '08006', 'ECONNRESET', 'EPIPE']);
+/**
+ * A connection that died under a statement: the server ended the session (`57P01`–`57P03`, class
+ * `08`), or node's socket failed — reset, broken pipe, a keepalive or TCP timeout, a host or
+ * network unreachable or down, aborted — as pg passes it on. Socket codes say nothing of which
+ * connection failed: they count only where the error is the database's (see {@link find}).
+ */
+const LOST_CODES = new Set([
+  '57P01',
+  '57P02',
+  '57P03',
+  '08000',
+  '08003',
+  '08006',
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EHOSTDOWN',
+  'ENETDOWN',
+  'ECONNABORTED',
+]);
 /** pg's messages for a connection that ended under a query (they carry no code). */
 const LOST_MESSAGES = new Set([
   'Connection terminated unexpectedly',
@@ -130,12 +151,13 @@ const MAX_ERRORS = 64;
 
 /**
  * How to answer a request that failed because of the pool, or `undefined` when the error is not
- * the pool's (nor a connection that died under a statement) and the application's own handling
- * applies. The error may be wrapped in anything: TypeORM's `QueryFailedError` (`driverError`),
- * `cause` chains, an `AggregateError`, a transaction callback's rethrow. An error that may have
- * been applied (outcome unknown) wins over any other found beside it; otherwise the outermost
- * pool error decides. An `HttpException` is the application's chosen answer, kept as it is.
- * Use it from your own exception filter to combine it with your own handling.
+ * the pool's (nor the database's for a connection that died under a statement) and the
+ * application's own handling applies. The error may be wrapped in anything: TypeORM's
+ * `QueryFailedError` (`driverError`), `cause` chains, an `AggregateError`, a transaction
+ * callback's rethrow. An error that may have been applied (outcome unknown) wins over any other
+ * found beside it; otherwise the outermost pool error decides. An `HttpException` is the
+ * application's chosen answer, kept as it is. Use it from your own exception filter to combine
+ * it with your own handling.
  */
 export function poolErrorResponse(error: unknown): DbPoolErrorResponse | undefined {
   if (error instanceof HttpException) return undefined;
@@ -161,28 +183,49 @@ export function poolErrorResponse(error: unknown): DbPoolErrorResponse | undefin
   return { status, retryAfter, body, error: found.error };
 }
 
-/** Breadth first through the wrappers: the outermost pool error, unless an outcome-unknown one lies anywhere. */
-function find(root: unknown): Found | undefined {
+/** An error met on the walk, and whether it is the database's: a QueryFailedError's `driverError`, or the server's own answer. */
+interface Reached {
+  error: object;
+  database: boolean;
+}
+
+/**
+ * Breadth first through the wrappers (`cause`, `driverError`, an AggregateError's `errors`), each
+ * error once, bounded. A socket code or one of pg's message-only errors is the database's only
+ * where TypeORM names it a query's `driverError`, or where the server sent it (pg's
+ * `DatabaseError`): anywhere else — another service's `fetch failed` caused by `ECONNRESET`, a
+ * child process' `EPIPE` — it says nothing of the database, and must not be answered "nothing
+ * was applied, retry".
+ */
+function* walk(root: unknown): Generator<Reached> {
   const seen = new Set<object>();
-  let first: Found | undefined;
-  let level: unknown[] = [root];
+  let level: { error: unknown; driver: boolean }[] = [{ error: root, driver: false }];
   for (let depth = 0; depth <= MAX_DEPTH && level.length > 0; depth++) {
-    const next: unknown[] = [];
-    for (const error of level) {
+    const next: typeof level = [];
+    for (const { error, driver } of level) {
       if (typeof error !== 'object' || error === null || seen.has(error) || seen.size >= MAX_ERRORS) continue;
       seen.add(error);
-      const found = classify(error);
-      if (found?.condition === 'outcome_unknown') return found;
-      first ??= found;
+      yield { error, database: driver || error instanceof pg.DatabaseError };
       const { cause, driverError } = error as { cause?: unknown; driverError?: unknown };
-      next.push(driverError, cause, ...(error instanceof AggregateError ? (error.errors as unknown[]) : []));
+      next.push({ error: driverError, driver: error instanceof QueryFailedError }, { error: cause, driver: false });
+      if (error instanceof AggregateError) for (const e of error.errors as unknown[]) next.push({ error: e, driver: false });
     }
     level = next;
+  }
+}
+
+/** The outermost pool error, unless an outcome-unknown one lies anywhere. */
+function find(root: unknown): Found | undefined {
+  let first: Found | undefined;
+  for (const reached of walk(root)) {
+    const found = classify(reached);
+    if (found?.condition === 'outcome_unknown') return found;
+    first ??= found;
   }
   return first;
 }
 
-function classify(error: object): Found | undefined {
+function classify({ error, database }: Reached): Found | undefined {
   if (error instanceof PoolOutcomeUnknownError)
     return { condition: 'outcome_unknown', error, pool: error.poolName, committed: error.committed };
   if (error instanceof PoolDeadlineError) return { condition: 'deadline_exceeded', error, pool: error.poolName, sent: error.sent };
@@ -200,6 +243,7 @@ function classify(error: object): Found | undefined {
     return isLost(error.driverError) && outcomeSensitive(error.query ?? '', IN_TRANSACTION) !== undefined
       ? { condition: 'outcome_unknown', error, code: codeOf(error.driverError) }
       : undefined;
+  if (!database) return undefined;
   if (isLost(error)) return { condition: 'connection_lost', error: error as Error, code: codeOf(error) };
   return undefined;
 }
