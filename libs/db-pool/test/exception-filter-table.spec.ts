@@ -32,6 +32,11 @@ const terminated = () =>
 const reset = () => Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET', errno: -104, syscall: 'read' });
 /** What node hands pg for a socket that died under a statement (keepalive or TCP timeout, a partition, an ICMP error). */
 const socketError = (code: string, syscall = 'read') => Object.assign(new Error(`${syscall} ${code}`), { code, syscall });
+/** The server's answer to a statement it cancelled: statement_timeout, or a cancel request (the pool's, or an operator's). */
+const cancelled = (why: string) =>
+  Object.assign(new pg.DatabaseError(`canceling statement due to ${why}`, 0, 'error'), { code: '57014', severity: 'ERROR' });
+/** pg's query_timeout (DB_QUERY_TIMEOUT_MS): pg's own error, no code. */
+const readTimeout = () => new Error('Query read timeout');
 
 interface Expected {
   status: number;
@@ -157,6 +162,31 @@ const ERRORS: Record<string, Row> = {
       } satisfies Row,
     ]),
   ),
+  // Timeouts the pool sets (DB_STATEMENT_TIMEOUT_MS, DB_QUERY_TIMEOUT_MS) and the cancel it sends
+  // at release: the statement was stopped, and its transaction can only roll back.
+  'statement_timeout (57014)': {
+    make: () => cancelled('statement timeout'),
+    expected: { status: 503, condition: 'statement_timeout', retryAfter: '1', code: '57014', says: /nothing was applied/ },
+  },
+  'a cancel request (57014: the pool cancels at release, or an operator)': {
+    make: () => cancelled('user request'),
+    expected: { status: 503, condition: 'statement_timeout', retryAfter: '1', code: '57014', says: /nothing was applied/ },
+  },
+  "pg's query_timeout (Query read timeout)": {
+    make: readTimeout,
+    expected: { status: 503, condition: 'statement_timeout', retryAfter: '1', says: /nothing was applied/ },
+    outsideDriver: internal,
+  },
+  // The server answered the COMMIT with an error: the transaction was rolled back.
+  'statement_timeout under COMMIT (TypeORM names the statement)': {
+    make: () => new QueryFailedError('COMMIT', undefined, cancelled('statement timeout')),
+    expected: { status: 503, condition: 'statement_timeout', retryAfter: '1', code: '57014', says: /nothing was applied/ },
+  },
+  // No answer came to the COMMIT: it may have committed, whichever pool sent it.
+  'query_timeout under COMMIT (TypeORM names the statement)': {
+    make: () => new QueryFailedError('COMMIT', undefined, readTimeout()),
+    expected: { status: 504, condition: 'outcome_unknown', retryAfter: null, says: /may have been applied/ },
+  },
   // Not the database's: a route whose call to another service failed after that service acted
   // (a payment charged, then the socket reset) must not be told "nothing was applied, retry".
   "another service's socket reset (fetch failed, caused by ECONNRESET)": {

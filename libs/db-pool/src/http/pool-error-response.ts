@@ -24,6 +24,7 @@ export type DbPoolErrorCondition =
   | 'shutting_down'
   | 'failover'
   | 'connection_lost'
+  | 'statement_timeout'
   | 'outcome_unknown';
 
 /** The conditions answered 503 with Retry-After: what failed was not applied, so a retry is safe. */
@@ -74,6 +75,8 @@ export const RETRY_AFTER_SECONDS: Readonly<Record<PoolUnavailableCondition, numb
   failover: 1,
   // The server went away mid-request (a failover): the pool is already moving to the next host.
   connection_lost: 1,
+  // A statement ran past statement_timeout or query_timeout (a lock held, a slow plan): it may pass in a moment.
+  statement_timeout: 1,
 };
 
 /** What the walk found: the condition and the error it comes from. */
@@ -102,6 +105,8 @@ const MESSAGES: Readonly<Record<DbPoolErrorCondition, (found: Found) => string>>
     `The database server changed role (a failover)${at(pool)}; the statement was not sent, so it is safe to retry. Retry later.`,
   connection_lost: () =>
     'The database connection was lost during the request (a server restart or failover), before the transaction ended: the server rolled it back. Retry later.',
+  statement_timeout: () =>
+    'The statement ran past its time limit on the database (statement_timeout or query_timeout), or was cancelled, and was stopped before it finished: its transaction was rolled back, so nothing was applied. Retry later.',
   outcome_unknown: ({ pool, committed }) =>
     committed
       ? `The write was committed on the database${at(pool)}, but its replication to a standby was not confirmed. Do not send it again, except with the same Idempotency-Key.`
@@ -136,11 +141,15 @@ const LOST_MESSAGES = new Set([
   'Connection terminated',
   'Client has encountered a connection error and is not queryable',
 ]);
+/** query_canceled: the server stopped the statement (statement_timeout, or a cancel request: the pool's or an operator's). */
+const CANCELED = '57014';
+/** pg's error when its query_timeout passes (it carries no code); the pool cancels the statement on the server at release. */
+const READ_TIMEOUT = 'Query read timeout';
 /**
- * A failed statement is judged as if inside a transaction (the error does not say whether it
- * was; a write outside one the pool reports itself, as PoolOutcomeUnknownError): only one that
- * ends the transaction (`COMMIT`, `END`, `PREPARE TRANSACTION`) counts, as the server may have
- * committed it before the connection died.
+ * A statement whose answer never came (its connection died, or its query_timeout passed) is
+ * judged as if inside a transaction (the error does not say whether it was; a write outside one
+ * the pool reports itself, as PoolOutcomeUnknownError): only one that ends the transaction
+ * (`COMMIT`, `END`, `PREPARE TRANSACTION`) counts, as the server may have committed it.
  */
 const IN_TRANSACTION = { getTransactionStatus: () => 'T' };
 
@@ -151,8 +160,8 @@ const MAX_ERRORS = 64;
 
 /**
  * How to answer a request that failed because of the pool, or `undefined` when the error is not
- * the pool's (nor the database's for a connection that died under a statement) and the
- * application's own handling applies. The error may be wrapped in anything: TypeORM's
+ * the pool's (nor the database's for a connection that died or a statement stopped by a timeout)
+ * and the application's own handling applies. The error may be wrapped in anything: TypeORM's
  * `QueryFailedError` (`driverError`), `cause` chains, an `AggregateError`, a transaction
  * callback's rethrow. An error that may have been applied (outcome unknown) wins over any other
  * found beside it; otherwise the outermost pool error decides. An `HttpException` is the
@@ -238,13 +247,19 @@ function classify({ error, database }: Reached): Found | undefined {
     };
   if (error instanceof NoHostError) return { condition: 'database_unreachable', error, code: error.code };
   // TypeORM copies its driver error's fields (`code` too) onto itself: the driver error is
-  // classified on its own; here only what TypeORM alone knows, the statement that failed.
-  if (error instanceof QueryFailedError)
-    return isLost(error.driverError) && outcomeSensitive(error.query ?? '', IN_TRANSACTION) !== undefined
-      ? { condition: 'outcome_unknown', error, code: codeOf(error.driverError) }
+  // classified on its own; here only what TypeORM alone knows, the statement that failed. A
+  // COMMIT whose answer never came may have committed, whichever pool sent it.
+  if (error instanceof QueryFailedError) {
+    const driverError: unknown = error.driverError;
+    return (isLost(driverError) || isReadTimeout(driverError)) && outcomeSensitive(error.query ?? '', IN_TRANSACTION) !== undefined
+      ? { condition: 'outcome_unknown', error, code: codeOf(driverError) }
       : undefined;
+  }
   if (!database) return undefined;
   if (isLost(error)) return { condition: 'connection_lost', error: error as Error, code: codeOf(error) };
+  // The server answered the statement with an error (a COMMIT's too: it rolled back), or pg gave
+  // up waiting and the pool cancels it at release: either way its transaction can only roll back.
+  if (isStopped(error)) return { condition: 'statement_timeout', error: error as Error, code: codeOf(error) };
   return undefined;
 }
 
@@ -260,4 +275,13 @@ function acquireCondition(error: PoolAcquireError): PoolUnavailableCondition {
 function isLost(error: unknown): boolean {
   const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
   return LOST_CODES.has(String(code ?? '')) || LOST_MESSAGES.has(String(message ?? ''));
+}
+
+function isReadTimeout(error: unknown): boolean {
+  return (error as { message?: unknown } | null | undefined)?.message === READ_TIMEOUT;
+}
+
+/** A statement the server cancelled, or whose answer pg stopped waiting for. */
+function isStopped(error: object): boolean {
+  return (error as { code?: unknown }).code === CANCELED || isReadTimeout(error);
 }
