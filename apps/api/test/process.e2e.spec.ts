@@ -1,4 +1,5 @@
 import { execFileSync, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 
@@ -229,6 +230,52 @@ describe('the api process: start-up validation and graceful shutdown', () => {
     } finally {
       await locker.query('DELETE FROM items WHERE name = $1', [tag]).catch(() => {});
       await locker.end();
+    }
+  });
+
+  it("a query error that reaches Nest's log (a constraint refuses the row) shows neither its bind parameters nor the row: the Idempotency-Key and the name stay out of the process's output", async () => {
+    // A database of its own: the constraint that refuses the write must not touch other tests' table.
+    const database = `api_logs_${process.pid}`;
+    const admin = new pg.Client({ connectionString: process.env.DATABASE_URL });
+    await admin.connect();
+    const url = new URL(process.env.DATABASE_URL!);
+    url.pathname = `/${database}`;
+    let run: Run | undefined;
+    try {
+      await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
+      await admin.query(`CREATE DATABASE ${database}`);
+      const port = await freePort();
+      run = start({ PORT: String(port), DATABASE_URL: url.href, DB_POOL_SIZE: '1', DB_MAX_OVERFLOW: '0' });
+      await waitFor(run, 'API listening');
+      const db = new pg.Client({ connectionString: url.href });
+      await db.connect();
+      await db.query("ALTER TABLE items ADD CONSTRAINT items_name_not_private CHECK (name NOT LIKE 'private-%')");
+      await db.end();
+
+      const name = `private-${randomUUID()}`;
+      const key = `SECRET-${randomUUID()}`;
+      const res = await fetch(`http://127.0.0.1:${port}/items`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'idempotency-key': key },
+        body: JSON.stringify({ name }),
+      });
+      expect(res.status).toBe(500);
+      expect(await res.json()).toEqual({ statusCode: 500, message: 'Internal server error' });
+      // The line that says what failed, and where: the test waits for it, then reads all there is.
+      await waitFor(run, 'violates check constraint "items_name_not_private"');
+      run.child.kill('SIGTERM');
+      expect(await run.exited).toBe(0);
+      const out = run.output();
+      expect(out).toContain('INSERT INTO items (name, idempotency_key) VALUES ($1, $2)');
+      expect(out).not.toContain(name);
+      expect(out).not.toContain(key);
+    } finally {
+      if (run && run.child.exitCode === null) {
+        run.child.kill('SIGKILL');
+        await run.exited;
+      }
+      await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
+      await admin.end();
     }
   });
 

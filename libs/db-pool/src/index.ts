@@ -53,6 +53,7 @@ export {
   type PoolUnavailableCondition,
 } from './http/db-pool-exception.filter.js';
 export {
+  hideQueryValues,
   poolErrorResponse,
   type DbPoolErrorBody,
   type DbPoolErrorCondition,

@@ -1,10 +1,15 @@
 import 'reflect-metadata';
-import { Controller, Get, type INestApplication } from '@nestjs/common';
+import { Controller, Get, type INestApplication, type LoggerService } from '@nestjs/common';
 import { InjectDataSource } from '@nestjs/typeorm';
+import { inspect } from 'node:util';
 import type { DataSource } from 'typeorm';
 import { type DbPool, DbPoolDeadline, getDbPoolToken } from '../src/index.js';
 import { adminClient, eventually } from './support/db.js';
 import { filteredAppFixture } from './support/filtered-app.js';
+
+/** Values only a request carried: in the bind parameters, and in the row the server's error describes. */
+const PRIVATE_NAME = 'private-name-7f3a9c';
+const PRIVATE_KEY = 'SECRET-IDEMPOTENCY-KEY-5b81e2d4';
 
 @Controller()
 class ProbeController {
@@ -47,10 +52,31 @@ class ProbeController {
   socketDies(): Promise<unknown> {
     return this.ds.transaction((manager) => manager.query("SELECT pg_sleep(30), 'socket-dies' AS r"));
   }
+
+  /** A write a constraint refuses: the bind parameters are the request's, and the server's detail shows the row. */
+  @Get('refused-row')
+  refusedRow(): Promise<unknown> {
+    return this.ds.transaction(async (manager) => {
+      await manager.query("CREATE TEMP TABLE refused_row (name text, key text, CHECK (name NOT LIKE 'private-%')) ON COMMIT DROP");
+      return manager.query('INSERT INTO refused_row (name, key) VALUES ($1, $2)', [PRIVATE_NAME, PRIVATE_KEY]);
+    });
+  }
 }
 
+/** Nest's log as its ConsoleLogger would print it (util.inspect of each argument), and as JSON. */
+const nestLog: LoggerService & { printed: string[] } = {
+  printed: [],
+  log() {},
+  warn() {},
+  debug() {},
+  verbose() {},
+  error(...args: unknown[]) {
+    for (const arg of args) this.printed.push(typeof arg === 'string' ? arg : `${inspect(arg, { depth: 10 })}\n${JSON.stringify(arg)}`);
+  },
+};
+
 describe('DbPoolExceptionFilter', () => {
-  const fixture = filteredAppFixture([ProbeController], { poolSize: 1, maxOverflow: 1, maxWaiting: 1 });
+  const fixture = filteredAppFixture([ProbeController], { poolSize: 1, maxOverflow: 1, maxWaiting: 1 }, nestLog);
   let app: INestApplication;
   let base: string;
   beforeAll(() => {
@@ -158,4 +184,16 @@ describe('DbPoolExceptionFilter', () => {
       }
     },
   );
+
+  it("hands a query error to Nest's log without its bind parameters or the row the server's detail shows", async () => {
+    nestLog.printed.length = 0;
+    const res = await fetch(`${base}/refused-row`);
+    expect(res.status).toBe(500);
+    const printed = nestLog.printed.join('\n');
+    // Still says what failed, and where.
+    expect(printed).toContain('violates check constraint');
+    expect(printed).toContain('INSERT INTO refused_row (name, key) VALUES ($1, $2)');
+    expect(printed).not.toContain(PRIVATE_NAME);
+    expect(printed).not.toContain(PRIVATE_KEY);
+  });
 });

@@ -1,6 +1,6 @@
 import { type ArgumentsHost, Catch, type ExceptionFilter, Injectable, Logger } from '@nestjs/common';
 import { BaseExceptionFilter, HttpAdapterHost } from '@nestjs/core';
-import { type DbPoolErrorCondition, poolErrorResponse } from './pool-error-response.js';
+import { type DbPoolErrorCondition, hideQueryValues, poolErrorResponse } from './pool-error-response.js';
 
 export { RETRY_AFTER_SECONDS, type PoolUnavailableBody, type PoolUnavailableCondition } from './pool-error-response.js';
 
@@ -10,8 +10,10 @@ export { RETRY_AFTER_SECONDS, type PoolUnavailableBody, type PoolUnavailableCond
  * status, `Retry-After` and JSON body {@link poolErrorResponse} gives, instead of Nest's `500`:
  * `503` with `Retry-After` where what failed was not applied (a retry is safe), `504` without it
  * where a write may have been applied (`outcome_unknown`). Everything else — the application's
- * own errors, its `HttpException`s, a client used after release (a bug: `PoolLeaseError`) — goes
- * to Nest's default handling, unchanged. Register it globally (`{ provide: APP_FILTER, useClass:
+ * own errors, its `HttpException`s, a client used after release (a bug: `PoolLeaseError`), a
+ * query error of its own (a constraint) — goes to Nest's default handling, the bind parameters
+ * and the server's `detail` of any query error in it hidden from the log ({@link hideQueryValues}).
+ * Register it globally (`{ provide: APP_FILTER, useClass:
  * DbPoolExceptionFilter }`, or `app.useGlobalFilters(new DbPoolExceptionFilter(app.get(HttpAdapterHost)))`).
  * It catches every exception, since a pool error can be wrapped in any: Nest tries the global
  * filter registered last first, so register your own catch-all filters after it, or call
@@ -33,8 +35,12 @@ export class DbPoolExceptionFilter implements ExceptionFilter {
     // Not handled outside HTTP: the context's own handling runs.
     if (host.getType() !== 'http') return undefined;
     const answer = poolErrorResponse(caught);
-    // Not ours: Nest's own answer (500, logged), as without this filter.
-    if (!answer) return new BaseExceptionFilter(this.adapterHost.httpAdapter).catch(caught, host);
+    if (!answer) {
+      // Not ours: Nest's own answer (500, logged), as without this filter, but its log line never
+      // shows a query's bind parameters or the row the server's detail describes.
+      hideQueryValues(caught);
+      return new BaseExceptionFilter(this.adapterHost.httpAdapter).catch(caught, host);
+    }
     this.log(answer.status, answer.body.condition, answer.error);
     const adapter = this.adapterHost.httpAdapter;
     const response: unknown = host.switchToHttp().getResponse();

@@ -166,7 +166,7 @@ const MAX_ERRORS = 64;
  * callback's rethrow. An error that may have been applied (outcome unknown) wins over any other
  * found beside it; otherwise the outermost pool error decides. An `HttpException` is the
  * application's chosen answer, kept as it is. Use it from your own exception filter to combine
- * it with your own handling.
+ * it with your own handling (and {@link hideQueryValues} before logging what it leaves).
  */
 export function poolErrorResponse(error: unknown): DbPoolErrorResponse | undefined {
   if (error instanceof HttpException) return undefined;
@@ -284,4 +284,25 @@ function isReadTimeout(error: unknown): boolean {
 /** A statement the server cancelled, or whose answer pg stopped waiting for. */
 function isStopped(error: object): boolean {
   return (error as { code?: unknown }).code === CANCELED || isReadTimeout(error);
+}
+
+/** What a database error may carry of the request or the rows: bind parameters, and the server's `detail`. */
+const QUERY_VALUES = ['parameters', 'detail'] as const;
+
+/**
+ * Hides what the database errors in `error` carry of the request and its rows — TypeORM's bind
+ * `parameters` and the server's `detail` ("Failing row contains (…)", "Key (…)=(…) already
+ * exists") — before the error is logged: it may hold personal data or secrets (an idempotency
+ * key). Made non-enumerable, as pg-pool hides a password: still on the object for code that reads
+ * it, absent from `util.inspect`, `JSON.stringify` and Nest's logger. The message, the SQL text,
+ * the code and the stacks stay. `DbPoolExceptionFilter` does this to every error it hands to Nest.
+ */
+export function hideQueryValues(error: unknown): void {
+  for (const { error: e, database } of walk(error)) {
+    if (!database && !(e instanceof QueryFailedError)) continue;
+    for (const key of QUERY_VALUES) {
+      const own = Object.getOwnPropertyDescriptor(e, key);
+      if (own?.enumerable && own.configurable) Object.defineProperty(e, key, { ...own, enumerable: false });
+    }
+  }
 }

@@ -1,18 +1,21 @@
-import type { INestApplication, Type } from '@nestjs/common';
+import type { INestApplication, LoggerService, Type } from '@nestjs/common';
 import { APP_FILTER } from '@nestjs/core';
 import { Test } from '@nestjs/testing';
 import type { AddressInfo } from 'node:net';
 import { DbPoolExceptionFilter, DbPoolModule, type DbPoolOptions } from '../../src/index.js';
 import { testOptions } from './db.js';
 
+const silent: LoggerService = { log: () => {}, error: () => {}, warn: () => {}, debug: () => {}, verbose: () => {} };
+
 /**
  * For the file: a Nest app over real HTTP with the default pool against the test server,
  * `DbPoolExceptionFilter` registered globally (as the README says) and the given controllers.
- * `base()` is its URL; `app()` the application.
+ * `base()` is its URL; `app()` the application. Nest logs to `logger` (by default nowhere).
  */
 export function filteredAppFixture(
   controllers: Type[],
   options: Omit<DbPoolOptions, 'env'>,
+  logger: LoggerService = silent,
 ): { app: () => INestApplication; base: () => string } {
   let app: INestApplication | undefined;
   let base = '';
@@ -22,7 +25,7 @@ export function filteredAppFixture(
       controllers,
       providers: [{ provide: APP_FILTER, useClass: DbPoolExceptionFilter }],
     })
-      .setLogger({ log: () => {}, error: () => {}, warn: () => {}, debug: () => {}, verbose: () => {} })
+      .setLogger(logger)
       .compile();
     app = moduleRef.createNestApplication();
     await app.listen(0, '127.0.0.1');
