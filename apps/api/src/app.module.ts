@@ -8,12 +8,16 @@ import { Item } from './items/item.entity.js';
 import { ItemsModule } from './items/items.module.js';
 import { CreateItems1764200000000 } from './migrations/1764200000000-create-items.js';
 import { AddItemsIdempotencyKey1796500000000 } from './migrations/1796500000000-add-items-idempotency-key.js';
+import { StartupMigrations } from './migrations/run-migrations.js';
 
-/** The api's TypeORM needs: its entities and migrations, run at start-up. */
+/**
+ * The api's TypeORM needs: its entities and migrations. The migrations run at start-up under an
+ * advisory lock ({@link StartupMigrations}), not through TypeORM's `migrationsRun`, which fails
+ * when replicas start together on a new database.
+ */
 export const apiTypeOrmOptions: DbPoolOptions['typeorm'] = {
   entities: [Item],
   migrations: [CreateItems1764200000000, AddItemsIdempotencyKey1796500000000],
-  migrationsRun: true,
 };
 
 @Module({})
@@ -37,6 +41,7 @@ export class AppModule {
         HealthModule.register(environment.shutdownDelayMs),
       ],
       providers: [
+        StartupMigrations,
         // An exhausted or overloaded pool, a passed deadline, an unreachable server: 503 with Retry-After, not 500.
         { provide: APP_FILTER, useClass: DbPoolExceptionFilter },
         // X-Request-Deadline-Ms bounds a request's acquires and statements on every route.
@@ -54,6 +59,7 @@ export class AppModule {
     return {
       module: AppModule,
       imports: [TypeOrmModule.forRoot({ type: 'postgres', url, ...apiTypeOrmOptions }), ItemsModule],
+      providers: [StartupMigrations],
     };
   }
 }
