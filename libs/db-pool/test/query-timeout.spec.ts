@@ -1,6 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
-import { poolFixture } from './support/db.js';
+import { eventually, poolFixture } from './support/db.js';
 
 type Wire = { connection: { stream: NodeJS.ReadableStream & { destroy(): void } } };
 
@@ -60,4 +60,34 @@ describe('query timeout (DB_QUERY_TIMEOUT_MS) and connections released mid-query
     expect(pool.counters.cancels).toBe(1);
     expect(pool.counters.removed).toBe(0);
   });
+});
+
+describe('a connection closed with its statement still running on the server', () => {
+  const fixture = poolFixture();
+
+  /** Statements of the pool's backends still running on the server. */
+  const running = async (admin: pg.Client, name: string) =>
+    (
+      await admin.query<{ n: number }>("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND state = 'active'", [
+        name,
+      ])
+    ).rows[0].n;
+
+  it.each(['release(err)', 'release() with a query queued behind it'])(
+    '%s after query_timeout: the statement is cancelled on the server before the connection is closed',
+    async (how) => {
+      const pool = await fixture.pool({ poolSize: 1, maxOverflow: 1, queryTimeoutMs: 200 });
+      const client = await pool.connect();
+      const err = await client.query('SELECT pg_sleep(5)').catch((e: Error) => e);
+      expect((err as Error).message).toBe('Query read timeout');
+      if (how === 'release(err)') client.release(err as Error);
+      else {
+        client.query('SELECT 1').catch(() => undefined);
+        client.release();
+      }
+      // Nothing runs on for a caller who left: not 5 s of pg_sleep holding its locks.
+      expect(await eventually(async () => (await running(fixture.admin(), pool.name)) === 0, 1_500)).toBe(true);
+      expect(pool.counters.cancels).toBe(1);
+    },
+  );
 });

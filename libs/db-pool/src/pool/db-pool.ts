@@ -1265,6 +1265,13 @@ export class DbPool extends EventEmitter {
     const client = entry.client;
     // Released (or found) already lost, before pg's 'end' reached its listener: the host may be gone.
     if (!entry.endAsked && !entry.connecting && connectionLost(client)) this.connectionEnded(entry, 'a connection was lost');
+    // A statement still running (released with an error, with queries queued, at the end of the
+    // shutdown grace) is cancelled first: closing the socket alone leaves it running on the
+    // server, locks held, until it ends by itself.
+    else if (!entry.endAsked && !entry.connecting && awaitingServer(client) && entry.cancel === undefined) {
+      this.stats.cancelled();
+      sendCancel(client, entry.host, this.settings.validationTimeoutMs, NOOP);
+    }
     entry.endAsked = true;
     let closed = false;
     const onClosed = () => {
