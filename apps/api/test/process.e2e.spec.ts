@@ -79,8 +79,8 @@ describe('the api process: start-up validation and graceful shutdown', () => {
     expect(await run.exited).toBe(1);
     const out = run.output();
     expect(out).toContain('Invalid configuration (2 problems)');
-    expect(out).toContain('DATABASE_URL="postgres://app:***@db.internal:5432/app": must be a postgres');
-    expect(out).toContain('DB_PGBOUNCER_ADMIN_URL="postgres://admin:***@pgbouncer:6432/pgbouncer": must be a postgres');
+    expect(out).toContain(`DATABASE_URL="postgres://app:***@db.internal:5432/app": an '@' after the host: percent-encode`);
+    expect(out).toContain(`DB_PGBOUNCER_ADMIN_URL="postgres://admin:***@pgbouncer:6432/pgbouncer": an '@' after the host: percent-encode`);
     for (let i = 0; i + 3 <= password.length; i++) {
       const piece = password.slice(i, i + 3);
       expect(out.includes(piece) ? `"${piece}" in: ${out}` : '').toBe('');
