@@ -379,6 +379,22 @@ describe('a connection that ends unasked', () => {
     expect(await where(p)).toEqual({ port: rs.primary.port, standby: false });
   });
 
+  it.each([
+    ["RAISE WARNING … USING ERRCODE = 'admin_shutdown'", "DO $$ BEGIN RAISE WARNING 'x' USING ERRCODE = 'admin_shutdown'; END $$"],
+    ["RAISE NOTICE … USING ERRCODE = 'crash_shutdown'", "DO $$ BEGIN RAISE NOTICE 'x' USING ERRCODE = 'crash_shutdown'; END $$"],
+    ["RAISE EXCEPTION … USING ERRCODE = 'admin_shutdown'", "DO $$ BEGIN RAISE EXCEPTION 'x' USING ERRCODE = 'admin_shutdown'; END $$"],
+  ])('SQL that only says 57P0x (%s) closes nothing and marks nothing: only a FATAL or the connection’s end does', async (_what, sql) => {
+    const p = await pool(urlOf([rs.primary.hostPort], 'target_session_attrs=read-write'), { poolSize: 3, maxOverflow: 0 });
+    const held = await p.connect();
+    await held.query(sql).catch(() => undefined);
+    held.release();
+    expect(p.counters.failovers).toBe(0);
+    expect(p.counters.evictions).toBe(0);
+    expect(p.hosts()[0].state).toBe('up');
+    expect(p.idleCount).toBe(3);
+    expect(p.counters.removed).toBe(0);
+  });
+
   it('a session the server ended for a reason of its own (idle_session_timeout, 57P05) is not its host going', async () => {
     const p = await pool(urlOf([rs.primary.hostPort], 'target_session_attrs=read-write'), { poolSize: 2, maxOverflow: 0 });
     const idleTimedOut = await p.connect();

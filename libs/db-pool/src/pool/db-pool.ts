@@ -1009,22 +1009,21 @@ export class DbPool extends EventEmitter {
     // A FATAL answer (the backend was terminated, the server shuts down) reaches the query before
     // the socket's end does; marked first, so a caller that releases in its callback sees it.
     protocol.prependListener('errorMessage', (msg: { severity?: string; code?: string }) => {
+      // Only a FATAL ends the session: any SQL can RAISE an ERROR, WARNING or NOTICE with a 57P0x
+      // code (USING ERRCODE = 'admin_shutdown'), so only a FATAL one says the server is going. (An
+      // immediate shutdown's 57P01 warning is not acted on either: the connection's end that
+      // follows it is.)
       if (msg.severity === 'FATAL' || msg.severity === 'PANIC') {
         entry.dead = true;
         entry.fatalCode = msg.code ?? '';
+        if (msg.code !== undefined && FAILOVER_CODES.has(msg.code))
+          this.connectionEnded(entry, `${msg.code} ${FAILOVER_CODES.get(msg.code)}`);
       }
-      if (msg.code !== undefined && FAILOVER_CODES.has(msg.code))
-        this.connectionEnded(entry, `${msg.code} ${FAILOVER_CODES.get(msg.code)}`);
       // A write refused as read-only (25006) where the server does not report its state (before
       // 14, a pooler in between): a caller's own read-only transaction gives it too, so only this
       // connection goes, when it comes back; new connections check the server's role. (Where the
       // state is reported, a server-wide change arrives as a parameter status: watchRole.)
       else if (msg.code === '25006' && this.needsWrites && !session.reported) entry.expired = true;
-    });
-    // An immediate shutdown warns (57P01 as a notice) before it cuts the connection.
-    protocol.on('notice', (msg: { code?: string }) => {
-      if (msg.code !== undefined && FAILOVER_CODES.has(msg.code))
-        this.connectionEnded(entry, `${msg.code} ${FAILOVER_CODES.get(msg.code)}`);
     });
     // A connection that ends without the pool closing it: its server may be gone. (Its caller
     // may have released it before this event: remove() looks for that case too.)
