@@ -395,6 +395,21 @@ describe('a connection that ends unasked', () => {
     expect(p.counters.removed).toBe(0);
   });
 
+  it('a host marked down by one terminated backend is up again once a connection to it serves a statement', async () => {
+    const p = await pool(urlOf([rs.primary.hostPort], 'target_session_attrs=read-write'), { poolSize: 1, maxOverflow: 1 });
+    const [a, b] = await Promise.all([p.connect(), p.connect()]);
+    const pid = (await a.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+    const lost = new Promise((resolve) => a.once('error', resolve));
+    await rs.primary.query('SELECT pg_terminate_backend($1)', [pid]);
+    await lost;
+    a.release();
+    expect(p.hosts()[0].state).toBe('down');
+    // The pool is at its size: nothing opens a new connection that would mark the host up.
+    b.release();
+    await p.query('SELECT 1');
+    expect(p.hosts()[0]).toMatchObject({ state: 'up', reason: undefined });
+  });
+
   it('a session the server ended for a reason of its own (idle_session_timeout, 57P05) is not its host going', async () => {
     const p = await pool(urlOf([rs.primary.hostPort], 'target_session_attrs=read-write'), { poolSize: 2, maxOverflow: 0 });
     const idleTimedOut = await p.connect();

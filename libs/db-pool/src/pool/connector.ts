@@ -157,6 +157,11 @@ export class Connector {
     if (old.state === 'up' && state !== 'up') this.lost(address);
   }
 
+  /** A connection to `address` served a statement: a host marked down is up again. */
+  serving(address: string): void {
+    if (this.hostStates.get(address)?.state === 'down') this.mark(address, 'up');
+  }
+
   /**
    * Opens one connection on the first host that answers with a matching session. Sync errors of
    * pg's constructor (an unreadable certificate) are an attempt's failure like any other.

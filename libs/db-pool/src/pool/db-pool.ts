@@ -816,6 +816,10 @@ export class DbPool extends EventEmitter {
 
   private returnToPool(entry: PoolEntry): void {
     entry.uses++;
+    // A host marked down (one of its connections ended) whose connection just served a checkout
+    // is up: a terminated backend is not a server gone, and nothing else would say so while the
+    // pool opens no connection there.
+    if (entry.host !== undefined && this.connector.highAvailability) this.connector.serving(entry.host.address);
     if (this.ending) return this.remove(entry, 'shutdown');
     if (entry.expired) return this.remove(entry, 'recycled');
     // A session its borrower made read-only, which the reset did not undo: not what the pool promises.
