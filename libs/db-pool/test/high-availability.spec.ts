@@ -395,6 +395,34 @@ describe('a connection that ends unasked', () => {
     expect(p.counters.removed).toBe(0);
   });
 
+  it('a partitioned host (a query timed out, its cancel unanswered) is not handed out one idle connection at a time: one caller fails, the next goes elsewhere', async () => {
+    const frozen = await proxy(rs.primary.port);
+    const other = await proxy(rs.primary.port);
+    const p = await pool(urlOf([`127.0.0.1:${frozen.port}`, `127.0.0.1:${other.port}`], 'target_session_attrs=read-write'), {
+      poolSize: 4,
+      maxOverflow: 0,
+      queryTimeoutMs: 300,
+      validationTimeoutMs: 5_000,
+      connectTimeoutSeconds: 1,
+      prePing: false,
+    });
+    expect(p.idleCount).toBe(4);
+    // No byte moves on the open connections to the first host, and new ones are never answered.
+    await frozen.setMode('freeze');
+    const outcomes: string[] = [];
+    for (let i = 0; i < 6; i++) {
+      const port = await p.query<{ port: number }>('SELECT inet_server_port() AS port').then(
+        () => 'ok',
+        (e: Error) => e.message,
+      );
+      outcomes.push(port);
+    }
+    expect(outcomes.filter((o) => o !== 'ok')).toEqual(['Query read timeout']);
+    expect(outcomes.slice(1)).toEqual(['ok', 'ok', 'ok', 'ok', 'ok']);
+    expect(p.hosts()[0].state).toBe('down');
+    expect(other.statements).toBeGreaterThanOrEqual(5);
+  });
+
   it('a host marked down by one terminated backend is up again once a connection to it serves a statement', async () => {
     const p = await pool(urlOf([rs.primary.hostPort], 'target_session_attrs=read-write'), { poolSize: 1, maxOverflow: 1 });
     const [a, b] = await Promise.all([p.connect(), p.connect()]);

@@ -16,7 +16,7 @@ import {
 import { scrubSecrets } from '../redact.js';
 import { type BreakerState, ConnectBreaker } from './breaker.js';
 import { type ConcurrencyLimit, type ConcurrencyLimitState, FixedLimit, GradientLimit } from './concurrency-limit.js';
-import { Connector, type HostStatus, type SessionState, sessionMatches, watchRole } from './connector.js';
+import { Connector, type HostStatus, INTERNAL_CONNECT_TIMEOUT_MS, type SessionState, sessionMatches, watchRole } from './connector.js';
 import type { Span } from '@opentelemetry/api';
 import { currentDeadline, type Deadline } from './deadline.js';
 import type { HostAddress } from './hosts.js';
@@ -125,6 +125,8 @@ export class DbPool extends EventEmitter {
   /** Releases so far, and the stall guard's timer (adaptive limit only). */
   private releases = 0;
   private stallTimer: NodeJS.Timeout | undefined;
+  /** Hosts with cancel requests not yet confirmed, and how many (cancelStatement). */
+  private readonly suspectHosts = new Map<HostAddress, number>();
   /** Hosts whose role is being checked on a connection of its own (checkRole). */
   private readonly checkingRole = new Set<HostAddress>();
 
@@ -472,6 +474,7 @@ export class DbPool extends EventEmitter {
       }
       if (this.settings.allowExitOnIdle) refSocket(entry.client, true);
       if (this.settings.prePing && now - entry.lastUsed > this.settings.prePingBypassMs) return this.validate(acquire, entry);
+      if (this.suspectHosts.size > 0 && entry.host !== undefined && this.suspectHosts.has(entry.host)) return this.validate(acquire, entry);
       return this.handOut(acquire, entry, now);
     }
     const shed = acquire.probe ? undefined : this.shedReason(acquire, now);
@@ -541,13 +544,16 @@ export class DbPool extends EventEmitter {
     this.watchDeadline(acquire);
     this.stats.prePingStarted();
     acquire.prePings++;
-    ping(entry.client, this.settings.validationTimeoutMs, (err) => {
+    // A host with a cancel request still unconfirmed may be partitioned: its ping gets a connect's bound.
+    const suspect = entry.host !== undefined && this.suspectHosts.has(entry.host);
+    ping(entry.client, suspect ? this.cancelTimeoutMs : this.settings.validationTimeoutMs, (err) => {
       this.validating.delete(acquire);
       if (err) {
         this.stats.prePingFailed();
         this.settings.logger.debug?.(
           `db-pool "${this.settings.name}": pre-ping failed, discarding the connection: ${scrubSecrets(err.message)}`,
         );
+        if (suspect) this.hostGone(entry, 'a ping went unanswered while a cancel request was unconfirmed');
         this.remove(entry, 'pre-ping');
         acquire.retries++;
         if (acquire.settled) return;
@@ -722,7 +728,12 @@ export class DbPool extends EventEmitter {
     // cursor read ends and a close() of its own returns.
     if (((busy || queued > 0) && this.refuseSubmittables(entry)) || entry.discard) {
       if (!busy || entry.dead || connectionLost(client)) return this.remove(entry, 'discarded');
-      return cancelAndSettle(client, entry.host, this.settings.validationTimeoutMs, () => this.remove(entry, 'discarded'));
+      return cancelAndSettle(
+        client,
+        (done) => this.cancelStatement(entry, done),
+        this.settings.validationTimeoutMs,
+        () => this.remove(entry, 'discarded'),
+      );
     }
     // A socket that has died cannot settle: dropped now, not after a timeout. Queries the
     // caller queued before releasing would run in the next borrower's checkout: dropped with it.
@@ -746,12 +757,41 @@ export class DbPool extends EventEmitter {
     // gone): the query is cancelled on the server — nothing runs for a caller who left — and the
     // connection kept only if the server settles in time.
     if (busy) {
-      this.stats.cancelled();
-      return cancelAndSettle(entry.client, entry.host, this.settings.validationTimeoutMs, (settleErr) =>
-        settleErr ? this.remove(entry, 'broken') : this.resetAndReturn(entry),
+      return cancelAndSettle(
+        entry.client,
+        (done) => this.cancelStatement(entry, done),
+        this.settings.validationTimeoutMs,
+        (settleErr) => (settleErr ? this.remove(entry, 'broken') : this.resetAndReturn(entry)),
       );
     }
     this.resetAndReturn(entry);
+  }
+
+  /**
+   * PostgreSQL's cancel request for the statement `entry` runs, on a connection of its own (bounded
+   * like a connect: a cancel request is one). Until the server confirms it, the host is suspect:
+   * a statement that timed out and a cancel that is not even accepted are what a partition looks
+   * like, so idle connections to it are pinged before they are handed out, and a cancel that goes
+   * unconfirmed, or a ping that goes unanswered meanwhile, means the host is gone.
+   */
+  private cancelStatement(entry: PoolEntry, done: (err?: Error) => void): void {
+    const host = entry.host;
+    this.stats.cancelled();
+    if (host) this.suspectHosts.set(host, (this.suspectHosts.get(host) ?? 0) + 1);
+    sendCancel(entry.client, host, this.cancelTimeoutMs, (err) => {
+      if (host) {
+        const left = this.suspectHosts.get(host)! - 1;
+        if (left === 0) this.suspectHosts.delete(host);
+        else this.suspectHosts.set(host, left);
+        if (err) this.hostGone(entry, `a cancel request got no answer (${scrubSecrets(err.message)})`);
+      }
+      done(err);
+    });
+  }
+
+  /** How long a cancel request, or a ping of a suspect host, may take: a connect's bound, within DB_VALIDATION_TIMEOUT_MS. */
+  private get cancelTimeoutMs(): number {
+    return Math.min(this.settings.validationTimeoutMs, this.settings.connectTimeoutMs || INTERNAL_CONNECT_TIMEOUT_MS);
   }
 
   /** Stops the cursors and streams a released connection still runs or holds queued; true if there were any. */
@@ -782,8 +822,7 @@ export class DbPool extends EventEmitter {
     if (entry.cancel !== undefined || entry.removed || entry.checkedOutAt < 0 || !awaitingServer(entry.client)) return;
     const cancel: NonNullable<PoolEntry['cancel']> = { done: false, failed: false, then: [] };
     entry.cancel = cancel;
-    this.stats.cancelled();
-    sendCancel(entry.client, entry.host, this.settings.validationTimeoutMs, (err) => {
+    this.cancelStatement(entry, (err) => {
       cancel.done = true;
       cancel.failed = err !== undefined;
       for (const next of cancel.then.splice(0)) next();
@@ -1271,10 +1310,8 @@ export class DbPool extends EventEmitter {
     // A statement still running (released with an error, with queries queued, at the end of the
     // shutdown grace) is cancelled first: closing the socket alone leaves it running on the
     // server, locks held, until it ends by itself.
-    else if (!entry.endAsked && !entry.connecting && awaitingServer(client) && entry.cancel === undefined) {
-      this.stats.cancelled();
-      sendCancel(client, entry.host, this.settings.validationTimeoutMs, NOOP);
-    }
+    else if (!entry.endAsked && !entry.connecting && awaitingServer(client) && entry.cancel === undefined)
+      this.cancelStatement(entry, NOOP);
     entry.endAsked = true;
     let closed = false;
     const onClosed = () => {

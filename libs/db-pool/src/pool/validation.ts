@@ -59,7 +59,7 @@ export function settle(client: pg.ClientBase, timeoutMs: number, done: Done): vo
  * a late cancel can never hit the next borrower's query: a cancel that reaches an idle backend is
  * ignored by the server.
  */
-export function cancelAndSettle(client: pg.ClientBase, host: HostAddress | undefined, timeoutMs: number, done: Done): void {
+export function cancelAndSettle(client: pg.ClientBase, cancel: (done: (err?: Error) => void) => void, timeoutMs: number, done: Done): void {
   // (A cancel sent earlier in the checkout is waited for by the pool; see DbPool.giveBack.)
   let pending = 2;
   let failure: Error | undefined;
@@ -68,7 +68,7 @@ export function cancelAndSettle(client: pg.ClientBase, host: HostAddress | undef
     if (--pending === 0) done(failure);
   };
   settle(client, timeoutMs, one);
-  sendCancel(client, host, timeoutMs, one);
+  cancel(one);
 }
 
 /**
