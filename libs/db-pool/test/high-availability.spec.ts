@@ -452,6 +452,43 @@ describe('a connection that ends unasked', () => {
   });
 });
 
+describe('a read-only pool on a standby configured read-only', () => {
+  let own: ReplicaSet;
+  beforeAll(async () => {
+    own = await startReplicaSet();
+  });
+  afterAll(async () => {
+    await own?.stop();
+  });
+
+  it('keeps its connections when the standby is promoted but stays read-only (default_transaction_read_only on): its sessions still match', async () => {
+    await own.standby.query('ALTER SYSTEM SET default_transaction_read_only = on');
+    await own.standby.query('SELECT pg_reload_conf()');
+    expect(
+      await eventually(
+        async () =>
+          (await own.standby.query<{ ro: string }>("SELECT current_setting('default_transaction_read_only') AS ro")).rows[0].ro === 'on',
+      ),
+    ).toBe(true);
+    const p = await pool(urlOf([own.standby.hostPort], 'target_session_attrs=read-only'), { poolSize: 1, maxOverflow: 1 });
+    const held = await p.connect();
+    try {
+      await held.query('SELECT 1');
+      await own.promote();
+      // The next round trip reports in_hot_standby off; default_transaction_read_only is still on.
+      const { rows } = await held.query<{ recovering: boolean; ro: string }>(
+        "SELECT pg_is_in_recovery() AS recovering, current_setting('default_transaction_read_only') AS ro",
+      );
+      expect(rows[0]).toEqual({ recovering: false, ro: 'on' });
+      await expect(held.query('SELECT 1')).resolves.toBeDefined();
+    } finally {
+      held.release();
+    }
+    expect(p.counters.failovers).toBe(0);
+    expect(p.counters.evictions).toBe(0);
+  });
+});
+
 describe('the connect circuit breaker', () => {
   it('every host down: acquires fail at once, attempts are bounded, and the pool is back within a second of a host', async () => {
     const front = await proxy(rs.primary.port);

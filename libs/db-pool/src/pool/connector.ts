@@ -30,6 +30,8 @@ export interface HostStatus {
 export interface SessionState {
   readOnly: boolean | undefined;
   hotStandby: boolean | undefined;
+  /** The server's reported default_transaction_read_only (a standby's sessions are read-only whatever it says). */
+  defaultReadOnly?: boolean;
   /** The server reports both settings (PostgreSQL 14+): the pool hears of a change as it happens. */
   reported: boolean;
 }
@@ -297,7 +299,12 @@ export class Connector {
     const hot = reported.get('in_hot_standby');
     const ro = reported.get('default_transaction_read_only');
     if (hot !== undefined && ro !== undefined)
-      return done(undefined, { hotStandby: hot === 'on', readOnly: hot === 'on' || ro === 'on', reported: true });
+      return done(undefined, {
+        hotStandby: hot === 'on',
+        readOnly: hot === 'on' || ro === 'on',
+        defaultReadOnly: ro === 'on',
+        reported: true,
+      });
     const needsReadOnly = wanted === 'read-write' || wanted === 'read-only';
     client.query(
       {
@@ -328,7 +335,7 @@ export function watchRole(
   if (!session.reported) return;
   const values = new Map<string, string>([
     ['in_hot_standby', session.hotStandby ? 'on' : 'off'],
-    ['default_transaction_read_only', session.readOnly && !session.hotStandby ? 'on' : 'off'],
+    ['default_transaction_read_only', (session.defaultReadOnly ?? (session.readOnly && !session.hotStandby)) ? 'on' : 'off'],
   ]);
   protocolOf(client).on('parameterStatus', (msg: { parameterName: string; parameterValue: string }) => {
     if (!(READ_ONLY_REPORTED as readonly string[]).includes(msg.parameterName)) return;
