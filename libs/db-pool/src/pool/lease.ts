@@ -3,7 +3,7 @@ import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import { type OutcomeUnknownReason, PoolDeadlineError, PoolLeaseError, PoolOutcomeUnknownError, PoolReleaseError } from '../errors.js';
 import type { Deadline } from './deadline.js';
-import { committedLocally, outcomeSensitive, statementText } from './outcome.js';
+import { commitsBeforeLast, committedLocally, sensitiveCommand, statementText } from './outcome.js';
 import { connectionLost, openSubmittables, type Submittable } from './pg-internals.js';
 import { stopSubmittable } from './submittables.js';
 import type { PoolEntry } from './pool-entry.js';
@@ -25,6 +25,7 @@ type Listener = (...args: unknown[]) => void;
 const HELD = Symbol('db-pool.lease.held');
 type Delegate = Record<string, (...args: unknown[]) => unknown>;
 type TxStatusReader = { getTransactionStatus?(): string | null };
+type GuardedClient = Delegate & EventEmitter & { connectionParameters?: { query_timeout?: number } };
 
 /**
  * What a caller gets from an acquire: the connection's client, for this checkout only (HikariCP's
@@ -71,9 +72,8 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
     const entry = this.#entry;
     if (entry !== undefined) {
       if (entry.evicted !== undefined) return refuse(this.#owner.evictedError(entry), config, values, callback) as never;
-      const text = statementText(config);
       // A statement that ends a transaction or writes in one of its own: how it ended must be known.
-      const command = text === undefined ? undefined : outcomeSensitive(text, entry.client as TxStatusReader);
+      const command = sensitiveCommand(config, entry.client as TxStatusReader);
       if (this.#deadline !== undefined || command !== undefined)
         return this.#queryGuarded(entry, config, values, callback, this.#deadline, command) as never;
     }
@@ -87,11 +87,10 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
    * Under a deadline a statement is not sent once it has passed, else sent with the time left as
    * its `query_timeout`: when that fires first, the caller gets a {@link PoolDeadlineError} at once
    * and the statement is cancelled on the server. A statement whose outcome matters is cancelled
-   * at the deadline too, but its answer is awaited up to `cancelWaitMs` longer: done (its result),
-   * rolled back by the cancel (PoolDeadlineError), committed locally with its synchronous
-   * replication unconfirmed, or none at all (both {@link PoolOutcomeUnknownError}). With no
-   * deadline, such a statement whose connection is lost or whose `query_timeout` passes is a
-   * PoolOutcomeUnknownError as well, never a plain error that invites a retry.
+   * at the deadline too, but its answer is awaited up to `cancelWaitMs` longer (see
+   * {@link Outcome}). With no deadline, such a statement whose connection is lost or whose
+   * `query_timeout` passes is a PoolOutcomeUnknownError as well, never a plain error that invites a
+   * retry.
    */
   #queryGuarded(
     entry: PoolEntry,
@@ -101,7 +100,7 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
     deadline: Deadline | undefined,
     command: string | undefined,
   ): unknown {
-    const client = entry.client as unknown as Delegate & EventEmitter & { connectionParameters?: { query_timeout?: number } };
+    const client = entry.client as unknown as GuardedClient;
     if (config === null || config === undefined) return client.query(config, values, callback);
     if (typeof (config as { submit?: unknown }).submit === 'function')
       return deadline === undefined
@@ -110,51 +109,31 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
     const owner = this.#owner;
     let timeout: number | undefined;
     let byDeadline = false;
-    let timer: NodeJS.Timeout | undefined;
-    let cancelled = false;
+    const watch = command === undefined ? undefined : new Outcome(owner.name, command, entry, config, deadline);
     if (deadline !== undefined) {
       const left = Math.floor(deadline.at - performance.now());
       if (left <= 0) return refuse(new PoolDeadlineError(owner.name, deadline.budgetMs, false), config, values, callback);
       const given = typeof config === 'object' ? (config as { query_timeout?: number }).query_timeout : undefined;
       const own = client.connectionParameters?.query_timeout;
-      if (command === undefined) {
+      if (watch === undefined) {
         timeout = Math.min(left, given || Infinity, own || Infinity);
         byDeadline = timeout === left;
       } else {
         timeout = Math.min(left + owner.cancelWaitMs, given || Infinity, own || Infinity);
-        timer = setTimeout(() => {
-          cancelled = true;
+        watch.timer = setTimeout(() => {
+          watch.cancelled = true;
           if (this.#entry === entry) owner.deadlinePassed(entry);
         }, left);
       }
     }
-    let committed = false;
-    const onNotice =
-      command === undefined
-        ? undefined
-        : (msg: { message?: string; detail?: string }) => {
-            if (committedLocally(msg)) committed = true;
-          };
-    if (onNotice) client.on('notice', onNotice);
+    watch?.listen();
     const outcome = (err: Error | null): Error | null => {
-      if (command === undefined) {
-        if (!err || !byDeadline || err.message !== 'Query read timeout') return err;
-        // Only while this lease still holds the connection: after a release the pool has its own
-        // cancel under way, and the connection may be someone else's by the time a second one lands.
-        if (this.#entry === entry) owner.deadlinePassed(entry);
-        return new PoolDeadlineError(owner.name, deadline!.budgetMs, true, { cause: err });
-      }
-      clearTimeout(timer);
-      client.removeListener('notice', onNotice!);
-      if (!err) return committed ? new PoolOutcomeUnknownError(owner.name, command, cancelled ? 'deadline' : 'cancelled', true) : null;
-      const unknown = (reason: OutcomeUnknownReason) =>
-        new PoolOutcomeUnknownError(owner.name, command, reason, committed || undefined, { cause: err });
-      if (err.message === 'Query read timeout') return unknown(cancelled ? 'deadline' : 'query_timeout');
-      if (entry.dead || connectionLost(entry.client)) return unknown('connection_lost');
-      // The cancel reached the statement: the server rolled it back.
-      if (cancelled && (err as { code?: string }).code === '57014')
-        return new PoolDeadlineError(owner.name, deadline!.budgetMs, true, { cause: err });
-      return err;
+      if (watch !== undefined) return watch.settle(err);
+      if (!err || !byDeadline || err.message !== 'Query read timeout') return err;
+      // Only while this lease still holds the connection: after a release the pool has its own
+      // cancel under way, and the connection may be someone else's by the time a second one lands.
+      if (this.#entry === entry) owner.deadlinePassed(entry);
+      return new PoolDeadlineError(owner.name, deadline!.budgetMs, true, { cause: err });
     };
     const sent =
       timeout === undefined
@@ -272,6 +251,64 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
 }
 
 const emitter = (client: pg.Client) => client as unknown as EventEmitter;
+
+/**
+ * A statement whose outcome matters (it ends a transaction, or writes in one of its own), from
+ * its sending to its answer: what the answer, or its absence, tells the caller. Under a deadline
+ * it is cancelled at the deadline (`cancelled`) and its answer awaited a while longer: done (its
+ * result), rolled back by the cancel ({@link PoolDeadlineError}), committed locally with its
+ * synchronous replication unconfirmed, or none at all (both {@link PoolOutcomeUnknownError}).
+ */
+class Outcome {
+  /** Its request's deadline passed and it was cancelled on the server. */
+  cancelled = false;
+  /** The server warned that the transaction committed locally (its wait for a synchronous standby was cancelled). */
+  committed = false;
+  timer: NodeJS.Timeout | undefined;
+  /** The connection was lost before the statement was handed to pg: pg refuses it, so it was never sent. */
+  readonly #lostBefore: boolean;
+  readonly #client: EventEmitter;
+  readonly #onNotice = (msg: { message?: string; detail?: string }) => {
+    if (committedLocally(msg)) this.committed = true;
+  };
+
+  constructor(
+    readonly pool: string,
+    readonly command: string,
+    readonly entry: PoolEntry,
+    /** The statement as the caller gave it (its text is read again only after a cancel). */
+    readonly config: unknown,
+    readonly deadline: Deadline | undefined,
+  ) {
+    this.#client = entry.client as unknown as EventEmitter;
+    this.#lostBefore = entry.dead || connectionLost(entry.client);
+  }
+
+  listen(): void {
+    this.#client.on('notice', this.#onNotice);
+  }
+
+  /** The caller's error for the answer `err` (null: it succeeded), or null; called once, when the answer comes. */
+  settle(err: Error | null): Error | null {
+    clearTimeout(this.timer);
+    this.#client.removeListener('notice', this.#onNotice);
+    const { pool, command, committed, cancelled } = this;
+    if (!err) return committed ? new PoolOutcomeUnknownError(pool, command, cancelled ? 'deadline' : 'cancelled', true) : null;
+    // Never sent: the server rolled the transaction back with the connection, as the driver's error says.
+    if (this.#lostBefore) return err;
+    const unknown = (reason: OutcomeUnknownReason) =>
+      new PoolOutcomeUnknownError(pool, command, reason, committed || undefined, { cause: err });
+    if (err.message === 'Query read timeout') return unknown(cancelled ? 'deadline' : 'query_timeout');
+    if (this.entry.dead || connectionLost(this.entry.client)) return unknown('connection_lost');
+    if (cancelled && (err as { code?: string }).code === '57014') {
+      // The cancel stopped the text: a rollback of all of it only if nothing in it committed before the statement it hit.
+      const text = statementText(this.config);
+      if (text !== undefined && commitsBeforeLast(text)) return unknown('deadline');
+      return new PoolDeadlineError(pool, this.deadline!.budgetMs, true, { cause: err });
+    }
+    return err;
+  }
+}
 
 /** Fails a query without sending it, through the channel the caller chose (as pg does for a client that is not queryable). */
 function refuse(err: Error, config: unknown, values: unknown, callback: unknown): unknown {
