@@ -1,4 +1,4 @@
-import { PoolTimeoutError } from '../src/index.js';
+import { DbPoolDeadline, PoolTimeoutError, withDeadline } from '../src/index.js';
 import { backendPids, eventually, poolFixture, proxyFixture } from './support/db.js';
 
 describe('a passed deadline is final', () => {
@@ -38,5 +38,42 @@ describe('a passed deadline is final', () => {
     expect(p.counters.prePings).toBe(1);
     expect(await eventually(() => p.idleCount === 2, 10_000)).toBe(true);
     expect(p.counters).toMatchObject({ prePings: 1, prePingFailures: 0 });
+  });
+});
+
+describe('a request deadline bounds every statement made under it (#19 item 13)', () => {
+  const { pool } = poolFixture();
+
+  it('withDeadline and @DbPoolDeadline refuse a budget above 2147483647 ms (the longest Node timer), naming the limit', () => {
+    const refusal = (fn: () => unknown) => {
+      try {
+        fn();
+      } catch (err) {
+        return err;
+      }
+      return undefined;
+    };
+    for (const budget of [2 ** 31, 3e9, Number.MAX_SAFE_INTEGER]) {
+      for (const err of [refusal(() => withDeadline(budget, () => 1)), refusal(() => DbPoolDeadline(budget))]) {
+        expect(err).toBeInstanceOf(RangeError);
+        expect((err as Error).message).toMatch(new RegExp(`at most 2147483647 .*got ${budget}$`));
+      }
+    }
+    expect(withDeadline(2 ** 31 - 1, () => 1)).toBe(1);
+    expect(() => DbPoolDeadline(2 ** 31 - 1)).not.toThrow();
+  });
+
+  it('under the longest budget (2147483647 ms) a SELECT and an empty COMMIT succeed: no timer overflows', async () => {
+    const p = await pool({ poolSize: 1, maxOverflow: 0 });
+    await withDeadline(2 ** 31 - 1, async () => {
+      expect((await p.query<{ v: number }>('SELECT 1 AS v FROM pg_sleep(0.05)')).rows).toEqual([{ v: 1 }]);
+      const client = await p.connect();
+      try {
+        await client.query('BEGIN');
+        await client.query('COMMIT');
+      } finally {
+        client.release();
+      }
+    });
   });
 });

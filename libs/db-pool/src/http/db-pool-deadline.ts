@@ -9,7 +9,7 @@ import {
 } from '@nestjs/common';
 import { Reflector } from '@nestjs/core';
 import { Observable } from 'rxjs';
-import { withDeadline } from '../pool/deadline.js';
+import { MAX_TIMER_MS, withDeadline } from '../pool/deadline.js';
 
 const DEADLINE_KEY = 'db-pool:deadline-ms';
 /** The request header a client may send to shorten a route's deadline (never to lengthen it). */
@@ -29,6 +29,10 @@ export const MIN_HEADER_DEADLINE_MS = 50;
  */
 export function DbPoolDeadline(ms: number): MethodDecorator & ClassDecorator {
   if (!Number.isInteger(ms) || ms < 1) throw new RangeError(`@DbPoolDeadline(ms): ms must be a positive integer, got ${String(ms)}`);
+  if (ms > MAX_TIMER_MS)
+    throw new RangeError(
+      `@DbPoolDeadline(ms): ms must be at most ${MAX_TIMER_MS} (the longest Node timer); for no deadline, leave the decorator off; got ${ms}`,
+    );
   return applyDecorators(SetMetadata(DEADLINE_KEY, ms), UseInterceptors(DbPoolDeadlineInterceptor));
 }
 

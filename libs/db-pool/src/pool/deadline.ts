@@ -12,16 +12,28 @@ export interface Deadline {
 const current = new AsyncLocalStorage<Deadline>();
 
 /**
+ * The longest delay a Node timer keeps (2^31 − 1 ms, about 24.8 days): a longer one fires after
+ * 1 ms. The longest budget a deadline takes, and the cap on any timer a deadline sets.
+ */
+export const MAX_TIMER_MS = 2_147_483_647;
+
+/**
  * Runs `fn` with a deadline `budgetMs` from now, carried with AsyncLocalStorage through every
  * await. Inside it, every db-pool acquire waits at most until the deadline (or its own
  * `DB_POOL_TIMEOUT`, whichever comes first), is shed at once with `PoolOverloadedError` when the
  * pool's measured wait plus use time would pass the deadline, and every statement gets the time
  * left as its `query_timeout`: a statement still running at the deadline fails and is cancelled
- * on the server. A nested call can shorten the deadline, never extend it.
+ * on the server. A nested call can shorten the deadline, never extend it. The budget is at most
+ * {@link MAX_TIMER_MS}.
  */
 export function withDeadline<T>(budgetMs: number, fn: () => T): T {
   if (!Number.isFinite(budgetMs) || budgetMs <= 0)
     throw new RangeError(`withDeadline: the budget must be a positive number of ms, got ${String(budgetMs)}`);
+  // Refused, not clamped: a caller who asks for more than a timer can hold meant "no deadline".
+  if (budgetMs > MAX_TIMER_MS)
+    throw new RangeError(
+      `withDeadline: the budget must be at most ${MAX_TIMER_MS} ms (the longest Node timer); for no deadline, call fn outside withDeadline; got ${String(budgetMs)}`,
+    );
   const at = performance.now() + budgetMs;
   const outer = current.getStore();
   if (outer && outer.at <= at) return current.run(outer, fn);

@@ -2,7 +2,7 @@ import type { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import { type OutcomeUnknownReason, PoolDeadlineError, PoolLeaseError, PoolOutcomeUnknownError, PoolReleaseError } from '../errors.js';
-import type { Deadline } from './deadline.js';
+import { type Deadline, MAX_TIMER_MS } from './deadline.js';
 import { commitsBeforeLast, committedLocally, sensitiveCommand, statementText } from './outcome.js';
 import { connectionLost, openSubmittables, type Submittable } from './pg-internals.js';
 import { stopSubmittable } from './submittables.js';
@@ -119,7 +119,7 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
         timeout = Math.min(left, given || Infinity, own || Infinity);
         byDeadline = timeout === left;
       } else {
-        timeout = Math.min(left + owner.cancelWaitMs, given || Infinity, own || Infinity);
+        timeout = Math.min(left + owner.cancelWaitMs, given || Infinity, own || Infinity, MAX_TIMER_MS);
         watch.timer = setTimeout(() => {
           watch.cancelled = true;
           if (this.#entry === entry) owner.deadlinePassed(entry);
