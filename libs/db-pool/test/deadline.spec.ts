@@ -76,4 +76,43 @@ describe('a request deadline bounds every statement made under it (#19 item 13)'
       }
     });
   });
+
+  /** A query object whose text is a getter of its class, as sql-template-strings and sql-template-tag build them. */
+  class TemplateQuery {
+    constructor(
+      readonly strings: readonly string[],
+      readonly values: unknown[],
+    ) {}
+    get text(): string {
+      return this.strings.reduce((text, part, i) => `${text}$${i}${part}`);
+    }
+  }
+  const sql = (strings: TemplateStringsArray, ...values: unknown[]) => new TemplateQuery([...strings], values);
+
+  it('a query object whose text is a getter (sql-template-strings, sql-template-tag) runs under a deadline, with or without a callback of its own', async () => {
+    const p = await pool({ poolSize: 1, maxOverflow: 0 });
+    const id = 7;
+    const viaPool = await withDeadline(5_000, () => p.query<{ id: number }>(sql`SELECT ${id}::int AS id` as never));
+    expect(viaPool.rows).toEqual([{ id: 7 }]);
+    const client = await p.connect();
+    try {
+      const ownCallback = await withDeadline(
+        5_000,
+        () =>
+          new Promise((resolve, reject) => {
+            const query = Object.assign(sql`SELECT ${id + 1}::int AS id`, {
+              callback: (err: Error | null, result?: { rows: unknown[] }) => (err ? reject(err) : resolve(result!.rows)),
+            });
+            void client.query(query as never);
+          }),
+      );
+      expect(ownCallback).toEqual([{ id: 8 }]);
+      await client.query('BEGIN');
+      // A COMMIT as a template: its outcome matters, so it takes the guarded path, deadline or not.
+      await client.query(sql`COMMIT` as never);
+      expect(client.getTransactionStatus?.()).toBe('I');
+    } finally {
+      client.release();
+    }
+  });
 });

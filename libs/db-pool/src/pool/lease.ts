@@ -135,22 +135,16 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
       if (this.#entry === entry) owner.deadlinePassed(entry);
       return new PoolDeadlineError(owner.name, deadline!.budgetMs, true, { cause: err });
     };
-    const sent =
-      timeout === undefined
-        ? config
-        : typeof config === 'string'
-          ? { text: config, query_timeout: timeout }
-          : { ...(config as object), query_timeout: timeout };
     const cb = (typeof callback === 'function' ? callback : typeof values === 'function' ? values : undefined) as
       ((err: Error | null, result?: unknown) => void) | undefined;
     const configCallback = (config as { callback?: unknown }).callback;
     if (typeof configCallback === 'function' && !cb) {
       // A config carrying its own callback (pg's QueryConfig.callback): pg answers through it.
-      const withCallback = { ...(sent as object) } as { callback?: unknown };
-      withCallback.callback = (err: Error | null, result?: unknown) =>
+      const answer = (err: Error | null, result?: unknown) =>
         (configCallback as (e: Error | null, r?: unknown) => void)(outcome(err), result);
-      return client.query(withCallback, values);
+      return client.query(bounded(config, timeout, answer), values);
     }
+    const sent = timeout === undefined ? config : bounded(config, timeout, undefined);
     if (cb) {
       const wrapped = (err: Error | null, result?: unknown) => cb(outcome(err), result);
       return cb === values ? client.query(sent, wrapped) : client.query(sent, values, wrapped);
@@ -308,6 +302,24 @@ class Outcome {
     }
     return err;
   }
+}
+
+/**
+ * The caller's query config with a `query_timeout` (and a callback) of the pool's. Built on the
+ * config itself, as pg copies one, so that every property it has — a getter of its class
+ * included (sql-template-strings' `text`) — reads as before; defined, not assigned, so that a
+ * frozen config takes them too.
+ */
+function bounded(
+  config: unknown,
+  timeout: number | undefined,
+  callback: ((err: Error | null, result?: unknown) => void) | undefined,
+): object {
+  if (typeof config === 'string') return { text: config, query_timeout: timeout };
+  const properties: PropertyDescriptorMap = {};
+  if (timeout !== undefined) properties.query_timeout = { value: timeout, enumerable: true, writable: true, configurable: true };
+  if (callback !== undefined) properties.callback = { value: callback, enumerable: true, writable: true, configurable: true };
+  return Object.create(config as object, properties) as object;
 }
 
 /** Fails a query without sending it, through the channel the caller chose (as pg does for a client that is not queryable). */
