@@ -297,6 +297,15 @@ describe('writes only a careful reading of the text shows, committed on the serv
     ['an INSERT after a nested block comment', (c, note) => c.query(`/* outer /* inner */ still a comment */ ${SLOW_INSERT}`, [note])],
     ['EXPLAIN ANALYZE INSERT', (c, note) => c.query(`EXPLAIN ANALYZE ${SLOW_INSERT}`, [note])],
     ['an INSERT after a -- comment ended by \\r', (c, note) => c.query(`-- audit: create item\r${SLOW_INSERT}`, [note])],
+    [
+      'a pg.Query INSERT',
+      (c, note) =>
+        new Promise((resolve, reject) => {
+          const query = c.query(new pg.Query(SLOW_INSERT, [note]) as never) as unknown as pg.Query;
+          query.on('end', resolve);
+          query.on('error', reject);
+        }),
+    ],
   ];
 
   it.each(cases)('%s: PoolOutcomeUnknownError (504), not connection_lost ("rolled back, retry")', async (name, run) => {

@@ -1,6 +1,8 @@
 // Cursors and streams (pg-cursor, pg-query-stream) follow the lease: one still open at release is
 // refused and its connection closed, never read by the next borrower; a request deadline stops
 // one and cancels its statement on the server.
+import { performance } from 'node:perf_hooks';
+import pg from 'pg';
 import Cursor from 'pg-cursor';
 import QueryStream from 'pg-query-stream';
 import { PoolDeadlineError, PoolLeaseError, withDeadline } from '../src/index.js';
@@ -119,5 +121,93 @@ describe('a cursor or stream under a request deadline', () => {
     );
     expect(err).toBeInstanceOf(PoolDeadlineError);
     expect(await eventually(async () => (await running(p.name)) === 0, 2_000)).toBe(true);
+  });
+});
+
+describe("pg's own Query object under a request deadline (#19 item 13)", () => {
+  /** Runs a pg.Query on a checkout taken under a 300 ms deadline; its answer, how long it took, and the connection's pid. */
+  async function underDeadline(p: Awaited<ReturnType<typeof pool>>, text: string, withCallback: boolean) {
+    const started = performance.now();
+    const answer = await withDeadline(300, async () => {
+      const client = await p.connect();
+      try {
+        return await new Promise<unknown>((resolve) => {
+          if (withCallback) client.query(new pg.Query(text, [], (err: Error | undefined) => resolve(err ?? 'done')) as never);
+          else {
+            const query = client.query(new pg.Query(text) as never) as unknown as pg.Query;
+            query.on('end', () => resolve('done'));
+            query.on('error', resolve);
+          }
+        });
+      } finally {
+        client.release();
+      }
+    });
+    return { answer, tookMs: performance.now() - started };
+  }
+
+  it.each([
+    ['with events', false],
+    ['with a callback', true],
+  ])(
+    'a pg.Query (%s) still running at the deadline fails with PoolDeadlineError then, its statement cancelled on the server',
+    async (_, withCallback) => {
+      const p = await pool({ poolSize: 1, maxOverflow: 0 });
+      const { answer, tookMs } = await underDeadline(p, 'SELECT pg_sleep(5)', withCallback);
+      expect(answer).toBeInstanceOf(PoolDeadlineError);
+      expect(answer).toMatchObject({ sent: true });
+      expect(tookMs).toBeLessThan(300 + 500);
+      expect(await eventually(async () => (await running(p.name)) === 0, 2_000)).toBe(true);
+      // The connection was cleaned up, not lost: the next checkout gets it and it answers.
+      expect((await p.query<{ v: number }>('SELECT 1 AS v')).rows).toEqual([{ v: 1 }]);
+    },
+  );
+
+  it('a pg.Query that ends before the deadline answers as usual, once', async () => {
+    const p = await pool({ poolSize: 1, maxOverflow: 0 });
+    const seen: string[] = [];
+    await withDeadline(2_000, async () => {
+      const client = await p.connect();
+      try {
+        const query = client.query(new pg.Query('SELECT n FROM generate_series(1, 3) AS n') as never) as unknown as pg.Query;
+        await new Promise<void>((resolve, reject) => {
+          query.on('row', (row: Row) => seen.push(`row ${row.n}`));
+          query.on('end', () => resolve());
+          query.on('error', reject);
+        });
+      } finally {
+        client.release();
+      }
+    });
+    expect(seen).toEqual(['row 1', 'row 2', 'row 3']);
+  });
+
+  it('a pg.Query queued behind a statement that outlives the deadline is never sent', async () => {
+    const p = await pool({ poolSize: 1, maxOverflow: 0 });
+    const table = `never_sent_${process.pid}`;
+    await p.query(`CREATE TABLE IF NOT EXISTS ${table} (x int)`);
+    try {
+      const answers = await withDeadline(300, async () => {
+        const client = await p.connect();
+        try {
+          const slow = client.query('SELECT pg_sleep(5)').catch((e: unknown) => e);
+          const queued = new Promise<unknown>((resolve) => {
+            const query = client.query(new pg.Query(`INSERT INTO ${table} VALUES (1)`) as never) as unknown as pg.Query;
+            query.on('end', () => resolve('done'));
+            query.on('error', resolve);
+          });
+          return await Promise.all([slow, queued]);
+        } finally {
+          client.release();
+        }
+      });
+      expect(answers[0]).toBeInstanceOf(PoolDeadlineError);
+      expect(answers[1]).toBeInstanceOf(PoolDeadlineError);
+      expect(answers[1]).toMatchObject({ sent: false });
+      expect(await eventually(async () => (await running(p.name)) === 0, 2_000)).toBe(true);
+      expect((await p.query<{ n: number }>(`SELECT count(*)::int AS n FROM ${table}`)).rows[0].n).toBe(0);
+    } finally {
+      await p.query(`DROP TABLE ${table}`);
+    }
   });
 });

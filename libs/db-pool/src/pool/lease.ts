@@ -1,11 +1,11 @@
 import type { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
-import type pg from 'pg';
+import pg from 'pg';
 import { type OutcomeUnknownReason, PoolDeadlineError, PoolLeaseError, PoolOutcomeUnknownError, PoolReleaseError } from '../errors.js';
 import { type Deadline, MAX_TIMER_MS } from './deadline.js';
 import { commitsBeforeLast, committedLocally, sensitiveCommand, statementText } from './outcome.js';
 import { connectionLost, openSubmittables, type Submittable } from './pg-internals.js';
-import { stopSubmittable } from './submittables.js';
+import { stopSubmittable, watchQuery, type QueryObject } from './submittables.js';
 import type { PoolEntry } from './pool-entry.js';
 
 /** What a lease needs of its pool. */
@@ -102,10 +102,13 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
   ): unknown {
     const client = entry.client as unknown as GuardedClient;
     if (config === null || config === undefined) return client.query(config, values, callback);
-    if (typeof (config as { submit?: unknown }).submit === 'function')
+    if (typeof (config as { submit?: unknown }).submit === 'function') {
+      if (config instanceof pg.Query)
+        return this.#runQueryObject(entry, config as unknown as QueryObject, values, callback, deadline, command);
       return deadline === undefined
         ? client.query(config, values, callback)
         : this.#submitBy(deadline, entry, config as Submittable, values, callback);
+    }
     const owner = this.#owner;
     let timeout: number | undefined;
     let byDeadline = false;
@@ -159,6 +162,61 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
         throw outcome(err);
       },
     );
+  }
+
+  /**
+   * pg's own Query object (`client.query(new pg.Query(…))`): it answers through its own events
+   * or callback, and pg's `query_timeout` cannot end one that has no callback, so it is watched
+   * rather than bounded. Under a deadline, one pg has not sent yet when it passes is never sent
+   * (`PoolDeadlineError`, `sent: false`); one running is cancelled on the server and stopped
+   * (`sent: true`) — unless its outcome matters, in which case its answer is awaited up to
+   * `cancelWaitMs` longer, as for any statement.
+   */
+  #runQueryObject(
+    entry: PoolEntry,
+    query: QueryObject,
+    values: unknown,
+    callback: unknown,
+    deadline: Deadline | undefined,
+    command: string | undefined,
+  ): unknown {
+    const owner = this.#owner;
+    const client = entry.client as unknown as GuardedClient;
+    let left = 0;
+    if (deadline !== undefined) {
+      left = deadline.at - performance.now();
+      if (left <= 0) return refuse(new PoolDeadlineError(owner.name, deadline.budgetMs, false), query, values, callback);
+    }
+    const watch = command === undefined ? undefined : new Outcome(owner.name, command, entry, query, deadline);
+    let timer: NodeJS.Timeout | undefined;
+    const watched = watchQuery(query, (err) => {
+      clearTimeout(timer);
+      return watch === undefined ? err : watch.settle(err);
+    });
+    watch?.listen();
+    if (deadline !== undefined) {
+      timer = setTimeout(() => {
+        if (watched.answered) return;
+        if (!watched.submitted) {
+          watch?.settle(null);
+          return watched.stop(new PoolDeadlineError(owner.name, deadline.budgetMs, false));
+        }
+        if (this.#entry === entry) owner.deadlinePassed(entry);
+        if (watch === undefined) return watched.stop(new PoolDeadlineError(owner.name, deadline.budgetMs, true));
+        watch.cancelled = true;
+        // Awaited a while longer: the cancel's answer says whether it was rolled back or committed after all.
+        timer = setTimeout(
+          () => {
+            // No answer to the cancel either: what pg's query_timeout says of a config's statement at this point.
+            if (!watched.answered) watched.stop(watch.settle(new Error('Query read timeout'))!);
+          },
+          Math.min(owner.cancelWaitMs, MAX_TIMER_MS),
+        );
+        timer.unref();
+      }, left);
+      timer.unref();
+    }
+    return client.query(query, values, callback);
   }
 
   /**
