@@ -1,4 +1,5 @@
-import { DbPoolDeadline, PoolTimeoutError, withDeadline } from '../src/index.js';
+import { performance } from 'node:perf_hooks';
+import { currentDeadline, type Deadline, DbPoolDeadline, PoolDeadlineError, PoolTimeoutError, withDeadline } from '../src/index.js';
 import { backendPids, eventually, poolFixture, proxyFixture } from './support/db.js';
 
 describe('a passed deadline is final', () => {
@@ -42,7 +43,7 @@ describe('a passed deadline is final', () => {
 });
 
 describe('a request deadline bounds every statement made under it (#19 item 13)', () => {
-  const { pool } = poolFixture();
+  const { admin, pool } = poolFixture();
 
   it('withDeadline and @DbPoolDeadline refuse a budget above 2147483647 ms (the longest Node timer), naming the limit', () => {
     const refusal = (fn: () => unknown) => {
@@ -114,5 +115,70 @@ describe('a request deadline bounds every statement made under it (#19 item 13)'
     } finally {
       client.release();
     }
+  });
+
+  /** Statements of this pool's backends still running on the server. */
+  const running = async (applicationName: string) =>
+    (
+      await admin().query<{ n: number }>(
+        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND state = 'active'",
+        [applicationName],
+      )
+    ).rows[0].n;
+
+  it('a nested, shorter withDeadline bounds a statement on a connection acquired in the outer one, and cancels it on the server', async () => {
+    const p = await pool({ poolSize: 1, maxOverflow: 0 });
+    let tookMs = 0;
+    const err = await withDeadline(10_000, async () => {
+      const client = await p.connect();
+      try {
+        const started = performance.now();
+        return await withDeadline(200, () => client.query('SELECT pg_sleep(3)')).finally(() => (tookMs = performance.now() - started));
+      } finally {
+        client.release();
+      }
+    }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(PoolDeadlineError);
+    expect(err).toMatchObject({ budgetMs: 200, sent: true });
+    expect(tookMs).toBeLessThan(200 + 150);
+    expect(await eventually(async () => (await running(p.name)) === 0, 2_000)).toBe(true);
+  });
+
+  it('a withDeadline bounds a statement on a connection acquired before it', async () => {
+    const p = await pool({ poolSize: 1, maxOverflow: 0 });
+    const client = await p.connect();
+    try {
+      const started = performance.now();
+      const err = await withDeadline(200, () => client.query('SELECT pg_sleep(3)')).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(PoolDeadlineError);
+      expect(performance.now() - started).toBeLessThan(200 + 150);
+      // Outside it, the same connection is bounded by nothing again.
+      expect((await client.query<{ v: number }>('SELECT 1 AS v FROM pg_sleep(0.3)')).rows).toEqual([{ v: 1 }]);
+    } finally {
+      client.release();
+    }
+  });
+
+  it("pool.query is bounded by its caller's deadline only, never by that of the request whose release served it", async () => {
+    const p = await pool({ poolSize: 1, maxOverflow: 0 });
+    // A request takes the only connection, and releases it in its own context once its deadline has passed.
+    let scope: Deadline | undefined;
+    let releaseNow: (() => void) | undefined;
+    const request = withDeadline(100, async () => {
+      const client = await p.connect();
+      scope = currentDeadline();
+      await new Promise<void>((resolve) => (releaseNow = resolve));
+      client.release();
+    });
+    expect(await eventually(() => releaseNow !== undefined, 2_000, 5)).toBe(true);
+    // A caller without a deadline waits for that connection.
+    const queued = p.query<{ v: number }>('SELECT 7 AS v FROM pg_sleep(0.2)');
+    expect(await eventually(() => p.state().waiting === 1 && performance.now() > scope!.at, 2_000, 5)).toBe(true);
+    releaseNow!();
+    await request;
+    expect((await queued).rows).toEqual([{ v: 7 }]);
   });
 });

@@ -23,7 +23,8 @@ export const MAX_TIMER_MS = 2_147_483_647;
  * `DB_POOL_TIMEOUT`, whichever comes first), is shed at once with `PoolOverloadedError` when the
  * pool's measured wait plus use time would pass the deadline, and every statement gets the time
  * left as its `query_timeout`: a statement still running at the deadline fails and is cancelled
- * on the server. A nested call can shorten the deadline, never extend it. The budget is at most
+ * on the server. A nested call can shorten the deadline, never extend it, and bounds the
+ * statements made inside it on a connection acquired before it too. The budget is at most
  * {@link MAX_TIMER_MS}.
  */
 export function withDeadline<T>(budgetMs: number, fn: () => T): T {

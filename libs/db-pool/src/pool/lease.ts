@@ -2,7 +2,7 @@ import type { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import { type OutcomeUnknownReason, PoolDeadlineError, PoolLeaseError, PoolOutcomeUnknownError, PoolReleaseError } from '../errors.js';
-import { type Deadline, MAX_TIMER_MS } from './deadline.js';
+import { currentDeadline, type Deadline, MAX_TIMER_MS } from './deadline.js';
 import { commitsBeforeLast, committedLocally, sensitiveCommand, statementText } from './outcome.js';
 import { connectionLost, openSubmittables, type Submittable } from './pg-internals.js';
 import { stopSubmittable, watchQuery, type QueryObject } from './submittables.js';
@@ -46,11 +46,14 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
   readonly #owner: LeaseOwner;
   /** The deadline of the request that acquired it (`withDeadline`): it bounds every statement. */
   readonly #deadline: Deadline | undefined;
+  /** The deadline in force where the connection was handed out: that of whoever's release (or connect) served it. */
+  readonly #handedOutIn: Deadline | undefined;
 
   constructor(owner: LeaseOwner, entry: PoolEntry, deadline?: Deadline) {
     this.#owner = owner;
     this.#entry = entry;
     this.#deadline = deadline;
+    this.#handedOutIn = currentDeadline();
     this.release = (err?: Error | boolean) => {
       const held = this.#entry;
       if (!held) throw new PoolReleaseError(owner.name);
@@ -72,12 +75,26 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
     const entry = this.#entry;
     if (entry !== undefined) {
       if (entry.evicted !== undefined) return refuse(this.#owner.evictedError(entry), config, values, callback) as never;
+      const deadline = this.#deadlineHere();
       // A statement that ends a transaction or writes in one of its own: how it ended must be known.
       const command = sensitiveCommand(config, entry.client as TxStatusReader);
-      if (this.#deadline !== undefined || command !== undefined)
-        return this.#queryGuarded(entry, config, values, callback, this.#deadline, command) as never;
+      if (deadline !== undefined || command !== undefined)
+        return this.#queryGuarded(entry, config, values, callback, deadline, command) as never;
     }
     return (this[HELD]('query') as unknown as Delegate).query(config, values, callback) as never;
+  }
+
+  /**
+   * The deadline a statement made here is bounded by: the earlier of the lease's own (its
+   * acquire's) and the one in force here, a nested or later `withDeadline`. A statement made in
+   * the context the connection was handed out in is the pool's own (pool.query's, an 'acquire'
+   * listener's): that context is whoever's release served the connection, so it keeps the lease's.
+   */
+  #deadlineHere(): Deadline | undefined {
+    const here = currentDeadline();
+    const own = this.#deadline;
+    if (here === undefined || here === own || here === this.#handedOutIn) return own;
+    return own === undefined || here.at < own.at ? here : own;
   }
 
   /**
