@@ -1,4 +1,4 @@
-import { DataSource, type DataSourceOptions } from 'typeorm';
+import type { DataSource, DataSourceOptions } from 'typeorm';
 import type { DbPoolOptions } from './config/db-pool.options.js';
 import { resolveDbPoolConfig } from './config/resolve-config.js';
 import { codeOf, PoolConnectError } from './errors.js';
@@ -6,7 +6,7 @@ import { DbPool } from './pool/db-pool.js';
 import { type DbPoolLogger, SILENT } from './pool/logger.js';
 import { toPgPoolOptions, toPoolSettings } from './pool/pg-options.js';
 import { ReplicaRouter } from './pool/replicas.js';
-import { toTypeOrmOptions } from './pool/typeorm-options.js';
+import { DbPoolDataSource, toTypeOrmOptions } from './pool/typeorm-options.js';
 import type { DbPoolConfig } from './config/db-pool.options.js';
 import { scrubSecrets } from './redact.js';
 
@@ -120,7 +120,7 @@ export async function createDbPoolDataSource(options: DbPoolOptions = {}): Promi
   let replicas: ReplicaRouter | undefined;
   try {
     replicas = await createReplicaRouter(options, pool);
-    return await new DataSource(toTypeOrmOptions(config, pool, replicas) as DataSourceOptions).initialize();
+    return await new DbPoolDataSource(toTypeOrmOptions(config, pool, replicas) as DataSourceOptions).initialize();
   } catch (err) {
     await Promise.all([pool.end().catch(() => {}), replicas?.end().catch(() => {})]);
     throw err;

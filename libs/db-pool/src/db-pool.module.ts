@@ -9,7 +9,7 @@ import { DbPoolRegistry } from './monitor/pool-registry.js';
 import { createDbPool, createReplicaRouter } from './create-db-pool.js';
 import type { ReplicaRouter } from './pool/replicas.js';
 import type { DbPool } from './pool/db-pool.js';
-import { toTypeOrmOptions } from './pool/typeorm-options.js';
+import { DbPoolDataSource, toTypeOrmOptions } from './pool/typeorm-options.js';
 import { getDbPoolConfigToken, getDbPoolReplicasToken, getDbPoolToken, getPoolMonitorToken } from './tokens.js';
 
 const logger = new Logger('DbPool');
@@ -74,6 +74,8 @@ function withPool(base: DynamicModule, name: string): DynamicModule {
     inject: [configToken, poolToken, replicasToken],
     useFactory: (config: DbPoolConfig, pool: DbPool, replicas: ReplicaRouter | null) =>
       toTypeOrmOptions(config, pool, replicas ?? undefined),
+    // Its destroy() lets requests in flight finish (DB_POOL_SHUTDOWN_GRACE) before TypeORM releases their runners.
+    dataSourceFactory: async (options) => new DbPoolDataSource(options!),
   });
   return {
     module: DbPoolModule,

@@ -33,7 +33,7 @@ export type { DbPoolLogger } from './pool/logger.js';
 export type { DbPoolSettings, PgPoolOptions } from './pool/settings.js';
 export type { ConnectHealth, DbPoolCounters } from './pool/tracker.js';
 export type { PoolTimings } from './pool/histogram.js';
-export { poolOf } from './pool/typeorm-options.js';
+export { DbPoolDataSource, poolOf } from './pool/typeorm-options.js';
 export { REDACTED, redactUrl } from './redact.js';
 export {
   InjectDbPool,

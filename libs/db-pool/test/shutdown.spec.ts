@@ -1,8 +1,12 @@
+import 'reflect-metadata';
 import { execFileSync } from 'node:child_process';
+import { Test } from '@nestjs/testing';
+import { getDataSourceToken } from '@nestjs/typeorm';
+import type { DataSource } from 'typeorm';
 import { fileURLToPath } from 'node:url';
 import type pg from 'pg';
-import { PoolClosedError, type DbPool } from '../src/index.js';
-import { eventually, poolFixture, proxyFixture } from './support/db.js';
+import { createDbPoolDataSource, DbPoolModule, PoolClosedError, poolOf, type DbPool } from '../src/index.js';
+import { eventually, poolFixture, proxyFixture, testOptions } from './support/db.js';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 
@@ -107,4 +111,70 @@ describe('shutdown never strands a caller', () => {
       ended: true,
     });
   }, 60_000);
+});
+
+describe("TypeORM's destroy() lets statements in flight finish within DB_POOL_SHUTDOWN_GRACE", () => {
+  const fixture = poolFixture();
+
+  /** A statement that has reached the server: active in pg_stat_activity under the pool's name. */
+  const runningOn = (name: string) => async () =>
+    (
+      await fixture
+        .admin()
+        .query<{ n: number }>("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND state = 'active'", [name])
+    ).rows[0].n > 0;
+
+  it('a query running when destroy() is called completes, and destroy() resolves after it', async () => {
+    const ds = await createDbPoolDataSource(testOptions({ poolSize: 1, maxOverflow: 0, shutdownGraceSeconds: 10 }));
+    const pool = poolOf(ds);
+    const query = ds.query('SELECT pg_sleep(0.8) AS slept').then(
+      () => 'done',
+      (e: Error) => e.message,
+    );
+    expect(await eventually(runningOn(pool.name))).toBe(true);
+    await ds.destroy();
+    expect(await query).toBe('done');
+    expect(pool.counters.cancels).toBe(0);
+    expect(pool.ended).toBe(true);
+  });
+
+  it("through DbPoolModule: a query running when the application closes completes before TypeORM's destroy releases it", async () => {
+    const options = testOptions({ poolSize: 1, maxOverflow: 0, shutdownGraceSeconds: 10, headroomIntervalSeconds: 0 });
+    const app = await Test.createTestingModule({ imports: [DbPoolModule.forRoot(options)] })
+      .setLogger(false)
+      .compile();
+    await app.init();
+    let closed = false;
+    try {
+      const ds = app.get<DataSource>(getDataSourceToken(options.name));
+      const pool = poolOf(ds);
+      const query = ds.query('SELECT pg_sleep(0.8) AS slept').then(
+        () => 'done',
+        (e: Error) => e.message,
+      );
+      expect(await eventually(runningOn(pool.name))).toBe(true);
+      await app.close();
+      closed = true;
+      expect(await query).toBe('done');
+      expect(pool.counters.cancels).toBe(0);
+    } finally {
+      if (!closed) await app.close();
+    }
+  });
+
+  it('one still running when the grace ends is cancelled on the server then, not left running', async () => {
+    const ds = await createDbPoolDataSource(testOptions({ poolSize: 1, maxOverflow: 0, shutdownGraceSeconds: 1 }));
+    const pool = poolOf(ds);
+    const query = ds.query('SELECT pg_sleep(10) AS slept').then(
+      () => 'done',
+      (e: Error) => e.message,
+    );
+    expect(await eventually(runningOn(pool.name))).toBe(true);
+    const started = Date.now();
+    await ds.destroy();
+    expect(Date.now() - started).toBeGreaterThanOrEqual(900);
+    expect(Date.now() - started).toBeLessThan(3_000);
+    expect(await query).toMatch(/cancel/);
+    expect(await eventually(async () => !(await runningOn(pool.name)()))).toBe(true);
+  });
 });

@@ -125,6 +125,8 @@ export class DbPool extends EventEmitter {
   /** Releases so far, and the stall guard's timer (adaptive limit only). */
   private releases = 0;
   private stallTimer: NodeJS.Timeout | undefined;
+  /** Callers of drain() waiting for the checkouts to come back. */
+  private readonly drainWaiters: (() => void)[] = [];
   /** Hosts with cancel requests not yet confirmed, and how many (cancelStatement). */
   private readonly suspectHosts = new Map<HostAddress, number>();
   /** Hosts whose role is being checked on a connection of its own (checkRole). */
@@ -716,6 +718,7 @@ export class DbPool extends EventEmitter {
     if (this.concurrency.sample(useMs, this.busy)) this.serveWaiters();
     this.leaks.checkin(entry);
     entry.checkedOutAt = -1;
+    if (this.drainWaiters.length > 0 && !this.checkedOut()) for (const done of this.drainWaiters.splice(0)) done();
     entry.lastUsed = now;
     if (this.listenerCount('release') > 0) this.emit('release', err instanceof Error ? err : undefined, entry.client);
     if (entry.removed) return; // closed by shutdown while it was out
@@ -1354,6 +1357,30 @@ export class DbPool extends EventEmitter {
   }
 
   // ----- shutting down ------------------------------------------------------------------------
+
+  /**
+   * Resolves once no connection is checked out, or after `timeoutMs`: what an owner that must
+   * release its callers' connections itself (TypeORM's `destroy()` releases every query runner,
+   * which cancels their statements) waits for first, so that work in flight finishes within the
+   * shutdown grace. Acquires are still served meanwhile.
+   */
+  drain(timeoutMs = this.settings.shutdownGraceMs): Promise<void> {
+    return new this.Promise<void>((resolve) => {
+      if (!this.checkedOut()) return resolve();
+      const timer = setTimeout(done, timeoutMs);
+      function done(): void {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.drainWaiters.push(done);
+    });
+  }
+
+  /** Any connection checked out (its caller has not released it). */
+  private checkedOut(): boolean {
+    for (const entry of this.entries) if (entry.checkedOutAt >= 0) return true;
+    return false;
+  }
 
   /**
    * Fails queued callers at once (PoolClosedError), closes idle connections now and the others as

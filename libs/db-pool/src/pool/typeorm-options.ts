@@ -1,6 +1,6 @@
 import type { TypeOrmModuleOptions } from '@nestjs/typeorm';
 import pg from 'pg';
-import type { DataSource } from 'typeorm';
+import { DataSource } from 'typeorm';
 import type { DbPoolConfig } from '../config/db-pool.options.js';
 import { redactUrl } from '../redact.js';
 import { DbPool } from './db-pool.js';
@@ -65,6 +65,21 @@ function pgWith(pool: DbPool, replicas?: ReplicaRouter): typeof pg {
     return replicas && options?.connectionString?.startsWith(REPLICAS) ? replicas : pool;
   }
   return Object.create(pg, { Pool: { value: ExistingPool, enumerable: true } }) as typeof pg;
+}
+
+/**
+ * A TypeORM DataSource whose `destroy()` first lets the pool's checkouts come back, up to
+ * DB_POOL_SHUTDOWN_GRACE: TypeORM's own destroy releases every query runner still connected,
+ * which would cancel the statements of requests still being served.
+ */
+export class DbPoolDataSource extends DataSource {
+  override async destroy(): Promise<void> {
+    if (this.isInitialized) {
+      const pool = typeOrmPoolsOf(this.driver).master;
+      if (pool instanceof DbPool) await pool.drain();
+    }
+    return super.destroy();
+  }
 }
 
 /** The pool behind a DataSource built from {@link toTypeOrmOptions}. */
