@@ -141,7 +141,7 @@ describe("TypeORM's destroy() lets statements in flight finish within DB_POOL_SH
   it("through DbPoolModule: a query running when the application closes completes before TypeORM's destroy releases it", async () => {
     const options = testOptions({ poolSize: 1, maxOverflow: 0, shutdownGraceSeconds: 10, headroomIntervalSeconds: 0 });
     const app = await Test.createTestingModule({ imports: [DbPoolModule.forRoot(options)] })
-      .setLogger(false)
+      .setLogger({ log: () => {}, error: () => {}, warn: () => {}, debug: () => {}, verbose: () => {} })
       .compile();
     await app.init();
     let closed = false;
