@@ -6,6 +6,7 @@
 import { once } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
+import { QueryFailedError } from 'typeorm';
 import { type DbPool, PoolDeadlineError, PoolOutcomeUnknownError, withDeadline } from '../src/index.js';
 import { poolErrorResponse } from '../src/http/pool-error-response.js';
 import { commitsBeforeLast, outcomeSensitive, sensitiveCommand } from '../src/pool/outcome.js';
@@ -368,6 +369,11 @@ describe('a COMMIT on a connection already lost (#19 item 13)', () => {
       expect(err).not.toBeInstanceOf(PoolOutcomeUnknownError);
       expect((err as Error).message).toBe('Client has encountered a connection error and is not queryable');
       expect((await admin().query<{ n: number }>(`SELECT count(*)::int AS n FROM ${table}`)).rows[0].n).toBe(0);
+      // Through TypeORM (which wraps it, naming the COMMIT) it is answered as not applied: 503, retry.
+      expect(poolErrorResponse(new QueryFailedError('COMMIT', [], err as Error))).toMatchObject({
+        status: 503,
+        body: { condition: 'connection_lost' },
+      });
     },
   );
 });

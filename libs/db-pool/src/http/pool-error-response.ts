@@ -136,11 +136,12 @@ const LOST_CODES = new Set([
   'ECONNABORTED',
 ]);
 /** pg's messages for a connection that ended under a query (they carry no code). */
-const LOST_MESSAGES = new Set([
-  'Connection terminated unexpectedly',
-  'Connection terminated',
+/** pg's refusals to send on a connection already lost: the statement never left the process. */
+const NOT_SENT_MESSAGES = new Set([
   'Client has encountered a connection error and is not queryable',
+  'Client was closed and is not queryable',
 ]);
+const LOST_MESSAGES = new Set(['Connection terminated unexpectedly', 'Connection terminated', ...NOT_SENT_MESSAGES]);
 /** query_canceled: the server stopped the statement (statement_timeout, or a cancel request: the pool's or an operator's). */
 const CANCELED = '57014';
 /** pg's error when its query_timeout passes (it carries no code); the pool cancels the statement on the server at release. */
@@ -251,7 +252,9 @@ function classify({ error, database }: Reached): Found | undefined {
   // COMMIT whose answer never came may have committed, whichever pool sent it.
   if (error instanceof QueryFailedError) {
     const driverError: unknown = error.driverError;
-    return (isLost(driverError) || isReadTimeout(driverError)) && outcomeSensitive(error.query ?? '', IN_TRANSACTION) !== undefined
+    const neverSent = NOT_SENT_MESSAGES.has(String((driverError as { message?: unknown } | null)?.message ?? ''));
+    return ((isLost(driverError) && !neverSent) || isReadTimeout(driverError)) &&
+      outcomeSensitive(error.query ?? '', IN_TRANSACTION) !== undefined
       ? { condition: 'outcome_unknown', error, code: codeOf(driverError) }
       : undefined;
   }
