@@ -1,4 +1,4 @@
-import { DbPoolConfigError, type EnvKey, OPTION_KEYS, readEnvKeys, resolveDbPoolConfig } from '@db-pool/db-pool';
+import { DbPoolConfigError, type EnvKey, lookalikeKeys, OPTION_KEYS, readEnvKeys, resolveDbPoolConfig } from '@db-pool/db-pool';
 
 /** The api's own variables, read by the same rules as the pool's. */
 export const API_KEYS: readonly EnvKey[] = [
@@ -44,7 +44,9 @@ export interface ApiEnvironment {
  */
 export function readEnvironment(env: NodeJS.ProcessEnv): ApiEnvironment {
   const { values, problems } = readEnvKeys(API_KEYS, env);
-  const dbPoolEnv = Object.fromEntries(OPTION_KEYS.map((k) => [k.env, env[k.env]]));
+  // The pool's keys, and those that look like them (DB_POOL_MAX_OVERFLOW), which the pool names in a start-up warning.
+  const dbPoolKeys = [...OPTION_KEYS.map((k) => k.env), ...lookalikeKeys(env, '').map((l) => l.key)];
+  const dbPoolEnv = Object.fromEntries(dbPoolKeys.map((key) => [key, env[key]]));
   try {
     resolveDbPoolConfig({ env: dbPoolEnv });
   } catch (err) {

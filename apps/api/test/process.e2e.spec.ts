@@ -107,6 +107,19 @@ describe('the api process: start-up validation and graceful shutdown', () => {
     expect(run.output()).toContain('DATABASE_URL: not set');
   });
 
+  it('a misspelt pool variable (DB_POOL_MAX_OVERFLOW) starts the api with one warning naming the key it probably meant', async () => {
+    const port = await freePort();
+    const run = start({ PORT: String(port), DATABASE_URL: process.env.DATABASE_URL!, DB_POOL_SIZE: '1', DB_POOL_MAX_OVERFLOW: '0' });
+    try {
+      await waitFor(run, `API listening on http://localhost:${port}`);
+      expect(run.output()).toContain('DB_POOL_MAX_OVERFLOW (did you mean DB_MAX_OVERFLOW?)');
+      expect(run.output().match(/look like db-pool's are not read/g)).toHaveLength(1);
+    } finally {
+      run.child.kill('SIGTERM');
+      await run.exited;
+    }
+  });
+
   it('prints where it listens, and on SIGTERM finishes in-flight writes, ends the pool and exits 0', async () => {
     const port = await freePort();
     const appName = `api-shutdown-${process.pid}`;

@@ -1,7 +1,7 @@
 // The public surface: what a user of the Nest module, of createDbPool or of the pg.Pool drop-in needs.
 export type { DbPoolConfig, DbPoolOptions } from './config/db-pool.options.js';
 export { OPTION_KEYS, type EnvKey, type OptionKey } from './config/option-keys.js';
-export { DEFAULT_POOL_NAME, describeConfig, readEnvKeys, resolveDbPoolConfig } from './config/resolve-config.js';
+export { DEFAULT_POOL_NAME, describeConfig, lookalikeKeys, readEnvKeys, resolveDbPoolConfig } from './config/resolve-config.js';
 export { dbPoolConfig } from './config/db-pool.config.js';
 export { createDbPool, createDbPoolDataSource } from './create-db-pool.js';
 export { DbPoolModule } from './db-pool.module.js';
