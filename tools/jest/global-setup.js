@@ -7,5 +7,4 @@ export default async function globalSetup() {
   const db = await startEmbeddedPostgres();
   globalThis.__DB_POOL_EMBEDDED__ = db;
   process.env.DATABASE_URL = db.url;
-  process.env.DB_POOL_TEST_EMBEDDED = '1';
 }
