@@ -2,6 +2,7 @@
 // TypeScript sources and tests, ESLint's on the tools' JavaScript; formatting is Prettier's.
 import js from '@eslint/js';
 import prettier from 'eslint-config-prettier';
+import { importX } from 'eslint-plugin-import-x';
 import globals from 'globals';
 import tseslint from 'typescript-eslint';
 
@@ -11,7 +12,11 @@ export default tseslint.config(
   ...tseslint.configs.recommended,
   {
     languageOptions: { globals: { ...globals.node } },
+    plugins: { 'import-x': importX },
     rules: {
+      // Imports first, each module once: a reader sees every dependency of a file in one place.
+      'import-x/first': 'error',
+      'no-duplicate-imports': 'error',
       // Unused names are errors, except an argument or a destructured rest that documents a shape.
       '@typescript-eslint/no-unused-vars': [
         'error',

@@ -17,9 +17,9 @@ import {
   type DbPoolOptions,
 } from '@db-pool/db-pool';
 import { startEmbeddedPostgres } from '../../../tools/embedded-db.mjs';
+import { eventually, sleep } from './faults/support.js';
 
 const url = () => process.env.DATABASE_URL!;
-import { eventually, sleep } from './faults/support.js';
 let counter = 0;
 
 async function build(options: Omit<DbPoolOptions, 'env'> = {}) {

@@ -1,7 +1,6 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type pg from 'pg';
-import type { DbPool } from '../src/index.js';
-import { PoolTimeoutError } from '../src/index.js';
+import { type DbPool, PoolTimeoutError } from '../src/index.js';
 import { eventually, poolFixture } from './support/db.js';
 
 describe('connect(callback), the form TypeORM uses', () => {
