@@ -110,7 +110,7 @@ describe('health routes and metrics over real HTTP', () => {
   });
 
   it('> 90 % held: critical, 503; readiness 503 within its timeout; /health/db_pool and /metrics answer in < 100 ms with callers queued', async () => {
-    const running = await start({ poolSize: 4, maxOverflow: 4, poolTimeout: 30, healthTimeoutMs: 300 });
+    const running = await start({ poolSize: 4, maxOverflow: 4, poolTimeoutSeconds: 30, healthTimeoutMs: 300 });
     const held = await hold(running, 8);
     const queued = Array.from({ length: 5 }, () => held.pool.connect().then((c) => c.release()));
     expect(await eventually(() => held.pool.waitingCount === 5)).toBe(true);
@@ -168,7 +168,7 @@ describe('health routes and metrics over real HTTP', () => {
   });
 
   it('logs a checkout held past DB_POOL_LEAK_THRESHOLD with the stack that took it, and its return', async () => {
-    const running = await start({ poolSize: 2, maxOverflow: 0, leakThreshold: 2 });
+    const running = await start({ poolSize: 2, maxOverflow: 0, leakThresholdSeconds: 2 });
     const dataSource = running.app.get(DataSource);
     const runner = dataSource.createQueryRunner();
     await runner.connect(); // this line's stack is what the warning must show
@@ -191,7 +191,7 @@ describe('health routes and metrics over real HTTP', () => {
   });
 
   it('flags no leak during a sustained 50-concurrency run that saturates the pool', async () => {
-    const running = await start({ poolSize: 5, maxOverflow: 5, leakThreshold: 5 });
+    const running = await start({ poolSize: 5, maxOverflow: 5, leakThresholdSeconds: 5 });
     const end = Date.now() + 12_000; // longer than the 10 s leak window
     let ok = 0;
     let failed = 0;

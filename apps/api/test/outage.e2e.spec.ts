@@ -34,7 +34,7 @@ describe('overload and outage over HTTP', () => {
   });
 
   it('an exhausted pool: a request answers 503 with Retry-After and a body naming the condition, not 500', async () => {
-    const running = await start({ poolTimeout: 1, connectTimeout: 1 });
+    const running = await start({ poolTimeoutSeconds: 1, connectTimeoutSeconds: 1 });
     const pool = running.app.get<DbPool>(getDbPoolToken());
     const held: pg.PoolClient[] = [await pool.connect(), await pool.connect()];
     try {
@@ -65,7 +65,7 @@ describe('overload and outage over HTTP', () => {
   });
 
   it('an unreachable server: requests answer 503 database_unreachable, /health/db_pool turns critical, both recover', async () => {
-    const running = await start({ poolTimeout: 2, connectTimeout: 1 });
+    const running = await start({ poolTimeoutSeconds: 2, connectTimeoutSeconds: 1 });
     expect((await running.get('/health/db_pool')).status).toBe(200);
     await serverGone();
 
@@ -98,7 +98,7 @@ describe('overload and outage over HTTP', () => {
   });
 
   it('every connection in use and the server refusing more, below the configured capacity: critical, not healthy', async () => {
-    const running = await start({ poolSize: 2, maxOverflow: 2, poolTimeout: 2, connectTimeout: 1 });
+    const running = await start({ poolSize: 2, maxOverflow: 2, poolTimeoutSeconds: 2, connectTimeoutSeconds: 1 });
     const pool = running.app.get<DbPool>(getDbPoolToken());
     const held: pg.PoolClient[] = [await pool.connect(), await pool.connect()];
     try {

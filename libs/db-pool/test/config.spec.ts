@@ -48,17 +48,36 @@ describe('configuration: defaults', () => {
     expect(config.maxOverflow).toBe(0);
   });
 
-  it('takes option names with their unit, still accepts the former names, and refuses both names that disagree', () => {
+  it('takes option names with their unit', () => {
     const env = { DATABASE_URL: URL_OK, DB_POOL_TIMEOUT: '9' };
     expect(resolveDbPoolConfig({ env, poolTimeoutSeconds: 3, warnUtilizationPercent: 50 })).toMatchObject({
       poolTimeoutMs: 3_000,
       warnUtilization: 50,
     });
-    expect(resolveDbPoolConfig({ env, poolTimeout: 4, recycle: '60' })).toMatchObject({ poolTimeoutMs: 4_000, recycleMs: 60_000 });
-    expect(resolveDbPoolConfig({ env, poolTimeout: 5, poolTimeoutSeconds: '5' }).poolTimeoutMs).toBe(5_000);
-    expect(problemsOf({}, { poolTimeout: 0 })).toEqual(['poolTimeout (DB_POOL_TIMEOUT)="0": must be an integer from 1 to 3600']);
-    expect(problemsOf({}, { shutdownGrace: 1, shutdownGraceSeconds: 2 })).toEqual([
-      'shutdownGraceSeconds="2" and shutdownGrace="1": shutdownGrace is the former name of shutdownGraceSeconds; give one',
+  });
+
+  it('refuses a key that is not an option, naming the option it probably meant and never its value', () => {
+    // A unit-less name (poolTimeout), another unit (connectTimeoutMs), a typo, another case, pg's and TypeORM's names.
+    const options = {
+      poolTimeout: 4,
+      connectTimeoutMs: 'hunter2',
+      leakStackRate: 10,
+      shutdownGrace: 1,
+      databse: 'app',
+      envprefix: 'X_',
+      max: 10,
+      entities: [],
+      notAnOption: undefined,
+    };
+    expect(problemsOf({}, options)).toEqual([
+      'poolTimeout: not an option of db-pool; did you mean poolTimeoutSeconds?',
+      'connectTimeoutMs: not an option of db-pool; did you mean connectTimeoutSeconds?',
+      'leakStackRate: not an option of db-pool; did you mean leakStacksPerSecond?',
+      'shutdownGrace: not an option of db-pool; did you mean shutdownGraceSeconds?',
+      'databse: not an option of db-pool; did you mean database?',
+      'envprefix: not an option of db-pool; did you mean envPrefix?',
+      "max: not an option of db-pool; TypeORM's options go under typeorm, and pg's under typeorm.extra",
+      "entities: not an option of db-pool; TypeORM's options go under typeorm, and pg's under typeorm.extra",
     ]);
   });
 
@@ -227,7 +246,6 @@ describe('configuration: validation', () => {
     const readme = await readFile(new URL('../README.md', import.meta.url), 'utf8');
     for (const key of OPTION_KEYS) {
       expect(readme).toContain(`| \`${key.env}\` | \`${key.option}\` |`);
-      if (key.alias) expect(readme).toContain(`\`${key.alias}\``);
     }
   });
 });

@@ -200,7 +200,7 @@ function phases(settings: BenchSettings, run: BenchRun): PhaseSpec[] {
             'as the headline rows: prePing, leakThresholdSeconds 30, ≤ 100 stacks/s',
           ),
           // Informational: what a stack for every checkout would cost (the rate set out of reach).
-          poolQuery(C.featuresEveryStack, await openDbPool(res, url, 'bench-every-stack', EVERY_STACK), 'leakStackRate 1000000'),
+          poolQuery(C.featuresEveryStack, await openDbPool(res, url, 'bench-every-stack', EVERY_STACK), 'leakStacksPerSecond 1000000'),
         ];
       },
     },

@@ -102,29 +102,6 @@ export interface DbPoolOptions {
    */
   healthDetail?: Loose<boolean>;
 
-  /** @deprecated The former name of `poolTimeoutSeconds`; give one of the two. */
-  poolTimeout?: Loose<number>;
-  /** @deprecated The former name of `recycleSeconds`; give one of the two. */
-  recycle?: Loose<number>;
-  /** @deprecated The former name of `recycleJitterPercent`; give one of the two. */
-  recycleJitter?: Loose<number>;
-  /** @deprecated The former name of `overflowIdleTimeoutSeconds`; give one of the two. */
-  overflowIdleTimeout?: Loose<number>;
-  /** @deprecated The former name of `connectTimeoutSeconds`; give one of the two. */
-  connectTimeout?: Loose<number>;
-  /** @deprecated The former name of `leakThresholdSeconds`; give one of the two. */
-  leakThreshold?: Loose<number>;
-  /** @deprecated The former name of `leakStacksPerSecond`; give one of the two. */
-  leakStackRate?: Loose<number>;
-  /** @deprecated The former name of `warnUtilizationPercent`; give one of the two. */
-  warnUtilization?: Loose<number>;
-  /** @deprecated The former name of `criticalUtilizationPercent`; give one of the two. */
-  criticalUtilization?: Loose<number>;
-  /** @deprecated The former name of `headroomIntervalSeconds`; give one of the two. */
-  headroomInterval?: Loose<number>;
-  /** @deprecated The former name of `shutdownGraceSeconds`; give one of the two. */
-  shutdownGrace?: Loose<number>;
-
   /** Where the pool and the module write (Nest's `Logger` fits). @default silent for `createDbPool`, Nest's logger in the module */
   logger?: DbPoolLogger;
 

@@ -19,8 +19,6 @@ export interface EnvKey {
 /** How one pool option is read: an {@link EnvKey} with the option it fills. */
 export interface OptionKey extends EnvKey {
   option: keyof DbPoolOptions;
-  /** The option's former name (without its unit), still accepted. */
-  alias?: keyof DbPoolOptions;
 }
 
 export const TRUE_WORDS = ['true', '1', 'yes', 'on'] as const;
@@ -49,7 +47,6 @@ export const OPTION_KEYS: readonly OptionKey[] = [
   },
   {
     option: 'poolTimeoutSeconds',
-    alias: 'poolTimeout',
     env: 'DB_POOL_TIMEOUT',
     kind: 'int',
     min: 1,
@@ -59,7 +56,6 @@ export const OPTION_KEYS: readonly OptionKey[] = [
   },
   {
     option: 'recycleSeconds',
-    alias: 'recycle',
     env: 'DB_POOL_RECYCLE',
     kind: 'int',
     min: 0,
@@ -69,7 +65,6 @@ export const OPTION_KEYS: readonly OptionKey[] = [
   },
   {
     option: 'recycleJitterPercent',
-    alias: 'recycleJitter',
     env: 'DB_POOL_RECYCLE_JITTER',
     kind: 'int',
     min: 0,
@@ -95,7 +90,6 @@ export const OPTION_KEYS: readonly OptionKey[] = [
   },
   {
     option: 'overflowIdleTimeoutSeconds',
-    alias: 'overflowIdleTimeout',
     env: 'DB_POOL_OVERFLOW_IDLE_TIMEOUT',
     kind: 'int',
     min: 1,
@@ -105,7 +99,6 @@ export const OPTION_KEYS: readonly OptionKey[] = [
   },
   {
     option: 'connectTimeoutSeconds',
-    alias: 'connectTimeout',
     env: 'DB_CONNECT_TIMEOUT',
     kind: 'int',
     min: 1,
@@ -142,7 +135,6 @@ export const OPTION_KEYS: readonly OptionKey[] = [
   },
   {
     option: 'leakThresholdSeconds',
-    alias: 'leakThreshold',
     env: 'DB_POOL_LEAK_THRESHOLD',
     kind: 'int',
     min: 2,
@@ -153,7 +145,6 @@ export const OPTION_KEYS: readonly OptionKey[] = [
   },
   {
     option: 'leakStacksPerSecond',
-    alias: 'leakStackRate',
     env: 'DB_POOL_LEAK_STACK_RATE',
     kind: 'int',
     min: 0,
@@ -164,7 +155,6 @@ export const OPTION_KEYS: readonly OptionKey[] = [
   },
   {
     option: 'warnUtilizationPercent',
-    alias: 'warnUtilization',
     env: 'DB_POOL_WARN_UTILIZATION',
     kind: 'int',
     min: 1,
@@ -174,7 +164,6 @@ export const OPTION_KEYS: readonly OptionKey[] = [
   },
   {
     option: 'criticalUtilizationPercent',
-    alias: 'criticalUtilization',
     env: 'DB_POOL_CRITICAL_UTILIZATION',
     kind: 'int',
     min: 2,
@@ -202,7 +191,6 @@ export const OPTION_KEYS: readonly OptionKey[] = [
   },
   {
     option: 'headroomIntervalSeconds',
-    alias: 'headroomInterval',
     env: 'DB_POOL_HEADROOM_INTERVAL',
     kind: 'int',
     min: 1,
@@ -213,7 +201,6 @@ export const OPTION_KEYS: readonly OptionKey[] = [
   },
   {
     option: 'shutdownGraceSeconds',
-    alias: 'shutdownGrace',
     env: 'DB_POOL_SHUTDOWN_GRACE',
     kind: 'int',
     min: 0,

@@ -172,21 +172,13 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
   const values = new Map<keyof DbPoolOptions, Parsed>();
   const given = new Set<keyof DbPoolOptions>();
 
+  problems.push(...unknownOptions(options));
   for (const key of OPTION_KEYS) {
     const envName = `${prefix}${key.env}`;
-    const isSet = (v: unknown) => v !== undefined && v !== '';
-    const byName = options[key.option];
-    const byAlias = key.alias === undefined ? undefined : options[key.alias];
-    if (isSet(byName) && isSet(byAlias) && String(byName) !== String(byAlias)) {
-      problems.push(
-        `${key.option}=${shown(key, byName)} and ${key.alias}=${shown(key, byAlias)}: ${key.alias} is the former name of ${key.option}; give one`,
-      );
-      continue;
-    }
-    const [codeName, fromCode] = isSet(byName) || !isSet(byAlias) ? [key.option, byName] : [key.alias!, byAlias];
-    const useCode = isSet(fromCode);
+    const fromCode = options[key.option];
+    const useCode = fromCode !== undefined && fromCode !== '';
     const raw = useCode ? fromCode : env[envName];
-    const label = useCode ? `${codeName} (${envName})` : envName;
+    const label = useCode ? `${key.option} (${envName})` : envName;
     try {
       const value = parse(key, raw);
       if (value !== undefined) given.add(key.option);
@@ -340,6 +332,52 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
   for (const key of ['url', 'password', 'pgbouncerAdminUrl', 'replicaUrls'] as const)
     Object.defineProperty(config, key, { enumerable: false });
   return config;
+}
+
+/** The options that have no environment variable; every other option is one of {@link OPTION_KEYS}. */
+const CODE_ONLY_OPTIONS = [
+  'name',
+  'envPrefix',
+  'env',
+  'host',
+  'port',
+  'username',
+  'password',
+  'database',
+  'logger',
+  'typeorm',
+] as const satisfies readonly (keyof DbPoolOptions)[];
+const KNOWN_OPTIONS: readonly string[] = [...CODE_ONLY_OPTIONS, ...OPTION_KEYS.map((k) => k.option)];
+
+/**
+ * A problem line for each key of the options that is not an option (a typo, or a name from
+ * another library), with the option it probably meant: TypeScript refuses them in an object
+ * literal, but not in an object built elsewhere or in JavaScript, and an option silently dropped
+ * is a setting that never took effect. The value is not shown: the key is unknown, so nothing
+ * says it is not a secret.
+ */
+function unknownOptions(options: DbPoolOptions): string[] {
+  const problems: string[] = [];
+  for (const [key, value] of Object.entries(options)) {
+    if (value === undefined || KNOWN_OPTIONS.includes(key)) continue;
+    const meant = meantOption(key);
+    problems.push(
+      meant !== undefined
+        ? `${key}: not an option of db-pool; did you mean ${meant}?`
+        : `${key}: not an option of db-pool; TypeORM's options go under typeorm, and pg's under typeorm.extra`,
+    );
+  }
+  return problems;
+}
+
+/** The option a key probably meant: the same name in another case, the same idea in another unit (`poolTimeout`, `connectTimeoutMs`), or one within two typos (`databse`). */
+function meantOption(key: string): string | undefined {
+  const sameLetters = KNOWN_OPTIONS.find((o) => o.toLowerCase() === key.toLowerCase());
+  if (sameLetters !== undefined) return sameLetters;
+  // Spelt as a variable (poolTimeout → DB_POOL_TIMEOUT), it is matched as the look-alike variables are.
+  const env = probablyMeant(`DB_${key.replace(/([a-z\d])([A-Z])/g, '$1_$2')}`);
+  if (env !== undefined) return OPTION_KEYS.find((k) => k.env === env)!.option;
+  return KNOWN_OPTIONS.find((o) => editDistance(o.toLowerCase(), key.toLowerCase()) <= 2);
 }
 
 /** Name segments that say where or in what unit, not what: `DB_POOL_MAX_OVERFLOW` and `DB_MAX_OVERFLOW` are one idea. */
