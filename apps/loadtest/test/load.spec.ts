@@ -11,7 +11,6 @@ import {
   type DbPool,
   PoolMonitor,
   PoolTimeoutError,
-  RECOMMENDATIONS,
   poolOf,
   resolveDbPoolConfig,
   type DbPoolOptions,
@@ -175,16 +174,21 @@ describe("connection pool load suite (the seed's 11 tests)", () => {
   it('10. test_pool_recommendations: the advice follows the state', async () => {
     const { pool, config } = await make({ poolSize: 2, maxOverflow: 2 });
     const monitor = new PoolMonitor(pool, config, { log() {}, warn() {} });
-    expect(monitor.getRecommendations()).toEqual([RECOMMENDATIONS.HEALTHY]);
+    // The texts as an operator reads them.
+    const healthy = 'Pool is healthy. No action needed.';
+    expect(monitor.getRecommendations()).toEqual([healthy]);
     const held = await Promise.all(Array.from({ length: 3 }, () => pool.connect()));
-    expect(monitor.getRecommendations()).toEqual([RECOMMENDATIONS.WARNING(75)]);
+    expect(monitor.getRecommendations()).toEqual(['Pool utilization is high (75%). Monitor for bottlenecks.']);
     held.push(await pool.connect());
     const waiter = pool.connect();
     expect(await eventually(() => pool.waitingCount === 1)).toBe(true);
-    expect(monitor.getRecommendations()).toEqual([RECOMMENDATIONS.CRITICAL(100), RECOMMENDATIONS.WAITING(1)]);
+    expect(monitor.getRecommendations()).toEqual([
+      'Pool utilization is critical (100%). Increase pool_size or max_overflow, or find what holds connections.',
+      '1 caller(s) are queued for a connection right now.',
+    ]);
     held.forEach((c) => c.release());
     (await waiter).release();
-    expect(monitor.getRecommendations()).toEqual([RECOMMENDATIONS.HEALTHY]);
+    expect(monitor.getRecommendations()).toEqual([healthy]);
   });
 
   it('11. test_pool_performance_vs_no_pool: pooled queries are at least 10x faster than a connection per query (password auth)', async () => {

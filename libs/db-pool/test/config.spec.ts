@@ -1,4 +1,5 @@
-import { dbPoolConfig, DbPoolConfigError, describeConfig, OPTION_KEYS, resolveDbPoolConfig } from '../src/index.js';
+import { describeConfig } from '../src/config/resolve-config.js';
+import { dbPoolConfig, DbPoolConfigError, OPTION_KEYS, resolveDbPoolConfig } from '../src/index.js';
 
 const URL_OK = 'postgres://app:s3cr%40t:pw@db.internal:5432/app';
 

@@ -1,5 +1,6 @@
 import type pg from 'pg';
-import { DbPool, PoolMonitor, RECOMMENDATIONS, resolveDbPoolConfig, type DbPoolOptions } from '../src/index.js';
+import { DbPool, PoolMonitor, resolveDbPoolConfig, type DbPoolOptions } from '../src/index.js';
+import { RECOMMENDATIONS } from '../src/monitor/messages.constant.js';
 import { toPgPoolOptions, toPoolSettings } from '../src/pool/pg-options.js';
 import { eventually, poolFixture, proxyFixture, sleep, testOptions } from './support/db.js';
 

@@ -12,12 +12,12 @@ import {
   DbPoolConfigError,
   DbPoolMetrics,
   DbPoolRegistry,
-  type PgPoolOptions,
   PoolDeadlineError,
   PoolMonitor,
   resolveDbPoolConfig,
   withDeadline,
 } from '../src/index.js';
+import type { PgPoolOptions } from '../src/pool/settings.js';
 import { startEmbeddedPostgres, type EmbeddedPostgres } from '../../../tools/embedded-db.mjs';
 import { capturingLogger, eventually } from './support/db.js';
 

@@ -9,7 +9,8 @@ import { inspect } from 'node:util';
 import fc from 'fast-check';
 import pg from 'pg';
 import type { DataSource } from 'typeorm';
-import { createDbPool, createDbPoolDataSource, DbPool, type DbPoolLogger, describeConfig, resolveDbPoolConfig } from '../src/index.js';
+import { describeConfig } from '../src/config/resolve-config.js';
+import { createDbPool, createDbPoolDataSource, DbPool, type DbPoolLogger, resolveDbPoolConfig } from '../src/index.js';
 import { type EmbeddedPostgres, freePort, startEmbeddedPostgres } from '../../../tools/embedded-db.mjs';
 import { databaseUrl, eventually } from './support/db.js';
 

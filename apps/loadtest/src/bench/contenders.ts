@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks';
-import { createDbPool, createDbPoolDataSource, DbPool, type DbPoolOptions, type PoolTimings } from '@db-pool/db-pool';
+import { createDbPool, createDbPoolDataSource, DbPool, type DbPoolOptions } from '@db-pool/db-pool';
 import pg from 'pg';
 import postgres from 'postgres';
 import { DataSource } from 'typeorm';
@@ -111,7 +111,7 @@ function inProcess(
   op: Operation,
   extra: { waitSource?: Contender['waitSource']; pool?: DbPool; note?: string } = {},
 ): Contender {
-  const histogram: PoolTimings['wait'] | undefined = extra.pool?.timings.wait;
+  const histogram: DbPool['timings']['wait'] | undefined = extra.pool?.timings.wait;
   const waitSource = extra.waitSource ?? (histogram ? 'histogram' : 'none');
   return {
     name,

@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks';
-import type { DbPool, StackCaptureStats } from '@db-pool/db-pool';
+import type { DbPool } from '@db-pool/db-pool';
 import pg from 'pg';
 import {
   ALL_FEATURES,
@@ -51,7 +51,7 @@ export interface ContenderInfo {
   note?: string;
   waitSource: Contender['waitSource'];
   /** db-pool contenders: checkout stacks the leak tracker captured and skipped over the phase. */
-  leakStacks?: StackCaptureStats;
+  leakStacks?: ReturnType<DbPool['leakStackStats']>;
 }
 
 export interface PhaseResult {
