@@ -7,6 +7,8 @@
  * success closes it, its failure opens it again with a longer back-off (capped, so a host that
  * comes back is found within about a second).
  */
+import { type Clock, REAL_CLOCK, type Timer } from './core/clock.js';
+
 export type BreakerState = 'closed' | 'open' | 'half-open';
 
 /** A probe out this long (ms) is likely stuck on a server that accepts and never answers: a health check may send another. */
@@ -23,6 +25,8 @@ export interface BreakerOptions {
   /** Called when the breaker opens (the pool fails its waiters). */
   opened: (failure: Error) => void;
   random?: () => number;
+  /** Its timers and the time a probe went (the core's simulation passes a fake clock). @default REAL_CLOCK */
+  clock?: Clock;
 }
 
 export class ConnectBreaker {
@@ -34,15 +38,17 @@ export class ConnectBreaker {
   /** performance.now() / Date.now()-free: ms epoch of when a probe may go next (0 when closed). */
   retryAt = 0;
   private failuresInRow = 0;
-  /** When the last probe went (Date.now()). */
+  /** When the last probe went (the clock's time). */
   private probeAt = 0;
   private backoffMs: number;
-  private timer: NodeJS.Timeout | undefined;
+  private timer: Timer | undefined;
   private readonly random: () => number;
+  private readonly clock: Clock;
 
   constructor(private readonly options: BreakerOptions) {
     this.backoffMs = options.baseBackoffMs;
     this.random = options.random ?? Math.random;
+    this.clock = options.clock ?? REAL_CLOCK;
   }
 
   /** False while open, and while half-open once the probe is out: no new connection may be opened. */
@@ -56,9 +62,9 @@ export class ConnectBreaker {
    * connect timeout): for a health check, which is a probe by nature and is bounded by its own
    * polling rate. True when the caller may open one.
    */
-  probeNow(now = Date.now()): boolean {
+  probeNow(now = this.clock.now()): boolean {
     if (this.state === 'half-open' ? now - this.probeAt < STALE_PROBE_MS : this.state !== 'open') return false;
-    clearTimeout(this.timer);
+    this.clock.clearTimeout(this.timer);
     this.state = 'half-open';
     this.probeAt = now;
     return true;
@@ -78,11 +84,11 @@ export class ConnectBreaker {
     this.state = 'closed';
     this.retryAt = 0;
     this.backoffMs = this.options.baseBackoffMs;
-    clearTimeout(this.timer);
+    this.clock.clearTimeout(this.timer);
   }
 
   stop(): void {
-    clearTimeout(this.timer);
+    this.clock.clearTimeout(this.timer);
   }
 
   private open(err: Error): void {
@@ -93,10 +99,10 @@ export class ConnectBreaker {
     const wait = Math.round(this.backoffMs * (0.5 + this.random() / 2));
     this.backoffMs = Math.min(this.options.maxBackoffMs, this.backoffMs * 2);
     this.retryAt = Date.now() + wait;
-    clearTimeout(this.timer);
-    this.timer = setTimeout(() => {
+    this.clock.clearTimeout(this.timer);
+    this.timer = this.clock.setTimeout(() => {
       this.state = 'half-open';
-      this.probeAt = Date.now();
+      this.probeAt = this.clock.now();
       this.options.probe();
     }, wait);
     this.timer.unref();
