@@ -4,13 +4,12 @@ import type pg from 'pg';
 import { DataSource } from 'typeorm';
 import { type DbPool, getDbPoolToken } from '@db-pool/db-pool';
 import { startEmbeddedPostgres, type EmbeddedPostgres } from '../../../tools/embedded-db.mjs';
-import { eventually } from '../../../libs/db-pool/test/support/db.js';
+import { eventually, sleep } from '../../../tools/wait.mjs';
 import { startApi, type RunningApp } from './support/http.js';
 
 // A server of this file's own, with real password authentication and a password full of
 // characters that need care, so that the test can look for it everywhere and stop the server.
 const PASSWORD = `pä ss"w@rd:/?#'%`;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const hasPromtool = spawnSync('promtool', ['--version']).status === 0;
 
 describe('health routes and metrics over real HTTP', () => {
@@ -214,7 +213,7 @@ describe('health routes and metrics over real HTTP', () => {
         const res = await running.get('/health/db_pool');
         sawCritical ||= res.body.details.default.pool_status.health === 'critical';
         sawLeak ||= res.body.details.default.leak_detected;
-        await sleep(500);
+        await sleep(500); // the watcher's pace
       }
     })();
     await Promise.all([...Array.from({ length: 50 }, (_, i) => worker(i)), watcher]);
@@ -280,12 +279,7 @@ describe('health routes and metrics over real HTTP', () => {
       await db.server.start();
     }
     // And back: the pool recovers once the server is.
-    let back = 0;
-    for (let i = 0; i < 40 && back !== 200; i++) {
-      back = (await running.get('/health/ready')).status;
-      if (back !== 200) await sleep(250);
-    }
-    expect(back).toBe(200);
+    expect(await eventually(async () => (await running.get('/health/ready')).status === 200, 10_000, 250)).toBe(true);
     expect(pool.state().active).toBe(0);
     await running.close();
   });

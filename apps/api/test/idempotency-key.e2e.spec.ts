@@ -1,7 +1,7 @@
 import 'reflect-metadata';
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
-import { eventually } from '../../../libs/db-pool/test/support/db.js';
+import { eventually } from '../../../tools/wait.mjs';
 import { databaseUrl, itemsFixture } from './support/items-fixture.js';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- response bodies are checked by the assertions

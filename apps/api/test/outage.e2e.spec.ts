@@ -2,7 +2,7 @@ import 'reflect-metadata';
 import type pg from 'pg';
 import { type DbPool, getDbPoolToken } from '@db-pool/db-pool';
 import { startFaultProxy, type FaultProxy } from '../../../tools/fault-proxy.mjs';
-import { eventually } from '../../../libs/db-pool/test/support/db.js';
+import { eventually } from '../../../tools/wait.mjs';
 import { startApi, type RunningApp } from './support/http.js';
 
 /** The api through a fault proxy: an exhausted pool, an unreachable server, and what HTTP says about them. */

@@ -4,7 +4,7 @@ import { randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import pg from 'pg';
 import { type EmbeddedPostgres, startEmbeddedPostgres } from '../../../tools/embedded-db.mjs';
-import { eventually } from '../../../libs/db-pool/test/support/db.js';
+import { eventually } from '../../../tools/wait.mjs';
 import { createApp } from '../src/bootstrap.js';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- response bodies are checked by the assertions

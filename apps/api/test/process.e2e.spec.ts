@@ -2,31 +2,25 @@ import { execFileSync, spawn, type ChildProcessWithoutNullStreams } from 'node:c
 import { randomUUID } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { eventually, outputOf, type ProcessOutput } from '../../../tools/wait.mjs';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 const main = `${root}apps/api/dist/main.js`;
 
 interface Run {
   child: ChildProcessWithoutNullStreams;
-  output: () => string;
+  output: ProcessOutput['text'];
+  /** Resolves once the process has printed the text; fails if it ends first. */
+  waitFor: ProcessOutput['waitFor'];
+  /** The exit code, once everything the process printed has been read. */
   exited: Promise<number | null>;
 }
 
 function start(env: Record<string, string>): Run {
   const child = spawn(process.execPath, [main], { cwd: root, env: { PATH: process.env.PATH!, NO_COLOR: '1', ...env } });
-  let out = '';
-  child.stdout.on('data', (d) => (out += d));
-  child.stderr.on('data', (d) => (out += d));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  return { child, output: () => out, exited };
-}
-
-async function waitFor(run: Run, text: string, timeoutMs = 20_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!run.output().includes(text)) {
-    if (Date.now() > end || run.child.exitCode !== null) throw new Error(`did not see "${text}" in:\n${run.output()}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  const output = outputOf(child);
+  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+  return { child, output: output.text, waitFor: output.waitFor, exited };
 }
 
 async function freePort(): Promise<number> {
@@ -111,7 +105,7 @@ describe('the api process: start-up validation and graceful shutdown', () => {
     const port = await freePort();
     const run = start({ PORT: String(port), DATABASE_URL: process.env.DATABASE_URL!, DB_POOL_SIZE: '1', DB_POOL_MAX_OVERFLOW: '0' });
     try {
-      await waitFor(run, `API listening on http://localhost:${port}`);
+      await run.waitFor(`API listening on http://localhost:${port}`);
       expect(run.output()).toContain('DB_POOL_MAX_OVERFLOW (did you mean DB_MAX_OVERFLOW?)');
       expect(run.output().match(/look like db-pool's are not read/g)).toHaveLength(1);
     } finally {
@@ -130,29 +124,47 @@ describe('the api process: start-up validation and graceful shutdown', () => {
       DB_MAX_OVERFLOW: '3',
       DB_APPLICATION_NAME: appName,
     });
-    await waitFor(run, `API listening on http://localhost:${port}`);
+    await run.waitFor(`API listening on http://localhost:${port}`);
     expect(run.output()).toContain('url=postgres://');
     expect(run.output()).toContain('pool_size=3, max_overflow=3, total_max=6');
 
     const tag = `shutdown-${process.pid}-${Date.now()}`;
-    const writes = Array.from({ length: 40 }, (_, i) =>
-      fetch(`http://127.0.0.1:${port}/items`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ name: `${tag}-${i}` }),
-      })
-        .then(async (res) => (res.status === 201 ? ((await res.json()) as { id: number }).id : undefined))
-        .catch(() => undefined),
-    );
-    await new Promise((r) => setTimeout(r, 5));
-    run.child.kill('SIGTERM');
-    const acknowledged = (await Promise.all(writes)).filter((id): id is number => id !== undefined);
-    expect(await run.exited).toBe(0);
-    expect(run.output()).toContain('shut down');
-
     const admin = new pg.Client({ connectionString: process.env.DATABASE_URL });
     await admin.connect();
     try {
+      // The writes are held in flight by a lock until the signal has been sent.
+      await admin.query('BEGIN');
+      await admin.query('LOCK TABLE items IN ACCESS EXCLUSIVE MODE');
+      const writes = Array.from({ length: 40 }, (_, i) =>
+        fetch(`http://127.0.0.1:${port}/items`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ name: `${tag}-${i}` }),
+        })
+          .then(async (res) => (res.status === 201 ? ((await res.json()) as { id: number }).id : undefined))
+          .catch(() => undefined),
+      );
+      const waitingOnLock = async () =>
+        (
+          await admin.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = $1", [
+            appName,
+          ])
+        ).rows[0].n as number;
+      const inPool = async () => {
+        type Pools = { default: { pool_status: { checked_out: number; waiting: number } } };
+        const body = (await (await fetch(`http://127.0.0.1:${port}/health/db_pool`)).json()) as { details?: Pools; error?: Pools };
+        const { checked_out, waiting } = (body.details ?? body.error)!.default.pool_status;
+        return checked_out + waiting;
+      };
+      // Every write has reached the pool, and those on a connection wait for the lock.
+      expect(await eventually(async () => (await inPool()) === 40 && (await waitingOnLock()) > 0, 10_000)).toBe(true);
+      run.child.kill('SIGTERM');
+      await admin.query('COMMIT');
+      const acknowledged = (await Promise.all(writes)).filter((id): id is number => id !== undefined);
+      expect(await run.exited).toBe(0);
+      expect(run.output()).toContain('shut down');
+      expect(acknowledged).toHaveLength(40); // every write in flight at the signal finished
+
       const { rows } = await admin.query<{ id: number }>('SELECT id FROM items WHERE name LIKE $1', [`${tag}-%`]);
       const stored = new Set(rows.map((r) => r.id));
       for (const id of acknowledged) expect(stored.has(id)).toBe(true);
@@ -161,6 +173,7 @@ describe('the api process: start-up validation and graceful shutdown', () => {
       await admin.query('DELETE FROM items WHERE name LIKE $1', [`${tag}-%`]);
     } finally {
       await admin.end();
+      if (run.child.exitCode === null) run.child.kill('SIGKILL');
     }
   });
 
@@ -175,7 +188,7 @@ describe('the api process: start-up validation and graceful shutdown', () => {
       SHUTDOWN_DELAY_MS: '1500',
       DB_APPLICATION_NAME: `api-drain-${process.pid}`,
     });
-    await waitFor(run, 'API listening');
+    await run.waitFor('API listening');
     const probe = (path: string) =>
       fetch(`${base}${path}`).then(
         async (res) => ({ status: res.status, body: await res.text() }),
@@ -215,7 +228,7 @@ describe('the api process: start-up validation and graceful shutdown', () => {
       SHUTDOWN_DELAY_MS: '300',
       DB_APPLICATION_NAME: `api-double-${process.pid}`,
     });
-    await waitFor(run, 'API listening');
+    await run.waitFor('API listening');
     const locker = new pg.Client({ connectionString: process.env.DATABASE_URL });
     await locker.connect();
     const tag = `double-signal-${process.pid}-${Date.now()}`;
@@ -233,7 +246,7 @@ describe('the api process: start-up validation and graceful shutdown', () => {
             `api-double-${process.pid}`,
           ])
         ).rowCount === 1;
-      while (!(await waiting())) await new Promise((r) => setTimeout(r, 20));
+      expect(await eventually(waiting, 10_000)).toBe(true);
       run.child.kill('SIGTERM');
       run.child.kill('SIGTERM');
       await locker.query('COMMIT');
@@ -259,7 +272,7 @@ describe('the api process: start-up validation and graceful shutdown', () => {
       await admin.query(`CREATE DATABASE ${database}`);
       const port = await freePort();
       run = start({ PORT: String(port), DATABASE_URL: url.href, DB_POOL_SIZE: '1', DB_MAX_OVERFLOW: '0' });
-      await waitFor(run, 'API listening');
+      await run.waitFor('API listening');
       const db = new pg.Client({ connectionString: url.href });
       await db.connect();
       await db.query("ALTER TABLE items ADD CONSTRAINT items_name_not_private CHECK (name NOT LIKE 'private-%')");
@@ -275,7 +288,7 @@ describe('the api process: start-up validation and graceful shutdown', () => {
       expect(res.status).toBe(500);
       expect(await res.json()).toEqual({ statusCode: 500, message: 'Internal server error' });
       // The line that says what failed, and where: the test waits for it, then reads all there is.
-      await waitFor(run, 'violates check constraint "items_name_not_private"');
+      await run.waitFor('violates check constraint "items_name_not_private"');
       run.child.kill('SIGTERM');
       expect(await run.exited).toBe(0);
       const out = run.output();
@@ -302,28 +315,40 @@ describe('the api process: start-up validation and graceful shutdown', () => {
       SHUTDOWN_DELAY_MS: '300',
       SHUTDOWN_TIMEOUT_MS: '500',
     });
-    await waitFor(run, 'API listening');
+    await run.waitFor('API listening');
     const { Agent, get } = await import('node:http');
     const { connect } = await import('node:net');
     const agent = new Agent({ keepAlive: true, maxSockets: 1 });
     let stop = false;
     let closeHeaders = 0;
+    let sent = 0;
+    let answered = 0;
     const loop = (async () => {
       while (!stop) {
         await new Promise<void>((resolve) => {
+          sent++;
           const req = get({ host: '127.0.0.1', port, path: '/health/live', agent }, (res) => {
             if (res.headers.connection === 'close') closeHeaders++;
             res.resume();
-            res.on('end', resolve);
+            res.on('end', () => {
+              answered++;
+              resolve();
+            });
           });
-          req.on('error', () => setTimeout(resolve, 10));
+          req.on('error', () => setTimeout(resolve, 10)); // a retry's pace
         });
       }
     })();
     const stalled = connect(port, '127.0.0.1');
     stalled.on('error', () => {});
-    stalled.write('POST /items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n{"name":');
-    await new Promise((r) => setTimeout(r, 200));
+    // Half a request, written; the server has read it once a request sent after it has been answered.
+    await new Promise<void>((resolve) =>
+      stalled.write('POST /items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n{"name":', () =>
+        resolve(),
+      ),
+    );
+    const sentBefore = sent;
+    expect(await eventually(() => answered > sentBefore)).toBe(true);
     run.child.kill('SIGTERM');
     expect(await run.exited).toBe(0);
     stop = true;

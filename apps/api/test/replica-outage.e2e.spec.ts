@@ -6,7 +6,7 @@ import 'reflect-metadata';
 import { type ReplicaRouter, getDbPoolReplicasToken } from '@db-pool/db-pool';
 import { startFaultProxy, type FaultProxy } from '../../../tools/fault-proxy.mjs';
 import { startReplicaSet, type ReplicaSet } from '../../../tools/replica-set.mjs';
-import { eventually } from '../../../libs/db-pool/test/support/db.js';
+import { eventually } from '../../../tools/wait.mjs';
 import { startApi, type RunningApp } from './support/http.js';
 
 describe('a read replica out of rotation over HTTP', () => {

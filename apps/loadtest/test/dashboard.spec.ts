@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { freePort } from '../../../tools/embedded-db.mjs';
 import { startReplicaSet, type ReplicaSet } from '../../../tools/replica-set.mjs';
+import { eventually } from '../../../tools/wait.mjs';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 const has = (command: string, args: string[]) => {
@@ -45,12 +46,7 @@ function asPromQL(expr: string): string {
 }
 
 const waitFor = async (what: string, check: () => Promise<boolean>, timeoutMs: number) => {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await check().catch(() => false)) return;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
+  if (!(await eventually(() => check().catch(() => false), timeoutMs, 200))) throw new Error(`timed out waiting for ${what}`);
 };
 
 describe('the Grafana dashboard against a real Prometheus', () => {

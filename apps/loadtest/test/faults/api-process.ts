@@ -2,7 +2,7 @@
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { sleep } from './support.js';
+import { outputOf } from '../../../../tools/wait.mjs';
 
 const root = fileURLToPath(new URL('../../../../', import.meta.url));
 
@@ -28,16 +28,11 @@ export async function startApi(env: Record<string, string>, script = `${root}app
     cwd: root,
     env: { PATH: process.env.PATH!, NO_COLOR: '1', PORT: String(port), HOST: '127.0.0.1', ...env },
   });
-  let out = '';
-  child.stdout.on('data', (d) => (out += d));
-  child.stderr.on('data', (d) => (out += d));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  const end = Date.now() + 20_000;
-  while (!out.includes('API listening')) {
-    if (Date.now() > end || child.exitCode !== null) throw new Error(`api did not start:\n${out}`);
-    await sleep(50);
-  }
-  return { child, base: `http://127.0.0.1:${port}`, output: () => out, exited };
+  const output = outputOf(child);
+  // 'close', not 'exit': by then everything the process printed has been read.
+  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+  await output.waitFor('API listening');
+  return { child, base: `http://127.0.0.1:${port}`, output: output.text, exited };
 }
 
 export const get = async (url: string) => {

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { startReplicaSet, type ReplicaSet } from '../../../../tools/replica-set.mjs';
 import { startFaultProxy, type FaultProxy } from '../../../../tools/fault-proxy.mjs';
 import { startApi, type Api } from './api-process.js';
-import { eventually } from './support.js';
+import { eventually } from '../../../../tools/wait.mjs';
 
 const root = fileURLToPath(new URL('../../../../', import.meta.url));
 
@@ -64,7 +64,7 @@ describe('failover drill through the api', () => {
           });
           const body = (await res.json()) as { id?: number; condition?: string };
           outcomes.push({ at: started, ms: performance.now() - started, status: res.status, id: body.id, name, condition: body.condition });
-          if (res.status !== 201) await new Promise((r) => setTimeout(r, 10));
+          if (res.status !== 201) await new Promise((r) => setTimeout(r, 10)); // a retry's pace
         } catch {
           outcomes.push({ at: started, ms: performance.now() - started, status: 0, name });
         }

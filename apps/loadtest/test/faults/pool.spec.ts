@@ -5,7 +5,8 @@
 import 'reflect-metadata';
 import type pg from 'pg';
 import { createDbPoolDataSource, poolOf } from '@db-pool/db-pool';
-import { eventually, faultRig } from './support.js';
+import { faultRig } from './support.js';
+import { eventually } from '../../../../tools/wait.mjs';
 
 type TxClient = pg.PoolClient & { getTransactionStatus(): string };
 

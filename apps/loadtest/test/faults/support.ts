@@ -3,9 +3,6 @@ import { createDbPool, type DbPool, resolveDbPoolConfig, type DbPoolConfig, type
 import { startEmbeddedPostgres, type EmbeddedPostgres } from '../../../../tools/embedded-db.mjs';
 import { startFaultProxy, type FaultProxy } from '../../../../tools/fault-proxy.mjs';
 
-// One copy of the polling helpers for every suite.
-export { eventually, sleep } from '../../../../libs/db-pool/test/support/db.js';
-
 /** What a fault test owns: its own PostgreSQL (so it may stop and kill it) and a proxy in front. */
 export interface FaultRig {
   db: EmbeddedPostgres;

@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePort, startEmbeddedPostgres, type EmbeddedPostgres } from '../../../../tools/embedded-db.mjs';
+import { eventually } from '../../../../tools/wait.mjs';
 
 const root = fileURLToPath(new URL('../../../../', import.meta.url));
 const REPLICAS = 8;
@@ -122,23 +123,26 @@ describeIf('scale-out: 8 replicas × 60 against max_connections=40', () => {
       writeFileSync(join(dir, 'userlist.txt'), `"${db.user}" "${db.password}"\n`);
       const args = process.getuid?.() === 0 ? ['-u', 'postgres', join(dir, 'pgbouncer.ini')] : [join(dir, 'pgbouncer.ini')];
       bouncer = spawn('pgbouncer', args, { stdio: 'ignore' });
-      const deadline = Date.now() + 10_000;
-      for (;;) {
+      let lastError: Error | undefined;
+      const accepting = async () => {
         const c = new pg.Client({ connectionString: url() });
         c.on('error', () => {});
         try {
           await c.connect();
           await c.end();
-          break;
+          return true;
         } catch (err) {
-          if (Date.now() > deadline)
-            throw new Error(
-              `pgbouncer did not start: ${(err as Error).message}\n${readFileSync(join(dir, 'pgbouncer.log'), 'utf8').slice(-2000)}`,
-              { cause: err },
-            );
-          await new Promise((r) => setTimeout(r, 100));
+          lastError = err as Error;
+          return false;
         }
-      }
+      };
+      if (!(await eventually(accepting, 10_000, 100)))
+        throw new Error(
+          `pgbouncer did not start: ${lastError?.message}\n${readFileSync(join(dir, 'pgbouncer.log'), 'utf8').slice(-2000)}`,
+          {
+            cause: lastError,
+          },
+        );
     });
     afterAll(async () => {
       bouncer?.kill('SIGTERM');

@@ -9,6 +9,9 @@ import {
 } from '../../src/index.js';
 import { startFaultProxy, type FaultProxy } from '../../../../tools/fault-proxy.mjs';
 
+// The wait helpers every project's tests share (tools/wait.mjs).
+export { eventually, sleep } from '../../../../tools/wait.mjs';
+
 /** The server the test run was given (tools/jest/global-setup.js makes sure there is one). */
 export function databaseUrl(): string {
   const url = process.env.DATABASE_URL;
@@ -84,18 +87,6 @@ export async function backendPids(admin: pg.Client, applicationName: string): Pr
     applicationName,
   ]);
   return rows.map((r) => r.pid);
-}
-
-export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-/** Polls until the predicate holds or the time is up; returns whether it held. */
-export async function eventually(predicate: () => boolean | Promise<boolean>, timeoutMs = 5_000, stepMs = 25): Promise<boolean> {
-  const end = Date.now() + timeoutMs;
-  while (Date.now() < end) {
-    if (await predicate()) return true;
-    await sleep(stepMs);
-  }
-  return predicate();
 }
 
 /**
