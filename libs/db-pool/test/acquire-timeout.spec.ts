@@ -12,6 +12,7 @@ describe('acquire timeout (DB_POOL_TIMEOUT)', () => {
     pool = undefined;
   });
 
+  // Also the load suite's test 6, test_pool_exhaustion_timeout (see apps/loadtest/test/load.spec.ts).
   it('rejects the first caller past capacity with PoolTimeoutError after the deadline, naming the pool and its state', async () => {
     pool = await createTestPool({ name: 'orders', poolSize: 2, maxOverflow: 1, poolTimeoutSeconds: 1 });
     await pool.warmUp();

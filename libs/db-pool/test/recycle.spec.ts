@@ -6,6 +6,7 @@ describe('recycling (DB_POOL_RECYCLE) with jitter', () => {
   const admin = () => fixture.admin();
   let pool: DbPool;
 
+  // Also the load suite's test 7, test_connection_recycling (see apps/loadtest/test/load.spec.ts).
   it('rotates backend pids under steady load with zero failed queries', async () => {
     pool = await fixture.pool({ poolSize: 3, maxOverflow: 2, recycleSeconds: 1, recycleJitterPercent: 50 });
     await pool.warmUp();

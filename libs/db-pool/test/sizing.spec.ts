@@ -38,6 +38,7 @@ describe('pool sizing (QueuePool semantics)', () => {
     expect((await backendPids(admin(), pool.settings.name)).length).toBeLessThanOrEqual(capacity);
   });
 
+  // Also the load suite's test 5, test_pool_overflow_behavior (see apps/loadtest/test/load.spec.ts).
   it('closes overflow connections after the overflow idle timeout, back down to DB_POOL_SIZE', async () => {
     pool = await fixture.pool({ poolSize: 2, maxOverflow: 4, overflowIdleTimeoutSeconds: 1 });
     await pool.warmUp();
