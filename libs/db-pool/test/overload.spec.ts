@@ -13,15 +13,16 @@ describe('overload control', () => {
     const held = await p.connect();
     const queued = [p.connect(), p.connect()];
     expect(p.waitingCount).toBe(2);
-    const started = performance.now();
     const err = await p.connect().then(
       () => undefined,
       (e: Error) => e,
     );
-    expect(performance.now() - started).toBeLessThan(50);
+    // At once: refused while nothing could have moved the queue (the connection is still held, the
+    // two ahead still wait), and not by its 10 s deadline, which would be a PoolTimeoutError.
     expect(err).toBeInstanceOf(PoolOverloadedError);
     expect(err!.message).toMatch(/overloaded, not queued: 2 caller\(s\) already waiting \(DB_POOL_MAX_WAITING=2\)/);
-    expect(p.counters.overloaded).toBe(1);
+    expect(p.state()).toMatchObject({ active: 1, waiting: 2 });
+    expect(p.counters).toMatchObject({ overloaded: 1, timeouts: 0 });
     held.release();
     const [a, b] = await Promise.all(queued.map((q) => q.then((c) => (c.release(), c))));
     expect(a).toBeDefined();
@@ -45,13 +46,15 @@ describe('overload control', () => {
         ),
       );
       expect(p.waitingCount).toBe(3);
-      const started = performance.now();
       const err = await p.connect().then(
         (c) => (c.release(), undefined),
         (e: Error) => e,
       );
-      expect(performance.now() - started).toBeLessThan(50);
+      // At once: refused while all four are held and the three ahead still wait; a caller that had
+      // queued would have waited out its 1 s deadline (PoolTimeoutError) instead.
       expect(err).toBeInstanceOf(PoolOverloadedError);
+      expect(p.state()).toMatchObject({ active: 4, waiting: 3 });
+      expect(p.counters.timeouts).toBe(0);
       expect(err!.message).toMatch(/expected wait \d+ ms \(3 ahead, 4 connections held \d+ ms on average\) is past the deadline/);
       held.forEach((c) => c.release());
       expect(await Promise.all(waiting)).toEqual(['served', 'served', 'served']);
@@ -140,11 +143,11 @@ describe('adaptive concurrency limit (DB_POOL_ADAPTIVE)', () => {
     const held = await p.connect();
     try {
       expect(p.concurrencyLimit().limit).toBe(1);
-      const started = performance.now();
+      // Served (after the stall guard's wait, 100 ms–1 s): a stranded caller would fail with
+      // PoolTimeoutError at DB_POOL_TIMEOUT instead.
       const second = await p.connect();
-      // Served after the stall guard's wait (100 ms–1 s), not after DB_POOL_TIMEOUT.
-      expect(performance.now() - started).toBeLessThan(2_000);
       expect(p.concurrencyLimit().limit).toBeGreaterThanOrEqual(2);
+      expect(p.counters.timeouts).toBe(0);
       second.release();
     } finally {
       held.release();
@@ -156,10 +159,10 @@ describe('adaptive concurrency limit (DB_POOL_ADAPTIVE)', () => {
     const held = await p.connect();
     try {
       expect(p.concurrencyLimit().limit).toBe(1);
-      const started = performance.now();
+      // Answered within its 1 s (a probe held back until then would reject), on a connection of its own.
       await p.ping(1_000);
-      expect(performance.now() - started).toBeLessThan(900);
       expect(p.counters.probeTimeouts).toBe(0);
+      expect(p.state().total).toBe(2);
     } finally {
       held.release();
     }
@@ -238,10 +241,10 @@ describe('request deadlines (withDeadline)', () => {
     const held = await Promise.all([p.connect(), p.connect()]);
     try {
       // Mean use ~100 ms, 2 connections: the first in line is served in ~50 ms and needs 100 ms more.
-      const started = performance.now();
+      // Shed, not queued: a queued caller would have failed at its deadline with PoolDeadlineError.
       const shed = await withDeadline(150, () => p.connect()).catch((e: unknown) => e);
-      expect(performance.now() - started).toBeLessThan(50);
       expect(shed).toBeInstanceOf(PoolOverloadedError);
+      expect(p.counters.deadlines).toBe(0);
       expect((shed as Error).message).toMatch(/expected wait \d+ ms and use \d+ ms \(0 ahead, 2 connections held \d+ ms on average\)/);
       // An outer 5 s deadline does not lengthen an inner 150 ms one.
       const nested = await withDeadline(5_000, () => withDeadline(150, () => p.connect())).catch((e: unknown) => e);
