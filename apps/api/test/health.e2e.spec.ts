@@ -49,7 +49,7 @@ describe('health routes and metrics over real HTTP', () => {
     expect(all).not.toContain('ss"w@rd');
   });
 
-  it('GET /health/db_pool: healthy, with every seed field, for each named pool', async () => {
+  it('GET /health/db_pool: healthy, with every pool-report field, for each named pool', async () => {
     const running = await start({ poolSize: 4, maxOverflow: 4 }, [
       { name: 'reporting', url: db.url, poolSize: 2, maxOverflow: 0, env: {} },
     ]);
@@ -80,7 +80,7 @@ describe('health routes and metrics over real HTTP', () => {
     // The URL names the host: shown only with DB_POOL_HEALTH_DETAIL (see "discloses no more than it must").
     expect(report.configuration).toEqual({ pool_size: 4, max_overflow: 4, timeout: 30, recycle: 3600, pre_ping: true });
     expect(res.body.details.reporting.pool_status).toMatchObject({ size: 2, checked_in: 2, total_capacity: 2, health: 'healthy' });
-    // The seed's own commands: `jq '.pool_status'`, `jq '.leak_detected'` — the default pool's report at the top level too.
+    // Operators' commands (`jq '.pool_status'`, `jq '.leak_detected'`) read the default pool's report at the top level too.
     expect(res.body.pool_status).toEqual(report.pool_status);
     expect(res.body.leak_detected).toBe(false);
     expect(res.body.recommendations).toEqual(report.recommendations);
@@ -119,7 +119,7 @@ describe('health routes and metrics over real HTTP', () => {
     expect(health.body.status).toBe('error');
     expect(health.body.error.default.pool_status).toMatchObject({ checked_out: 8, utilization: 100, health: 'critical', waiting: 5 });
     expect(health.body.error.default.recommendations).toContain('5 caller(s) are queued for a connection right now.');
-    // 503 too: the seed's fields at the top level, beside Terminus' envelope.
+    // 503 too: the pool report's fields at the top level, beside Terminus' envelope.
     expect(health.body.pool_status).toEqual(health.body.error.default.pool_status);
     expect(health.body.status).toBe('error');
     expect(health.ms).toBeLessThan(100);

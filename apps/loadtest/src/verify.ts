@@ -1,6 +1,7 @@
 /**
- * The quick verification report (the seed's test_db_pool_quick.py): three checks against the
- * configured database, printed as the seed prints them. Exit code 0 only if every check passed.
+ * The quick verification report (test_db_pool_quick.py of the SQLAlchemy design this pool
+ * reproduces): three checks against the configured database, printed in that script's format.
+ * Exit code 0 only if every check passed.
  *   npm run verify            (embedded PostgreSQL unless DATABASE_URL is set)
  */
 import 'reflect-metadata';

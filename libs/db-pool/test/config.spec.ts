@@ -14,7 +14,7 @@ function problemsOf(env: Record<string, string>, options: Record<string, unknown
 }
 
 describe('configuration: defaults', () => {
-  it("applies the seed's names and defaults", () => {
+  it('applies the documented defaults (DB_POOL_SIZE 20, DB_MAX_OVERFLOW 40, DB_POOL_TIMEOUT 30, DB_POOL_RECYCLE 3600, …)', () => {
     const config = resolveDbPoolConfig({ env: { DATABASE_URL: URL_OK } });
     expect(config).toMatchObject({
       name: 'default',

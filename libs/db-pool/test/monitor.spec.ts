@@ -30,7 +30,7 @@ describe('PoolMonitor', () => {
     logs.length = 0;
   });
 
-  it("reports the seed's status fields from the pool's counters", async () => {
+  it("reports the pool status fields (size, checked_out, checked_in, overflow, utilization, health) from the pool's counters", async () => {
     const { pool, monitor } = await monitored({ poolSize: 3, maxOverflow: 2 });
     await pool.warmUp();
     const release = await holdAll(pool, 4);

@@ -2,19 +2,20 @@ import { Controller, Get, ServiceUnavailableException } from '@nestjs/common';
 import { HealthCheck, type HealthCheckResult, HealthCheckService } from '@nestjs/terminus';
 import { DEFAULT_POOL_NAME, DbPoolHealthIndicator } from '@db-pool/db-pool';
 
-/** The seed's top-level report fields, copied from the default pool's entry. */
-const SEED_FIELDS = ['timestamp', 'pool_status', 'recommendations', 'leak_detected', 'configuration'] as const;
+/** The pool report's fields that also stand at the top level, copied from the default pool's entry. */
+const TOP_LEVEL_FIELDS = ['timestamp', 'pool_status', 'recommendations', 'leak_detected', 'configuration'] as const;
 
 /**
- * Terminus' envelope with the default pool's seed report beside it, so the seed's own commands
- * (`curl …/health/db_pool | jq '.pool_status'`, `jq '.leak_detected'`) work unchanged; every pool,
- * the default one included, stays under `details` (and `info`/`error`) as Terminus puts it.
+ * Terminus' envelope with the default pool's report beside it, so the operators' commands of the
+ * SQLAlchemy design this api reproduces (`curl …/health/db_pool | jq '.pool_status'`,
+ * `jq '.leak_detected'`) work unchanged; every pool, the default one included, stays under
+ * `details` (and `info`/`error`) as Terminus puts it.
  */
-function withSeedReport(result: HealthCheckResult): HealthCheckResult & Record<string, unknown> {
+function withTopLevelReport(result: HealthCheckResult): HealthCheckResult & Record<string, unknown> {
   const entry = (result.details?.[DEFAULT_POOL_NAME] ?? {}) as Record<string, unknown>;
-  const seed: Record<string, unknown> = {};
-  for (const field of SEED_FIELDS) if (field in entry) seed[field] = entry[field];
-  return { ...result, ...seed };
+  const report: Record<string, unknown> = {};
+  for (const field of TOP_LEVEL_FIELDS) if (field in entry) report[field] = entry[field];
+  return { ...result, ...report };
 }
 
 @Controller('health')
@@ -47,19 +48,19 @@ export class HealthController {
   }
 
   /**
-   * The seed's pool report for every pool: 200 while healthy (up) or warning (degraded), 503 when
-   * critical; the default pool's report is also at the top level (the seed's shape). A replica
+   * The pool report of every pool: 200 while healthy (up) or warning (degraded), 503 when
+   * critical; the default pool's report is also at the top level (the shape operators' scripts read). A replica
    * out of rotation is warning (degraded) whatever its counters say: it takes no reads.
    */
   @Get('db_pool')
   @HealthCheck()
   async dbPool() {
     try {
-      return withSeedReport(await this.health.check(this.pools.pools()));
+      return withTopLevelReport(await this.health.check(this.pools.pools()));
     } catch (err) {
       // Terminus answers 503 by throwing, with the envelope as the response.
       if (err instanceof ServiceUnavailableException)
-        throw new ServiceUnavailableException(withSeedReport(err.getResponse() as HealthCheckResult));
+        throw new ServiceUnavailableException(withTopLevelReport(err.getResponse() as HealthCheckResult));
       throw err;
     }
   }

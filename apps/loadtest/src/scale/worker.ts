@@ -1,5 +1,5 @@
 /**
- * One replica of the scale-out test: a pool of 20 + 40 (the seed's sizing) under CALLERS
+ * One replica of the scale-out test: a pool of 20 + 40 (the default DB_POOL_SIZE and DB_MAX_OVERFLOW) under CALLERS
  * concurrent callers for DURATION_MS, then one JSON line with what happened. Spawned N times
  * by test/scale/pgbouncer.spec.ts, against PostgreSQL directly or through PgBouncer.
  */
