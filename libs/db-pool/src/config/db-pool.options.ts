@@ -48,11 +48,11 @@ export interface DbPoolOptions {
   prePingBypassMs?: Loose<number>;
   /** `DB_POOL_OVERFLOW_IDLE_TIMEOUT`: seconds an overflow connection may sit idle before it is closed. @default 10 */
   overflowIdleTimeoutSeconds?: Loose<number>;
-  /** `DB_CONNECT_TIMEOUT`: seconds opening one new connection may take. @default 10 */
+  /** `DB_CONNECT_TIMEOUT`: seconds opening one new connection may take (at most `poolTimeoutSeconds`). @default 10, or `poolTimeoutSeconds` when shorter */
   connectTimeoutSeconds?: Loose<number>;
   /** `DB_VALIDATION_TIMEOUT_MS`: ms a pre-ping or a reset on return may take before the connection is discarded. @default 5000 */
   validationTimeoutMs?: Loose<number>;
-  /** `DB_STATEMENT_TIMEOUT_MS`: server-side `statement_timeout` for every connection (0 = none). @default 0 */
+  /** `DB_STATEMENT_TIMEOUT_MS`: server-side `statement_timeout` for every connection (0 = the server's own). @default 0 */
   statementTimeoutMs?: Loose<number>;
   /** `DB_QUERY_TIMEOUT_MS`: ms the client waits for a query's answer before it gives up and the connection is discarded (0 = none). @default 0 */
   queryTimeoutMs?: Loose<number>;
