@@ -2,14 +2,16 @@ import type { Span } from '@opentelemetry/api';
 import type pg from 'pg';
 import type { SessionState } from './connector.js';
 import type { HostAddress } from './hosts.js';
+import { Slot } from './core/slot.js';
 import type { CheckoutSite, LeakRecord } from './leak-tracker.js';
 
-/** One connection of the pool and what the pool knows of it (HikariCP's `PoolEntry`). */
-export class PoolEntry implements LeakRecord {
-  /** When it was last handed back or opened (performance.now()): the pre-ping's bypass window. */
-  lastUsed: number;
-  /** When the current checkout began; -1 while not checked out. */
-  checkedOutAt = -1;
+/**
+ * One connection of the pool and what the pool knows of it (HikariCP's `PoolEntry`): the core's
+ * slot (its being opened, idle or out, when it was last used) and the Postgres layer's knowledge.
+ */
+export class PoolEntry extends Slot implements LeakRecord {
+  /** The client being opened (the current host's, while a host list is walked), then the connection's. */
+  client!: pg.Client;
   /** Where the current checkout was taken (leak tracking, within its stack rate). */
   leakSite: CheckoutSite | undefined = undefined;
   /** The span active where the current checkout was asked for, when leak tracking and a tracer are on. */
@@ -32,10 +34,6 @@ export class PoolEntry implements LeakRecord {
   endSeen = false;
   /** A cursor or stream stopped by its request's deadline may still write to it: closed at release, never reused. */
   discard = false;
-  /** Being opened: not yet connected. */
-  connecting = true;
-  /** Taken out of the pool (closing or closed). */
-  removed = false;
   /** Statements the application ran on it when it was opened ('connect' listeners), replayed after a session reset. */
   setUp: string[] = [];
   lifetimeTimer: NodeJS.Timeout | undefined;
@@ -50,12 +48,4 @@ export class PoolEntry implements LeakRecord {
    * the connection goes to no one else before the server has taken it.
    */
   cancel: { done: boolean; failed: boolean; then: (() => void)[] } | undefined = undefined;
-
-  constructor(
-    /** The client being opened (the current host's, while a host list is walked), then the connection's. */
-    public client: pg.Client,
-    readonly openedAt: number,
-  ) {
-    this.lastUsed = openedAt;
-  }
 }

@@ -145,10 +145,6 @@ export class PoolStats extends PoolEventTracker {
     cancels: 0,
     deadlines: 0,
   };
-  /** Mean time a connection is held, ms, exponentially weighted (the newest use counts 1/16); 0 before any. */
-  meanUseMs = 0;
-  /** Checkouts the mean is taken over, up to 16 (an estimate is trusted once it is 16). */
-  useSamples = 0;
   /** Wait, use and create times, in seconds. */
   readonly timings: PoolTimings = createPoolTimings();
   private readonly connect: ConnectHealth = { consecutiveFailures: 0, lastFailureAt: undefined, lastError: undefined };
@@ -177,8 +173,6 @@ export class PoolStats extends PoolEventTracker {
 
   override released(ms: number): void {
     this.timings.use.observe(ms / 1000);
-    if (this.useSamples < 16) this.useSamples++;
-    this.meanUseMs += (ms - this.meanUseMs) / this.useSamples;
   }
 
   override timedOut(probe: boolean): void {

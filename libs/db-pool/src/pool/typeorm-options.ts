@@ -5,11 +5,11 @@ import type { DbPoolConfig } from '../config/db-pool.options.js';
 import { redactUrl } from '../redact.js';
 import { DbPool } from './db-pool.js';
 import { firstHostUrl } from './hosts.js';
+import { typeOrmPoolsOf } from './pg-internals.js';
 import type { ReplicaRouter } from './replicas.js';
 
 /** The connection string TypeORM is given for its one replica pool: the driver answers it with the router. */
 const REPLICAS = 'postgres://db-pool-replicas';
-import { typeOrmPoolsOf } from './pg-internals.js';
 
 /**
  * TypeORM DataSource options for a pool built from the same configuration (a pure function).

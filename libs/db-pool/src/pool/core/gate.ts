@@ -165,7 +165,8 @@ export class AdmissionGate {
     if (pool.busy < limit && pool.total < this.capacity) return undefined;
     // Callers a resource being opened will serve are not waiting on the busy pool.
     const ahead = Math.max(0, pool.waiting - pool.opening);
-    if (this.maxWaiting > 0 && ahead >= this.maxWaiting) return `${ahead} caller(s) already waiting (DB_POOL_MAX_WAITING=${this.maxWaiting})`;
+    if (this.maxWaiting > 0 && ahead >= this.maxWaiting)
+      return `${ahead} caller(s) already waiting (DB_POOL_MAX_WAITING=${this.maxWaiting})`;
     if (c.deadline === Infinity || this.useSamples < 16) return undefined;
     const meanUse = this.meanUseMs;
     const expected = ((ahead + 1) / limit) * meanUse;

@@ -15,13 +15,11 @@ import type { Slot } from './slot.js';
 /** How an acquire ended, when it was not served. */
 export type Outcome =
   | Refusal
-  | { readonly kind: 'timeout' }
-  | { readonly kind: 'closed' }
+  /** `waiting`: callers waiting when it ended, itself included (what its error reports). */
+  | { readonly kind: 'timeout'; readonly waiting: number }
+  | { readonly kind: 'closed'; readonly waiting: number }
   /** The resource opened for it failed (`setUp`: it opened, and its set-up failed). */
   | { readonly kind: 'open-failed'; readonly error: Error; readonly setUp: boolean };
-
-const TIMEOUT: Outcome = { kind: 'timeout' };
-const CLOSED: Outcome = { kind: 'closed' };
 
 /** A caller of {@link ResourcePool.acquire}. */
 export interface Waiter<S extends Slot> extends Candidate {
@@ -136,10 +134,10 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
 
   /** Hands `w` an idle slot if the gate lets it, else queues it (or fails it: shed, refused, closed, past its deadline). */
   acquire(w: W, front = false): void {
-    if (this.ending) return this.finish(w, CLOSED);
+    if (this.ending) return this.finish(w, { kind: 'closed', waiting: this.queued });
     const now = this.options.clock.now();
     // A deadline that has passed is final: no idle slot is taken (and checked) after it.
-    if (now >= w.deadline) return this.finish(w, TIMEOUT);
+    if (now >= w.deadline) return this.finish(w, { kind: 'timeout', waiting: this.queued });
     if (this.queued === 0 && this.idle.length > 0) {
       const admission = this.gate.admit(w, this, now, true, false);
       if (admission === TAKE) return this.hand(w, this.idle.pop()!);
@@ -206,15 +204,20 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
   private openForWaiters(): void {
     if (this.ending) return;
     while (this.queued > this.openingCount && this.gate.mayOpen(this, false)) this.open(false);
-    // A probe held back by the limit (or by the open breaker: it is the breaker's probe) with
-    // nothing idle gets a resource of its own, within the capacity.
-    if (this.probesQueued > 0 && this.idle.length === 0 && this.queued > this.openingCount && this.gate.mayOpen(this, true)) this.open(true);
+    // A probe held back by the limit with nothing idle gets a resource of its own, within the
+    // capacity. With the breaker open it is the breaker's probe: when none is out, or the one out
+    // is stuck (the breaker says which), even if other openings are under way.
+    const uncovered = this.queued > this.openingCount || !this.gate.breaker.allowsConnect;
+    if (this.probesQueued > 0 && this.idle.length === 0 && uncovered && this.gate.mayOpen(this, true)) this.open(true);
   }
 
   private hand(w: W, slot: S): void {
     this.options.driver.idling?.(slot, false);
     w.stage = 'handed';
-    if (w.served(slot)) w.stage = 'done';
+    const done = w.served(slot);
+    // Its caller may have dropped the slot and asked again (retry) from within served().
+    if (w.stage !== 'handed') return;
+    if (done) w.stage = 'done';
     else {
       this.handed.add(w);
       this.watchDeadline(w.deadline);
@@ -280,7 +283,9 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
     this.deadlineAt = Infinity;
     const now = this.options.clock.now();
     const expired = [...this.queue, ...this.handed].filter((w) => w.deadline <= now);
-    for (const w of expired) this.finish(w, TIMEOUT);
+    // Told the pool as they saw it, themselves still waiting.
+    const outcome: Outcome = { kind: 'timeout', waiting: this.queued };
+    for (const w of expired) this.finish(w, outcome);
     let next = Infinity;
     for (const w of this.queue) next = Math.min(next, w.deadline);
     for (const w of this.handed) next = Math.min(next, w.deadline);
@@ -456,7 +461,9 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
     clock.clearTimeout(this.deadlineTimer);
     clock.clearTimeout(this.sweepTimer);
     this.endWaiters.push(done);
-    for (const w of [...this.queue, ...this.handed]) this.finish(w, CLOSED);
+    const waiters = [...this.queue, ...this.handed];
+    const outcome: Outcome = { kind: 'closed', waiting: waiters.length };
+    for (const w of waiters) this.finish(w, outcome);
     for (const slot of [...this.idle]) this.destroy(slot, 'shutdown');
     this.checkEnded();
   }
