@@ -317,9 +317,15 @@ describe('failover by eviction', () => {
     try {
       await rs.primary.query('ALTER SYSTEM SET default_transaction_read_only = on');
       await rs.primary.query('SELECT pg_reload_conf()');
-      // The server reports the change on the connection's next round trip.
-      await held.query('SELECT 1');
-      expect(await eventually(() => p.counters.failovers === 1)).toBe(true);
+      // The server reports the change on the connection's next round trip once its backend has
+      // reloaded, which the postmaster signals it to do after pg_reload_conf() has returned: round
+      // trips until it has (one after the failover is refused, unsent).
+      expect(
+        await eventually(async () => {
+          await held.query('SELECT 1').catch(() => {});
+          return p.counters.failovers === 1;
+        }),
+      ).toBe(true);
       const sent = front.statements;
       await expect(held.query('SELECT 2')).rejects.toBeInstanceOf(PoolFailoverError);
       expect(front.statements).toBe(sent); // refused before it left the process
