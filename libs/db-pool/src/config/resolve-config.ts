@@ -1,5 +1,6 @@
 import { DbPoolConfigError } from '../errors.js';
-import { connectTargetOf, describeServer, ENCODE_HINT, HostListError, isPlainPort, pgSslModeProblem, splitUrl } from '../pool/hosts.js';
+import { ENCODE_HINT, pgSslModeProblem, splitUrl } from '../pool/connection-string.js';
+import { connectTargetOf, describeServer, HostListError, isPlainPort } from '../pool/hosts.js';
 import { redactUrl } from '../redact.js';
 import type pg from 'pg';
 import type { DbPoolLogger } from '../pool/logger.js';

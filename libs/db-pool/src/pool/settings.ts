@@ -1,7 +1,8 @@
 import type pg from 'pg';
 import type { DbPoolConfig } from '../config/db-pool.options.js';
 import { DbPoolConfigError } from '../errors.js';
-import { connectTargetOf, HostListError, pgSslModeProblem } from './hosts.js';
+import { pgSslModeProblem } from './connection-string.js';
+import { connectTargetOf, HostListError } from './hosts.js';
 import { type DbPoolLogger, SILENT } from './logger.js';
 
 /** How a pool behaves: the validated configuration's pool fields, plus pg's own that have no environment key. Durations in ms. */
