@@ -1,0 +1,269 @@
+/**
+ * The replicas' lag, read on the pool's own clock, never by comparing two servers' clocks: each
+ * sample notes when (performance.now()) the primary was at which WAL position, and a replica's lag
+ * is the time since the primary passed the position the replica has replayed
+ * (`pg_last_wal_replay_lsn()`), interpolated between the two samples around it; its bytes behind
+ * are the primary's last position less that one. See docs/high-availability.md, "Lag". A replica
+ * counts only while it is a standby of the primary: in recovery, with the primary's system
+ * identifier and timeline. Samples run on connections of the sampler's own (sample-connection.ts).
+ */
+import { performance } from 'node:perf_hooks';
+import type pg from 'pg';
+import type { DbPoolConfig } from '../config/db-pool.options.js';
+import type { ReplicaOutOfRotation } from './replicas.js';
+import { SampleConnection } from './sample-connection.js';
+
+/** What the last sample says of a replica: its lag, and whether (and why not) it stays in rotation. */
+export interface Standing {
+  lagMs: number | null;
+  lagBytes: number | null;
+  lagUnknown: boolean;
+  outOfRotation: ReplicaOutOfRotation | undefined;
+  reason: string | undefined;
+  cause: Error | undefined;
+}
+
+/** A standing whose lag is known (or, for a server that is not a standby of the primary, does not apply). */
+const KNOWN: Standing = {
+  lagMs: null,
+  lagBytes: null,
+  lagUnknown: false,
+  outOfRotation: undefined,
+  reason: undefined,
+  cause: undefined,
+};
+const UNKNOWN: Standing = { ...KNOWN, lagUnknown: true };
+
+/** A replica as the sampler measures it. */
+export interface SampledReplica {
+  /** The sampler's own connection to it. */
+  readonly sampler: SampleConnection;
+  /** performance.now() when its last sample answered. */
+  sampledAt: number | undefined;
+  /** Replay position at its last sample, while it is a standby of the primary. */
+  replay: bigint | undefined;
+}
+
+/** The primary seen at one WAL position: first and last at these pool-clock times (when the sample was sent). */
+interface WalMark {
+  lsn: bigint;
+  firstAt: number;
+  lastAt: number;
+}
+
+interface Identity {
+  systemId: string;
+  timeline: number;
+}
+
+const LSN = /^([0-9A-F]{1,8})\/([0-9A-F]{1,8})$/i;
+
+/** A pg_lsn's text (`16/B374D848`) as a byte position. */
+function parseLsn(text: string | null | undefined): bigint | undefined {
+  const m = LSN.exec(text ?? '');
+  return m ? (BigInt(`0x${m[1]}`) << 32n) | BigInt(`0x${m[2]}`) : undefined;
+}
+
+// The timeline a server writes, or (a standby) receives and replays: a standby's WAL receiver
+// knows it; without one (or without the rights to see it) the last restartpoint's timeline.
+const TIMELINE =
+  `CASE WHEN pg_is_in_recovery() ` +
+  `THEN coalesce((SELECT nullif(received_tli, 0) FROM pg_stat_wal_receiver), (SELECT timeline_id FROM pg_control_checkpoint())) ` +
+  `ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END`;
+const SYSTEM_ID = '(SELECT system_identifier FROM pg_control_system())::text';
+const PRIMARY_SAMPLE = `SELECT pg_current_wal_lsn()::text AS lsn, ${SYSTEM_ID} AS system_id, ${TIMELINE} AS timeline`;
+const REPLICA_SAMPLE = `SELECT pg_is_in_recovery() AS standby, pg_last_wal_replay_lsn()::text AS replay_lsn, ${SYSTEM_ID} AS system_id, ${TIMELINE} AS timeline`;
+
+/** Primary positions kept; past it the oldest-but-one goes, so a far-behind replica's lag still grows, more coarsely. */
+const MAX_MARKS = 1_000;
+
+export interface LagSamplerOptions<R extends SampledReplica> {
+  /** The primary pool's validated configuration: the connection to the primary is opened as its pool's are. */
+  primaryConfig: DbPoolConfig;
+  Client: typeof pg.Client;
+  maxLagMs: number;
+  /** Time one lag sample may take, per server. */
+  sampleTimeoutMs: number;
+  /** Takes a replica's standing the moment its sample has said it (the router's rotation). */
+  onStanding(replica: R, next: Standing): void;
+}
+
+/** The primary's WAL positions on the pool's clock, and each replica's lag measured against them. */
+export class LagSampler<R extends SampledReplica> {
+  private readonly maxLagMs: number;
+  private readonly sampleTimeoutMs: number;
+  private readonly onStanding: (replica: R, next: Standing) => void;
+  /** The primary's positions, oldest first, strictly increasing. */
+  private marks: WalMark[] = [];
+  private identity: Identity | undefined;
+  /** Why the primary's last sample failed; undefined when it answered. */
+  private primaryError: Error | undefined;
+  private readonly primarySampler: SampleConnection;
+
+  constructor(options: LagSamplerOptions<R>) {
+    this.primarySampler = new SampleConnection(options.primaryConfig, options.Client);
+    this.maxLagMs = options.maxLagMs;
+    this.sampleTimeoutMs = options.sampleTimeoutMs;
+    this.onStanding = options.onStanding;
+  }
+
+  /** One sample round: the primary's WAL position and identity, then every replica against them. */
+  async round(replicas: readonly R[]): Promise<void> {
+    await this.samplePrimary();
+    await Promise.all(replicas.map((r) => this.sampleReplica(r)));
+    this.forgetPassedMarks(replicas);
+  }
+
+  /** Closes the connection to the primary (each replica's is closed by whoever made it). */
+  close(): Promise<void> {
+    return this.primarySampler.close();
+  }
+
+  private async samplePrimary(): Promise<void> {
+    // The time before asking: the primary was at the position it reports at some moment after it.
+    const sentAt = performance.now();
+    try {
+      const row = await this.primarySampler.queryRow<{ lsn: string; system_id: string; timeline: number }>(
+        PRIMARY_SAMPLE,
+        this.sampleTimeoutMs,
+      );
+      const lsn = parseLsn(row?.lsn);
+      if (lsn === undefined) throw new Error(`pg_current_wal_lsn() answered ${JSON.stringify(row?.lsn)}`);
+      const identity = { systemId: row.system_id, timeline: Number(row.timeline) };
+      const last = this.marks[this.marks.length - 1];
+      // Another server, or one that went back: positions from before say nothing about it.
+      if (this.identity?.systemId !== identity.systemId || this.identity.timeline !== identity.timeline || (last && lsn < last.lsn)) {
+        this.marks = [];
+      }
+      this.identity = identity;
+      const latest = this.marks[this.marks.length - 1];
+      if (latest && latest.lsn === lsn) latest.lastAt = sentAt;
+      else this.marks.push({ lsn, firstAt: sentAt, lastAt: sentAt });
+      if (this.marks.length > MAX_MARKS) this.marks.splice(1, 1);
+      this.primaryError = undefined;
+    } catch (err) {
+      this.primaryError = err as Error;
+    }
+  }
+
+  private async sampleReplica(replica: R): Promise<void> {
+    let row: { standby: boolean; replay_lsn: string | null; system_id: string; timeline: number };
+    try {
+      row = await replica.sampler.queryRow<typeof row>(REPLICA_SAMPLE, this.sampleTimeoutMs);
+    } catch (err) {
+      replica.replay = undefined;
+      this.onStanding(replica, {
+        ...UNKNOWN,
+        outOfRotation: 'unreachable',
+        reason: 'the replica could not be sampled',
+        cause: err as Error,
+      });
+      return;
+    }
+    const at = performance.now();
+    replica.sampledAt = at;
+    replica.replay = undefined;
+    const primary = this.identity;
+    const timeline = Number(row.timeline);
+    if (primary && row.system_id !== primary.systemId) {
+      return this.onStanding(replica, {
+        ...KNOWN,
+        outOfRotation: 'system_mismatch',
+        reason: `another database cluster: system identifier ${row.system_id}, the primary's ${primary.systemId}`,
+      });
+    }
+    if (!row.standby) {
+      return this.onStanding(replica, {
+        ...KNOWN,
+        outOfRotation: 'promoted',
+        reason: `not a standby: promoted (timeline ${timeline}; the primary's is ${primary?.timeline ?? 'unknown'})`,
+      });
+    }
+    if (primary && timeline !== primary.timeline) {
+      return this.onStanding(replica, {
+        ...KNOWN,
+        outOfRotation: 'timeline_mismatch',
+        reason: `replays timeline ${timeline}, the primary writes timeline ${primary.timeline}`,
+      });
+    }
+    const replay = parseLsn(row.replay_lsn);
+    if (replay === undefined) {
+      return this.onStanding(replica, {
+        ...UNKNOWN,
+        outOfRotation: 'lag_unknown',
+        reason: 'lag unknown: the replica reports no replay position',
+      });
+    }
+    if (!primary) {
+      return this.onStanding(replica, { ...UNKNOWN, ...this.primaryUnknown(), outOfRotation: 'lag_unknown' });
+    }
+    replica.replay = replay;
+    this.onStanding(replica, this.lagOf(replay, at));
+  }
+
+  /** A standby of the primary whose replay position is `replay` at `at`: its lag and whether it stays in rotation. */
+  private lagOf(replay: bigint, at: number): Standing {
+    const latest = this.marks[this.marks.length - 1];
+    const bytes = latest.lsn > replay ? Number(latest.lsn - replay) : 0;
+    const passed = this.marks.findIndex((m) => m.lsn > replay);
+    if (passed === -1) {
+      // It has all the primary had at its last sample.
+      if (!this.primaryError) return { ...KNOWN, lagMs: 0, lagBytes: 0 };
+      // The primary has not answered since: it may have written since, the replica not. At most
+      // the time since that sample, which grows until the limit.
+      const bound = Math.round(at - latest.lastAt);
+      const unknown = this.primaryUnknown();
+      return bound <= this.maxLagMs
+        ? {
+            ...UNKNOWN,
+            ...unknown,
+            reason: `${unknown.reason}; at most ${bound} ms behind, within DB_REPLICA_MAX_LAG_MS (${this.maxLagMs} ms)`,
+            outOfRotation: undefined,
+          }
+        : {
+            ...UNKNOWN,
+            ...unknown,
+            reason: `${unknown.reason} for ${bound} ms, more than DB_REPLICA_MAX_LAG_MS (${this.maxLagMs} ms)`,
+            outOfRotation: 'lag_unknown',
+          };
+    }
+    if (passed === 0) {
+      return {
+        ...UNKNOWN,
+        lagBytes: bytes,
+        outOfRotation: 'lag_unknown',
+        reason: 'lag unknown: it has not replayed up to the first WAL position sampled on the primary',
+      };
+    }
+    // The primary was at or before `replay` at `before.lastAt`, past it at `after.firstAt`: in
+    // between, as the positions interpolate.
+    const before = this.marks[passed - 1];
+    const after = this.marks[passed];
+    const share = Number(replay - before.lsn) / Number(after.lsn - before.lsn);
+    const lag = Math.max(0, Math.round(at - (before.lastAt + share * (after.firstAt - before.lastAt))));
+    if (lag > this.maxLagMs) {
+      return {
+        ...KNOWN,
+        lagMs: lag,
+        lagBytes: bytes,
+        outOfRotation: 'lagging',
+        reason: `replay lag ${lag} ms exceeds DB_REPLICA_MAX_LAG_MS (${this.maxLagMs} ms)`,
+      };
+    }
+    return { ...KNOWN, lagMs: lag, lagBytes: bytes };
+  }
+
+  private primaryUnknown(): Pick<Standing, 'reason' | 'cause'> {
+    return { reason: "lag unknown: the primary's WAL position could not be sampled", cause: this.primaryError };
+  }
+
+  /** Drops the primary's positions every sampled replica has replayed past, but the last of them (the lower end of an interpolation). */
+  private forgetPassedMarks(replicas: readonly R[]): void {
+    const replays = replicas.flatMap((r) => (r.replay === undefined ? [] : [r.replay]));
+    if (replays.length === 0) return;
+    const least = replays.reduce((a, b) => (b < a ? b : a));
+    let keep = 0;
+    while (keep + 1 < this.marks.length && this.marks[keep + 1].lsn <= least) keep++;
+    if (keep > 0) this.marks.splice(0, keep);
+  }
+}

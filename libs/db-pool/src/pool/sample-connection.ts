@@ -1,0 +1,150 @@
+/**
+ * The lag sampler's connections, one per server, outside the pools: a server whose pool is busy
+ * (every connection running a report, callers queued) is not one that cannot be sampled, and a
+ * read spike must not take every replica out of rotation at once.
+ */
+import type pg from 'pg';
+import type { DbPoolConfig } from '../config/db-pool.options.js';
+import { Connector } from './connector.js';
+import { toPgPoolOptions } from './pg-options.js';
+import { destroySocket } from './pg-internals.js';
+
+/** How long closing a sample connection waits for the server's goodbye before the socket is destroyed. */
+const CLOSE_WAIT_MS = 1_000;
+
+/** A lag sample that did not answer within its bound. Its text is the router's own: it names no host. */
+export class SampleTimeoutError extends Error {
+  override name = 'SampleTimeoutError';
+  constructor(readonly timeoutMs: number) {
+    super(`no answer within ${timeoutMs} ms (DB_POOL_HEALTH_TIMEOUT_MS), connect included`);
+  }
+}
+
+/**
+ * The sampler's connection to one server: opened as that server's pool opens its own (its host
+ * list, `target_session_attrs`, pg's options and `application_name`, `DB_CONNECT_TIMEOUT`) but
+ * outside the pool, so that a sample never queues behind the pool's callers. One sample at a
+ * time (the router's rounds do not overlap). A sample that fails or does not answer in time
+ * closes the connection and the next opens another; a connect still under way when a sample
+ * gives up goes on, bounded by its own timeout, and serves the next sample.
+ */
+export class SampleConnection {
+  private client: pg.Client | undefined;
+  private opening: Promise<pg.Client> | undefined;
+  /** The client of the connect under way (a shutdown ends it). */
+  private connecting: pg.Client | undefined;
+  private closed = false;
+  private readonly dropped = new WeakSet<pg.Client>();
+  private readonly connector: Connector;
+
+  constructor(config: DbPoolConfig, Client: typeof pg.Client) {
+    const clientConfig = toPgPoolOptions(config);
+    clientConfig.connectionTimeoutMillis = config.connectTimeoutMs;
+    this.connector = new Connector({ Client, clientConfig });
+  }
+
+  /** The first row `text` answers, within `timeoutMs` in all, connect included. */
+  async queryRow<R>(text: string, timeoutMs: number): Promise<R> {
+    let timer: NodeJS.Timeout | undefined;
+    let client: pg.Client | undefined;
+    let timedOut = false;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        timedOut = true;
+        // A query on the wire with no answer: the connection goes (the server ends the backend on
+        // the Terminate, or when the socket is destroyed). A connect under way goes on.
+        if (client) this.drop(client);
+        reject(new SampleTimeoutError(timeoutMs));
+      }, timeoutMs);
+      timer.unref();
+    });
+    const run = async (): Promise<R> => {
+      const opened = await this.connected();
+      if (timedOut) throw new SampleTimeoutError(timeoutMs); // nobody waits for it: kept for the next sample
+      client = opened;
+      try {
+        return (await opened.query<R & pg.QueryResultRow>(text)).rows[0];
+      } catch (err) {
+        this.drop(opened);
+        throw err;
+      }
+    };
+    try {
+      return await Promise.race([timeout, run()]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Closes the connection, and ends a connect under way; later samples fail. */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.connecting) destroySocket(this.connecting);
+    const client = this.client;
+    this.client = undefined;
+    if (client) await closeClient(client);
+  }
+
+  private connected(): Promise<pg.Client> {
+    if (this.closed) return Promise.reject(new Error('the replica router has ended'));
+    if (this.client) return Promise.resolve(this.client);
+    this.opening ??= new Promise<pg.Client>((resolve, reject) => {
+      this.connector.open(
+        {
+          attempt: (client) => {
+            this.connecting = client;
+            // An error on a socket nobody queries (the server went away between samples) must not go unheard.
+            client.on('error', () => this.drop(client));
+          },
+          proceed: () => !this.closed,
+          internal: true,
+        },
+        (err, opened) => {
+          const attempted = this.connecting;
+          this.opening = this.connecting = undefined;
+          if (err || !opened) {
+            if (attempted) destroySocket(attempted);
+            return reject(err ?? new Error('no connection'));
+          }
+          if (this.closed) {
+            void closeClient(opened.client);
+            return reject(new Error('the replica router has ended'));
+          }
+          this.client = opened.client;
+          opened.client.once('end', () => this.drop(opened.client));
+          resolve(opened.client);
+        },
+      );
+    });
+    return this.opening;
+  }
+
+  private drop(client: pg.Client): void {
+    if (this.client === client) this.client = undefined;
+    if (this.dropped.has(client)) return;
+    this.dropped.add(client);
+    void closeClient(client);
+  }
+}
+
+/** Ends a client: its Terminate, then its socket destroyed if the server has not closed it within {@link CLOSE_WAIT_MS}. */
+function closeClient(client: pg.Client): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      destroySocket(client);
+      resolve();
+    }, CLOSE_WAIT_MS);
+    timer.unref();
+    client.end().then(
+      () => {
+        clearTimeout(timer);
+        resolve();
+      },
+      () => {
+        clearTimeout(timer);
+        destroySocket(client);
+        resolve();
+      },
+    );
+  });
+}
