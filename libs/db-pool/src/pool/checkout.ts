@@ -7,11 +7,12 @@
 import type { Span } from '@opentelemetry/api';
 import { PoolClosedError, PoolConnectError, PoolDeadlineError, PoolOverloadedError, PoolTimeoutError, type PoolState } from '../errors.js';
 import { scrubSecrets } from '../redact.js';
-import type { Connections } from './connection.js';
+import { type Connections, READY, STALE } from './connection.js';
 import type { Outcome, ResourcePool, Waiter } from './core/resource-pool.js';
 import type { Deadline } from './deadline.js';
 import type { CheckoutSite } from './leak-tracker.js';
 import type { PoolLease } from './lease.js';
+import { POOL_NAME_ATTRIBUTE } from './otel.js';
 import type { PoolEntry } from './pool-entry.js';
 import type { DbPoolSettings } from './settings.js';
 import type { PoolStats } from './tracker.js';
@@ -56,17 +57,31 @@ export class Acquire implements Waiter<PoolEntry> {
     readonly callback: (err: Error | undefined, lease?: PoolLease) => void,
   ) {}
 
+  /**
+   * On the caller's span, an acquire that did more than take an idle connection: one event (the
+   * cheapest record that keeps each of several acquires of a request apart).
+   */
+  trace(waitedMs: number): void {
+    this.span!.addEvent('db_pool.acquire', {
+      [POOL_NAME_ATTRIBUTE]: this.host.settings.name,
+      'db_pool.wait_ms': Math.round(waitedMs * 1000) / 1000,
+      'db_pool.pre_pings': this.prePings,
+      'db_pool.retries': this.retries,
+    });
+  }
+
   /** The checkout loop's step: a stale connection is dropped and the acquire asks again; a pre-ping if due; then the lease. */
   served(entry: PoolEntry): boolean {
     const { core, connections } = this.host;
-    if (connections.stale(entry)) {
+    const readiness = connections.check(entry, performance.now());
+    if (readiness === READY) {
+      this.host.lease(this, entry);
+      return true;
+    }
+    if (readiness === STALE) {
       core.destroy(entry, 'broken');
       core.retry(this);
       return false;
-    }
-    if (!connections.pingDue(entry, performance.now())) {
-      this.host.lease(this, entry);
-      return true;
     }
     this.prePings++;
     connections.validate(entry, (err) => {

@@ -1,25 +1,26 @@
-import { AsyncResource } from 'node:async_hooks';
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
+import { trace } from '@opentelemetry/api';
 import pg from 'pg';
 import { PoolClosedError, PoolFailoverError, PoolUnavailableError, type PoolState } from '../errors.js';
 import { scrubSecrets } from '../redact.js';
 import type { BreakerState } from './breaker.js';
-import { type ConcurrencyLimitState, FixedLimit, GradientLimit } from './concurrency-limit.js';
 import { Acquire } from './checkout.js';
-import { Connections } from './connection.js';
-import { Connector, type HostStatus } from './connector.js';
-import { REAL_CLOCK } from './core/clock.js';
-import { AdmissionGate } from './core/gate.js';
-import { ResourcePool } from './core/resource-pool.js';
+import { type ConcurrencyLimitState, GradientLimit } from './concurrency-limit.js';
+import type { Connections } from './connection.js';
+import type { Connector, HostStatus } from './connector.js';
+import type { AdmissionGate } from './core/gate.js';
+import type { ResourcePool } from './core/resource-pool.js';
 import { currentDeadline } from './deadline.js';
-import { Failover } from './failover.js';
 import type { PoolTimings } from './histogram.js';
-import { CheckoutLeakTracker, type CheckoutSite, type LeakTracker, NO_LEAK_TRACKING, type StackCaptureStats } from './leak-tracker.js';
+import { wireLayers } from './layers.js';
+import type { CheckoutSite, LeakTracker, StackCaptureStats } from './leak-tracker.js';
 import { PoolLease } from './lease.js';
-import { Refill } from './lifetime.js';
-import { activeSpan, bindOtelMetricsWhenRegistered, type OtelBinding, POOL_NAME_ATTRIBUTE } from './otel.js';
+import type { Refill } from './lifetime.js';
+import type { OtelBinding } from './otel.js';
+import { callersContext, hideSecrets, promised } from './pg-api.js';
 import type { PoolEntry } from './pool-entry.js';
+import type { ReturnPath } from './return-path.js';
 import { type DbPoolSettings, type PgPoolOptions, settingsFromPg } from './settings.js';
 import { type ConnectHealth, type DbPoolCounters, PoolStats } from './tracker.js';
 
@@ -29,19 +30,13 @@ type QueryCallback = (err: Error | undefined, result?: pg.QueryResult) => void;
 const NOOP = () => {};
 
 /**
- * A PostgreSQL pool with pg.Pool's contract — `connect()` (promise and callback), `query()`,
- * `end()`, its options, counts and events — and SQLAlchemy QueuePool's semantics on top:
- * `poolSize` connections kept warm and topped up, `maxOverflow` more under load that close when
- * idle, an acquire deadline with a typed error, recycling with jitter, pre-ping with a bypass
- * window, and connections handed back inside a transaction or with session state rolled back
- * and reset before anyone else gets them. What a caller gets is a lease valid for its checkout
- * only.
- *
- * The facade of three layers (docs/architecture.md): the generic core (./core: slots, the queue,
- * the matcher, the admission gate), the Postgres connection layer beside it (./connection.ts)
- * with failover (./failover.ts), and this class — pg.Pool's API, the checkout loop
- * (./checkout.ts) and the lease. `new DbPool(pgOptions)` is a drop-in for `new pg.Pool(pgOptions)`;
- * `createDbPool()` builds one from db-pool's configuration.
+ * A PostgreSQL pool with pg.Pool's contract (`connect()`, `query()`, `end()`, its options, counts
+ * and events) and SQLAlchemy QueuePool's semantics on top: `poolSize` connections kept warm,
+ * `maxOverflow` more under load, a typed acquire deadline, recycling with jitter, pre-ping, and
+ * connections rolled back and reset before anyone else gets them; a caller gets a lease valid for
+ * its checkout only. The facade of the layers in docs/architecture.md: the generic core (./core),
+ * the Postgres connection layer (./connection.ts, ./return-path.ts) with failover
+ * (./failover.ts), and this class with the checkout loop (./checkout.ts) and the lease.
  */
 export class DbPool extends EventEmitter {
   readonly settings: DbPoolSettings;
@@ -49,16 +44,16 @@ export class DbPool extends EventEmitter {
   readonly options: pg.PoolOptions & PgPoolOptions;
   readonly Client: typeof pg.Client;
 
-  /** @internal The layers, for the checkout path. */
+  // The layers the checkout path reads (internal: not part of the drop-in's API).
   readonly core: ResourcePool<PoolEntry, Acquire>;
-  /** @internal */
   readonly connections: Connections;
-  /** @internal */
   readonly stats = new PoolStats();
+  private readonly returnPath: ReturnPath;
   private readonly gate: AdmissionGate;
   private readonly connector: Connector;
   private readonly Promise: PromiseConstructor;
-  private readonly leaks: LeakTracker;
+  /** Undefined when leak tracking is off (DB_POOL_LEAK_THRESHOLD 0): the checkout path calls nothing for it. */
+  private readonly leaks: LeakTracker | undefined;
   private readonly refill: Refill;
   private readonly otel: OtelBinding;
   private endCalled = false;
@@ -74,7 +69,7 @@ export class DbPool extends EventEmitter {
   constructor(options: PgPoolOptions = {}, settings: Partial<DbPoolSettings> = {}) {
     super();
     this.settings = settingsFromPg(options, settings);
-    const { name, poolSize, maxOverflow, maxUses, allowExitOnIdle, recycleMs, overflowIdleTimeoutMs, logger } = this.settings;
+    const { poolSize, maxOverflow, maxUses, allowExitOnIdle, recycleMs, overflowIdleTimeoutMs } = this.settings;
     const capacity = poolSize + maxOverflow;
     this.options = hideSecrets(
       {
@@ -90,69 +85,9 @@ export class DbPool extends EventEmitter {
     );
     this.Client = (options.Client ?? pg.Client) as typeof pg.Client;
     this.Promise = (options.Promise ?? Promise) as PromiseConstructor;
-    const clientConfig = hideSecrets({ ...options, connectionTimeoutMillis: this.settings.connectTimeoutMs }, options);
-    this.connector = new Connector({ Client: this.Client, clientConfig, lost: () => this.stats.failover() });
-    const failover = new Failover({ name, logger, connector: this.connector, stats: this.stats });
-    this.connections = new Connections({
-      settings: this.settings,
-      // The hooks alone: the options hold the connection string, which no inspect of the pool may show.
-      hooks: { onConnect: options.onConnect, verify: options.verify },
-      Client: this.Client,
-      Promise: this.Promise,
-      connector: this.connector,
-      stats: this.stats,
-      failover,
-      events: this,
-    });
-    this.gate = new AdmissionGate({
-      capacity,
-      limit: this.settings.adaptive ? new GradientLimit({ floor: this.settings.adaptiveMin, ceiling: capacity }) : new FixedLimit(capacity),
-      maxWaiting: this.settings.maxWaiting,
-      clock: REAL_CLOCK,
-      probe: () => this.core.probe(),
-      breakerOpened: (err) => this.breakerOpened(err),
-      raised: () => this.core.match(),
-    });
-    this.core = new ResourcePool<PoolEntry, Acquire>({
-      min: poolSize,
-      idleTimeoutMs: overflowIdleTimeoutMs,
-      gate: this.gate,
-      driver: this.connections,
-      clock: REAL_CLOCK,
-      events: {
-        opened: (_entry, ms) => this.stats.connectionCreated(ms),
-        openFailed: (err) => this.stats.connectionFailed(err),
-        removed: (_entry, reason) => this.stats.connectionRemoved(reason as Parameters<PoolStats['connectionRemoved']>[0]),
-        belowMin: () => this.refill.schedule(),
-      },
-    });
-    failover.attach(this.core);
-    this.connections.attach(this.core);
-    const { leakThresholdMs, leakStackRate } = this.settings;
-    this.leaks =
-      leakThresholdMs > 0
-        ? new CheckoutLeakTracker({
-            poolName: name,
-            thresholdMs: leakThresholdMs,
-            stackRate: leakStackRate,
-            logger,
-            records: () => this.core.slots(),
-          })
-        : NO_LEAK_TRACKING;
-    this.otel = bindOtelMetricsWhenRegistered({
-      name,
-      timings: this.stats.timings,
-      state: () => this.state(),
-      waiting: () => this.core.waiting,
-      counters: this.stats.counters,
-      capacity: { min: poolSize, max: capacity },
-    });
-    this.refill = new Refill({
-      name,
-      logger,
-      missing: () => this.settings.poolSize - this.core.total,
-      openOne: (done) => this.openIdle(done),
-    });
+    const layers = wireLayers(this, options, this.settings, this.stats);
+    ({ core: this.core, connections: this.connections, returnPath: this.returnPath, gate: this.gate, connector: this.connector } = layers);
+    ({ leaks: this.leaks, otel: this.otel, refill: this.refill } = layers);
   }
 
   // ----- pg.Pool's counts and db-pool's state --------------------------------------------------
@@ -247,12 +182,12 @@ export class DbPool extends EventEmitter {
 
   /** Checkouts reported as possible leaks (DB_POOL_LEAK_THRESHOLD) that have not come back. */
   leaksOutstanding(): number {
-    return this.leaks.outstanding();
+    return this.leaks?.outstanding() ?? 0;
   }
 
   /** Checkout stacks captured and skipped so far (DB_POOL_LEAK_STACK_RATE); zeros when leak tracking is off. */
   leakStackStats(): StackCaptureStats {
-    return this.leaks.stackStats();
+    return this.leaks?.stackStats() ?? { captured: 0, skipped: 0, armed: false };
   }
 
   /** How long the longest-held connection has been checked out, in ms (0 when none is). */
@@ -268,7 +203,7 @@ export class DbPool extends EventEmitter {
   connect(): Promise<pg.PoolClient>;
   connect(callback: ConnectCallback): void;
   connect(callback?: ConnectCallback): Promise<pg.PoolClient> | void {
-    const site = this.leaks.capture(this.connect);
+    const site = this.leaks?.capture(this.connect);
     if (callback) {
       // Called back on a later tick, as pg.Pool does; on error with a no-op release, as pg.Pool
       // gives; in the caller's async context (AsyncLocalStorage, a request's deadline, a span),
@@ -291,7 +226,7 @@ export class DbPool extends EventEmitter {
    * `counters.probeTimeouts`, not `counters.timeouts`.
    */
   connectWithin(timeoutMs: number): Promise<pg.PoolClient> {
-    const site = this.leaks.capture(this.connectWithin);
+    const site = this.leaks?.capture(this.connectWithin);
     return new this.Promise((resolve, reject) =>
       this.acquire(timeoutMs, true, site, (err, lease) => (err ? reject(err) : resolve(lease as unknown as pg.PoolClient))),
     );
@@ -339,7 +274,7 @@ export class DbPool extends EventEmitter {
     }
     // Called back in the caller's async context, not that of the release that served it.
     if (typeof callback === 'function') callback = callersContext(callback as QueryCallback);
-    const site = this.leaks.capture(this.query);
+    const site = this.leaks?.capture(this.query);
     return promised(this.Promise, callback as QueryCallback | undefined, (done) => {
       // The acquire's own callback rather than connect()'s: the caller hears back only after the
       // query, so the extra tick connect(callback) takes (as pg.Pool does) buys nothing here.
@@ -375,8 +310,8 @@ export class DbPool extends EventEmitter {
   }
 
   /**
-   * Opens connections until `poolSize` are open. Resolves once they are (the seed's
-   * "Checked In: 20"); when some could not be opened, rejects, after every attempt has ended,
+   * Opens connections until `poolSize` are open. Resolves once they are (the pool
+   * report's "checked in" equals the pool size); when some could not be opened, rejects, after every attempt has ended,
    * with the first connect error.
    */
   async warmUp(): Promise<void> {
@@ -399,7 +334,7 @@ export class DbPool extends EventEmitter {
       deadline = scope.at;
       timeoutMs = Math.max(0, Math.round(scope.at - startedAt));
     }
-    this.core.acquire(new Acquire(this, startedAt, deadline, timeoutMs, probe, request, scope, activeSpan(), site, callback));
+    this.core.acquire(new Acquire(this, startedAt, deadline, timeoutMs, probe, request, scope, trace.getActiveSpan(), site, callback));
   }
 
   /** @internal Hands a connection to an acquire's caller: a lease for this checkout. */
@@ -408,16 +343,8 @@ export class DbPool extends EventEmitter {
     entry.checkedOutAt = now;
     const waitedMs = now - acquire.startedAt;
     this.stats.acquired(waitedMs);
-    // On the caller's span, an acquire that did more than take an idle connection: one event (the
-    // cheapest record that keeps each of several acquires of a request apart).
-    if (acquire.span !== undefined && (waitedMs >= 1 || acquire.prePings > 0))
-      acquire.span.addEvent('db_pool.acquire', {
-        [POOL_NAME_ATTRIBUTE]: this.settings.name,
-        'db_pool.wait_ms': Math.round(waitedMs * 1000) / 1000,
-        'db_pool.pre_pings': acquire.prePings,
-        'db_pool.retries': acquire.retries,
-      });
-    this.leaks.checkout(entry, acquire.site, acquire.span);
+    if (acquire.span !== undefined && (waitedMs >= 1 || acquire.prePings > 0)) acquire.trace(waitedMs);
+    this.leaks?.checkout(entry, acquire.site, acquire.span);
     const lease = new PoolLease(this, entry, acquire.scope);
     if (this.listenerCount('acquire') > 0) this.emit('acquire', lease);
     acquire.callback(undefined, lease);
@@ -437,13 +364,11 @@ export class DbPool extends EventEmitter {
     this.stats.released(useMs);
     // The limit went up: waiters held back by it are served (whatever happens to this connection).
     if (this.gate.released(useMs, this.core.busy)) this.core.match();
-    this.leaks.checkin(entry);
+    this.leaks?.checkin(entry);
     entry.checkedOutAt = -1;
     if (this.listenerCount('release') > 0) this.emit('release', err instanceof Error ? err : undefined, entry.client);
     if (entry.removed) return; // closed by shutdown while it was out
-    this.connections.takeBack(entry, err, (verdict) =>
-      verdict.keep ? this.core.release(entry) : this.core.destroy(entry, verdict.reason),
-    );
+    this.returnPath.takeBack(entry, err, (verdict) => (verdict.keep ? this.core.release(entry) : this.core.destroy(entry, verdict.reason)));
   }
 
   /** @internal The lease's error for a statement on a connection whose host was evicted. */
@@ -463,13 +388,13 @@ export class DbPool extends EventEmitter {
 
   // ----- opening (warm-up, refill) --------------------------------------------------------------
 
-  /** Opens one connection for the idle list (warm-up, refill). */
-  private openIdle(done: (err?: Error) => void): void {
+  /** @internal Opens one connection for the idle list (warm-up, refill). */
+  openIdle(done: (err?: Error) => void): void {
     this.core.openIdle(done, (why) => (why === 'closed' ? new PoolClosedError(this.settings.name, this.state()) : this.unavailable()));
   }
 
-  /** Every host failed twice in a row: the queue fails now rather than at each caller's deadline. */
-  private breakerOpened(err: Error): void {
+  /** @internal Every host failed twice in a row: the queue fails now rather than at each caller's deadline. */
+  breakerOpened(err: Error): void {
     this.stats.breakerOpened();
     this.settings.logger.warn(
       `db-pool "${this.settings.name}": connections failed on every host; holding back new ones (connect circuit breaker open): ${scrubSecrets(err.message)}`,
@@ -503,7 +428,7 @@ export class DbPool extends EventEmitter {
     }
     this.endCalled = true;
     this.refill.stop();
-    this.leaks.stop();
+    this.leaks?.stop();
     this.otel.unbind();
     const result = promised<void>(this.Promise, callback as ((err?: Error) => void) | undefined, (done) => this.endWaiters.push(done));
     // Not unref'd: a shutdown under way keeps the process alive until it has finished.
@@ -523,36 +448,4 @@ export class DbPool extends EventEmitter {
         `db-pool "${this.settings.name}": closing ${left.length} connection(s) still checked out or being opened ${this.settings.shutdownGraceMs / 1000} s after shutdown began`,
       );
   }
-}
-
-/**
- * `fn`, run in the async context it was made in (the caller's AsyncLocalStorage stores: a request's
- * deadline, a span) wherever it is called from. An AsyncResource of its own rather than
- * `AsyncResource.bind`, which also defines deprecated accessors on every bound function (twice the
- * cost, in profile); no destroy hook is wanted, so none is registered.
- */
-function callersContext<A, B, C>(fn: (a: A, b: B, c: C) => void): (a: A, b: B, c: C) => void {
-  const resource = new AsyncResource('db-pool.callback', { requireManualDestroy: true });
-  return (a, b, c) => resource.runInAsyncScope(fn, undefined, a, b, c);
-}
-
-/** Copies `password` and `connectionString` from `source` onto `target` as non-enumerable, as pg-pool hides the password. */
-function hideSecrets<T extends object>(target: T, source: pg.PoolConfig): T {
-  for (const key of ['password', 'connectionString'] as const) {
-    if (key in source) Object.defineProperty(target, key, { value: source[key], enumerable: false, writable: true, configurable: true });
-  }
-  return target;
-}
-
-/** pg's dual API: a callback when one is given, else a promise. */
-function promised<T>(
-  P: PromiseConstructor,
-  callback: ((err: Error | undefined, value?: T) => void) | undefined,
-  run: (done: (err?: Error, value?: T) => void) => void,
-): Promise<T> | undefined {
-  if (callback) {
-    run((err, value) => callback(err, value));
-    return undefined;
-  }
-  return new P<T>((resolve, reject) => run((err, value) => (err ? reject(err) : resolve(value as T))));
 }

@@ -8,7 +8,7 @@
  */
 import { scrubSecrets } from '../redact.js';
 import { type Connector, sessionMatches } from './connector.js';
-import type { ResourcePool } from './core/resource-pool.js';
+import type { SlotOwner } from './core/resource-pool.js';
 import type { HostAddress } from './hosts.js';
 import type { DbPoolLogger } from './logger.js';
 import type { PoolEntry } from './pool-entry.js';
@@ -30,15 +30,16 @@ export interface FailoverOptions {
 
 export class Failover {
   /** Hosts with cancel requests not yet confirmed, and how many. */
-  private readonly suspects = new Map<HostAddress, number>();
+  /** Hosts with a cancel request unconfirmed, and how many (read by the checkout's check: empty, it costs nothing). */
+  readonly suspects = new Map<HostAddress, number>();
   /** Hosts whose role is being checked on a connection of its own. */
   private readonly checkingRole = new Set<HostAddress>();
-  private core!: ResourcePool<PoolEntry>;
+  private core!: SlotOwner<PoolEntry>;
 
   constructor(private readonly options: FailoverOptions) {}
 
   /** The core it acts on (built after it: the core's driver needs this module). */
-  attach(core: ResourcePool<PoolEntry>): void {
+  attach(core: SlotOwner<PoolEntry>): void {
     this.core = core;
   }
 

@@ -32,16 +32,6 @@ export interface LeakTracker {
   stop(): void;
 }
 
-/** Leak tracking off: costs nothing on the hot path. */
-export const NO_LEAK_TRACKING: LeakTracker = {
-  capture: () => undefined,
-  checkout() {},
-  checkin() {},
-  outstanding: () => 0,
-  stackStats: () => ({ captured: 0, skipped: 0, armed: false }),
-  stop() {},
-};
-
 /** Holds the captured frames; V8 formats them only if `stack` is read. */
 export interface CheckoutSite {
   stack?: string;

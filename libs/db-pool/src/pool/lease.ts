@@ -1,12 +1,10 @@
 import type { EventEmitter } from 'node:events';
-import { performance } from 'node:perf_hooks';
-import pg from 'pg';
-import { type OutcomeUnknownReason, PoolDeadlineError, PoolLeaseError, PoolOutcomeUnknownError, PoolReleaseError } from '../errors.js';
-import { currentDeadline, type Deadline, MAX_TIMER_MS } from './deadline.js';
-import { commitsBeforeLast, committedLocally, sensitiveCommand, statementText } from './outcome.js';
-import { connectionLost, openSubmittables, type Submittable } from './pg-internals.js';
-import { stopSubmittable, watchQuery, type QueryObject } from './submittables.js';
+import type pg from 'pg';
+import { PoolLeaseError, PoolReleaseError } from '../errors.js';
+import { currentDeadline, type Deadline } from './deadline.js';
+import { sensitiveCommand } from './outcome.js';
 import type { PoolEntry } from './pool-entry.js';
+import { queryGuarded, refuse } from './statement-guard.js';
 
 /** What a lease needs of its pool. */
 export interface LeaseOwner {
@@ -25,7 +23,6 @@ type Listener = (...args: unknown[]) => void;
 const HELD = Symbol('db-pool.lease.held');
 type Delegate = Record<string, (...args: unknown[]) => unknown>;
 type TxStatusReader = { getTransactionStatus?(): string | null };
-type GuardedClient = Delegate & EventEmitter & { connectionParameters?: { query_timeout?: number } };
 
 /**
  * What a caller gets from an acquire: the connection's client, for this checkout only (HikariCP's
@@ -78,8 +75,10 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
       const deadline = this.#deadlineHere();
       // A statement that ends a transaction or writes in one of its own: how it ended must be known.
       const command = sensitiveCommand(config, entry.client as TxStatusReader);
-      if (deadline !== undefined || command !== undefined)
-        return this.#queryGuarded(entry, config, values, callback, deadline, command) as never;
+      if (deadline !== undefined || command !== undefined) {
+        const statement = { owner: this.#owner, entry, deadline, command, held: () => this.#entry === entry };
+        return queryGuarded(statement, config, values, callback) as never;
+      }
     }
     return (this[HELD]('query') as unknown as Delegate).query(config, values, callback) as never;
   }
@@ -95,165 +94,6 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
     const own = this.#deadline;
     if (here === undefined || here === own || here === this.#handedOutIn) return own;
     return own === undefined || here.at < own.at ? here : own;
-  }
-
-  /**
-   * A statement under a request's deadline (`withDeadline`), or one whose outcome matters
-   * (`command`: it ends a transaction, or writes in one of its own).
-   *
-   * Under a deadline a statement is not sent once it has passed, else sent with the time left as
-   * its `query_timeout`: when that fires first, the caller gets a {@link PoolDeadlineError} at once
-   * and the statement is cancelled on the server. A statement whose outcome matters is cancelled
-   * at the deadline too, but its answer is awaited up to `cancelWaitMs` longer (see
-   * {@link Outcome}). With no deadline, such a statement whose connection is lost or whose
-   * `query_timeout` passes is a PoolOutcomeUnknownError as well, never a plain error that invites a
-   * retry.
-   */
-  #queryGuarded(
-    entry: PoolEntry,
-    config: unknown,
-    values: unknown,
-    callback: unknown,
-    deadline: Deadline | undefined,
-    command: string | undefined,
-  ): unknown {
-    const client = entry.client as unknown as GuardedClient;
-    if (config === null || config === undefined) return client.query(config, values, callback);
-    if (typeof (config as { submit?: unknown }).submit === 'function') {
-      if (config instanceof pg.Query)
-        return this.#runQueryObject(entry, config as unknown as QueryObject, values, callback, deadline, command);
-      return deadline === undefined
-        ? client.query(config, values, callback)
-        : this.#submitBy(deadline, entry, config as Submittable, values, callback);
-    }
-    const owner = this.#owner;
-    let timeout: number | undefined;
-    let byDeadline = false;
-    const watch = command === undefined ? undefined : new Outcome(owner.name, command, entry, config, deadline);
-    if (deadline !== undefined) {
-      const left = Math.floor(deadline.at - performance.now());
-      if (left <= 0) return refuse(new PoolDeadlineError(owner.name, deadline.budgetMs, false), config, values, callback);
-      const given = typeof config === 'object' ? (config as { query_timeout?: number }).query_timeout : undefined;
-      const own = client.connectionParameters?.query_timeout;
-      if (watch === undefined) {
-        timeout = Math.min(left, given || Infinity, own || Infinity);
-        byDeadline = timeout === left;
-      } else {
-        timeout = Math.min(left + owner.cancelWaitMs, given || Infinity, own || Infinity, MAX_TIMER_MS);
-        watch.timer = setTimeout(() => {
-          watch.cancelled = true;
-          if (this.#entry === entry) owner.deadlinePassed(entry);
-        }, left);
-      }
-    }
-    watch?.listen();
-    const outcome = (err: Error | null): Error | null => {
-      if (watch !== undefined) return watch.settle(err);
-      if (!err || !byDeadline || err.message !== 'Query read timeout') return err;
-      // Only while this lease still holds the connection: after a release the pool has its own
-      // cancel under way, and the connection may be someone else's by the time a second one lands.
-      if (this.#entry === entry) owner.deadlinePassed(entry);
-      return new PoolDeadlineError(owner.name, deadline!.budgetMs, true, { cause: err });
-    };
-    const cb = (typeof callback === 'function' ? callback : typeof values === 'function' ? values : undefined) as
-      ((err: Error | null, result?: unknown) => void) | undefined;
-    const configCallback = (config as { callback?: unknown }).callback;
-    if (typeof configCallback === 'function' && !cb) {
-      // A config carrying its own callback (pg's QueryConfig.callback): pg answers through it.
-      const answer = (err: Error | null, result?: unknown) =>
-        (configCallback as (e: Error | null, r?: unknown) => void)(outcome(err), result);
-      return client.query(bounded(config, timeout, answer), values);
-    }
-    const sent = timeout === undefined ? config : bounded(config, timeout, undefined);
-    if (cb) {
-      const wrapped = (err: Error | null, result?: unknown) => cb(outcome(err), result);
-      return cb === values ? client.query(sent, wrapped) : client.query(sent, values, wrapped);
-    }
-    return (client.query(sent, values) as Promise<unknown>).then(
-      (result) => {
-        const err = outcome(null);
-        if (err) throw err;
-        return result;
-      },
-      (err: Error) => {
-        throw outcome(err);
-      },
-    );
-  }
-
-  /**
-   * pg's own Query object (`client.query(new pg.Query(…))`): it answers through its own events
-   * or callback, and pg's `query_timeout` cannot end one that has no callback, so it is watched
-   * rather than bounded. Under a deadline, one pg has not sent yet when it passes is never sent
-   * (`PoolDeadlineError`, `sent: false`); one running is cancelled on the server and stopped
-   * (`sent: true`) — unless its outcome matters, in which case its answer is awaited up to
-   * `cancelWaitMs` longer, as for any statement.
-   */
-  #runQueryObject(
-    entry: PoolEntry,
-    query: QueryObject,
-    values: unknown,
-    callback: unknown,
-    deadline: Deadline | undefined,
-    command: string | undefined,
-  ): unknown {
-    const owner = this.#owner;
-    const client = entry.client as unknown as GuardedClient;
-    let left = 0;
-    if (deadline !== undefined) {
-      left = deadline.at - performance.now();
-      if (left <= 0) return refuse(new PoolDeadlineError(owner.name, deadline.budgetMs, false), query, values, callback);
-    }
-    const watch = command === undefined ? undefined : new Outcome(owner.name, command, entry, query, deadline);
-    let timer: NodeJS.Timeout | undefined;
-    const watched = watchQuery(query, (err) => {
-      clearTimeout(timer);
-      return watch === undefined ? err : watch.settle(err);
-    });
-    watch?.listen();
-    if (deadline !== undefined) {
-      timer = setTimeout(() => {
-        if (watched.answered) return;
-        if (!watched.submitted) {
-          watch?.settle(null);
-          return watched.stop(new PoolDeadlineError(owner.name, deadline.budgetMs, false));
-        }
-        if (this.#entry === entry) owner.deadlinePassed(entry);
-        if (watch === undefined) return watched.stop(new PoolDeadlineError(owner.name, deadline.budgetMs, true));
-        watch.cancelled = true;
-        // Awaited a while longer: the cancel's answer says whether it was rolled back or committed after all.
-        timer = setTimeout(
-          () => {
-            // No answer to the cancel either: what pg's query_timeout says of a config's statement at this point.
-            if (!watched.answered) watched.stop(watch.settle(new Error('Query read timeout'))!);
-          },
-          Math.min(owner.cancelWaitMs, MAX_TIMER_MS),
-        );
-        timer.unref();
-      }, left);
-      timer.unref();
-    }
-    return client.query(query, values, callback);
-  }
-
-  /**
-   * A cursor, stream or COPY under a request's deadline: not submitted once it has passed; still
-   * open when it passes, it is stopped (its reads fail with {@link PoolDeadlineError}), the statement
-   * it runs is cancelled on the server, and its connection is closed at release rather than reused
-   * (the submittable holds it and may still write to it).
-   */
-  #submitBy(deadline: Deadline, entry: PoolEntry, submittable: Submittable, values: unknown, callback: unknown): unknown {
-    const owner = this.#owner;
-    const left = deadline.at - performance.now();
-    if (left <= 0) return refuse(new PoolDeadlineError(owner.name, deadline.budgetMs, false), submittable, values, callback);
-    const timer = setTimeout(() => {
-      if (this.#entry !== entry || !openSubmittables(entry.client).includes(submittable)) return;
-      entry.discard = true;
-      owner.deadlinePassed(entry);
-      stopSubmittable(submittable, new PoolDeadlineError(owner.name, deadline.budgetMs, true));
-    }, left);
-    timer.unref();
-    return (entry.client as unknown as Delegate).query(submittable, values, callback);
   }
 
   on(event: string | symbol, listener: Listener): this {
@@ -320,94 +160,6 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
 }
 
 const emitter = (client: pg.Client) => client as unknown as EventEmitter;
-
-/**
- * A statement whose outcome matters (it ends a transaction, or writes in one of its own), from
- * its sending to its answer: what the answer, or its absence, tells the caller. Under a deadline
- * it is cancelled at the deadline (`cancelled`) and its answer awaited a while longer: done (its
- * result), rolled back by the cancel ({@link PoolDeadlineError}), committed locally with its
- * synchronous replication unconfirmed, or none at all (both {@link PoolOutcomeUnknownError}).
- */
-class Outcome {
-  /** Its request's deadline passed and it was cancelled on the server. */
-  cancelled = false;
-  /** The server warned that the transaction committed locally (its wait for a synchronous standby was cancelled). */
-  committed = false;
-  timer: NodeJS.Timeout | undefined;
-  /** The connection was lost before the statement was handed to pg: pg refuses it, so it was never sent. */
-  readonly #lostBefore: boolean;
-  readonly #client: EventEmitter;
-  readonly #onNotice = (msg: { message?: string; detail?: string }) => {
-    if (committedLocally(msg)) this.committed = true;
-  };
-
-  constructor(
-    readonly pool: string,
-    readonly command: string,
-    readonly entry: PoolEntry,
-    /** The statement as the caller gave it (its text is read again only after a cancel). */
-    readonly config: unknown,
-    readonly deadline: Deadline | undefined,
-  ) {
-    this.#client = entry.client as unknown as EventEmitter;
-    this.#lostBefore = entry.dead || connectionLost(entry.client);
-  }
-
-  listen(): void {
-    this.#client.on('notice', this.#onNotice);
-  }
-
-  /** The caller's error for the answer `err` (null: it succeeded), or null; called once, when the answer comes. */
-  settle(err: Error | null): Error | null {
-    clearTimeout(this.timer);
-    this.#client.removeListener('notice', this.#onNotice);
-    const { pool, command, committed, cancelled } = this;
-    if (!err) return committed ? new PoolOutcomeUnknownError(pool, command, cancelled ? 'deadline' : 'cancelled', true) : null;
-    // Never sent: the server rolled the transaction back with the connection, as the driver's error says.
-    if (this.#lostBefore) return err;
-    const unknown = (reason: OutcomeUnknownReason) =>
-      new PoolOutcomeUnknownError(pool, command, reason, committed || undefined, { cause: err });
-    if (err.message === 'Query read timeout') return unknown(cancelled ? 'deadline' : 'query_timeout');
-    if (this.entry.dead || connectionLost(this.entry.client)) return unknown('connection_lost');
-    if (cancelled && (err as { code?: string }).code === '57014') {
-      // The cancel stopped the text: a rollback of all of it only if nothing in it committed before the statement it hit.
-      const text = statementText(this.config);
-      if (text !== undefined && commitsBeforeLast(text)) return unknown('deadline');
-      return new PoolDeadlineError(pool, this.deadline!.budgetMs, true, { cause: err });
-    }
-    return err;
-  }
-}
-
-/**
- * The caller's query config with a `query_timeout` (and a callback) of the pool's. Built on the
- * config itself, as pg copies one, so that every property it has — a getter of its class
- * included (sql-template-strings' `text`) — reads as before; defined, not assigned, so that a
- * frozen config takes them too.
- */
-function bounded(
-  config: unknown,
-  timeout: number | undefined,
-  callback: ((err: Error | null, result?: unknown) => void) | undefined,
-): object {
-  if (typeof config === 'string') return { text: config, query_timeout: timeout };
-  const properties: PropertyDescriptorMap = {};
-  if (timeout !== undefined) properties.query_timeout = { value: timeout, enumerable: true, writable: true, configurable: true };
-  if (callback !== undefined) properties.callback = { value: callback, enumerable: true, writable: true, configurable: true };
-  return Object.create(config as object, properties) as object;
-}
-
-/** Fails a query without sending it, through the channel the caller chose (as pg does for a client that is not queryable). */
-function refuse(err: Error, config: unknown, values: unknown, callback: unknown): unknown {
-  const cb = typeof callback === 'function' ? callback : typeof values === 'function' ? values : undefined;
-  if (cb) return void process.nextTick(cb as (err: Error) => void, err);
-  const submittable = config as { submit?: unknown; handleError?: (err: Error) => void } | null;
-  if (submittable && typeof submittable.submit === 'function') {
-    process.nextTick(() => submittable.handleError?.(err));
-    return config;
-  }
-  return Promise.reject(err);
-}
 
 const delegated = new WeakSet<object>();
 

@@ -1,13 +1,4 @@
-import {
-  type Attributes,
-  type BatchObservableCallback,
-  createNoopMeter,
-  type Meter,
-  metrics,
-  type Observable,
-  type Span,
-  trace,
-} from '@opentelemetry/api';
+import { type Attributes, type BatchObservableCallback, createNoopMeter, type Meter, metrics, type Observable } from '@opentelemetry/api';
 import { CREATE_TIME_BUCKETS, type PoolTimings, USE_TIME_BUCKETS, WAIT_TIME_BUCKETS } from './histogram.js';
 
 /** The instrumentation scope db-pool's instruments and span events carry. */
@@ -144,9 +135,4 @@ export function bindOtelMetricsWhenRegistered(pool: OtelPoolSource, intervalMs =
       bound?.unbind();
     },
   };
-}
-
-/** The span active where an acquire was asked for, if a tracer is registered and one is (cheap when none is: a context lookup). */
-export function activeSpan(): Span | undefined {
-  return trace.getActiveSpan();
 }

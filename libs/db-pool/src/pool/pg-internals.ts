@@ -35,7 +35,7 @@ const internals = (client: pg.ClientBase) => client as unknown as PgClientIntern
  * it has closed, or it is being ended. Such a client can never answer again.
  */
 export function connectionLost(client: pg.ClientBase): boolean {
-  const c = internals(client);
+  const c = client as unknown as PgClientInternals; // every checkout reads it: no call for the cast
   return c._queryable === false || c._ending || c._ended;
 }
 

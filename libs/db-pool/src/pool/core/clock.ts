@@ -17,7 +17,8 @@ export interface Clock {
 }
 
 export const REAL_CLOCK: Clock = {
-  now: () => performance.now(),
+  // performance.now itself, bound: the hot path calls no function of ours to read the time.
+  now: performance.now.bind(performance),
   setTimeout: (fn, ms) => setTimeout(fn, ms),
   clearTimeout: (timer) => clearTimeout(timer as NodeJS.Timeout | undefined),
 };

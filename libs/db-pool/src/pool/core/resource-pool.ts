@@ -8,83 +8,24 @@
  * driver's; validating one before it is used, and deciding whether it may come back, are its
  * caller's (the facade's checkout loop, the connection layer's return path).
  */
-import type { Clock, Timer } from './clock.js';
-import { type AdmissionGate, type Candidate, type GateView, type Refusal, TAKE, WAIT } from './gate.js';
+import type { Timer } from './clock.js';
+import { type AdmissionGate, type GateView, TAKE, WAIT } from './gate.js';
+import type { CoreEvents, Outcome, ResourcePoolOptions, SlotOwner, Waiter } from './contracts.js';
 import type { Slot } from './slot.js';
+import { Waiters } from './waiters.js';
 
-/** How an acquire ended, when it was not served. */
-export type Outcome =
-  | Refusal
-  /** `waiting`: callers waiting when it ended, itself included (what its error reports). */
-  | { readonly kind: 'timeout'; readonly waiting: number }
-  | { readonly kind: 'closed'; readonly waiting: number }
-  /** The resource opened for it failed (`setUp`: it opened, and its set-up failed). */
-  | { readonly kind: 'open-failed'; readonly error: Error; readonly setUp: boolean };
+export type { CoreEvents, Outcome, PoolDriver, ResourcePoolOptions, SlotOwner, Waiter } from './contracts.js';
 
-/** A caller of {@link ResourcePool.acquire}. */
-export interface Waiter<S extends Slot> extends Candidate {
-  /** When it asked (the clock's time): a failed open fails only a caller already waiting when it began. */
-  readonly startedAt: number;
-  /** Where it is, kept by the core: `handed` = given a slot its caller is still checking (a pre-ping). */
-  stage: 'new' | 'queued' | 'handed' | 'done';
-  /** Given a slot. Returns false to keep the acquire open while its caller checks the slot; it then calls settle() or retry(). */
-  served(slot: S): boolean;
-  /** Ended without a slot; called once, synchronously. */
-  failed(outcome: Outcome): void;
-}
-
-/** What the core needs of its resources. */
-export interface PoolDriver<S extends Slot> {
-  /** A new slot, not yet open. */
-  createSlot(now: number): S;
-  /**
-   * Opens the slot's resource and readies it. `internal`: the pool opens it for itself (a
-   * probe, the refill), not for a waiting caller. `done(err, setUp)`: `setUp` when the resource
-   * opened and its set-up failed (not the server's fault: the breaker does not count it).
-   */
-  open(slot: S, internal: boolean, done: (err?: Error, setUp?: boolean) => void): void;
-  /** Closes the resource (`now`: at once, the pool is past its shutdown grace); `done` once closed. */
-  close(slot: S, now: boolean, done: () => void): void;
-  /** An idle slot is taken (`false`) or goes idle (`true`): for resources that must not keep the process alive while idle. */
-  idling?(slot: S, idle: boolean): void;
-}
-
-/** What the core reports (a no-op where nobody listens). */
-export interface CoreEvents<S extends Slot> {
-  opened?(slot: S, ms: number): void;
-  openFailed?(err: Error): void;
-  removed?(slot: S, reason: string): void;
-  /** Fewer slots than the pool's minimum remain. */
-  belowMin?(): void;
-}
-
-export interface ResourcePoolOptions<S extends Slot> {
-  /** Slots kept open (the refill tops the pool up to it; the idle sweep never goes below it). */
-  min: number;
-  /** Close idle slots above `min` after this long idle, ms (0: never). */
-  idleTimeoutMs: number;
-  gate: AdmissionGate;
-  driver: PoolDriver<S>;
-  clock: Clock;
-  events?: CoreEvents<S>;
-}
-
-export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> implements GateView {
+export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> implements GateView, SlotOwner<S> {
   ending = false;
   ended = false;
   readonly gate: AdmissionGate;
   private readonly slotSet = new Set<S>();
   private readonly idle: S[] = [];
-  /** Waiting callers, first in first out (ended ones are dropped as the head reaches them). */
-  private queue: W[] = [];
-  private queued = 0;
-  private probesQueued = 0;
-  /** Callers handed a slot their caller is still checking: their deadline still runs. */
-  private readonly handed = new Set<W>();
+  /** Callers waiting (first in, first out) or having their slot checked, with their one deadline timer. */
+  private readonly waiters: Waiters<W>;
   private openingCount = 0;
   private closing = 0;
-  private deadlineTimer: Timer | undefined;
-  private deadlineAt = Infinity;
   private sweepTimer: Timer | undefined;
   private matching = false;
   private rematch = false;
@@ -95,6 +36,10 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
   constructor(private readonly options: ResourcePoolOptions<S>) {
     this.gate = options.gate;
     this.events = options.events ?? {};
+    this.waiters = new Waiters<W>(options.clock, (expired, waiting) => {
+      const outcome: Outcome = { kind: 'timeout', waiting };
+      for (const w of expired) this.finish(w, outcome);
+    });
   }
 
   // ----- counts (the GateView) -----------------------------------------------------------------
@@ -113,10 +58,10 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
     return this.slotSet.size - this.idle.length - this.openingCount;
   }
   get waiting(): number {
-    return this.queued;
+    return this.waiters.waiting;
   }
   get probesWaiting(): number {
-    return this.probesQueued;
+    return this.waiters.probesWaiting;
   }
   /** Every slot, open or being opened. */
   slots(): IterableIterator<S> {
@@ -127,18 +72,18 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
   }
   /** The caller first in the queue (a read: for health and the simulation's checks). */
   peek(): W | undefined {
-    return this.queue[0];
+    return this.waiters.head();
   }
 
   // ----- acquiring -----------------------------------------------------------------------------
 
   /** Hands `w` an idle slot if the gate lets it, else queues it (or fails it: shed, refused, closed, past its deadline). */
   acquire(w: W, front = false): void {
-    if (this.ending) return this.finish(w, { kind: 'closed', waiting: this.queued });
+    if (this.ending) return this.finish(w, { kind: 'closed', waiting: this.waiting });
     const now = this.options.clock.now();
     // A deadline that has passed is final: no idle slot is taken (and checked) after it.
-    if (now >= w.deadline) return this.finish(w, { kind: 'timeout', waiting: this.queued });
-    if (this.queued === 0 && this.idle.length > 0) {
+    if (now >= w.deadline) return this.finish(w, { kind: 'timeout', waiting: this.waiting });
+    if (this.waiters.waiting === 0 && this.idle.length > 0) {
       const admission = this.gate.admit(w, this, now, true, false);
       if (admission === TAKE) return this.hand(w, this.idle.pop()!);
     }
@@ -150,14 +95,14 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
 
   /** `w`'s caller found the slot it was handed unusable and dropped it: `w` asks again, ahead of the queue. */
   retry(w: W): void {
-    this.handed.delete(w);
+    this.waiters.checked(w);
     w.stage = 'new';
     this.acquire(w, true);
   }
 
   /** `w`'s caller is done checking its slot (served it, or failed it itself). */
   settle(w: W): void {
-    this.handed.delete(w);
+    this.waiters.checked(w);
     w.stage = 'done';
   }
 
@@ -185,11 +130,11 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
 
   private serve(): void {
     const now = this.options.clock.now();
-    while (this.idle.length > 0 && this.queued > 0) {
-      const head = this.head()!;
+    while (this.idle.length > 0 && this.waiting > 0) {
+      const head = this.waiters.head()!;
       const admission = this.gate.admit(head, this, now, true, true);
       if (admission === WAIT) {
-        const probe = this.probesQueued > 0 ? this.firstProbe() : undefined;
+        const probe = this.probesWaiting > 0 ? this.waiters.firstProbe() : undefined;
         if (!probe) return;
         this.dequeue(probe);
         this.hand(probe, this.idle.pop()!);
@@ -203,12 +148,12 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
 
   private openForWaiters(): void {
     if (this.ending) return;
-    while (this.queued > this.openingCount && this.gate.mayOpen(this, false)) this.open(false);
+    while (this.waiting > this.openingCount && this.gate.mayOpen(this, false)) this.open(false);
     // A probe held back by the limit with nothing idle gets a resource of its own, within the
     // capacity. With the breaker open it is the breaker's probe: when none is out, or the one out
     // is stuck (the breaker says which), even if other openings are under way.
-    const uncovered = this.queued > this.openingCount || !this.gate.breaker.allowsConnect;
-    if (this.probesQueued > 0 && this.idle.length === 0 && uncovered && this.gate.mayOpen(this, true)) this.open(true);
+    const uncovered = this.waiting > this.openingCount || !this.gate.breaker.allowsConnect;
+    if (this.probesWaiting > 0 && this.idle.length === 0 && uncovered && this.gate.mayOpen(this, true)) this.open(true);
   }
 
   private hand(w: W, slot: S): void {
@@ -218,78 +163,27 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
     // Its caller may have dropped the slot and asked again (retry) from within served().
     if (w.stage !== 'handed') return;
     if (done) w.stage = 'done';
-    else {
-      this.handed.add(w);
-      this.watchDeadline(w.deadline);
-    }
+    else this.waiters.checking(w);
   }
 
   private finish(w: W, outcome: Outcome): void {
     if (w.stage === 'done') return;
     if (w.stage === 'queued') this.dequeue(w);
-    this.handed.delete(w);
+    this.waiters.checked(w);
     w.stage = 'done';
     w.failed(outcome);
   }
 
   private enqueue(w: W, front: boolean): void {
     w.stage = 'queued';
-    if (front) this.queue.unshift(w);
-    else this.queue.push(w);
-    this.queued++;
-    if (w.probe) this.probesQueued++;
-    else this.gate.watchStall(this);
-    this.watchDeadline(w.deadline);
-    // A caller in the queue keeps the process alive until it is served or fails (as pg-pool's timer does).
-    this.deadlineTimer?.ref();
+    this.waiters.push(w, front);
+    if (!w.probe) this.gate.watchStall(this);
   }
 
   private dequeue(w: W): void {
     if (w.stage !== 'queued') return;
-    const i = this.queue.indexOf(w);
-    if (i !== -1) this.queue.splice(i, 1);
+    this.waiters.remove(w);
     w.stage = 'new';
-    this.queued--;
-    if (w.probe) this.probesQueued--;
-    if (this.queued === 0) this.deadlineTimer?.unref();
-  }
-
-  private head(): W | undefined {
-    return this.queue[0];
-  }
-
-  private firstProbe(): W | undefined {
-    return this.queue.find((w) => w.probe);
-  }
-
-  // ----- the one deadline timer ----------------------------------------------------------------
-
-  private watchDeadline(at: number): void {
-    if (at < this.deadlineAt) this.armDeadline(at);
-  }
-
-  private armDeadline(at: number): void {
-    const clock = this.options.clock;
-    clock.clearTimeout(this.deadlineTimer);
-    this.deadlineAt = at;
-    this.deadlineTimer = clock.setTimeout(() => this.expire(), Math.max(0, at - clock.now()));
-    // A check in progress alone does not keep the process alive: its socket is busy anyway.
-    if (this.queued === 0) this.deadlineTimer.unref();
-  }
-
-  /** Fails every caller whose deadline has passed (queued, or handed a slot still being checked), and arms the timer for the next. */
-  private expire(): void {
-    this.deadlineTimer = undefined;
-    this.deadlineAt = Infinity;
-    const now = this.options.clock.now();
-    const expired = [...this.queue, ...this.handed].filter((w) => w.deadline <= now);
-    // Told the pool as they saw it, themselves still waiting.
-    const outcome: Outcome = { kind: 'timeout', waiting: this.queued };
-    for (const w of expired) this.finish(w, outcome);
-    let next = Infinity;
-    for (const w of this.queue) next = Math.min(next, w.deadline);
-    for (const w of this.handed) next = Math.min(next, w.deadline);
-    if (next < Infinity) this.armDeadline(next);
   }
 
   // ----- giving back ---------------------------------------------------------------------------
@@ -395,7 +289,7 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
     if (!this.gate.breaker.allowsConnect) this.refuseWaiters();
     // Fail fast, as pg.Pool does: one waiter per failed attempt, the longest waiting first — but
     // only one that was already waiting when the attempt began; a later one gets its own.
-    const head = this.head();
+    const head = this.waiters.head();
     if (head && head.startedAt <= startedAt) this.finish(head, { kind: 'open-failed', error: err, setUp });
     if (this.slotSet.size < this.options.min) this.events.belowMin?.();
     this.match();
@@ -404,7 +298,7 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
   /** The breaker is open and no resource is left to come back: callers queued fail now; probes wait for the breaker's probe. */
   refuseWaiters(): void {
     if (this.slotSet.size - this.openingCount > 0) return;
-    for (const w of this.queue.filter((q) => !q.probe)) this.finish(w, { kind: 'refused' });
+    for (const w of this.waiters.nonProbes()) this.finish(w, { kind: 'refused' });
   }
 
   // ----- idle sweep ----------------------------------------------------------------------------
@@ -458,10 +352,10 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
     this.ending = true;
     this.gate.stop();
     const clock = this.options.clock;
-    clock.clearTimeout(this.deadlineTimer);
+    this.waiters.stop();
     clock.clearTimeout(this.sweepTimer);
     this.endWaiters.push(done);
-    const waiters = [...this.queue, ...this.handed];
+    const waiters = this.waiters.all();
     const outcome: Outcome = { kind: 'closed', waiting: waiters.length };
     for (const w of waiters) this.finish(w, outcome);
     for (const slot of [...this.idle]) this.destroy(slot, 'shutdown');
