@@ -1,13 +1,13 @@
 import type { DataSource, DataSourceOptions } from 'typeorm';
-import type { DbPoolOptions } from './config/db-pool.options.js';
+import type { DbPoolConfig, DbPoolOptions } from './config/db-pool.options.js';
 import { resolveDbPoolConfig } from './config/resolve-config.js';
 import { codeOf, PoolConnectError } from './errors.js';
 import { DbPool } from './pool/db-pool.js';
 import { type DbPoolLogger, SILENT } from './pool/logger.js';
-import { toPgPoolOptions, toPoolSettings } from './pool/pg-options.js';
+import { toPgPoolOptions } from './pool/pg-options.js';
+import { settingsOf } from './pool/settings.js';
 import { ReplicaRouter } from './pool/replicas.js';
 import { DbPoolDataSource, toTypeOrmOptions } from './pool/typeorm-options.js';
-import type { DbPoolConfig } from './config/db-pool.options.js';
 import { scrubSecrets } from './redact.js';
 
 /** SQLSTATEs of a server that is up but cannot take a connection right now: too_many_connections, cannot_connect_now. */
@@ -30,7 +30,7 @@ const TRANSIENT = new Set(['53300', '57P03']);
 export async function createDbPool(options: DbPoolOptions = {}): Promise<DbPool> {
   const config = resolveDbPoolConfig(options);
   const logger = options.logger ?? SILENT;
-  const pool = new DbPool(toPgPoolOptions(config), toPoolSettings(config, logger));
+  const pool = new DbPool(toPgPoolOptions(config), settingsOf(config, logger));
   const failed = await warm(pool, config, logger);
   if (failed) {
     // Unreachable, auth, no such database: a configuration to fix before starting.
@@ -68,7 +68,7 @@ async function warm(pool: DbPool, config: DbPoolConfig, logger: DbPoolLogger): P
  * crash-loop, an application whose primary serves its reads.
  */
 async function createReplicaPool(config: DbPoolConfig, logger: DbPoolLogger): Promise<DbPool> {
-  const pool = new DbPool(toPgPoolOptions(config), toPoolSettings(config, logger));
+  const pool = new DbPool(toPgPoolOptions(config), settingsOf(config, logger));
   await warm(pool, config, logger);
   return pool;
 }

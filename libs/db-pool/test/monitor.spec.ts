@@ -1,7 +1,8 @@
 import type pg from 'pg';
 import { DbPool, PoolMonitor, resolveDbPoolConfig, type DbPoolOptions } from '../src/index.js';
 import { RECOMMENDATIONS } from '../src/monitor/messages.constant.js';
-import { toPgPoolOptions, toPoolSettings } from '../src/pool/pg-options.js';
+import { toPgPoolOptions } from '../src/pool/pg-options.js';
+import { settingsOf } from '../src/pool/settings.js';
 import { eventually, poolFixture, proxyFixture, sleep, testOptions } from './support/db.js';
 
 describe('PoolMonitor', () => {
@@ -188,7 +189,7 @@ describe('PoolMonitor', () => {
     for (const healthDetail of [false, true]) {
       // createDbPool would refuse to start against it: a pool built from the same configuration, not warmed.
       const config = resolveDbPoolConfig(testOptions({ url: url.toString(), poolSize: 1, maxOverflow: 0, healthDetail }));
-      const pool = new DbPool(toPgPoolOptions(config), toPoolSettings(config, logger));
+      const pool = new DbPool(toPgPoolOptions(config), settingsOf(config, logger));
       const monitor = new PoolMonitor(pool, config, logger);
       monitors.push(monitor);
       const err = (await pool.ping(2_000).catch((e: unknown) => e)) as Error;

@@ -1,6 +1,5 @@
 import type { DbPoolConfig } from '../config/db-pool.options.js';
-import type { DbPoolLogger } from './logger.js';
-import type { DbPoolSettings, PgPoolOptions } from './settings.js';
+import type { PgPoolOptions } from './settings.js';
 
 /**
  * The one mapping from db-pool's validated configuration to pg's options: the connection, each
@@ -21,29 +20,4 @@ export function toPgPoolOptions(config: DbPoolConfig): PgPoolOptions {
   if (config.password !== undefined)
     Object.defineProperty(options, 'password', { value: config.password, enumerable: false, writable: true, configurable: true });
   return options;
-}
-
-/** The pool's behaviour from the configuration (the rest of pg's options stay pg's). */
-export function toPoolSettings(config: DbPoolConfig, logger: DbPoolLogger): Partial<DbPoolSettings> {
-  return {
-    name: config.name,
-    poolSize: config.poolSize,
-    maxOverflow: config.maxOverflow,
-    poolTimeoutMs: config.poolTimeoutMs,
-    connectTimeoutMs: config.connectTimeoutMs,
-    overflowIdleTimeoutMs: config.overflowIdleTimeoutMs,
-    recycleMs: config.recycleMs,
-    recycleJitter: config.recycleJitter,
-    prePing: config.prePing,
-    prePingBypassMs: config.prePingBypassMs,
-    validationTimeoutMs: config.validationTimeoutMs,
-    resetSession: config.resetSession,
-    leakThresholdMs: config.leakThresholdMs,
-    leakStackRate: config.leakStackRate,
-    shutdownGraceMs: config.shutdownGraceMs,
-    maxWaiting: config.maxWaiting,
-    adaptive: config.adaptive,
-    adaptiveMin: config.adaptiveMin,
-    logger,
-  };
 }

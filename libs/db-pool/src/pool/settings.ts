@@ -5,34 +5,47 @@ import { pgSslModeProblem } from './connection-string.js';
 import { connectTargetOf, HostListError } from './hosts.js';
 import { type DbPoolLogger, SILENT } from './logger.js';
 
-/** How a pool behaves: the validated configuration's pool fields, plus pg's own that have no environment key. Durations in ms. */
-export type DbPoolSettings = Pick<
-  DbPoolConfig,
-  | 'name'
-  | 'poolSize'
-  | 'maxOverflow'
-  | 'poolTimeoutMs'
-  | 'connectTimeoutMs'
-  | 'overflowIdleTimeoutMs'
-  | 'recycleMs'
-  | 'recycleJitter'
-  | 'prePing'
-  | 'prePingBypassMs'
-  | 'validationTimeoutMs'
-  | 'resetSession'
-  | 'leakThresholdMs'
-  | 'leakStackRate'
-  | 'shutdownGraceMs'
-  | 'maxWaiting'
-  | 'adaptive'
-  | 'adaptiveMin'
-> & {
+/**
+ * The fields of the resolved configuration ({@link DbPoolConfig}) that the pool itself reads: one
+ * list, from which both the type and {@link settingsOf} come, so a pool setting is named and
+ * documented once, in `DbPoolConfig`.
+ */
+export const SETTING_KEYS = [
+  'name',
+  'poolSize',
+  'maxOverflow',
+  'poolTimeoutMs',
+  'connectTimeoutMs',
+  'overflowIdleTimeoutMs',
+  'recycleMs',
+  'recycleJitter',
+  'prePing',
+  'prePingBypassMs',
+  'validationTimeoutMs',
+  'resetSession',
+  'leakThresholdMs',
+  'leakStackRate',
+  'shutdownGraceMs',
+  'maxWaiting',
+  'adaptive',
+  'adaptiveMin',
+] as const satisfies readonly (keyof DbPoolConfig)[];
+
+/** How a pool behaves: its part of the resolved configuration, plus pg's own that have no environment key. Durations in ms. */
+export type DbPoolSettings = Pick<DbPoolConfig, (typeof SETTING_KEYS)[number]> & {
   /** pg's `maxUses`: checkouts after which a connection is replaced. @default Infinity */
   maxUses: number;
   /** pg's `allowExitOnIdle`: idle connections do not keep the process alive. @default false */
   allowExitOnIdle: boolean;
   logger: DbPoolLogger;
 };
+
+/** The pool's part of a resolved configuration (its connection and secrets stay out: they go to pg). */
+export function settingsOf(config: DbPoolConfig, logger: DbPoolLogger): Partial<DbPoolSettings> {
+  const settings: Partial<DbPoolSettings> = { logger };
+  for (const key of SETTING_KEYS) (settings as Record<string, unknown>)[key] = config[key];
+  return settings;
+}
 
 /** The pool-only keys of pg.Pool's options (the rest are each client's). */
 export const PG_POOL_KEYS = [
