@@ -4,7 +4,7 @@ import { DbPoolRegistry } from '../monitor/pool-registry.js';
 
 /**
  * Terminus indicators for every pool. `pools()` reports each pool's health from its counters
- * (healthy → up, warning → degraded, critical → down) with the seed's report as details;
+ * (healthy → up, warning → degraded, critical → down) with the pool report as details;
  * `readiness()` checks that each primary pool's server answers, within DB_POOL_HEALTH_TIMEOUT_MS.
  */
 @Injectable()

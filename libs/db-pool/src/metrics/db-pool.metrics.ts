@@ -201,7 +201,7 @@ export class DbPoolMetrics {
       histogram('db_client_connection_use_time_seconds', 'Time from hand-out to release.', (m) => m.pool.timings.use),
       gauge(
         'db_client_connection_utilization_ratio',
-        'Connections in use / most connections the pool may open (the seed utilization / 100).',
+        'Connections in use / most connections the pool may open (0 to 1; the pool report gives it as a percentage).',
         (m) => m.getPoolStatus().utilization / 100,
       ),
       gauge('db_pool_connect_failing', '1 while opening connections fails (the last attempt failed, within 30 s), else 0.', (m) =>

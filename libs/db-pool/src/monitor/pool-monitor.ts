@@ -14,7 +14,7 @@ import { sampleServerHeadroom, type ServerHeadroom } from './server-headroom.js'
 
 export type PoolHealth = 'healthy' | 'warning' | 'critical';
 
-/** The seed's `get_pool_status()`, plus `waiting`. */
+/** The pool's state at one moment (the original design's `get_pool_status()`), plus `waiting`. */
 export interface PoolStatus {
   /** Connections kept open (DB_POOL_SIZE). */
   size: number;
@@ -71,7 +71,7 @@ export interface PoolOverloadReport {
   cancels_total: number;
 }
 
-/** The seed's `configuration` block, with the URL (password redacted). */
+/** The pool's configuration as the report shows it, with the URL (password redacted). */
 export interface PoolConfiguration {
   pool_size: number;
   max_overflow: number;
@@ -103,7 +103,7 @@ export interface PoolBreakerReport {
   opens: number;
 }
 
-/** The seed's `/health/db_pool` object, plus the last server-headroom sample. */
+/** The pool report (`GET /health/db_pool`), plus the last server-headroom sample. */
 export interface PoolHealthReport {
   /** For a read replica's pool: its lag and whether reads go to it. */
   replica?: PoolReplicaReport;
@@ -297,7 +297,7 @@ export class PoolMonitor {
   }
 
   /**
-   * The seed's heuristic — overflow maxed out and utilization above the critical threshold for
+   * The exhaustion heuristic — overflow maxed out and utilization above the critical threshold for
    * longer than 10 s — with one more condition that keeps a busy but healthy pool from being
    * flagged: a connection has been held that long too. Also true while a checkout reported by
    * DB_POOL_LEAK_THRESHOLD has not come back. A read: the suspicion is advanced by the monitor's
@@ -307,7 +307,7 @@ export class PoolMonitor {
     return this.leakSuspected || this.pool.leaksOutstanding() > 0;
   }
 
-  /** The seed's recommendations for a status (by default, the pool's now). */
+  /** The recommendations for a status (by default, the pool's now). */
   getRecommendations(status: PoolStatus = this.getPoolStatus()): string[] {
     const out: string[] = [];
     const replica = this.replica?.();
@@ -365,7 +365,7 @@ export class PoolMonitor {
     return this.headroom;
   }
 
-  /** The seed's `/health/db_pool` object, from one reading of the pool's status. */
+  /** The pool report (`GET /health/db_pool`), from one reading of the pool's status. */
   getHealthReport(): PoolHealthReport {
     const status = this.getPoolStatus();
     const breaker = this.pool.breakerState();

@@ -1,12 +1,3 @@
-/**
- * The connect circuit breaker. When connection attempts keep failing on every host (refused,
- * timed out, "too many clients"), opening more only adds load to a server that is down or
- * full, and every caller waits its whole deadline for nothing. After `threshold` failed attempts
- * in a row the breaker opens: the pool opens no connection and fails acquires that would need
- * one at once. After a jittered back-off it lets one probe through (half-open); the probe's
- * success closes it, its failure opens it again with a longer back-off (capped, so a host that
- * comes back is found within about a second).
- */
 import { type Clock, REAL_CLOCK, type Timer } from './core/clock.js';
 
 export type BreakerState = 'closed' | 'open' | 'half-open';
@@ -29,13 +20,22 @@ export interface BreakerOptions {
   clock?: Clock;
 }
 
+/**
+ * The connect circuit breaker. When connection attempts keep failing on every host (refused,
+ * timed out, "too many clients"), opening more only adds load to a server that is down or
+ * full, and every caller waits its whole deadline for nothing. After `threshold` failed attempts
+ * in a row the breaker opens: the pool opens no connection and fails acquires that would need
+ * one at once. After a jittered back-off it lets one probe through (half-open); the probe's
+ * success closes it, its failure opens it again with a longer back-off (capped, so a host that
+ * comes back is found within about a second).
+ */
 export class ConnectBreaker {
   state: BreakerState = 'closed';
   /** Times it has opened since the pool started. */
   opens = 0;
   /** The failure that opened it last. */
   lastFailure: Error | undefined;
-  /** performance.now() / Date.now()-free: ms epoch of when a probe may go next (0 when closed). */
+  /** Wall-clock time (ms since the epoch, for reports) at which the next probe may go; 0 when closed. */
   retryAt = 0;
   private failuresInRow = 0;
   /** When the last probe went (the clock's time). */
