@@ -15,7 +15,8 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import fc from 'fast-check';
 import { FixedLimit, GradientLimit } from '../src/pool/concurrency-limit.js';
@@ -413,7 +414,30 @@ function minimise(schedule: Schedule): Schedule {
   return best;
 }
 
+/** Every module the core's files import, followed through relative imports: the specifiers that are not relative. */
+function outsideImports(entry: string): Map<string, string> {
+  const seen = new Set<string>();
+  const outside = new Map<string, string>();
+  const visit = (file: string) => {
+    if (seen.has(file)) return;
+    seen.add(file);
+    for (const [, spec] of readFileSync(file, 'utf8').matchAll(/^(?:import|export)\b[^;]*?from '([^']+)'/gms)) {
+      if (spec.startsWith('.')) visit(resolve(dirname(file), spec.replace(/\.js$/, '.ts')));
+      else outside.set(spec, file);
+    }
+  };
+  visit(entry);
+  return outside;
+}
+
 describe('the pool core under a deterministic simulation', () => {
+  it('imports nothing of pg, TypeORM or Nest: only the core and the policies its gate holds', () => {
+    const core = join(dirname(fileURLToPath(import.meta.url)), '../src/pool/core');
+    const outside = new Map([...outsideImports(join(core, 'resource-pool.ts')), ...outsideImports(join(core, 'gate.ts'))]);
+    // Node's own modules are allowed; no package is.
+    expect([...outside].filter(([spec]) => !spec.startsWith('node:'))).toEqual([]);
+  });
+
   // One schedule from a file (SIM_DUMP wrote it), traced step by step with SIM_TRACE=1.
   const caseFile = process.env.SIM_CASE;
   (caseFile ? it : it.skip)('replays the schedule in SIM_CASE', () => {

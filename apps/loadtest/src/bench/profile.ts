@@ -4,6 +4,8 @@
 // and db-pool's own functions are printed, and what the lease (src/pool/lease.ts) costs per
 // checkout: its self time over the checkouts the child made; for the callback form, what running
 // each callback in its caller's async context costs (Node's async_hooks frames per checkout).
+// Last, the happy path counted rather than timed: every function of db-pool's that one connect()
+// finding an idle connection enters, and one release, from V8's precise coverage (call counts).
 //
 //   npx nx run loadtest:profile [--callers 10] [--seconds 6] [--out-dir DIR]
 //
@@ -13,6 +15,7 @@ import { mkdir, mkdtemp, readdir, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Session } from 'node:inspector/promises';
 import { parseArgs } from 'node:util';
 import {
   ALL_FEATURES,
@@ -61,6 +64,63 @@ export function selfTimes(profile: CpuProfile): Map<string, number> {
     out.set(key, (out.get(key) ?? 0) + (profile.timeDeltas[i] ?? 0) / 1000);
   });
   return out;
+}
+
+/** V8's precise coverage of one script: each function's name, where it starts and how often it ran. */
+interface ScriptCoverage {
+  url: string;
+  functions: { functionName: string; ranges: { startOffset: number; count: number }[] }[];
+}
+
+/** The functions of db-pool's that ran since the last take, in the order V8 lists them: `file:name ×count`. */
+function oursThatRan(scripts: ScriptCoverage[]): string[] {
+  const ran: string[] = [];
+  for (const script of scripts) {
+    const at = script.url.indexOf('/libs/db-pool/dist/');
+    if (at < 0) continue;
+    const file = script.url.slice(at + '/libs/db-pool/dist/'.length);
+    for (const fn of script.functions) {
+      const { count, startOffset } = fn.ranges[0];
+      if (count > 0) ran.push(`${file}:${fn.functionName || `(closure at ${startOffset})`}${count > 1 ? ` ×${count}` : ''}`);
+    }
+  }
+  return ran;
+}
+
+/**
+ * The happy path, counted: a warm pool (features off, then every feature on), one `connect()`
+ * that finds an idle connection, then its `release()`; V8's precise coverage counts every call
+ * of every function between two takes, so what is listed is what ran, closures and getters included.
+ */
+async function happyPath(url: string): Promise<void> {
+  const session = new Session();
+  session.connect();
+  await session.post('Profiler.enable');
+  await session.post('Profiler.startPreciseCoverage', { callCount: true, detailed: false });
+  const take = async () => ((await session.post('Profiler.takePreciseCoverage')) as { result: ScriptCoverage[] }).result;
+  const res = new Resources();
+  try {
+    for (const [label, features] of [
+      [C.featuresOff, FEATURES_OFF],
+      [C.featuresOn, ALL_FEATURES],
+    ] as const) {
+      const pool = await openDbPool(res, url, 'profile-path', features);
+      for (let i = 0; i < 100; i++) (await pool.connect()).release();
+      await take();
+      const client = await pool.connect();
+      const acquire = oursThatRan(await take());
+      client.release();
+      const release = oursThatRan(await take());
+      process.stdout.write(`\n== the happy path, ${label}: functions of db-pool's entered (V8 precise coverage)\n`);
+      process.stdout.write(`  connect() finding an idle connection: ${acquire.length}\n    ${acquire.join('\n    ')}\n`);
+      process.stdout.write(`  release() of a connection that is kept: ${release.length}\n    ${release.join('\n    ')}\n`);
+      await res.closeAll();
+    }
+  } finally {
+    await res.closeAll();
+    await session.post('Profiler.stopPreciseCoverage');
+    session.disconnect();
+  }
 }
 
 async function child(pool: string, callers: number, seconds: number): Promise<void> {
@@ -163,6 +223,7 @@ async function main(): Promise<void> {
         `  the caller's async context (an AsyncResource per callback): ${((asyncContext * 1000) / checkouts).toFixed(3)} µs per checkout (budget 1 µs)\n`,
       );
   }
+  await happyPath(process.env.DATABASE_URL);
 }
 
 main().catch((err: unknown) => {
