@@ -54,7 +54,9 @@ describe('query timeout (DB_QUERY_TIMEOUT_MS) and connections released mid-query
     client.release(); // misuse: released with the query in flight
     const started = performance.now();
     const { rows } = await pool.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
-    expect(performance.now() - started).toBeLessThan(2_000); // not after pg_sleep(30)
+    // Served once the cancel settled the connection, not when pg_sleep(30) would have ended (a
+    // generous bound: a busy machine takes a while to settle, and 57014 below is the proof).
+    expect(performance.now() - started).toBeLessThan(10_000);
     expect(rows[0].pid).toBe(pid);
     expect(await running).toBe('57014'); // query_canceled
     expect(pool.counters.cancels).toBe(1);
