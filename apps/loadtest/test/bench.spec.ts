@@ -17,14 +17,7 @@ const RATIO_KEYS = [
   'p99_over_median_wait_c200',
   'features_on_vs_off',
 ];
-const TARGET_KEYS = [
-  'latency_vs_pg_pool',
-  'throughput_vs_pg_pool',
-  'latency_vs_typeorm',
-  'preping_on_vs_off',
-  'no_pool_slowdown',
-  'p99_over_median_wait_c200',
-];
+const TARGET_KEYS = ['latency_vs_pg_pool', 'throughput_vs_pg_pool', 'latency_vs_typeorm', 'preping_on_vs_off', 'p99_over_median_wait_c200'];
 const OVERLOAD_KEYS = ['overload_goodput_vs_capacity', 'overload_goodput_vs_pg_pool', 'overload_p99_over_deadline', 'overload_recovery_s'];
 const CHART_IDS = ['chart-latency', 'chart-throughput', 'chart-pool-utilization', 'chart-overload'];
 
@@ -119,6 +112,8 @@ describe('the benchmark CLI (--quick)', () => {
       expect(typeof results.targets[key]?.limit).toBe('number');
       expect(typeof results.targets[key]?.met).toBe('boolean');
     }
+    // Reported, not judged: the machine's SCRAM cost sets it far more than the pool does.
+    expect(results.targets.no_pool_slowdown).toBeUndefined();
     // pg.Pool may answer nothing in time (the ratio is then unbounded, null in JSON); the others are numbers.
     for (const key of OVERLOAD_KEYS.filter((k) => k !== 'overload_goodput_vs_pg_pool')) {
       expect([key, Number.isFinite(results.ratios[key])]).toEqual([key, true]);

@@ -121,7 +121,10 @@ function waitSpread(s: SliceResult): number {
 }
 
 const TARGETS: Record<
-  Exclude<RatioKey, 'features_on_vs_off'>,
+  // Information, not targets: features_on_vs_off (what the features cost, judged by the others) and
+  // no_pool_slowdown, which the server's SCRAM cost on the machine sets far more than the pool does
+  // (38× and 209× on unchanged code, on two days).
+  Exclude<RatioKey, 'features_on_vs_off' | 'no_pool_slowdown'>,
   { comparison: '<=' | '>='; limit: number; description: string; at?: string[] }
 > = {
   latency_vs_pg_pool: { comparison: '<=', limit: 1.1, description: 'db-pool pool.query latency / raw pg.Pool, 1 caller' },
@@ -133,7 +136,6 @@ const TARGETS: Record<
   },
   latency_vs_typeorm: { comparison: '<=', limit: 1.1, description: 'db-pool DataSource latency / stock TypeORM DataSource, 1 caller' },
   preping_on_vs_off: { comparison: '<=', limit: 1.05, description: 'latency with pre-ping (500 ms bypass) / without, steady load' },
-  no_pool_slowdown: { comparison: '>=', limit: 50, description: 'new connection per query (SCRAM) latency / pooled latency' },
   p99_over_median_wait_c200: { comparison: '<=', limit: 3, description: 'db-pool acquire wait p99 / p50 at 200 callers, capacity 20' },
 };
 
