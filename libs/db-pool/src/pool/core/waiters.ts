@@ -14,7 +14,13 @@ export interface Queued {
 }
 
 export class Waiters<W extends Queued> {
+  /**
+   * The queue is `queue[start..]`: the head leaves by moving `start` on (an array's shift or
+   * splice at 0 moves every element behind it, which at a few hundred callers waiting was the
+   * pool's costliest line); the array is compacted once the dead prefix is half of it.
+   */
   private queue: W[] = [];
+  private start = 0;
   /** Callers in the queue (a field, not a getter: every acquire reads it). Written only here. */
   waiting = 0;
   private probes = 0;
@@ -34,24 +40,25 @@ export class Waiters<W extends Queued> {
     return this.probes;
   }
   head(): W | undefined {
-    return this.queue[0];
+    return this.queue[this.start];
   }
   firstProbe(): W | undefined {
-    return this.queue.find((w) => w.probe);
+    return this.queued().find((w) => w.probe);
   }
   /** The queue's callers that are not probes (a copy). */
   nonProbes(): W[] {
-    return this.queue.filter((w) => !w.probe);
+    return this.queued().filter((w) => !w.probe);
   }
   /** Every caller, queued or being checked (a copy). */
   all(): W[] {
-    return [...this.queue, ...this.handed];
+    return [...this.queued(), ...this.handed];
   }
 
   /** Queues `w` at the back, or at the front (a caller asking again after its check failed). */
   push(w: W, front: boolean): void {
-    if (front) this.queue.unshift(w);
-    else this.queue.push(w);
+    if (!front) this.queue.push(w);
+    else if (this.start > 0) this.queue[--this.start] = w;
+    else this.queue.unshift(w);
     this.waiting++;
     if (w.probe) this.probes++;
     this.watch(w.deadline);
@@ -59,9 +66,21 @@ export class Waiters<W extends Queued> {
   }
 
   remove(w: W): void {
-    const i = this.queue.indexOf(w);
-    if (i === -1) return;
-    this.queue.splice(i, 1);
+    const { queue } = this;
+    if (queue[this.start] === w) {
+      (queue as (W | undefined)[])[this.start++] = undefined;
+      if (this.start === queue.length) {
+        queue.length = 0;
+        this.start = 0;
+      } else if (this.start >= 64 && this.start * 2 >= queue.length) {
+        queue.splice(0, this.start);
+        this.start = 0;
+      }
+    } else {
+      const i = queue.indexOf(w, this.start);
+      if (i === -1) return;
+      queue.splice(i, 1);
+    }
     this.waiting--;
     if (w.probe) this.probes--;
     if (this.waiting === 0) this.timer?.unref();
@@ -76,6 +95,11 @@ export class Waiters<W extends Queued> {
   /** `w` is no longer being checked. */
   checked(w: W): void {
     this.handed.delete(w);
+  }
+
+  /** The callers in the queue, in order (a copy). */
+  private queued(): W[] {
+    return this.queue.slice(this.start);
   }
 
   stop(): void {
@@ -99,7 +123,7 @@ export class Waiters<W extends Queued> {
     // Told the pool as they saw it, themselves still waiting.
     this.expired(due, this.waiting);
     let next = Infinity;
-    for (const w of this.queue) next = Math.min(next, w.deadline);
+    for (let i = this.start; i < this.queue.length; i++) next = Math.min(next, this.queue[i].deadline);
     for (const w of this.handed) next = Math.min(next, w.deadline);
     if (next < Infinity) this.watch(next);
   }
