@@ -54,10 +54,11 @@ describe('acquire timeout (DB_POOL_TIMEOUT)', () => {
   });
 
   it('a refused connect fails the acquire at once with PoolConnectError, keeping the driver code and cause', async () => {
-    // The drop-in: a pool that does not warm up, so the acquire is what opens the connection.
+    // A pool that does not warm up, so the acquire is what opens the connection, with db-pool's
+    // errors as createDbPool builds it (the drop-in gives pg's own: pg-pool-contract.spec).
     pool = new DbPool(
       { connectionString: 'postgres://nobody:secret@127.0.0.1:1/none', max: 1, connectionTimeoutMillis: 5_000 },
-      { name: 'refused' },
+      { name: 'refused', dropIn: false },
     );
     const started = Date.now();
     const err = (await pool.connect().catch((e: unknown) => e)) as PoolConnectError;

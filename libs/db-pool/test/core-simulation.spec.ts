@@ -244,7 +244,8 @@ function run(schedule: Schedule): void {
       served(slot) {
         if (slot.holder !== undefined) fail(`slot ${slot.id} handed to caller ${w.id} while caller ${slot.holder.id} holds it`);
         if (slot.removed || slot.connecting) fail(`slot ${slot.id} handed out removed or still opening`);
-        if (!w.probe && pool.busy - 1 >= gate.limit.limit) fail(`caller ${w.id} served past the limit ${gate.limit.limit}`);
+        // (Shutting down, the callers queued before it drain the pool past the limit.)
+        if (!w.probe && !pool.ending && pool.busy - 1 >= gate.limit.limit) fail(`caller ${w.id} served past the limit ${gate.limit.limit}`);
         slot.holder = w;
         if (w.stage === 'handed' && w.queuedSeq >= 0) servedOrder.push(w);
         if (w.check.kind === 'none') return end(w, 'served');
@@ -300,7 +301,11 @@ function run(schedule: Schedule): void {
         fail(`caller ${w.id} still ${w.stage} at ${now}, past its deadline ${w.deadline} + 1 tick`);
     }
     if (schedule.adaptive && gate.limit.limit < floor) fail(`the limit ${gate.limit.limit} is below its floor ${floor}`);
-    if (pool.ending) return;
+    if (pool.ending) {
+      // Shutting down, callers queued before it drain the pool: an idle slot goes to one, or closes.
+      if (pool.idleCount > 0 && pool.waiting > 0) fail(`${pool.waiting} waiting while ${pool.idleCount} idle during the shutdown`);
+      return;
+    }
     // No waiter left waiting while an idle resource exists and the gate allows it (the head, or any probe: probes pass the limit).
     if (pool.idleCount > 0 && pool.waiting > 0 && (pool.probesWaiting > 0 || gate.admit(pool.peek()!, pool, now, true, false) !== WAIT))
       fail(`${pool.waiting} waiting while ${pool.idleCount} idle and the gate allows it`);

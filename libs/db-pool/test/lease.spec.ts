@@ -48,15 +48,18 @@ describe('a lease per checkout: what a caller gets is valid for its checkout onl
     expect(p.counters.resets).toBe(0); // nothing was rolled back
   });
 
-  it('every other member of a released client throws too, naming it: escapeLiteral, processID, on', async () => {
+  it("every other method of a released client throws too, naming it (escapeLiteral, on), and so does a write of a field; a read of one (processID) still answers, as the pool's events need", async () => {
     const p = await pool({ poolSize: 1, maxOverflow: 0 });
     const client = await p.connect();
     expect(client.escapeLiteral("it's")).toBe("'it''s'");
-    expect(typeof (client as unknown as { processID: number }).processID).toBe('number');
+    const pid = (client as unknown as { processID: number }).processID;
+    expect(typeof pid).toBe('number');
     client.release();
     expect(() => client.escapeLiteral('x')).toThrow(/escapeLiteral called on a client that was released/);
-    expect(() => (client as unknown as { processID: number }).processID).toThrow(/processID called on a client that was released/);
     expect(() => client.on('notice', () => {})).toThrow(/on called on a client that was released/);
+    expect(() => ((client as unknown as { database: string }).database = 'other')).toThrow(/database called on a client that was released/);
+    // The 'remove' and 'error' listeners get the lease that held the connection last, and read its fields.
+    expect((client as unknown as { processID: number }).processID).toBe(pid);
   });
 
   it('listeners added through a lease are removed at release: the next borrower hears none of them', async () => {

@@ -12,6 +12,7 @@ import {
   awaitingServer,
   backendKeyOf,
   connectionLost,
+  hasPgInternals,
   openSubmittables,
   PINNED,
   protocolOf,
@@ -53,7 +54,8 @@ describe('pg and TypeORM internals db-pool reads (pg-internals.ts)', () => {
 
       // While a query is on the wire and another is queued behind it:
       const messages: string[] = [];
-      for (const name of ['readyForQuery', 'commandComplete', 'parameterStatus']) protocolOf(client).on(name, () => messages.push(name));
+      expect(hasPgInternals(client)).toBe(true);
+      for (const name of ['readyForQuery', 'commandComplete', 'parameterStatus']) protocolOf(client)!.on(name, () => messages.push(name));
       const running = client.query('SELECT pg_sleep(0.05)');
       const queued = client.query("SET TimeZone = 'UTC'");
       expect(awaitingServer(client)).toBe(true);

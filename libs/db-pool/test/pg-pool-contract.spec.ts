@@ -4,6 +4,8 @@
  * against a real PostgreSQL.
  */
 import { execFileSync } from 'node:child_process';
+import { EventEmitter } from 'node:events';
+import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { DbPool, DbPoolConfigError, PoolConnectError, PoolTimeoutError } from '../src/index.js';
@@ -60,20 +62,29 @@ describe('a drop-in for pg.Pool', () => {
     expect(connected[0]).toBeInstanceOf(CountingClient);
   });
 
-  it('a connect error keeps the driver code (err.code), severity and cause; the callback form gets a release function', async () => {
+  it("a connect error is the driver's own, as pg.Pool gives it (createDbPool's is a PoolConnectError); the callback form gets a release function", async () => {
     const url = new URL(databaseUrl());
     url.pathname = '/no_such_database_for_db_pool';
     const pool = new DbPool({ connectionString: url.toString(), max: 1 });
     pools.push(pool);
-    const err = (await pool.connect().catch((e: unknown) => e)) as PoolConnectError;
-    expect(err).toBeInstanceOf(PoolConnectError);
-    expect(err.code).toBe('3D000'); // invalid_catalog_name, as on pg's own error
+    const err = (await pool.connect().catch((e: unknown) => e)) as pg.DatabaseError;
+    expect(err).toBeInstanceOf(pg.DatabaseError);
+    expect(err).not.toBeInstanceOf(PoolConnectError);
+    expect(err.code).toBe('3D000'); // invalid_catalog_name
     expect(err.severity).toBe('FATAL');
-    expect((err.cause as { code?: string }).code).toBe('3D000');
+    expect(err.message).toBe('database "no_such_database_for_db_pool" does not exist');
+    const wrapped = (await created({ url: url.toString(), poolSize: 1, maxOverflow: 0 }).catch((e: unknown) => e)) as PoolConnectError;
+    expect(wrapped).toBeInstanceOf(PoolConnectError);
+    expect(wrapped.code).toBe('3D000');
+    expect((wrapped.cause as { code?: string }).code).toBe('3D000');
+    // A pool of its own: two failed connects in a row open the connect circuit breaker, and an
+    // acquire it refuses gets PoolUnavailableError (its cause the driver's error).
+    const another = new DbPool({ connectionString: url.toString(), max: 1 });
+    pools.push(another);
     const viaCallback = await new Promise<{ err: Error | undefined; release: unknown }>((resolve) =>
-      pool.connect((e, _client, release) => resolve({ err: e, release })),
+      another.connect((e, _client, release) => resolve({ err: e, release })),
     );
-    expect(viaCallback.err).toBeInstanceOf(PoolConnectError);
+    expect(viaCallback.err).toBeInstanceOf(pg.DatabaseError);
     expect(typeof viaCallback.release).toBe('function');
     expect(() => (viaCallback.release as () => void)()).not.toThrow();
   });
@@ -175,6 +186,153 @@ describe('a drop-in for pg.Pool', () => {
     const again = await pool.connect();
     expect(await pid(again)).toBe(before);
     again.release();
+  });
+
+  it('end(): callers already queued finish, as pg.Pool lets them (20 queries in flight at end(), 20 answered)', async () => {
+    const pool = dropIn({ max: 20 });
+    let completed = 0;
+    const queries = Array.from({ length: 20 }, () => pool.query('SELECT 1').then(() => completed++));
+    await pool.end();
+    expect(completed).toBe(20);
+    await Promise.all(queries);
+  });
+
+  it("a Client class that implements only pg.Client's public API works; what needs pg's internals is off, and the log says so once", async () => {
+    // Composition over pg's client, as a wrapper (tracing, a proxy driver) would be: no pg internals show.
+    class Wrapped extends EventEmitter {
+      readonly #inner: pg.Client;
+      constructor(config: pg.ClientConfig) {
+        super();
+        this.#inner = new pg.Client(config);
+        const inner = this.#inner as unknown as EventEmitter;
+        for (const event of ['error', 'end', 'notice', 'notification']) inner.on(event, (...args: unknown[]) => this.emit(event, ...args));
+      }
+      connect(callback?: (err?: Error) => void) {
+        return callback ? this.#inner.connect(callback) : this.#inner.connect();
+      }
+      query(...args: unknown[]) {
+        return (this.#inner.query as (...a: unknown[]) => unknown)(...args);
+      }
+      end() {
+        return this.#inner.end();
+      }
+      getTransactionStatus() {
+        return this.#inner.getTransactionStatus();
+      }
+    }
+    const logged: string[] = [];
+    const pool = dropIn({ max: 1, Client: Wrapped as never, log: (m: string) => logged.push(m) });
+    const first = await pool.connect();
+    await first.query('BEGIN');
+    await first.query('CREATE TEMP TABLE wrapped_client_left_open (x int)');
+    first.release(); // inside its transaction: rolled back (and reset), as with pg's own client
+    const next = await pool.connect();
+    expect(
+      (await next.query<{ t: string | null }>("SELECT to_regclass('pg_temp.wrapped_client_left_open')::text AS t")).rows[0].t,
+    ).toBeNull();
+    next.release(true); // discarded: the next connection is a second one of the class
+    expect((await pool.query<{ n: number }>('SELECT 1 AS n')).rows[0].n).toBe(1);
+    expect(pool.counters.created).toBe(2);
+    expect(logged.filter((m) => m.includes("the Client class is not pg's"))).toHaveLength(1);
+  });
+
+  it('onConnect and verify: what they put on the connection reads through each of its leases; their errors reach the caller as they were thrown', async () => {
+    const pool = dropIn({
+      max: 1,
+      onConnect: (client: pg.ClientBase) => {
+        (client as unknown as { tag: string }).tag = 'set up once';
+      },
+    });
+    for (let i = 0; i < 2; i++) {
+      const client = await pool.connect();
+      expect((client as unknown as { tag: string }).tag).toBe('set up once');
+      client.release();
+    }
+    const hookError = new Error('connect hook error');
+    const failing = dropIn({
+      max: 1,
+      onConnect: () => {
+        throw hookError;
+      },
+    });
+    await expect(failing.connect()).rejects.toBe(hookError);
+    expect(failing.totalCount).toBe(0);
+    const verifyError = new Error('verify says no');
+    const verified = dropIn({ max: 1, verify: (_client: pg.PoolClient, done: (err?: Error) => void) => done(verifyError) });
+    await expect(verified.connect()).rejects.toBe(verifyError);
+  });
+
+  it("log: hears what the pool does, in pg.Pool's words", async () => {
+    const heard: string[] = [];
+    const pool = dropIn({ max: 1, maxUses: 1, log: (m: string) => heard.push(m) });
+    await pool.query('SELECT 1');
+    expect(heard).toEqual(
+      expect.arrayContaining(['connecting new client', 'new client connected', 'dispatching query', 'remove expended client']),
+    );
+  });
+
+  it('idleTimeoutMillis: an idle connection closes when its time is up, not at the next sweep', async () => {
+    const pool = dropIn({ idleTimeoutMillis: 50 });
+    const client = await pool.connect();
+    const removed = new Promise<number>((resolve) => pool.once('remove', () => resolve(performance.now())));
+    client.release();
+    const releasedAt = performance.now();
+    expect((await removed) - releasedAt).toBeGreaterThanOrEqual(48); // not before its time (1 ms of clock slack)
+    expect(pool.totalCount).toBe(0);
+  });
+
+  it('maxUses at min: the connection is retired, and the drop-in opens no other until asked (min is a floor for idle closes, as in pg.Pool)', async () => {
+    const pool = dropIn({ max: 1, min: 1, maxUses: 1 });
+    const client = await pool.connect();
+    client.release();
+    expect(pool.totalCount).toBe(0);
+    expect(pool.idleCount).toBe(0);
+    // createDbPool's pool refills to its size instead (refill.spec).
+  });
+
+  it('pool.query(null) rejects (pg throws), and the connection goes back', async () => {
+    const pool = dropIn({ max: 1 });
+    await expect(pool.query(null as never)).rejects.toThrow(/null or undefined/);
+    expect(pool.totalCount).toBe(1);
+    expect(pool.idleCount).toBe(1);
+  });
+
+  it("listenerCount counts the application's listeners, not the pool's own", async () => {
+    const pool = dropIn({ max: 1 });
+    const client = await pool.connect();
+    expect(client.listenerCount('error')).toBe(0);
+    const onError = () => {};
+    client.on('error', onError);
+    expect(client.listenerCount('error')).toBe(1);
+    client.removeListener('error', onError);
+    expect(client.listenerCount('error')).toBe(0);
+    client.release();
+  });
+
+  it("events: 'release', 'remove' and 'error' name the client the caller had (its lease), and 'error' sets err.client", async () => {
+    const pool = dropIn({ max: 2, idleTimeoutMillis: 30 });
+    const client = await pool.connect();
+    const released = new Promise<unknown>((resolve) => pool.once('release', (_err: unknown, c: unknown) => resolve(c)));
+    const removed = new Promise<unknown>((resolve) => pool.once('remove', (c: unknown) => resolve(c)));
+    client.release();
+    expect(await released).toBe(client);
+    expect(await removed).toBe(client); // closed idle
+    const second = await pool.connect();
+    const backend = await pid(second);
+    second.release();
+    const failed = new Promise<{ err: Error & { client?: unknown }; c: unknown }>((resolve) =>
+      pool.once('error', (err: Error, c: unknown) => resolve({ err, c })),
+    );
+    const admin = new pg.Client(databaseUrl());
+    await admin.connect();
+    try {
+      await admin.query('SELECT pg_terminate_backend($1)', [backend]);
+    } finally {
+      await admin.end();
+    }
+    const { err, c } = await failed;
+    expect(c).toBe(second);
+    expect(err.client).toBe(second);
   });
 
   it("createDbPool: typeorm.extra reaches pg (keepAlive, maxUses), db-pool's own keys winning", async () => {

@@ -87,7 +87,8 @@ describe('shutdown never strands a caller', () => {
       import { createDbPool } from '${root}libs/db-pool/dist/index.js';
       const thrown = [];
       process.on('uncaughtException', (err) => thrown.push(err.name));
-      const pool = await createDbPool({ url: process.env.DATABASE_URL, poolSize: 1, maxOverflow: 0, env: {} });
+      // Queued before end(), they wait for a connection until the grace ends, then fail.
+      const pool = await createDbPool({ url: process.env.DATABASE_URL, poolSize: 1, maxOverflow: 0, shutdownGraceSeconds: 1, env: {} });
       const held = await pool.connect();
       const heard = [];
       pool.connect((err) => { heard.push('first: ' + err?.name); if (err) throw err; });

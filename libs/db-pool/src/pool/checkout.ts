@@ -94,7 +94,7 @@ export class Acquire implements Waiter<PoolEntry> {
       }
       entry.lastUsed = performance.now();
       // Its deadline passed during the ping: the caller has its error; the connection goes back.
-      if (this.stage === 'done' || core.ending) return core.release(entry);
+      if (this.stage === 'done') return core.release(entry);
       core.settle(this);
       this.host.lease(this, entry);
     });
@@ -133,12 +133,16 @@ export class Acquire implements Waiter<PoolEntry> {
       case 'open-failed': {
         stats.connectFailed();
         const err = outcome.error;
+        // A set-up hook's (onConnect, verify) own error, as pg.Pool gives it: the application's.
+        if (outcome.setUp) return (err.cause as Error | undefined) ?? err;
+        // The drop-in gives the driver's own error, as pg.Pool does.
+        if (settings.dropIn) return err;
         // pg says only "timeout expired" when its connect timeout fires; name the setting.
         const reason =
           err.message === 'timeout expired'
             ? `Connection terminated due to connection timeout (DB_CONNECT_TIMEOUT ${settings.connectTimeoutMs} ms)`
             : scrubSecrets(err.message);
-        return new PoolConnectError(name, this.host.state(), reason, { cause: outcome.setUp ? ((err.cause as Error) ?? err) : err });
+        return new PoolConnectError(name, this.host.state(), reason, { cause: err });
       }
     }
   }

@@ -12,9 +12,9 @@ import { scrubSecrets } from '../redact.js';
 import { type Connector, INTERNAL_CONNECT_TIMEOUT_MS, type SessionState, watchRole } from './connector.js';
 import type { PoolDriver, SlotOwner } from './core/resource-pool.js';
 import { FAILOVER_CODES, type Failover } from './failover.js';
-import { delegateToClient } from './lease.js';
+import { delegateFields, delegateToClient } from './lease.js';
 import { lifetimeOf } from './lifetime.js';
-import { awaitingServer, connectionLost, destroySocket, protocolOf, queuedQueries } from './pg-internals.js';
+import { awaitingServer, connectionLost, destroySocket, hasPgInternals, protocolOf, queuedQueries } from './pg-internals.js';
 import { PoolEntry } from './pool-entry.js';
 import type { DbPoolSettings, PgPoolOptions } from './settings.js';
 import type { PoolStats } from './tracker.js';
@@ -44,6 +44,8 @@ export interface ConnectionsOptions {
 export class Connections implements PoolDriver<PoolEntry> {
   private core!: SlotOwner<PoolEntry>;
   private readonly settings: DbPoolSettings;
+  /** A connection of a Client class that is not pg's was adopted, and the log said so. */
+  private toldOpaque = false;
 
   /** pg's `allowExitOnIdle`: an idle connection's socket does not keep the process alive (pg's `client.ref()`/`unref()`). */
   readonly idling?: (entry: PoolEntry, idle: boolean) => void;
@@ -71,6 +73,8 @@ export class Connections implements PoolDriver<PoolEntry> {
 
   /** Opens one connection on the first host that answers with the session the pool needs, then adopts it. */
   open(entry: PoolEntry, internal: boolean, done: (err?: Error, setUp?: boolean) => void): void {
+    const { trace } = this.settings;
+    trace?.('connecting new client');
     // pg builds a client synchronously and can throw there (an unreadable sslrootcert, EMFILE):
     // the connector reports that as a failed attempt like any other.
     this.options.connector.open(
@@ -82,9 +86,11 @@ export class Connections implements PoolDriver<PoolEntry> {
       },
       (err, opened) => {
         if (err) {
+          trace?.('client failed to connect');
           this.options.failover.hostRefused(err);
           return done(err);
         }
+        trace?.('new client connected');
         entry.host = opened!.host;
         this.adopt(entry, opened!.session, done);
       },
@@ -110,7 +116,7 @@ export class Connections implements PoolDriver<PoolEntry> {
       closed = true;
       clearTimeout(timer);
       const events = this.options.events;
-      if (events.listenerCount('remove') > 0) events.emit('remove', client);
+      if (events.listenerCount('remove') > 0) events.emit('remove', entry.seenAs);
       done();
     };
     const timer = setTimeout(() => destroySocket(client), now ? 0 : this.settings.validationTimeoutMs);
@@ -130,12 +136,22 @@ export class Connections implements PoolDriver<PoolEntry> {
     const { connector, failover } = this.options;
     const client = entry.client;
     delegateOnce(this.options.Client, client);
+    if (!hasPgInternals(client)) {
+      // It works through pg.Client's public API; what needs pg's internals is off, said once.
+      entry.opaque = true;
+      if (!this.toldOpaque) {
+        this.toldOpaque = true;
+        this.settings.logger.warn(
+          `db-pool "${this.settings.name}": the Client class is not pg's (no protocol connection or query queue where pg keeps them): its connections are rolled back and reset on every return, and FATAL, role and session-change reports, settling a statement left running at release and closing a socket at once are off`,
+        );
+      }
+    }
     // Its errors must never crash the process: an idle one is dropped and reported, a
     // checked-out one is dropped when it comes back (its caller sees the query fail).
     client.on('error', (err: Error) => this.onClientError(entry, err));
     // A FATAL answer (the backend was terminated, the server shuts down) reaches the query before
     // the socket's end does; marked first, so a caller that releases in its callback sees it.
-    protocolOf(client).prependListener('errorMessage', (msg: { severity?: string; code?: string }) => {
+    protocolOf(client)?.prependListener('errorMessage', (msg: { severity?: string; code?: string }) => {
       // Only a FATAL ends the session: any SQL can RAISE an ERROR, WARNING or NOTICE with a 57P0x
       // code (USING ERRCODE = 'admin_shutdown'), so only a FATAL one says the server is going. (An
       // immediate shutdown's 57P01 warning is not acted on either: the connection's end that
@@ -179,6 +195,7 @@ export class Connections implements PoolDriver<PoolEntry> {
         return done(new Error(`the connection's set-up failed: ${scrubSecrets(err.message)}`, { cause: err }), true);
       }
       watchSession(client, () => (entry.sessionChanged = true));
+      delegateFields(client); // what the set-up put on the connection reads through its leases
       done();
     });
   }
@@ -247,8 +264,11 @@ export class Connections implements PoolDriver<PoolEntry> {
     const { name, logger } = this.settings;
     if (!this.core.isIdle(entry)) return logger.debug?.(`db-pool "${name}": connection error: ${scrubSecrets(err.message)}`);
     this.core.destroy(entry, 'broken');
-    if (events.listenerCount('error') > 0) events.emit('error', err, entry.client);
-    else logger.warn(`db-pool "${name}": idle connection lost: ${scrubSecrets(err.message)}`);
+    if (events.listenerCount('error') > 0) {
+      // As pg.Pool: the error names its connection too.
+      (err as Error & { client?: object }).client = entry.seenAs;
+      events.emit('error', err, entry.seenAs);
+    } else logger.warn(`db-pool "${name}": idle connection lost: ${scrubSecrets(err.message)}`);
   }
 
   /** Marks a connection as expired: closed now if idle, else when it comes back. */

@@ -271,9 +271,9 @@ export class Connector {
     const onStatus = (msg: { parameterName: string; parameterValue: string }) => {
       if ((READ_ONLY_REPORTED as readonly string[]).includes(msg.parameterName)) reported.set(msg.parameterName, msg.parameterValue);
     };
-    if (readSession) protocol.on('parameterStatus', onStatus);
+    if (readSession) protocol?.on('parameterStatus', onStatus);
     client.connect((err?: Error) => {
-      protocol.removeListener('parameterStatus', onStatus);
+      protocol?.removeListener('parameterStatus', onStatus);
       if (err) return done(err);
       if (!readSession) return done(undefined, client, { readOnly: undefined, hotStandby: undefined, reported: false });
       this.sessionOf(client, reported, wanted, timeoutMs, (checkErr, session) => {
@@ -337,7 +337,7 @@ export function watchRole(
     ['in_hot_standby', session.hotStandby ? 'on' : 'off'],
     ['default_transaction_read_only', (session.defaultReadOnly ?? (session.readOnly && !session.hotStandby)) ? 'on' : 'off'],
   ]);
-  protocolOf(client).on('parameterStatus', (msg: { parameterName: string; parameterValue: string }) => {
+  protocolOf(client)?.on('parameterStatus', (msg: { parameterName: string; parameterValue: string }) => {
     if (!(READ_ONLY_REPORTED as readonly string[]).includes(msg.parameterName)) return;
     values.set(msg.parameterName, msg.parameterValue);
     const matched = sessionMatches(attrs, session);

@@ -16,8 +16,6 @@ import type { PoolTimings } from './histogram.js';
 import { wireLayers } from './layers.js';
 import type { CheckoutSite, LeakTracker, StackCaptureStats } from './leak-tracker.js';
 import { PoolLease } from './lease.js';
-import type { Refill } from './lifetime.js';
-import type { OtelBinding } from './otel.js';
 import { callersContext, hideSecrets, promised } from './pg-api.js';
 import type { PoolEntry } from './pool-entry.js';
 import type { ReturnPath } from './return-path.js';
@@ -54,11 +52,8 @@ export class DbPool extends EventEmitter {
   private readonly Promise: PromiseConstructor;
   /** Undefined when leak tracking is off (DB_POOL_LEAK_THRESHOLD 0): the checkout path calls nothing for it. */
   private readonly leaks: LeakTracker | undefined;
-  private readonly refill: Refill;
-  private readonly otel: OtelBinding;
+  private readonly shutdown: (done: () => void) => void;
   private endCalled = false;
-  private graceTimer: NodeJS.Timeout | undefined;
-  private readonly endWaiters: ((err?: Error) => void)[] = [];
 
   /**
    * @param options pg.Pool's options: `max`, `min`, `connectionTimeoutMillis`, `idleTimeoutMillis`,
@@ -87,10 +82,17 @@ export class DbPool extends EventEmitter {
     this.Promise = (options.Promise ?? Promise) as PromiseConstructor;
     const layers = wireLayers(this, options, this.settings, this.stats);
     ({ core: this.core, connections: this.connections, returnPath: this.returnPath, gate: this.gate, connector: this.connector } = layers);
-    ({ leaks: this.leaks, otel: this.otel, refill: this.refill } = layers);
+    ({ leaks: this.leaks, shutdown: this.shutdown } = layers);
   }
 
   // ----- pg.Pool's counts and db-pool's state --------------------------------------------------
+
+  /** pg-pool's `_clients` (private there; code written against pg-pool reads it): the open connections' clients. */
+  get _clients(): pg.Client[] {
+    const clients: pg.Client[] = [];
+    for (const entry of this.core.slots()) if (!entry.connecting) clients.push(entry.client);
+    return clients;
+  }
 
   /** The pool's name (the `name` option; `default` for the drop-in), in its errors and logs. */
   get name(): string {
@@ -280,10 +282,17 @@ export class DbPool extends EventEmitter {
       // query, so the extra tick connect(callback) takes (as pg.Pool does) buys nothing here.
       this.acquire(this.settings.poolTimeoutMs, false, site, (err, lease) => {
         if (err) return done(err);
-        lease!.query(text as string, values as unknown[], (queryErr: Error | null, result: pg.QueryResult) => {
+        this.settings.trace?.('dispatching query');
+        try {
+          lease!.query(text as string, values as unknown[], (queryErr: Error | null, result: pg.QueryResult) => {
+            lease!.release();
+            done(queryErr ?? undefined, result);
+          });
+        } catch (thrown) {
+          // pg refuses some arguments by throwing (a null query): the caller hears it, the connection goes back.
           lease!.release();
-          done(queryErr ?? undefined, result);
-        });
+          done(thrown as Error);
+        }
       });
     });
   }
@@ -346,6 +355,7 @@ export class DbPool extends EventEmitter {
     if (acquire.span !== undefined && (waitedMs >= 1 || acquire.prePings > 0)) acquire.trace(waitedMs);
     this.leaks?.checkout(entry, acquire.site, acquire.span);
     const lease = new PoolLease(this, entry, acquire.scope);
+    entry.lastLease = lease;
     if (this.listenerCount('acquire') > 0) this.emit('acquire', lease);
     acquire.callback(undefined, lease);
   }
@@ -366,7 +376,7 @@ export class DbPool extends EventEmitter {
     if (this.gate.released(useMs, this.core.busy)) this.core.match();
     this.leaks?.checkin(entry);
     entry.checkedOutAt = -1;
-    if (this.listenerCount('release') > 0) this.emit('release', err instanceof Error ? err : undefined, entry.client);
+    if (this.listenerCount('release') > 0) this.emit('release', err instanceof Error ? err : undefined, entry.seenAs);
     if (entry.removed) return; // closed by shutdown while it was out
     this.returnPath.takeBack(entry, err, (verdict) => (verdict.keep ? this.core.release(entry) : this.core.destroy(entry, verdict.reason)));
   }
@@ -415,9 +425,11 @@ export class DbPool extends EventEmitter {
   }
 
   /**
-   * Fails queued callers at once (PoolClosedError), closes idle connections now and the others as
-   * they come back; connections still checked out or being opened after `shutdownGraceMs`
-   * (leaked, or stuck on a dead server) are closed then, so shutdown always finishes.
+   * Shuts down as pg.Pool's `end()` does: a new acquire fails at once (PoolClosedError); callers
+   * already queued are served as connections come back or finish opening, so no queued work is
+   * lost; idle connections nobody waits for close now, the others as they come back. After
+   * `shutdownGraceMs`, callers still queued fail (PoolClosedError) and connections still checked
+   * out or being opened (leaked, or stuck on a dead server) are closed, so shutdown always finishes.
    */
   end(): Promise<void>;
   end(callback: (err?: Error) => void): void;
@@ -427,25 +439,6 @@ export class DbPool extends EventEmitter {
       return callback ? callback(err) : this.Promise.reject(err);
     }
     this.endCalled = true;
-    this.refill.stop();
-    this.leaks?.stop();
-    this.otel.unbind();
-    const result = promised<void>(this.Promise, callback as ((err?: Error) => void) | undefined, (done) => this.endWaiters.push(done));
-    // Not unref'd: a shutdown under way keeps the process alive until it has finished.
-    this.graceTimer = setTimeout(() => this.closeAll(), this.settings.shutdownGraceMs);
-    this.core.end(() => {
-      clearTimeout(this.graceTimer);
-      for (const done of this.endWaiters.splice(0)) done();
-    });
-    return result;
-  }
-
-  private closeAll(): void {
-    if (this.core.ended) return;
-    const left = this.core.closeAll((entry) => this.connections.abort(entry));
-    if (left.length > 0)
-      this.settings.logger.warn(
-        `db-pool "${this.settings.name}": closing ${left.length} connection(s) still checked out or being opened ${this.settings.shutdownGraceMs / 1000} s after shutdown began`,
-      );
+    return promised<void>(this.Promise, callback as ((err?: Error) => void) | undefined, (done) => this.shutdown(() => done()));
   }
 }

@@ -16,13 +16,20 @@ import { ResourcePool } from './core/resource-pool.js';
 import { Failover } from './failover.js';
 import { CheckoutLeakTracker, type LeakTracker } from './leak-tracker.js';
 import { Refill } from './lifetime.js';
-import { bindOtelMetricsWhenRegistered, type OtelBinding } from './otel.js';
+import { bindOtelMetricsWhenRegistered } from './otel.js';
 import { hideSecrets } from './pg-api.js';
 import type { PoolEntry } from './pool-entry.js';
 import { ReturnPath } from './return-path.js';
 import type { DbPoolSettings, PgPoolOptions } from './settings.js';
 import type { PoolState } from '../errors.js';
 import type { PoolStats, RemovalReason } from './tracker.js';
+
+/** What pg.Pool's `log` hears when it closes a connection, by the pool's reason. */
+const PG_POOL_WORDS: Record<string, string> = {
+  'max-uses': 'remove expended client',
+  recycled: 'remove expired client',
+  idle: 'remove idle client',
+};
 
 export interface Layers {
   connector: Connector;
@@ -31,8 +38,11 @@ export interface Layers {
   gate: AdmissionGate;
   core: ResourcePool<PoolEntry, Acquire>;
   leaks: LeakTracker | undefined;
-  otel: OtelBinding;
-  refill: Refill;
+  /**
+   * The shutdown behind `end()`: the refill, leak tracking and telemetry stop, the core ends (see
+   * ResourcePool.end), and after the grace what is left is closed; `done` once all has closed.
+   */
+  shutdown(done: () => void): void;
 }
 
 /** What the layers call back on the facade. */
@@ -81,8 +91,12 @@ export function wireLayers(pool: LayersOwner, options: PgPoolOptions, settings: 
     events: {
       opened: (_entry, ms) => stats.connectionCreated(ms),
       openFailed: (err) => stats.connectionFailed(err),
-      removed: (_entry, reason) => stats.connectionRemoved(reason as RemovalReason),
-      belowMin: () => refill.schedule(),
+      removed: (_entry, reason) => {
+        stats.connectionRemoved(reason as RemovalReason);
+        if (settings.trace && reason in PG_POOL_WORDS) settings.trace(PG_POOL_WORDS[reason]);
+      },
+      // The drop-in's `min`, as pg.Pool's, is a floor for idle closes, not a size kept open.
+      belowMin: settings.dropIn ? undefined : () => refill.schedule(),
     },
   });
   failover.attach(core);
@@ -114,5 +128,23 @@ export function wireLayers(pool: LayersOwner, options: PgPoolOptions, settings: 
     counters: stats.counters,
     capacity: { min: poolSize, max: capacity },
   });
-  return { connector, connections, returnPath, gate, core, leaks, otel, refill };
+  const shutdown = (done: () => void) => {
+    refill.stop();
+    leaks?.stop();
+    otel.unbind();
+    // Not unref'd: a shutdown under way keeps the process alive until it has finished.
+    const grace = setTimeout(() => {
+      if (core.ended) return;
+      const left = core.closeAll((entry) => connections.abort(entry));
+      if (left.length > 0)
+        logger.warn(
+          `db-pool "${name}": closing ${left.length} connection(s) still checked out or being opened ${settings.shutdownGraceMs / 1000} s after shutdown began`,
+        );
+    }, settings.shutdownGraceMs);
+    core.end(() => {
+      clearTimeout(grace);
+      done();
+    });
+  };
+  return { connector, connections, returnPath, gate, core, leaks, shutdown };
 }

@@ -21,6 +21,7 @@ export interface LeaseOwner {
 
 type Listener = (...args: unknown[]) => void;
 const HELD = Symbol('db-pool.lease.held');
+const CLIENT = Symbol('db-pool.lease.client');
 type Delegate = Record<string, (...args: unknown[]) => unknown>;
 type TxStatusReader = { getTransactionStatus?(): string | null };
 
@@ -38,6 +39,8 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
   readonly release: (err?: Error | boolean) => void;
   // #private: no name of pg's client can collide with them.
   #entry: PoolEntry | undefined;
+  /** The connection's client, kept after release for reads of its fields (see `defineField`). */
+  readonly #client: pg.Client;
   /** Listeners added through the lease, flat: event, listener, event, listener, … */
   #listeners: (string | symbol | Listener)[] | undefined;
   readonly #owner: LeaseOwner;
@@ -49,6 +52,7 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
   constructor(owner: LeaseOwner, entry: PoolEntry, deadline?: Deadline) {
     this.#owner = owner;
     this.#entry = entry;
+    this.#client = entry.client;
     this.#deadline = deadline;
     this.#handedOutIn = currentDeadline();
     this.release = (err?: Error | boolean) => {
@@ -58,6 +62,11 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
       if (this.#listeners) this.#dropListeners(held.client);
       owner.giveBack(held, err);
     };
+  }
+
+  /** The client, checkout or not: only reads of its fields go through it. */
+  [CLIENT](): pg.Client {
+    return this.#client;
   }
 
   /** The client while the checkout lasts; throws, naming `member`, once released. */
@@ -139,6 +148,15 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
     return this;
   }
 
+  /**
+   * The application's listeners: the pool's own on every connection ('error', 'end') are not
+   * counted, as pg.Pool detaches its idle-error listener while a client is out.
+   */
+  listenerCount(event: string | symbol): number {
+    const n = emitter(this[HELD]('listenerCount')).listenerCount(event);
+    return event === 'error' || event === 'end' ? n - 1 : n;
+  }
+
   off(event: string | symbol, listener: Listener): this {
     return this.removeListener(event, listener);
   }
@@ -193,16 +211,31 @@ export function delegateToClient(sample: pg.Client): void {
       }
     }
   }
-  for (const name of Object.getOwnPropertyNames(sample)) {
+  delegateFields(sample);
+}
+
+/**
+ * Gives {@link PoolLease} the client's own fields it does not have yet: those of its class, and
+ * those the application's set-up (`onConnect`, a 'connect' listener) put on the connection, which
+ * every lease of it then reads and writes.
+ */
+export function delegateFields(client: pg.Client): void {
+  const target = PoolLease.prototype as unknown as Record<string, unknown>;
+  for (const name of Object.getOwnPropertyNames(client)) {
     if (!name.startsWith('_') && !(name in target)) defineField(target, name);
   }
 }
 
+/**
+ * A field of the client, on every lease: read through even after release (its connection's
+ * `processID`, `database`, … stay what they were: the pool's 'remove' and 'error' listeners read
+ * them from the lease that held it last), written only during the checkout.
+ */
 function defineField(target: object, name: string): void {
   Object.defineProperty(target, name, {
     configurable: true,
     get(this: PoolLease) {
-      return (this[HELD](name) as unknown as Record<string, unknown>)[name];
+      return (this[CLIENT]() as unknown as Record<string, unknown>)[name];
     },
     set(this: PoolLease, value: unknown) {
       (this[HELD](name) as unknown as Record<string, unknown>)[name] = value;

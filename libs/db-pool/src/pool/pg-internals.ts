@@ -41,7 +41,7 @@ export function connectionLost(client: pg.ClientBase): boolean {
 
 /** Queries the caller queued on the client that pg has not sent yet. */
 export function queuedQueries(client: pg.ClientBase): number {
-  return internals(client)._queryQueue.length;
+  return internals(client)._queryQueue?.length ?? 0;
 }
 
 /** True while a query is on the wire: the server's ReadyForQuery has not arrived yet. */
@@ -49,9 +49,23 @@ export function awaitingServer(client: pg.ClientBase): boolean {
   return internals(client).readyForQuery === false;
 }
 
-/** The protocol connection, whose events are the server's messages ('readyForQuery', 'errorMessage', …). */
-export function protocolOf(client: pg.ClientBase): EventEmitter {
-  return internals(client).connection;
+/**
+ * The protocol connection, whose events are the server's messages ('readyForQuery', 'errorMessage', …);
+ * undefined for a `Client` class of the application's that is not pg's (see {@link hasPgInternals}).
+ */
+export function protocolOf(client: pg.ClientBase): EventEmitter | undefined {
+  const connection = internals(client).connection as Partial<EventEmitter> | undefined;
+  return typeof connection?.on === 'function' ? (connection as EventEmitter) : undefined;
+}
+
+/**
+ * The client is pg's, or reads as pg's: its protocol connection and queues are where pg keeps
+ * them. A `Client` class that implements only pg.Client's public API works without them; what
+ * needs them (FATAL and role reports, settling a released statement, session-change detection,
+ * closing a socket at once) is off for its connections.
+ */
+export function hasPgInternals(client: pg.ClientBase): boolean {
+  return protocolOf(client) !== undefined && Array.isArray(internals(client)._queryQueue);
 }
 
 /**
@@ -84,7 +98,9 @@ export interface Submittable {
 
 /** Closes the client's socket at once, without waiting for the server to close its end. */
 export function destroySocket(client: pg.ClientBase): void {
-  internals(client).connection.stream.destroy();
+  const stream = (internals(client).connection as Partial<PgClientInternals['connection']> | undefined)?.stream;
+  if (typeof stream?.destroy === 'function') stream.destroy();
+  else void (client as unknown as { end?: () => Promise<void> }).end?.().catch(() => {});
 }
 
 /** The pg pool TypeORM's Postgres driver holds (`driver.master`; `driver.slaves` with replication). */

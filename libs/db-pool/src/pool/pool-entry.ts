@@ -16,6 +16,16 @@ export class PoolEntry extends Slot implements LeakRecord {
   leakSite: CheckoutSite | undefined = undefined;
   /** The span active where the current checkout was asked for, when leak tracking and a tracer are on. */
   leakSpan: Span | undefined = undefined;
+  /**
+   * The lease that held it last: what the pool's 'release', 'remove' and 'error' events name, so
+   * that an observer compares them with the client it was given (its raw client before any checkout).
+   */
+  lastLease: object | undefined = undefined;
+
+  /** The connection as the pool's events name it (see {@link lastLease}). */
+  get seenAs(): object {
+    return this.lastLease ?? this.client;
+  }
   /** The current checkout was reported as a possible leak. */
   leakReported = false;
   /** Checkouts so far (pg's `maxUses`). */
@@ -26,6 +36,8 @@ export class PoolEntry extends Slot implements LeakRecord {
   dead = false;
   /** A checkout changed the session (SET, RESET, LISTEN, a reported setting): reset it on return. */
   sessionChanged = false;
+  /** Its Client is not pg's (no internals to read): every return rolls back and resets. */
+  opaque = false;
   /** The SQLSTATE of a FATAL the server sent on it (it ended the session, saying why). */
   fatalCode: string | undefined = undefined;
   /** The pool is closing it (or has): its 'end' is no news. */

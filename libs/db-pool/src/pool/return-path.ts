@@ -65,8 +65,7 @@ export class ReturnPath {
     }
     // A socket that has died cannot settle: dropped now, not after a timeout. Queries the
     // caller queued before releasing would run in the next borrower's checkout: dropped with it.
-    if (err || this.options.core.ending || entry.dead || connectionLost(client) || queued > 0)
-      return done(drop(err ? 'discarded' : 'broken'));
+    if (err || this.closing() || entry.dead || connectionLost(client) || queued > 0) return done(drop(err ? 'discarded' : 'broken'));
     if (entry.evicted !== undefined) return done(drop('failover'));
     // A cancel was sent during the checkout (its deadline passed): the connection waits for it,
     // and for the server's answer, before anyone else gets it.
@@ -107,7 +106,7 @@ export class ReturnPath {
         done(drop('reset-failed'));
       });
     }
-    if (entry.sessionChanged || this.settings.resetSession === 'always') {
+    if (entry.sessionChanged || entry.opaque || this.settings.resetSession === 'always') {
       entry.sessionChanged = false;
       return resetSession(entry.client, entry.setUp, validationTimeoutMs, (err) => {
         entry.sessionChanged = false; // the reset's own RESET marked it again
@@ -120,11 +119,17 @@ export class ReturnPath {
     done(this.judge(entry));
   }
 
+  /** The pool is shutting down and nobody queued before it still waits: what comes back closes. */
+  private closing(): boolean {
+    const { core } = this.options;
+    return core.ending && core.waiting === 0;
+  }
+
   /** A connection back in a clean state: does it serve again? */
   private judge(entry: PoolEntry): Verdict {
     entry.uses++;
     this.options.failover.serving(entry);
-    if (this.options.core.ending) return drop('shutdown');
+    if (this.closing()) return drop('shutdown');
     if (entry.expired) return drop('recycled');
     // Evicted while it was reset: it never serves again.
     if (entry.evicted !== undefined) return drop('failover');

@@ -38,11 +38,19 @@ export type DbPoolSettings = Pick<DbPoolConfig, (typeof SETTING_KEYS)[number]> &
   /** pg's `allowExitOnIdle`: idle connections do not keep the process alive. @default false */
   allowExitOnIdle: boolean;
   logger: DbPoolLogger;
+  /**
+   * Built as pg.Pool's drop-in (`new DbPool(pgOptions)`): where pg.Pool's users can tell, it
+   * behaves as pg.Pool does — a failed connect rejects with the driver's own error, not a
+   * PoolConnectError. `createDbPool` and the module set it false. @default true
+   */
+  dropIn: boolean;
+  /** pg.Pool's `log` option: told what the pool does, in pg.Pool's own words ('connecting new client', 'remove idle client', …). */
+  trace?: (message: string) => void;
 };
 
 /** The pool's part of a resolved configuration (its connection and secrets stay out: they go to pg). */
 export function settingsOf(config: DbPoolConfig, logger: DbPoolLogger): Partial<DbPoolSettings> {
-  const settings: Partial<DbPoolSettings> = { logger };
+  const settings: Partial<DbPoolSettings> = { logger, dropIn: false };
   for (const key of SETTING_KEYS) (settings as Record<string, unknown>)[key] = config[key];
   return settings;
 }
@@ -131,6 +139,8 @@ export function settingsFromPg(options: PgPoolOptions, overrides: Partial<DbPool
     adaptiveMin: 2,
     maxUses,
     allowExitOnIdle: options.allowExitOnIdle === true,
+    dropIn: true,
+    trace: log,
     logger: log ? { log: () => {}, warn: (m) => log(m), debug: (m) => log(m) } : SILENT,
     ...overrides,
   };

@@ -73,6 +73,18 @@ function pgWith(pool: DbPool, replicas?: ReplicaRouter): typeof pg {
  * which would cancel the statements of requests still being served.
  */
 export class DbPoolDataSource extends DataSource {
+  /**
+   * With TypeORM's `logNotifications`, every connection of the pool logs its server's notices and
+   * notifications through the DataSource's logger, for its whole life: TypeORM adds its listeners
+   * to one connection in one checkout, which a lease removes at release.
+   */
+  override async initialize(): Promise<this> {
+    await super.initialize();
+    const pool = typeOrmPoolsOf(this.driver).master;
+    if ((this.options as { logNotifications?: boolean }).logNotifications && pool instanceof DbPool) logNotifications(pool, this);
+    return this;
+  }
+
   override async destroy(): Promise<void> {
     if (this.isInitialized) {
       const pool = typeOrmPoolsOf(this.driver).master;
@@ -80,6 +92,23 @@ export class DbPoolDataSource extends DataSource {
     }
     return super.destroy();
   }
+}
+
+/** TypeORM's notice and notification lines, on every connection the pool has or opens. */
+function logNotifications(pool: DbPool, dataSource: DataSource): void {
+  const listening = new WeakSet<pg.Client>();
+  const listen = (client: pg.Client) => {
+    if (listening.has(client)) return;
+    listening.add(client);
+    client.on('notice', (msg: { message?: string } | undefined) => {
+      if (msg) dataSource.logger.log('info', msg.message);
+    });
+    client.on('notification', (msg: pg.Notification | undefined) => {
+      if (msg) dataSource.logger.log('info', `NOTIFY on ${msg.channel}: ${msg.payload}`);
+    });
+  };
+  pool.on('connect', listen);
+  for (const client of pool._clients) listen(client);
 }
 
 /** The pool behind a DataSource built from {@link toTypeOrmOptions}. */

@@ -32,6 +32,7 @@ export function ping(client: pg.ClientBase, timeoutMs: number, done: Done): void
  */
 export function settle(client: pg.ClientBase, timeoutMs: number, done: Done): void {
   const connection = protocolOf(client);
+  if (!connection) return done(new Error("the Client is not pg's: a released query cannot be settled"));
   let settled = false;
   const finish = (err: Error | undefined) => {
     if (settled) return;
@@ -105,7 +106,10 @@ export function sendCancel(client: pg.ClientBase, host: HostAddress | undefined,
 
 /** True when the connection is inside a transaction (open or aborted). */
 export function inTransaction(client: pg.ClientBase): boolean {
-  const status = (client as pg.ClientBase & { getTransactionStatus(): string | null }).getTransactionStatus();
+  const { getTransactionStatus } = client as pg.ClientBase & { getTransactionStatus?(): string | null };
+  // A Client that cannot say (not pg's): rolled back, as if it were (a ROLLBACK outside one only warns).
+  if (typeof getTransactionStatus !== 'function') return true;
+  const status = getTransactionStatus.call(client);
   return status === 'T' || status === 'E';
 }
 
@@ -132,6 +136,7 @@ export function resetSession(client: pg.ClientBase, setUp: readonly string[], ti
  */
 export function watchSession(client: pg.ClientBase, changed: () => void): void {
   const connection = protocolOf(client);
+  if (!connection) return;
   connection.on('commandComplete', (msg: { text?: string }) => {
     if (SESSION_COMMANDS.has(msg.text ?? '')) changed();
   });

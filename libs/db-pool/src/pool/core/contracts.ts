@@ -56,6 +56,8 @@ export interface CoreEvents<S extends Slot> {
 /** What the layers beside the core may do with its slots (the core whatever its callers' type). */
 export interface SlotOwner<S extends Slot> {
   readonly ending: boolean;
+  /** Callers in the queue (during a shutdown: those queued before it, which a slot coming back still serves). */
+  readonly waiting: number;
   slots(): IterableIterator<S>;
   isIdle(slot: S): boolean;
   release(slot: S): void;

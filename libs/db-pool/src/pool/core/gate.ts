@@ -102,7 +102,8 @@ export class AdmissionGate {
    */
   admit(c: Candidate, pool: GateView, now: number, free: boolean, atTurn: boolean): Admission {
     if (free) {
-      if (!c.probe && pool.busy >= this.limit.limit) return WAIT;
+      // Stopped (the pool is shutting down): the callers queued before it drain the pool, unheld.
+      if (!c.probe && !this.stopped && pool.busy >= this.limit.limit) return WAIT;
       return atTurn ? (this.tooLate(c, now) ?? TAKE) : TAKE;
     }
     if (c.probe) return WAIT;

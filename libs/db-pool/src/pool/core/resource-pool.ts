@@ -8,10 +8,10 @@
  * driver's; validating one before it is used, and deciding whether it may come back, are its
  * caller's (the facade's checkout loop, the connection layer's return path).
  */
-import type { Timer } from './clock.js';
 import { type AdmissionGate, type GateView, TAKE, WAIT } from './gate.js';
 import type { CoreEvents, Outcome, ResourcePoolOptions, SlotOwner, Waiter } from './contracts.js';
 import type { Slot } from './slot.js';
+import { IdleSweep } from './idle-sweep.js';
 import { Waiters } from './waiters.js';
 
 export type { CoreEvents, Outcome, PoolDriver, ResourcePoolOptions, SlotOwner, Waiter } from './contracts.js';
@@ -26,7 +26,7 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
   private readonly waiters: Waiters<W>;
   private openingCount = 0;
   private closing = 0;
-  private sweepTimer: Timer | undefined;
+  private readonly sweep: IdleSweep<S>;
   private matching = false;
   private rematch = false;
   private readonly endWaiters: (() => void)[] = [];
@@ -36,6 +36,12 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
   constructor(private readonly options: ResourcePoolOptions<S>) {
     this.gate = options.gate;
     this.events = options.events ?? {};
+    this.sweep = new IdleSweep<S>({
+      ...options,
+      idle: this.idle,
+      total: () => this.slotSet.size,
+      close: (slot) => this.destroy(slot, 'idle'),
+    });
     this.waiters = new Waiters<W>(options.clock, (expired, waiting) => {
       const outcome: Outcome = { kind: 'timeout', waiting };
       for (const w of expired) this.finish(w, outcome);
@@ -78,8 +84,12 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
   // ----- acquiring -----------------------------------------------------------------------------
 
   /** Hands `w` an idle slot if the gate lets it, else queues it (or fails it: shed, refused, closed, past its deadline). */
-  acquire(w: W, front = false): void {
+  acquire(w: W): void {
     if (this.ending) return this.finish(w, { kind: 'closed', waiting: this.waiting });
+    this.admitOrQueue(w, false);
+  }
+
+  private admitOrQueue(w: W, front: boolean): void {
     const now = this.options.clock.now();
     // A deadline that has passed is final: no idle slot is taken (and checked) after it.
     if (now >= w.deadline) return this.finish(w, { kind: 'timeout', waiting: this.waiting });
@@ -97,7 +107,8 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
   retry(w: W): void {
     this.waiters.checked(w);
     w.stage = 'new';
-    this.acquire(w, true);
+    // Ahead of the queue; during a shutdown too, as a caller queued before it began.
+    this.admitOrQueue(w, true);
   }
 
   /** `w`'s caller is done checking its slot (served it, or failed it itself). */
@@ -191,13 +202,17 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
   /** A slot comes back usable: to the next waiter the gate allows, or to the idle list. */
   release(slot: S): void {
     if (slot.removed) return;
-    if (this.ending) return this.destroy(slot, 'shutdown');
     slot.lastUsed = this.options.clock.now();
     this.idle.push(slot);
     this.options.driver.idling?.(slot, true);
     this.drained();
     this.match();
-    if (this.slotSet.size > this.options.min && this.idle.length > 0) this.sweepLater();
+    // Shutting down: it served a caller queued before the shutdown began, or it closes now.
+    if (this.ending) {
+      for (const idle of [...this.idle]) this.destroy(idle, 'shutdown');
+      return this.checkEnded();
+    }
+    if (this.slotSet.size > this.options.min) this.sweep.arm();
   }
 
   /** Takes a slot out of the pool and closes it (`now`: at once, past the shutdown grace). */
@@ -284,12 +299,15 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
   private openFailed(err: Error, setUp: boolean, startedAt: number, done: ((err?: Error) => void) | undefined): void {
     this.events.openFailed?.(err);
     done?.(err);
-    if (this.ending) return this.checkEnded();
-    if (!setUp) this.gate.breaker.failed(err);
-    if (!this.gate.breaker.allowsConnect) this.refuseWaiters();
     // Fail fast, as pg.Pool does: one waiter per failed attempt, the longest waiting first — but
     // only one that was already waiting when the attempt began; a later one gets its own.
     const head = this.waiters.head();
+    if (this.ending) {
+      if (head) this.finish(head, { kind: 'open-failed', error: err, setUp });
+      return this.checkEnded();
+    }
+    if (!setUp) this.gate.breaker.failed(err);
+    if (!this.gate.breaker.allowsConnect) this.refuseWaiters();
     if (head && head.startedAt <= startedAt) this.finish(head, { kind: 'open-failed', error: err, setUp });
     if (this.slotSet.size < this.options.min) this.events.belowMin?.();
     this.match();
@@ -299,28 +317,6 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
   refuseWaiters(): void {
     if (this.slotSet.size - this.openingCount > 0) return;
     for (const w of this.waiters.nonProbes()) this.finish(w, { kind: 'refused' });
-  }
-
-  // ----- idle sweep ----------------------------------------------------------------------------
-
-  /** Closes slots above the minimum idle longer than `idleTimeoutMs` (a sweep, not a timer per release). */
-  private sweepLater(): void {
-    const { idleTimeoutMs, clock, min } = this.options;
-    if (this.sweepTimer || idleTimeoutMs <= 0 || this.ending) return;
-    this.sweepTimer = clock.setTimeout(
-      () => {
-        this.sweepTimer = undefined;
-        const now = clock.now();
-        // Oldest idle first (the list is LIFO); never below the minimum.
-        for (const slot of [...this.idle]) {
-          if (this.slotSet.size <= min) break;
-          if (now - slot.lastUsed >= idleTimeoutMs) this.destroy(slot, 'idle');
-        }
-        if (this.slotSet.size > min && this.idle.length > 0) this.sweepLater();
-      },
-      Math.max(10, idleTimeoutMs / 4),
-    );
-    this.sweepTimer.unref();
   }
 
   // ----- draining and ending -------------------------------------------------------------------
@@ -344,26 +340,25 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
   }
 
   /**
-   * Stops the pool: callers queued or being checked fail (closed), idle slots close now, slots out
-   * close as they come back; `done` once every slot has closed (the caller bounds the wait: its
-   * grace ends in {@link closeAll}).
+   * Stops the pool, as pg.Pool's `end()` does: new callers are refused (closed); callers already
+   * queued are served as slots come back or finish opening (the limit no longer holds them back),
+   * within their deadlines; idle slots nobody waits for close now, slots out as they come back.
+   * `done` once every slot has closed and every caller has its answer (the caller bounds the
+   * wait: its grace ends in {@link closeAll}, which fails the callers still queued).
    */
   end(done: () => void): void {
     this.ending = true;
     this.gate.stop();
-    const clock = this.options.clock;
-    this.waiters.stop();
-    clock.clearTimeout(this.sweepTimer);
+    this.sweep.stop();
     this.endWaiters.push(done);
-    const waiters = this.waiters.all();
-    const outcome: Outcome = { kind: 'closed', waiting: waiters.length };
-    for (const w of waiters) this.finish(w, outcome);
+    this.match();
     for (const slot of [...this.idle]) this.destroy(slot, 'shutdown');
     this.checkEnded();
   }
 
-  /** The shutdown grace has ended: every slot left closes now (`abort` ends one still being opened). */
+  /** The shutdown grace has ended: callers still queued fail (closed), every slot left closes now (`abort` ends one still being opened). */
   closeAll(abort: (slot: S) => void): S[] {
+    this.failWaiters();
     const left = [...this.slotSet];
     for (const slot of left) {
       if (slot.connecting) abort(slot);
@@ -372,9 +367,20 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
     return left;
   }
 
+  /** Every caller queued or being checked fails (closed). */
+  private failWaiters(): void {
+    const waiters = this.waiters.all();
+    const outcome: Outcome = { kind: 'closed', waiting: waiters.length };
+    for (const w of waiters) this.finish(w, outcome);
+  }
+
   private checkEnded(): void {
-    if (!this.ending || this.ended || this.slotSet.size > 0 || this.closing > 0 || this.openingCount > 0) return;
+    if (!this.ending || this.ended) return;
+    // No slot is left to serve the callers still queued: they fail now.
+    if (this.slotSet.size === 0) this.failWaiters();
+    if (this.slotSet.size > 0 || this.closing > 0 || this.openingCount > 0) return;
     this.ended = true;
+    this.waiters.stop();
     for (const done of this.endWaiters.splice(0)) done();
   }
 }
