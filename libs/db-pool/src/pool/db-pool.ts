@@ -378,7 +378,9 @@ export class DbPool extends EventEmitter {
     entry.checkedOutAt = -1;
     if (this.listenerCount('release') > 0) this.emit('release', err instanceof Error ? err : undefined, entry.seenAs);
     if (entry.removed) return; // closed by shutdown while it was out
-    this.returnPath.takeBack(entry, err, (verdict) => (verdict.keep ? this.core.release(entry) : this.core.destroy(entry, verdict.reason)));
+    // One callback per connection, made at its first return: a release allocates nothing for it.
+    entry.afterReturn ??= (verdict) => (verdict.keep ? this.core.release(entry) : this.core.destroy(entry, verdict.reason));
+    this.returnPath.takeBack(entry, err, entry.afterReturn);
   }
 
   /** @internal The lease's error for a statement on a connection whose host was evicted. */

@@ -4,6 +4,7 @@ import type { SessionState } from './connector.js';
 import type { HostAddress } from './hosts.js';
 import { Slot } from './core/slot.js';
 import type { CheckoutSite, LeakRecord } from './leak-tracker.js';
+import type { Verdict } from './return-path.js';
 
 /**
  * One connection of the pool and what the pool knows of it (HikariCP's `PoolEntry`): the core's
@@ -21,6 +22,8 @@ export class PoolEntry extends Slot implements LeakRecord {
    * that an observer compares them with the client it was given (its raw client before any checkout).
    */
   lastLease: object | undefined = undefined;
+  /** What the pool does with the return path's verdict on it (made once, see DbPool.giveBack). */
+  afterReturn: ((verdict: Verdict) => void) | undefined = undefined;
 
   /** The connection as the pool's events name it (see {@link lastLease}). */
   get seenAs(): object {

@@ -17,8 +17,8 @@ export interface Clock {
 }
 
 export const REAL_CLOCK: Clock = {
-  // performance.now itself, bound: the hot path calls no function of ours to read the time.
-  now: performance.now.bind(performance),
+  // An arrow, not performance.now bound: V8 inlines it, and the double it returns stays unboxed.
+  now: () => performance.now(),
   setTimeout: (fn, ms) => setTimeout(fn, ms),
   clearTimeout: (timer) => clearTimeout(timer as NodeJS.Timeout | undefined),
 };

@@ -15,12 +15,15 @@ export interface Queued {
 
 export class Waiters<W extends Queued> {
   /**
-   * The queue is `queue[start..]`: the head leaves by moving `start` on (an array's shift or
+   * The queue is `queue[start..end)`: the head leaves by moving `start` on (an array's shift or
    * splice at 0 moves every element behind it, which at a few hundred callers waiting was the
-   * pool's costliest line); the array is compacted once the dead prefix is half of it.
+   * pool's costliest line), and an emptied queue starts over at 0 keeping its array (no backing
+   * store to allocate again at the next caller); the live part moves to the front once the dead
+   * prefix is half of it.
    */
-  private queue: W[] = [];
+  private readonly queue: (W | undefined)[] = [];
   private start = 0;
+  private end = 0;
   /** Callers in the queue (a field, not a getter: every acquire reads it). Written only here. */
   waiting = 0;
   private probes = 0;
@@ -40,7 +43,7 @@ export class Waiters<W extends Queued> {
     return this.probes;
   }
   head(): W | undefined {
-    return this.queue[this.start];
+    return this.start < this.end ? this.queue[this.start] : undefined;
   }
   firstProbe(): W | undefined {
     return this.queued().find((w) => w.probe);
@@ -56,9 +59,12 @@ export class Waiters<W extends Queued> {
 
   /** Queues `w` at the back, or at the front (a caller asking again after its check failed). */
   push(w: W, front: boolean): void {
-    if (!front) this.queue.push(w);
+    if (!front) this.queue[this.end++] = w;
     else if (this.start > 0) this.queue[--this.start] = w;
-    else this.queue.unshift(w);
+    else {
+      this.queue.splice(0, 0, w);
+      this.end++;
+    }
     this.waiting++;
     if (w.probe) this.probes++;
     this.watch(w.deadline);
@@ -67,19 +73,20 @@ export class Waiters<W extends Queued> {
 
   remove(w: W): void {
     const { queue } = this;
-    if (queue[this.start] === w) {
-      (queue as (W | undefined)[])[this.start++] = undefined;
-      if (this.start === queue.length) {
-        queue.length = 0;
-        this.start = 0;
-      } else if (this.start >= 64 && this.start * 2 >= queue.length) {
-        queue.splice(0, this.start);
+    if (this.start < this.end && queue[this.start] === w) {
+      queue[this.start++] = undefined;
+      if (this.start === this.end) this.start = this.end = 0;
+      else if (this.start >= 64 && this.start * 2 >= this.end) {
+        queue.copyWithin(0, this.start, this.end);
+        queue.fill(undefined, this.end - this.start, this.end);
+        this.end -= this.start;
         this.start = 0;
       }
     } else {
       const i = queue.indexOf(w, this.start);
-      if (i === -1) return;
-      queue.splice(i, 1);
+      if (i === -1 || i >= this.end) return;
+      queue.copyWithin(i, i + 1, this.end);
+      queue[--this.end] = undefined;
     }
     this.waiting--;
     if (w.probe) this.probes--;
@@ -99,7 +106,7 @@ export class Waiters<W extends Queued> {
 
   /** The callers in the queue, in order (a copy). */
   private queued(): W[] {
-    return this.queue.slice(this.start);
+    return this.queue.slice(this.start, this.end) as W[];
   }
 
   stop(): void {
@@ -123,7 +130,7 @@ export class Waiters<W extends Queued> {
     // Told the pool as they saw it, themselves still waiting.
     this.expired(due, this.waiting);
     let next = Infinity;
-    for (let i = this.start; i < this.queue.length; i++) next = Math.min(next, this.queue[i].deadline);
+    for (let i = this.start; i < this.end; i++) next = Math.min(next, this.queue[i]!.deadline);
     for (const w of this.handed) next = Math.min(next, w.deadline);
     if (next < Infinity) this.watch(next);
   }
