@@ -223,11 +223,8 @@ describe('DbPoolModule start-up against a role with a connection limit below the
       const pool = app.get<DbPool>(getDbPoolToken());
       // 2, or 1 while the server still counts a connection that is on its way out
       expect([1, 2]).toContain(pool.totalCount);
-      expect(
-        logs.some((l) =>
-          new RegExp(`db-pool "default": warmed ${pool.totalCount} of 4 connections: .*too many connections for role`).test(l),
-        ),
-      ).toBe(true);
+      // The count it warmed (the refill may have opened the second since, once the server let go of the old one).
+      expect(logs.some((l) => /db-pool "default": warmed [12] of 4 connections: .*too many connections for role/.test(l))).toBe(true);
       expect(logs.join('\n')).not.toContain('limited@');
       const held: pg.PoolClient[] = [];
       let err: Error | undefined;
