@@ -223,8 +223,9 @@ describe('DbPoolModule start-up against a role with a connection limit below the
       const pool = app.get<DbPool>(getDbPoolToken());
       // 2, or 1 while the server still counts a connection that is on its way out
       expect([1, 2]).toContain(pool.totalCount);
-      // The count it warmed (the refill may have opened the second since, once the server let go of the old one).
-      expect(logs.some((l) => /db-pool "default": warmed [12] of 4 connections: .*too many connections for role/.test(l))).toBe(true);
+      // The count it warmed, which may be 0 while the server still counts the previous test's
+      // connections (the refill may have opened some since).
+      expect(logs.some((l) => /db-pool "default": warmed [0-2] of 4 connections: .*too many connections for role/.test(l))).toBe(true);
       expect(logs.join('\n')).not.toContain('limited@');
       const held: pg.PoolClient[] = [];
       let err: Error | undefined;
