@@ -1,6 +1,7 @@
 import type { DataSourceOptions } from 'typeorm';
 import type { TypeOrmModuleOptions } from '@nestjs/typeorm';
 import type { DbPoolLogger } from '../pool/logger.js';
+import type { PasswordSource } from './password.js';
 
 type PostgresConnectionOptions = Extract<DataSourceOptions, { type: 'postgres' }>;
 
@@ -29,8 +30,17 @@ export interface DbPoolOptions {
   host?: string;
   port?: Loose<number>;
   username?: string;
-  password?: string;
+  /**
+   * A password, or a function pg calls for each new connection (sync or async: a cloud IAM
+   * token). A password in `url` wins over it, as in pg.
+   */
+  password?: string | PasswordSource;
   database?: string;
+  /**
+   * `DB_PASSWORD_FILE`: a file holding the password (a mounted secret), read for each new
+   * connection, so a rotated secret is used without a restart. Not with `password` or a password in `url`.
+   */
+  passwordFile?: string;
 
   /** `DB_POOL_SIZE`: connections kept open and warmed at start-up. @default 20 */
   poolSize?: Loose<number>;
@@ -122,7 +132,8 @@ export interface DbPoolConfig {
   host?: string;
   port?: number;
   username?: string;
-  password?: string;
+  /** The password, or the function asked for it at each new connection (`DB_PASSWORD_FILE` is one). */
+  password?: string | PasswordSource;
   database?: string;
   poolSize: number;
   maxOverflow: number;

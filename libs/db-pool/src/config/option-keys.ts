@@ -3,7 +3,7 @@ import type { DbPoolOptions } from './db-pool.options.js';
 /** How one environment variable is read: its type, its range and its default. */
 export interface EnvKey {
   env: string;
-  kind: 'int' | 'bool' | 'ascii' | 'url' | 'urls' | 'enum' | 'text';
+  kind: 'int' | 'bool' | 'ascii' | 'url' | 'urls' | 'enum' | 'text' | 'file';
   /** The allowed words of an `enum` key. */
   values?: readonly string[];
   /** Range of an `int`; length of an `ascii` or `text`. */
@@ -251,6 +251,13 @@ export const OPTION_KEYS: readonly OptionKey[] = [
     default: 5_000,
     meaning:
       "replay lag above which a replica leaves rotation (its health `degraded`) until it catches up; reads go to the other replicas, or the primary when none is left. Sampled every quarter of this value (250 ms to 1 s) from the replica against the primary's WAL position",
+  },
+  {
+    option: 'passwordFile',
+    env: 'DB_PASSWORD_FILE',
+    kind: 'file',
+    meaning:
+      'a file holding the password (a mounted secret), read for each new connection: a rotated secret is used without a restart, and connections already open keep working. One trailing newline is ignored; not with a password in DATABASE_URL or the password option',
   },
   {
     option: 'pgbouncerAdminUrl',

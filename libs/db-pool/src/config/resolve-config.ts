@@ -6,6 +6,7 @@ import type pg from 'pg';
 import type { DbPoolLogger } from '../pool/logger.js';
 import type { DbPoolConfig, DbPoolOptions } from './db-pool.options.js';
 import { type EnvKey, FALSE_WORDS, OPTION_KEYS, TRUE_WORDS } from './option-keys.js';
+import { passwordFromFile, unreadableFile } from './password.js';
 
 export const DEFAULT_POOL_NAME = 'default';
 
@@ -32,6 +33,8 @@ function allowed(key: EnvKey): string {
       return `must be printable ASCII (space to ~) of ${key.min} to ${key.max} characters: the server truncates longer values and replaces other characters`;
     case 'text':
       return `must be a text of ${key.min} to ${key.max} characters`;
+    case 'file':
+      return 'must be the path of a readable file';
   }
 }
 
@@ -81,6 +84,12 @@ function parse(key: EnvKey, raw: unknown): Parsed {
       const text = String(raw);
       if (text.length < key.min! || text.length > key.max!) throw allowed(key);
       return text;
+    }
+    case 'file': {
+      const path = String(raw);
+      const problem = unreadableFile(path);
+      if (problem !== undefined) throw `${allowed(key)} (${problem})`;
+      return path;
     }
   }
 }
@@ -196,6 +205,7 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
   }
 
   const url = values.get('url') as string | undefined;
+  const password = passwordOf(options, values.get('passwordFile') as string | undefined, `${prefix}DB_PASSWORD_FILE`, url, problems);
   // Without a URL, pg's own variables name the server (PGHOST, PGPORT, PGUSER, PGPASSWORD,
   // PGDATABASE, read by pg from the process environment) — for the default pool only: a pool of
   // its own (envPrefix) must name its server, not fall back to another's.
@@ -295,7 +305,7 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
     host: options.host,
     port,
     username: options.username,
-    password: options.password,
+    password,
     database: options.database,
     poolSize: int('poolSize'),
     maxOverflow: int('maxOverflow'),
@@ -333,6 +343,27 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
   for (const key of ['url', 'password', 'pgbouncerAdminUrl', 'replicaUrls'] as const)
     Object.defineProperty(config, key, { enumerable: false });
   return config;
+}
+
+/**
+ * The password pg is given: the option, or with `DB_PASSWORD_FILE` a function that reads the file
+ * for each new connection. The file with a password of another kind is a problem: pg would use the
+ * URL's, and two sources leave an operator guessing which one a connection used.
+ */
+function passwordOf(
+  options: DbPoolOptions,
+  file: string | undefined,
+  fileKey: string,
+  url: string | undefined,
+  problems: string[],
+): DbPoolConfig['password'] {
+  if (file === undefined) return options.password;
+  if (options.password !== undefined && options.password !== '')
+    problems.push(`${fileKey}: not with the password option as well; give the password one way`);
+  else if (url !== undefined && /^[^@]*:[^@]*@$/.test(splitUrl(url)?.userinfo ?? ''))
+    problems.push(`${fileKey}: not with a password in the URL as well (pg would use the URL's); remove one of them`);
+  else return passwordFromFile(file, fileKey);
+  return undefined;
 }
 
 /** The options that have no environment variable; every other option is one of {@link OPTION_KEYS}. */

@@ -8,6 +8,7 @@
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import { scrubSecrets } from '../redact.js';
+import { withPasswordOrigin } from '../config/password.js';
 import { connectTargetOf, type ConnectTarget, type HostAddress, type TargetSessionAttrs, walkOrder } from './hosts.js';
 import { protocolOf } from './pg-internals.js';
 
@@ -258,8 +259,14 @@ export class Connector {
     done: (err: Error | undefined, client?: pg.Client, session?: SessionState) => void,
   ): void {
     let client: pg.Client;
+    let config: pg.ClientConfig;
     try {
-      client = new this.Client(boundedConfig(this.target.clientConfig(host), timeoutMs));
+      config = boundedConfig(this.target.clientConfig(host), timeoutMs);
+      client = new this.Client(config);
+      // pg takes a URL's password over the `password` option, an empty one when the URL has none:
+      // then the option's (a function: DB_PASSWORD_FILE, a cloud token) is the one to use.
+      if (config.connectionString !== undefined && config.password !== undefined && !(client as { password?: unknown }).password)
+        (client as { password?: unknown }).password = config.password;
     } catch (err) {
       // A URL error carries the URL, password included, as `input`.
       if (err && typeof err === 'object' && 'input' in err) delete (err as { input?: unknown }).input;
@@ -274,7 +281,7 @@ export class Connector {
     if (readSession) protocol?.on('parameterStatus', onStatus);
     client.connect((err?: Error) => {
       protocol?.removeListener('parameterStatus', onStatus);
-      if (err) return done(err);
+      if (err) return done(withPasswordOrigin(err, config.password));
       if (!readSession) return done(undefined, client, { readOnly: undefined, hotStandby: undefined, reported: false });
       this.sessionOf(client, reported, wanted, timeoutMs, (checkErr, session) => {
         if (!checkErr) return done(undefined, client, session);
