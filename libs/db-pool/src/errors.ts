@@ -187,6 +187,24 @@ export class PoolDeadlineError extends Error {
   }
 }
 
+/**
+ * The caller's signal aborted (`withSignal`: the HTTP client disconnected, a job was cancelled):
+ * the statement was not sent, or it was running and was cancelled on the server. A
+ * {@link PoolDeadlineError}, so code and filters that handle a passed deadline handle this too;
+ * `reason` is the signal's.
+ */
+export class PoolAbortedError extends PoolDeadlineError {
+  constructor(
+    poolName: string,
+    sent: boolean,
+    readonly reason: unknown,
+    options?: { cause?: unknown },
+  ) {
+    super(poolName, Infinity, sent, options);
+    this.message = `db-pool "${poolName}": the caller's signal aborted ${sent ? 'while the statement ran (it was cancelled on the server)' : 'before the statement was sent (while it waited for a connection, or after it had one)'}`;
+  }
+}
+
 /** Why the answer to a statement whose outcome matters never came. */
 export type OutcomeUnknownReason = 'deadline' | 'query_timeout' | 'connection_lost' | 'cancelled';
 

@@ -21,6 +21,7 @@ export {
   PoolAcquireError,
   PoolClosedError,
   PoolConnectError,
+  PoolAbortedError,
   PoolDeadlineError,
   PoolFailoverError,
   PoolLeaseError,
@@ -34,7 +35,7 @@ export {
 export { NoHostError } from './pool/connector.js';
 
 // Request deadlines and HTTP
-export { currentDeadline, withDeadline, type Deadline } from './pool/deadline.js';
+export { currentDeadline, withDeadline, withSignal, type Deadline } from './pool/deadline.js';
 export { DbPoolDeadline, DbPoolDeadlineInterceptor } from './http/db-pool-deadline.js';
 export { DbPoolExceptionFilter } from './http/db-pool-exception.filter.js';
 export { hideQueryValues, poolErrorResponse, type DbPoolErrorResponse } from './http/pool-error-response.js';

@@ -93,7 +93,9 @@ type Step =
   | { op: 'release'; pick: number; error: boolean; useMs: number }
   | { op: 'advance'; ms: number }
   | { op: 'evict'; mod: number }
-  | { op: 'die'; pick: number };
+  | { op: 'die'; pick: number }
+  /** A caller gives up (its AbortSignal): one still queued or having its slot checked. */
+  | { op: 'abort'; pick: number };
 
 /** True about once in `n`. */
 const oneIn = (n: number) => fc.integer({ min: 1, max: n }).map((x) => x === 1);
@@ -126,6 +128,7 @@ const stepArb: fc.Arbitrary<Step> = fc.oneof(
   { weight: 5, arbitrary: fc.record({ op: fc.constant('advance' as const), ms: fc.integer({ min: 0, max: 120 }) }) },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('evict' as const), mod: fc.integer({ min: 1, max: 4 }) }) },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('die' as const), pick: fc.nat() }) },
+  { weight: 1, arbitrary: fc.record({ op: fc.constant('abort' as const), pick: fc.nat() }) },
 );
 const openPlanArb: fc.Arbitrary<OpenPlan> = fc.oneof(
   { weight: 10, arbitrary: fc.record({ kind: fc.constant('ok' as const), after: fc.integer({ min: 0, max: 30 }) }) },
@@ -347,6 +350,11 @@ function run(schedule: Schedule): void {
       case 'die': {
         const idle = [...pool.slots()].filter((s) => pool.isIdle(s));
         if (idle.length > 0) pool.destroy(idle[step.pick % idle.length], 'broken');
+        break;
+      }
+      case 'abort': {
+        const waiting = [...pending].filter((w) => w.stage === 'queued' || w.stage === 'handed');
+        if (waiting.length > 0) pool.abort(waiting[step.pick % waiting.length]);
         break;
       }
     }

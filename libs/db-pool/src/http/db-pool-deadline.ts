@@ -39,7 +39,8 @@ export function DbPoolDeadline(ms: number): MethodDecorator & ClassDecorator {
 /**
  * Runs the handler inside `withDeadline` (AsyncLocalStorage) when the route has a
  * `@DbPoolDeadline` or the request carries `X-Request-Deadline-Ms` (a positive integer, at most
- * the route's own). Without either, it does nothing.
+ * the route's own), with a signal that aborts when the client disconnects first (`withSignal`'s
+ * behaviour: the request's statements are cancelled on the server). Without either, it does nothing.
  */
 @Injectable()
 export class DbPoolDeadlineInterceptor implements NestInterceptor {
@@ -51,9 +52,27 @@ export class DbPoolDeadlineInterceptor implements NestInterceptor {
       context.getType() === 'http' ? headerMs(context.switchToHttp().getRequest<{ headers?: Record<string, unknown> }>()) : undefined;
     const ms = route === undefined ? asked : asked === undefined ? route : Math.min(route, asked);
     if (ms === undefined) return next.handle();
+    const signal = context.getType() === 'http' ? disconnectSignal(context.switchToHttp().getResponse()) : undefined;
     // The handler is subscribed inside the deadline's context, so everything it awaits carries it.
-    return new Observable((subscriber) => withDeadline(ms, () => next.handle().subscribe(subscriber)));
+    return new Observable((subscriber) => withDeadline(ms, () => next.handle().subscribe(subscriber), { signal }));
   }
+}
+
+/**
+ * A signal that aborts when the client goes before its response is written (it closed the
+ * connection, or its proxy gave up): the request's acquire and statements stop there, and a
+ * running statement is cancelled on the server, rather than run on for nobody until the deadline.
+ */
+function disconnectSignal(response: unknown): AbortSignal | undefined {
+  // Express hands the ServerResponse itself; Fastify its reply, whose `raw` is the ServerResponse.
+  const res = ((response as { raw?: unknown } | undefined)?.raw ?? response) as
+    { writableFinished?: boolean; once?: (event: 'close', listener: () => void) => unknown } | undefined;
+  if (typeof res?.once !== 'function') return undefined;
+  const controller = new AbortController();
+  res.once('close', () => {
+    if (!res.writableFinished) controller.abort(new Error('the client closed the connection before its response was written'));
+  });
+  return controller.signal;
 }
 
 function headerMs(request: { headers?: Record<string, unknown> }): number | undefined {

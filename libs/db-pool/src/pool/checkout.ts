@@ -5,7 +5,15 @@
  * failure the core reports becomes the typed error the caller sees.
  */
 import type { Span } from '@opentelemetry/api';
-import { PoolClosedError, PoolConnectError, PoolDeadlineError, PoolOverloadedError, PoolTimeoutError, type PoolState } from '../errors.js';
+import {
+  PoolAbortedError,
+  PoolClosedError,
+  PoolConnectError,
+  PoolDeadlineError,
+  PoolOverloadedError,
+  PoolTimeoutError,
+  type PoolState,
+} from '../errors.js';
 import { scrubSecrets } from '../redact.js';
 import { type Connections, READY, STALE } from './connection.js';
 import type { Outcome, ResourcePool, Waiter } from './core/resource-pool.js';
@@ -38,6 +46,8 @@ export class Acquire implements Waiter<PoolEntry> {
   retries = 0;
   /** Why the last try failed (a dead connection's pre-ping): the timeout's cause. */
   lastError: Error | undefined = undefined;
+  /** Under a caller's signal (`withSignal`): stops listening to it. */
+  private unwatch: (() => void) | undefined = undefined;
 
   constructor(
     private readonly host: CheckoutHost,
@@ -70,12 +80,27 @@ export class Acquire implements Waiter<PoolEntry> {
     });
   }
 
+  /**
+   * Under a caller's signal (`withSignal`): an acquire whose signal has aborted fails now (false:
+   * not to be queued); else it leaves the queue, or its pre-ping, when the signal aborts.
+   */
+  abortWith(signal: AbortSignal): boolean {
+    if (signal.aborted) {
+      this.failed({ kind: 'aborted' });
+      return false;
+    }
+    const onAbort = () => this.host.core.abort(this);
+    signal.addEventListener('abort', onAbort, { once: true });
+    this.unwatch = () => signal.removeEventListener('abort', onAbort);
+    return true;
+  }
+
   /** The checkout loop's step: a stale connection is dropped and the acquire asks again; a pre-ping if due; then the lease. */
   served(entry: PoolEntry): boolean {
     const { core, connections } = this.host;
     const readiness = connections.check(entry, performance.now());
     if (readiness === READY) {
-      this.host.lease(this, entry);
+      this.handOut(entry);
       return true;
     }
     if (readiness === STALE) {
@@ -96,13 +121,19 @@ export class Acquire implements Waiter<PoolEntry> {
       // Its deadline passed during the ping: the caller has its error; the connection goes back.
       if (this.stage === 'done') return core.release(entry);
       core.settle(this);
-      this.host.lease(this, entry);
+      this.handOut(entry);
     });
     return false;
   }
 
+  private handOut(entry: PoolEntry): void {
+    this.unwatch?.();
+    this.host.lease(this, entry);
+  }
+
   /** The core could not serve it: the typed error, counted, told on its own tick (a callback that throws unwinds nothing of the pool's). */
   failed(outcome: Outcome): void {
+    this.unwatch?.();
     const err = this.error(outcome);
     process.nextTick(this.callback, err);
   }
@@ -124,6 +155,8 @@ export class Acquire implements Waiter<PoolEntry> {
       }
       case 'closed':
         return new PoolClosedError(name, { ...this.host.state(), waiting: outcome.waiting });
+      case 'aborted':
+        return new PoolAbortedError(name, false, this.scope?.signal?.reason);
       case 'shed':
         stats.shed();
         return new PoolOverloadedError(name, this.host.state(), outcome.reason);

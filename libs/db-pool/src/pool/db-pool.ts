@@ -343,7 +343,8 @@ export class DbPool extends EventEmitter {
       deadline = scope.at;
       timeoutMs = Math.max(0, Math.round(scope.at - startedAt));
     }
-    this.core.acquire(new Acquire(this, startedAt, deadline, timeoutMs, probe, request, scope, trace.getActiveSpan(), site, callback));
+    const acquire = new Acquire(this, startedAt, deadline, timeoutMs, probe, request, scope, trace.getActiveSpan(), site, callback);
+    if (scope?.signal === undefined || acquire.abortWith(scope.signal)) this.core.acquire(acquire);
   }
 
   /** @internal Hands a connection to an acquire's caller: a lease for this checkout. */

@@ -102,7 +102,10 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
     const here = currentDeadline();
     const own = this.#deadline;
     if (here === undefined || here === own || here === this.#handedOutIn) return own;
-    return own === undefined || here.at < own.at ? here : own;
+    const nearer = own === undefined || here.at < own.at ? here : own;
+    // A signal in force (withSignal) is kept whichever deadline is nearer.
+    const signal = nearer.signal ?? (nearer === here ? own?.signal : here.signal);
+    return signal === nearer.signal ? nearer : { ...nearer, signal };
   }
 
   on(event: string | symbol, listener: Listener): this {

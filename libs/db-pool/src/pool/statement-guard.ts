@@ -7,7 +7,7 @@
 import type { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
-import { type OutcomeUnknownReason, PoolDeadlineError, PoolOutcomeUnknownError } from '../errors.js';
+import { type OutcomeUnknownReason, PoolAbortedError, PoolDeadlineError, PoolOutcomeUnknownError } from '../errors.js';
 import { type Deadline, MAX_TIMER_MS } from './deadline.js';
 import type { LeaseOwner } from './lease.js';
 import { commitsBeforeLast, committedLocally, statementText } from './outcome.js';
@@ -58,25 +58,36 @@ export function queryGuarded(statement: GuardedStatement, config: unknown, value
   let timeout: number | undefined;
   let byDeadline = false;
   const watch = command === undefined ? undefined : new Outcome(owner.name, command, entry, config, deadline);
+  let abort: Abort | undefined;
   if (deadline !== undefined) {
     const left = Math.floor(deadline.at - performance.now());
-    if (left <= 0) return refuse(new PoolDeadlineError(owner.name, deadline.budgetMs, false), config, values, callback);
-    const given = typeof config === 'object' ? (config as { query_timeout?: number }).query_timeout : undefined;
-    const own = client.connectionParameters?.query_timeout;
-    if (watch === undefined) {
-      timeout = Math.min(left, given || Infinity, own || Infinity);
-      byDeadline = timeout === left;
-    } else {
-      timeout = Math.min(left + owner.cancelWaitMs, given || Infinity, own || Infinity, MAX_TIMER_MS);
-      watch.timer = setTimeout(() => {
-        watch.cancelled = true;
-        if (statement.held()) owner.deadlinePassed(entry);
-      }, left);
+    const refused = notToSend(owner.name, deadline, left);
+    if (refused) return refuse(refused, config, values, callback);
+    if (left !== Infinity) {
+      const given = typeof config === 'object' ? (config as { query_timeout?: number }).query_timeout : undefined;
+      const own = client.connectionParameters?.query_timeout;
+      if (watch === undefined) {
+        timeout = Math.min(left, given || Infinity, own || Infinity);
+        byDeadline = timeout === left;
+      } else {
+        timeout = Math.min(left + owner.cancelWaitMs, given || Infinity, own || Infinity, MAX_TIMER_MS);
+        watch.timer = setTimeout(() => {
+          watch.cancelled = true;
+          if (statement.held()) owner.deadlinePassed(entry);
+        }, left);
+      }
     }
+    if (deadline.signal !== undefined)
+      abort = new Abort(deadline.signal, () => {
+        if (watch !== undefined) watch.cancelled = watch.aborted = true;
+        if (statement.held()) owner.deadlinePassed(entry);
+      });
   }
   watch?.listen();
   const outcome = (err: Error | null): Error | null => {
+    abort?.stop();
     if (watch !== undefined) return watch.settle(err);
+    if (err && abort?.fired) return new PoolAbortedError(owner.name, true, abort.signal.reason, { cause: err });
     if (!err || !byDeadline || err.message !== 'Query read timeout') return err;
     if (statement.held()) owner.deadlinePassed(entry);
     return new PoolDeadlineError(owner.name, deadline!.budgetMs, true, { cause: err });
@@ -121,25 +132,32 @@ function runQueryObject(statement: GuardedStatement, query: QueryObject, values:
   let left = 0;
   if (deadline !== undefined) {
     left = deadline.at - performance.now();
-    if (left <= 0) return refuse(new PoolDeadlineError(owner.name, deadline.budgetMs, false), query, values, callback);
+    const refused = notToSend(owner.name, deadline, left);
+    if (refused) return refuse(refused, query, values, callback);
   }
   const watch = command === undefined ? undefined : new Outcome(owner.name, command, entry, query, deadline);
   let timer: NodeJS.Timeout | undefined;
+  let abort: Abort | undefined;
   const watched = watchQuery(query, (err) => {
     clearTimeout(timer);
+    abort?.stop();
     return watch === undefined ? err : watch.settle(err);
   });
   watch?.listen();
   if (deadline !== undefined) {
-    timer = setTimeout(() => {
-      if (watched.answered) return;
+    let ending = false;
+    const ended = (passed: (sent: boolean) => Error) => {
+      // Once: the deadline and the signal may both come.
+      if (watched.answered || ending) return;
+      ending = true;
       if (!watched.submitted) {
         watch?.settle(null);
-        return watched.stop(new PoolDeadlineError(owner.name, deadline.budgetMs, false));
+        return watched.stop(passed(false));
       }
       if (statement.held()) owner.deadlinePassed(entry);
-      if (watch === undefined) return watched.stop(new PoolDeadlineError(owner.name, deadline.budgetMs, true));
+      if (watch === undefined) return watched.stop(passed(true));
       watch.cancelled = true;
+      watch.aborted = abort?.fired ?? false;
       // Awaited a while longer: the cancel's answer says whether it was rolled back or committed after all.
       timer = setTimeout(
         () => {
@@ -149,8 +167,13 @@ function runQueryObject(statement: GuardedStatement, query: QueryObject, values:
         Math.min(owner.cancelWaitMs, MAX_TIMER_MS),
       );
       timer.unref();
-    }, left);
-    timer.unref();
+    };
+    if (left !== Infinity) {
+      timer = setTimeout(() => ended((sent) => new PoolDeadlineError(owner.name, deadline.budgetMs, sent)), left);
+      timer.unref();
+    }
+    const { signal } = deadline;
+    if (signal !== undefined) abort = new Abort(signal, () => ended((sent) => new PoolAbortedError(owner.name, sent, signal.reason)));
   }
   return client.query(query, values, callback);
 }
@@ -164,14 +187,18 @@ function runQueryObject(statement: GuardedStatement, query: QueryObject, values:
 function submitBy(statement: GuardedStatement, deadline: Deadline, submittable: Submittable, values: unknown, callback: unknown): unknown {
   const { owner, entry } = statement;
   const left = deadline.at - performance.now();
-  if (left <= 0) return refuse(new PoolDeadlineError(owner.name, deadline.budgetMs, false), submittable, values, callback);
-  const timer = setTimeout(() => {
+  const refused = notToSend(owner.name, deadline, left);
+  if (refused) return refuse(refused, submittable, values, callback);
+  const stop = (err: Error) => {
     if (!statement.held() || !openSubmittables(entry.client).includes(submittable)) return;
     entry.discard = true;
     owner.deadlinePassed(entry);
-    stopSubmittable(submittable, new PoolDeadlineError(owner.name, deadline.budgetMs, true));
-  }, left);
-  timer.unref();
+    stopSubmittable(submittable, err);
+  };
+  if (left !== Infinity) setTimeout(() => stop(new PoolDeadlineError(owner.name, deadline.budgetMs, true)), left).unref();
+  const { signal } = deadline;
+  // Not stopped when the submittable ends: a released lease (held() false) makes the listener a no-op.
+  if (signal !== undefined) new Abort(signal, () => stop(new PoolAbortedError(owner.name, true, signal.reason)));
   return (entry.client as unknown as GuardedClient).query(submittable, values, callback);
 }
 
@@ -183,8 +210,10 @@ function submitBy(statement: GuardedStatement, deadline: Deadline, submittable: 
  * synchronous replication unconfirmed, or none at all (both {@link PoolOutcomeUnknownError}).
  */
 class Outcome {
-  /** Its request's deadline passed and it was cancelled on the server. */
+  /** Its request's deadline passed, or its caller's signal aborted, and it was cancelled on the server. */
   cancelled = false;
+  /** It was cancelled because the caller's signal aborted. */
+  aborted = false;
   /** The server warned that the transaction committed locally (its wait for a synchronous standby was cancelled). */
   committed = false;
   timer: NodeJS.Timeout | undefined;
@@ -227,9 +256,35 @@ class Outcome {
       // The cancel stopped the text: a rollback of all of it only if nothing in it committed before the statement it hit.
       const text = statementText(this.config);
       if (text !== undefined && commitsBeforeLast(text)) return unknown('deadline');
+      if (this.aborted) return new PoolAbortedError(pool, true, this.deadline!.signal?.reason, { cause: err });
       return new PoolDeadlineError(pool, this.deadline!.budgetMs, true, { cause: err });
     }
     return err;
+  }
+}
+
+/** Why a statement is not to be sent at all (undefined: send it): the caller's signal aborted, or its deadline passed. */
+function notToSend(pool: string, deadline: Deadline, left: number): Error | undefined {
+  if (deadline.signal?.aborted) return new PoolAbortedError(pool, false, deadline.signal.reason);
+  if (left <= 0) return new PoolDeadlineError(pool, deadline.budgetMs, false);
+  return undefined;
+}
+
+/** A caller's signal, listened to while one statement runs. */
+class Abort {
+  fired = false;
+  readonly #onAbort = () => {
+    this.fired = true;
+    this.then();
+  };
+  constructor(
+    readonly signal: AbortSignal,
+    private readonly then: () => void,
+  ) {
+    signal.addEventListener('abort', this.#onAbort, { once: true });
+  }
+  stop(): void {
+    this.signal.removeEventListener('abort', this.#onAbort);
   }
 }
 

@@ -13,6 +13,8 @@ export type Outcome =
   /** `waiting`: callers waiting when it ended, itself included (what its error reports). */
   | { readonly kind: 'timeout'; readonly waiting: number }
   | { readonly kind: 'closed'; readonly waiting: number }
+  /** Its caller gave up (an AbortSignal): {@link ResourcePool.abort}. */
+  | { readonly kind: 'aborted' }
   /** The resource opened for it failed (`setUp`: it opened, and its set-up failed). */
   | { readonly kind: 'open-failed'; readonly error: Error; readonly setUp: boolean };
 

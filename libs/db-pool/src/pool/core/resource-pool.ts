@@ -14,6 +14,8 @@ import type { Slot } from './slot.js';
 import { IdleSweep } from './idle-sweep.js';
 import { Waiters } from './waiters.js';
 
+const ABORTED: Outcome = { kind: 'aborted' };
+
 export type { CoreEvents, Outcome, PoolDriver, ResourcePoolOptions, SlotOwner, Waiter } from './contracts.js';
 
 export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> implements GateView, SlotOwner<S> {
@@ -109,6 +111,11 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
     w.stage = 'new';
     // Ahead of the queue; during a shutdown too, as a caller queued before it began.
     this.admitOrQueue(w, true);
+  }
+
+  /** `w`'s caller gave up: it leaves the queue (or the check of its slot, which then comes back) and fails now. */
+  abort(w: W): void {
+    this.finish(w, ABORTED);
   }
 
   /** `w`'s caller is done checking its slot (served it, or failed it itself). */
