@@ -1,5 +1,5 @@
 /**
- * The lib README's recipes ("Without Nest", Kysely, Drizzle), each copied into a scratch file as a
+ * The lib README's recipes ("Without Nest", Kysely, Drizzle, OpenTelemetry's pg instrumentation), each copied into a scratch file as a
  * user would, run: each is taken from the README itself (the block after `<!-- recipe <name>:`), so
  * the two cannot drift apart.
  */
@@ -44,6 +44,15 @@ describe('the README recipes', () => {
 
   it('Kysely on DbPool: a query, a transaction, a deadline that cancels (PoolDeadlineError)', () => {
     expect(runRecipe('kysely')).toMatch(/^\[ \{ one: 1 \} \] PoolDeadlineError$/m);
+  }, 60_000);
+
+  it("OpenTelemetry's pg instrumentation on DbPool: query spans under the request, with the statement and the server; the acquire's wait as an event", () => {
+    const out = runRecipe('otel-pg');
+    const server = new URL(process.env.DATABASE_URL!).hostname;
+    expect(out).toContain(`true SELECT 1 AS one ${server}\n`);
+    expect(out).toContain(`true SELECT $1::int AS two ${server}\n`);
+    expect(out).toMatch(/^pg\.query:SELECT \S+ true SELECT 1 AS one /m);
+    expect(out).toMatch(/^db_pool\.acquire \d+(\.\d+)?$/m);
   }, 60_000);
 
   it("Drizzle on DbPool: a query, a transaction, a deadline that cancels (PoolDeadlineError, the cause of Drizzle's error)", () => {
