@@ -48,7 +48,7 @@ describe('a lease per checkout: what a caller gets is valid for its checkout onl
     expect(p.counters.resets).toBe(0); // nothing was rolled back
   });
 
-  it("every other method of a released client throws too, naming it (escapeLiteral, on), and so does a write of a field; a read of one (processID) still answers, as the pool's events need", async () => {
+  it("every other method of a released client throws too, naming it (escapeLiteral; on once the connection is checked out again), and so does a write of a field; a read of one (processID) still answers, as the pool's events need", async () => {
     const p = await pool({ poolSize: 1, maxOverflow: 0 });
     const client = await p.connect();
     expect(client.escapeLiteral("it's")).toBe("'it''s'");
@@ -56,10 +56,37 @@ describe('a lease per checkout: what a caller gets is valid for its checkout onl
     expect(typeof pid).toBe('number');
     client.release();
     expect(() => client.escapeLiteral('x')).toThrow(/escapeLiteral called on a client that was released/);
-    expect(() => client.on('notice', () => {})).toThrow(/on called on a client that was released/);
     expect(() => ((client as unknown as { database: string }).database = 'other')).toThrow(/database called on a client that was released/);
     // The 'remove' and 'error' listeners get the lease that held the connection last, and read its fields.
     expect((client as unknown as { processID: number }).processID).toBe(pid);
+    const next = await p.connect(); // the same connection, another checkout: the old lease's event methods end too
+    expect(() => client.on('notice', () => {})).toThrow(/on called on a client that was released/);
+    expect(() => client.emit('error', new Error('x'))).toThrow(/emit called on a client that was released/);
+    next.release();
+  });
+
+  it("a released client's event methods reach its connection while it sits idle, as pg.Pool's do: an error emitted on it removes the connection (the pool's 'error' names the lease); a listener added then is gone at the next checkout", async () => {
+    const p = await pool({ poolSize: 1, maxOverflow: 0 });
+    const released = await p.connect();
+    released.release();
+    const heard: string[] = [];
+    released.on('notice', (msg: { message?: string }) => heard.push(`released: ${msg.message}`));
+    const next = await p.connect();
+    next.on('notice', (msg: { message?: string }) => heard.push(`next: ${msg.message}`));
+    await next.query("DO $$ BEGIN RAISE NOTICE 'hello'; END $$");
+    expect(heard).toEqual(['next: hello']);
+    next.release();
+
+    const poolErrors: [Error, unknown][] = [];
+    p.on('error', (err: Error, client: unknown) => poolErrors.push([err, client]));
+    const clientErrors: Error[] = [];
+    next.once('error', (err: Error) => clientErrors.push(err));
+    expect(next.emit('error', new Error('in the background'))).toBe(true);
+    expect(clientErrors.map((e) => e.message)).toEqual(['in the background']);
+    expect(poolErrors).toHaveLength(1);
+    expect(poolErrors[0][0].message).toBe('in the background');
+    expect(poolErrors[0][1]).toBe(next);
+    expect(p.totalCount).toBe(0);
   });
 
   it('listeners added through a lease are removed at release: the next borrower hears none of them', async () => {

@@ -177,15 +177,25 @@ describe('a drop-in for pg.Pool', () => {
     expect(() => new DbPool({ Client: 'pg' as never })).toThrow('Client: must be a function');
   });
 
-  it('pool.query: a failed statement keeps its connection (pg.Pool would discard it)', async () => {
+  it('pool.query: a failed statement closes its connection on the drop-in, as pg.Pool does; createDbPool keeps it (an SQL error is not a broken connection)', async () => {
     const pool = dropIn({ max: 1 });
     const first = await pool.connect();
     const before = await pid(first);
     first.release();
     await expect(pool.query('SELECT * FROM no_such_table_for_db_pool')).rejects.toThrow(/does not exist/);
+    expect(pool.totalCount).toBe(0);
     const again = await pool.connect();
-    expect(await pid(again)).toBe(before);
+    expect(await pid(again)).not.toBe(before);
     again.release();
+
+    const configured = await created({ poolSize: 1, maxOverflow: 0 });
+    const held = await configured.connect();
+    const kept = await pid(held);
+    held.release();
+    await expect(configured.query('SELECT * FROM no_such_table_for_db_pool')).rejects.toThrow(/does not exist/);
+    const reused = await configured.connect();
+    expect(await pid(reused)).toBe(kept);
+    reused.release();
   });
 
   it('end(): callers already queued finish, as pg.Pool lets them (20 queries in flight at end(), 20 answered)', async () => {

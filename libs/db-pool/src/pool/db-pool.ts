@@ -285,7 +285,8 @@ export class DbPool extends EventEmitter {
         this.settings.trace?.('dispatching query');
         try {
           lease!.query(text as string, values as unknown[], (queryErr: Error | null, result: pg.QueryResult) => {
-            lease!.release();
+            // The drop-in closes the connection of a failed statement, as pg.Pool does; createDbPool's keeps it (the return path checks it).
+            lease!.release(this.settings.dropIn ? (queryErr ?? undefined) : undefined);
             done(queryErr ?? undefined, result);
           });
         } catch (thrown) {
@@ -356,7 +357,6 @@ export class DbPool extends EventEmitter {
     if (acquire.span !== undefined && (waitedMs >= 1 || acquire.prePings > 0)) acquire.trace(waitedMs);
     this.leaks?.checkout(entry, acquire.site, acquire.span);
     const lease = new PoolLease(this, entry, acquire.scope);
-    entry.lastLease = lease;
     if (this.listenerCount('acquire') > 0) this.emit('acquire', lease);
     acquire.callback(undefined, lease);
   }

@@ -29,8 +29,11 @@ type TxStatusReader = { getTransactionStatus?(): string | null };
  * What a caller gets from an acquire: the connection's client, for this checkout only (HikariCP's
  * proxy per checkout). It does what a `pg.PoolClient` does while the checkout lasts; after
  * `release()`, any use of it throws {@link PoolLeaseError} naming the pool and never reaches the
- * connection, which may belong to another caller by then. Listeners added through it are removed
- * from the connection at release, so the next borrower hears none of them.
+ * connection, which may belong to another caller by then — but for its fields, which stay
+ * readable, and its event methods while the connection sits idle with no later checkout (pg.Pool's
+ * released client is the pooled client: code listens to it, or emits an error on it, as
+ * pg-pool's own tests do). Listeners added through it are removed from the connection at release,
+ * or those added after it at the connection's next checkout, so the next borrower hears none.
  *
  * Costs one object and one closure per checkout; each call is one check and a call.
  */
@@ -41,6 +44,8 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
   #entry: PoolEntry | undefined;
   /** The connection's client, kept after release for reads of its fields (see `defineField`). */
   readonly #client: pg.Client;
+  /** The connection it held, kept after release for its event methods while the connection is idle. */
+  readonly #held: PoolEntry;
   /** Listeners added through the lease, flat: event, listener, event, listener, … */
   #listeners: (string | symbol | Listener)[] | undefined;
   readonly #owner: LeaseOwner;
@@ -53,6 +58,11 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
     this.#owner = owner;
     this.#entry = entry;
     this.#client = entry.client;
+    this.#held = entry;
+    // Listeners the previous lease added after its release go now: this checkout hears none of them.
+    const previous = entry.lastLease;
+    if (previous instanceof PoolLease && previous.#listeners) previous.#dropListeners(entry.client);
+    entry.lastLease = this;
     this.#deadline = deadline;
     this.#handedOutIn = currentDeadline();
     this.release = (err?: Error | boolean) => {
@@ -74,6 +84,15 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
     const entry = this.#entry;
     if (!entry) throw new PoolLeaseError(this.#owner.name, member);
     return entry.client;
+  }
+
+  /** For the event methods: the client while the checkout lasts, or after it while the connection is idle with no later checkout. */
+  #events(member: string): EventEmitter {
+    const entry = this.#entry;
+    if (entry !== undefined) return emitter(entry.client);
+    const held = this.#held;
+    if (held.lastLease === this && held.checkedOutAt < 0 && !held.removed) return emitter(held.client);
+    throw new PoolLeaseError(this.#owner.name, member);
   }
 
   // Every checkout's hot call: three arguments as pg takes them, no rest array.
@@ -109,7 +128,7 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
   }
 
   on(event: string | symbol, listener: Listener): this {
-    emitter(this[HELD]('on')).on(event, listener);
+    this.#events('on').on(event, listener);
     (this.#listeners ??= []).push(event, listener);
     return this;
   }
@@ -119,25 +138,25 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
   }
 
   once(event: string | symbol, listener: Listener): this {
-    emitter(this[HELD]('once')).once(event, listener);
+    this.#events('once').once(event, listener);
     (this.#listeners ??= []).push(event, listener);
     return this;
   }
 
   prependListener(event: string | symbol, listener: Listener): this {
-    emitter(this[HELD]('prependListener')).prependListener(event, listener);
+    this.#events('prependListener').prependListener(event, listener);
     (this.#listeners ??= []).push(event, listener);
     return this;
   }
 
   prependOnceListener(event: string | symbol, listener: Listener): this {
-    emitter(this[HELD]('prependOnceListener')).prependOnceListener(event, listener);
+    this.#events('prependOnceListener').prependOnceListener(event, listener);
     (this.#listeners ??= []).push(event, listener);
     return this;
   }
 
   removeListener(event: string | symbol, listener: Listener): this {
-    emitter(this[HELD]('removeListener')).removeListener(event, listener);
+    this.#events('removeListener').removeListener(event, listener);
     const added = this.#listeners;
     if (added) {
       // The newest first: a listener is most often removed by the code that just added it.
@@ -156,7 +175,7 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
    * counted, as pg.Pool detaches its idle-error listener while a client is out.
    */
   listenerCount(event: string | symbol): number {
-    const n = emitter(this[HELD]('listenerCount')).listenerCount(event);
+    const n = this.#events('listenerCount').listenerCount(event);
     return event === 'error' || event === 'end' ? n - 1 : n;
   }
 
@@ -164,9 +183,13 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
     return this.removeListener(event, listener);
   }
 
+  emit(event: string | symbol, ...args: unknown[]): boolean {
+    return this.#events('emit').emit(event, ...args);
+  }
+
   /** Removes the listeners added through this lease (the pool's own stay). */
   removeAllListeners(event?: string | symbol): this {
-    this[HELD]('removeAllListeners');
+    this.#events('removeAllListeners');
     const added = [...(this.#listeners ?? [])];
     for (let i = 0; i < added.length; i += 2)
       if (event === undefined || added[i] === event) this.removeListener(added[i] as string | symbol, added[i + 1] as Listener);
