@@ -22,7 +22,7 @@ import { connectTargetOf } from '../src/pool/hosts.js';
 import { startReplicaSet, type ReplicaSet } from '../../../tools/replica-set.mjs';
 import { startFaultProxy, type FaultProxy } from '../../../tools/fault-proxy.mjs';
 import { freePort } from '../../../tools/embedded-db.mjs';
-import { capturingLogger, eventually } from './support/db.js';
+import { capturingLogger, eventually, endPools } from './support/db.js';
 
 let rs: ReplicaSet;
 const pools: DbPool[] = [];
@@ -35,7 +35,7 @@ afterAll(async () => {
   await rs?.stop();
 });
 afterEach(async () => {
-  await Promise.all(pools.splice(0).map((p) => (p.ending ? undefined : p.end())));
+  await endPools(pools);
   await Promise.all(proxies.splice(0).map((p) => p.close()));
 });
 

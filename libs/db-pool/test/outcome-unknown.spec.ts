@@ -11,7 +11,7 @@ import { type DbPool, PoolDeadlineError, PoolOutcomeUnknownError, withDeadline }
 import { poolErrorResponse } from '../src/http/pool-error-response.js';
 import { commitsBeforeLast, outcomeSensitive, sensitiveCommand } from '../src/pool/outcome.js';
 import { startReplicaSet, type ReplicaSet } from '../../../tools/replica-set.mjs';
-import { eventually, poolFixture, proxyFixture } from './support/db.js';
+import { eventually, poolFixture, proxyFixture, endPools } from './support/db.js';
 
 const { admin, pool: testPool } = poolFixture();
 const { proxy, url: proxiedUrl } = proxyFixture();
@@ -29,7 +29,7 @@ afterAll(async () => {
   await rs?.stop();
 });
 afterEach(async () => {
-  await Promise.all(pools.splice(0).map((p) => (p.ending ? undefined : p.end())));
+  await endPools(pools);
 });
 
 async function primaryPool(): Promise<DbPool> {

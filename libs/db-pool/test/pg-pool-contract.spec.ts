@@ -9,7 +9,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { DbPool, DbPoolConfigError, PoolConnectError, PoolTimeoutError } from '../src/index.js';
-import { databaseUrl, eventually, poolFixture } from './support/db.js';
+import { databaseUrl, dropInFixture, eventually, poolFixture } from './support/db.js';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 
@@ -22,21 +22,8 @@ function keepAliveOn(client: pg.PoolClient): boolean {
 const pid = async (client: pg.PoolClient) => (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
 
 describe('a drop-in for pg.Pool', () => {
-  const pools: DbPool[] = [];
   const { pool: created } = poolFixture();
-  const dropIn = (options: ConstructorParameters<typeof DbPool>[0] = {}) => {
-    const pool = new DbPool({ connectionString: databaseUrl(), ...options });
-    pools.push(pool);
-    return pool;
-  };
-  afterEach(async () => {
-    await Promise.all(
-      pools
-        .splice(0)
-        .filter((p) => !p.ending)
-        .map((p) => p.end()),
-    );
-  });
+  const dropIn = dropInFixture();
 
   it("goes wherever a pg.Pool is expected (its type), and works with pg.Pool's options alone", async () => {
     const asPg: pg.Pool = dropIn({ max: 2 });
@@ -65,8 +52,7 @@ describe('a drop-in for pg.Pool', () => {
   it("a connect error is the driver's own, as pg.Pool gives it (createDbPool's is a PoolConnectError); the callback form gets a release function", async () => {
     const url = new URL(databaseUrl());
     url.pathname = '/no_such_database_for_db_pool';
-    const pool = new DbPool({ connectionString: url.toString(), max: 1 });
-    pools.push(pool);
+    const pool = dropIn({ connectionString: url.toString(), max: 1 });
     const err = (await pool.connect().catch((e: unknown) => e)) as pg.DatabaseError;
     expect(err).toBeInstanceOf(pg.DatabaseError);
     expect(err).not.toBeInstanceOf(PoolConnectError);
@@ -79,8 +65,7 @@ describe('a drop-in for pg.Pool', () => {
     expect((wrapped.cause as { code?: string }).code).toBe('3D000');
     // A pool of its own: two failed connects in a row open the connect circuit breaker, and an
     // acquire it refuses gets PoolUnavailableError (its cause the driver's error).
-    const another = new DbPool({ connectionString: url.toString(), max: 1 });
-    pools.push(another);
+    const another = dropIn({ connectionString: url.toString(), max: 1 });
     const viaCallback = await new Promise<{ err: Error | undefined; release: unknown }>((resolve) =>
       another.connect((e, _client, release) => resolve({ err: e, release })),
     );

@@ -19,7 +19,7 @@ import {
 } from '../src/index.js';
 import type { PgPoolOptions } from '../src/pool/settings.js';
 import { startEmbeddedPostgres, type EmbeddedPostgres } from '../../../tools/embedded-db.mjs';
-import { capturingLogger, eventually } from './support/db.js';
+import { capturingLogger, eventually, endPools } from './support/db.js';
 
 const ENV_KEYS = ['PGHOST', 'PGPORT', 'PGUSER', 'PGPASSWORD', 'PGDATABASE', 'PGSSLMODE', 'DATABASE_URL'] as const;
 const DEFAULT_KEYS = ['host', 'port', 'user', 'password', 'database'] as const;
@@ -45,7 +45,7 @@ beforeEach(() => {
   for (const key of ENV_KEYS) delete process.env[key];
 });
 afterEach(async () => {
-  await Promise.all(pools.splice(0).map((p) => (p.ending ? undefined : p.end())));
+  await endPools(pools);
   for (const key of ENV_KEYS) {
     if (savedEnv[key] === undefined) delete process.env[key];
     else process.env[key] = savedEnv[key];

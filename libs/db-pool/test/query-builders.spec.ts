@@ -9,7 +9,7 @@ import { drizzle } from 'drizzle-orm/node-postgres';
 import { type Generated, Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
 import { DbPool, PoolDeadlineError, PoolTimeoutError, poolErrorResponse, withDeadline } from '../src/index.js';
-import { databaseUrl, eventually } from './support/db.js';
+import { databaseUrl, dropInFixture, eventually } from './support/db.js';
 
 interface Database {
   qb_items: { id: Generated<number>; name: string; lib: string };
@@ -28,25 +28,13 @@ async function running(admin: pg.Client, pattern: string): Promise<boolean> {
 
 describe('query builders on DbPool', () => {
   let admin: pg.Client;
-  const pools: DbPool[] = [];
-  const dropIn = (options: ConstructorParameters<typeof DbPool>[0] = {}) => {
-    const pool = new DbPool({ connectionString: databaseUrl(), max: 2, ...options });
-    pools.push(pool);
-    return pool;
-  };
+  const made = dropInFixture();
+  const dropIn = (options: ConstructorParameters<typeof DbPool>[0] = {}) => made({ max: 2, ...options });
 
   beforeAll(async () => {
     admin = new pg.Client(databaseUrl());
     await admin.connect();
     await admin.query(`CREATE TABLE IF NOT EXISTS ${table} (id serial PRIMARY KEY, name text NOT NULL, lib text NOT NULL)`);
-  });
-  afterEach(async () => {
-    await Promise.all(
-      pools
-        .splice(0)
-        .filter((p) => !p.ending)
-        .map((p) => p.end()),
-    );
   });
   afterAll(async () => {
     await admin.query(`DROP TABLE IF EXISTS ${table}`);
@@ -55,7 +43,8 @@ describe('query builders on DbPool', () => {
 
   describe('Kysely (PostgresDialect)', () => {
     it('queries, commits a transaction, rolls one back', async () => {
-      const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: dropIn() }) });
+      const pool = dropIn();
+      const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
       await db.insertInto('qb_items').values({ name: 'kept', lib: 'kysely' }).execute();
       await db.transaction().execute(async (trx) => {
         await trx.insertInto('qb_items').values({ name: 'committed', lib: 'kysely' }).execute();
@@ -69,7 +58,7 @@ describe('query builders on DbPool', () => {
       const names = await db.selectFrom('qb_items').select('name').where('lib', '=', 'kysely').orderBy('id').execute();
       expect(names.map((r) => r.name)).toEqual(['kept', 'committed']);
       await db.destroy(); // ends the pool
-      expect(pools[0].ended).toBe(true);
+      expect(pool.ended).toBe(true);
     });
 
     it("a request's deadline cancels the statement on the server, and the pool's typed errors come through", async () => {

@@ -1,12 +1,5 @@
 import pg from 'pg';
-import {
-  createDbPool,
-  type DbPool,
-  type DbPoolConfig,
-  type DbPoolLogger,
-  type DbPoolOptions,
-  resolveDbPoolConfig,
-} from '../../src/index.js';
+import { createDbPool, DbPool, type DbPoolConfig, type DbPoolLogger, type DbPoolOptions, resolveDbPoolConfig } from '../../src/index.js';
 import { startFaultProxy, type FaultProxy } from '../../../../tools/fault-proxy.mjs';
 
 // The wait helpers every project's tests share (tools/wait.mjs).
@@ -102,14 +95,7 @@ export function poolFixture(): {
   beforeAll(async () => {
     admin = await adminClient();
   });
-  afterEach(async () => {
-    await Promise.all(
-      pools
-        .splice(0)
-        .filter((p) => !p.ending)
-        .map((p) => p.end()),
-    );
-  });
+  afterEach(() => endPools(pools));
   afterAll(async () => {
     await admin?.end();
   });
@@ -120,5 +106,26 @@ export function poolFixture(): {
       pools.push(created);
       return created;
     },
+  };
+}
+
+/** Ends the pools of the list not already ending, and empties it: what a test's afterEach does with the pools it made. */
+export async function endPools(pools: DbPool[]): Promise<void> {
+  await Promise.all(
+    pools
+      .splice(0)
+      .filter((p) => !p.ending)
+      .map((p) => p.end()),
+  );
+}
+
+/** Registers the hooks of a drop-in test: `dropIn(pgOptions)` is a `new DbPool` on the test server, ended after its test. */
+export function dropInFixture(): (options?: ConstructorParameters<typeof DbPool>[0]) => DbPool {
+  const pools: DbPool[] = [];
+  afterEach(() => endPools(pools));
+  return (options = {}) => {
+    const pool = new DbPool({ connectionString: databaseUrl(), ...options });
+    pools.push(pool);
+    return pool;
   };
 }
