@@ -46,8 +46,8 @@ export class Acquire implements Waiter<PoolEntry> {
   retries = 0;
   /** Why the last try failed (a dead connection's pre-ping): the timeout's cause. */
   lastError: Error | undefined = undefined;
-  /** Under a caller's signal (`withSignal`): stops listening to it. */
-  private unwatch: (() => void) | undefined = undefined;
+  /** Under a caller's signal (`withSignal`): stops listening to it (when it is served or fails). */
+  unwatch: (() => void) | undefined = undefined;
 
   constructor(
     private readonly host: CheckoutHost,
@@ -100,7 +100,7 @@ export class Acquire implements Waiter<PoolEntry> {
     const { core, connections } = this.host;
     const readiness = connections.check(entry, performance.now());
     if (readiness === READY) {
-      this.handOut(entry);
+      this.host.lease(this, entry);
       return true;
     }
     if (readiness === STALE) {
@@ -121,14 +121,9 @@ export class Acquire implements Waiter<PoolEntry> {
       // Its deadline passed during the ping: the caller has its error; the connection goes back.
       if (this.stage === 'done') return core.release(entry);
       core.settle(this);
-      this.handOut(entry);
+      this.host.lease(this, entry);
     });
     return false;
-  }
-
-  private handOut(entry: PoolEntry): void {
-    this.unwatch?.();
-    this.host.lease(this, entry);
   }
 
   /** The core could not serve it: the typed error, counted, told on its own tick (a callback that throws unwinds nothing of the pool's). */

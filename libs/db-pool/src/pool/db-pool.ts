@@ -350,6 +350,7 @@ export class DbPool extends EventEmitter {
 
   /** @internal Hands a connection to an acquire's caller: a lease for this checkout. */
   lease(acquire: Acquire, entry: PoolEntry): void {
+    acquire.unwatch?.();
     const now = performance.now();
     entry.checkedOutAt = now;
     const waitedMs = now - acquire.startedAt;
