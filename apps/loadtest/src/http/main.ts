@@ -8,7 +8,11 @@
  * the rate the api serves, against the api with DB_POOL_ADAPTIVE (the route's deadline is 1 s), and
  * against the baseline (see ./overload.ts).
  *
- *   npx nx run loadtest:http [-- --quick] [--connections 10,50,200] [--duration 5] [--rounds 3] [--skip-overload] [--out-dir .]
+ * Each slice's ratios are judged against #22's targets (throughput ≥ 0.97 and p99 ≤ 1.10 of the
+ * baseline, per slice; overload goodput within the deadline ≥ 0.75 of capacity), printed with a
+ * met/missed verdict and written with the results.
+ *
+ *   npx nx run loadtest:http [-- --quick] [--connections 10,50,200] [--duration 5] [--rounds 5] [--skip-overload] [--out-dir .]
  */
 import autocannon from 'autocannon';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -18,6 +22,7 @@ import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { overloadSlice, seedRows, type OverloadSliceResult } from './overload.js';
+import { formatTargets, httpTargets, median, type RoundPair } from './targets.js';
 
 const root = fileURLToPath(new URL('../../../../', import.meta.url));
 
@@ -43,7 +48,7 @@ function parseArgs(argv: string[]): Args {
     quick,
     connections: (get('--connections') ?? '10,50,200').split(',').map(Number),
     durationS: Number(get('--duration') ?? (quick ? 1 : 5)),
-    rounds: Number(get('--rounds') ?? (quick ? 1 : 3)),
+    rounds: Number(get('--rounds') ?? (quick ? 1 : 5)),
     outDir: get('--out-dir') ?? process.cwd(),
     overload: !argv.includes('--skip-overload'),
   };
@@ -118,11 +123,6 @@ async function drive(port: number, endpoint: Endpoint, id: number, connections: 
     non2xx: result.non2xx,
   };
 }
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
@@ -257,6 +257,24 @@ async function main(): Promise<void> {
       process.stdout.write(`${ofmt(oh)}\n${ow.map((w) => '-'.repeat(w)).join('  ')}\n${ol.map(ofmt).join('\n')}\n`);
     }
 
+    // Round i of db-pool and round i of the baseline ran back to back: judged as pairs.
+    const slices = new Map<string, RoundPair[]>();
+    for (const connections of args.connections)
+      for (const endpoint of ENDPOINTS.filter((e) => e.baseline)) {
+        const ours = samples.get(key(connections, endpoint.name, 'db-pool'))!;
+        const theirs = samples.get(key(connections, endpoint.name, 'baseline'))!;
+        slices.set(
+          `${endpoint.name} @ ${connections}`,
+          ours.map((o, i) => ({ ours: { rps: o.rps, p99: o.p99 }, baseline: { rps: theirs[i].rps, p99: theirs[i].p99 } })),
+        );
+      }
+    const dbPoolOverload = overload?.results[0];
+    const targets = httpTargets(
+      slices,
+      dbPoolOverload && { withinDeadlinePerSec: dbPoolOverload.okWithinDeadlinePerSec, capacityPerSec: overload!.capacityPerSec },
+    );
+    process.stdout.write(`\ntargets (#22), each the median of its per-round ratios:\n${formatTargets(targets)}`);
+
     const results = {
       command: `nx run loadtest:http ${process.argv.slice(2).join(' ')}`.trim(),
       machine: { cpus: cpus().length, cpu: cpus()[0]?.model, node: process.version },
@@ -268,6 +286,8 @@ async function main(): Promise<void> {
       rows,
       ratios,
       overload,
+      targets,
+      all_targets_met: targets.every((t) => t.met),
     };
     await mkdir(args.outDir, { recursive: true });
     await writeFile(join(args.outDir, 'http-results.json'), `${JSON.stringify(results, null, 2)}\n`);

@@ -18,6 +18,8 @@ export interface OverloadSliceRow {
   offeredPerSec: number;
   sentPerSec: number;
   ok: StatusLatency;
+  /** 2xx answers that came within the route's deadline, per second: the goodput. */
+  okWithinDeadlinePerSec: number;
   shed: StatusLatency;
   otherNon2xx: number;
   errors: number;
@@ -104,6 +106,7 @@ export async function overloadSlice(
       offeredPerSec: rate,
       sentPerSec: run.sent / settings.durationS,
       ok: summarize(ok, settings.durationS),
+      okWithinDeadlinePerSec: ok.filter((ms) => ms <= settings.deadlineMs).length / settings.durationS,
       shed: summarize(shed, settings.durationS),
       otherNon2xx: other,
       errors: run.errors,
