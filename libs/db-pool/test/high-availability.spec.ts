@@ -397,7 +397,9 @@ describe('a connection that ends unasked', () => {
     expect(p.counters.failovers).toBe(0);
     expect(p.counters.evictions).toBe(0);
     expect(p.hosts()[0].state).toBe('up');
-    expect(p.idleCount).toBe(3);
+    // pg rejects on the ErrorResponse; its ReadyForQuery may come in a later read, and the return
+    // path waits for it before the connection is idle again (failed once in CI's embedded run).
+    expect(await eventually(() => p.idleCount === 3)).toBe(true);
     expect(p.counters.removed).toBe(0);
   });
 
