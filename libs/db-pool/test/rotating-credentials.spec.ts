@@ -170,6 +170,27 @@ describe('DB_PASSWORD_FILE (a mounted secret)', () => {
     }
   });
 
+  it("a secret of reserved and non-ASCII characters is read as written (no URL encoding), and a URL's empty password ('app:@host') leaves the file in force", async () => {
+    const odd = `p@ss:w/rd#?% é'"\\ ${SECRETS[0]}`;
+    await admin.query(`ALTER ROLE ${ROLE} PASSWORD ${admin.escapeLiteral(odd)}`);
+    const file = join(dir, 'odd');
+    await writeFile(file, `${odd}\r\n`); // a Windows line end, as an editor there leaves it
+    const lines: string[] = [];
+    for (const userinfo of [ROLE, `${ROLE}:`]) {
+      const pool = await createDbPool({
+        env: { DATABASE_URL: `postgres://${userinfo}@${server.host}:${server.port}/${server.database}`, DB_PASSWORD_FILE: file },
+        poolSize: 1,
+        logger: recordingLogger(lines),
+      });
+      try {
+        expect((await pool.query('SELECT current_user AS u')).rows).toEqual([{ u: ROLE }]);
+      } finally {
+        await pool.end();
+      }
+    }
+    for (const text of lines) expect(text).not.toContain('w/rd#');
+  });
+
   it('an empty file is said to be empty (not sent as an empty password)', async () => {
     const file = join(dir, 'empty');
     await writeFile(file, '\n');

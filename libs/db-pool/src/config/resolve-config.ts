@@ -360,7 +360,7 @@ function passwordOf(
   if (file === undefined) return options.password;
   if (options.password !== undefined && options.password !== '')
     problems.push(`${fileKey}: not with the password option as well; give the password one way`);
-  else if (url !== undefined && /^[^@]*:[^@]*@$/.test(splitUrl(url)?.userinfo ?? ''))
+  else if (url !== undefined && /^[^@]*:[^@]+@$/.test(splitUrl(url)?.userinfo ?? ''))
     problems.push(`${fileKey}: not with a password in the URL as well (pg would use the URL's); remove one of them`);
   else return passwordFromFile(file, fileKey);
   return undefined;
