@@ -105,7 +105,12 @@ describe('withSignal: an abort stops the caller’s work', () => {
     expect(await eventually(() => p.idleCount === 1)).toBe(true);
   });
 
-  it('refuses what is not an AbortSignal', () => {
-    expect(() => withSignal({} as AbortSignal, () => 1)).toThrow(/withSignal: the first argument must be an AbortSignal/);
+  it('refuses what is not an AbortSignal, in withSignal and in withDeadline’s options, before running anything', () => {
+    let ran = false;
+    expect(() => withSignal({} as AbortSignal, () => (ran = true))).toThrow(/withSignal: the first argument must be an AbortSignal/);
+    expect(() => withDeadline(100, () => (ran = true), { signal: 'soon' as unknown as AbortSignal })).toThrow(
+      /withDeadline: options\.signal must be an AbortSignal/,
+    );
+    expect(ran).toBe(false);
   });
 });

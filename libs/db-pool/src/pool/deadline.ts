@@ -37,6 +37,8 @@ export function withDeadline<T>(budgetMs: number, fn: () => T, options?: { signa
     throw new RangeError(
       `withDeadline: the budget must be at most ${MAX_TIMER_MS} ms (the longest Node timer); for no deadline, call fn outside withDeadline; got ${String(budgetMs)}`,
     );
+  if (options?.signal !== undefined && !(options.signal instanceof AbortSignal))
+    throw new TypeError('withDeadline: options.signal must be an AbortSignal');
   const at = performance.now() + budgetMs;
   const outer = current.getStore();
   const signal = joined(outer?.signal, options?.signal);
