@@ -1,5 +1,5 @@
 // The HTTP benchmark's verdicts: arithmetic over measured figures (the run itself is `nx run loadtest:http`).
-import { formatTargets, httpTargets, medianRatio, type RoundPair } from '../src/http/targets.js';
+import { formatTargets, httpTargets, medianRatio, overloadGoodput, type RoundPair } from '../src/http/targets.js';
 
 const round = (oursRps: number, baseRps: number, oursP99 = 10, baseP99 = 10): RoundPair => ({
   ours: { rps: oursRps, p99: oursP99 },
@@ -18,7 +18,7 @@ describe('the HTTP targets', () => {
       ['read @ 10', [round(970, 1000, 11, 10)]],
       ['write @ 10', [round(969, 1000, 11.01, 10)]],
     ]);
-    const targets = httpTargets(slices, { withinDeadlinePerSec: 74.9, capacityPerSec: 100 });
+    const targets = httpTargets(slices, [{ withinDeadlinePerSec: 74.9, capacityPerSec: 100 }]);
     expect(targets.map((t) => [t.name, t.slice, t.measured, t.met])).toEqual([
       ['http_throughput_vs_baseline', 'read @ 10', 0.97, true],
       ['http_p99_vs_baseline', 'read @ 10', 1.1, true],
@@ -30,8 +30,21 @@ describe('the HTTP targets', () => {
     expect(formatTargets(targets.filter((t) => t.met))).toMatch(/All HTTP targets met\.\n$/);
   });
 
+  it('judge the overload by the median of its per-round goodput over the capacity measured before it', () => {
+    // A round whose capacity and overload both ran slow keeps its ratio; the max of the capacities would not.
+    const rounds = [
+      { withinDeadlinePerSec: 21, capacityPerSec: 25 },
+      { withinDeadlinePerSec: 14, capacityPerSec: 17 },
+      { withinDeadlinePerSec: 9, capacityPerSec: 20 },
+    ];
+    expect(overloadGoodput(rounds)).toBeCloseTo(14 / 17, 5);
+    expect(httpTargets(new Map(), rounds)).toEqual([
+      { name: 'http_overload_goodput_vs_capacity', slice: 'overload', comparison: '>=', limit: 0.75, measured: 0.824, met: true },
+    ]);
+  });
+
   it('a side that measured nothing is a miss, never a ratio over zero', () => {
-    const targets = httpTargets(new Map([['read @ 200', [round(900, 0, 10, 0)]]]), { withinDeadlinePerSec: 10, capacityPerSec: 0 });
+    const targets = httpTargets(new Map([['read @ 200', [round(900, 0, 10, 0)]]]), [{ withinDeadlinePerSec: 10, capacityPerSec: 0 }]);
     expect(targets.every((t) => !t.met && Number.isNaN(t.measured))).toBe(true);
   });
 });

@@ -71,6 +71,35 @@ export async function closedLoop(callers: number, durationMs: number, op: Operat
   return { ops: latencies.length, elapsedMs, latencies: latencies.values(), waits: waits.length > 0 ? waits.values() : undefined };
 }
 
+/**
+ * Open loop: `total` arrivals `1000 / perSec` ms apart, each launched at its time whatever the
+ * ones before it are doing (a closed loop, or a client that waits for a free connection, would
+ * slow down with the server and hide the overload). `launch` gets the arrival's time, from which
+ * its latency counts. Resolves once the last has been launched, with when the loop started and
+ * ended, and the set of launches not yet settled (each leaves it when it settles).
+ */
+export async function openLoop(
+  perSec: number,
+  total: number,
+  launch: (arrival: number) => Promise<unknown>,
+): Promise<{ start: number; end: number; pending: Set<Promise<unknown>> }> {
+  const intervalMs = 1000 / perSec;
+  const pending = new Set<Promise<unknown>>();
+  const start = performance.now();
+  let launched = 0;
+  while (launched < total) {
+    const now = performance.now();
+    while (launched < total && start + launched * intervalMs <= now) {
+      const p = launch(start + launched * intervalMs);
+      launched++;
+      pending.add(p);
+      void p.finally(() => pending.delete(p));
+    }
+    await new Promise<void>((resolve) => setTimeout(resolve, 1));
+  }
+  return { start, end: start + total * intervalMs, pending };
+}
+
 export function median(values: readonly number[]): number {
   return quantileSorted(Float64Array.from(values).sort(), 0.5);
 }

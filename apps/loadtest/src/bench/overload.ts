@@ -7,7 +7,7 @@ import { performance } from 'node:perf_hooks';
 import { createDbPool, type DbPool, PoolOverloadedError, PoolDeadlineError, PoolTimeoutError, withDeadline } from '@db-pool/db-pool';
 import pg from 'pg';
 import { ALL_FEATURES } from './contenders.js';
-import { closedLoop, percentiles, type Percentiles } from './measure.js';
+import { closedLoop, openLoop, percentiles, type Percentiles } from './measure.js';
 import type { Progress } from './progress.js';
 
 /** About 4–5 ms of one core on the machines this was written on: the server's CPU is the bottleneck. */
@@ -212,7 +212,6 @@ async function runContender(
 
   progress.activity(`overload · ${c.name} · ${s.factor}× capacity for ${s.overloadMs / 1000} s`);
   const rate = s.factor * capacity;
-  const intervalMs = 1000 / rate;
   const total = Math.round((s.overloadMs / 1000) * rate);
   const outcomes: Record<Outcome, number> = {
     ok: 0,
@@ -234,8 +233,6 @@ async function runContender(
     return b;
   };
   const start = performance.now();
-  const pending = new Set<Promise<unknown>>();
-  let launched = 0;
   // db-pool's limit and queue, sampled at each bucket's end.
   const sampler = c.pool
     ? setInterval(() => {
@@ -246,38 +243,28 @@ async function runContender(
         b.waiting = st.waiting;
       }, bucketMs / 2)
     : undefined;
-  // Open loop: every arrival is launched at its time, whatever the ones before it are doing.
-  while (launched < total) {
-    const now = performance.now();
-    while (launched < total && start + launched * intervalMs <= now) {
-      const arrival = start + launched * intervalMs;
-      launched++;
-      const p = c.request(s.deadlineMs).then(
-        () => {
-          const t = performance.now();
-          const ms = t - arrival;
-          answered.push(ms);
-          const b = bucketAt(t - start);
-          if (ms <= s.deadlineMs) {
-            outcomes.ok++;
-            b.goodput++;
-          } else {
-            outcomes.late++;
-            b.failed++;
-          }
-        },
-        (err: unknown) => {
-          const t = performance.now();
-          outcomes[t - arrival > s.deadlineMs && classify(err) === 'other' ? 'late' : classify(err)]++;
-          bucketAt(t - start).failed++;
-        },
-      );
-      pending.add(p);
-      void p.finally(() => pending.delete(p));
-    }
-    await sleep(1);
-  }
-  const end = start + total * intervalMs;
+  const { end, pending } = await openLoop(rate, total, (arrival) =>
+    c.request(s.deadlineMs).then(
+      () => {
+        const t = performance.now();
+        const ms = t - arrival;
+        answered.push(ms);
+        const b = bucketAt(t - start);
+        if (ms <= s.deadlineMs) {
+          outcomes.ok++;
+          b.goodput++;
+        } else {
+          outcomes.late++;
+          b.failed++;
+        }
+      },
+      (err: unknown) => {
+        const t = performance.now();
+        outcomes[t - arrival > s.deadlineMs && classify(err) === 'other' ? 'late' : classify(err)]++;
+        bucketAt(t - start).failed++;
+      },
+    ),
+  );
 
   // Recovery: a probe every 20 ms through the contender; recovered when 25 in a row take at most
   // twice the idle time (and 2 ms more, for timer noise).
