@@ -23,7 +23,7 @@ const CHART_IDS = ['chart-latency', 'chart-throughput', 'chart-pool-utilization'
 
 interface Results {
   settings: { db_pool_features: Record<string, unknown> };
-  ratio_details: Record<string, { median: number }>;
+  ratio_details: Record<string, { median: number; ci95: [number, number]; spread: number; rounds: number[] }>;
   scenarios: {
     id: string;
     levels: { contenders: { name: string; note?: string; leakStacks?: { captured: number; skipped: number } }[] }[];
@@ -150,6 +150,30 @@ describe('the benchmark CLI (--quick)', () => {
       }
     }
     expect(Number.isFinite(results.ratio_details.every_stack_vs_off?.median)).toBe(true);
+  });
+
+  it('measures the adaptive limit apart from the headline rows, beside them in the sweep', async () => {
+    const results = JSON.parse(await readFile(join(outDir, 'bench-results.json'), 'utf8')) as Results;
+    expect(results.settings.db_pool_features).toEqual(expect.objectContaining({ adaptive_limit: 'off' }));
+    const sweep = results.scenarios.find((s) => s.id === 'sweep-core')!;
+    for (const level of sweep.levels) {
+      const adaptive = level.contenders.find((c) => c.name === 'db-pool + DB_POOL_ADAPTIVE');
+      expect(adaptive?.note).toContain('adaptive limit');
+    }
+    for (const callers of ['1', '10', '50', '200'])
+      expect([callers, Number.isFinite(results.ratio_details[`adaptive_throughput_vs_pg_pool.${callers}`]?.median)]).toEqual([callers, true]);
+  });
+
+  it("runs the features pair four times as many rounds and reports the median's 95 % interval", async () => {
+    const results = JSON.parse(await readFile(join(outDir, 'bench-results.json'), 'utf8')) as Results;
+    const preping = results.ratio_details.preping_on_vs_off;
+    const latency = results.ratio_details.latency_vs_pg_pool;
+    expect(preping.rounds.length).toBe(4 * latency.rounds.length);
+    const [lo, hi] = preping.ci95;
+    expect(lo).toBeLessThanOrEqual(preping.median);
+    expect(hi).toBeGreaterThanOrEqual(preping.median);
+    expect(preping.spread).toBeCloseTo((hi - lo) / 2 / preping.median, 10);
+    expect(run.stdout).toMatch(/preping_on_vs_off\s+\d\.\d+\s+±\d+\.\d %/);
   });
 
   it('records the overload scenario: the capacity sweep, every contender with its outcomes, and the adaptive limit over time', async () => {

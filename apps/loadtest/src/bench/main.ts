@@ -24,7 +24,7 @@ server DATABASE_URL names (the nx target starts an embedded one when it is unset
 interleaved in short rounds; every ratio is the median of per-round ratios.
 
   --quick            a short run (well under a minute): 5 rounds × 100 ms, indicative only
-  --rounds N         rounds per scenario (default 75; 5 with --quick)
+  --rounds N         rounds per scenario (default 75; 5 with --quick; the features scenario runs 4 × N)
   --duration-ms N    length of one contender's slice in a round (default 100)
   --scenario S       core (the comparisons above), overload (2× capacity, open loop, deadlines), or all (default)
   --overload-seconds N  length of the overload (default 5; 2 with --quick)

@@ -189,9 +189,32 @@ export interface RatioStat {
   median: number;
   min: number;
   max: number;
+  /**
+   * A 95 % confidence interval of that median, distribution-free (the order statistics whose
+   * ranks bound it: n/2 ∓ 0.98√n); NaN bounds with fewer than 6 rounds.
+   */
+  ci95: [number, number];
+  /** Half the interval's width over the median: the ± within which the run pins the ratio down. */
+  spread: number;
   rounds: number[];
 }
 
+/**
+ * The 95 % interval of a median from `sorted` samples, with no assumption on their distribution:
+ * the number of samples below the true median is Binomial(n, ½), so the j-th and k-th smallest
+ * (j = ⌊n/2 − 0.98√n⌋, k = ⌈n/2 + 1 + 0.98√n⌉, 1-based; normal approximation) bound it 95 % of
+ * the time.
+ */
+export function medianInterval(sorted: readonly number[]): [number, number] {
+  const n = sorted.length;
+  const half = 0.98 * Math.sqrt(n);
+  const j = Math.floor(n / 2 - half);
+  const k = Math.ceil(n / 2 + 1 + half);
+  return j < 1 || k > n ? [NaN, NaN] : [sorted[j - 1], sorted[k - 1]];
+}
+
 export function ratioStat(rounds: number[]): RatioStat {
-  return { median: median(rounds), min: Math.min(...rounds), max: Math.max(...rounds), rounds };
+  const m = median(rounds);
+  const ci95 = medianInterval([...rounds].sort((a, b) => a - b));
+  return { median: m, min: Math.min(...rounds), max: Math.max(...rounds), ci95, spread: (ci95[1] - ci95[0]) / 2 / m, rounds };
 }

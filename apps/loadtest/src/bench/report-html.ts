@@ -1,6 +1,6 @@
 import { type OverloadReport, renderOverloadHtml } from './report-overload.js';
 import type { Analysis, PhaseSummary } from './results.js';
-import { CONTENDER_HEADERS, contenderCells, fmtMs, fmtRate, fmtRatio, ratioRows } from './report-table.js';
+import { CONTENDER_HEADERS, contenderCells, fmtMs, fmtRate, fmtRatio, fmtSpread, ratioRows } from './report-table.js';
 import type { StateSample } from './scenarios.js';
 
 /** What the report says about the run itself (machine, command, settings). */
@@ -252,7 +252,7 @@ function renderCore(a: Analysis, capacity: number): string {
   const ratioTable = ratioRows(a)
     .map(
       (r) =>
-        `<tr class="${verdictClass(r.verdict)}"><td><code>${esc(r.key)}</code></td><td class="num">${fmtRatio(r.measured)}</td><td class="num">${fmtRatio(r.min)}–${fmtRatio(r.max)}</td><td>${esc(r.target)}</td><td>${r.verdict === 'info' ? 'no target' : r.verdict === 'MISSED' ? '<strong>MISSED</strong>' : 'met'}</td></tr>`,
+        `<tr class="${verdictClass(r.verdict)}"><td><code>${esc(r.key)}</code></td><td class="num">${fmtRatio(r.measured)}</td><td class="num">${fmtSpread(r.spread)}</td><td class="num">${fmtRatio(r.min)}–${fmtRatio(r.max)}</td><td>${esc(r.target)}</td><td>${r.verdict === 'info' ? 'no target' : r.verdict === 'MISSED' ? '<strong>MISSED</strong>' : 'met'}</td></tr>`,
     )
     .join('\n');
   const phaseTables = a.phases
@@ -272,7 +272,7 @@ function renderCore(a: Analysis, capacity: number): string {
     .join('\n');
   return `<h2>Ratios against baselines measured in the same run</h2>
 <p>Each ratio is the median of per-round ratios: the contenders ran interleaved in short rounds, so machine noise hits both sides of a ratio alike.</p>
-<table><thead><tr><th>ratio</th><th>median</th><th>range over rounds</th><th>target</th><th>verdict</th></tr></thead><tbody>
+<table><thead><tr><th>ratio</th><th>median</th><th>its 95 % interval</th><th>range over rounds</th><th>target</th><th>verdict</th></tr></thead><tbody>
 ${ratioTable}
 </tbody></table>
 <h2>Charts</h2>

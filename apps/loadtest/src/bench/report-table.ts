@@ -52,14 +52,19 @@ export interface RatioRow {
   measured: number;
   min: number;
   max: number;
+  /** Half the median's 95 % interval over the median. */
+  spread: number;
   target: string;
   verdict: 'met' | 'MISSED' | 'info';
 }
 
+/** A median's 95 % interval as ± a percentage of it ('—' when the rounds are too few). */
+export const fmtSpread = (spread: number): string => (Number.isFinite(spread) ? `±${(spread * 100).toFixed(1)} %` : '—');
+
 /** Every ratio, one row per concurrency for throughput, with its target and verdict. */
 export function ratioRows(a: Analysis): RatioRow[] {
   const rows: RatioRow[] = [];
-  const detail = (key: string) => a.ratio_details[key] ?? { median: NaN, min: NaN, max: NaN, rounds: [] };
+  const detail = (key: string) => a.ratio_details[key] ?? { median: NaN, min: NaN, max: NaN, spread: NaN, rounds: [] };
   for (const [key, value] of Object.entries(a.ratios) as [RatioKey, number | Record<string, number>][]) {
     const target: Target | undefined = a.targets[key];
     if (typeof value === 'number') {
@@ -69,6 +74,7 @@ export function ratioRows(a: Analysis): RatioRow[] {
         measured: value,
         min: d.min,
         max: d.max,
+        spread: d.spread,
         target: target ? `${target.comparison} ${target.limit}` : 'none',
         verdict: target ? (target.met ? 'met' : 'MISSED') : 'info',
       });
@@ -81,6 +87,7 @@ export function ratioRows(a: Analysis): RatioRow[] {
           measured: v,
           min: d.min,
           max: d.max,
+          spread: d.spread,
           target: per && target ? `${target.comparison} ${target.limit}` : 'none',
           verdict: per ? (per.met ? 'met' : 'MISSED') : 'info',
         });
@@ -88,10 +95,10 @@ export function ratioRows(a: Analysis): RatioRow[] {
     }
   }
   for (const key of Object.keys(a.ratio_details).filter(
-    (k) => k.startsWith('checkout_') || k.startsWith('pg_pool_') || k.startsWith('every_stack_'),
+    (k) => k.startsWith('adaptive_') || k.startsWith('checkout_') || k.startsWith('pg_pool_') || k.startsWith('every_stack_'),
   )) {
     const d = detail(key);
-    rows.push({ key, measured: d.median, min: d.min, max: d.max, target: 'none', verdict: 'info' });
+    rows.push({ key, measured: d.median, min: d.min, max: d.max, spread: d.spread, target: 'none', verdict: 'info' });
   }
   return rows;
 }
@@ -112,7 +119,7 @@ export function renderTable(a: Analysis, meta: { rounds: number; durationMs: num
   for (const phase of a.phases) {
     for (const level of phase.levels) {
       out.push(
-        `\n== ${phase.title}${phase.levels.length > 1 ? ` — ${level.callers} caller(s)` : ''} (${meta.rounds} rounds × ${meta.durationMs} ms, interleaved)`,
+        `\n== ${phase.title}${phase.levels.length > 1 ? ` — ${level.callers} caller(s)` : ''} (${level.contenders[0]?.rounds ?? meta.rounds} rounds × ${meta.durationMs} ms, interleaved)`,
       );
       out.push(table(CONTENDER_HEADERS, level.contenders.map(contenderCells), numeric));
     }
@@ -121,15 +128,16 @@ export function renderTable(a: Analysis, meta: { rounds: number; durationMs: num
   out.push('pgbench with several clients per thread reports only an average latency (its per-transaction log uses lazy clocks).');
   out.push('ops/s = median of rounds; latency percentiles over every operation of every round.');
 
-  out.push('\n== Ratios (median of per-round ratios; range = min–max over rounds)');
+  out.push("\n== Ratios (median of per-round ratios; 95 % CI = the median's 95 % interval; range = min–max over rounds)");
   const rows = ratioRows(a).map((r) => [
     r.key,
     fmtRatio(r.measured),
+    fmtSpread(r.spread),
     `${fmtRatio(r.min)}–${fmtRatio(r.max)}`,
     r.target,
     r.verdict === 'info' ? 'no target' : r.verdict,
   ]);
-  out.push(table(['ratio', 'measured', 'range', 'target', 'verdict'], rows, new Set([1, 2])));
+  out.push(table(['ratio', 'measured', '95 % CI', 'range', 'target', 'verdict'], rows, new Set([1, 2, 3])));
   out.push('');
   if (a.all_targets_met) out.push('All targets met.');
   else out.push(`TARGETS MISSED (${a.missed.length}):\n${a.missed.map((m) => `  - ${m}`).join('\n')}`);

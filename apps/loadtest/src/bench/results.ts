@@ -166,6 +166,11 @@ export function analyze(run: BenchRun): Analysis {
       `throughput_vs_pg_pool.${level.callers}`,
       roundRatios(slices('sweep-core', C.dbPool, level.callers), slices('sweep-core', C.pgPool, level.callers), opsPerSec),
     );
+    // Informational: what the adaptive limit (off by default) costs at steady load.
+    stat(
+      `adaptive_throughput_vs_pg_pool.${level.callers}`,
+      roundRatios(slices('sweep-core', C.dbPoolAdaptive, level.callers), slices('sweep-core', C.pgPool, level.callers), opsPerSec),
+    );
     // Informational: the same with the checkout done by hand, where the acquire is timed too.
     stat(
       `checkout_throughput_vs_pg_pool.${level.callers}`,
