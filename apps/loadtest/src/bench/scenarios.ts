@@ -195,8 +195,8 @@ function phases(settings: BenchSettings, run: BenchRun): PhaseSpec[] {
       title: `db-pool features on vs off: ${settings.steadyCallers} callers, steady load`,
       levels: [settings.steadyCallers],
       contenders: 4,
-      // preping_on_vs_off's target (≤ 1.05) sits a few per cent from 1: at 75 rounds the
-      // median's 95 % interval is about ±3–4 % on this machine, at 4× that about ±2 % (#22).
+      // preping_on_vs_off's target (≤ 1.05) sits a few per cent from 1: 4× the rounds halve its
+      // median's 95 % interval (±3.5 % at 300 rounds on a noisy day, 2026-12-06; #22).
       roundsFactor: 4,
       async open(res) {
         // "off" in the middle: the two target ratios compare neighbours.
