@@ -161,7 +161,10 @@ describe('the benchmark CLI (--quick)', () => {
       expect(adaptive?.note).toContain('adaptive limit');
     }
     for (const callers of ['1', '10', '50', '200'])
-      expect([callers, Number.isFinite(results.ratio_details[`adaptive_throughput_vs_pg_pool.${callers}`]?.median)]).toEqual([callers, true]);
+      expect([callers, Number.isFinite(results.ratio_details[`adaptive_throughput_vs_pg_pool.${callers}`]?.median)]).toEqual([
+        callers,
+        true,
+      ]);
   });
 
   it("runs the features pair four times as many rounds and reports the median's 95 % interval", async () => {
