@@ -212,18 +212,20 @@ async function main(): Promise<void> {
         }
       }
     }
+    // Round i of a db-pool and round i of the baseline ran back to back: judged as pairs.
+    const pairs = (who: Who, connections: number, endpoint: string): RoundPair[] => {
+      const theirs = samples.get(key(connections, endpoint, BASELINE))!;
+      return samples
+        .get(key(connections, endpoint, who))!
+        .map((o, i) => ({ ours: { rps: o.rps, p99: o.p99 }, baseline: { rps: theirs[i].rps, p99: theirs[i].p99 } }));
+    };
     // Per slice, the median of the per-round ratios against the baseline.
     const ratiosOf = (who: Who) => {
       const out: Record<string, Record<string, number>> = {};
       for (const endpoint of ENDPOINTS.filter((e) => e.baseline)) {
         out[endpoint.name] = {};
         for (const connections of args.connections) {
-          const ours = samples.get(key(connections, endpoint.name, who))!;
-          const theirs = samples.get(key(connections, endpoint.name, BASELINE))!;
-          const ratio = medianRatio(
-            ours.map((o, i) => ({ ours: { rps: o.rps, p99: o.p99 }, baseline: { rps: theirs[i].rps, p99: theirs[i].p99 } })),
-            (r) => [r.ours.rps, r.baseline.rps],
-          );
+          const ratio = medianRatio(pairs(who, connections, endpoint.name), (r) => [r.ours.rps, r.baseline.rps]);
           out[endpoint.name][String(connections)] = Math.round(ratio * 1000) / 1000;
         }
       }
@@ -299,17 +301,10 @@ async function main(): Promise<void> {
       process.stdout.write(`${ofmt(oh)}\n${ow.map((w) => '-'.repeat(w)).join('  ')}\n${ol.map(ofmt).join('\n')}\n`);
     }
 
-    // Round i of db-pool and round i of the baseline ran back to back: judged as pairs.
     const slices = new Map<string, RoundPair[]>();
     for (const connections of args.connections)
-      for (const endpoint of ENDPOINTS.filter((e) => e.baseline)) {
-        const ours = samples.get(key(connections, endpoint.name, DB_POOL))!;
-        const theirs = samples.get(key(connections, endpoint.name, BASELINE))!;
-        slices.set(
-          `${endpoint.name} @ ${connections}`,
-          ours.map((o, i) => ({ ours: { rps: o.rps, p99: o.p99 }, baseline: { rps: theirs[i].rps, p99: theirs[i].p99 } })),
-        );
-      }
+      for (const endpoint of ENDPOINTS.filter((e) => e.baseline))
+        slices.set(`${endpoint.name} @ ${connections}`, pairs(DB_POOL, connections, endpoint.name));
     const targets = httpTargets(slices, overload?.rounds);
     process.stdout.write(`\ntargets (#22), each the median of its per-round ratios:\n${formatTargets(targets)}`);
 
