@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { resolveDbPoolConfig } from '@db-pool/db-pool';
 import { ALL_FEATURES, CAPACITY } from './contenders.js';
+import { SETTLE_MS } from './rounds.js';
 import { machineInfo, serverInfo } from './machine.js';
 import { findPgbench, pgbenchVersion } from './pgbench.js';
 import { Progress } from './progress.js';
@@ -197,6 +198,7 @@ async function main(): Promise<number> {
       rounds: cli.rounds,
       duration_ms: cli.durationMs,
       warmup_ms: cli.warmupMs,
+      settle_ms: SETTLE_MS,
       capacity: CAPACITY,
       sweep: settings.sweep,
       steady_callers: settings.steadyCallers,

@@ -19,17 +19,33 @@ export interface RoundsOptions {
 }
 
 /**
- * A full garbage collection between slices, so one contender's garbage is not collected on the
- * next one's time. `--expose-gc` cannot be passed through the nx target, so it is switched on here.
+ * A young-generation collection (a scavenge) between slices, so one contender's short-lived
+ * garbage is not collected on the next one's time. Not a full collection: V8 drops optimized code
+ * at a forced full one, so each slice after it began interpreted and re-optimized the functions
+ * on its path (55 optimizations per 100 ms slice with pg.Pool and db-pool alternating, none with
+ * a scavenge). That cost grows with the number of functions on a path, not with the work per
+ * operation, and a running server never pays it (docs/benchmarks.md, "Why the sweep missed at 50
+ * and 200 callers"). `--expose-gc` cannot be passed through the nx target, so it is switched on here.
  */
 const collectGarbage: () => void = (() => {
   try {
     setFlagsFromString('--expose-gc');
-    return runInNewContext('gc') as () => void;
+    const gc = runInNewContext('gc') as (options?: { type: 'minor' | 'major' }) => void;
+    return () => gc({ type: 'minor' });
   } catch {
     return () => {};
   }
 })();
+
+/**
+ * The pause before each slice, in which the machine settles: what the last slice set going (its
+ * server process's work after a burst, the client's background compiling) ends before the next
+ * is timed. Without it, at 1 and 10 callers a slice ran at up to twice the speed after another
+ * contender's slice that it ran after its own, and ABBA's round boundary (the last contender of
+ * one round is the first of the next) gave the first contender of the list, db-pool, the slow
+ * slot in every other round (docs/benchmarks.md, "Why the sweep missed at 50 and 200 callers").
+ */
+export const SETTLE_MS = 50;
 
 /**
  * Interleaves the contenders in many short rounds at one number of callers, in list order on even
@@ -55,6 +71,7 @@ export async function runRounds(
     const order = round % 2 === 0 ? contenders : [...contenders].reverse();
     for (const contender of order) {
       collectGarbage();
+      await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
       progress.activity(`${label} · round ${round + 1}/${options.rounds} · ${contender.name}`);
       const stop = options.observe?.(contender, callers, round);
       let result: SliceResult;
@@ -66,9 +83,7 @@ export async function runRounds(
         stop?.();
       }
       slices[contender.name].push(result);
-      progress.advance(options.durationMs);
-      // Let timers and socket callbacks of the last slice settle before the next one is timed.
-      await new Promise((resolve) => setImmediate(resolve));
+      progress.advance(options.durationMs + SETTLE_MS);
     }
   }
   return { callers, slices };

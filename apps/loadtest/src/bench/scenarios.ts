@@ -22,7 +22,7 @@ import {
 } from './contenders.js';
 import { openPgbench } from './pgbench.js';
 import type { Progress } from './progress.js';
-import { runRounds, type LevelResult, type RoundsOptions } from './rounds.js';
+import { runRounds, SETTLE_MS, type LevelResult, type RoundsOptions } from './rounds.js';
 
 type EmbeddedDb = typeof import('../../../../tools/embedded-db.mjs');
 
@@ -266,7 +266,9 @@ async function startScramServer(res: Resources): Promise<{ url: string; info: Sc
 export function plannedMs(settings: BenchSettings): number {
   const run: BenchRun = { phases: [], stateSamples: [] };
   return phases(settings, run).reduce(
-    (sum, p) => sum + p.levels.length * p.contenders * (settings.warmupMs + settings.rounds * (p.roundsFactor ?? 1) * settings.durationMs),
+    (sum, p) =>
+      sum +
+      p.levels.length * p.contenders * (settings.warmupMs + settings.rounds * (p.roundsFactor ?? 1) * (settings.durationMs + SETTLE_MS)),
     0,
   );
 }
