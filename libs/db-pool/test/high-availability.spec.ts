@@ -460,29 +460,35 @@ describe('a connection that ends unasked', () => {
   });
 });
 
-describe('a read-only pool on a standby configured read-only', () => {
-  let own: ReplicaSet;
+/** A replica set of the describe's own, for tests that promote its standby. */
+function ownReplicaSet(): () => ReplicaSet {
+  let own: ReplicaSet | undefined;
   beforeAll(async () => {
     own = await startReplicaSet();
   });
   afterAll(async () => {
     await own?.stop();
   });
+  return () => own!;
+}
+
+describe('a read-only pool on a standby configured read-only', () => {
+  const own = ownReplicaSet();
 
   it('keeps its connections when the standby is promoted but stays read-only (default_transaction_read_only on): its sessions still match', async () => {
-    await own.standby.query('ALTER SYSTEM SET default_transaction_read_only = on');
-    await own.standby.query('SELECT pg_reload_conf()');
+    await own().standby.query('ALTER SYSTEM SET default_transaction_read_only = on');
+    await own().standby.query('SELECT pg_reload_conf()');
     expect(
       await eventually(
         async () =>
-          (await own.standby.query<{ ro: string }>("SELECT current_setting('default_transaction_read_only') AS ro")).rows[0].ro === 'on',
+          (await own().standby.query<{ ro: string }>("SELECT current_setting('default_transaction_read_only') AS ro")).rows[0].ro === 'on',
       ),
     ).toBe(true);
-    const p = await pool(urlOf([own.standby.hostPort], 'target_session_attrs=read-only'), { poolSize: 1, maxOverflow: 1 });
+    const p = await pool(urlOf([own().standby.hostPort], 'target_session_attrs=read-only'), { poolSize: 1, maxOverflow: 1 });
     const held = await p.connect();
     try {
       await held.query('SELECT 1');
-      await own.promote();
+      await own().promote();
       // The next round trip reports in_hot_standby off; default_transaction_read_only is still on.
       const { rows } = await held.query<{ recovering: boolean; ro: string }>(
         "SELECT pg_is_in_recovery() AS recovering, current_setting('default_transaction_read_only') AS ro",
@@ -494,6 +500,37 @@ describe('a read-only pool on a standby configured read-only', () => {
     }
     expect(p.counters.failovers).toBe(0);
     expect(p.counters.evictions).toBe(0);
+  });
+});
+
+describe('a standby pool whose standby is promoted', () => {
+  const own = ownReplicaSet();
+
+  it('evicts the host on the round trip that reports in_hot_standby off, without a check of its own: the server alone sets it', async () => {
+    const logger = capturingLogger();
+    const p = await pool(urlOf([own().standby.hostPort], 'target_session_attrs=standby'), { poolSize: 2, maxOverflow: 0, logger });
+    await p.warmUp();
+    const held = await p.connect();
+    try {
+      await held.query('SELECT 1');
+      await own().promote();
+      // The first round trip after the promotion reports in_hot_standby off, and the host goes with it.
+      expect(
+        await eventually(async () => {
+          await held.query('SELECT 1').catch(() => {});
+          return p.counters.failovers === 1;
+        }),
+      ).toBe(true);
+      await expect(held.query('SELECT 2')).rejects.toBeInstanceOf(PoolFailoverError);
+      // Trusted as it is: no connection of the pool's own was opened to confirm it.
+      expect(p.counters.roleChecks).toBe(0);
+      expect(p.state().idle).toBe(0);
+      expect(logger.lines.some((l) => l.startsWith('warn') && l.includes('evicted') && l.includes('in_hot_standby'))).toBe(true);
+    } finally {
+      held.release();
+    }
+    // The server is a primary now: no host of the list gives a standby session.
+    await expect(p.query('SELECT 1')).rejects.toThrow(/no host gave a standby/);
   });
 });
 

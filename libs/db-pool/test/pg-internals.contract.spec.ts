@@ -17,6 +17,7 @@ import {
   PINNED,
   protocolOf,
   queuedQueries,
+  socketTaken,
   typeOrmPoolsOf,
 } from '../src/pool/pg-internals.js';
 import { databaseUrl } from './support/db.js';
@@ -45,6 +46,10 @@ describe('pg and TypeORM internals db-pool reads (pg-internals.ts)', () => {
       expectMember(client, '_queryQueue', 'object');
       expectMember(client, 'connection', 'object');
       expectMember((client as unknown as { connection: object }).connection, 'stream', 'object');
+      // pg reads its socket through one 'data' listener (socketTaken: a COPY TO takes it off), and
+      // its connection sends CopyFail (failCopyIn).
+      expect(socketTaken(client)).toBe(false);
+      expectMember((client as unknown as { connection: object }).connection, 'sendCopyFail', 'function');
       expect(connectionLost(client)).toBe(false);
       expect(queuedQueries(client)).toBe(0);
       // processID and secretKey: the backend's key a cancel request names.

@@ -1,8 +1,9 @@
-// Cursors and streams (pg-cursor, pg-query-stream) follow the lease: one still open at release is
+// Cursors and streams (pg-cursor, pg-query-stream, pg-copy-streams) follow the lease: one still open at release is
 // refused and its connection closed, never read by the next borrower; a request deadline stops
 // one and cancels its statement on the server.
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
+import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
 import Cursor from 'pg-cursor';
 import QueryStream from 'pg-query-stream';
 import { PoolDeadlineError, PoolLeaseError, withDeadline } from '../src/index.js';
@@ -21,6 +22,32 @@ async function running(applicationName: string): Promise<number> {
     [applicationName],
   );
   return rows[0].n;
+}
+
+/** Reads an iterator to its end: what it failed with, if it did. */
+async function readToEnd(items: AsyncIterator<unknown>): Promise<unknown> {
+  try {
+    for (;;) if ((await items.next()).done) return undefined;
+  } catch (err) {
+    return err;
+  }
+}
+
+/** Reads what `open` streams on a checkout taken under a 300 ms deadline, to its end; what it failed with, or how many chunks. */
+async function streamUnderDeadline(p: Awaited<ReturnType<typeof pool>>, open: (client: pg.PoolClient) => AsyncIterable<unknown>) {
+  return withDeadline(300, async () => {
+    const client = await p.connect();
+    try {
+      let seen = 0;
+      for await (const _chunk of open(client)) seen++;
+      return seen;
+    } finally {
+      client.release();
+    }
+  }).then(
+    (seen) => seen,
+    (e: unknown) => e,
+  );
 }
 
 describe('a cursor or stream still open at release', () => {
@@ -51,13 +78,7 @@ describe('a cursor or stream still open at release', () => {
     const rows = stream[Symbol.asyncIterator]();
     expect(((await rows.next()).value as Row).n).toBe(1);
     client.release();
-    let failure: unknown;
-    try {
-      for (;;) if ((await rows.next()).done) break;
-    } catch (err) {
-      failure = err;
-    }
-    expect(failure).toBeInstanceOf(PoolLeaseError);
+    expect(await readToEnd(rows)).toBeInstanceOf(PoolLeaseError);
     expect(stream.destroyed).toBe(true);
     expect((await p.query<{ v: number }>('SELECT 7 AS v')).rows).toEqual([{ v: 7 }]);
   });
@@ -76,6 +97,49 @@ describe('a cursor or stream still open at release', () => {
     } finally {
       again.release();
     }
+  });
+});
+
+describe('a COPY stream still open at release', () => {
+  it('a COPY TO STDOUT released mid-copy fails with PoolLeaseError, and its connection is closed, not handed on', async () => {
+    const p = await pool({ poolSize: 1, maxOverflow: 0 });
+    const client = await p.connect();
+    const firstPid = await pidOf(client);
+    const stream = client.query(copyTo('COPY (SELECT n FROM generate_series(1, 2000000) AS n) TO STDOUT'));
+    const chunks = stream[Symbol.asyncIterator]();
+    expect((await chunks.next()).done).toBe(false);
+    client.release();
+    expect(await readToEnd(chunks)).toBeInstanceOf(PoolLeaseError);
+    expect((await p.query<{ v: number }>('SELECT 7 AS v')).rows).toEqual([{ v: 7 }]);
+    expect(await backendPids(admin(), p.name)).not.toContain(firstPid);
+  });
+
+  it('a COPY FROM STDIN released before its end writes nothing, and its stream fails with PoolLeaseError', async () => {
+    const table = `copy_released_${process.pid}`;
+    await admin().query(`CREATE TABLE IF NOT EXISTS ${table} (n int)`);
+    try {
+      const p = await pool({ poolSize: 1, maxOverflow: 0 });
+      const client = await p.connect();
+      const stream = client.query(copyFrom(`COPY ${table} (n) FROM STDIN`));
+      const failed = new Promise<unknown>((resolve) => stream.on('error', resolve));
+      await new Promise<void>((resolve, reject) => stream.write('1\n2\n3\n', (err) => (err ? reject(err) : resolve())));
+      client.release();
+      expect(await failed).toBeInstanceOf(PoolLeaseError);
+      // The server saw the COPY's connection end before its end: nothing of it is in the table.
+      expect((await p.query<{ n: number }>('SELECT 1 AS n')).rows).toEqual([{ n: 1 }]);
+      expect((await admin().query<{ n: number }>(`SELECT count(*)::int AS n FROM ${table}`)).rows[0].n).toBe(0);
+    } finally {
+      await admin().query(`DROP TABLE IF EXISTS ${table}`);
+    }
+  });
+
+  it('a COPY TO STDOUT still running at a request deadline fails with PoolDeadlineError, cancelled on the server', async () => {
+    const p = await pool({ poolSize: 1, maxOverflow: 0 });
+    const err = await streamUnderDeadline(p, (client) =>
+      client.query(copyTo('COPY (SELECT pg_sleep(0.05), n FROM generate_series(1, 200) AS n) TO STDOUT')),
+    );
+    expect(err).toBeInstanceOf(PoolDeadlineError);
+    expect(await eventually(async () => (await running(p.name)) === 0, 2_000)).toBe(true);
   });
 });
 
@@ -105,19 +169,8 @@ describe('a cursor or stream under a request deadline', () => {
 
   it('a QueryStream still streaming at the deadline fails with PoolDeadlineError', async () => {
     const p = await pool({ poolSize: 1, maxOverflow: 0 });
-    const err = await withDeadline(300, async () => {
-      const client = await p.connect();
-      try {
-        const stream = client.query(new QueryStream('SELECT pg_sleep(0.05), n FROM generate_series(1, 200) AS n', [], { batchSize: 5 }));
-        let seen = 0;
-        for await (const _row of stream) seen++;
-        return seen;
-      } finally {
-        client.release();
-      }
-    }).then(
-      (seen) => seen,
-      (e: unknown) => e,
+    const err = await streamUnderDeadline(p, (client) =>
+      client.query(new QueryStream('SELECT pg_sleep(0.05), n FROM generate_series(1, 200) AS n', [], { batchSize: 5 })),
     );
     expect(err).toBeInstanceOf(PoolDeadlineError);
     expect(await eventually(async () => (await running(p.name)) === 0, 2_000)).toBe(true);

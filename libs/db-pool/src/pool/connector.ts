@@ -52,6 +52,15 @@ export class NoHostError extends Error {
   }
 }
 
+/**
+ * Closes a client nobody else listens to: its socket may still fail while it closes (the server
+ * shutting down sends a FATAL first), and an 'error' with no listener would end the process.
+ */
+function closeQuietly(client: pg.Client): void {
+  client.on('error', () => {});
+  client.end().catch(() => {});
+}
+
 /** The session is not the one `target_session_attrs` asks for. */
 class WrongSessionError extends Error {
   override name = 'WrongSessionError';
@@ -226,7 +235,7 @@ export class Connector {
       const why = `${session!.hotStandby ? 'a standby' : session!.readOnly ? 'read-only' : 'a writable primary'}, not ${describe(wanted)}`;
       // prefer-standby's first pass passing over a primary is not a verdict on it: the second pass may take it.
       if (this.target.targetSessionAttrs !== 'prefer-standby') this.mark(host.address, 'rejected', why, role);
-      client!.end().catch(() => {});
+      closeQuietly(client!);
       done(new WrongSessionError(why));
     });
   }
@@ -238,9 +247,7 @@ export class Connector {
    */
   checkSession(host: HostAddress, done: (err: Error | undefined, session?: SessionState) => void): void {
     this.connectAndRead(host, this.target.targetSessionAttrs, this.internalTimeoutMs, true, undefined, (err, client, session) => {
-      // Its socket may fail while it closes: nobody else listens to it.
-      client?.on('error', () => {});
-      client?.end().catch(() => {});
+      if (client) closeQuietly(client);
       done(err, session);
     });
   }
@@ -285,7 +292,7 @@ export class Connector {
       if (!readSession) return done(undefined, client, { readOnly: undefined, hotStandby: undefined, reported: false });
       this.sessionOf(client, reported, wanted, timeoutMs, (checkErr, session) => {
         if (!checkErr) return done(undefined, client, session);
-        client.end().catch(() => {});
+        closeQuietly(client);
         done(checkErr);
       });
     });

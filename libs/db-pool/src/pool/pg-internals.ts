@@ -25,7 +25,7 @@ interface PgClientInternals {
   /** false from sending a query until the server's ReadyForQuery. */
   readyForQuery: boolean;
   /** The protocol connection: emits every server message by name. */
-  connection: EventEmitter & { stream: { destroy(): void } };
+  connection: EventEmitter & { stream: EventEmitter & { destroy(): void }; sendCopyFail?(message: string): void };
 }
 
 const internals = (client: pg.ClientBase) => client as unknown as PgClientInternals;
@@ -94,6 +94,27 @@ export function openSubmittables(client: pg.ClientBase): Submittable[] {
 export interface Submittable {
   submit(connection: unknown): void;
   handleError?(err: Error, connection?: unknown): void;
+  /** A COPY FROM stream (pg-copy-streams): it writes to the server, which waits on it. */
+  handleCopyInResponse?(connection: unknown): void;
+  /** A stream's own (a QueryStream, a COPY stream). */
+  destroy?(err?: Error): void;
+}
+
+/**
+ * True while a submittable reads the client's socket itself, pg's own reader taken off it (a
+ * COPY TO stream of pg-copy-streams, until the COPY ends): pg hears nothing of the server meanwhile.
+ */
+export function socketTaken(client: pg.ClientBase): boolean {
+  const stream = (internals(client).connection as Partial<PgClientInternals['connection']> | undefined)?.stream;
+  return typeof stream?.listenerCount === 'function' && stream.listenerCount('data') === 0;
+}
+
+/**
+ * Tells the server that the COPY FROM the client runs has failed (a CopyFail message): it rolls the
+ * COPY back and answers at once. The server ignores one that comes outside a COPY.
+ */
+export function failCopyIn(client: pg.ClientBase, message: string): void {
+  internals(client).connection?.sendCopyFail?.(message);
 }
 
 /** Closes the client's socket at once, without waiting for the server to close its end. */

@@ -9,7 +9,7 @@ import { PoolLeaseError } from '../errors.js';
 import { type Connector, sessionMatches } from './connector.js';
 import type { SlotOwner } from './core/resource-pool.js';
 import type { Failover } from './failover.js';
-import { awaitingServer, connectionLost, openSubmittables, queuedQueries } from './pg-internals.js';
+import { awaitingServer, connectionLost, destroySocket, failCopyIn, openSubmittables, queuedQueries, socketTaken } from './pg-internals.js';
 import type { PoolEntry } from './pool-entry.js';
 import type { DbPoolSettings } from './settings.js';
 import { stopSubmittable } from './submittables.js';
@@ -56,6 +56,11 @@ export class ReturnPath {
     // cursor read ends and a close() of its own returns.
     if (((busy || queued > 0) && this.refuseSubmittables(entry)) || entry.discard) {
       if (!busy || entry.dead || connectionLost(client)) return done(drop('discarded'));
+      // A COPY TO reading the socket itself: pg would hear no answer to wait for. Closed now.
+      if (socketTaken(client)) {
+        destroySocket(client);
+        return done(drop('discarded'));
+      }
       return cancelAndSettle(
         client,
         (sent) => this.options.cancel(entry, sent),
@@ -150,7 +155,10 @@ export class ReturnPath {
       'read',
       `db-pool "${name}": the client was released while a cursor, stream or COPY still used it; it was stopped and the connection closed (close it before releasing)`,
     );
-    for (const submittable of open) stopSubmittable(submittable, err);
+    const taken = socketTaken(entry.client);
+    for (const submittable of open) stopSubmittable(submittable, err, taken);
+    // A COPY FROM waits on the client for its next row: failed, it is rolled back and the server answers.
+    if (open.some((s) => typeof s.handleCopyInResponse === 'function')) failCopyIn(entry.client, err.message);
     return true;
   }
 }

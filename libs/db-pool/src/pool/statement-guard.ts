@@ -11,7 +11,7 @@ import { type OutcomeUnknownReason, PoolAbortedError, PoolDeadlineError, PoolOut
 import { type Deadline, MAX_TIMER_MS } from './deadline.js';
 import type { LeaseOwner } from './lease.js';
 import { commitsBeforeLast, committedLocally, statementText } from './outcome.js';
-import { connectionLost, openSubmittables, type Submittable } from './pg-internals.js';
+import { connectionLost, openSubmittables, socketTaken, type Submittable } from './pg-internals.js';
 import { stopSubmittable, watchQuery, type QueryObject } from './submittables.js';
 import type { PoolEntry } from './pool-entry.js';
 
@@ -193,7 +193,7 @@ function submitBy(statement: GuardedStatement, deadline: Deadline, submittable: 
     if (!statement.held() || !openSubmittables(entry.client).includes(submittable)) return;
     entry.discard = true;
     owner.deadlinePassed(entry);
-    stopSubmittable(submittable, err);
+    stopSubmittable(submittable, err, socketTaken(entry.client));
   };
   if (left !== Infinity) setTimeout(() => stop(new PoolDeadlineError(owner.name, deadline.budgetMs, true)), left).unref();
   const { signal } = deadline;

@@ -12,13 +12,16 @@ import type { Submittable } from './pg-internals.js';
  * Tells a submittable once, through its own `handleError`, that it was stopped: its reads fail
  * with `err` from now on. What pg tells it later (the cancelled statement's error, the connection's
  * end) is not passed on: a second error would make a cursor send a second Sync, whose stray
- * ReadyForQuery would end someone else's query.
+ * ReadyForQuery would end someone else's query. One that has taken the socket (`socketTaken`: a
+ * COPY TO stream reading it itself) is destroyed as a stream instead: its `handleError` is for
+ * after it gave the socket back, and clears what its reader still uses.
  */
-export function stopSubmittable(submittable: Submittable, err: Error): void {
+export function stopSubmittable(submittable: Submittable, err: Error, socketTaken: boolean): void {
   const handleError = submittable.handleError;
   if (typeof handleError !== 'function') return;
   submittable.handleError = () => {};
-  handleError.call(submittable, err);
+  if (socketTaken && typeof submittable.destroy === 'function') submittable.destroy(err);
+  else handleError.call(submittable, err);
 }
 
 /** pg's own Query, as pg drives it: it sends itself, then hears the server's answer through these. */
