@@ -1,5 +1,6 @@
 // The bench's statistics: arithmetic over numbers (the runs themselves are `nx run loadtest:bench`).
 import { medianInterval, ratioStat } from '../src/bench/measure.js';
+import { roundOrder } from '../src/bench/rounds.js';
 
 /** A seeded generator (mulberry32), so the coverage check is the same on every run. */
 function seeded(seed: number): () => number {
@@ -47,5 +48,37 @@ describe("a ratio's median and its 95 % interval", () => {
     // Four times the rounds, about half the spread.
     expect(at300 / at75).toBeGreaterThan(0.35);
     expect(at300 / at75).toBeLessThan(0.7);
+  });
+});
+
+describe("the rounds' order", () => {
+  const sequence = (list: string[], groups: number[], rounds: number) =>
+    Array.from({ length: rounds }, (_, r) => roundOrder(list, r, groups)).flat();
+
+  it('reverses the whole list on odd rounds with one group, so the first and the last run twice in a row at the boundaries', () => {
+    expect(roundOrder(['a', 'b', 'c'], 1)).toEqual(['c', 'b', 'a']);
+    const seq = sequence(['a', 'b', 'c'], [], 4);
+    const doubled = seq.filter((name, i) => i > 0 && seq[i - 1] === name);
+    expect(doubled).toEqual(['c', 'a', 'c']);
+  });
+
+  it('with groups, reverses each in place on odd rounds: no contender runs twice in a row, and each pair in a group goes both ways', () => {
+    // The sweep's list: pool.query's three, connect/release's pair, pgbench.
+    const list = ['db', 'pg', 'adaptive', 'dbC', 'pgC', 'pgbench'];
+    expect(roundOrder(list, 0, [3, 2])).toEqual(list);
+    expect(roundOrder(list, 1, [3, 2])).toEqual(['adaptive', 'pg', 'db', 'pgC', 'dbC', 'pgbench']);
+    const seq = sequence(list, [3, 2], 6);
+    expect(seq.filter((name, i) => i > 0 && seq[i - 1] === name)).toEqual([]);
+    for (const [a, b] of [
+      ['db', 'pg'],
+      ['pg', 'adaptive'],
+      ['dbC', 'pgC'],
+    ]) {
+      const firsts = [0, 1].map((r) => {
+        const order = roundOrder(list, r, [3, 2]);
+        return order.indexOf(a) < order.indexOf(b) ? a : b;
+      });
+      expect(firsts).toEqual([a, b]);
+    }
   });
 });

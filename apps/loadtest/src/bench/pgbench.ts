@@ -3,7 +3,9 @@ import { accessSync, constants } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
+import pg from 'pg';
 import { CAPACITY, type Contender, type Resources } from './contenders.js';
 import type { SliceResult } from './measure.js';
 
@@ -41,6 +43,20 @@ export async function openPgbench(res: Resources, bin: string, url: string, name
   await writeFile(script, 'SELECT 1;\n');
   const target = new URL(url);
   target.searchParams.set('application_name', name);
+  // Sees pgbench's backends leave: a slice ends once they have, not while the server still tears
+  // down up to 20 of them on the next contender's time.
+  const watch = new pg.Client({ connectionString: url, application_name: `${name} (watch)` });
+  await watch.connect();
+  res.add(() => watch.end());
+  const backendsGone = async () => {
+    for (let i = 0; i < 400; i++) {
+      const { rows } = await watch.query<{ n: number }>('SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1', [
+        name,
+      ]);
+      if (rows[0].n === 0) return;
+      await sleep(5);
+    }
+  };
   // Transactions per client per slice, from the last slice's rate (pgbench's -T takes whole seconds only).
   const perClientRate = new Map<number, number>();
   let slice = 0;
@@ -62,6 +78,7 @@ export async function openPgbench(res: Resources, bin: string, url: string, name
       if (logged) args.push('-l', `--log-prefix=${join(dir, prefix)}`);
       args.push(target.href);
       const { stdout } = await run(bin, args, { maxBuffer: 1 << 20 });
+      await backendsGone();
       const tps = Number(/^tps = ([\d.]+)/m.exec(stdout)?.[1]);
       if (!Number.isFinite(tps) || tps <= 0) throw new Error(`pgbench printed no tps:\n${stdout}`);
       perClientRate.set(clients, tps / clients);

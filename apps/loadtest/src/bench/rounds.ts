@@ -14,6 +14,12 @@ export interface RoundsOptions {
   rounds: number;
   durationMs: number;
   warmupMs: number;
+  /**
+   * The sizes of the groups of contenders compared with each other, in list order (what is left
+   * after them is one more group): odd rounds reverse each group in place. The default, one group,
+   * reverses the whole list.
+   */
+  groups?: number[];
   /** Called as a contender's slice starts; the function it returns is called as the slice ends. */
   observe?: (contender: Contender, callers: number, round: number) => (() => void) | undefined;
 }
@@ -40,19 +46,38 @@ const collectGarbage: () => void = (() => {
 /**
  * The pause before each slice, in which the machine settles: what the last slice set going (its
  * server process's work after a burst, the client's background compiling) ends before the next
- * is timed. Without it, at 1 and 10 callers a slice ran at up to twice the speed after another
- * contender's slice that it ran after its own, and ABBA's round boundary (the last contender of
- * one round is the first of the next) gave the first contender of the list, db-pool, the slow
- * slot in every other round (docs/benchmarks.md, "Why the sweep missed at 50 and 200 callers").
+ * is timed. Without it, at 1 caller a slice that followed its own contender's ran at about half
+ * the speed of one that followed another's, so the order of the round, not the pool, set the
+ * ratio (docs/benchmarks.md, "Why the sweep missed at 50 and 200 callers"; see also
+ * {@link roundOrder}).
  */
 export const SETTLE_MS = 50;
 
 /**
+ * The order of round `round`: the list on even rounds; on odd ones each group reversed in place,
+ * the groups in list order. So the two sides of a ratio, listed next to each other in a group,
+ * each go first in half the rounds; and with two groups or more no contender runs twice in a row
+ * (the whole list reversed makes the last of a round the first of the next, and the first of the
+ * list ran its second slice in a row in every other round, always on the same side of its ratio).
+ */
+export function roundOrder<T>(list: readonly T[], round: number, groups: readonly number[] = []): readonly T[] {
+  if (round % 2 === 0) return list;
+  const out: T[] = [];
+  let start = 0;
+  for (const size of groups) {
+    out.push(...list.slice(start, start + size).reverse());
+    start += size;
+  }
+  out.push(...list.slice(start).reverse());
+  return out;
+}
+
+/**
  * Interleaves the contenders in many short rounds at one number of callers, in list order on even
- * rounds and reversed on odd ones (ABBA): the two sides of a ratio, listed next to each other, are
- * always measured back to back, and each goes first as often as the other, so a drift in machine
- * speed cancels out. A warm-up slice per contender comes first and is thrown away: JIT,
- * connection caches, the server's plan cache.
+ * rounds and each group reversed on odd ones (see {@link roundOrder}): the two sides of a ratio,
+ * listed next to each other, are always measured back to back, and each goes first as often as the
+ * other, so a drift in machine speed cancels out. A warm-up slice per contender comes first and is
+ * thrown away: JIT, connection caches, the server's plan cache.
  */
 export async function runRounds(
   label: string,
@@ -68,7 +93,7 @@ export async function runRounds(
   }
   const slices: Record<string, SliceResult[]> = Object.fromEntries(contenders.map((c) => [c.name, []]));
   for (let round = 0; round < options.rounds; round++) {
-    const order = round % 2 === 0 ? contenders : [...contenders].reverse();
+    const order = roundOrder(contenders, round, options.groups);
     for (const contender of order) {
       collectGarbage();
       await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));

@@ -102,6 +102,8 @@ interface PhaseSpec {
   title: string;
   levels: number[];
   contenders: number;
+  /** The groups of contenders compared with each other (see `roundOrder`): with two or more, none runs twice in a row. */
+  groups: number[];
   /** Rounds as a multiple of `--rounds` (1 unless a ratio needs more to be pinned down). */
   roundsFactor?: number;
   open(res: Resources): Promise<Contender[]>;
@@ -136,6 +138,9 @@ function phases(settings: BenchSettings, run: BenchRun): PhaseSpec[] {
       title: 'Sequential latency: 1 caller, SELECT 1',
       levels: [1],
       contenders: 6 + withPgbench,
+      // TypeORM's pair, pool.query's pair, then the others one by one (shown, not judged): pgbench
+      // stays last, so the slot after it is each side of TypeORM's pair in turn.
+      groups: [2, 2, 1, 1],
       async open(res) {
         const list = [
           dataSourceQuery(C.dbPoolTypeOrm, await openDbPoolDataSource(res, url, 'bench-seq-dbpool-typeorm'), 'ds.query, all features on'),
@@ -154,11 +159,17 @@ function phases(settings: BenchSettings, run: BenchRun): PhaseSpec[] {
       title: `Concurrency sweep, capacity ${CAPACITY}: db-pool vs pg.Pool`,
       levels: settings.sweep,
       contenders: 5 + withPgbench,
+      // connect/release's pair, pool.query's three, pgbench.
+      groups: [2, 3],
       async open(res) {
         const ours = await openDbPool(res, url, 'bench-sweep-dbpool');
         const theirs = await openPgPool(res, url, 'bench-sweep-pg');
-        // pg.Pool between the two db-pools: each ratio compares neighbours.
+        // connect/release's pair first: the slot after pgbench (the last, whose 20 backends are
+        // still going away) is each of its sides' in turn. pg.Pool between the two db-pools of
+        // pool.query: each ratio compares neighbours.
         const list = [
+          poolCheckout(C.dbPoolCheckout, ours, 'wait timed around connect(), all features on'),
+          poolCheckout(C.pgPoolCheckout, theirs, 'wait timed around connect()'),
           poolQuery(C.dbPool, ours, 'pool.query, all features on'),
           poolQuery(C.pgPool, theirs, 'pool.query'),
           poolQuery(
@@ -166,8 +177,6 @@ function phases(settings: BenchSettings, run: BenchRun): PhaseSpec[] {
             await openDbPool(res, url, 'bench-sweep-dbpool-adaptive', WITH_ADAPTIVE),
             'pool.query, all features on and the adaptive limit',
           ),
-          poolCheckout(C.dbPoolCheckout, ours, 'wait timed around connect(), all features on'),
-          poolCheckout(C.pgPoolCheckout, theirs, 'wait timed around connect()'),
         ];
         if (pgbench) list.push(await openPgbench(res, pgbench, url, C.pgbench));
         return list;
@@ -182,6 +191,7 @@ function phases(settings: BenchSettings, run: BenchRun): PhaseSpec[] {
       title: `Concurrency sweep, capacity ${CAPACITY}: TypeORM and postgres.js`,
       levels: settings.sweep,
       contenders: 3,
+      groups: [2],
       async open(res) {
         return [
           dataSourceQuery(C.dbPoolTypeOrm, await openDbPoolDataSource(res, url, 'bench-sweep-dbpool-typeorm'), 'ds.query, all features on'),
@@ -195,6 +205,8 @@ function phases(settings: BenchSettings, run: BenchRun): PhaseSpec[] {
       title: `db-pool features on vs off: ${settings.steadyCallers} callers, steady load`,
       levels: [settings.steadyCallers],
       contenders: 4,
+      // The three compared with "off" in its middle; every stack apart (informational).
+      groups: [3],
       // preping_on_vs_off's target (≤ 1.05) sits a few per cent from 1: 4× the rounds halve its
       // median's 95 % interval (±3.5 % at 300 rounds on a noisy day, 2026-12-06; #22).
       roundsFactor: 4,
@@ -222,6 +234,8 @@ function phases(settings: BenchSettings, run: BenchRun): PhaseSpec[] {
       title: 'Pool vs no pool over SCRAM-SHA-256 password authentication: 1 caller',
       levels: [1],
       contenders: 2,
+      // One pair: each runs twice in a row in every other round, as often as the other.
+      groups: [2],
       async open(res) {
         const server = await startScramServer(res);
         run.scram = server.info;
@@ -288,7 +302,7 @@ export async function runBench(settings: BenchSettings, progress: Progress): Pro
             `${spec.id} c=${callers}`,
             contenders,
             callers,
-            { ...rounds, rounds: rounds.rounds * (spec.roundsFactor ?? 1), observe: spec.observe },
+            { ...rounds, rounds: rounds.rounds * (spec.roundsFactor ?? 1), groups: spec.groups, observe: spec.observe },
             progress,
           ),
         );
