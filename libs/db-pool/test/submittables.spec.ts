@@ -133,6 +133,25 @@ describe('a COPY stream still open at release', () => {
     }
   });
 
+  it('a COPY FROM STDIN released at once, before the server answered it, writes nothing and its connection is gone within DB_VALIDATION_TIMEOUT_MS', async () => {
+    const table = `copy_at_once_${process.pid}`;
+    await admin().query(`CREATE TABLE IF NOT EXISTS ${table} (n int)`);
+    try {
+      const p = await pool({ poolSize: 1, maxOverflow: 0, validationTimeoutMs: 1_000 });
+      const client = await p.connect();
+      const stream = client.query(copyFrom(`COPY ${table} (n) FROM STDIN`));
+      const failed = new Promise<unknown>((resolve) => stream.on('error', resolve));
+      client.release();
+      expect(await failed).toBeInstanceOf(PoolLeaseError);
+      const started = performance.now();
+      expect((await p.query<{ n: number }>('SELECT 1 AS n')).rows).toEqual([{ n: 1 }]);
+      expect(performance.now() - started).toBeLessThan(1_000 + 1_000);
+      expect((await admin().query<{ n: number }>(`SELECT count(*)::int AS n FROM ${table}`)).rows[0].n).toBe(0);
+    } finally {
+      await admin().query(`DROP TABLE IF EXISTS ${table}`);
+    }
+  });
+
   it('a COPY TO STDOUT still running at a request deadline fails with PoolDeadlineError, cancelled on the server', async () => {
     const p = await pool({ poolSize: 1, maxOverflow: 0 });
     const err = await streamUnderDeadline(p, (client) =>
