@@ -1,7 +1,7 @@
-import { type DynamicModule, type MiddlewareConsumer, Module, type NestModule } from '@nestjs/common';
+import { type DynamicModule, Module } from '@nestjs/common';
 import { APP_FILTER } from '@nestjs/core';
 import { TypeOrmModule } from '@nestjs/typeorm';
-import { DbPoolDeadlineMiddleware, DbPoolExceptionFilter, type DbPoolOptions, DbPoolModule } from '@db-pool/db-pool';
+import { DbPoolExceptionFilter, type DbPoolOptions, DbPoolModule } from '@db-pool/db-pool';
 import type { ApiEnvironment } from './environment.js';
 import { HealthModule } from './health/health.module.js';
 import { Item } from './items/item.entity.js';
@@ -19,18 +19,6 @@ export const apiTypeOrmOptions: DbPoolOptions['typeorm'] = {
   entities: [Item],
   migrations: [CreateItems1764200000000, AddItemsIdempotencyKey1796500000000],
 };
-
-/**
- * `X-Request-Deadline-Ms` bounds a request's acquires and statements on every route: a
- * middleware, so that a request without it (and a route without `@DbPoolDeadline`) runs with no
- * interceptor, and so without RxJS. Not in the baseline app.
- */
-@Module({})
-class RequestDeadlines implements NestModule {
-  configure(consumer: MiddlewareConsumer): void {
-    consumer.apply(DbPoolDeadlineMiddleware).forRoutes('{*path}');
-  }
-}
 
 @Module({})
 export class AppModule {
@@ -51,7 +39,6 @@ export class AppModule {
         ...extraPools.map((options) => DbPoolModule.forRoot(options)),
         ItemsModule,
         HealthModule.register(environment.shutdownDelayMs),
-        RequestDeadlines,
       ],
       providers: [
         StartupMigrations,

@@ -1,7 +1,7 @@
 import type { INestApplication, LoggerService } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import type { Server } from 'node:http';
-import type { DbPoolOptions } from '@db-pool/db-pool';
+import { dbPoolDeadlines, type DbPoolOptions } from '@db-pool/db-pool';
 import { AppModule } from './app.module.js';
 import type { ApiEnvironment } from './environment.js';
 
@@ -10,10 +10,15 @@ export async function createApp(
   overrides: DbPoolOptions = {},
   options: { logger?: false | LoggerService; extraPools?: DbPoolOptions[]; environment?: ApiEnvironment } = {},
 ): Promise<INestApplication> {
-  return NestFactory.create(AppModule.register(overrides, options.extraPools, options.environment), {
+  const app = await NestFactory.create(AppModule.register(overrides, options.extraPools, options.environment), {
     abortOnError: false,
     ...(options.logger !== undefined ? { logger: options.logger } : {}),
   });
+  // `X-Request-Deadline-Ms` bounds a request's acquires and statements on every route. A plain
+  // function before the routes: a request without the header pays one header read, with no Nest
+  // middleware wrapper around it and no interceptor (so no RxJS).
+  app.use(dbPoolDeadlines());
+  return app;
 }
 
 /**

@@ -36,7 +36,7 @@ export { NoHostError } from './pool/connector.js';
 
 // Request deadlines and HTTP
 export { currentDeadline, withDeadline, withSignal, type Deadline } from './pool/deadline.js';
-export { DbPoolDeadline, DbPoolDeadlineInterceptor, DbPoolDeadlineMiddleware } from './http/db-pool-deadline.js';
+export { DbPoolDeadline, DbPoolDeadlineInterceptor, DbPoolDeadlineMiddleware, dbPoolDeadlines } from './http/db-pool-deadline.js';
 export { DbPoolExceptionFilter } from './http/db-pool-exception.filter.js';
 export { hideQueryValues, poolErrorResponse, type DbPoolErrorResponse } from './http/pool-error-response.js';
 

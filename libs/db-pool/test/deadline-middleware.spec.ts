@@ -5,13 +5,21 @@ import { InjectDataSource } from '@nestjs/typeorm';
 import { Test } from '@nestjs/testing';
 import type { AddressInfo } from 'node:net';
 import type { DataSource } from 'typeorm';
-import { currentDeadline, DbPoolDeadline, DbPoolDeadlineMiddleware, DbPoolExceptionFilter, DbPoolModule } from '../src/index.js';
+import {
+  currentDeadline,
+  DbPoolDeadline,
+  DbPoolDeadlineMiddleware,
+  dbPoolDeadlines,
+  DbPoolExceptionFilter,
+  DbPoolModule,
+} from '../src/index.js';
 import { testOptions } from './support/db.js';
 
 /**
  * #22 item 2: `X-Request-Deadline-Ms` honoured on every route by a middleware, so that a request
  * without it (on a route without `@DbPoolDeadline`) runs with no interceptor — which Nest runs
- * without RxJS — and no deadline scope at all.
+ * without RxJS — and no deadline scope at all. The same behaviour applied both ways: as a Nest
+ * middleware, and as the plain function `app.use(dbPoolDeadlines())` (no Nest wrapper around it).
  */
 @Controller()
 class RoutesController {
@@ -40,16 +48,23 @@ class Deadlines implements NestModule {
   }
 }
 
-describe('DbPoolDeadlineMiddleware', () => {
+describe.each([
+  ['DbPoolDeadlineMiddleware, applied in a module', true],
+  ['app.use(dbPoolDeadlines())', false],
+])('%s', (_how, asNestMiddleware) => {
   let app: INestApplication;
   let base = '';
   beforeAll(async () => {
     const moduleRef = await Test.createTestingModule({
-      imports: [DbPoolModule.forRoot(testOptions({ name: 'default', poolSize: 2, maxOverflow: 0 })), Deadlines],
+      imports: [
+        DbPoolModule.forRoot(testOptions({ name: 'default', poolSize: 2, maxOverflow: 0 })),
+        ...(asNestMiddleware ? [Deadlines] : []),
+      ],
       controllers: [RoutesController],
       providers: [{ provide: APP_FILTER, useClass: DbPoolExceptionFilter }],
     }).compile();
     app = moduleRef.createNestApplication({ logger: false });
+    if (!asNestMiddleware) app.use(dbPoolDeadlines());
     await app.listen(0, '127.0.0.1');
     base = `http://127.0.0.1:${(app.getHttpServer().address() as AddressInfo).port}`;
   });

@@ -19,11 +19,13 @@
  */
 import autocannon from 'autocannon';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { roundOrder } from '../bench/rounds.js';
 import { overloadSlice, seedRows, type OverloadSliceResult } from './overload.js';
 import { formatTargets, httpTargets, median, medianRatio, type RoundPair } from './targets.js';
 
@@ -115,6 +117,38 @@ interface Sample {
   p99: number;
   errors: number;
   non2xx: number;
+  /** CPU of the api's process per request, µs. */
+  apiCpuUsPerRequest?: number;
+  /** CPU of the api's server backends per request, µs. */
+  serverCpuUsPerRequest?: number;
+}
+
+interface Contender {
+  port: number;
+  /** The row the read slice reads. */
+  id: number;
+  /** The api's process. */
+  pid: number;
+  /** Its backends in pg_stat_activity. */
+  backends: { applicationName: string };
+}
+
+const TICKS_PER_S = 100; // USER_HZ: the unit of /proc/<pid>/stat's utime and stime on Linux
+
+/** CPU seconds (user + system) each process has used, from /proc; a process gone is left out. */
+async function cpuSeconds(pids: number[]): Promise<Map<number, number>> {
+  const out = new Map<number, number>();
+  for (const pid of pids) {
+    try {
+      const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+      // The fields after the command name, which may hold spaces: state is the 3rd, utime the 14th, stime the 15th.
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      out.set(pid, (Number(fields[11]) + Number(fields[12])) / TICKS_PER_S);
+    } catch {
+      // exited
+    }
+  }
+  return out;
 }
 
 async function drive(port: number, endpoint: Endpoint, id: number, connections: number, durationS: number): Promise<Sample> {
@@ -140,6 +174,7 @@ async function main(): Promise<void> {
   if (!process.env.DATABASE_URL) throw new Error('DATABASE_URL is not set (run through `nx run loadtest:http`, which provides one)');
   const [dbPoolPort, baselinePort, defaultsPort, overloadPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
   const servers: ChildProcess[] = [];
+  const closers: (() => Promise<void>)[] = [];
   try {
     // Judged: the api on db-pool with the baseline's capacity (TypeORM's default pool of 10), so
     // the ratio is what the module costs on the request path. Shown, not judged: the api at the
@@ -165,32 +200,62 @@ async function main(): Promise<void> {
           })
         ).json()) as { id: number }
       ).id;
-    const contenders: Record<Who, { port: number; id: number }> = {
-      [DB_POOL]: { port: dbPoolPort, id: await seed(dbPoolPort) },
-      [BASELINE]: { port: baselinePort, id: await seed(baselinePort) },
-      [DEFAULTS]: { port: defaultsPort, id: await seed(defaultsPort) },
-    };
     const whoFor = (endpoint: Endpoint): Who[] => (endpoint.baseline ? [DB_POOL, BASELINE, DEFAULTS] : [DB_POOL]);
+    const contenders: Record<Who, Contender> = {
+      [DB_POOL]: { port: dbPoolPort, id: await seed(dbPoolPort), pid: servers[0].pid!, backends: { applicationName: 'http-load-db-pool' } },
+      [BASELINE]: { port: baselinePort, id: await seed(baselinePort), pid: servers[1].pid!, backends: { applicationName: '' } },
+      [DEFAULTS]: {
+        port: defaultsPort,
+        id: await seed(defaultsPort),
+        pid: defaultsServer.pid!,
+        backends: { applicationName: 'http-load-db-pool-defaults' },
+      },
+    };
+    // The CPU each api and its server backends used (process and backends from /proc).
+    const monitor = new pg.Client({ connectionString: process.env.DATABASE_URL, application_name: 'http-load-monitor' });
+    await monitor.connect();
+    closers.push(() => monitor.end());
+    const cpuOf = async (c: Contender) => {
+      const { rows } = await monitor.query<{ pid: number }>(
+        `SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name = $1 AND pid <> pg_backend_pid()`,
+        [c.backends.applicationName],
+      );
+      return { api: await cpuSeconds([c.pid]), server: await cpuSeconds(rows.map((r) => r.pid)) };
+    };
+    // A backend that started during the slice counts whole; one that ended during it is lost (rare: both pools keep theirs).
+    const used = (before: Map<number, number>, after: Map<number, number>) =>
+      [...after].reduce((sum, [pid, s]) => sum + s - (before.get(pid) ?? 0), 0);
 
     const samples = new Map<string, Sample[]>();
     const key = (c: number, e: string, who: string) => `${c}|${e}|${who}`;
-    const total = args.connections.length * args.rounds * ENDPOINTS.reduce((n, e) => n + whoFor(e).length, 0);
+    const judged = ENDPOINTS.filter((e) => e.baseline);
+    const shown = ENDPOINTS.filter((e) => !e.baseline);
+    const healthRounds = Math.min(args.rounds, 3);
+    const total = args.connections.length * (args.rounds * judged.length * 3 + healthRounds * shown.length);
     let done = 0;
+    const measure = async (connections: number, endpoint: Endpoint, who: Who) => {
+      await new Promise((r) => setTimeout(r, 500)); // let the previous slice's requests drain
+      const cpuBefore = await cpuOf(contenders[who]);
+      const sample = await drive(contenders[who].port, endpoint, contenders[who].id, connections, args.durationS);
+      const cpuAfter = await cpuOf(contenders[who]);
+      const requests = sample.rps * args.durationS;
+      sample.apiCpuUsPerRequest = requests > 0 ? (used(cpuBefore.api, cpuAfter.api) / requests) * 1e6 : NaN;
+      sample.serverCpuUsPerRequest = requests > 0 ? (used(cpuBefore.server, cpuAfter.server) / requests) * 1e6 : NaN;
+      const k = key(connections, endpoint.name, who);
+      samples.set(k, [...(samples.get(k) ?? []), sample]);
+      process.stderr.write(`\r[${'#'.repeat(Math.round((++done / total) * 30)).padEnd(30)}] ${done}/${total} `);
+    };
     for (const connections of args.connections) {
       for (let round = 0; round < args.rounds; round++) {
-        for (const endpoint of ENDPOINTS) {
-          // Alternate who goes first, so no one always runs on a warmer machine; the baseline in
-          // the middle, so each db-pool runs right next to it.
-          const order = round % 2 ? [...whoFor(endpoint)].reverse() : whoFor(endpoint);
-          for (const who of order) {
-            await new Promise((r) => setTimeout(r, 500)); // let the previous slice's requests drain
-            const sample = await drive(contenders[who].port, endpoint, contenders[who].id, connections, args.durationS);
-            const k = key(connections, endpoint.name, who);
-            samples.set(k, [...(samples.get(k) ?? []), sample]);
-            process.stderr.write(`\r[${'#'.repeat(Math.round((++done / total) * 30)).padEnd(30)}] ${done}/${total} `);
-          }
+        for (const endpoint of judged) {
+          // db-pool and the baseline back to back, each first in every other round; the api at
+          // the defaults after them. Nobody runs twice in a row (see roundOrder): the round
+          // boundary of a whole list reversed gave the same api two slices in a row.
+          for (const who of roundOrder([DB_POOL, BASELINE, DEFAULTS] as const, round, [2])) await measure(connections, endpoint, who);
         }
       }
+      // Shown, not compared: db-pool's own health route, after the rounds.
+      for (let round = 0; round < healthRounds; round++) for (const endpoint of shown) await measure(connections, endpoint, DB_POOL);
     }
     process.stderr.write('\n');
 
@@ -208,6 +273,14 @@ async function main(): Promise<void> {
             p99_ms: median(s.map((x) => x.p99)),
             errors: s.reduce((n, x) => n + x.errors, 0),
             non2xx: s.reduce((n, x) => n + x.non2xx, 0),
+            api_cpu_us_per_req: Math.round(median(s.map((x) => x.apiCpuUsPerRequest ?? NaN))),
+            server_cpu_us_per_req: Math.round(median(s.map((x) => x.serverCpuUsPerRequest ?? NaN))),
+            rounds: s.map((x) => ({
+              rps: Math.round(x.rps),
+              p99_ms: x.p99,
+              api_cpu_us_per_req: Math.round(x.apiCpuUsPerRequest ?? NaN),
+              server_cpu_us_per_req: Math.round(x.serverCpuUsPerRequest ?? NaN),
+            })),
           });
         }
       }
@@ -234,8 +307,32 @@ async function main(): Promise<void> {
     const ratios = ratiosOf(DB_POOL);
     const defaultsRatios = ratiosOf(DEFAULTS);
 
-    const header = ['conns', 'endpoint', 'contender', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'non-2xx'];
-    const lines = rows.map((r) => [r.connections, r.endpoint, r.contender, r.rps, r.p50_ms, r.p99_ms, r.errors, r.non2xx].map(String));
+    const header = [
+      'conns',
+      'endpoint',
+      'contender',
+      'req/s',
+      'p50 ms',
+      'p99 ms',
+      'api CPU µs/req',
+      'server CPU µs/req',
+      'errors',
+      'non-2xx',
+    ];
+    const lines = rows.map((r) =>
+      [
+        r.connections,
+        r.endpoint,
+        r.contender,
+        r.rps,
+        r.p50_ms,
+        r.p99_ms,
+        r.api_cpu_us_per_req,
+        r.server_cpu_us_per_req,
+        r.errors,
+        r.non2xx,
+      ].map(String),
+    );
     const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
     const fmt = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join('  ');
     process.stdout.write(`${fmt(header)}\n${widths.map((w) => '-'.repeat(w)).join('  ')}\n${lines.map(fmt).join('\n')}\n\n`);
@@ -334,6 +431,7 @@ async function main(): Promise<void> {
       process.exitCode = 1;
     }
   } finally {
+    for (const close of closers) await close();
     await Promise.all(servers.map(stop));
   }
 }
