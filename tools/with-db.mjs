@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Runs a command with a PostgreSQL to talk to: the server DATABASE_URL names, or, when it is
-// unset, an embedded one started here and stopped when the command exits.
+// unset, an embedded one started here and stopped when the command exits. WITH_DB_POSTGRES_FLAGS
+// adds server flags to the embedded one (`-c max_connections=200`), split at spaces.
 //   node tools/with-db.mjs <command> [args...]
 import { spawn } from 'node:child_process';
 import { startEmbeddedPostgres } from './embedded-db.mjs';
@@ -14,7 +15,8 @@ if (!command) {
 let db;
 const env = { ...process.env };
 if (!env.DATABASE_URL) {
-  db = await startEmbeddedPostgres();
+  const flags = (env.WITH_DB_POSTGRES_FLAGS ?? '').split(' ').filter(Boolean);
+  db = await startEmbeddedPostgres({ postgresFlags: flags });
   env.DATABASE_URL = db.url;
   process.stderr.write(`with-db: embedded PostgreSQL on 127.0.0.1:${db.port} (data in ${db.dataDir}, removed on exit)\n`);
 }

@@ -13,7 +13,7 @@
 import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, relative, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Session } from 'node:inspector/promises';
 import { parseArgs } from 'node:util';
@@ -29,6 +29,7 @@ import {
   poolQueryCallback,
   type Contender,
 } from './contenders.js';
+import { selfTimes, type CpuProfile } from './cpu-profile.js';
 import { C } from './scenarios.js';
 
 /** pool.query(text, callback): what binding the callback to its caller's async context costs shows here. */
@@ -41,30 +42,6 @@ const POOLS: Record<string, (res: Resources, url: string) => Promise<Contender>>
   [C.featuresEveryStack]: async (res, url) => poolQuery(C.featuresEveryStack, await openDbPool(res, url, 'profile-every', EVERY_STACK)),
   [CALLBACKS]: async (res, url) => poolQueryCallback(CALLBACKS, await openDbPool(res, url, 'profile-callbacks', FEATURES_OFF)),
 };
-
-interface ProfileNode {
-  id: number;
-  callFrame: { functionName: string; url: string; lineNumber: number };
-  children?: number[];
-}
-interface CpuProfile {
-  nodes: ProfileNode[];
-  samples: number[];
-  timeDeltas: number[];
-}
-
-/** Self time per function (name and file), in ms, from a V8 .cpuprofile. */
-export function selfTimes(profile: CpuProfile): Map<string, number> {
-  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
-  const out = new Map<string, number>();
-  profile.samples.forEach((id, i) => {
-    const frame = byId.get(id)!.callFrame;
-    const file = frame.url.startsWith('file://') ? relative(process.cwd(), fileURLToPath(frame.url)) : frame.url;
-    const key = `${frame.functionName || '(anonymous)'}${file ? ` ${file}:${frame.lineNumber + 1}` : ''}`;
-    out.set(key, (out.get(key) ?? 0) + (profile.timeDeltas[i] ?? 0) / 1000);
-  });
-  return out;
-}
 
 /** V8's precise coverage of one script: each function's name, where it starts and how often it ran. */
 interface ScriptCoverage {

@@ -4,8 +4,9 @@
  * against the same routes on plain `TypeOrmModule.forRoot` defaults (apps/api/src/baseline.ts),
  * interleaved in rounds in one run. The db-pool api judged runs with the baseline's capacity
  * (10 connections, as the pool bench compares pools of the same capacity); the api at the lib's
- * defaults (20 + 40) runs beside it, shown and not judged. Prints a table and writes
- * http-results.json.
+ * defaults (20 + 40) runs beside it, shown and not judged. Each judged api runs as several
+ * processes (--instances), taken in turn round by round. Prints a table (with each api's CPU and
+ * its server backends' CPU per request) and writes http-results.json.
  *
  * Then the overload slice (skip it with --skip-overload): GET /items/stats over 30k rows at twice
  * the rate the api serves, against the api with DB_POOL_ADAPTIVE (the route's deadline is 1 s), and
@@ -15,27 +16,26 @@
  * baseline, per slice; overload goodput within the deadline ≥ 0.75 of capacity), printed with a
  * met/missed verdict and written with the results.
  *
- *   npx nx run loadtest:http [-- --quick] [--connections 10,50,200] [--duration 2] [--rounds 12] [--skip-overload] [--out-dir .]
+ *   npx nx run loadtest:http [-- --quick] [--connections 10,50,200] [--duration 1] [--rounds 24] [--instances 2] [--skip-overload] [--out-dir .]
  */
 import autocannon from 'autocannon';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { roundOrder } from '../bench/rounds.js';
 import { overloadSlice, seedRows, type OverloadSliceResult } from './overload.js';
+import { freePort, startServer, stop } from './servers.js';
 import { formatTargets, httpTargets, median, medianRatio, type RoundPair } from './targets.js';
-
-const root = fileURLToPath(new URL('../../../../', import.meta.url));
 
 interface Args {
   quick: boolean;
   connections: number[];
   durationS: number;
   rounds: number;
+  /** Processes per judged api, taken in turn round by round. */
+  instances: number;
   outDir: string;
   overload: boolean;
 }
@@ -53,44 +53,25 @@ function parseArgs(argv: string[]): Args {
     quick,
     connections: (get('--connections') ?? '10,50,200').split(',').map(Number),
     // Many short rounds rather than a few long ones: this machine's speed drifts over seconds, and
-    // two contenders measured back to back within 2 s see the same machine (as the bench's
-    // 75 × 100 ms rounds do); at 5 × 5 s, one slice's ratio read 1.01 and 0.86 in two runs of unchanged code (2026-12-06).
-    durationS: Number(get('--duration') ?? (quick ? 1 : 2)),
-    rounds: Number(get('--rounds') ?? (quick ? 1 : 12)),
+    // two contenders measured back to back within a second or two see the same machine (as the
+    // bench's 75 × 100 ms rounds do). At 5 × 5 s, one slice's ratio read 1.01 and 0.86 in two runs
+    // of unchanged code; at 12 × 2 s, a round's ratio still moved by ±12 % while the machine
+    // slowed and sped up by half within the 50-connection slices (2026-12-06).
+    durationS: Number(get('--duration') ?? 1),
+    rounds: Number(get('--rounds') ?? (quick ? 1 : 24)),
+    instances: Number(get('--instances') ?? (quick ? 1 : 2)),
     outDir: get('--out-dir') ?? process.cwd(),
     overload: !argv.includes('--skip-overload'),
   };
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function startServer(script: string, port: number, env: Record<string, string>): Promise<ChildProcess> {
-  const child = spawn(process.execPath, [join(root, script)], {
-    cwd: root,
-    env: { ...process.env, ...env, PORT: String(port) },
-    stdio: ['ignore', 'ignore', 'inherit'],
-  });
-  const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline) {
-    if (child.exitCode !== null) throw new Error(`${script} exited with ${child.exitCode}`);
-    try {
-      const res = await fetch(`http://127.0.0.1:${port}/items?limit=1`);
-      if (res.ok) return child;
-    } catch {
-      // not listening yet
-    }
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  child.kill('SIGKILL');
-  throw new Error(`${script} did not start`);
-}
+/**
+ * V8's memory reducer off in every api: between its slices an api sits idle for seconds, and V8
+ * shrinks an idle heap (a few collections, pages given back) and grows it again under the next
+ * slice's load, which a process under steady traffic never does. With two processes per api,
+ * each idle twice as long, the first seconds of a slice ran at half speed.
+ */
+const NODE_ARGS = ['--no-memory-reducer'];
 
 const DB_POOL = 'db-pool';
 const BASELINE = 'baseline';
@@ -117,10 +98,31 @@ interface Sample {
   p99: number;
   errors: number;
   non2xx: number;
+  /** Which of the contender's processes served it (1-based). */
+  instance?: number;
   /** CPU of the api's process per request, µs. */
   apiCpuUsPerRequest?: number;
   /** CPU of the api's server backends per request, µs. */
   serverCpuUsPerRequest?: number;
+}
+
+/** An item to read: the read slice's. */
+async function seed(port: number): Promise<number> {
+  const res = await fetch(`http://127.0.0.1:${port}/items`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: '{"name":"seed"}',
+  });
+  return ((await res.json()) as { id: number }).id;
+}
+
+/** Connections the server takes from non-superusers, less those open now. */
+async function serverRoom(client: pg.Client): Promise<number> {
+  const { rows } = await client.query<{ room: number }>(
+    `SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int
+            - (SELECT count(*)::int FROM pg_stat_activity WHERE backend_type = 'client backend') AS room`,
+  );
+  return rows[0].room;
 }
 
 interface Contender {
@@ -129,6 +131,7 @@ interface Contender {
   id: number;
   /** The api's process. */
   pid: number;
+  server: ChildProcess;
   /** Its backends in pg_stat_activity. */
   backends: { applicationName: string };
 }
@@ -172,49 +175,48 @@ async function drive(port: number, endpoint: Endpoint, id: number, connections: 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   if (!process.env.DATABASE_URL) throw new Error('DATABASE_URL is not set (run through `nx run loadtest:http`, which provides one)');
-  const [dbPoolPort, baselinePort, defaultsPort, overloadPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
   const servers: ChildProcess[] = [];
   const closers: (() => Promise<void>)[] = [];
   try {
+    // The CPU each api and its server backends use (process and backends from /proc), and the server's room.
+    const monitor = new pg.Client({ connectionString: process.env.DATABASE_URL, application_name: 'http-load-monitor' });
+    await monitor.connect();
+    closers.push(() => monitor.end());
+    // Each judged api runs as several processes, round r on process r mod n, db-pool's and the
+    // baseline's alike: one process's luck (V8's optimisation decisions, where its memory landed)
+    // stays with it for its life, 5-8 % either way on this machine for the same code (two fresh
+    // processes of the same api: 436 and 390 µs of CPU per request), which no number of rounds on
+    // one process averages out. Each takes 10 connections; the api at the defaults up to 60.
+    const room = await serverRoom(monitor);
+    const instances = Math.max(1, Math.min(args.instances, Math.floor((room - 60 - 5) / 20)));
+    if (instances < args.instances)
+      process.stderr.write(`the server has room for ${room} connections: ${instances} process(es) per judged api, not ${args.instances}\n`);
     // Judged: the api on db-pool with the baseline's capacity (TypeORM's default pool of 10), so
     // the ratio is what the module costs on the request path. Shown, not judged: the api at the
     // lib's defaults (20 + 40), whose extra connections a small server pays for in contention
     // (see "HTTP load" in docs/benchmarks.md).
-    servers.push(
-      await startServer('apps/api/dist/main.js', dbPoolPort, {
-        DB_APPLICATION_NAME: 'http-load-db-pool',
-        DB_POOL_SIZE: '10',
-        DB_MAX_OVERFLOW: '0',
-      }),
-    );
-    servers.push(await startServer('apps/api/dist/baseline.js', baselinePort, {}));
-    const defaultsServer = await startServer('apps/api/dist/main.js', defaultsPort, { DB_APPLICATION_NAME: 'http-load-db-pool-defaults' });
-    servers.push(defaultsServer);
-    const seed = async (port: number) =>
-      (
-        (await (
-          await fetch(`http://127.0.0.1:${port}/items`, {
-            method: 'POST',
-            headers: { 'content-type': 'application/json' },
-            body: '{"name":"seed"}',
-          })
-        ).json()) as { id: number }
-      ).id;
-    const whoFor = (endpoint: Endpoint): Who[] => (endpoint.baseline ? [DB_POOL, BASELINE, DEFAULTS] : [DB_POOL]);
-    const contenders: Record<Who, Contender> = {
-      [DB_POOL]: { port: dbPoolPort, id: await seed(dbPoolPort), pid: servers[0].pid!, backends: { applicationName: 'http-load-db-pool' } },
-      [BASELINE]: { port: baselinePort, id: await seed(baselinePort), pid: servers[1].pid!, backends: { applicationName: '' } },
-      [DEFAULTS]: {
-        port: defaultsPort,
-        id: await seed(defaultsPort),
-        pid: defaultsServer.pid!,
-        backends: { applicationName: 'http-load-db-pool-defaults' },
-      },
+    const start = async (script: string, applicationName: string, env: Record<string, string>): Promise<Contender> => {
+      const port = await freePort();
+      // PGAPPNAME names the baseline's connections without a line of its code changed (pg reads it).
+      const server = await startServer(
+        script,
+        port,
+        { ...env, DB_APPLICATION_NAME: applicationName, PGAPPNAME: applicationName },
+        { nodeArgs: NODE_ARGS },
+      );
+      servers.push(server);
+      return { port, id: await seed(port), pid: server.pid!, server, backends: { applicationName } };
     };
-    // The CPU each api and its server backends used (process and backends from /proc).
-    const monitor = new pg.Client({ connectionString: process.env.DATABASE_URL, application_name: 'http-load-monitor' });
-    await monitor.connect();
-    closers.push(() => monitor.end());
+    const contenders: Record<Who, Contender[]> = { [DB_POOL]: [], [BASELINE]: [], [DEFAULTS]: [] };
+    for (let i = 1; i <= instances; i++) {
+      contenders[DB_POOL].push(
+        await start('apps/api/dist/main.js', `http-load-db-pool-${i}`, { DB_POOL_SIZE: '10', DB_MAX_OVERFLOW: '0' }),
+      );
+      contenders[BASELINE].push(await start('apps/api/dist/baseline.js', `http-load-baseline-${i}`, {}));
+    }
+    contenders[DEFAULTS].push(await start('apps/api/dist/main.js', 'http-load-db-pool-defaults', {}));
+    const defaultsServer = contenders[DEFAULTS][0].server;
+    const whoFor = (endpoint: Endpoint): Who[] => (endpoint.baseline ? [DB_POOL, BASELINE, DEFAULTS] : [DB_POOL]);
     const cpuOf = async (c: Contender) => {
       const { rows } = await monitor.query<{ pid: number }>(
         `SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name = $1 AND pid <> pg_backend_pid()`,
@@ -231,31 +233,48 @@ async function main(): Promise<void> {
     const judged = ENDPOINTS.filter((e) => e.baseline);
     const shown = ENDPOINTS.filter((e) => !e.baseline);
     const healthRounds = Math.min(args.rounds, 3);
-    const total = args.connections.length * (args.rounds * judged.length * 3 + healthRounds * shown.length);
+    const everyProcess = Object.values(contenders).flat();
+    const total = args.connections.length * (everyProcess.length + args.rounds * judged.length * 3 + healthRounds * shown.length);
     let done = 0;
-    const measure = async (connections: number, endpoint: Endpoint, who: Who) => {
-      await new Promise((r) => setTimeout(r, 500)); // let the previous slice's requests drain
-      const cpuBefore = await cpuOf(contenders[who]);
-      const sample = await drive(contenders[who].port, endpoint, contenders[who].id, connections, args.durationS);
-      const cpuAfter = await cpuOf(contenders[who]);
+    const tick = () => process.stderr.write(`\r[${'#'.repeat(Math.round((++done / total) * 30)).padEnd(30)}] ${done}/${total} `);
+    const measure = async (connections: number, endpoint: Endpoint, who: Who, round: number) => {
+      const instance = round % contenders[who].length;
+      const c = contenders[who][instance];
+      await new Promise((r) => setTimeout(r, 300)); // let the previous slice's requests drain
+      const cpuBefore = await cpuOf(c);
+      const sample = await drive(c.port, endpoint, c.id, connections, args.durationS);
+      const cpuAfter = await cpuOf(c);
       const requests = sample.rps * args.durationS;
+      sample.instance = instance + 1;
       sample.apiCpuUsPerRequest = requests > 0 ? (used(cpuBefore.api, cpuAfter.api) / requests) * 1e6 : NaN;
       sample.serverCpuUsPerRequest = requests > 0 ? (used(cpuBefore.server, cpuAfter.server) / requests) * 1e6 : NaN;
       const k = key(connections, endpoint.name, who);
       samples.set(k, [...(samples.get(k) ?? []), sample]);
-      process.stderr.write(`\r[${'#'.repeat(Math.round((++done / total) * 30)).padEnd(30)}] ${done}/${total} `);
+      tick();
     };
     for (const connections of args.connections) {
+      // Warm-up slices per process and route at this number of connections, thrown away: V8
+      // optimises a process's hot paths over its first seconds of load, and a pool grows to it.
+      // Longer at the first number of connections: a process serves 1/n of its api's rounds.
+      const warmupS = connections === args.connections[0] ? Math.max(args.durationS, 5) : Math.max(args.durationS, 2);
+      for (const c of everyProcess) {
+        for (const endpoint of judged) {
+          await new Promise((r) => setTimeout(r, 500));
+          await drive(c.port, endpoint, c.id, connections, warmupS);
+        }
+        tick();
+      }
       for (let round = 0; round < args.rounds; round++) {
         for (const endpoint of judged) {
           // db-pool and the baseline back to back, each first in every other round; the api at
           // the defaults after them. Nobody runs twice in a row (see roundOrder): the round
           // boundary of a whole list reversed gave the same api two slices in a row.
-          for (const who of roundOrder([DB_POOL, BASELINE, DEFAULTS] as const, round, [2])) await measure(connections, endpoint, who);
+          for (const who of roundOrder([DB_POOL, BASELINE, DEFAULTS] as const, round, [2]))
+            await measure(connections, endpoint, who, round);
         }
       }
       // Shown, not compared: db-pool's own health route, after the rounds.
-      for (let round = 0; round < healthRounds; round++) for (const endpoint of shown) await measure(connections, endpoint, DB_POOL);
+      for (let round = 0; round < healthRounds; round++) for (const endpoint of shown) await measure(connections, endpoint, DB_POOL, round);
     }
     process.stderr.write('\n');
 
@@ -276,6 +295,7 @@ async function main(): Promise<void> {
             api_cpu_us_per_req: Math.round(median(s.map((x) => x.apiCpuUsPerRequest ?? NaN))),
             server_cpu_us_per_req: Math.round(median(s.map((x) => x.serverCpuUsPerRequest ?? NaN))),
             rounds: s.map((x) => ({
+              process: x.instance,
               rps: Math.round(x.rps),
               p99_ms: x.p99,
               api_cpu_us_per_req: Math.round(x.apiCpuUsPerRequest ?? NaN),
@@ -350,11 +370,15 @@ async function main(): Promise<void> {
     }
 
     let overload: OverloadSliceResult | undefined;
+    let overloadPort = 0;
     // Its up to 60 connections and the overload api's 60 would pass the server's 100.
     await stop(defaultsServer);
     if (args.overload) {
       servers.push(
-        await startServer('apps/api/dist/main.js', overloadPort, { DB_APPLICATION_NAME: 'http-load-overload', DB_POOL_ADAPTIVE: 'true' }),
+        await startServer('apps/api/dist/main.js', (overloadPort = await freePort()), {
+          DB_APPLICATION_NAME: 'http-load-overload',
+          DB_POOL_ADAPTIVE: 'true',
+        }),
       );
       const cleanup = await seedRows(process.env.DATABASE_URL, 30_000);
       try {
@@ -368,7 +392,7 @@ async function main(): Promise<void> {
               name: 'db-pool, DB_POOL_ADAPTIVE, route deadline 1 s',
               port: overloadPort,
             },
-            { name: 'baseline (TypeOrmModule.forRoot defaults)', port: baselinePort },
+            { name: 'baseline (TypeOrmModule.forRoot defaults)', port: contenders[BASELINE][0].port },
           ],
           { rows: 30_000, deadlineMs, factor: 2, connections: 200, durationS: args.quick ? 3 : 10, rounds: args.quick ? 1 : 3 },
           (text) => process.stderr.write(`${text}\n`),
@@ -434,13 +458,6 @@ async function main(): Promise<void> {
     for (const close of closers) await close();
     await Promise.all(servers.map(stop));
   }
-}
-
-async function stop(server: ChildProcess): Promise<void> {
-  if (server.exitCode !== null || server.signalCode !== null) return;
-  const exited = new Promise((r) => server.once('exit', r));
-  server.kill('SIGTERM');
-  await exited;
 }
 
 main().catch((err: unknown) => {
