@@ -1,6 +1,6 @@
 import type { INestApplication, LoggerService } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
-import type { Server } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { dbPoolDeadlines, type DbPoolOptions } from '@db-pool/db-pool';
 import { AppModule } from './app.module.js';
 import type { ApiEnvironment } from './environment.js';
@@ -35,14 +35,13 @@ export function closeOnSignals(
   options: { shutdownDelayMs: number; shutdownTimeoutMs: number } = { shutdownDelayMs: 0, shutdownTimeoutMs: 10_000 },
 ): void {
   let closing = false;
-  app.use((_req: unknown, res: { setHeader(name: string, value: string): void }, next: () => void) => {
-    if (closing) res.setHeader('Connection', 'close');
-    next();
-  });
   const onSignal = (signal: NodeJS.Signals) => {
     if (closing) return; // not `once`: a second signal would otherwise get Node's default, an abrupt exit
     closing = true;
     const server = app.getHttpServer() as Server;
+    // Ahead of the app's own handler, and only from now on: until a signal comes, a request pays
+    // nothing for it (a middleware asking "closing yet?" cost every request a layer of the router).
+    server.prependListener('request', (_req: IncomingMessage, res: ServerResponse) => res.setHeader('Connection', 'close'));
     const force = setTimeout(() => server.closeAllConnections(), options.shutdownDelayMs + options.shutdownTimeoutMs);
     force.unref();
     // Nest's close() takes the signal (its typings don't say so); Terminus needs it to hold

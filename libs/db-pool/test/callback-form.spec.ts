@@ -63,6 +63,27 @@ describe("callbacks run in the caller's async context, not the releaser's", () =
     expect(await seen).toBe('caller');
   });
 
+  it('connect(callback) served at once by an idle connection, or after a pre-ping answered from the socket', async () => {
+    const connectIn = (pool: DbPool, store: string) =>
+      new Promise<string | undefined>((resolve) =>
+        context.run(store, () =>
+          pool.connect((err, _client, release) => {
+            resolve(context.getStore());
+            release();
+          }),
+        ),
+      );
+    const quick = await fixture.pool({ poolSize: 1, maxOverflow: 0 });
+    await connectIn(quick, 'warm');
+    const pingsBefore = quick.counters.prePings;
+    expect(await connectIn(quick, 'at once')).toBe('at once'); // used just now: handed out unpinged, on the spot
+    expect(quick.counters.prePings).toBe(pingsBefore);
+    const pinged = await fixture.pool({ poolSize: 1, maxOverflow: 0, prePingBypassMs: 0 });
+    await connectIn(pinged, 'warm');
+    expect(await connectIn(pinged, 'after a ping')).toBe('after a ping');
+    expect(pinged.counters.prePings).toBeGreaterThan(0);
+  });
+
   it('query(text, callback) and query(text, values, callback)', async () => {
     const { pool, releaseInItsContext } = await heldByReleaser();
     const seen = Promise.all([

@@ -16,7 +16,7 @@
  * baseline, per slice; overload goodput within the deadline ≥ 0.75 of capacity), printed with a
  * met/missed verdict and written with the results.
  *
- *   npx nx run loadtest:http [-- --quick] [--connections 10,50,200] [--duration 2] [--rounds 12] [--instances 2] [--skip-overload] [--out-dir .]
+ *   npx nx run loadtest:http [-- --quick] [--connections 10,50,200] [--duration 2] [--rounds 12] [--instances 4] [--skip-overload] [--out-dir .]
  */
 import autocannon from 'autocannon';
 import type { ChildProcess } from 'node:child_process';
@@ -59,7 +59,7 @@ function parseArgs(argv: string[]): Args {
     // slices' p99 ratios read 1.11-1.34 where 12 × 2 s read 0.96-1.10 (2026-12-06).
     durationS: Number(get('--duration') ?? (quick ? 1 : 2)),
     rounds: Number(get('--rounds') ?? (quick ? 1 : 12)),
-    instances: Number(get('--instances') ?? (quick ? 1 : 2)),
+    instances: Number(get('--instances') ?? (quick ? 1 : 4)),
     outDir: get('--out-dir') ?? process.cwd(),
     overload: !argv.includes('--skip-overload'),
   };
@@ -182,11 +182,12 @@ async function main(): Promise<void> {
     const monitor = new pg.Client({ connectionString: process.env.DATABASE_URL, application_name: 'http-load-monitor' });
     await monitor.connect();
     closers.push(() => monitor.end());
-    // Each judged api runs as several processes, round r on process r mod n, db-pool's and the
-    // baseline's alike: one process's luck (V8's optimisation decisions, where its memory landed)
-    // stays with it for its life, 5-8 % either way on this machine for the same code (two fresh
-    // processes of the same api: 436 and 390 µs of CPU per request), which no number of rounds on
-    // one process averages out. Each takes 10 connections; the api at the defaults up to 60.
+    // Each judged api runs as several processes, db-pool's and the baseline's alike: one
+    // process's luck (V8's optimisation decisions, where its memory landed) stays with it for its
+    // life, which no number of rounds on one process averages out. Four fresh processes of the
+    // same api ran the write slice at 460, 544, 488 and 487 µs of main-thread CPU per request
+    // (1-s slices taken in turn, 2026-12-06), so two per api left a run's verdict to the draw.
+    // Each takes 10 connections; the api at the defaults up to 60.
     const room = await serverRoom(monitor);
     const instances = Math.max(1, Math.min(args.instances, Math.floor((room - 60 - 5) / 20)));
     if (instances < args.instances)
@@ -238,7 +239,10 @@ async function main(): Promise<void> {
     let done = 0;
     const tick = () => process.stderr.write(`\r[${'#'.repeat(Math.round((++done / total) * 30)).padEnd(30)}] ${done}/${total} `);
     const measure = async (connections: number, endpoint: Endpoint, who: Who, round: number) => {
-      const instance = round % contenders[who].length;
+      // Round r runs db-pool's process r mod n and the baseline's (r + ⌊r/n⌋) mod n: each db-pool
+      // process meets a different baseline process every n rounds, so no pair's luck repeats.
+      const n = contenders[who].length;
+      const instance = (who === BASELINE ? round + Math.floor(round / n) : round) % n;
       const c = contenders[who][instance];
       await new Promise((r) => setTimeout(r, 500)); // let the previous slice's requests drain
       const cpuBefore = await cpuOf(c);

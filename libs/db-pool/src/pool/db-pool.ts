@@ -210,10 +210,16 @@ export class DbPool extends EventEmitter {
       // Called back on a later tick, as pg.Pool does; on error with a no-op release, as pg.Pool
       // gives; in the caller's async context (AsyncLocalStorage, a request's deadline, a span),
       // not that of whoever released the connection it gets.
-      const inCallersContext = callersContext(callback);
-      return this.acquire(this.settings.poolTimeoutMs, false, site, (err, lease) =>
-        process.nextTick(inCallersContext, err, lease as unknown as pg.PoolClient | undefined, lease ? lease.release : NOOP),
-      );
+      // Served at once (an idle connection), the callback's tick is queued here, in the caller's
+      // context already; only an acquire that waits needs that context kept for it.
+      let inCallersContext: ConnectCallback | undefined;
+      let answered = false;
+      this.acquire(this.settings.poolTimeoutMs, false, site, (err, lease) => {
+        answered = true;
+        process.nextTick(inCallersContext ?? callback, err, lease as unknown as pg.PoolClient | undefined, lease ? lease.release : NOOP);
+      });
+      if (!answered) inCallersContext = callersContext(callback);
+      return;
     }
     return new this.Promise((resolve, reject) =>
       this.acquire(this.settings.poolTimeoutMs, false, site, (err, lease) =>

@@ -41,7 +41,9 @@ const WRITES = new Set([
 ]);
 const MODIFYING = /\b(INSERT|UPDATE|DELETE|MERGE)\b/i;
 /** First character of every keyword above (and EXPLAIN's), upper and lower case: one look rejects the rest (SELECT, SET, BEGIN, SHOW, …). */
-const FIRST = new Set('CEPIUDMWTAGRV'.split('').flatMap((c) => [c.charCodeAt(0), c.toLowerCase().charCodeAt(0)]));
+const FIRST = firstChars('CEPIUDMWTAGRV');
+/** First character of the statements that end a transaction (COMMIT, END, PREPARE TRANSACTION): inside one, the only candidates. */
+const ENDS_FIRST = firstChars('CEP');
 
 type TxStatusReader = { getTransactionStatus?(): string | null };
 
@@ -90,7 +92,12 @@ export function outcomeSensitive(text: string, client: TxStatusReader): string |
   const more = text.includes(';', at);
   if (!candidate && !more) return undefined;
   const txStatus = client.getTransactionStatus?.() ?? null;
-  if (!more) return txStatus === 'E' ? undefined : judge(text, at, txStatus === 'T');
+  if (!more) {
+    if (txStatus === 'E') return undefined;
+    // Inside a transaction only its end counts: the INSERT of a TypeORM save is let by at one look.
+    if (txStatus === 'T') return ENDS_FIRST.has(text.charCodeAt(at)) ? judge(text, at, true) : undefined;
+    return judge(text, at, false);
+  }
   let tx: 'I' | 'T' | 'E' = txStatus === 'T' || txStatus === 'E' ? txStatus : 'I';
   for (let start = at; start !== -1; start = nextStatement(text, start)) {
     const word = keywordAt(text, start);
@@ -277,6 +284,10 @@ function tagPart(c: number): boolean {
 /** What an identifier goes on with: digits and `$` too. */
 function identPart(c: number): boolean {
   return tagPart(c) || c === 36;
+}
+
+function firstChars(letters: string): Set<number> {
+  return new Set(letters.split('').flatMap((c) => [c.charCodeAt(0), c.toLowerCase().charCodeAt(0)]));
 }
 
 function keywordAt(text: string, at: number): string {
