@@ -20,7 +20,6 @@ export interface ReplicaSet {
   streaming(): Promise<void>;
   caughtUp(): Promise<void>;
   promote(): Promise<void>;
-  applyDelay(ms: number): Promise<void>;
   stop(): Promise<void>;
 }
 

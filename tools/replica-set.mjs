@@ -181,11 +181,6 @@ export async function startReplicaSet(options = {}) {
     async promote() {
       await standby.query('SELECT pg_promote(true, 30)');
     },
-    /** Delays replay on the standby (`recovery_min_apply_delay`), 0 to stop delaying. */
-    async applyDelay(ms) {
-      await standby.query(`ALTER SYSTEM SET recovery_min_apply_delay = '${Number(ms)}ms'`);
-      await standby.query('SELECT pg_reload_conf()');
-    },
     async stop() {
       await Promise.all([primary.stop('fast'), standby.stop('fast')]);
       await rm(root, { recursive: true, force: true }).catch(() => {});

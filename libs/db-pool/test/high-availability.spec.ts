@@ -647,7 +647,10 @@ describe('read replicas through TypeORM replication', () => {
         replica: { role: 'replica', in_rotation: true },
       });
 
-      await rs.applyDelay(3_000);
+      // Paused, not delayed (recovery_min_apply_delay): a pause request is in the standby's shared
+      // memory when the call returns, where a reloaded delay reaches its startup process some
+      // time later, and the INSERT's WAL could be replayed before it (seen in CI under load).
+      await rs.standby.query('SELECT pg_wal_replay_pause()');
       try {
         await ds.query('INSERT INTO replica_probe DEFAULT VALUES'); // WAL the standby now holds back
         expect(await eventually(() => replica.getReplicaStatus()?.inRotation === false, 5_000)).toBe(true);
@@ -660,7 +663,7 @@ describe('read replicas through TypeORM replication', () => {
         expect(text).toContain('db_pool_replica_in_rotation{pool_name="default-replica-1"} 0');
         expect(text).toMatch(/db_pool_replica_lag_seconds\{pool_name="default-replica-1"\} \d/);
       } finally {
-        await rs.applyDelay(0);
+        await rs.standby.query('SELECT pg_wal_replay_resume()');
       }
       expect(await eventually(() => replica.getReplicaStatus()?.inRotation === true, 10_000)).toBe(true);
       expect(await readOn(ds)).toBe(true);
