@@ -166,6 +166,13 @@ describe('which statements count', () => {
     ['PREPARE get_item AS SELECT 1', 'I', undefined],
     ['INSERT INTO t VALUES (1)', 'I', 'INSERT'],
     ['INSERT INTO t VALUES (1)', 'T', undefined], // inside a transaction: rolled back if the connection ends
+    // Inside a transaction only C, E and P go on to be read: each of them either way.
+    ['/* done */ end', 'T', 'END'],
+    ["prepare transaction 'tx2'", 'T', 'PREPARE TRANSACTION'],
+    ['PREPARE q AS SELECT 1', 'T', undefined],
+    ['CREATE TABLE t2 (a int)', 'T', undefined],
+    ['EXECUTE q', 'T', undefined],
+    ['-- a note\nUPDATE t SET a = 1', 'T', undefined],
     ['/* sqlcommenter */ UPDATE t SET a = 1', 'I', 'UPDATE'],
     ['-- note\nDELETE FROM t', 'I', 'DELETE'],
     ['WITH moved AS (DELETE FROM a RETURNING *) INSERT INTO b SELECT * FROM moved', 'I', 'WITH'],
