@@ -16,7 +16,11 @@
  * baseline, per slice; overload goodput within the deadline ≥ 0.75 of capacity), printed with a
  * met/missed verdict and written with the results.
  *
- *   npx nx run loadtest:http [-- --quick] [--connections 10,50,200] [--duration 2] [--rounds 12] [--instances 4] [--skip-overload] [--out-dir .]
+ * With --aa the judged side is a second set of baseline processes, the same in every other way
+ * (and no overload slice): the run's A/A, whose ratios are what the method itself reads on this machine when there is no
+ * difference to find (docs/benchmarks.md, "HTTP load").
+ *
+ *   npx nx run loadtest:http [-- --quick] [--connections 10,50,200] [--duration 2] [--rounds 12] [--instances 4] [--skip-overload] [--aa] [--out-dir .]
  */
 import autocannon from 'autocannon';
 import type { ChildProcess } from 'node:child_process';
@@ -38,6 +42,8 @@ interface Args {
   instances: number;
   outDir: string;
   overload: boolean;
+  /** The judged side runs the baseline too: an A/A run. */
+  aa: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
@@ -61,7 +67,9 @@ function parseArgs(argv: string[]): Args {
     rounds: Number(get('--rounds') ?? (quick ? 1 : 12)),
     instances: Number(get('--instances') ?? (quick ? 1 : 4)),
     outDir: get('--out-dir') ?? process.cwd(),
-    overload: !argv.includes('--skip-overload'),
+    // An A/A run has no overload slice: that slice's ratio is db-pool's against its own capacity.
+    overload: !argv.includes('--skip-overload') && !argv.includes('--aa'),
+    aa: argv.includes('--aa'),
   };
 }
 
@@ -209,10 +217,11 @@ async function main(): Promise<void> {
       return { port, id: await seed(port), pid: server.pid!, server, backends: { applicationName } };
     };
     const contenders: Record<Who, Contender[]> = { [DB_POOL]: [], [BASELINE]: [], [DEFAULTS]: [] };
+    // With --aa, the judged side's processes run the baseline: everything else stays as it is.
+    const judgedScript = args.aa ? 'apps/api/dist/baseline.js' : 'apps/api/dist/main.js';
+    if (args.aa) process.stderr.write('A/A run: the judged side is a second set of baseline processes\n');
     for (let i = 1; i <= instances; i++) {
-      contenders[DB_POOL].push(
-        await start('apps/api/dist/main.js', `http-load-db-pool-${i}`, { DB_POOL_SIZE: '10', DB_MAX_OVERFLOW: '0' }),
-      );
+      contenders[DB_POOL].push(await start(judgedScript, `http-load-db-pool-${i}`, { DB_POOL_SIZE: '10', DB_MAX_OVERFLOW: '0' }));
       contenders[BASELINE].push(await start('apps/api/dist/baseline.js', `http-load-baseline-${i}`, {}));
     }
     contenders[DEFAULTS].push(await start('apps/api/dist/main.js', 'http-load-db-pool-defaults', {}));
@@ -232,7 +241,10 @@ async function main(): Promise<void> {
     const samples = new Map<string, Sample[]>();
     const key = (c: number, e: string, who: string) => `${c}|${e}|${who}`;
     const judged = ENDPOINTS.filter((e) => e.baseline);
-    const shown = ENDPOINTS.filter((e) => !e.baseline);
+    // db-pool's own health route: not in an A/A run, whose judged side has no such route.
+    const shown = args.aa ? [] : ENDPOINTS.filter((e) => !e.baseline);
+    /** How a contender is named in the table: in an A/A run the judged side is the baseline's second set. */
+    const label = (who: Who) => (args.aa && who === DB_POOL ? 'baseline (A/A)' : who);
     const healthRounds = Math.min(args.rounds, 3);
     const everyProcess = Object.values(contenders).flat();
     const total = args.connections.length * (everyProcess.length + args.rounds * judged.length * 3 + healthRounds * shown.length);
@@ -284,13 +296,13 @@ async function main(): Promise<void> {
 
     const rows = [];
     for (const connections of args.connections) {
-      for (const endpoint of ENDPOINTS) {
+      for (const endpoint of [...judged, ...shown]) {
         for (const who of whoFor(endpoint)) {
           const s = samples.get(key(connections, endpoint.name, who))!;
           rows.push({
             connections,
             endpoint: endpoint.name,
-            contender: who,
+            contender: label(who),
             rps: Math.round(median(s.map((x) => x.rps))),
             p50_ms: median(s.map((x) => x.p50)),
             p99_ms: median(s.map((x) => x.p99)),
@@ -361,7 +373,7 @@ async function main(): Promise<void> {
     const fmt = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join('  ');
     process.stdout.write(`${fmt(header)}\n${widths.map((w) => '-'.repeat(w)).join('  ')}\n${lines.map(fmt).join('\n')}\n\n`);
     for (const [who, byEndpoint] of [
-      [`${DB_POOL} (judged)`, ratios],
+      [`${label(DB_POOL)} (judged)`, ratios],
       [`${DEFAULTS} (shown, not judged)`, defaultsRatios],
     ] as const) {
       process.stdout.write(`throughput ${who} / plain TypeOrmModule.forRoot defaults, median of per-round ratios:\n`);
@@ -431,14 +443,18 @@ async function main(): Promise<void> {
       for (const endpoint of ENDPOINTS.filter((e) => e.baseline))
         slices.set(`${endpoint.name} @ ${connections}`, pairs(DB_POOL, connections, endpoint.name));
     const targets = httpTargets(slices, overload?.rounds);
-    process.stdout.write(`\ntargets (#22), each the median of its per-round ratios:\n${formatTargets(targets)}`);
+    process.stdout.write(
+      `\n${args.aa ? 'A/A (the baseline in the judged place), the targets as the method reads them with nothing to find' : 'targets (#22)'}, each the median of its per-round ratios:\n${formatTargets(targets)}`,
+    );
 
     const results = {
       command: `nx run loadtest:http ${process.argv.slice(2).join(' ')}`.trim(),
       machine: { cpus: cpus().length, cpu: cpus()[0]?.model, node: process.version },
       settings: {
         ...args,
-        dbPool: "apps/api on db-pool with the baseline's capacity (DB_POOL_SIZE=10, DB_MAX_OVERFLOW=0): judged",
+        dbPool: args.aa
+          ? 'A/A: a second set of baseline processes in the judged place'
+          : "apps/api on db-pool with the baseline's capacity (DB_POOL_SIZE=10, DB_MAX_OVERFLOW=0): judged",
         dbPoolDefaults: 'apps/api on db-pool at its defaults (DB_POOL_SIZE=20, DB_MAX_OVERFLOW=40): shown, not judged',
         baseline: 'TypeOrmModule.forRoot defaults (pg pool max 10)',
       },
