@@ -1,12 +1,13 @@
 // Cursors and streams (pg-cursor, pg-query-stream, pg-copy-streams) follow the lease: one still open at release is
 // refused and its connection closed, never read by the next borrower; a request deadline stops
 // one and cancels its statement on the server.
+import { getEventListeners } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
 import Cursor from 'pg-cursor';
 import QueryStream from 'pg-query-stream';
-import { PoolDeadlineError, PoolLeaseError, withDeadline } from '../src/index.js';
+import { PoolAbortedError, PoolDeadlineError, PoolLeaseError, withDeadline, withSignal } from '../src/index.js';
 import { backendPids, eventually, poolFixture } from './support/db.js';
 
 const { admin, pool } = poolFixture();
@@ -160,6 +161,65 @@ describe('a COPY stream still open at release', () => {
       client.query(copyTo('COPY (SELECT pg_sleep(0.05), n FROM generate_series(1, 200) AS n) TO STDOUT')),
     );
     expect(err).toBeInstanceOf(PoolDeadlineError);
+    expect(await eventually(async () => (await running(p.name)) === 0, 2_000)).toBe(true);
+  });
+});
+
+describe("a cursor or stream under a caller's signal (withSignal)", () => {
+  it('a cursor whose read runs at the abort fails with PoolAbortedError (sent), its statement cancelled on the server', async () => {
+    const p = await pool({ poolSize: 1, maxOverflow: 0 });
+    const controller = new AbortController();
+    const result = withSignal(controller.signal, async () => {
+      const client = await p.connect();
+      try {
+        return await client.query(new Cursor('SELECT pg_sleep(5) FROM generate_series(1, 2)')).read(1);
+      } finally {
+        client.release();
+      }
+    }).catch((e: unknown) => e);
+    expect(await eventually(async () => (await running(p.name)) === 1)).toBe(true);
+    controller.abort(new Error('job cancelled'));
+    const err = await result;
+    expect(err).toBeInstanceOf(PoolAbortedError);
+    expect(err).toMatchObject({ sent: true, reason: new Error('job cancelled') });
+    expect(await eventually(async () => (await running(p.name)) === 0, 2_000)).toBe(true);
+    expect((await p.query<{ v: number }>('SELECT 1 AS v')).rows).toEqual([{ v: 1 }]);
+  });
+
+  it('a long-lived signal keeps no listener for the cursors and streams that are over, and still stops the next one', async () => {
+    const p = await pool({ poolSize: 1, maxOverflow: 0 });
+    const controller = new AbortController();
+    const signal = controller.signal;
+    const result = withSignal(signal, async () => {
+      const client = await p.connect();
+      const before = getEventListeners(signal, 'abort').length;
+      try {
+        for (let i = 0; i < 20; i++) {
+          const cursor = client.query(new Cursor<Row>('SELECT n FROM generate_series(1, 3) AS n'));
+          expect(await cursor.read(10)).toHaveLength(3);
+          await cursor.close();
+          const stream = client.query(new QueryStream('SELECT n FROM generate_series(1, 3) AS n'));
+          let rows = 0;
+          for await (const _row of stream) rows++;
+          expect(rows).toBe(3);
+          const copy = client.query(copyTo('COPY (SELECT n FROM generate_series(1, 3) AS n) TO STDOUT'));
+          for await (const _chunk of copy);
+        }
+        // 60 submittables over: none of them still listens to the signal.
+        const after = getEventListeners(signal, 'abort').length;
+        // The signal still stops the one running now.
+        const last = client.query(new Cursor('SELECT pg_sleep(5) FROM generate_series(1, 2)'));
+        const read = last.read(1).catch((e: unknown) => e);
+        expect(await eventually(async () => (await running(p.name)) === 1)).toBe(true);
+        controller.abort(new Error('worker stopping'));
+        return { before, after, err: await read };
+      } finally {
+        client.release();
+      }
+    });
+    const { before, after, err } = await result;
+    expect(after).toBe(before);
+    expect(err).toBeInstanceOf(PoolAbortedError);
     expect(await eventually(async () => (await running(p.name)) === 0, 2_000)).toBe(true);
   });
 });

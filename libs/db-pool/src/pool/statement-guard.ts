@@ -195,11 +195,41 @@ function submitBy(statement: GuardedStatement, deadline: Deadline, submittable: 
     owner.deadlinePassed(entry);
     stopSubmittable(submittable, err, socketTaken(entry.client));
   };
-  if (left !== Infinity) setTimeout(() => stop(new PoolDeadlineError(owner.name, deadline.budgetMs, true)), left).unref();
+  const timer = left === Infinity ? undefined : setTimeout(() => stop(new PoolDeadlineError(owner.name, deadline.budgetMs, true)), left);
+  timer?.unref();
   const { signal } = deadline;
-  // Not stopped when the submittable ends: a released lease (held() false) makes the listener a no-op.
-  if (signal !== undefined) new Abort(signal, () => stop(new PoolAbortedError(owner.name, true, signal.reason)));
+  const abort = signal === undefined ? undefined : new Abort(signal, () => stop(new PoolAbortedError(owner.name, true, signal.reason)));
+  // Unwatched once it is over, so that a long-lived signal (a worker's, under withSignal) does not
+  // keep a listener, and the cursor it holds, per submittable for as long as the signal lives.
+  whenOver(submittable, () => {
+    clearTimeout(timer);
+    abort?.stop();
+  });
   return (entry.client as unknown as GuardedClient).query(submittable, values, callback);
+}
+
+/**
+ * Calls `over` once the submittable is done with its connection: pg has given it the server's
+ * ReadyForQuery, or an error (a lost connection gives no ReadyForQuery), or, a stream, it closed
+ * (destroyed while it read the socket itself).
+ */
+function whenOver(submittable: Submittable & { handleReadyForQuery?(connection: unknown): void }, over: () => void): void {
+  let done = false;
+  const once = () => {
+    if (done) return;
+    done = true;
+    over();
+  };
+  for (const method of ['handleReadyForQuery', 'handleError'] as const) {
+    const own = submittable[method] as ((...args: unknown[]) => void) | undefined;
+    if (typeof own !== 'function') continue;
+    submittable[method] = function (this: unknown, ...args: unknown[]) {
+      once();
+      return own.apply(this, args);
+    };
+  }
+  const events = submittable as Partial<EventEmitter>;
+  if (typeof events.once === 'function') events.once('close', once);
 }
 
 /**
