@@ -1,12 +1,11 @@
-import { execFile, execFileSync, spawn } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { pathToFileURL } from 'node:url';
+import { root, runScript } from './support/cli.js';
 
-const root = fileURLToPath(new URL('../../../', import.meta.url));
-const main = `${root}apps/loadtest/dist/bench/main.js`;
 const CHROMIUM = '/usr/bin/chromium';
 
 const RATIO_KEYS = [
@@ -34,17 +33,7 @@ interface Results {
   command: string;
 }
 
-function runCli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [main, ...args], { cwd: root, env: { ...process.env } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const runCli = (args: string[]) => runScript('apps/loadtest/dist/bench/main.js', args);
 
 /** Chromium's serialization of the DOM it built from the file: proof the page parses as HTML + SVG. */
 async function dumpDom(file: string): Promise<string> {

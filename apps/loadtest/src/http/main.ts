@@ -20,7 +20,7 @@
  * (and no overload slice): the run's A/A, whose ratios are what the method itself reads on this machine when there is no
  * difference to find (docs/benchmarks.md, "HTTP load").
  *
- *   npx nx run loadtest:http [-- --quick] [--connections 10,50,200] [--duration 2] [--rounds 12] [--instances 4] [--skip-overload] [--aa] [--out-dir .]
+ *   npx nx run loadtest:http [-- --quick] [--connections 10,50,200] [--duration 2] [--rounds 12] [--instances 4] [--skip-overload] [--aa] [--warmup 5] [--out-dir .]
  */
 import autocannon from 'autocannon';
 import type { ChildProcess } from 'node:child_process';
@@ -44,6 +44,8 @@ interface Args {
   overload: boolean;
   /** The judged side runs the baseline too: an A/A run. */
   aa: boolean;
+  /** Seconds of thrown-away load per process and route at the first number of connections (undefined: 5). */
+  warmupS: number | undefined;
 }
 
 function parseArgs(argv: string[]): Args {
@@ -55,7 +57,7 @@ function parseArgs(argv: string[]): Args {
     return i === -1 ? undefined : argv[i + 1];
   };
   const quick = argv.includes('--quick');
-  return {
+  const args: Args = {
     quick,
     connections: (get('--connections') ?? '10,50,200').split(',').map(Number),
     // Many short rounds rather than a few long ones: this machine's speed drifts over seconds, and
@@ -70,7 +72,18 @@ function parseArgs(argv: string[]): Args {
     // An A/A run has no overload slice: that slice's ratio is db-pool's against its own capacity.
     overload: !argv.includes('--skip-overload') && !argv.includes('--aa'),
     aa: argv.includes('--aa'),
+    warmupS: get('--warmup') === undefined ? undefined : Number(get('--warmup')),
   };
+  const positive = (flag: string, value: number | undefined, integer: boolean) => {
+    if (value !== undefined && !(value > 0 && Number.isFinite(value) && (!integer || Number.isInteger(value))))
+      throw new Error(`${flag} must be a positive ${integer ? 'whole number' : 'number'}; got ${String(get(flag))}`);
+  };
+  for (const c of args.connections) positive('--connections', c, true);
+  positive('--duration', args.durationS, false);
+  positive('--rounds', args.rounds, true);
+  positive('--instances', args.instances, true);
+  positive('--warmup', args.warmupS, false);
+  return args;
 }
 
 /**
@@ -272,7 +285,8 @@ async function main(): Promise<void> {
       // Warm-up slices per process and route at this number of connections, thrown away: V8
       // optimises a process's hot paths over its first seconds of load, and a pool grows to it.
       // Longer at the first number of connections: a process serves 1/n of its api's rounds.
-      const warmupS = connections === args.connections[0] ? Math.max(args.durationS, 5) : Math.max(args.durationS, 2);
+      const first = args.warmupS ?? 5;
+      const warmupS = connections === args.connections[0] ? Math.max(args.durationS, first) : Math.max(args.durationS, Math.min(first, 2));
       for (const c of everyProcess) {
         for (const endpoint of judged) {
           await new Promise((r) => setTimeout(r, 500));
