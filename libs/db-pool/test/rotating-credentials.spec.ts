@@ -12,6 +12,7 @@ import { inspect } from 'node:util';
 import pg from 'pg';
 import { createDbPool, DbPool, DbPoolConfigError, type DbPoolLogger, PoolConnectError } from '../src/index.js';
 import { type EmbeddedPostgres, startEmbeddedPostgres } from '../../../tools/embedded-db.mjs';
+import { eventually } from '../../../tools/wait.mjs';
 
 const ROLE = 'rotating_app';
 const SECRETS = ['first-s3cret-Ω', 'second-s3cret-Ж', 'third-s3cret-ß'];
@@ -35,13 +36,15 @@ beforeEach(async () => {
   await admin.query(`DROP ROLE IF EXISTS ${ROLE}`);
   await admin.query(`CREATE ROLE ${ROLE} LOGIN PASSWORD '${SECRETS[0]}'`);
 });
-afterEach(async () => {
-  await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1', [ROLE]);
-});
-
 const rotate = (secret: string) => admin.query(`ALTER ROLE ${ROLE} PASSWORD '${secret}'`);
 /** The role's backends the server has now. */
 const backends = async () => (await admin.query('SELECT pid FROM pg_stat_activity WHERE usename = $1', [ROLE])).rows.length;
+
+// A test's backends are gone before the next counts its own: a backend leaves pg_stat_activity as it exits, a moment after it is told to.
+afterEach(async () => {
+  await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1', [ROLE]);
+  if (!(await eventually(async () => (await backends()) === 0))) throw new Error(`backends of ${ROLE} still there after the test`);
+});
 
 function recordingLogger(lines: string[]): DbPoolLogger {
   const push = (m: unknown) => lines.push(String(m));
