@@ -204,8 +204,16 @@ describe("a cursor or stream under a caller's signal (withSignal)", () => {
           expect(rows).toBe(3);
           const copy = client.query(copyTo('COPY (SELECT n FROM generate_series(1, 3) AS n) TO STDOUT'));
           for await (const _chunk of copy);
+          // One that fails on the server, and a stream its reader leaves early.
+          const failing = client.query(new Cursor('SELECT 1 / (n - n) FROM generate_series(1, 2) AS n'));
+          await expect(failing.read(1)).rejects.toMatchObject({ code: '22012' });
+          await failing.close().catch(() => undefined);
+          const left = client.query(new QueryStream('SELECT n FROM generate_series(1, 100000) AS n', [], { batchSize: 10 }));
+          for await (const _row of left) break;
+          expect(await eventually(() => left.destroyed)).toBe(true);
+          expect((await client.query<{ v: number }>('SELECT 1 AS v')).rows).toEqual([{ v: 1 }]);
         }
-        // 60 submittables over: none of them still listens to the signal.
+        // 100 submittables over: none of them still listens to the signal.
         const after = getEventListeners(signal, 'abort').length;
         // The signal still stops the one running now.
         const last = client.query(new Cursor('SELECT pg_sleep(5) FROM generate_series(1, 2)'));
