@@ -1,7 +1,7 @@
 import type { INestApplication, LoggerService } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
-import { dbPoolDeadlines, type DbPoolOptions } from '@db-pool/db-pool';
+import { dbPoolConsistency, dbPoolDeadlines, type DbPoolOptions } from '@db-pool/db-pool';
 import { AppModule } from './app.module.js';
 import type { ApiEnvironment } from './environment.js';
 
@@ -18,6 +18,9 @@ export async function createApp(
   // function before the routes: a request without the header pays one header read, with no Nest
   // middleware wrapper around it and no interceptor (so no RxJS).
   app.use(dbPoolDeadlines());
+  // With DB_REPLICA_CONSISTENCY=read-your-writes: each request reads its own writes, returns
+  // their position as X-Db-Lsn, and honours one it carries. Otherwise requests pass through.
+  app.use(dbPoolConsistency());
   return app;
 }
 

@@ -49,6 +49,28 @@ describe('api over real HTTP: items and liveness', () => {
     expect((await fetch(`${base}/items/abc`)).status).toBe(400);
   });
 
+  it('PATCH /items/:id renames the item and returns it as read back; 404 when absent, 400 for a bad body or id, 415 for a body that is not JSON', async () => {
+    const created = await body(await post({ name: `${tag}-to-rename` }));
+    const patch = (id: unknown, payload: unknown, type = 'application/json') =>
+      fetch(`${base}/items/${String(id)}`, { method: 'PATCH', headers: { 'content-type': type }, body: JSON.stringify(payload) });
+    const res = await patch(created.id, { name: `${tag}-renamed` });
+    expect(res.status).toBe(200);
+    expect(await body(res)).toEqual({ id: created.id, name: `${tag}-renamed`, createdAt: created.createdAt });
+    const { rows } = await admin.query('SELECT name FROM items WHERE id = $1', [created.id]);
+    expect(rows).toEqual([{ name: `${tag}-renamed` }]);
+    // No read-your-writes in use (no replicas): no token.
+    expect(res.headers.get('x-db-lsn')).toBeNull();
+
+    const missing = await patch(2147483000, { name: 'x' });
+    expect(missing.status).toBe(404);
+    expect((await body(missing)).message).toBe('item 2147483000 not found');
+    expect((await patch(created.id, { name: '' })).status).toBe(400);
+    expect((await patch(created.id, { name: 'x', extra: 1 })).status).toBe(400);
+    expect((await patch('abc', { name: 'x' })).status).toBe(400);
+    expect((await patch(created.id, { name: 'x' }, 'text/plain')).status).toBe(415);
+    expect((await admin.query('SELECT name FROM items WHERE id = $1', [created.id])).rows).toEqual([{ name: `${tag}-renamed` }]);
+  });
+
   it('GET /items/stats totals the table', async () => {
     await post({ name: `${tag}-stats` });
     const count = async () => (await admin.query<{ n: number }>('SELECT count(*)::int AS n FROM items')).rows[0].n;

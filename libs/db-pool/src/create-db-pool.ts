@@ -104,6 +104,7 @@ export async function createReplicaRouter(options: DbPoolOptions, primary: DbPoo
     configs,
     maxLagMs: config.replicaMaxLagMs,
     sampleTimeoutMs: config.healthTimeoutMs,
+    consistency: config.replicaConsistency,
     logger,
   });
   await router.start();

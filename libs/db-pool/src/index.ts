@@ -40,6 +40,10 @@ export { DbPoolDeadline, DbPoolDeadlineInterceptor, DbPoolDeadlineMiddleware, db
 export { DbPoolExceptionFilter } from './http/db-pool-exception.filter.js';
 export { hideQueryValues, poolErrorResponse, type DbPoolErrorResponse } from './http/pool-error-response.js';
 
+// Read-your-writes on replicas
+export { ConsistencyTokenError, readYourWritesToken, withReadYourWrites } from './pool/consistency.js';
+export { CONSISTENCY_HEADER, DbPoolConsistencyMiddleware, dbPoolConsistency } from './http/db-pool-consistency.js';
+
 // Health, metrics and the monitor
 export { DbPoolHealthIndicator } from './health/db-pool.health.js';
 export { DbPoolMetrics } from './metrics/db-pool.metrics.js';
@@ -56,7 +60,7 @@ export {
   getDbPoolToken,
   getPoolMonitorToken,
 } from './tokens.js';
-export type { ReplicaRouter } from './pool/replicas.js';
+export type { ReadReason, ReplicaRouter } from './pool/replicas.js';
 
 // Redaction
 export { redactUrl } from './redact.js';

@@ -5,6 +5,7 @@ import {
   HttpCode,
   NotFoundException,
   Param,
+  Patch,
   Post,
   Query,
   Res,
@@ -60,6 +61,15 @@ export class ItemsController {
   @DbPoolDeadline(1_000)
   stats(): Promise<ItemStats> {
     return this.items.stats();
+  }
+
+  /** Renames an item and returns it as read back (see `ItemsService.rename`). */
+  @Patch(':id')
+  @UseGuards(JsonBodyGuard)
+  async rename(@Param('id', new ZodPipe(itemIdSchema)) id: number, @Body(new ZodPipe(createItemSchema)) body: CreateItem): Promise<Item> {
+    const item = await this.items.rename(id, body.name);
+    if (!item) throw new NotFoundException(`item ${id} not found`);
+    return item;
   }
 
   @Get(':id')

@@ -52,6 +52,18 @@ export class ItemsService {
     return this.items.findOneBy({ id });
   }
 
+  /**
+   * Renames an item and reads it back: the update on the primary, the read where TypeORM's reads
+   * go (a replica, with DB_REPLICA_URLS). With DB_REPLICA_CONSISTENCY=read-your-writes the read
+   * sees the update (from a replica that has replayed it, else the primary); with `eventual` it
+   * may not.
+   */
+  async rename(id: number, name: string): Promise<Item | null> {
+    const { affected } = await this.items.update({ id }, { name });
+    if (!affected) return null;
+    return this.items.findOneBy({ id });
+  }
+
   /** Totals over every item: one aggregate, whose cost grows with the table (the api's heavy read). */
   async stats(): Promise<ItemStats> {
     const [row] = await this.dataSource.query<{ items: number; names: number; longest: number | null; newest: Date | null }[]>(

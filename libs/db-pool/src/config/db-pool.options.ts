@@ -92,6 +92,13 @@ export interface DbPoolOptions {
   replicaUrls?: string | readonly string[];
   /** `DB_REPLICA_MAX_LAG_MS`: replay lag above which a replica leaves rotation until it catches up. @default 5000 */
   replicaMaxLagMs?: Loose<number>;
+  /**
+   * `DB_REPLICA_CONSISTENCY`: `eventual` sends reads to any replica in rotation;
+   * `read-your-writes` records each write's WAL position in its scope (a request, through
+   * `dbPoolConsistency()`, or `withReadYourWrites`) and sends the scope's later reads only to a
+   * replica that has replayed it, else to the primary. @default 'eventual'
+   */
+  replicaConsistency?: 'eventual' | 'read-your-writes';
   /** `DB_PGBOUNCER_ADMIN_URL`: PgBouncer's admin console, e.g. `postgres://admin:pw@pgbouncer:6432/pgbouncer`. */
   pgbouncerAdminUrl?: string;
   /** `DB_APPLICATION_NAME`: `application_name` shown in `pg_stat_activity`; printable ASCII, at most 63 characters. @default 'db-pool' ('db-pool:<name>' for a named pool) */
@@ -166,6 +173,7 @@ export interface DbPoolConfig {
   /** Read replicas' URLs, in order (empty: none); they may hold passwords, so they are not enumerable. */
   replicaUrls: string[];
   replicaMaxLagMs: number;
+  replicaConsistency: 'eventual' | 'read-your-writes';
   applicationName: string;
   resetSession: 'auto' | 'always';
   healthDetail: boolean;

@@ -253,6 +253,15 @@ export const OPTION_KEYS: readonly OptionKey[] = [
       "replay lag above which a replica leaves rotation (its health `degraded`) until it catches up; reads go to the other replicas, or the primary when none is left. Sampled every quarter of this value (250 ms to 1 s) from the replica against the primary's WAL position",
   },
   {
+    option: 'replicaConsistency',
+    env: 'DB_REPLICA_CONSISTENCY',
+    kind: 'enum',
+    values: ['eventual', 'read-your-writes'],
+    default: 'eventual',
+    meaning:
+      'eventual: reads go to any replica in rotation, and may miss a write made just before; read-your-writes: each write\'s WAL position is kept in its request (and returned as `X-Db-Lsn` through `dbPoolConsistency()`), and the request\'s later reads, or a request carrying that header, go only to a replica that has replayed it, else to the primary. See docs/high-availability.md, "Consistency"',
+  },
+  {
     option: 'passwordFile',
     env: 'DB_PASSWORD_FILE',
     kind: 'file',

@@ -330,6 +330,7 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
     pgbouncerAdminUrl: values.get('pgbouncerAdminUrl') as string | undefined,
     replicaUrls: values.get('replicaUrls') === undefined ? [] : splitUrlList(values.get('replicaUrls') as string),
     replicaMaxLagMs: int('replicaMaxLagMs'),
+    replicaConsistency: values.get('replicaConsistency') as DbPoolConfig['replicaConsistency'],
     maxWaiting: int('maxWaiting'),
     adaptive: values.get('adaptive') as boolean,
     adaptiveMin: int('adaptiveMin'),
@@ -516,7 +517,7 @@ export function describeConfig(config: DbPoolConfig): string {
       : '') +
     (config.maxWaiting > 0 ? `, max_waiting=${config.maxWaiting}` : '') +
     (config.replicaUrls.length > 0
-      ? `, replicas=${config.replicaUrls.map(redactUrl).join(' ')}, replica_max_lag=${config.replicaMaxLagMs}ms`
+      ? `, replicas=${config.replicaUrls.map(redactUrl).join(' ')}, replica_max_lag=${config.replicaMaxLagMs}ms, replica_consistency=${config.replicaConsistency}`
       : '')
   );
 }

@@ -3,7 +3,7 @@ import { Registry } from 'prom-client';
 import type { PoolMonitor } from '../monitor/pool-monitor.js';
 import { DbPoolRegistry } from '../monitor/pool-registry.js';
 import type { Histogram } from '../pool/histogram.js';
-import { REPLICA_OUT_OF_ROTATION } from '../pool/replicas.js';
+import { READ_ROUTES, type ReadReason, REPLICA_OUT_OF_ROTATION } from '../pool/replicas.js';
 
 type Labels = Record<string, string | number>;
 interface Sample {
@@ -195,6 +195,20 @@ export class DbPoolMetrics {
           const r = m.getReplicaStatus();
           return r ? REPLICA_OUT_OF_ROTATION.map((reason) => ({ labels: { reason }, value: r.outOfRotation === reason ? 1 : 0 })) : [];
         },
+      ),
+      new PoolCollector(
+        'db_pool_replica_reads_total',
+        "Reads of a primary with read replicas (DB_REPLICA_URLS), by where they went (served_by: replica, primary) and why: eventual (no write position to see), replayed (the replica had passed the read's write position at its last sample), replayed_on_check (when asked for the read), replica_behind (every replica in rotation was behind it: DB_REPLICA_CONSISTENCY=read-your-writes), no_replica (none in rotation).",
+        'counter',
+        (m) => {
+          const counts = m.getReads();
+          if (!counts) return [];
+          return (Object.keys(READ_ROUTES) as ReadReason[]).map((reason) => {
+            const servedBy = READ_ROUTES[reason];
+            return { labels: { served_by: servedBy, reason }, value: (counts[servedBy] as Record<string, number>)[reason] };
+          });
+        },
+        all,
       ),
       histogram('db_client_connection_create_time_seconds', 'Time to open a new connection.', (m) => m.pool.timings.create),
       histogram('db_client_connection_wait_time_seconds', 'Time from the start of an acquire to the hand-out.', (m) => m.pool.timings.wait),

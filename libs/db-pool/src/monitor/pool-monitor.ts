@@ -2,7 +2,7 @@ import type { DbPoolConfig } from '../config/db-pool.options.js';
 import type { BreakerState } from '../pool/breaker.js';
 import type { HostRole, HostStateName } from '../pool/connector.js';
 import type { DbPool } from '../pool/db-pool.js';
-import type { ReplicaOutOfRotation, ReplicaStatus } from '../pool/replicas.js';
+import { READ_ROUTES, type ReadReason, type ReplicaOutOfRotation, type ReplicaStatus } from '../pool/replicas.js';
 import { SampleTimeoutError } from '../pool/sample-connection.js';
 import type { DbPoolLogger } from '../pool/logger.js';
 import { codeOf, describeState, PoolClosedError, PoolConnectError, PoolTimeoutError } from '../errors.js';
@@ -119,6 +119,19 @@ export interface PoolHealthReport {
   overload: PoolOverloadReport;
   /** Each host of a host list, or of a URL with target_session_attrs; absent for a plain single-host URL. */
   hosts?: PoolHostReport[];
+  /** A primary with read replicas: where its reads went, and why. */
+  reads?: PoolReadsReport;
+}
+
+/**
+ * Where the reads of a primary with replicas (DB_REPLICA_URLS) went since start-up, and why:
+ * counts by reason under the side that served them (see `READ_ROUTES`).
+ */
+export interface PoolReadsReport {
+  /** DB_REPLICA_CONSISTENCY. */
+  consistency: 'eventual' | 'read-your-writes';
+  replica: { total: number; eventual: number; replayed: number; replayed_on_check: number };
+  primary: { total: number; replica_behind: number; no_replica: number };
 }
 
 /** How long a failed connection attempt keeps `connect_failing` set, absent a later attempt. */
@@ -150,6 +163,8 @@ export interface PoolReplicaReport {
 export interface PoolMonitorOptions {
   /** The pool is a read replica: its standing in the rotation (out of rotation → health at least `warning`). */
   replica?: () => ReplicaStatus;
+  /** The pool is a primary with read replicas: the router's read counts. */
+  reads?: () => Record<ReadReason, number>;
   /** How long the pool must stay exhausted, with a connection held as long, to suspect a leak. @default 10000 */
   leakWindowMs?: number;
   /** Period of the leak and load bookkeeping. @default 1000 */
@@ -187,6 +202,7 @@ export class PoolMonitor {
   private readonly tickMs: number;
   private readonly adviceWindowMs: number;
   private readonly replica: (() => ReplicaStatus) | undefined;
+  private readonly reads: (() => Record<ReadReason, number>) | undefined;
 
   constructor(
     readonly pool: DbPool,
@@ -198,6 +214,24 @@ export class PoolMonitor {
     this.tickMs = options.tickMs ?? 1_000;
     this.adviceWindowMs = options.adviceWindowMs ?? 10_000;
     this.replica = options.replica;
+    this.reads = options.reads;
+  }
+
+  /** A primary with read replicas: where its reads went and why (undefined without replicas). */
+  getReads(): PoolReadsReport | undefined {
+    const counts = this.reads?.();
+    if (!counts) return undefined;
+    const report: PoolReadsReport = {
+      consistency: this.config.replicaConsistency,
+      replica: { total: 0, eventual: 0, replayed: 0, replayed_on_check: 0 },
+      primary: { total: 0, replica_behind: 0, no_replica: 0 },
+    };
+    for (const reason of Object.keys(READ_ROUTES) as ReadReason[]) {
+      const side = report[READ_ROUTES[reason]] as Record<string, number>;
+      side[reason] = counts[reason];
+      side.total += counts[reason];
+    }
+    return report;
   }
 
   /** A read replica's standing (undefined for a primary pool). */
@@ -384,6 +418,7 @@ export class PoolMonitor {
       overload: this.getOverload(),
       ...(this.pool.highAvailability ? { hosts: this.getHosts() } : {}),
       ...(this.replica ? { replica: this.replicaReport(this.replica()) } : {}),
+      ...(this.reads ? { reads: this.getReads() } : {}),
     };
   }
 

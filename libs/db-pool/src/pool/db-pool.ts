@@ -401,6 +401,12 @@ export class DbPool extends EventEmitter {
     return this.settings.validationTimeoutMs;
   }
 
+  /**
+   * @internal Set by a replica router with `DB_REPLICA_CONSISTENCY=read-your-writes` over this
+   * pool: a write committed here inside a read-your-writes scope notes its WAL position there.
+   */
+  recordsWritePositions = false;
+
   /** @internal A request's deadline passed under a running statement (the lease's query): it is cancelled now, once. */
   deadlinePassed(entry: PoolEntry): void {
     this.connections.deadlinePassed(entry);

@@ -10,6 +10,7 @@
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import type { DbPoolConfig } from '../config/db-pool.options.js';
+import { parseLsn } from './consistency.js';
 import type { ReplicaOutOfRotation } from './replicas.js';
 import { SampleConnection } from './sample-connection.js';
 
@@ -40,8 +41,10 @@ export interface SampledReplica {
   readonly sampler: SampleConnection;
   /** performance.now() when its last sample answered. */
   sampledAt: number | undefined;
-  /** Replay position at its last sample, while it is a standby of the primary. */
+  /** Replay position at its last sample (or read-your-writes check), while it is a standby of the primary. */
   replay: bigint | undefined;
+  /** performance.now() when `replay` was read. */
+  replayAt: number | undefined;
 }
 
 /** The primary seen at one WAL position: first and last at these pool-clock times (when the sample was sent). */
@@ -54,14 +57,6 @@ interface WalMark {
 interface Identity {
   systemId: string;
   timeline: number;
-}
-
-const LSN = /^([0-9A-F]{1,8})\/([0-9A-F]{1,8})$/i;
-
-/** A pg_lsn's text (`16/B374D848`) as a byte position. */
-function parseLsn(text: string | null | undefined): bigint | undefined {
-  const m = LSN.exec(text ?? '');
-  return m ? (BigInt(`0x${m[1]}`) << 32n) | BigInt(`0x${m[2]}`) : undefined;
 }
 
 // The timeline a server writes, or (a standby) receives and replays: a standby's WAL receiver
@@ -198,6 +193,7 @@ export class LagSampler<R extends SampledReplica> {
       return this.onStanding(replica, { ...UNKNOWN, ...this.primaryUnknown(), outOfRotation: 'lag_unknown' });
     }
     replica.replay = replay;
+    replica.replayAt = at;
     this.onStanding(replica, this.lagOf(replay, at));
   }
 

@@ -2,9 +2,12 @@ import type { EventEmitter } from 'node:events';
 import type pg from 'pg';
 import { PoolLeaseError, PoolReleaseError } from '../errors.js';
 import { currentDeadline, type Deadline } from './deadline.js';
+import { currentConsistencyScope } from './consistency.js';
 import { sensitiveCommand } from './outcome.js';
+import { callersContext } from './pg-api.js';
 import type { PoolEntry } from './pool-entry.js';
 import { queryGuarded, refuse } from './statement-guard.js';
+import { queryRecordingPosition } from './write-position.js';
 
 /** What a lease needs of its pool. */
 export interface LeaseOwner {
@@ -17,6 +20,8 @@ export interface LeaseOwner {
   deadlinePassed(entry: PoolEntry): void;
   /** How long past its request's deadline the answer to a statement whose outcome matters is awaited, once it is cancelled (DB_VALIDATION_TIMEOUT_MS). */
   readonly cancelWaitMs: number;
+  /** A replica router with `DB_REPLICA_CONSISTENCY=read-your-writes` reads through this pool's writes: a read-your-writes scope notes their positions. */
+  readonly recordsWritePositions: boolean;
 }
 
 type Listener = (...args: unknown[]) => void;
@@ -99,12 +104,20 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
   query(config: unknown, values?: unknown, callback?: unknown): never {
     const entry = this.#entry;
     if (entry !== undefined) {
+      // A callback runs where pg reads the answer, outside the caller's async context: in a
+      // read-your-writes scope it is put back in it, so the statements it makes are the scope's.
+      if (this.#owner.recordsWritePositions && currentConsistencyScope() !== undefined) {
+        if (typeof callback === 'function') callback = callersContext(callback as (a: unknown, b: unknown, c: unknown) => void);
+        else if (typeof values === 'function') values = callersContext(values as (a: unknown, b: unknown, c: unknown) => void);
+      }
       if (entry.evicted !== undefined) return refuse(this.#owner.evictedError(entry), config, values, callback) as never;
       const deadline = this.#deadlineHere();
       // A statement that ends a transaction or writes in one of its own: how it ended must be known.
       const command = sensitiveCommand(config, entry.client as TxStatusReader);
       if (deadline !== undefined || command !== undefined) {
         const statement = { owner: this.#owner, entry, deadline, command, held: () => this.#entry === entry };
+        const scope = command !== undefined && this.#owner.recordsWritePositions ? currentConsistencyScope() : undefined;
+        if (scope !== undefined) return queryRecordingPosition(statement, scope, config, values, callback) as never;
         return queryGuarded(statement, config, values, callback) as never;
       }
     }

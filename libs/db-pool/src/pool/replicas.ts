@@ -1,16 +1,21 @@
 /**
  * Read replicas: one db-pool per replica, behind a router that TypeORM sees as its one "slave"
  * pool. The router hands out a connection from a replica in rotation (round robin) and falls back
- * to the primary when none is. A replica is in rotation while it is a standby of the primary (in
+ * to the primary when none is. With `DB_REPLICA_CONSISTENCY=read-your-writes`, a read in a scope
+ * that has a write position to see (consistency.ts) goes only to a replica that has replayed it
+ * (at its last sample, or asked again when that sample is older than the write), else to the
+ * primary. A replica is in rotation while it is a standby of the primary (in
  * recovery, with the primary's system identifier and timeline) whose lag is within
  * `DB_REPLICA_MAX_LAG_MS` — or, while the primary cannot be sampled, could be at most that. The
  * lag sampler (lag-sampler.ts) measures; the router keeps the standings, says when they change,
  * and picks.
  */
 import { EventEmitter } from 'node:events';
+import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import type { DbPoolConfig } from '../config/db-pool.options.js';
 import { scrubSecrets } from '../redact.js';
+import { currentConsistencyScope, parseLsn, readYourWritesStarted } from './consistency.js';
 import type { DbPool } from './db-pool.js';
 import { LagSampler, type SampledReplica, type Standing } from './lag-sampler.js';
 import type { DbPoolLogger } from './logger.js';
@@ -27,6 +32,25 @@ export const REPLICA_OUT_OF_ROTATION = [
   'system_mismatch',
 ] as const;
 export type ReplicaOutOfRotation = (typeof REPLICA_OUT_OF_ROTATION)[number];
+
+/**
+ * Where a read went, and why (labels of `db_pool_replica_reads_total`, `reads` in status and
+ * health): to a replica with no position to meet (`eventual`), or past the read's position at
+ * its last sample (`replayed`) or when asked on the read's behalf (`replayed_on_check`); to the
+ * primary because every replica in rotation was behind the read's position (`replica_behind`), or
+ * none was in rotation (`no_replica`).
+ */
+export const READ_ROUTES = {
+  eventual: 'replica',
+  replayed: 'replica',
+  replayed_on_check: 'replica',
+  replica_behind: 'primary',
+  no_replica: 'primary',
+} as const;
+export type ReadReason = keyof typeof READ_ROUTES;
+
+/** The one statement a read-your-writes check runs on a replica that was sampled before the write. */
+const REPLAY_CHECK = 'SELECT pg_last_wal_replay_lsn()::text AS replay_lsn';
 
 /** One replica as the router sees it. */
 export interface ReplicaStatus {
@@ -59,6 +83,8 @@ export interface ReplicaStatus {
 
 interface Replica extends Standing, SampledReplica {
   pool: DbPool;
+  /** A read-your-writes check of its replay position under way (reads waiting on it share it). */
+  checking: Promise<void> | undefined;
 }
 
 type ConnectCallback = (err: Error | undefined, client: pg.PoolClient | undefined, release: (err?: Error | boolean) => void) => void;
@@ -73,6 +99,8 @@ export interface ReplicaRouterOptions {
   maxLagMs: number;
   /** Time one lag sample may take, per server. */
   sampleTimeoutMs: number;
+  /** `DB_REPLICA_CONSISTENCY`. @default 'eventual' */
+  consistency?: 'eventual' | 'read-your-writes';
   logger: DbPoolLogger;
 }
 
@@ -93,6 +121,11 @@ export class ReplicaRouter extends EventEmitter {
   private ended = false;
   private readonly endHooks: (() => void)[] = [];
   private readonly lag: LagSampler<Replica>;
+  private readonly sampleTimeoutMs: number;
+  /** Reads by where they went and why, since the router started. */
+  private readonly reads: Record<ReadReason, number> = { eventual: 0, replayed: 0, replayed_on_check: 0, replica_behind: 0, no_replica: 0 };
+  /** `DB_REPLICA_CONSISTENCY=read-your-writes`. */
+  readonly readYourWrites: boolean;
 
   constructor(options: ReplicaRouterOptions) {
     super();
@@ -116,8 +149,17 @@ export class ReplicaRouter extends EventEmitter {
       cause: undefined,
       sampledAt: undefined,
       replay: undefined,
+      replayAt: undefined,
+      checking: undefined,
     }));
     this.maxLagMs = options.maxLagMs;
+    this.sampleTimeoutMs = options.sampleTimeoutMs;
+    this.readYourWrites = options.consistency === 'read-your-writes';
+    // The primary's writes note their positions in a read-your-writes scope from now on.
+    if (this.readYourWrites) {
+      options.primary.recordsWritePositions = true;
+      this.endHooks.push(readYourWritesStarted());
+    }
     this.logger = options.logger;
   }
 
@@ -148,6 +190,11 @@ export class ReplicaRouter extends EventEmitter {
       cause: r.cause,
       sampledAt: r.sampledAt,
     }));
+  }
+
+  /** Reads by where they went and why, since the router started. */
+  readCounts(): Record<ReadReason, number> {
+    return { ...this.reads };
   }
 
   /** The replica pools, in `DB_REPLICA_URLS` order. */
@@ -182,24 +229,85 @@ export class ReplicaRouter extends EventEmitter {
     }
   }
 
-  /** pg.Pool's `connect()` as TypeORM calls it: a replica in rotation (round robin), else the primary. */
+  /**
+   * pg.Pool's `connect()` as TypeORM calls it: a replica in rotation (round robin), else the
+   * primary. In a read-your-writes scope with a position to see, only a replica that has replayed
+   * it: one sampled before the position was noted is asked again first (one statement on the
+   * router's own connection, shared by the reads waiting on it).
+   */
   connect(): Promise<pg.PoolClient>;
   connect(callback: ConnectCallback): void;
   connect(callback?: ConnectCallback): Promise<pg.PoolClient> | void {
-    const pool = this.pick();
+    const scope = this.readYourWrites ? currentConsistencyScope() : undefined;
+    const lsn = scope?.lsn;
+    const replica = this.pick(lsn);
+    let pool: DbPool | undefined;
+    if (replica !== undefined) {
+      this.reads[lsn === undefined ? 'eventual' : 'replayed']++;
+      pool = replica.pool;
+    } else if (lsn === undefined || !this.replicas.some((r) => this.serves(r))) {
+      this.reads.no_replica++;
+      pool = this.primary;
+    } else {
+      const since = scope!.since;
+      const stale = this.replicas.filter((r) => this.serves(r) && (r.replayAt ?? -Infinity) < since);
+      if (stale.length === 0) {
+        this.reads.replica_behind++;
+        pool = this.primary;
+      } else {
+        const chosen = Promise.all(stale.map((r) => this.check(r))).then(() => {
+          const caughtUp = this.pick(lsn);
+          this.reads[caughtUp ? 'replayed_on_check' : 'replica_behind']++;
+          return caughtUp?.pool ?? this.primary;
+        });
+        if (!callback) return chosen.then((p) => p.connect());
+        void chosen.then((p) => p.connect(callback));
+        return;
+      }
+    }
     return callback ? pool.connect(callback) : pool.connect();
   }
 
-  private pick(): DbPool {
+  /** A replica reads may go to now: in rotation, its pool's breaker closed. */
+  private serves(replica: Replica): boolean {
+    return replica.outOfRotation === undefined && replica.pool.breakerState().state === 'closed';
+  }
+
+  /** The next replica in rotation (round robin) that has replayed `lsn` as last seen (any in rotation when undefined). */
+  private pick(lsn: bigint | undefined): Replica | undefined {
     const n = this.replicas.length;
     for (let i = 0; i < n; i++) {
       const replica = this.replicas[(this.next + i) % n];
-      if (replica.outOfRotation === undefined && replica.pool.breakerState().state === 'closed') {
+      if (this.serves(replica) && (lsn === undefined || (replica.replay !== undefined && replica.replay >= lsn))) {
         this.next = (this.next + i + 1) % n;
-        return replica.pool;
+        return replica;
       }
     }
-    return this.primary;
+    return undefined;
+  }
+
+  /**
+   * Reads `replica`'s replay position now, for a read whose position came after its last sample.
+   * The position only moves forward while the sampler counts it a standby of the primary, so a
+   * higher one is taken; a failed check changes nothing (the read goes to the primary).
+   */
+  private check(replica: Replica): Promise<void> {
+    replica.checking ??= (async () => {
+      const sentAt = performance.now();
+      try {
+        const row = await replica.sampler.queryRow<{ replay_lsn: string | null }>(REPLAY_CHECK, this.sampleTimeoutMs);
+        const replay = parseLsn(row?.replay_lsn);
+        if (replay !== undefined && replica.replay !== undefined && replay >= replica.replay) {
+          replica.replay = replay;
+          replica.replayAt = sentAt;
+        }
+      } catch {
+        // The next sample says what is wrong with it; this read goes to the primary.
+      } finally {
+        replica.checking = undefined;
+      }
+    })();
+    return replica.checking;
   }
 
   /** Runs `hook` when the router ends (the module stops the replicas' monitors). */

@@ -1,0 +1,132 @@
+/**
+ * Read-your-writes on replicas (`DB_REPLICA_CONSISTENCY=read-your-writes`), by WAL position: a
+ * write's commit position is kept in the scope it was made in (a request, or `withReadYourWrites`),
+ * carried with AsyncLocalStorage; the scope's later reads go only to a replica whose replay
+ * position has passed it (replicas.ts), else to the primary. The position leaves the process as an
+ * opaque token (the `X-Db-Lsn` header through `dbPoolConsistency()`), and a scope opened with one
+ * gets the same guarantee. See docs/high-availability.md, "Consistency".
+ */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { performance } from 'node:perf_hooks';
+
+/** The WAL positions one unit of work (a request) must see. */
+export class ConsistencyScope {
+  #lsn: bigint | undefined;
+  #since = 0;
+
+  constructor(lsn?: bigint) {
+    if (lsn !== undefined) this.note(lsn);
+  }
+
+  /** The highest position a read here must see (a write's commit, or a token's), or undefined. */
+  get lsn(): bigint | undefined {
+    return this.#lsn;
+  }
+
+  /**
+   * performance.now() when that position was noted: the primary had reached it by then. A
+   * replica sampled before it may have replayed it since (it is asked again); one sampled after
+   * it and still behind is behind.
+   */
+  get since(): number {
+    return this.#since;
+  }
+
+  /** The token of {@link lsn}: what a later scope opens with to see the same writes. */
+  get token(): string | undefined {
+    return this.#lsn === undefined ? undefined : formatLsn(this.#lsn);
+  }
+
+  /** Takes a position the scope must see from now on (the highest one wins). */
+  note(lsn: bigint): void {
+    if (this.#lsn !== undefined && lsn <= this.#lsn) return;
+    this.#lsn = lsn;
+    this.#since = performance.now();
+  }
+}
+
+const current = new AsyncLocalStorage<ConsistencyScope>();
+
+/** Replica routers with `DB_REPLICA_CONSISTENCY=read-your-writes` in the process: while none is, `dbPoolConsistency()` passes requests through untouched. */
+let readYourWritesRouters = 0;
+
+/** @internal A router with read-your-writes started; the returned function says it ended. */
+export function readYourWritesStarted(): () => void {
+  readYourWritesRouters++;
+  let ended = false;
+  return () => {
+    if (!ended) readYourWritesRouters--;
+    ended = true;
+  };
+}
+
+/** Whether any replica router in the process reads your writes. */
+export function readYourWritesInUse(): boolean {
+  return readYourWritesRouters > 0;
+}
+
+/** Runs `fn` in `scope` (the HTTP middleware's, which has read the request's token already). */
+export function runInConsistencyScope<T>(scope: ConsistencyScope, fn: () => T): T {
+  return current.run(scope, fn);
+}
+
+/** The consistency scope in force here, if any. */
+export function currentConsistencyScope(): ConsistencyScope | undefined {
+  return current.getStore();
+}
+
+/**
+ * Runs `fn` in a read-your-writes scope: with `DB_REPLICA_CONSISTENCY=read-your-writes`, every
+ * write committed inside it (a transaction that wrote, or a write outside one) records its WAL
+ * position, and every read the replica router serves inside it after that goes only to a replica
+ * that has replayed the position, else to the primary. `token` (from
+ * {@link readYourWritesToken} in an earlier scope, e.g. a previous response's `X-Db-Lsn`)
+ * carries an earlier scope's writes into this one; a malformed token is a
+ * {@link ConsistencyTokenError}. Inside a scope already, the scope is shared (the token is added
+ * to it). For HTTP, `dbPoolConsistency()` opens one per request.
+ */
+export function withReadYourWrites<T>(fn: () => T, options?: { token?: string }): T {
+  const token = options?.token;
+  const lsn = token === undefined ? undefined : parseConsistencyToken(token);
+  if (token !== undefined && lsn === undefined) throw new ConsistencyTokenError(token);
+  const outer = current.getStore();
+  if (outer !== undefined) {
+    if (lsn !== undefined) outer.note(lsn);
+    return fn();
+  }
+  return current.run(new ConsistencyScope(lsn), fn);
+}
+
+/** The token of the writes the scope in force here has seen (its own and its token's), or undefined. */
+export function readYourWritesToken(): string | undefined {
+  return current.getStore()?.token;
+}
+
+/** A consistency token that is not one (`withReadYourWrites`, the `X-Db-Lsn` header). */
+export class ConsistencyTokenError extends RangeError {
+  readonly code = 'DB_POOL_BAD_CONSISTENCY_TOKEN';
+  constructor(token: string) {
+    // The token is shown only while it is short and printable: it is the client's, not a secret, but not trusted either.
+    const shown = token.length <= 40 && /^[\x20-\x7e]*$/.test(token) ? JSON.stringify(token) : `(${token.length} characters)`;
+    super(`malformed read-your-writes token ${shown}: pass back the X-Db-Lsn value of an earlier response unchanged, or none`);
+    this.name = new.target.name;
+  }
+}
+
+const LSN = /^([0-9A-F]{1,8})\/([0-9A-F]{1,8})$/i;
+
+/** A pg_lsn's text (`16/B374D848`) as a byte position; undefined when it is not one. */
+export function parseLsn(text: string | null | undefined): bigint | undefined {
+  const m = LSN.exec(text ?? '');
+  return m ? (BigInt(`0x${m[1]}`) << 32n) | BigInt(`0x${m[2]}`) : undefined;
+}
+
+/** A byte position as PostgreSQL writes a pg_lsn (`16/B374D848`). */
+export function formatLsn(lsn: bigint): string {
+  return `${(lsn >> 32n).toString(16).toUpperCase()}/${(lsn & 0xffffffffn).toString(16).toUpperCase()}`;
+}
+
+/** A token's position, or undefined when the text is not a token. Clients are told the token is opaque. */
+export function parseConsistencyToken(token: string): bigint | undefined {
+  return token.length > 17 ? undefined : parseLsn(token);
+}
