@@ -190,6 +190,37 @@ describe('the benchmark CLI (--quick)', () => {
     expect(Math.min(...limits)).toBeLessThan(60);
   });
 
+  it('records the read-your-writes scenario: each pair side by side, where the reads went, and no write of its own missed', async () => {
+    const results = JSON.parse(await readFile(join(outDir, 'bench-results.json'), 'utf8')) as Results & {
+      consistency: {
+        ops_per_sec: Record<string, number[]>;
+        missed_own_write: Record<string, number>;
+        ryw_reads: Record<string, number>;
+        targets: Record<string, { limit: number; met: boolean; measured: number }>;
+      };
+    };
+    const c = results.consistency;
+    expect(Object.keys(c.ops_per_sec)).toEqual([
+      'TypeORM save, eventual',
+      'TypeORM save, read-your-writes',
+      'write, eventual',
+      'write, read-your-writes',
+      'read, eventual',
+      'read, read-your-writes',
+      'write then read, eventual',
+      'write then read, read-your-writes',
+    ]);
+    for (const [name, rates] of Object.entries(c.ops_per_sec))
+      expect([name, rates.length, Math.min(...rates) > 0]).toEqual([name, 5, true]);
+    // Read-your-writes never misses its own write; its reads after a write went to the primary or a caught-up replica.
+    expect(c.missed_own_write['write then read, read-your-writes']).toBe(0);
+    expect(c.ryw_reads.replica_behind + c.ryw_reads.replayed + c.ryw_reads.replayed_on_check).toBeGreaterThan(0);
+    expect(Object.keys(c.targets).sort()).toEqual(['ryw_read_throughput', 'ryw_save_throughput']);
+    for (const key of ['ryw_save_throughput', 'ryw_write_throughput', 'ryw_read_throughput', 'ryw_write_then_read_throughput'])
+      expect([key, typeof results.ratios[key]]).toEqual([key, 'number']);
+    expect(run.stdout).toMatch(/ryw_save_throughput\s+\d\.\d{3} \(±/);
+  });
+
   it('writes a self-contained bench-report.html whose charts Chromium parses with drawn paths', async () => {
     const file = join(outDir, 'bench-report.html');
     const html = await readFile(file, 'utf8');

@@ -112,6 +112,7 @@ describe('the Grafana dashboard against a real Prometheus', () => {
           HOST: '127.0.0.1',
           DATABASE_URL: `postgres://postgres:postgres@127.0.0.1:${bouncerPort},${set.standby.hostPort}/postgres?target_session_attrs=read-write`,
           DB_REPLICA_URLS: set.standby.url,
+          DB_REPLICA_CONSISTENCY: 'read-your-writes',
           DB_PGBOUNCER_ADMIN_URL: viaBouncer('pgbouncer'),
           DB_POOL_ADAPTIVE: 'true',
           DB_POOL_SIZE: '2',
@@ -144,9 +145,15 @@ describe('the Grafana dashboard against a real Prometheus', () => {
     );
     await waitFor('prometheus', async () => (await fetch(`${prometheus}/-/ready`)).ok, 30_000);
 
-    // Traffic: writes, reads (to the replica), and the stats route.
+    // Traffic: writes, reads (to the replica), a read carrying its write's token, and the stats route.
     for (let i = 0; i < 30; i++) {
-      await fetch(`${api}/items`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"name":"dashboard"}' });
+      const created = await fetch(`${api}/items`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: '{"name":"dashboard"}',
+      });
+      const { id } = (await created.json()) as { id: number };
+      await fetch(`${api}/items/${id}`, { headers: { 'x-db-lsn': created.headers.get('x-db-lsn') ?? '' } });
       await fetch(`${api}/items?limit=5`);
       await fetch(`${api}/items/stats`);
     }

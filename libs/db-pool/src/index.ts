@@ -5,7 +5,7 @@
 // The module, the factories and the pool
 export { DbPoolModule } from './db-pool.module.js';
 export { dbPoolConfig } from './config/db-pool.config.js';
-export { createDbPool, createDbPoolDataSource } from './create-db-pool.js';
+export { createDbPool, createDbPoolDataSource, createReplicaRouter } from './create-db-pool.js';
 export { DbPool } from './pool/db-pool.js';
 export { DbPoolDataSource, poolOf } from './pool/typeorm-options.js';
 

@@ -1,4 +1,5 @@
 import 'reflect-metadata';
+import pg from 'pg';
 // Read-your-writes by WAL position (DB_REPLICA_CONSISTENCY=read-your-writes) against a real
 // primary and a real streaming standby of their own (tools/replica-set.mjs), the standby's replay
 // paused where a test needs it behind: a write's position is noted in its scope, and the scope's
@@ -124,7 +125,7 @@ describe('read-your-writes on a paused standby', () => {
 
     const { id, token, own } = await withReadYourWrites(async () => {
       const id = await writeInTransaction(primary, 'mine');
-      return { id, token: readYourWritesToken(), own: await read(router, id) };
+      return { id, own: await read(router, id), token: await readYourWritesToken() };
     });
     expect(own).toEqual({ standby: false, name: 'mine' });
     expect(token).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
@@ -149,7 +150,7 @@ describe('read-your-writes on a paused standby', () => {
     await pause();
     const { id, token } = await withReadYourWrites(async () => ({
       id: await writeInTransaction(primary, 'later'),
-      token: readYourWritesToken()!,
+      token: (await readYourWritesToken())!,
     }));
     expect(await withReadYourWrites(() => read(router, id), { token })).toEqual({ standby: false, name: 'later' });
 
@@ -165,18 +166,33 @@ describe('read-your-writes on a paused standby', () => {
     expect(counts.replayed + counts.replayed_on_check).toBeGreaterThan(0);
   });
 
-  it('a transaction that only read notes nothing; a write outside a transaction, parameterized, notes its position', async () => {
+  it('reads alone note nothing; every commit counts, a read-only transaction too; a write outside a transaction, parameterized, counts', async () => {
     const { primary, router } = await rig('read-your-writes');
     await pause();
+    // Statements outside a transaction that only read: no position, reads on the standby.
+    await withReadYourWrites(async () => {
+      await primary.query('SELECT count(*) FROM ryw');
+      expect(await readYourWritesToken()).toBeUndefined();
+      expect((await read(router, 1)).standby).toBe(true);
+    });
+    // A transaction that committed, even one that only read (a SELECT may call a function that
+    // writes): the primary's position after it, which the paused standby has not replayed.
     await withReadYourWrites(async () => {
       const client = await primary.connect();
       try {
         await client.query('BEGIN');
         await client.query('SELECT count(*) FROM ryw');
         await client.query('COMMIT');
-        expect(readYourWritesToken()).toBeUndefined();
+      } finally {
+        client.release();
+      }
+      expect(await readYourWritesToken()).toBeDefined();
+    });
+    await withReadYourWrites(async () => {
+      const client = await primary.connect();
+      try {
         const { rows } = await client.query<{ id: number }>('INSERT INTO ryw (name) VALUES ($1) RETURNING id', ['autocommit']);
-        expect(readYourWritesToken()).toBeDefined();
+        expect(await readYourWritesToken()).toBeDefined();
         client.release();
         expect(await read(router, rows[0].id)).toEqual({ standby: false, name: 'autocommit' });
       } catch (err) {
@@ -184,7 +200,23 @@ describe('read-your-writes on a paused standby', () => {
         throw err;
       }
     });
-    // pool.query (a checkout of its own) and the callback form note it too.
+    // pool.query (a checkout of its own), a pg.Query object and the callback form note it too.
+    await withReadYourWrites(async () => {
+      const client = await primary.connect();
+      try {
+        const query = client.query(new pg.Query('INSERT INTO ryw (name) VALUES ($1) RETURNING id', ['pg.Query']));
+        const id = await new Promise<number>((resolve, reject) => {
+          let got: number | undefined;
+          query.on('row', (row: { id: number }) => (got = row.id));
+          query.on('error', reject);
+          query.on('end', () => resolve(got!));
+        });
+        expect(await readYourWritesToken()).toBeDefined();
+        expect(await read(router, id)).toEqual({ standby: false, name: 'pg.Query' });
+      } finally {
+        client.release();
+      }
+    });
     await withReadYourWrites(async () => {
       const { rows } = await primary.query<{ id: number }>('INSERT INTO ryw (name) VALUES ($1) RETURNING id', ['pool.query']);
       expect(await read(router, rows[0].id)).toEqual({ standby: false, name: 'pool.query' });
@@ -205,14 +237,14 @@ describe('read-your-writes on a paused standby', () => {
         }),
       );
       client.release();
-      expect(readYourWritesToken()).toBeDefined();
+      expect(await readYourWritesToken()).toBeDefined();
     });
   });
 
   it('TypeORM: a save then a find in one scope reads the primary; a find in a fresh scope reads the standby, stale', async () => {
     const ds: DataSource = await createDbPoolDataSource(options('read-your-writes', { typeorm: { entities: [Ryw] } }));
     ends.push(() => ds.destroy());
-    expect(poolOf(ds).recordsWritePositions).toBe(true);
+    expect(poolOf(ds).positionSource).toBe(router(ds));
     await pause();
     const repo = ds.getRepository<RywRow>(Ryw);
     const before = router(ds).readCounts();
@@ -230,38 +262,54 @@ describe('read-your-writes on a paused standby', () => {
 });
 
 describe('read-your-writes, replay running', () => {
-  it('a read right after a write asks a standby sampled before it, and sees the write wherever it goes', async () => {
+  it('a read right after a write sees it wherever it goes, 20 scopes at once, and the token of each is its own position or later', async () => {
     const { primary, router } = await rig('read-your-writes');
-    for (let i = 0; i < 20; i++) {
-      const got = await withReadYourWrites(async () => {
-        const id = await writeInTransaction(primary, `running-${i}`);
-        return read(router, id);
-      });
-      expect(got.name).toBe(`running-${i}`);
-    }
+    const got = await Promise.all(
+      Array.from({ length: 20 }, (_, i) =>
+        withReadYourWrites(async () => {
+          // The insert position inside the transaction, before its COMMIT: the commit record comes after it.
+          const client = await primary.connect();
+          let id: number;
+          let before: string;
+          try {
+            await client.query('BEGIN');
+            id = (await client.query<{ id: number }>('INSERT INTO ryw (name) VALUES ($1) RETURNING id', [`running-${i}`])).rows[0].id;
+            before = (await client.query<{ lsn: string }>('SELECT pg_current_wal_insert_lsn()::text AS lsn')).rows[0].lsn;
+            await client.query('COMMIT');
+          } finally {
+            client.release();
+          }
+          const seen = await read(router, id);
+          const token = (await readYourWritesToken())!;
+          const { rows } = await rs.primary.query<{ passed: boolean }>('SELECT $1::pg_lsn > $2::pg_lsn AS passed', [token, before]);
+          return { name: seen.name, passed: rows[0].passed };
+        }),
+      ),
+    );
+    expect(got).toEqual(Array.from({ length: 20 }, (_, i) => ({ name: `running-${i}`, passed: true })));
     const counts = router.readCounts();
     expect(counts.replayed_on_check + counts.replica_behind + counts.replayed).toBe(20);
   });
 
   it('eventual: writes note nothing and reads go to the standby', async () => {
     const { primary, router } = await rig('eventual');
-    expect(primary.recordsWritePositions).toBe(false);
+    expect(primary.positionSource).toBeUndefined();
     await pause();
     await withReadYourWrites(async () => {
       const id = await writeInTransaction(primary, 'eventual');
-      expect(readYourWritesToken()).toBeUndefined();
+      expect(await readYourWritesToken()).toBeUndefined();
       expect(await read(router, id)).toEqual({ standby: true, name: undefined });
     });
     expect(router.readCounts().eventual).toBe(1);
   });
 
-  it('a malformed token is refused, naming what to send', () => {
+  it('a malformed token is refused, naming what to send', async () => {
     for (const bad of ['', 'nope', '0/', '1/2/3', 'G/1', '123456789/1', `${'A'.repeat(20)}/1`])
       expect(() => withReadYourWrites(() => 1, { token: bad })).toThrow(ConsistencyTokenError);
     expect(() => withReadYourWrites(() => 1, { token: 'nope' })).toThrow(
       /malformed read-your-writes token "nope": pass back the X-Db-Lsn value/,
     );
-    expect(withReadYourWrites(() => readYourWritesToken(), { token: '0/16B3748' })).toBe('0/16B3748');
+    expect(await withReadYourWrites(() => readYourWritesToken(), { token: '0/16B3748' })).toBe('0/16B3748');
   });
 
   it('status, health and metrics say where reads went and why', async () => {
@@ -282,7 +330,7 @@ describe('read-your-writes, replay running', () => {
     const reads = {
       consistency: 'read-your-writes',
       replica: { total: e + 1, eventual: e + 1, replayed: 0, replayed_on_check: 0 },
-      primary: { total: 1, replica_behind: 1, no_replica: 0 },
+      primary: { total: 1, replica_behind: 1, position_unknown: 0, no_replica: 0 },
     };
     const monitor = registry.get('default');
     expect(monitor.getReads()).toEqual(reads);

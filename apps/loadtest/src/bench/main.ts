@@ -17,6 +17,7 @@ import { renderTable } from './report-table.js';
 import { analyze } from './results.js';
 import { analyzeOverload, OVERLOAD_SQL, runOverload, type OverloadResult, type OverloadSettings } from './overload.js';
 import { plannedMs, runBench, type BenchSettings } from './scenarios.js';
+import { renderConsistencyTable, runConsistency, type ConsistencySettings } from './consistency.js';
 
 const USAGE = `usage: node apps/loadtest/dist/bench/main.js [options]   (or: npx nx run loadtest:bench -- [options])
 
@@ -27,7 +28,9 @@ interleaved in short rounds; every ratio is the median of per-round ratios.
   --quick            a short run (well under a minute): 5 rounds × 100 ms, indicative only
   --rounds N         rounds per scenario (default 75; 5 with --quick; the features scenario runs 4 × N)
   --duration-ms N    length of one contender's slice in a round (default 100)
-  --scenario S       core (the comparisons above), overload (2× capacity, open loop, deadlines), or all (default)
+  --scenario S       core (the comparisons above), overload (2× capacity, open loop, deadlines),
+                     consistency (DB_REPLICA_CONSISTENCY=read-your-writes against eventual, on a primary and
+                     streaming standby of its own), or all (default)
   --overload-seconds N  length of the overload (default 5; 2 with --quick)
   --out-dir DIR      where bench-results.json and bench-report.html go (default: current dir)
   --help             this text
@@ -38,7 +41,7 @@ The exit code is 0 when a target is missed (this is a report); non-zero only on 
 
 interface Cli {
   quick: boolean;
-  scenarios: { core: boolean; overload: boolean };
+  scenarios: { core: boolean; overload: boolean; consistency: boolean };
   overloadMs: number;
   rounds: number;
   durationMs: number;
@@ -76,11 +79,15 @@ function parseCli(argv: string[]): Cli | undefined {
   // 75 × 100 ms gave steadier medians here than 25 × 300 ms in the same time.
   const durationMs = positiveInt('--duration-ms', values['duration-ms'], 100, 20);
   const scenario = values.scenario ?? 'all';
-  if (!['core', 'overload', 'all'].includes(scenario))
-    throw new UsageError(`--scenario must be one of core, overload, all; got ${JSON.stringify(scenario)}`);
+  if (!['core', 'overload', 'consistency', 'all'].includes(scenario))
+    throw new UsageError(`--scenario must be one of core, overload, consistency, all; got ${JSON.stringify(scenario)}`);
   return {
     quick,
-    scenarios: { core: scenario !== 'overload', overload: scenario !== 'core' },
+    scenarios: {
+      core: scenario === 'core' || scenario === 'all',
+      overload: scenario === 'overload' || scenario === 'all',
+      consistency: scenario === 'consistency' || scenario === 'all',
+    },
     overloadMs: positiveInt('--overload-seconds', values['overload-seconds'], quick ? 2 : 5, 1) * 1000,
     rounds: positiveInt('--rounds', values.rounds, quick ? 5 : 75, 1),
     durationMs,
@@ -158,17 +165,25 @@ async function main(): Promise<number> {
     sweep: [1, 2, 4, 8, 16],
     sweepMs: cli.quick ? 500 : 1500,
   };
+  const consistencySettings: ConsistencySettings = {
+    rounds: cli.rounds,
+    durationMs: cli.durationMs,
+    warmupMs: cli.warmupMs,
+    callers: 24,
+  };
   progress.plan(
     (cli.scenarios.core ? plannedMs(settings) : 0) +
-      (cli.scenarios.overload ? overloadSettings.sweep.length * (2 * overloadSettings.sweepMs + 200) + 4 * (cli.overloadMs + 2000) : 0),
+      (cli.scenarios.overload ? overloadSettings.sweep.length * (2 * overloadSettings.sweepMs + 200) + 4 * (cli.overloadMs + 2000) : 0) +
+      (cli.scenarios.consistency ? 8 * (cli.warmupMs + cli.rounds * (cli.durationMs + SETTLE_MS)) : 0),
   );
   const run = cli.scenarios.core ? await runBench(settings, progress) : undefined;
   const overload: OverloadResult | undefined = cli.scenarios.overload ? await runOverload(overloadSettings, progress) : undefined;
+  const consistency = cli.scenarios.consistency ? await runConsistency(consistencySettings, progress) : undefined;
   progress.finish();
 
   const analysis = run ? analyze(run) : undefined;
   const overloadAnalysis = overload ? analyzeOverload(overload) : undefined;
-  const missed = [...(analysis?.missed ?? []), ...(overloadAnalysis?.missed ?? [])];
+  const missed = [...(analysis?.missed ?? []), ...(overloadAnalysis?.missed ?? []), ...(consistency?.missed ?? [])];
   const info: RunInfo = {
     generated_at: new Date().toISOString(),
     command: commandLine(),
@@ -205,14 +220,15 @@ async function main(): Promise<number> {
       db_pool_features: info.db_pool_features,
     },
     machine: info.machine,
-    ratios: { ...analysis?.ratios, ...overloadAnalysis?.ratios },
-    targets: { ...analysis?.targets, ...overloadAnalysis?.targets },
+    ratios: { ...analysis?.ratios, ...overloadAnalysis?.ratios, ...consistency?.ratios },
+    targets: { ...analysis?.targets, ...overloadAnalysis?.targets, ...consistency?.targets },
     all_targets_met: missed.length === 0,
     missed,
     ratio_details: analysis?.ratio_details,
     scenarios: analysis?.phases,
     pool_state_samples: analysis?.state_samples,
     overload,
+    consistency,
   };
 
   await mkdir(cli.outDir, { recursive: true });
@@ -229,6 +245,7 @@ async function main(): Promise<number> {
 
   if (analysis) process.stdout.write(renderTable(analysis, { rounds: cli.rounds, durationMs: cli.durationMs }));
   if (overload && overloadAnalysis) process.stdout.write(renderOverloadTable(overload, overloadAnalysis));
+  if (consistency) process.stdout.write(renderConsistencyTable(consistency));
   process.stdout.write(
     `\nmachine: ${String(info.machine.cpu_count)} × ${String(info.machine.cpu_model)}, node ${process.version}, ${server.version.split(',')[0]}\n`,
   );

@@ -19,8 +19,8 @@ type Response = {
   writeHead?: (...args: unknown[]) => unknown;
   setHeader?: (name: string, value: string) => unknown;
   headersSent?: boolean;
+  end?: (...args: unknown[]) => unknown;
   statusCode?: number;
-  end?: (body?: string) => unknown;
 };
 
 /**
@@ -62,13 +62,21 @@ function readYourWritesPerRequest(request: Request, response: unknown, next: (er
   }
   const scope = new ConsistencyScope(lsn);
   const writeHead = res.writeHead;
-  if (typeof writeHead === 'function' && typeof res.setHeader === 'function') {
+  const end = res.end;
+  if (typeof writeHead === 'function' && typeof end === 'function' && typeof res.setHeader === 'function') {
     // Every response's headers go through writeHead (an implicit one too): the token is the
-    // scope's as it is then, after the handler's writes.
+    // scope's as it is then.
     res.writeHead = function (this: Response, ...args: unknown[]) {
       const token = scope.token;
       if (token !== undefined && !this.headersSent) this.setHeader!('X-Db-Lsn', token);
       return writeHead.apply(this, args);
+    };
+    // A response ended while the position of the request's last write is still being read waits
+    // for it (one read on the primary, shared by the requests waiting), so its header carries it.
+    res.end = function (this: Response, ...args: unknown[]) {
+      if (!scope.pending || this.headersSent) return end.apply(this, args);
+      void scope.settle().then(() => end.apply(this, args));
+      return this;
     };
   }
   runInConsistencyScope(scope, () => next());

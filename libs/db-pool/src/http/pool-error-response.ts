@@ -42,7 +42,7 @@ export interface DbPoolErrorBody {
   retry_after?: number;
   /** The driver's code (`ECONNREFUSED`, `57P01`, `53300`, …). */
   code?: string;
-  /** `outcome_unknown` only: the write is known to be committed (its synchronous replication, or its read-your-writes position, is unconfirmed). */
+  /** `outcome_unknown` only: the server said the transaction committed (its synchronous replication is unconfirmed). */
   committed?: true;
 }
 
@@ -107,13 +107,9 @@ const MESSAGES: Readonly<Record<DbPoolErrorCondition, (found: Found) => string>>
     'The database connection was lost during the request (a server restart or failover), before the transaction ended: the server rolled it back. Retry later.',
   statement_timeout: () =>
     'The statement ran past its time limit on the database (statement_timeout or query_timeout), or was cancelled, and was stopped before it finished: its transaction was rolled back, so nothing was applied. Retry later.',
-  outcome_unknown: ({ pool, committed, error }) =>
+  outcome_unknown: ({ pool, committed }) =>
     committed
-      ? `The write was committed on the database${at(pool)}, but ${
-          (error as { reason?: unknown }).reason === 'position_unknown'
-            ? 'its position could not be read, so this response carries no token to read it back by'
-            : 'its replication to a standby was not confirmed'
-        }. Do not send it again, except with the same Idempotency-Key.`
+      ? `The write was committed on the database${at(pool)}, but its replication to a standby was not confirmed. Do not send it again, except with the same Idempotency-Key.`
       : `The database did not answer a statement that ends a write${at(pool)}: it may have been applied. Do not retry blindly: retry only with the same Idempotency-Key, or check first whether it was applied.`,
 };
 

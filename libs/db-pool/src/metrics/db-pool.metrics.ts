@@ -198,7 +198,7 @@ export class DbPoolMetrics {
       ),
       new PoolCollector(
         'db_pool_replica_reads_total',
-        "Reads of a primary with read replicas (DB_REPLICA_URLS), by where they went (served_by: replica, primary) and why: eventual (no write position to see), replayed (the replica had passed the read's write position at its last sample), replayed_on_check (when asked for the read), replica_behind (every replica in rotation was behind it: DB_REPLICA_CONSISTENCY=read-your-writes), no_replica (none in rotation).",
+        "Reads of a primary with read replicas (DB_REPLICA_URLS), by where they went (served_by: replica, primary) and why: eventual (no write position to see), replayed (the replica had passed the read's write position at its last sample), replayed_on_check (when asked for the read), replica_behind (every replica in rotation was behind it: DB_REPLICA_CONSISTENCY=read-your-writes), position_unknown (the position of the read's write could not be read from the primary), no_replica (none in rotation).",
         'counter',
         (m) => {
           const counts = m.getReads();

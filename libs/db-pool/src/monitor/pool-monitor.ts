@@ -131,7 +131,7 @@ export interface PoolReadsReport {
   /** DB_REPLICA_CONSISTENCY. */
   consistency: 'eventual' | 'read-your-writes';
   replica: { total: number; eventual: number; replayed: number; replayed_on_check: number };
-  primary: { total: number; replica_behind: number; no_replica: number };
+  primary: { total: number; replica_behind: number; position_unknown: number; no_replica: number };
 }
 
 /** How long a failed connection attempt keeps `connect_failing` set, absent a later attempt. */
@@ -224,7 +224,7 @@ export class PoolMonitor {
     const report: PoolReadsReport = {
       consistency: this.config.replicaConsistency,
       replica: { total: 0, eventual: 0, replayed: 0, replayed_on_check: 0 },
-      primary: { total: 0, replica_behind: 0, no_replica: 0 },
+      primary: { total: 0, replica_behind: 0, position_unknown: 0, no_replica: 0 },
     };
     for (const reason of Object.keys(READ_ROUTES) as ReadReason[]) {
       const side = report[READ_ROUTES[reason]] as Record<string, number>;

@@ -1,47 +1,99 @@
 /**
  * Read-your-writes on replicas (`DB_REPLICA_CONSISTENCY=read-your-writes`), by WAL position: a
- * write's commit position is kept in the scope it was made in (a request, or `withReadYourWrites`),
- * carried with AsyncLocalStorage; the scope's later reads go only to a replica whose replay
- * position has passed it (replicas.ts), else to the primary. The position leaves the process as an
+ * write is noted in the scope it was made in (a request, or `withReadYourWrites`), carried with
+ * AsyncLocalStorage, the moment its commit has answered; its position — the primary's insert
+ * position read after that moment, one read shared by every scope that needs one — is read when
+ * the scope first needs it. The scope's later reads go only to a replica whose replay position has
+ * passed it (replicas.ts), else to the primary. The position leaves the process as an
  * opaque token (the `X-Db-Lsn` header through `dbPoolConsistency()`), and a scope opened with one
  * gets the same guarantee. See docs/high-availability.md, "Consistency".
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { performance } from 'node:perf_hooks';
 
+/**
+ * Where a scope's writes get their position: the primary's insert position
+ * (`pg_current_wal_insert_lsn()`) read at or after performance.now() `at`, which has passed the
+ * commit record of every transaction that committed before `at`. Reads are shared: one serves
+ * every scope whose writes came before it was sent (the replica router's, replicas.ts).
+ */
+export interface PositionSource {
+  positionAfter(at: number): Promise<bigint>;
+}
+
 /** The WAL positions one unit of work (a request) must see. */
 export class ConsistencyScope {
   #lsn: bigint | undefined;
   #since = 0;
+  /** performance.now() after the scope's latest write whose position is not read yet. */
+  #pendingAt: number | undefined;
+  #source: PositionSource | undefined;
+  #settling: Promise<void> | undefined;
+  #unknown = false;
 
   constructor(lsn?: bigint) {
-    if (lsn !== undefined) this.note(lsn);
+    if (lsn !== undefined) this.note(lsn, performance.now());
   }
 
-  /** The highest position a read here must see (a write's commit, or a token's), or undefined. */
+  /** The highest position a read here must see (a write's commit, or a token's), as far as known. */
   get lsn(): bigint | undefined {
     return this.#lsn;
   }
 
   /**
-   * performance.now() when that position was noted: the primary had reached it by then. A
-   * replica sampled before it may have replayed it since (it is asked again); one sampled after
-   * it and still behind is behind.
+   * performance.now() by which the primary had reached {@link lsn}. A replica sampled before it
+   * may have replayed it since (it is asked again); one sampled after it and still behind is behind.
    */
   get since(): number {
     return this.#since;
   }
 
-  /** The token of {@link lsn}: what a later scope opens with to see the same writes. */
-  get token(): string | undefined {
-    return this.#lsn === undefined ? undefined : formatLsn(this.#lsn);
+  /** A write committed whose position is not read yet: {@link settle} reads it. */
+  get pending(): boolean {
+    return this.#pendingAt !== undefined;
   }
 
-  /** Takes a position the scope must see from now on (the highest one wins). */
-  note(lsn: bigint): void {
+  /** A write's position could not be read (the primary did not answer): the scope's reads go to the primary, and it has no token. */
+  get unknown(): boolean {
+    return this.#unknown;
+  }
+
+  /** The token of {@link lsn} once settled: what a later scope opens with to see the same writes. */
+  get token(): string | undefined {
+    return this.#lsn === undefined || this.#unknown || this.#pendingAt !== undefined ? undefined : formatLsn(this.#lsn);
+  }
+
+  /** Takes a position the scope must see from now on (the highest one wins), reached by `at`. */
+  note(lsn: bigint, at: number): void {
     if (this.#lsn !== undefined && lsn <= this.#lsn) return;
     this.#lsn = lsn;
-    this.#since = performance.now();
+    this.#since = at;
+  }
+
+  /** A write committed just now (its answer has come): its position is read from `source` when the scope needs it. */
+  wrote(source: PositionSource): void {
+    this.#pendingAt = performance.now();
+    this.#source = source;
+  }
+
+  /** Reads the position of the scope's writes, if any is pending; never rejects (a failure makes the scope {@link unknown}). */
+  settle(): Promise<void> {
+    if (this.#pendingAt === undefined) return Promise.resolve();
+    this.#settling ??= this.#settle().finally(() => (this.#settling = undefined));
+    return this.#settling;
+  }
+
+  async #settle(): Promise<void> {
+    while (this.#pendingAt !== undefined) {
+      const at = this.#pendingAt;
+      try {
+        this.note(await this.#source!.positionAfter(at), at);
+      } catch {
+        this.#unknown = true;
+      }
+      // A write that committed while the position was read needs a later one.
+      if (this.#pendingAt === at) this.#pendingAt = undefined;
+    }
   }
 }
 
@@ -91,15 +143,22 @@ export function withReadYourWrites<T>(fn: () => T, options?: { token?: string })
   if (token !== undefined && lsn === undefined) throw new ConsistencyTokenError(token);
   const outer = current.getStore();
   if (outer !== undefined) {
-    if (lsn !== undefined) outer.note(lsn);
+    if (lsn !== undefined) outer.note(lsn, performance.now());
     return fn();
   }
   return current.run(new ConsistencyScope(lsn), fn);
 }
 
-/** The token of the writes the scope in force here has seen (its own and its token's), or undefined. */
-export function readYourWritesToken(): string | undefined {
-  return current.getStore()?.token;
+/**
+ * The token of the writes the scope in force here has made or been given, or undefined (no scope,
+ * no write, or a position the primary could not be asked for). Resolves once the position of the
+ * scope's latest write has been read (one statement on the primary, shared by every scope waiting).
+ */
+export function readYourWritesToken(): Promise<string | undefined> {
+  const scope = current.getStore();
+  if (scope === undefined) return Promise.resolve(undefined);
+  if (!scope.pending) return Promise.resolve(scope.token);
+  return scope.settle().then(() => scope.token);
 }
 
 /** A consistency token that is not one (`withReadYourWrites`, the `X-Db-Lsn` header). */

@@ -11,6 +11,7 @@ import type { Connections } from './connection.js';
 import type { Connector, HostStatus } from './connector.js';
 import type { AdmissionGate } from './core/gate.js';
 import type { ResourcePool } from './core/resource-pool.js';
+import type { PositionSource } from './consistency.js';
 import { currentDeadline } from './deadline.js';
 import type { PoolTimings } from './histogram.js';
 import { wireLayers } from './layers.js';
@@ -403,9 +404,10 @@ export class DbPool extends EventEmitter {
 
   /**
    * @internal Set by a replica router with `DB_REPLICA_CONSISTENCY=read-your-writes` over this
-   * pool: a write committed here inside a read-your-writes scope notes its WAL position there.
+   * pool: a write committed here inside a read-your-writes scope is noted there, and its position
+   * read from this source when the scope needs it.
    */
-  recordsWritePositions = false;
+  positionSource: PositionSource | undefined = undefined;
 
   /** @internal A request's deadline passed under a running statement (the lease's query): it is cancelled now, once. */
   deadlinePassed(entry: PoolEntry): void {

@@ -66,7 +66,9 @@ const TIMELINE =
   `THEN coalesce((SELECT nullif(received_tli, 0) FROM pg_stat_wal_receiver), (SELECT timeline_id FROM pg_control_checkpoint())) ` +
   `ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END`;
 const SYSTEM_ID = '(SELECT system_identifier FROM pg_control_system())::text';
-const PRIMARY_SAMPLE = `SELECT pg_current_wal_lsn()::text AS lsn, ${SYSTEM_ID} AS system_id, ${TIMELINE} AS timeline`;
+const PRIMARY_SAMPLE = `SELECT pg_current_wal_lsn()::text AS lsn, pg_current_wal_insert_lsn()::text AS insert_lsn, ${SYSTEM_ID} AS system_id, ${TIMELINE} AS timeline`;
+/** Read-your-writes: the position that has passed every commit record written before it is read. */
+const INSERT_POSITION = 'SELECT pg_current_wal_insert_lsn()::text AS insert_lsn';
 const REPLICA_SAMPLE = `SELECT pg_is_in_recovery() AS standby, pg_last_wal_replay_lsn()::text AS replay_lsn, ${SYSTEM_ID} AS system_id, ${TIMELINE} AS timeline`;
 
 /** Primary positions kept; past it the oldest-but-one goes, so a far-behind replica's lag still grows, more coarsely. */
@@ -94,6 +96,12 @@ export class LagSampler<R extends SampledReplica> {
   /** Why the primary's last sample failed; undefined when it answered. */
   private primaryError: Error | undefined;
   private readonly primarySampler: SampleConnection;
+  /** The latest insert position read on the primary, and when (performance.now()) it was asked for. */
+  private insert: { lsn: bigint; sentAt: number } | undefined;
+  /** A read of the insert position under way, and when it was sent. */
+  private inserting: { promise: Promise<bigint>; sentAt: number } | undefined;
+  /** The read to send once the one under way has answered, for the callers that came after it was sent. */
+  private nextInsert: Promise<bigint> | undefined;
 
   constructor(options: LagSamplerOptions<R>) {
     this.primarySampler = new SampleConnection(options.primaryConfig, options.Client);
@@ -109,6 +117,47 @@ export class LagSampler<R extends SampledReplica> {
     this.forgetPassedMarks(replicas);
   }
 
+  /**
+   * The primary's insert position read at or after `at` (performance.now()): past the commit
+   * record of every transaction that committed before `at`. A read sent after `at` (a sample's,
+   * or one under way) serves; else the next read does, sent once the one under way has answered:
+   * one at a time, each serving every caller that came before it was sent.
+   */
+  insertPositionAfter(at: number): Promise<bigint> {
+    if (this.insert !== undefined && this.insert.sentAt >= at) return Promise.resolve(this.insert.lsn);
+    const under = this.inserting;
+    if (under !== undefined && under.sentAt >= at) return under.promise;
+    // Sent after the commits answered in the same turn of the event loop (setImmediate), so one
+    // read serves them all; behind a read under way, once it has answered.
+    this.nextInsert ??= (under === undefined ? new Promise<void>((resolve) => setImmediate(resolve)) : under.promise).then(
+      () => this.readInsert().promise,
+      () => this.readInsert().promise,
+    );
+    return this.nextInsert;
+  }
+
+  private readInsert(): { promise: Promise<bigint>; sentAt: number } {
+    this.nextInsert = undefined;
+    const sentAt = performance.now();
+    const promise = this.primarySampler.queryRow<{ insert_lsn: string }>(INSERT_POSITION, this.sampleTimeoutMs).then((row) => {
+      const lsn = parseLsn(row?.insert_lsn);
+      if (lsn === undefined) throw new Error(`pg_current_wal_insert_lsn() answered ${JSON.stringify(row?.insert_lsn)}`);
+      this.tookInsert(lsn, sentAt);
+      return lsn;
+    });
+    const reading = { promise, sentAt };
+    this.inserting = reading;
+    const done = () => {
+      if (this.inserting === reading) this.inserting = undefined;
+    };
+    promise.then(done, done);
+    return reading;
+  }
+
+  private tookInsert(lsn: bigint, sentAt: number): void {
+    if (this.insert === undefined || sentAt > this.insert.sentAt) this.insert = { lsn, sentAt };
+  }
+
   /** Closes the connection to the primary (each replica's is closed by whoever made it). */
   close(): Promise<void> {
     return this.primarySampler.close();
@@ -118,13 +167,15 @@ export class LagSampler<R extends SampledReplica> {
     // The time before asking: the primary was at the position it reports at some moment after it.
     const sentAt = performance.now();
     try {
-      const row = await this.primarySampler.queryRow<{ lsn: string; system_id: string; timeline: number }>(
+      const row = await this.primarySampler.queryRow<{ lsn: string; insert_lsn: string; system_id: string; timeline: number }>(
         PRIMARY_SAMPLE,
         this.sampleTimeoutMs,
       );
       const lsn = parseLsn(row?.lsn);
       if (lsn === undefined) throw new Error(`pg_current_wal_lsn() answered ${JSON.stringify(row?.lsn)}`);
       const identity = { systemId: row.system_id, timeline: Number(row.timeline) };
+      const insert = parseLsn(row.insert_lsn);
+      if (insert !== undefined) this.tookInsert(insert, sentAt);
       const last = this.marks[this.marks.length - 1];
       // Another server, or one that went back: positions from before say nothing about it.
       if (this.identity?.systemId !== identity.systemId || this.identity.timeline !== identity.timeline || (last && lsn < last.lsn)) {

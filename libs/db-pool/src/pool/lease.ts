@@ -2,12 +2,11 @@ import type { EventEmitter } from 'node:events';
 import type pg from 'pg';
 import { PoolLeaseError, PoolReleaseError } from '../errors.js';
 import { currentDeadline, type Deadline } from './deadline.js';
-import { currentConsistencyScope } from './consistency.js';
+import { type ConsistencyScope, currentConsistencyScope, type PositionSource } from './consistency.js';
 import { sensitiveCommand } from './outcome.js';
-import { callersContext } from './pg-api.js';
 import type { PoolEntry } from './pool-entry.js';
 import { queryGuarded, refuse } from './statement-guard.js';
-import { queryRecordingPosition } from './write-position.js';
+import { queryRecordingWrite } from './write-position.js';
 
 /** What a lease needs of its pool. */
 export interface LeaseOwner {
@@ -20,8 +19,8 @@ export interface LeaseOwner {
   deadlinePassed(entry: PoolEntry): void;
   /** How long past its request's deadline the answer to a statement whose outcome matters is awaited, once it is cancelled (DB_VALIDATION_TIMEOUT_MS). */
   readonly cancelWaitMs: number;
-  /** A replica router with `DB_REPLICA_CONSISTENCY=read-your-writes` reads through this pool's writes: a read-your-writes scope notes their positions. */
-  readonly recordsWritePositions: boolean;
+  /** Set while a replica router with `DB_REPLICA_CONSISTENCY=read-your-writes` reads this pool's writes: a read-your-writes scope notes them, and reads their positions from it. */
+  readonly positionSource: PositionSource | undefined;
 }
 
 type Listener = (...args: unknown[]) => void;
@@ -58,6 +57,12 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
   readonly #deadline: Deadline | undefined;
   /** The deadline in force where the connection was handed out: that of whoever's release (or connect) served it. */
   readonly #handedOutIn: Deadline | undefined;
+  /**
+   * Read-your-writes: the scope of this checkout's statements, from the first made in one. A
+   * statement made where the context is lost (a pg callback runs where the answer is read) is the
+   * checkout's too, so a COMMIT sent from a callback is still noted.
+   */
+  #scope: ConsistencyScope | undefined;
 
   constructor(owner: LeaseOwner, entry: PoolEntry, deadline?: Deadline) {
     this.#owner = owner;
@@ -104,20 +109,16 @@ export class PoolLease implements Pick<pg.PoolClient, 'query'> {
   query(config: unknown, values?: unknown, callback?: unknown): never {
     const entry = this.#entry;
     if (entry !== undefined) {
-      // A callback runs where pg reads the answer, outside the caller's async context: in a
-      // read-your-writes scope it is put back in it, so the statements it makes are the scope's.
-      if (this.#owner.recordsWritePositions && currentConsistencyScope() !== undefined) {
-        if (typeof callback === 'function') callback = callersContext(callback as (a: unknown, b: unknown, c: unknown) => void);
-        else if (typeof values === 'function') values = callersContext(values as (a: unknown, b: unknown, c: unknown) => void);
-      }
+      const source = this.#owner.positionSource;
+      const scope = source !== undefined ? (this.#scope = currentConsistencyScope() ?? this.#scope) : undefined;
       if (entry.evicted !== undefined) return refuse(this.#owner.evictedError(entry), config, values, callback) as never;
       const deadline = this.#deadlineHere();
       // A statement that ends a transaction or writes in one of its own: how it ended must be known.
       const command = sensitiveCommand(config, entry.client as TxStatusReader);
       if (deadline !== undefined || command !== undefined) {
         const statement = { owner: this.#owner, entry, deadline, command, held: () => this.#entry === entry };
-        const scope = command !== undefined && this.#owner.recordsWritePositions ? currentConsistencyScope() : undefined;
-        if (scope !== undefined) return queryRecordingPosition(statement, scope, config, values, callback) as never;
+        if (scope !== undefined && command !== undefined)
+          return queryRecordingWrite(statement, scope, source!, config, values, callback) as never;
         return queryGuarded(statement, config, values, callback) as never;
       }
     }

@@ -15,7 +15,7 @@ import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import type { DbPoolConfig } from '../config/db-pool.options.js';
 import { scrubSecrets } from '../redact.js';
-import { currentConsistencyScope, parseLsn, readYourWritesStarted } from './consistency.js';
+import { type ConsistencyScope, currentConsistencyScope, parseLsn, type PositionSource, readYourWritesStarted } from './consistency.js';
 import type { DbPool } from './db-pool.js';
 import { LagSampler, type SampledReplica, type Standing } from './lag-sampler.js';
 import type { DbPoolLogger } from './logger.js';
@@ -37,14 +37,16 @@ export type ReplicaOutOfRotation = (typeof REPLICA_OUT_OF_ROTATION)[number];
  * Where a read went, and why (labels of `db_pool_replica_reads_total`, `reads` in status and
  * health): to a replica with no position to meet (`eventual`), or past the read's position at
  * its last sample (`replayed`) or when asked on the read's behalf (`replayed_on_check`); to the
- * primary because every replica in rotation was behind the read's position (`replica_behind`), or
- * none was in rotation (`no_replica`).
+ * primary because every replica in rotation was behind the read's position (`replica_behind`), the
+ * position of the scope's write could not be read (`position_unknown`: the primary did not answer),
+ * or none was in rotation (`no_replica`).
  */
 export const READ_ROUTES = {
   eventual: 'replica',
   replayed: 'replica',
   replayed_on_check: 'replica',
   replica_behind: 'primary',
+  position_unknown: 'primary',
   no_replica: 'primary',
 } as const;
 export type ReadReason = keyof typeof READ_ROUTES;
@@ -109,7 +111,7 @@ export interface ReplicaRouterOptions {
  * pg.Pool has it, from a replica in rotation or else the primary (an EventEmitter, as TypeORM
  * listens for a pool's `'error'`).
  */
-export class ReplicaRouter extends EventEmitter {
+export class ReplicaRouter extends EventEmitter implements PositionSource {
   readonly primary: DbPool;
   readonly configs: readonly DbPoolConfig[];
   private readonly replicas: Replica[];
@@ -123,7 +125,14 @@ export class ReplicaRouter extends EventEmitter {
   private readonly lag: LagSampler<Replica>;
   private readonly sampleTimeoutMs: number;
   /** Reads by where they went and why, since the router started. */
-  private readonly reads: Record<ReadReason, number> = { eventual: 0, replayed: 0, replayed_on_check: 0, replica_behind: 0, no_replica: 0 };
+  private readonly reads: Record<ReadReason, number> = {
+    eventual: 0,
+    replayed: 0,
+    replayed_on_check: 0,
+    replica_behind: 0,
+    position_unknown: 0,
+    no_replica: 0,
+  };
   /** `DB_REPLICA_CONSISTENCY=read-your-writes`. */
   readonly readYourWrites: boolean;
 
@@ -157,8 +166,10 @@ export class ReplicaRouter extends EventEmitter {
     this.readYourWrites = options.consistency === 'read-your-writes';
     // The primary's writes note their positions in a read-your-writes scope from now on.
     if (this.readYourWrites) {
-      options.primary.recordsWritePositions = true;
-      this.endHooks.push(readYourWritesStarted());
+      options.primary.positionSource = this;
+      this.endHooks.push(readYourWritesStarted(), () => {
+        if (options.primary.positionSource === this) options.primary.positionSource = undefined;
+      });
     }
     this.logger = options.logger;
   }
@@ -239,33 +250,45 @@ export class ReplicaRouter extends EventEmitter {
   connect(callback: ConnectCallback): void;
   connect(callback?: ConnectCallback): Promise<pg.PoolClient> | void {
     const scope = this.readYourWrites ? currentConsistencyScope() : undefined;
+    const chosen =
+      scope === undefined ? this.route(undefined) : scope.pending ? scope.settle().then(() => this.route(scope)) : this.route(scope);
+    if (!(chosen instanceof Promise)) return callback ? chosen.connect(callback) : chosen.connect();
+    if (!callback) return chosen.then((pool) => pool.connect());
+    void chosen.then((pool) => pool.connect(callback));
+  }
+
+  /** The primary's insert position read at or after `at` (read-your-writes: a scope's writes' position). */
+  positionAfter(at: number): Promise<bigint> {
+    return this.lag.insertPositionAfter(at);
+  }
+
+  /** Where a read in `scope` (settled) goes: a pool now, or once a replica sampled before the scope's position has been asked again. */
+  private route(scope: ConsistencyScope | undefined): DbPool | Promise<DbPool> {
     const lsn = scope?.lsn;
+    if (scope?.unknown) {
+      this.reads.position_unknown++;
+      return this.primary;
+    }
     const replica = this.pick(lsn);
-    let pool: DbPool | undefined;
     if (replica !== undefined) {
       this.reads[lsn === undefined ? 'eventual' : 'replayed']++;
-      pool = replica.pool;
-    } else if (lsn === undefined || !this.replicas.some((r) => this.serves(r))) {
-      this.reads.no_replica++;
-      pool = this.primary;
-    } else {
-      const since = scope!.since;
-      const stale = this.replicas.filter((r) => this.serves(r) && (r.replayAt ?? -Infinity) < since);
-      if (stale.length === 0) {
-        this.reads.replica_behind++;
-        pool = this.primary;
-      } else {
-        const chosen = Promise.all(stale.map((r) => this.check(r))).then(() => {
-          const caughtUp = this.pick(lsn);
-          this.reads[caughtUp ? 'replayed_on_check' : 'replica_behind']++;
-          return caughtUp?.pool ?? this.primary;
-        });
-        if (!callback) return chosen.then((p) => p.connect());
-        void chosen.then((p) => p.connect(callback));
-        return;
-      }
+      return replica.pool;
     }
-    return callback ? pool.connect(callback) : pool.connect();
+    if (lsn === undefined || !this.replicas.some((r) => this.serves(r))) {
+      this.reads.no_replica++;
+      return this.primary;
+    }
+    const since = scope!.since;
+    const stale = this.replicas.filter((r) => this.serves(r) && (r.replayAt ?? -Infinity) < since);
+    if (stale.length === 0) {
+      this.reads.replica_behind++;
+      return this.primary;
+    }
+    return Promise.all(stale.map((r) => this.check(r))).then(() => {
+      const caughtUp = this.pick(lsn);
+      this.reads[caughtUp ? 'replayed_on_check' : 'replica_behind']++;
+      return caughtUp?.pool ?? this.primary;
+    });
   }
 
   /** A replica reads may go to now: in rotation, its pool's breaker closed. */
