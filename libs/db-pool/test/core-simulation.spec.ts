@@ -95,7 +95,9 @@ type Step =
   | { op: 'evict'; mod: number }
   | { op: 'die'; pick: number }
   /** A caller gives up (its AbortSignal): one still queued or having its slot checked. */
-  | { op: 'abort'; pick: number };
+  | { op: 'abort'; pick: number }
+  /** The pool is resized (a connection budget that follows the server): grown, or shrunk below what is open. */
+  | { op: 'resize'; min: number; capacity: number };
 
 /** True about once in `n`. */
 const oneIn = (n: number) => fc.integer({ min: 1, max: n }).map((x) => x === 1);
@@ -129,6 +131,14 @@ const stepArb: fc.Arbitrary<Step> = fc.oneof(
   { weight: 1, arbitrary: fc.record({ op: fc.constant('evict' as const), mod: fc.integer({ min: 1, max: 4 }) }) },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('die' as const), pick: fc.nat() }) },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('abort' as const), pick: fc.nat() }) },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      op: fc.constant('resize' as const),
+      min: fc.integer({ min: 0, max: 3 }),
+      capacity: fc.integer({ min: 1, max: 8 }),
+    }),
+  },
 );
 const openPlanArb: fc.Arbitrary<OpenPlan> = fc.oneof(
   { weight: 10, arbitrary: fc.record({ kind: fc.constant('ok' as const), after: fc.integer({ min: 0, max: 30 }) }) },
@@ -160,8 +170,10 @@ const tally = new Map<string, number>();
 /** Runs one schedule; throws (with what broke) when an invariant fails. */
 function run(schedule: Schedule): void {
   const clock = new FakeClock();
-  const capacity = Math.max(schedule.capacity, schedule.min);
+  let capacity = Math.max(schedule.capacity, schedule.min);
   const min = Math.min(schedule.min, capacity);
+  /** The most that may be open or opening: the capacity, or — shrunk below what was open — what is left of that, never more. */
+  let most = capacity;
   let opens = 0;
   const waiters: SimWaiter[] = [];
   /** Callers not yet ended (checked against their deadlines after every step). */
@@ -191,7 +203,7 @@ function run(schedule: Schedule): void {
     raised: () => pool.match(),
     random,
   });
-  const floor = Math.min(schedule.floor, capacity);
+  let floor = Math.min(schedule.floor, capacity);
   const pool: ResourcePool<FakeSlot, SimWaiter> = new ResourcePool<FakeSlot, SimWaiter>({
     min,
     idleTimeoutMs: schedule.idleTimeoutMs,
@@ -293,7 +305,12 @@ function run(schedule: Schedule): void {
 
   function check(): void {
     const now = clock.now();
-    if (pool.total > capacity) fail(`${pool.total} open or opening, more than the capacity ${capacity}`);
+    if (pool.total > most)
+      fail(`${pool.total} open or opening, more than the capacity ${capacity} (or what was open when it shrank, ${most})`);
+    most = Math.max(capacity, Math.min(most, pool.total));
+    // Shrunk: what is idle above the capacity closes at once (what is out, as it comes back).
+    if (pool.total > capacity && pool.idleCount > 0 && !pool.ending)
+      fail(`${pool.idleCount} idle while ${pool.total} are open, over the capacity ${capacity}`);
     const holders = new Set<number>();
     for (const slot of held()) {
       if (holders.has(slot.holder!.id)) fail(`caller ${slot.holder!.id} holds two slots`);
@@ -355,6 +372,13 @@ function run(schedule: Schedule): void {
       case 'abort': {
         const waiting = [...pending].filter((w) => w.stage === 'queued' || w.stage === 'handed');
         if (waiting.length > 0) pool.abort(waiting[step.pick % waiting.length]);
+        break;
+      }
+      case 'resize': {
+        most = Math.max(step.capacity, pool.total);
+        capacity = step.capacity;
+        floor = Math.min(schedule.floor, capacity);
+        pool.resize(step.min, step.capacity);
         break;
       }
     }

@@ -84,13 +84,13 @@ export class DbPoolMetrics {
       gauge(
         'db_client_connection_max',
         'Most connections the pool may open (DB_POOL_SIZE + DB_MAX_OVERFLOW).',
-        (m) => m.config.poolSize + m.config.maxOverflow,
+        (m) => m.pool.settings.poolSize + m.pool.settings.maxOverflow,
       ),
-      gauge('db_client_connection_idle_min', 'Connections the pool keeps open (DB_POOL_SIZE).', (m) => m.config.poolSize),
+      gauge('db_client_connection_idle_min', 'Connections the pool keeps open (DB_POOL_SIZE).', (m) => m.pool.settings.poolSize),
       gauge(
         'db_client_connection_idle_max',
         'Most connections that may sit idle (DB_POOL_SIZE + DB_MAX_OVERFLOW: overflow ones close after DB_POOL_OVERFLOW_IDLE_TIMEOUT).',
-        (m) => m.config.poolSize + m.config.maxOverflow,
+        (m) => m.pool.settings.poolSize + m.pool.settings.maxOverflow,
       ),
       gauge('db_client_connection_pending_requests', 'Callers queued for a connection.', (m) => m.pool.waitingCount),
       new PoolCollector(

@@ -287,8 +287,8 @@ export class PoolMonitor {
 
   getPoolStatus(): PoolStatus {
     const { total, active, idle, waiting } = this.pool.state();
-    const size = this.config.poolSize;
-    const capacity = size + this.config.maxOverflow;
+    const size = this.pool.settings.poolSize;
+    const capacity = size + this.pool.settings.maxOverflow;
     const connect = this.pool.connectHealth();
     const shed = this.pool.counters.overloaded - (this.load[0]?.shed ?? this.pool.counters.overloaded);
     const failing =
@@ -300,7 +300,7 @@ export class PoolMonitor {
       checked_out: active,
       checked_in: idle,
       overflow: Math.max(0, total - size),
-      max_overflow: this.config.maxOverflow,
+      max_overflow: this.pool.settings.maxOverflow,
       utilization: Math.round((active / capacity) * 1000) / 10,
       health: this.healthOf(active, capacity, idle, failing, shed),
       total_capacity: capacity,
@@ -548,7 +548,7 @@ export class PoolMonitor {
     const h = this.headroom;
     if (!h) return [];
     const out: string[] = [];
-    const capacity = this.config.poolSize + this.config.maxOverflow;
+    const capacity = this.pool.settings.poolSize + this.pool.settings.maxOverflow;
     const need = this.config.expectedReplicas * capacity;
     const others = h.in_use - h.in_use_by_pool;
     // Behind PgBouncer our connections are its clients, not the server's: it decides.
@@ -601,7 +601,7 @@ export class PoolMonitor {
     const meanUse = (last.useSum - first.useSum) / uses;
     const busy = rate * meanUse;
     const suggested = Math.min(10_000, Math.ceil(busy * 1.25));
-    if (suggested <= this.config.poolSize) return [];
+    if (suggested <= this.pool.settings.poolSize) return [];
     const meanWait = (last.waitSum - first.waitSum) / waits;
     return [
       RECOMMENDATIONS.POOL_SIZE(
@@ -610,7 +610,7 @@ export class PoolMonitor {
         round1(meanUse * 1000),
         Math.round(rate),
         suggested,
-        this.config.poolSize,
+        this.pool.settings.poolSize,
       ),
     ];
   }

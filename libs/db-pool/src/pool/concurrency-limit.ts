@@ -14,6 +14,8 @@ export interface ConcurrencyLimit {
   sample(useMs: number, inFlight: number): boolean;
   /** Nothing came back for a while and callers wait behind the limit: raise it by one (end a probe). True when it went up. */
   unstall(): boolean;
+  /** The pool's capacity changed (`DbPool.resize`): the limit's ceiling follows it, the limit kept within it. */
+  resize(ceiling: number): void;
 }
 
 /** The limit as the status, health body and metrics show it. */
@@ -32,7 +34,10 @@ export interface ConcurrencyLimitState {
 
 export class FixedLimit implements ConcurrencyLimit {
   readonly adaptive = false;
-  constructor(readonly limit: number) {}
+  constructor(public limit: number) {}
+  resize(ceiling: number): void {
+    this.limit = ceiling;
+  }
   sample(): boolean {
     return false;
   }
@@ -90,12 +95,15 @@ export class GradientLimit implements ConcurrencyLimit {
   private resumeAt = 0;
   /** Doubling while the server keeps up, until the first decrease (TCP's slow start). */
   private slowStart = true;
-  private readonly floor: number;
-  private readonly ceiling: number;
+  private floor: number;
+  private ceiling: number;
+  /** `DB_POOL_ADAPTIVE_MIN` as given: the floor is it, within the ceiling. */
+  private readonly floorWanted: number;
   private readonly probeEvery: number;
   private readonly random: () => number;
 
   constructor(options: GradientLimitOptions) {
+    this.floorWanted = options.floor;
     this.floor = Math.max(1, Math.min(options.floor, options.ceiling));
     this.ceiling = options.ceiling;
     this.probeEvery = options.probeEveryWindows ?? 200;
@@ -124,6 +132,13 @@ export class GradientLimit implements ConcurrencyLimit {
     if (inFlight > this.peakInFlight) this.peakInFlight = inFlight;
     if (++this.count < this.windowSize()) return false;
     return this.endWindow();
+  }
+
+  resize(ceiling: number): void {
+    this.ceiling = ceiling;
+    this.floor = Math.max(1, Math.min(this.floorWanted, ceiling));
+    this.estimate = Math.max(this.floor, Math.min(ceiling, this.estimate));
+    this.resumeAt = Math.max(this.floor, Math.min(ceiling, this.resumeAt));
   }
 
   unstall(): boolean {

@@ -416,6 +416,28 @@ export class DbPool extends EventEmitter {
 
   // ----- opening (warm-up, refill) --------------------------------------------------------------
 
+  /**
+   * Changes the pool's size while it runs: `poolSize` connections kept open, `maxOverflow` more
+   * under load. Growing serves the callers waiting at once, and the refill opens connections up to
+   * the new size. Shrinking closes idle connections above the new capacity now (the longest idle
+   * first) and connections out as they come back; it fails no checkout in progress (callers
+   * waiting wait for a connection within the new capacity). The adaptive limit's ceiling follows.
+   */
+  resize(poolSize: number, maxOverflow: number): void {
+    const problems: string[] = [];
+    if (!Number.isInteger(poolSize) || poolSize < 0) problems.push(`poolSize=${String(poolSize)}: must be an integer of at least 0`);
+    if (!Number.isInteger(maxOverflow) || maxOverflow < 0)
+      problems.push(`maxOverflow=${String(maxOverflow)}: must be an integer of at least 0`);
+    if (problems.length === 0 && poolSize + maxOverflow < 1) problems.push('poolSize + maxOverflow must be at least 1');
+    if (problems.length > 0) throw new RangeError(`db-pool "${this.settings.name}": resize(${problems.join('; ')})`);
+    if (this.endCalled) return;
+    this.settings.poolSize = poolSize;
+    this.settings.maxOverflow = maxOverflow;
+    this.options.max = poolSize + maxOverflow;
+    this.options.min = poolSize;
+    this.core.resize(poolSize, poolSize + maxOverflow);
+  }
+
   /** @internal Opens one connection for the idle list (warm-up, refill). */
   openIdle(done: (err?: Error) => void): void {
     this.core.openIdle(done, (why) => (why === 'closed' ? new PoolClosedError(this.settings.name, this.state()) : this.unavailable()));

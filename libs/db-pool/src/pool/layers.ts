@@ -81,7 +81,8 @@ export function wireLayers(pool: LayersOwner, options: PgPoolOptions, settings: 
     breakerOpened: (err) => pool.breakerOpened(err),
     raised: () => core.match(),
   });
-  const refill = new Refill({ name, logger, missing: () => poolSize - core.total, openOne: (done) => pool.openIdle(done) });
+  // The pool's size as it is now (`DbPool.resize` changes it).
+  const refill = new Refill({ name, logger, missing: () => settings.poolSize - core.total, openOne: (done) => pool.openIdle(done) });
   const core: ResourcePool<PoolEntry, Acquire> = new ResourcePool<PoolEntry, Acquire>({
     min: poolSize,
     idleTimeoutMs: overflowIdleTimeoutMs,
@@ -126,7 +127,14 @@ export function wireLayers(pool: LayersOwner, options: PgPoolOptions, settings: 
     state: () => pool.state(),
     waiting: () => core.waiting,
     counters: stats.counters,
-    capacity: { min: poolSize, max: capacity },
+    capacity: {
+      get min() {
+        return settings.poolSize;
+      },
+      get max() {
+        return settings.poolSize + settings.maxOverflow;
+      },
+    },
   });
   const shutdown = (done: () => void) => {
     refill.stop();

@@ -64,7 +64,8 @@ export interface GateOptions {
 }
 
 export class AdmissionGate {
-  readonly capacity: number;
+  /** Resources open or opening at most (`resize` changes it). */
+  capacity: number;
   readonly limit: ConcurrencyLimit;
   readonly breaker: ConnectBreaker;
   /** Mean time a resource is held, ms, exponentially weighted (the newest counts 1/16); 0 before any. */
@@ -93,6 +94,12 @@ export class AdmissionGate {
       random: options.random,
       clock: options.clock,
     });
+  }
+
+  /** The pool's capacity changed: the limit's ceiling follows. */
+  resize(capacity: number): void {
+    this.capacity = capacity;
+    this.limit.resize(capacity);
   }
 
   /**

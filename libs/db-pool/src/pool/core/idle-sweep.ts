@@ -9,7 +9,8 @@ import type { Slot } from './slot.js';
 
 export interface IdleSweepOptions<S extends Slot> {
   readonly idleTimeoutMs: number;
-  readonly min: number;
+  /** Slots kept open (read at each sweep: the pool may be resized). */
+  min(): number;
   readonly clock: Clock;
   /** The pool's idle list, oldest first (it is LIFO: slots leave and come back at the end). */
   readonly idle: readonly S[];
@@ -46,7 +47,8 @@ export class IdleSweep<S extends Slot> {
   }
 
   private fire(due: S, since: number): void {
-    const { idleTimeoutMs, clock, min, idle } = this.options;
+    const { idleTimeoutMs, clock, idle } = this.options;
+    const min = this.options.min();
     // A timer keeps its own clock: it may fire a fraction of a millisecond early by this one.
     const now = clock.now() + 1;
     for (const slot of [...idle]) {

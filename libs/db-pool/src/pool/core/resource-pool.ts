@@ -39,7 +39,9 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
     this.gate = options.gate;
     this.events = options.events ?? {};
     this.sweep = new IdleSweep<S>({
-      ...options,
+      idleTimeoutMs: options.idleTimeoutMs,
+      clock: options.clock,
+      min: () => this.options.min,
       idle: this.idle,
       total: () => this.slotSet.size,
       close: (slot) => this.destroy(slot, 'idle'),
@@ -206,9 +208,13 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
 
   // ----- giving back ---------------------------------------------------------------------------
 
-  /** A slot comes back usable: to the next waiter the gate allows, or to the idle list. */
+  /**
+   * A slot comes back usable: to the next waiter the gate allows, or to the idle list — or, while
+   * the pool holds more than its capacity (it was resized down), it closes.
+   */
   release(slot: S): void {
     if (slot.removed) return;
+    if (this.slotSet.size > this.gate.capacity && !this.ending) return this.destroy(slot, 'resized');
     slot.lastUsed = this.options.clock.now();
     this.idle.push(slot);
     this.options.driver.idling?.(slot, true);
@@ -220,6 +226,22 @@ export class ResourcePool<S extends Slot, W extends Waiter<S> = Waiter<S>> imple
       return this.checkEnded();
     }
     if (this.slotSet.size > this.options.min) this.sweep.arm();
+  }
+
+  /**
+   * A new size: `min` slots kept open, `capacity` open or opening at most. Growing serves the
+   * callers waiting at once; shrinking closes idle slots above the capacity now (the longest idle
+   * first) and slots out as they come back, and fails no caller: those waiting wait for a slot
+   * within the new capacity, as they would for any.
+   */
+  resize(min: number, capacity: number): void {
+    this.options.min = Math.min(min, capacity);
+    this.gate.resize(capacity);
+    while (this.slotSet.size > capacity && this.idle.length > 0) this.destroy(this.idle[0], 'resized');
+    if (this.ending) return;
+    this.match();
+    if (this.slotSet.size > this.options.min) this.sweep.arm();
+    else if (this.slotSet.size < this.options.min) this.events.belowMin?.();
   }
 
   /** Takes a slot out of the pool and closes it (`now`: at once, past the shutdown grace). */
