@@ -54,8 +54,8 @@ describe('the api process: start-up validation and graceful shutdown', () => {
     const out = run.output();
     expect(code).toBe(1);
     expect(out).toContain('api failed to start: Invalid configuration (3 problems)');
-    expect(out).toContain('DB_POOL_SIZE="abc": must be an integer from 1 to 10000');
-    expect(out).toContain('DB_MAX_OVERFLOW="-1": must be an integer from 0 to 10000');
+    expect(out).toContain('DB_POOL_SIZE="abc": must be auto or an integer from 1 to 10000');
+    expect(out).toContain('DB_MAX_OVERFLOW="-1": must be auto or an integer from 0 to 10000');
     expect(out).toContain('DB_POOL_PRE_PING="maybe": must be one of');
     expect(out).not.toContain('listening');
     expect(out).not.toContain(secret);

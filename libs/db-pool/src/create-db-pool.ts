@@ -6,6 +6,7 @@ import { DbPool } from './pool/db-pool.js';
 import { type DbPoolLogger, SILENT } from './pool/logger.js';
 import { toPgPoolOptions } from './pool/pg-options.js';
 import { settingsOf } from './pool/settings.js';
+import { BudgetSampler } from './monitor/budget.js';
 import { ReplicaRouter } from './pool/replicas.js';
 import { DbPoolDataSource, toTypeOrmOptions } from './pool/typeorm-options.js';
 import { scrubSecrets } from './redact.js';
@@ -31,6 +32,12 @@ export async function createDbPool(options: DbPoolOptions = {}): Promise<DbPool>
   const config = resolveDbPoolConfig(options);
   const logger = options.logger ?? SILENT;
   const pool = new DbPool(toPgPoolOptions(config), settingsOf(config, logger));
+  if (config.budget) {
+    // DB_POOL_SIZE=auto: the presence connection and the first budget sample come before the
+    // warm-up, so a process that starts opens only its share (the monitor samples again later).
+    pool.budget = new BudgetSampler(config, pool.Client);
+    await firstBudget(pool, config, logger);
+  }
   const failed = await warm(pool, config, logger);
   if (failed) {
     // Unreachable, auth, no such database: a configuration to fix before starting.
@@ -38,6 +45,20 @@ export async function createDbPool(options: DbPoolOptions = {}): Promise<DbPool>
     throw new PoolConnectError(config.name, pool.state(), scrubSecrets(failed.message), { cause: failed });
   }
   return pool;
+}
+
+/** The budget's first sample, the pool sized to it; a failure (the server is full, say) keeps DB_POOL_MIN and is logged. */
+async function firstBudget(pool: DbPool, config: DbPoolConfig, logger: DbPoolLogger): Promise<void> {
+  try {
+    const decision = await pool.budget!.decide(0, config.healthTimeoutMs);
+    pool.resize(decision.pool_size, decision.max_overflow);
+    await pool.budget!.claim(decision.capacity, config.healthTimeoutMs);
+    pool.budgetDecision = decision;
+  } catch (err) {
+    logger.warn(
+      `db-pool "${config.name}": connection budget not sampled at start-up, the pool starts at DB_POOL_MIN (${config.budget!.min}): ${scrubSecrets((err as Error).message)}`,
+    );
+  }
 }
 
 /**
@@ -53,8 +74,8 @@ async function warm(pool: DbPool, config: DbPoolConfig, logger: DbPoolLogger): P
   } catch (err) {
     if (pool.totalCount === 0 && !TRANSIENT.has(codeOf(err) ?? '')) return err as Error;
     logger.warn(
-      `db-pool "${config.name}": warmed ${pool.totalCount} of ${config.poolSize} connections: ${scrubSecrets((err as Error).message)}; ` +
-        `the pool opens more on demand, up to ${config.poolSize + config.maxOverflow}`,
+      `db-pool "${config.name}": warmed ${pool.totalCount} of ${pool.settings.poolSize} connections: ${scrubSecrets((err as Error).message)}; ` +
+        `the pool opens more on demand, up to ${pool.settings.poolSize + pool.settings.maxOverflow}`,
     );
     return undefined;
   }

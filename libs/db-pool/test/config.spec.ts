@@ -123,14 +123,14 @@ describe('configuration: defaults', () => {
 
 describe('configuration: validation', () => {
   const invalid: [string, string, RegExp][] = [
-    ['DB_POOL_SIZE', 'abc', /^DB_POOL_SIZE="abc": must be an integer from 1 to 10000$/],
-    ['DB_POOL_SIZE', '0', /^DB_POOL_SIZE="0": must be an integer from 1 to 10000$/],
-    ['DB_POOL_SIZE', '-1', /^DB_POOL_SIZE="-1": must be an integer/],
-    ['DB_POOL_SIZE', '1.5', /^DB_POOL_SIZE="1.5": must be an integer/],
-    ['DB_POOL_SIZE', '1e9', /^DB_POOL_SIZE="1e9": must be an integer/],
-    ['DB_POOL_SIZE', 'Infinity', /^DB_POOL_SIZE="Infinity": must be an integer/],
-    ['DB_POOL_SIZE', '0x10', /^DB_POOL_SIZE="0x10": must be an integer/],
-    ['DB_MAX_OVERFLOW', '-1', /^DB_MAX_OVERFLOW="-1": must be an integer from 0 to 10000$/],
+    ['DB_POOL_SIZE', 'abc', /^DB_POOL_SIZE="abc": must be auto or an integer from 1 to 10000$/],
+    ['DB_POOL_SIZE', '0', /^DB_POOL_SIZE="0": must be auto or an integer from 1 to 10000$/],
+    ['DB_POOL_SIZE', '-1', /^DB_POOL_SIZE="-1": must be auto or an integer/],
+    ['DB_POOL_SIZE', '1.5', /^DB_POOL_SIZE="1.5": must be auto or an integer/],
+    ['DB_POOL_SIZE', '1e9', /^DB_POOL_SIZE="1e9": must be auto or an integer/],
+    ['DB_POOL_SIZE', 'Infinity', /^DB_POOL_SIZE="Infinity": must be auto or an integer/],
+    ['DB_POOL_SIZE', '0x10', /^DB_POOL_SIZE="0x10": must be auto or an integer/],
+    ['DB_MAX_OVERFLOW', '-1', /^DB_MAX_OVERFLOW="-1": must be auto or an integer from 0 to 10000$/],
     ['DB_POOL_TIMEOUT', '0', /^DB_POOL_TIMEOUT="0": must be an integer from 1 to 3600$/],
     ['DB_POOL_RECYCLE', 'soon', /^DB_POOL_RECYCLE="soon": must be an integer from 0 to 604800$/],
     ['DB_POOL_PRE_PING', 'maybe', /^DB_POOL_PRE_PING="maybe": must be one of true, 1, yes, on, false, 0, no, off$/],
@@ -177,7 +177,7 @@ describe('configuration: validation', () => {
   });
 
   it('names the code option and its variable when the bad value came from code', () => {
-    expect(problemsOf({}, { poolSize: 0 })).toEqual(['poolSize (DB_POOL_SIZE)="0": must be an integer from 1 to 10000']);
+    expect(problemsOf({}, { poolSize: 0 })).toEqual(['poolSize (DB_POOL_SIZE)="0": must be auto or an integer from 1 to 10000']);
   });
 
   it('takes application_name from the URL when it is there (pg lets it win), and refuses two names that disagree', () => {

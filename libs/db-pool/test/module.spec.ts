@@ -186,7 +186,7 @@ describe('DbPoolModule', () => {
       const err = await build.catch((e: unknown) => e);
       expect(err).toBeInstanceOf(DbPoolConfigError);
       expect((err as DbPoolConfigError).problems).toEqual([
-        'DB_POOL_SIZE="abc": must be an integer from 1 to 10000',
+        'DB_POOL_SIZE="abc": must be auto or an integer from 1 to 10000',
         'DB_POOL_PRE_PING="maybe": must be one of true, 1, yes, on, false, 0, no, off',
       ]);
     });

@@ -42,10 +42,18 @@ export interface DbPoolOptions {
    */
   passwordFile?: string;
 
-  /** `DB_POOL_SIZE`: connections kept open and warmed at start-up. @default 20 */
-  poolSize?: Loose<number>;
-  /** `DB_MAX_OVERFLOW`: extra connections opened under load, closed again when idle. @default 40 */
-  maxOverflow?: Loose<number>;
+  /**
+   * `DB_POOL_SIZE`: connections kept open and warmed at start-up; `'auto'` (with `maxOverflow:
+   * 'auto'`): the capacity is this process's share of the server's connections, between
+   * `poolMin` and `poolMax`, re-counted at every headroom sample. @default 20
+   */
+  poolSize?: Loose<number> | 'auto';
+  /** `DB_MAX_OVERFLOW`: extra connections opened under load, closed again when idle; `'auto'` with `poolSize: 'auto'`. @default 40 */
+  maxOverflow?: Loose<number> | 'auto';
+  /** `DB_POOL_MIN`: with `poolSize: 'auto'`, the least capacity the budget gives (and the capacity until the first sample). @default 2 */
+  poolMin?: Loose<number>;
+  /** `DB_POOL_MAX`: with `poolSize: 'auto'`, the most capacity the budget gives. @default 60 */
+  poolMax?: Loose<number>;
   /** `DB_POOL_TIMEOUT`: seconds an acquire waits for a connection before it fails. @default 30 */
   poolTimeoutSeconds?: Loose<number>;
   /** `DB_POOL_RECYCLE`: seconds after which a connection is replaced (0 = never). @default 3600 */
@@ -142,8 +150,11 @@ export interface DbPoolConfig {
   /** The password, or the function asked for it at each new connection (`DB_PASSWORD_FILE` is one). */
   password?: string | PasswordSource;
   database?: string;
+  /** Connections kept open (with a budget: at start-up, until the first sample resizes the pool). */
   poolSize: number;
   maxOverflow: number;
+  /** `DB_POOL_SIZE=auto`: the capacity follows the server's connections, between these bounds; undefined when sized by hand. */
+  budget: { min: number; max: number } | undefined;
   poolTimeoutMs: number;
   recycleMs: number;
   recycleJitter: number;

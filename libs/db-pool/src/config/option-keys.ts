@@ -12,6 +12,8 @@ export interface EnvKey {
   default?: number | boolean | string;
   /** A value outside [min, max] that is allowed and means "off". */
   off?: number;
+  /** An `int` that also takes the word `auto` (the connection budget: DB_POOL_SIZE, DB_MAX_OVERFLOW). */
+  auto?: boolean;
   /** Shown in the README table. */
   meaning: string;
 }
@@ -34,7 +36,9 @@ export const OPTION_KEYS: readonly OptionKey[] = [
     min: 1,
     max: 10_000,
     default: 20,
-    meaning: 'connections kept open, warmed at start-up',
+    auto: true,
+    meaning:
+      'connections kept open, warmed at start-up; `auto` (with `DB_MAX_OVERFLOW=auto`): the capacity is this process\'s share of the server\'s connections, counted in pg_stat_activity at every headroom sample, between `DB_POOL_MIN` and `DB_POOL_MAX` (see "Sizing")',
   },
   {
     option: 'maxOverflow',
@@ -43,7 +47,26 @@ export const OPTION_KEYS: readonly OptionKey[] = [
     min: 0,
     max: 10_000,
     default: 40,
-    meaning: 'extra connections under load, closed again when idle',
+    auto: true,
+    meaning: 'extra connections under load, closed again when idle; `auto` with `DB_POOL_SIZE=auto`',
+  },
+  {
+    option: 'poolMin',
+    env: 'DB_POOL_MIN',
+    kind: 'int',
+    min: 1,
+    max: 10_000,
+    default: 2,
+    meaning: 'with `DB_POOL_SIZE=auto`: the least capacity the budget gives this process (and its capacity until the first sample)',
+  },
+  {
+    option: 'poolMax',
+    env: 'DB_POOL_MAX',
+    kind: 'int',
+    min: 1,
+    max: 10_000,
+    default: 60,
+    meaning: 'with `DB_POOL_SIZE=auto`: the most capacity the budget gives this process',
   },
   {
     option: 'poolTimeoutSeconds',

@@ -18,6 +18,7 @@ type Parsed = number | boolean | string | undefined;
 function allowed(key: EnvKey): string {
   switch (key.kind) {
     case 'int':
+      if (key.auto) return `must be auto or an integer from ${key.min} to ${key.max}`;
       return key.off !== undefined
         ? `must be ${key.off} (off) or an integer from ${key.min} to ${key.max}`
         : `must be an integer from ${key.min} to ${key.max}`;
@@ -43,6 +44,7 @@ function parse(key: EnvKey, raw: unknown): Parsed {
   if (raw === undefined || raw === null || raw === '' || (Array.isArray(raw) && raw.length === 0)) return undefined;
   switch (key.kind) {
     case 'int': {
+      if (key.auto && typeof raw === 'string' && raw.trim().toLowerCase() === 'auto') return 'auto';
       const n = typeof raw === 'number' ? raw : typeof raw === 'string' && NUMBER.test(raw.trim()) ? Number(raw) : NaN;
       if (n === key.off) return n;
       if (!Number.isInteger(n) || n < key.min! || n > key.max!) throw allowed(key);
@@ -92,6 +94,15 @@ function parse(key: EnvKey, raw: unknown): Parsed {
       return path;
     }
   }
+}
+
+/**
+ * A capacity the connection budget gives, split as the defaults are (20 kept open of 60): a third
+ * kept open (at least one), the rest overflow.
+ */
+export function budgetSplit(capacity: number): { poolSize: number; maxOverflow: number } {
+  const poolSize = Math.max(1, Math.round(capacity / 3));
+  return { poolSize, maxOverflow: Math.max(0, capacity - poolSize) };
 }
 
 /** `postgres://a,postgres://b1,b2/db` → the URLs: a comma starts a new URL only before a scheme (`…://`); inside a URL it separates hosts. */
@@ -237,7 +248,35 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
         `a connection that takes that long to open could never be handed out in time; make ${envOf('connectTimeoutSeconds')} ≤ ${envOf('poolTimeoutSeconds')}`,
     );
   }
-  if (values.get('poolSize') !== undefined && values.get('maxOverflow') !== undefined && int('poolSize') + int('maxOverflow') > 10_000) {
+  const sizeAuto = values.get('poolSize') === 'auto';
+  const overflowAuto = values.get('maxOverflow') === 'auto';
+  if (sizeAuto !== overflowAuto && values.get('poolSize') !== undefined && values.get('maxOverflow') !== undefined) {
+    problems.push(
+      `${envOf('poolSize')}=${String(values.get('poolSize'))} and ${envOf('maxOverflow')}=${String(values.get('maxOverflow'))}: auto goes with auto (the budget sizes the whole capacity): set both to auto, or both to numbers`,
+    );
+  }
+  if (sizeAuto && int('headroomIntervalSeconds') === 0) {
+    problems.push(
+      `${envOf('poolSize')}=auto needs the headroom samples the budget is taken at: ${envOf('headroomIntervalSeconds')} must not be 0`,
+    );
+  }
+  if (sizeAuto && applicationNameIn(url) !== undefined) {
+    problems.push(
+      `${envOf('poolSize')}=auto: give the application's name with ${envOf('applicationName')}, not as application_name in ${envOf('url')} (the budget's presence connection needs a name of its own, which the URL's would override)`,
+    );
+  }
+  if (int('poolMin') > int('poolMax')) {
+    problems.push(
+      `${envOf('poolMin')}=${int('poolMin')} exceeds ${envOf('poolMax')}=${int('poolMax')}: the budget's least capacity must be at most its most`,
+    );
+  }
+  if (
+    !sizeAuto &&
+    !overflowAuto &&
+    values.get('poolSize') !== undefined &&
+    values.get('maxOverflow') !== undefined &&
+    int('poolSize') + int('maxOverflow') > 10_000
+  ) {
     problems.push(
       `${envOf('poolSize')} + ${envOf('maxOverflow')} = ${int('poolSize') + int('maxOverflow')}: the total capacity must be at most 10000`,
     );
@@ -307,8 +346,10 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
     username: options.username,
     password,
     database: options.database,
-    poolSize: int('poolSize'),
-    maxOverflow: int('maxOverflow'),
+    // With a budget, the pool starts at its least capacity; the first sample sizes it.
+    poolSize: sizeAuto ? budgetSplit(int('poolMin')).poolSize : int('poolSize'),
+    maxOverflow: sizeAuto ? budgetSplit(int('poolMin')).maxOverflow : int('maxOverflow'),
+    budget: sizeAuto ? { min: int('poolMin'), max: int('poolMax') } : undefined,
     poolTimeoutMs: int('poolTimeoutSeconds') * 1000,
     recycleMs: int('recycleSeconds') * 1000,
     recycleJitter: int('recycleJitterPercent') / 100,
@@ -405,6 +446,8 @@ function unknownOptions(options: DbPoolOptions): string[] {
 
 /** The option a key probably meant: the same name in another case, the same idea in another unit (`poolTimeout`, `connectTimeoutMs`), or one within two typos (`databse`). */
 function meantOption(key: string): string | undefined {
+  // pg.Pool's own `min` and `max` are pg's, not the budget's bounds (poolMin, poolMax).
+  if (key === 'min' || key === 'max') return undefined;
   const sameLetters = KNOWN_OPTIONS.find((o) => o.toLowerCase() === key.toLowerCase());
   if (sameLetters !== undefined) return sameLetters;
   // Spelt as a variable (poolTimeout → DB_POOL_TIMEOUT), it is matched as the look-alike variables are.

@@ -3,6 +3,7 @@ import { Registry } from 'prom-client';
 import type { PoolMonitor } from '../monitor/pool-monitor.js';
 import { DbPoolRegistry } from '../monitor/pool-registry.js';
 import type { Histogram } from '../pool/histogram.js';
+import type { BudgetDecision } from '../monitor/budget.js';
 import { READ_ROUTES, type ReadReason, REPLICA_OUT_OF_ROTATION } from '../pool/replicas.js';
 
 type Labels = Record<string, string | number>;
@@ -223,6 +224,38 @@ export class DbPoolMetrics {
       ),
       gauge('db_pool_leak_suspected', '1 while a connection leak is suspected (heuristic or DB_POOL_LEAK_THRESHOLD), else 0.', (m) =>
         m.checkConnectionLeaks() ? 1 : 0,
+      ),
+      gauge(
+        'db_pool_budget_capacity',
+        'DB_POOL_SIZE=auto: the capacity the connection budget gave this process at its last sample (DB_POOL_SIZE + DB_MAX_OVERFLOW as they are now).',
+        (m) => {
+          const b = m.getBudget();
+          return b ? [{ labels: { limited_by: b.limited_by }, value: b.capacity }] : [];
+        },
+      ),
+      ...(
+        [
+          [
+            'db_pool_budget_fair_share',
+            "DB_POOL_SIZE=auto: the fair share at the last sample: (max_connections - reserved - other applications' connections - 2) / processes - 1.",
+            (b) => b.fair_share,
+          ],
+          [
+            'db_pool_budget_processes',
+            "DB_POOL_SIZE=auto: the application's live processes the server counted at the last sample (their presence connections).",
+            (b) => b.inputs.processes,
+          ],
+          [
+            'db_pool_budget_other_connections',
+            "DB_POOL_SIZE=auto: other applications' client connections on the server at the last sample.",
+            (b) => b.inputs.other_connections,
+          ],
+        ] as [string, string, (b: BudgetDecision) => number][]
+      ).map(([name, help, pick]) =>
+        gauge(name, help, (m) => {
+          const b = m.getBudget();
+          return b ? [{ labels: {}, value: pick(b) }] : [];
+        }),
       ),
       gauge(
         'db_pool_server_headroom_connections',

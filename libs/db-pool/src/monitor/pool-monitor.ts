@@ -2,6 +2,7 @@ import type { DbPoolConfig } from '../config/db-pool.options.js';
 import type { BreakerState } from '../pool/breaker.js';
 import type { HostRole, HostStateName } from '../pool/connector.js';
 import type { DbPool } from '../pool/db-pool.js';
+import type { BudgetDecision } from './budget.js';
 import { READ_ROUTES, type ReadReason, type ReplicaOutOfRotation, type ReplicaStatus } from '../pool/replicas.js';
 import { SampleTimeoutError } from '../pool/sample-connection.js';
 import type { DbPoolLogger } from '../pool/logger.js';
@@ -121,6 +122,8 @@ export interface PoolHealthReport {
   hosts?: PoolHostReport[];
   /** A primary with read replicas: where its reads went, and why. */
   reads?: PoolReadsReport;
+  /** `DB_POOL_SIZE=auto`: the connection budget's last decision and its inputs (null before the first sample). */
+  budget?: BudgetDecision | null;
 }
 
 /**
@@ -217,6 +220,41 @@ export class PoolMonitor {
     this.reads = options.reads;
   }
 
+  /** `DB_POOL_SIZE=auto`: the budget's last decision (undefined before the first sample, or without a budget). */
+  getBudget(): BudgetDecision | undefined {
+    return this.pool.budgetDecision;
+  }
+
+  /**
+   * `DB_POOL_SIZE=auto`: one budget sample, and the pool resized to it (shrinking closes idle
+   * connections first and fails no checkout). A failed sample keeps the size the pool has.
+   */
+  async sampleBudget(): Promise<BudgetDecision | undefined> {
+    const budget = this.pool.budget;
+    if (!budget || this.pool.ending) return this.pool.budgetDecision;
+    try {
+      const { poolSize, maxOverflow } = this.pool.settings;
+      const claim = () => Math.max(this.pool.settings.poolSize + this.pool.settings.maxOverflow, this.pool.totalCount);
+      const decision = await budget.decide(claim(), this.config.healthTimeoutMs);
+      const changed = decision.pool_size !== poolSize || decision.max_overflow !== maxOverflow;
+      if (changed) this.pool.resize(decision.pool_size, decision.max_overflow);
+      // The claim the others read: the new capacity, or the connections still out above it until they come back.
+      await budget.claim(claim(), this.config.healthTimeoutMs);
+      if (changed) {
+        this.logger.log(
+          `db-pool "${this.name}": connection budget: capacity ${poolSize + maxOverflow} → ${decision.capacity} ` +
+            `(${decision.inputs.processes} process(es), fair share ${decision.fair_share}, limited by ${decision.limited_by})`,
+        );
+      }
+      this.pool.budgetDecision = decision;
+    } catch (err) {
+      this.logger.warn(
+        `db-pool "${this.name}": connection budget not sampled, the pool keeps its size: ${scrubSecrets((err as Error).message)}`,
+      );
+    }
+    return this.pool.budgetDecision;
+  }
+
   /** A primary with read replicas: where its reads went and why (undefined without replicas). */
   getReads(): PoolReadsReport | undefined {
     const counts = this.reads?.();
@@ -255,6 +293,8 @@ export class PoolMonitor {
     this.ticker.unref();
     this.snapshotLoad();
     if (this.config.headroomIntervalMs > 0) {
+      // The budget first: a process that starts takes its share before it opens more.
+      await this.sampleBudget();
       await Promise.all([this.sampleHeadroom(), this.samplePgBouncer()]);
       for (const advice of this.serverRecommendations()) this.logger.warn(`db-pool "${this.name}": ${advice}`);
       this.sampler = setInterval(() => this.sampleInBackground(), this.config.headroomIntervalMs);
@@ -266,7 +306,7 @@ export class PoolMonitor {
   private sampleInBackground(): void {
     if (this.sampling) return;
     this.sampling = true;
-    void Promise.all([this.sampleHeadroom(), this.samplePgBouncer()]).finally(() => (this.sampling = false));
+    void Promise.all([this.sampleBudget(), this.sampleHeadroom(), this.samplePgBouncer()]).finally(() => (this.sampling = false));
   }
 
   stop(): void {
@@ -419,6 +459,7 @@ export class PoolMonitor {
       ...(this.pool.highAvailability ? { hosts: this.getHosts() } : {}),
       ...(this.replica ? { replica: this.replicaReport(this.replica()) } : {}),
       ...(this.reads ? { reads: this.getReads() } : {}),
+      ...(this.pool.budget ? { budget: this.pool.budgetDecision ?? null } : {}),
     };
   }
 

@@ -11,6 +11,7 @@ import type { Connections } from './connection.js';
 import type { Connector, HostStatus } from './connector.js';
 import type { AdmissionGate } from './core/gate.js';
 import type { ResourcePool } from './core/resource-pool.js';
+import type { BudgetDecision, BudgetSampler } from '../monitor/budget.js';
 import type { PositionSource } from './consistency.js';
 import { currentDeadline } from './deadline.js';
 import type { PoolTimings } from './histogram.js';
@@ -409,6 +410,11 @@ export class DbPool extends EventEmitter {
    */
   positionSource: PositionSource | undefined = undefined;
 
+  /** @internal `DB_POOL_SIZE=auto`: the connection budget's presence connection and samples (createDbPool sets it; the monitor samples). */
+  budget: BudgetSampler | undefined = undefined;
+  /** @internal The budget's last decision. */
+  budgetDecision: BudgetDecision | undefined = undefined;
+
   /** @internal A request's deadline passed under a running statement (the lease's query): it is cancelled now, once. */
   deadlinePassed(entry: PoolEntry): void {
     this.connections.deadlinePassed(entry);
@@ -479,6 +485,17 @@ export class DbPool extends EventEmitter {
       return callback ? callback(err) : this.Promise.reject(err);
     }
     this.endCalled = true;
-    return promised<void>(this.Promise, callback as ((err?: Error) => void) | undefined, (done) => this.shutdown(() => done()));
+    // The budget's presence connection goes with the pool: the other processes count one fewer at their next sample.
+    const presence = this.budget?.close();
+    return promised<void>(this.Promise, callback as ((err?: Error) => void) | undefined, (done) =>
+      this.shutdown(() =>
+        presence
+          ? void presence.then(
+              () => done(),
+              () => done(),
+            )
+          : done(),
+      ),
+    );
   }
 }

@@ -43,8 +43,8 @@ export class SampleConnection {
     this.connector = new Connector({ Client, clientConfig });
   }
 
-  /** The first row `text` answers, within `timeoutMs` in all, connect included. */
-  async queryRow<R>(text: string, timeoutMs: number): Promise<R> {
+  /** The first row `query` answers (a text, or a config with values), within `timeoutMs` in all, connect included. */
+  async queryRow<R>(query: string | pg.QueryConfig, timeoutMs: number): Promise<R> {
     let timer: NodeJS.Timeout | undefined;
     let client: pg.Client | undefined;
     let timedOut = false;
@@ -63,7 +63,7 @@ export class SampleConnection {
       if (timedOut) throw new SampleTimeoutError(timeoutMs); // nobody waits for it: kept for the next sample
       client = opened;
       try {
-        return (await opened.query<R & pg.QueryResultRow>(text)).rows[0];
+        return (await opened.query<R & pg.QueryResultRow>(query)).rows[0];
       } catch (err) {
         this.drop(opened);
         throw err;

@@ -1,0 +1,171 @@
+/**
+ * The connection budget (`DB_POOL_SIZE=auto`): each process sizes its pool to its share of the
+ * server's connections, from the server's own view — PostgreSQL is the coordinator, and nothing
+ * else is. Every process of the application holds one presence connection whose
+ * `application_name` is `<application_name>~<claim>`: the server counts the live processes (a
+ * process that dies takes its presence with it) and shows what each claims, the capacity it may
+ * open. At every headroom sample, on that connection, a process reads `max_connections`, the
+ * reserved connections, everyone else's connections and the other processes' claims, and takes
+ *
+ *   fair share = (available − other applications' connections − 2 spare) / processes − 1
+ *
+ * (the spare leaves room for a process that is starting; the 1 is its own presence connection),
+ * within `DB_POOL_MIN` / `DB_POOL_MAX`. It shrinks to it at once; it grows only into what nobody
+ * claims, in proportion to what it lacks among those below their share, so processes that have
+ * not yet shrunk are never overrun, and those growing together take no more than is unclaimed.
+ * Then it writes its new claim. Shrinking closes idle connections first and fails no checkout
+ * (`DbPool.resize`); a claim stays as high as the connections still open until they come back.
+ */
+import type pg from 'pg';
+import type { DbPoolConfig } from '../config/db-pool.options.js';
+import { budgetSplit } from '../config/resolve-config.js';
+import { SampleConnection } from '../pool/sample-connection.js';
+
+/** Connections left free for a process that is starting (its presence and its first pooled one). */
+export const BUDGET_SPARE = 2;
+
+/** What the server said at the last budget sample. */
+export interface BudgetInputs {
+  max_connections: number;
+  superuser_reserved_connections: number;
+  /** `reserved_connections` (PostgreSQL 16 and later; 0 before). */
+  reserved_connections: number;
+  /** Live processes of the application, this one included: presence connections. */
+  processes: number;
+  /** What the other processes claim (each one's capacity, or the connections it still has open if more). */
+  claims: number[];
+  /** Client connections of the application's pools, every process's (its application_name). */
+  application_connections: number;
+  /** Client connections of everyone else. */
+  other_connections: number;
+  /** Client connections open on the server, all of them. */
+  in_use: number;
+}
+
+/** What the budget decided at its last sample, and why. */
+export interface BudgetDecision {
+  /** The capacity this process took: `pool_size + max_overflow`. */
+  capacity: number;
+  pool_size: number;
+  max_overflow: number;
+  /** The fair share before the bounds: what every process would have, were all equal. */
+  fair_share: number;
+  /** Connections nobody claims: what this process may grow into, with the others below their share. */
+  unclaimed: number;
+  /** `DB_POOL_MIN` / `DB_POOL_MAX`. */
+  min: number;
+  max: number;
+  /** What set the capacity: `fair_share`, `unclaimed` (growing, held to what nobody claims), `min`, `max`. */
+  limited_by: 'fair_share' | 'unclaimed' | 'min' | 'max';
+  inputs: BudgetInputs;
+  decided_at: string;
+}
+
+/**
+ * The budget's arithmetic, on a sample: pure, so the tests read it line by line. `ownClaim` is
+ * this process's claim as it stands (its capacity, or its open connections if more).
+ */
+export function decideBudget(
+  inputs: BudgetInputs,
+  ownClaim: number,
+  bounds: { min: number; max: number },
+): Pick<BudgetDecision, 'capacity' | 'fair_share' | 'unclaimed' | 'limited_by'> {
+  const available = inputs.max_connections - inputs.superuser_reserved_connections - inputs.reserved_connections;
+  const processes = Math.max(1, inputs.processes);
+  const fair = Math.floor((available - inputs.other_connections - BUDGET_SPARE) / processes) - 1;
+  const claimed = inputs.claims.reduce((n, c) => n + c, 0);
+  // What nobody claims: the presences (each process's one) and the spare set aside.
+  const unclaimed = Math.max(0, available - inputs.other_connections - BUDGET_SPARE - processes - claimed);
+  let target = fair;
+  let limitedBy: BudgetDecision['limited_by'] = 'fair_share';
+  if (fair > ownClaim) {
+    // Growing: a part of what is unclaimed, in proportion to what it lacks among all those below
+    // the share (their claims are in view), so those growing at the same time fit together.
+    const lacking = fair - ownClaim;
+    const lackingAll = lacking + inputs.claims.reduce((n, c) => n + Math.max(0, fair - c), 0);
+    const grow = Math.min(lacking, Math.floor((unclaimed * lacking) / lackingAll));
+    if (grow < lacking) {
+      target = ownClaim + grow;
+      limitedBy = 'unclaimed';
+    }
+  }
+  if (target < bounds.min) return { capacity: bounds.min, fair_share: fair, unclaimed, limited_by: 'min' };
+  if (target > bounds.max) return { capacity: bounds.max, fair_share: fair, unclaimed, limited_by: 'max' };
+  return { capacity: target, fair_share: fair, unclaimed, limited_by: limitedBy };
+}
+
+/** The prefix of the presence connections' application_name: the application's, marked, leaving room for a claim within 63 characters. */
+export function presencePrefix(applicationName: string): string {
+  return `${applicationName.slice(0, 63 - '~'.length - 5)}~`;
+}
+
+const SAMPLE = `
+SELECT current_setting('max_connections')::int AS max_connections,
+       current_setting('superuser_reserved_connections')::int AS superuser_reserved_connections,
+       coalesce((SELECT setting::int FROM pg_settings WHERE name = 'reserved_connections'), 0) AS reserved_connections,
+       count(*) FILTER (WHERE left(application_name, length($1)) = $1)::int AS processes,
+       coalesce(array_agg(substr(application_name, length($1) + 1))
+                FILTER (WHERE left(application_name, length($1)) = $1 AND pid <> pg_backend_pid()), '{}') AS claims,
+       count(*) FILTER (WHERE application_name = $2)::int AS application_connections,
+       count(*)::int AS in_use
+  FROM pg_stat_activity WHERE backend_type = 'client backend'`;
+
+/** The presence connection, the samples taken on it, and the claim it shows. */
+export class BudgetSampler {
+  private readonly presence: SampleConnection;
+  private readonly prefix: string;
+
+  constructor(
+    private readonly config: DbPoolConfig,
+    Client: typeof pg.Client,
+  ) {
+    this.prefix = presencePrefix(config.applicationName);
+    // A copy with every property, the hidden ones (the URL, the password) too, under the presence's name.
+    const named = Object.defineProperties({}, Object.getOwnPropertyDescriptors(config)) as DbPoolConfig;
+    named.applicationName = `${this.prefix}0`;
+    this.presence = new SampleConnection(named, Client);
+  }
+
+  /** One sample on the presence connection (opened on first use, and again after a failure), within `timeoutMs`. */
+  async sample(timeoutMs: number): Promise<BudgetInputs> {
+    const row = await this.presence.queryRow<Omit<BudgetInputs, 'other_connections' | 'claims'> & { claims: string[] }>(
+      { text: SAMPLE, values: [this.prefix, this.config.applicationName] },
+      timeoutMs,
+    );
+    return {
+      ...row,
+      // A claim that is not a number (a process of another version) counts as the most a process may take.
+      claims: row.claims.map((c) => (/^\d{1,5}$/.test(c) ? Number(c) : this.config.budget!.max)),
+      other_connections: Math.max(0, row.in_use - row.application_connections - row.processes),
+    };
+  }
+
+  /** A sample and what it decides for a pool whose claim stands at `ownClaim`. */
+  async decide(ownClaim: number, timeoutMs: number): Promise<BudgetDecision> {
+    const bounds = this.config.budget!;
+    const inputs = await this.sample(timeoutMs);
+    const decided = decideBudget(inputs, ownClaim, bounds);
+    const { poolSize, maxOverflow } = budgetSplit(decided.capacity);
+    return {
+      ...decided,
+      pool_size: poolSize,
+      max_overflow: maxOverflow,
+      min: bounds.min,
+      max: bounds.max,
+      inputs,
+      decided_at: new Date().toISOString(),
+    };
+  }
+
+  /** Shows `claim` to the other processes (their next samples read it). */
+  async claim(claim: number, timeoutMs: number): Promise<void> {
+    await this.presence.queryRow(
+      { text: "SELECT set_config('application_name', $1, false)", values: [`${this.prefix}${claim}`] },
+      timeoutMs,
+    );
+  }
+
+  close(): Promise<void> {
+    return this.presence.close();
+  }
+}

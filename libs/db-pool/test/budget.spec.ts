@@ -1,0 +1,247 @@
+// The connection budget (DB_POOL_SIZE=auto) against a real server of its own with
+// max_connections=40: "processes" of one application (pools with their monitors, each as a
+// process has them) count each other in pg_stat_activity through their presence connections and
+// size themselves to their share; processes that arrive are not overrun by those that have not
+// shrunk yet, and those that leave give their share back.
+import {
+  createDbPool,
+  type DbPool,
+  DbPoolConfigError,
+  DbPoolMetrics,
+  DbPoolRegistry,
+  PoolMonitor,
+  resolveDbPoolConfig,
+} from '../src/index.js';
+import { BUDGET_SPARE, decideBudget, presencePrefix, type BudgetInputs } from '../src/monitor/budget.js';
+import { startEmbeddedPostgres, type EmbeddedPostgres } from '../../../tools/embedded-db.mjs';
+import { eventually } from './support/db.js';
+
+const QUIET = { log: () => {}, warn: () => {}, debug: () => {} };
+
+describe('the budget arithmetic', () => {
+  const inputs = (over: Partial<BudgetInputs>): BudgetInputs => ({
+    max_connections: 40,
+    superuser_reserved_connections: 3,
+    reserved_connections: 0,
+    processes: 2,
+    claims: [16],
+    application_connections: 0,
+    other_connections: 0,
+    in_use: 2,
+    ...over,
+  });
+  const bounds = { min: 1, max: 60 };
+  it('gives each process its share of what the others leave, less a spare for one starting and its own presence', () => {
+    // (40 - 3 - 0 - 2) / 2 - 1 = 16; unclaimed 37 - 2 - 2 presences - 16 = 17
+    expect(decideBudget(inputs({}), 0, bounds)).toEqual({ capacity: 16, fair_share: 16, unclaimed: 17, limited_by: 'fair_share' });
+    // Another application holds 10: (37 - 10 - 2) / 2 - 1 = 11
+    expect(decideBudget(inputs({ other_connections: 10, claims: [11] }), 0, bounds)).toMatchObject({
+      capacity: 11,
+      limited_by: 'fair_share',
+    });
+    expect(BUDGET_SPARE).toBe(2);
+  });
+  it('grows only into what nobody claims, in proportion to what it lacks; shrinks at once', () => {
+    // Eight processes, two still claiming 16 each, five newcomers 1 each: fair (35 / 8) - 1 = 3,
+    // nothing unclaimed: the newcomer stays at 1 until the two shrink.
+    const crowded = inputs({ processes: 8, claims: [16, 16, 1, 1, 1, 1, 1] });
+    expect(decideBudget(crowded, 1, bounds)).toEqual({ capacity: 1, fair_share: 3, unclaimed: 0, limited_by: 'unclaimed' });
+    // One of the two, at its sample: down to the share at once.
+    expect(decideBudget(inputs({ processes: 8, claims: [16, 1, 1, 1, 1, 1, 1] }), 16, bounds)).toMatchObject({
+      capacity: 3,
+      limited_by: 'fair_share',
+    });
+    // Both shrunk: 37 - 2 - 8 - (3 + 3 + 5) = 16 unclaimed; the six below the share lack 2 each: each takes its 2.
+    expect(decideBudget(inputs({ processes: 8, claims: [3, 3, 1, 1, 1, 1, 1] }), 1, bounds)).toMatchObject({
+      capacity: 3,
+      limited_by: 'fair_share',
+    });
+    // Two still over the share (8 each): 37 - 2 - 8 - 21 = 6 unclaimed, and the six below it lack
+    // 2 each: each takes 6 × 2 / 12 = 1 — together no more than is unclaimed.
+    expect(decideBudget(inputs({ processes: 8, claims: [8, 8, 1, 1, 1, 1, 1] }), 1, bounds)).toEqual({
+      capacity: 2,
+      fair_share: 3,
+      unclaimed: 6,
+      limited_by: 'unclaimed',
+    });
+  });
+  it('keeps within DB_POOL_MIN and DB_POOL_MAX', () => {
+    expect(decideBudget(inputs({ processes: 40, claims: [] }), 0, { min: 2, max: 60 })).toMatchObject({ capacity: 2, limited_by: 'min' });
+    expect(decideBudget(inputs({ max_connections: 1000, processes: 1, claims: [] }), 0, { min: 2, max: 60 })).toMatchObject({
+      capacity: 60,
+      limited_by: 'max',
+    });
+  });
+  it('names the presence connection after the application, its claim after it, within 63 characters', () => {
+    expect(presencePrefix('api')).toBe('api~');
+    expect(`${presencePrefix('x'.repeat(63))}10000`).toHaveLength(63);
+  });
+});
+
+describe('configuration', () => {
+  const resolve = (env: Record<string, string>) => () => resolveDbPoolConfig({ env: { DATABASE_URL: 'postgres://u@h/db', ...env } });
+  it('takes auto for both, starting at DB_POOL_MIN split as the defaults are', () => {
+    const config = resolve({ DB_POOL_SIZE: 'auto', DB_MAX_OVERFLOW: 'AUTO', DB_POOL_MIN: '6', DB_POOL_MAX: '30' })();
+    expect(config).toMatchObject({ poolSize: 2, maxOverflow: 4, budget: { min: 6, max: 30 } });
+    expect(resolve({})().budget).toBeUndefined();
+  });
+  it('refuses auto with a number, bounds the wrong way round, no headroom samples, and a name in the URL, naming the keys', () => {
+    expect(resolve({ DB_POOL_SIZE: 'auto', DB_MAX_OVERFLOW: '5' })).toThrow(/DB_POOL_SIZE=auto and DB_MAX_OVERFLOW=5: auto goes with auto/);
+    expect(resolve({ DB_POOL_SIZE: 'auto', DB_MAX_OVERFLOW: 'auto', DB_POOL_MIN: '9', DB_POOL_MAX: '3' })).toThrow(
+      /DB_POOL_MIN=9 exceeds DB_POOL_MAX=3/,
+    );
+    expect(resolve({ DB_POOL_SIZE: 'auto', DB_MAX_OVERFLOW: 'auto', DB_POOL_HEADROOM_INTERVAL: '0' })).toThrow(
+      /DB_POOL_SIZE=auto needs the headroom samples .*DB_POOL_HEADROOM_INTERVAL must not be 0/,
+    );
+    expect(() =>
+      resolveDbPoolConfig({
+        env: { DATABASE_URL: 'postgres://u@h/db?application_name=api', DB_POOL_SIZE: 'auto', DB_MAX_OVERFLOW: 'auto' },
+      }),
+    ).toThrow(/give the application's name with DB_APPLICATION_NAME/);
+    expect(resolve({ DB_POOL_SIZE: 'some' })).toThrow(DbPoolConfigError);
+    expect(resolve({ DB_POOL_SIZE: 'some' })).toThrow(/DB_POOL_SIZE="some": must be auto or an integer from 1 to 10000/);
+  });
+});
+
+describe('processes of one application sharing a server with max_connections=40', () => {
+  let db: EmbeddedPostgres;
+  /** A role that is not a superuser: the server refuses it past max_connections - superuser_reserved_connections (37). */
+  let url: string;
+  beforeAll(async () => {
+    db = await startEmbeddedPostgres({ postgresFlags: ['-c', 'max_connections=40'], quiet: true });
+    const admin = await createDbPool({ url: db.url, poolSize: 1, maxOverflow: 0, env: {} });
+    await admin.query("CREATE ROLE budget_app LOGIN PASSWORD 'budget_app'");
+    await admin.end();
+    const u = new URL(db.url);
+    u.username = 'budget_app';
+    u.password = 'budget_app';
+    url = u.toString();
+  }, 60_000);
+  afterAll(async () => {
+    await db?.stop();
+  });
+
+  const APP = `budget-${process.pid}`;
+  interface Process {
+    pool: DbPool;
+    monitor: PoolMonitor;
+    stop(): Promise<void>;
+  }
+  const running: Process[] = [];
+  afterEach(async () => {
+    await Promise.all(running.splice(0).map((p) => p.stop()));
+  });
+
+  /** One process's pool and monitor, as the module has them (createDbPool takes the first budget sample before it warms up). */
+  async function startProcess(): Promise<Process> {
+    const options = {
+      url,
+      poolSize: 'auto' as const,
+      maxOverflow: 'auto' as const,
+      poolMin: 1,
+      poolMax: 60,
+      applicationName: APP,
+      headroomIntervalSeconds: 3_600, // samples taken by the test, one round at a time
+      env: {},
+    };
+    const pool = await createDbPool(options);
+    const monitor = new PoolMonitor(pool, resolveDbPoolConfig(options), QUIET);
+    const p: Process = {
+      pool,
+      monitor,
+      stop: async () => {
+        monitor.stop();
+        if (!pool.ending) await pool.end();
+      },
+    };
+    running.push(p);
+    return p;
+  }
+  const sampleAll = async (ps: Process[]) => {
+    for (const p of ps) await p.monitor.sampleBudget();
+  };
+  const capacity = (p: Process) => p.pool.settings.poolSize + p.pool.settings.maxOverflow;
+  const serverConnections = async () => {
+    const admin = await createDbPool({ url: db.url, poolSize: 1, maxOverflow: 0, env: {} });
+    try {
+      const { rows } = await admin.query<{ n: number }>(
+        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE backend_type = 'client backend' AND usename = 'budget_app'",
+      );
+      return rows[0].n;
+    } finally {
+      await admin.end();
+    }
+  };
+  /** Every process uses its whole capacity at once (load): the connections the budget gave are all opened. */
+  const fill = async (ps: Process[]) => {
+    await Promise.all(
+      ps.map(async (p) => {
+        const held = await Promise.all(Array.from({ length: capacity(p) }, () => p.pool.connect()));
+        for (const c of held) c.release();
+      }),
+    );
+  };
+
+  it('two processes split the server; six more arrive one by one, under load, and nobody is refused; all converge; those that leave give their share back', async () => {
+    const first = [await startProcess(), await startProcess()];
+    // The first to start counted itself alone; the second took what was free. Under load, a few
+    // samples bring both to (40 - 3 - 2) / 2 - 1 = 16.
+    let rounds = 0;
+    while (first.some((p) => capacity(p) !== 16) && rounds < 5) {
+      await sampleAll(first);
+      await fill(first);
+      rounds++;
+      expect(await serverConnections()).toBeLessThanOrEqual(37);
+    }
+    expect({ capacities: first.map(capacity), rounds: rounds <= 3 }).toEqual({ capacities: [16, 16], rounds: true });
+    expect(await serverConnections()).toBe(2 * 17);
+
+    // Six more, one by one; between arrivals every process takes a sample, as its interval passes.
+    const all = [...first];
+    for (let i = 0; i < 6; i++) {
+      all.push(await startProcess());
+      await fill(all);
+      expect(await serverConnections()).toBeLessThanOrEqual(37);
+      await sampleAll(all);
+    }
+    // Within two more samples, every process at the fair share of eight: (37 - 2) / 8 - 1 = 3.
+    await fill(all);
+    await sampleAll(all);
+    await fill(all);
+    await sampleAll(all);
+    expect(all.map(capacity)).toEqual(Array(8).fill(3));
+    expect(all.map((p) => p.monitor.getBudget()!.inputs.processes)).toEqual(Array(8).fill(8));
+    await fill(all);
+    expect(await serverConnections()).toBeLessThanOrEqual(37);
+    expect(all.map((p) => p.pool.counters.connectErrors)).toEqual(Array(8).fill(0));
+
+    // Six leave: the two left take their share back within two samples.
+    const leaving = all.slice(2);
+    await Promise.all(leaving.map((p) => p.stop()));
+    expect(await eventually(async () => (await serverConnections()) <= 2 * 4)).toBe(true);
+    await sampleAll(first);
+    await fill(first);
+    await sampleAll(first);
+    expect(first.map(capacity)).toEqual([16, 16]);
+  }, 120_000);
+
+  it('health, status and metrics carry the decision and its inputs', async () => {
+    const p = await startProcess();
+    const registry = new DbPoolRegistry();
+    registry.add(p.monitor);
+    const budget = p.monitor.getHealthReport().budget!;
+    expect(budget).toMatchObject({
+      capacity: capacity(p),
+      min: 1,
+      max: 60,
+      limited_by: expect.stringMatching(/^(fair_share|unclaimed|min|max)$/),
+      inputs: { max_connections: 40, superuser_reserved_connections: 3, processes: 1 },
+    });
+    expect(p.monitor.getPoolStatus().total_capacity).toBe(budget.capacity);
+    const text = await new DbPoolMetrics(registry).metrics();
+    expect(text).toMatch(
+      new RegExp(`db_pool_budget_capacity\\{pool_name="default",limited_by="${budget.limited_by}"\\} ${budget.capacity}`),
+    );
+    expect(text).toContain('db_pool_budget_processes{pool_name="default"} 1');
+  });
+});
