@@ -115,8 +115,11 @@ describe('the Grafana dashboard against a real Prometheus', () => {
           DB_REPLICA_CONSISTENCY: 'read-your-writes',
           DB_PGBOUNCER_ADMIN_URL: viaBouncer('pgbouncer'),
           DB_POOL_ADAPTIVE: 'true',
-          DB_POOL_SIZE: '2',
-          DB_MAX_OVERFLOW: '2',
+          // The connection budget, so its panels have series (its figures through PgBouncer are not the point here).
+          DB_POOL_SIZE: 'auto',
+          DB_MAX_OVERFLOW: 'auto',
+          DB_POOL_MIN: '2',
+          DB_POOL_MAX: '4',
           DB_POOL_HEADROOM_INTERVAL: '1',
           DB_APPLICATION_NAME: 'dashboard-test',
         },
