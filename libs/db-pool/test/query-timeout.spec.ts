@@ -45,7 +45,9 @@ describe('query timeout (DB_QUERY_TIMEOUT_MS) and connections released mid-query
   it('cancels on the server the query of a connection released while it runs, and keeps the connection', async () => {
     // The settle (cancel confirmed, ReadyForQuery back) has 5 s: in two CI runs of 12-06 it took
     // more than 2 s on a loaded machine, and the connection was discarded (see the closing note).
-    const pool = await fixture.pool({ poolSize: 1, maxOverflow: 0, validationTimeoutMs: 5_000 });
+    // The acquire waits longer than the settle may take (in a CI run of 12-07, with benchmarks
+    // running beside it, an acquire bounded at 5 s like the settle timed out first).
+    const pool = await fixture.pool({ poolSize: 1, maxOverflow: 0, validationTimeoutMs: 5_000, poolTimeoutSeconds: 15 });
     await pool.warmUp();
     const client = await pool.connect();
     const pid = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
