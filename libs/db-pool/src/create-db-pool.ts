@@ -32,12 +32,7 @@ export async function createDbPool(options: DbPoolOptions = {}): Promise<DbPool>
   const config = resolveDbPoolConfig(options);
   const logger = options.logger ?? SILENT;
   const pool = new DbPool(toPgPoolOptions(config), settingsOf(config, logger));
-  if (config.budget) {
-    // DB_POOL_SIZE=auto: the presence connection and the first budget sample come before the
-    // warm-up, so a process that starts opens only its share (the monitor samples again later).
-    pool.budget = new BudgetSampler(config, pool.Client);
-    await firstBudget(pool, config, logger);
-  }
+  await startBudget(pool, config, logger);
   const failed = await warm(pool, config, logger);
   if (failed) {
     // Unreachable, auth, no such database: a configuration to fix before starting.
@@ -47,8 +42,14 @@ export async function createDbPool(options: DbPoolOptions = {}): Promise<DbPool>
   return pool;
 }
 
-/** The budget's first sample, the pool sized to it; a failure (the server is full, say) keeps DB_POOL_MIN and is logged. */
-async function firstBudget(pool: DbPool, config: DbPoolConfig, logger: DbPoolLogger): Promise<void> {
+/**
+ * DB_POOL_SIZE=auto: the presence connection and the first budget sample, the pool sized to it,
+ * before the warm-up, so a process that starts opens only its share (the monitor samples again
+ * later). A failure (the server is full, say) keeps DB_POOL_MIN and is logged.
+ */
+async function startBudget(pool: DbPool, config: DbPoolConfig, logger: DbPoolLogger): Promise<void> {
+  if (!config.budget) return;
+  pool.budget = new BudgetSampler(config, pool.Client);
   try {
     const decision = await pool.budget!.decide(0, config.healthTimeoutMs);
     pool.resize(decision.pool_size, decision.max_overflow);
@@ -90,6 +91,8 @@ async function warm(pool: DbPool, config: DbPoolConfig, logger: DbPoolLogger): P
  */
 async function createReplicaPool(config: DbPoolConfig, logger: DbPoolLogger): Promise<DbPool> {
   const pool = new DbPool(toPgPoolOptions(config), settingsOf(config, logger));
+  // DB_POOL_SIZE=auto: a replica's pool takes its share of the replica's connections, as the primary's does of the primary's.
+  await startBudget(pool, config, logger);
   await warm(pool, config, logger);
   return pool;
 }

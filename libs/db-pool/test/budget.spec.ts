@@ -14,6 +14,8 @@ import {
 } from '../src/index.js';
 import { BUDGET_SPARE, decideBudget, presencePrefix, type BudgetInputs } from '../src/monitor/budget.js';
 import { startEmbeddedPostgres, type EmbeddedPostgres } from '../../../tools/embedded-db.mjs';
+import { startReplicaSet } from '../../../tools/replica-set.mjs';
+import { createReplicaRouter } from '../src/create-db-pool.js';
 import { eventually } from './support/db.js';
 
 const QUIET = { log: () => {}, warn: () => {}, debug: () => {} };
@@ -244,4 +246,36 @@ describe('processes of one application sharing a server with max_connections=40'
     );
     expect(text).toContain('db_pool_budget_processes{pool_name="default"} 1');
   });
+});
+
+describe('with read replicas', () => {
+  it("each replica's pool takes its share of the replica's connections, as the primary's does of the primary's", async () => {
+    const rs = await startReplicaSet({ quiet: true });
+    try {
+      const options = {
+        url: rs.primary.url,
+        replicaUrls: rs.standby.url,
+        poolSize: 'auto' as const,
+        maxOverflow: 'auto' as const,
+        poolMax: 12,
+        applicationName: `budget-replicas-${process.pid}`,
+        env: {},
+      };
+      const primary = await createDbPool(options);
+      const router = (await createReplicaRouter(options, primary))!;
+      try {
+        const [replica] = router.pools();
+        // Alone on servers of 100 connections: both at DB_POOL_MAX.
+        for (const pool of [primary, replica]) {
+          expect(pool.budgetDecision).toMatchObject({ capacity: 12, limited_by: 'max', inputs: { processes: 1 } });
+          expect(pool.settings.poolSize + pool.settings.maxOverflow).toBe(12);
+        }
+      } finally {
+        await router.end();
+        await primary.end();
+      }
+    } finally {
+      await rs.stop();
+    }
+  }, 60_000);
 });
