@@ -48,7 +48,7 @@ describe('fault scenarios: configuration fuzz', () => {
         expect(mine).toEqual([
           expect.stringMatching(
             new RegExp(
-              `^${key.env}="${raw.replace('.', '\\.')}": must be (${key.off} \\(off\\) or )?an integer from ${key.min} to ${key.max}$`,
+              `^${key.env}="${raw.replace('.', '\\.')}": must be ${key.auto ? 'auto or ' : key.off !== undefined ? `${key.off} \\(off\\) or ` : ''}an integer from ${key.min} to ${key.max}$`,
             ),
           ),
         ]);
