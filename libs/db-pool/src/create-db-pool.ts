@@ -1,12 +1,13 @@
 import type { DataSource, DataSourceOptions } from 'typeorm';
 import type { DbPoolConfig, DbPoolOptions } from './config/db-pool.options.js';
-import { resolveDbPoolConfig } from './config/resolve-config.js';
+import { budgetSplit, resolveDbPoolConfig } from './config/resolve-config.js';
 import { codeOf, PoolConnectError } from './errors.js';
 import { DbPool } from './pool/db-pool.js';
 import { type DbPoolLogger, SILENT } from './pool/logger.js';
 import { toPgPoolOptions } from './pool/pg-options.js';
 import { settingsOf } from './pool/settings.js';
-import { BudgetSampler } from './monitor/budget.js';
+import { type BudgetDecision, BudgetSampler } from './monitor/budget.js';
+import { SampleTimeoutError } from './pool/sample-connection.js';
 import { ReplicaRouter } from './pool/replicas.js';
 import { DbPoolDataSource, toTypeOrmOptions } from './pool/typeorm-options.js';
 import { scrubSecrets } from './redact.js';
@@ -45,20 +46,57 @@ export async function createDbPool(options: DbPoolOptions = {}): Promise<DbPool>
 /**
  * DB_POOL_SIZE=auto: the presence connection and the first budget sample, the pool sized to it,
  * before the warm-up, so a process that starts opens only its share (the monitor samples again
- * later). A failure (the server is full, say) keeps DB_POOL_MIN and is logged.
+ * later). It takes no connection the server does not have: while what nobody claims is short of
+ * DB_POOL_MIN (the others not yet shrunk to a share that counts this one), or the server refuses
+ * the presence itself (full), it waits for the others' notices and samples again — at most two
+ * headroom intervals (60 s at most), by which every process has taken an interval sample. Then it
+ * starts at DB_POOL_MIN all the same, and warns.
  */
 async function startBudget(pool: DbPool, config: DbPoolConfig, logger: DbPoolLogger): Promise<void> {
-  if (!config.budget) return;
-  pool.budget = new BudgetSampler(config, pool.Client);
+  const bounds = config.budget;
+  if (!bounds) return;
+  const sampler = (pool.budget = new BudgetSampler(config, pool.Client));
+  const deadline = Date.now() + Math.min(2 * config.headroomIntervalMs, 60_000);
+  let decision: BudgetDecision | undefined;
+  let failure: unknown;
+  let announced = false;
+  const notSampled = (err: unknown) =>
+    logger.warn(
+      `db-pool "${config.name}": connection budget not sampled at start-up, the pool starts at DB_POOL_MIN (${bounds.min}): ${scrubSecrets((err as Error).message)}`,
+    );
+  for (let pause = 100; ; pause = Math.min(2 * pause, 1_000)) {
+    try {
+      decision = await sampler.decide(0, config.healthTimeoutMs, 'start');
+      failure = undefined;
+      if (decision.capacity >= bounds.min || Date.now() >= deadline) break;
+      // Short of room: the others hear of this process (they shrink to the share that counts it) and it samples again at their notices.
+      if (!announced) await sampler.claim(0, config.healthTimeoutMs, true);
+      announced = true;
+      await sampler.notice(Math.min(deadline - Date.now(), config.headroomIntervalMs));
+    } catch (err) {
+      failure = err;
+      // The server full (the presence refused) or slow to answer: again, after a pause; anything else is for the warm-up to report.
+      const transient = TRANSIENT.has(codeOf(err) ?? '') || err instanceof SampleTimeoutError;
+      if (!transient || Date.now() >= deadline) break;
+      await new Promise((resolve) => setTimeout(resolve, pause * (0.5 + Math.random())));
+    }
+  }
+  if (failure !== undefined || !decision) return notSampled(failure);
+  if (decision.capacity < bounds.min) {
+    logger.warn(
+      `db-pool "${config.name}": connection budget: the server has ${decision.capacity} connection(s) nobody claims, short of DB_POOL_MIN (${bounds.min}), ` +
+        `after ${Math.round(Math.min(2 * config.headroomIntervalMs, 60_000) / 1000)} s; the pool starts at DB_POOL_MIN and may be refused`,
+    );
+    const { poolSize, maxOverflow } = budgetSplit(bounds.min);
+    decision = { ...decision, capacity: bounds.min, pool_size: poolSize, max_overflow: maxOverflow, limited_by: 'min' };
+  }
   try {
-    const decision = await pool.budget!.decide(0, config.healthTimeoutMs);
+    // The claim before the connections: a process sampling meanwhile counts them as taken.
+    await sampler.claim(decision.capacity, config.healthTimeoutMs, true);
     pool.resize(decision.pool_size, decision.max_overflow);
-    await pool.budget!.claim(decision.capacity, config.healthTimeoutMs);
     pool.budgetDecision = decision;
   } catch (err) {
-    logger.warn(
-      `db-pool "${config.name}": connection budget not sampled at start-up, the pool starts at DB_POOL_MIN (${config.budget!.min}): ${scrubSecrets((err as Error).message)}`,
-    );
+    notSampled(err);
   }
 }
 

@@ -49,6 +49,7 @@ export { DbPoolHealthIndicator } from './health/db-pool.health.js';
 export { DbPoolMetrics } from './metrics/db-pool.metrics.js';
 export { PoolMonitor, type PoolHealthReport, type PoolStatus } from './monitor/pool-monitor.js';
 export { DbPoolRegistry } from './monitor/pool-registry.js';
+export type { BudgetDecision, BudgetInputs } from './monitor/budget.js';
 
 // Injection
 export {

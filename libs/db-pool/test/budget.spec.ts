@@ -67,7 +67,25 @@ describe('the budget arithmetic', () => {
       limited_by: 'unclaimed',
     });
   });
-  it('keeps within DB_POOL_MIN and DB_POOL_MAX', () => {
+  it('keeps within DB_POOL_MIN and DB_POOL_MAX, save for one starting that nobody has made room for yet', () => {
+    // A newcomer (claiming nothing) into a server the others still fill: what is unclaimed, below
+    // DB_POOL_MIN — createDbPool waits for the others to shrink rather than open what the server does not have.
+    expect(decideBudget(inputs({ processes: 3, claims: [16, 16] }), 0, { min: 2, max: 60 })).toEqual({
+      capacity: 0,
+      fair_share: 10,
+      unclaimed: 0,
+      limited_by: 'unclaimed',
+    });
+    expect(decideBudget(inputs({ processes: 3, claims: [16, 15] }), 0, { min: 2, max: 60 })).toMatchObject({
+      capacity: 1,
+      limited_by: 'unclaimed',
+    });
+    // A running process keeps what it claims (DB_POOL_MIN at least), and a fair share below the bound gives way to it.
+    expect(decideBudget(inputs({ processes: 3, claims: [16, 16] }), 2, { min: 2, max: 60 })).toMatchObject({
+      capacity: 2,
+      limited_by: 'unclaimed',
+    });
+    expect(decideBudget(inputs({ processes: 30, claims: [] }), 2, { min: 2, max: 60 })).toMatchObject({ capacity: 2, limited_by: 'min' });
     expect(decideBudget(inputs({ processes: 40, claims: [] }), 0, { min: 2, max: 60 })).toMatchObject({ capacity: 2, limited_by: 'min' });
     expect(decideBudget(inputs({ max_connections: 1000, processes: 1, claims: [] }), 0, { min: 2, max: 60 })).toMatchObject({
       capacity: 60,
@@ -134,8 +152,11 @@ describe('processes of one application sharing a server with max_connections=40'
     await Promise.all(running.splice(0).map((p) => p.stop()));
   });
 
-  /** One process's pool and monitor, as the module has them (createDbPool takes the first budget sample before it warms up). */
-  async function startProcess(): Promise<Process> {
+  /**
+   * One process's pool and monitor, as the module has them (createDbPool takes the first budget
+   * sample before it warms up), the monitor started (it hears the others' notices) unless `listening` is false.
+   */
+  async function startProcess(listening = true): Promise<Process> {
     const options = {
       url,
       poolSize: 'auto' as const,
@@ -143,7 +164,7 @@ describe('processes of one application sharing a server with max_connections=40'
       poolMin: 1,
       poolMax: 60,
       applicationName: APP,
-      headroomIntervalSeconds: 3_600, // samples taken by the test, one round at a time
+      headroomIntervalSeconds: 3_600, // samples at start-up and at the other processes' notices
       env: {},
     };
     const pool = await createDbPool(options);
@@ -157,11 +178,9 @@ describe('processes of one application sharing a server with max_connections=40'
       },
     };
     running.push(p);
+    if (listening) await monitor.start();
     return p;
   }
-  const sampleAll = async (ps: Process[]) => {
-    for (const p of ps) await p.monitor.sampleBudget();
-  };
   const capacity = (p: Process) => p.pool.settings.poolSize + p.pool.settings.maxOverflow;
   const serverConnections = async () => {
     const admin = await createDbPool({ url: db.url, poolSize: 1, maxOverflow: 0, env: {} });
@@ -184,48 +203,83 @@ describe('processes of one application sharing a server with max_connections=40'
     );
   };
 
-  it('two processes split the server; six more arrive one by one, under load, and nobody is refused; all converge; those that leave give their share back', async () => {
+  it('two processes split the server; six more arrive, under load, and nobody is refused; all converge at their notices; those that leave give their share back', async () => {
+    // Monitors running with an interval of an hour: every sample after the first is taken at another process's notice.
     const first = [await startProcess(), await startProcess()];
-    // The first to start counted itself alone; the second took what was free. Under load, a few
-    // samples bring both to (40 - 3 - 2) / 2 - 1 = 16.
-    let rounds = 0;
-    while (first.some((p) => capacity(p) !== 16) && rounds < 5) {
-      await sampleAll(first);
-      await fill(first);
-      rounds++;
-      expect(await serverConnections()).toBeLessThanOrEqual(37);
-    }
-    expect({ capacities: first.map(capacity), rounds: rounds <= 3 }).toEqual({ capacities: [16, 16], rounds: true });
+    const at = (ps: Process[], share: number) => eventually(async () => ps.every((p) => capacity(p) === share), 10_000);
+    // The first to start counted itself alone (34); the second's arrival brought it to (40 - 3 - 2) / 2 - 1 = 16.
+    expect(await at(first, 16)).toBe(true);
+    await fill(first);
     expect(await serverConnections()).toBe(2 * 17);
 
-    // Six more, one by one; between arrivals every process takes a sample, as its interval passes.
+    // Six more, each starting while the others hold their whole capacity: each waits for room
+    // (the others shrink at its notice) before it opens a connection.
     const all = [...first];
     for (let i = 0; i < 6; i++) {
-      all.push(await startProcess());
+      const held = await Promise.all(all.map((p) => Promise.all(Array.from({ length: capacity(p) }, () => p.pool.connect()))));
+      const arriving = startProcess();
+      // The others shrink at the newcomer's notice; the connections they hold close as they come back.
+      await eventually(
+        async () => all.every((p) => p.pool.settings.poolSize + p.pool.settings.maxOverflow < held[all.indexOf(p)].length),
+        10_000,
+      );
+      for (const c of held.flat()) c.release();
+      all.push(await arriving);
       await fill(all);
       expect(await serverConnections()).toBeLessThanOrEqual(37);
-      await sampleAll(all);
     }
-    // Within two more samples, every process at the fair share of eight: (37 - 2) / 8 - 1 = 3.
-    await fill(all);
-    await sampleAll(all);
-    await fill(all);
-    await sampleAll(all);
-    expect(all.map(capacity)).toEqual(Array(8).fill(3));
+    // Every process at the fair share of eight: (37 - 2) / 8 - 1 = 3.
+    expect(await at(all, 3)).toBe(true);
     expect(all.map((p) => p.monitor.getBudget()!.inputs.processes)).toEqual(Array(8).fill(8));
     await fill(all);
     expect(await serverConnections()).toBeLessThanOrEqual(37);
     expect(all.map((p) => p.pool.counters.connectErrors)).toEqual(Array(8).fill(0));
 
-    // Six leave: the two left take their share back within two samples.
-    const leaving = all.slice(2);
-    await Promise.all(leaving.map((p) => p.stop()));
-    expect(await eventually(async () => (await serverConnections()) <= 2 * 4)).toBe(true);
-    await sampleAll(first);
+    // Six leave: at their notices the two left take their share back.
+    await Promise.all(all.slice(2).map((p) => p.stop()));
+    expect(await at(first, 16)).toBe(true);
+    for (const p of first) expect(p.monitor.getBudget()!.trigger).toMatch(/^(notified|drained)$/);
     await fill(first);
-    await sampleAll(first);
-    expect(first.map(capacity)).toEqual([16, 16]);
+    expect(await serverConnections()).toBeLessThanOrEqual(2 * 17);
   }, 120_000);
+
+  it('a process that starts with no room waits for the others to shrink, and one that finds none in time starts at DB_POOL_MIN and says so', async () => {
+    // A process that does not hear notices (its monitor not started) and holds all the server would give it.
+    const holder = await startProcess(false);
+    const held = await Promise.all(Array.from({ length: capacity(holder) }, () => holder.pool.connect()));
+    expect(capacity(holder)).toBe(34);
+    const warnings: string[] = [];
+    const started = Date.now();
+    const late = await createDbPool({
+      url,
+      poolSize: 'auto',
+      maxOverflow: 'auto',
+      poolMin: 1,
+      applicationName: APP,
+      headroomIntervalSeconds: 1,
+      env: {},
+      logger: { ...QUIET, warn: (m: string) => warnings.push(m) },
+    });
+    running.push({ pool: late, monitor: new PoolMonitor(late, resolveDbPoolConfig({ url, env: {} }), QUIET), stop: () => late.end() });
+    // Nobody made room within two intervals: DB_POOL_MIN, with a warning naming it.
+    expect(Date.now() - started).toBeGreaterThanOrEqual(2_000);
+    expect(late.settings.poolSize + late.settings.maxOverflow).toBe(1);
+    expect(late.budgetDecision).toMatchObject({ capacity: 1, limited_by: 'min', trigger: 'start' });
+    expect(warnings.join('\n')).toMatch(
+      /connection budget: the server has 0 connection\(s\) nobody claims, short of DB_POOL_MIN \(1\), after 2 s/,
+    );
+    for (const c of held) c.release();
+
+    // With the holder listening, a newcomer is let in at once: the holder shrinks at its notice.
+    await holder.monitor.start();
+    const held2 = await Promise.all(Array.from({ length: capacity(holder) }, () => holder.pool.connect()));
+    const next = startProcess();
+    await eventually(async () => capacity(holder) < held2.length, 10_000);
+    for (const c of held2) c.release();
+    const p = await next;
+    expect(p.pool.budgetDecision!.capacity).toBeGreaterThanOrEqual(1);
+    expect(await serverConnections()).toBeLessThanOrEqual(37);
+  }, 60_000);
 
   it('health, status and metrics carry the decision and its inputs', async () => {
     const p = await startProcess();

@@ -5,26 +5,14 @@
  * Through PgBouncer in transaction mode, its server pool sized to the headroom: zero errors.
  */
 import { execFileSync, spawn } from 'node:child_process';
-import pg from 'pg';
 import { createDbPool, DbPoolMetrics, DbPoolRegistry, PoolMonitor, resolveDbPoolConfig } from '@db-pool/db-pool';
-import { chmodSync, mkdtempSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { freePort, startEmbeddedPostgres, type EmbeddedPostgres } from '../../../../tools/embedded-db.mjs';
-import { eventually } from '../../../../tools/wait.mjs';
+import { startEmbeddedPostgres, type EmbeddedPostgres } from '../../../../tools/embedded-db.mjs';
+import { hasPgBouncer, startPgBouncer, type PgBouncer } from './pgbouncer.js';
 
 const root = fileURLToPath(new URL('../../../../', import.meta.url));
 const REPLICAS = 8;
 const MAX_CONNECTIONS = 40;
-const hasPgBouncer = (() => {
-  try {
-    execFileSync('pgbouncer', ['--version'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-})();
 
 interface WorkerResult {
   ok: number;
@@ -104,50 +92,15 @@ describeIf('scale-out: 8 replicas × 60 against max_connections=40', () => {
   }, 120_000);
 
   describe('through PgBouncer', () => {
-    let dir: string;
-    let port: number;
-    let bouncer: ReturnType<typeof spawn>;
+    let bouncer: PgBouncer;
     const serverPool = MAX_CONNECTIONS - 3 - 5; // leave the reserved slots and a few for admin
-    const url = (database = 'postgres') => `postgres://${db.user}:${encodeURIComponent(db.password)}@127.0.0.1:${port}/${database}`;
+    const url = (database?: string) => bouncer.url(database);
 
     beforeAll(async () => {
-      dir = mkdtempSync(join(tmpdir(), 'db-pool-pgbouncer-'));
-      chmodSync(dir, 0o777); // pgbouncer runs as the postgres user when we are root
-      port = await freePort();
-      const ini = readFileSync(`${root}apps/loadtest/test/scale/pgbouncer.ini`, 'utf8')
-        .replaceAll('@PORT@', String(port))
-        .replaceAll('@SERVER_PORT@', String(db.port))
-        .replaceAll('@DIR@', dir)
-        .replaceAll('@POOL@', String(serverPool));
-      writeFileSync(join(dir, 'pgbouncer.ini'), ini);
-      writeFileSync(join(dir, 'userlist.txt'), `"${db.user}" "${db.password}"\n`);
-      const args = process.getuid?.() === 0 ? ['-u', 'postgres', join(dir, 'pgbouncer.ini')] : [join(dir, 'pgbouncer.ini')];
-      bouncer = spawn('pgbouncer', args, { stdio: 'ignore' });
-      let lastError: Error | undefined;
-      const accepting = async () => {
-        const c = new pg.Client({ connectionString: url() });
-        c.on('error', () => {});
-        try {
-          await c.connect();
-          await c.end();
-          return true;
-        } catch (err) {
-          lastError = err as Error;
-          return false;
-        }
-      };
-      if (!(await eventually(accepting, 10_000, 100)))
-        throw new Error(
-          `pgbouncer did not start: ${lastError?.message}\n${readFileSync(join(dir, 'pgbouncer.log'), 'utf8').slice(-2000)}`,
-          {
-            cause: lastError,
-          },
-        );
+      bouncer = await startPgBouncer(db, serverPool, [{ name: db.user, password: db.password }]);
     });
     afterAll(async () => {
-      bouncer?.kill('SIGTERM');
-      await new Promise((r) => (!bouncer || bouncer.exitCode !== null ? r(null) : bouncer.once('exit', r)));
-      rmSync(dir, { recursive: true, force: true });
+      await bouncer?.stop();
     });
 
     it('in transaction mode, its server pool sized to the headroom: zero errors', async () => {
@@ -199,7 +152,7 @@ describeIf('scale-out: 8 replicas × 60 against max_connections=40', () => {
         expect(metrics).toMatch(/^db_pool_pgbouncer_clients\{pool_name="default",state="waiting"\} 0$/m);
         expect(metrics).toMatch(/^db_pool_pgbouncer_maxwait_seconds\{pool_name="default"\} [\d.]+$/m);
         const report = JSON.stringify(monitor.getHealthReport());
-        expect(report).toContain(`postgres://${db.user}:***@127.0.0.1:${port}/postgres`);
+        expect(report).toContain(`postgres://${db.user}:***@127.0.0.1:${bouncer.port}/postgres`);
         expect(report).not.toContain(`${db.user}:${db.password}@`);
         for (const c of held) c.release();
       } finally {

@@ -15,14 +15,28 @@
  * not yet shrunk are never overrun, and those growing together take no more than is unclaimed.
  * Then it writes its new claim. Shrinking closes idle connections first and fails no checkout
  * (`DbPool.resize`); a claim stays as high as the connections still open until they come back.
+ *
+ * The processes do not wait for their intervals to hear of each other: every presence LISTENs on
+ * {@link BUDGET_CHANNEL}, and a process that arrives, changes its claim (its connections above a
+ * new capacity drained included) or leaves NOTIFYs it with the application's prefix; the others
+ * sample at once. A process that starts takes no connection the server does not have: until
+ * what nobody claims gives it `DB_POOL_MIN`, it waits for those notices (the others shrinking),
+ * at most two headroom intervals.
  */
 import type pg from 'pg';
 import type { DbPoolConfig } from '../config/db-pool.options.js';
 import { budgetSplit } from '../config/resolve-config.js';
+import { backendKeyOf } from '../pool/pg-internals.js';
 import { SampleConnection } from '../pool/sample-connection.js';
 
 /** Connections left free for a process that is starting (its presence and its first pooled one). */
 export const BUDGET_SPARE = 2;
+
+/** The channel the presences LISTEN on; a notice's payload is the application's presence prefix. */
+export const BUDGET_CHANNEL = 'db_pool_budget';
+
+/** What took a budget sample: the start-up, the headroom interval, another process's notice, this pool's connections drained to a smaller capacity. */
+export type BudgetTrigger = 'start' | 'interval' | 'notified' | 'drained';
 
 /** What the server said at the last budget sample. */
 export interface BudgetInputs {
@@ -58,12 +72,16 @@ export interface BudgetDecision {
   /** What set the capacity: `fair_share`, `unclaimed` (growing, held to what nobody claims), `min`, `max`. */
   limited_by: 'fair_share' | 'unclaimed' | 'min' | 'max';
   inputs: BudgetInputs;
+  /** What took the sample. */
+  trigger: BudgetTrigger;
   decided_at: string;
 }
 
 /**
  * The budget's arithmetic, on a sample: pure, so the tests read it line by line. `ownClaim` is
- * this process's claim as it stands (its capacity, or its open connections if more).
+ * this process's claim as it stands (its capacity, or its open connections if more). A process
+ * below `DB_POOL_MIN` (one starting, claiming nothing) that what nobody claims does not bring to
+ * it gets what is unclaimed, below the bound, and `createDbPool` waits for more.
  */
 export function decideBudget(
   inputs: BudgetInputs,
@@ -89,7 +107,10 @@ export function decideBudget(
       limitedBy = 'unclaimed';
     }
   }
-  if (target < bounds.min) return { capacity: bounds.min, fair_share: fair, unclaimed, limited_by: 'min' };
+  if (target < bounds.min) {
+    if (limitedBy === 'unclaimed' && ownClaim < bounds.min) return { capacity: target, fair_share: fair, unclaimed, limited_by: limitedBy };
+    return { capacity: bounds.min, fair_share: fair, unclaimed, limited_by: 'min' };
+  }
   if (target > bounds.max) return { capacity: bounds.max, fair_share: fair, unclaimed, limited_by: 'max' };
   return { capacity: target, fair_share: fair, unclaimed, limited_by: limitedBy };
 }
@@ -110,10 +131,17 @@ SELECT current_setting('max_connections')::int AS max_connections,
        count(*)::int AS in_use
   FROM pg_stat_activity WHERE backend_type = 'client backend'`;
 
-/** The presence connection, the samples taken on it, and the claim it shows. */
+/** The presence connection, the samples taken on it, the claim it shows and the notices it hears. */
 export class BudgetSampler {
   private readonly presence: SampleConnection;
   private readonly prefix: string;
+  private readonly waiters = new Set<() => void>();
+  /** Another process of the application arrived, changed its claim or left (the monitor samples). */
+  onNotice: (() => void) | undefined;
+  /** The presence listens, and notifies (not on a standby). */
+  private notices = false;
+  /** The claim shown last (undefined before the first). */
+  claimed: number | undefined;
 
   constructor(
     private readonly config: DbPoolConfig,
@@ -123,7 +151,21 @@ export class BudgetSampler {
     // A copy with every property, the hidden ones (the URL, the password) too, under the presence's name.
     const named = Object.defineProperties({}, Object.getOwnPropertyDescriptors(config)) as DbPoolConfig;
     named.applicationName = `${this.prefix}0`;
-    this.presence = new SampleConnection(named, Client);
+    this.presence = new SampleConnection(named, Client, async (client) => {
+      const own = backendKeyOf(client)?.processID;
+      client.on('notification', (notice: pg.Notification) => {
+        if (notice.channel !== BUDGET_CHANNEL || notice.payload !== this.prefix || notice.processId === own) return;
+        for (const wake of this.waiters) wake();
+        this.onNotice?.();
+      });
+      // A standby (a read replica's budget) can neither LISTEN nor NOTIFY: its processes meet at their intervals.
+      const { rows } = await client.query<{ standby: boolean }>('SELECT pg_is_in_recovery() AS standby');
+      this.notices = !rows[0].standby;
+      if (this.notices) await client.query(`LISTEN ${BUDGET_CHANNEL}`);
+      // A presence opened again (the last one lost) shows the claim the last one showed.
+      if (this.claimed !== undefined)
+        await client.query("SELECT set_config('application_name', $1, false)", [`${this.prefix}${this.claimed}`]);
+    });
   }
 
   /** One sample on the presence connection (opened on first use, and again after a failure), within `timeoutMs`. */
@@ -141,11 +183,11 @@ export class BudgetSampler {
   }
 
   /** A sample and what it decides for a pool whose claim stands at `ownClaim`. */
-  async decide(ownClaim: number, timeoutMs: number): Promise<BudgetDecision> {
+  async decide(ownClaim: number, timeoutMs: number, trigger: BudgetTrigger): Promise<BudgetDecision> {
     const bounds = this.config.budget!;
     const inputs = await this.sample(timeoutMs);
     const decided = decideBudget(inputs, ownClaim, bounds);
-    const { poolSize, maxOverflow } = budgetSplit(decided.capacity);
+    const { poolSize, maxOverflow } = budgetSplit(Math.max(1, decided.capacity));
     return {
       ...decided,
       pool_size: poolSize,
@@ -153,19 +195,59 @@ export class BudgetSampler {
       min: bounds.min,
       max: bounds.max,
       inputs,
+      trigger,
       decided_at: new Date().toISOString(),
     };
   }
 
-  /** Shows `claim` to the other processes (their next samples read it). */
-  async claim(claim: number, timeoutMs: number): Promise<void> {
+  /** Shows `claim` to the other processes (their next samples read it); with `notify`, they sample at once. */
+  async claim(claim: number, timeoutMs: number, notify: boolean): Promise<void> {
+    this.claimed = claim;
     await this.presence.queryRow(
-      { text: "SELECT set_config('application_name', $1, false)", values: [`${this.prefix}${claim}`] },
+      notify && this.notices
+        ? {
+            text: "SELECT set_config('application_name', $1, false), pg_notify($2, $3)",
+            values: [`${this.prefix}${claim}`, BUDGET_CHANNEL, this.prefix],
+          }
+        : { text: "SELECT set_config('application_name', $1, false)", values: [`${this.prefix}${claim}`] },
       timeoutMs,
     );
   }
 
-  close(): Promise<void> {
-    return this.presence.close();
+  /** Resolves at the next notice from another process of the application, or after `timeoutMs`. */
+  notice(timeoutMs: number): Promise<void> {
+    return new Promise((resolve) => {
+      const wake = () => {
+        clearTimeout(timer);
+        this.waiters.delete(wake);
+        resolve();
+      };
+      const timer = setTimeout(wake, timeoutMs);
+      timer.unref();
+      this.waiters.add(wake);
+    });
+  }
+
+  /**
+   * Leaves: the presence stops counting as a process and a claim (it takes the application's own
+   * name) and the others hear of it, then it closes. The pool calls it once its own connections are closed.
+   */
+  async close(): Promise<void> {
+    if (this.presence.open && this.notices) {
+      await this.presence
+        .queryRow(
+          {
+            text: "SELECT set_config('application_name', $1, false), pg_notify($2, $3)",
+            values: [this.config.applicationName, BUDGET_CHANNEL, this.prefix],
+          },
+          LEAVE_TIMEOUT_MS,
+        )
+        .catch(() => {});
+    }
+    for (const wake of this.waiters) wake();
+    await this.presence.close();
   }
 }
+
+/** How long a leaving process waits for its goodbye notice to be taken before it closes all the same. */
+const LEAVE_TIMEOUT_MS = 1_000;

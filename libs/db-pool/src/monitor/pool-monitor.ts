@@ -2,7 +2,7 @@ import type { DbPoolConfig } from '../config/db-pool.options.js';
 import type { BreakerState } from '../pool/breaker.js';
 import type { HostRole, HostStateName } from '../pool/connector.js';
 import type { DbPool } from '../pool/db-pool.js';
-import type { BudgetDecision } from './budget.js';
+import type { BudgetDecision, BudgetTrigger } from './budget.js';
 import { READ_ROUTES, type ReadReason, type ReplicaOutOfRotation, type ReplicaStatus } from '../pool/replicas.js';
 import { SampleTimeoutError } from '../pool/sample-connection.js';
 import type { DbPoolLogger } from '../pool/logger.js';
@@ -201,6 +201,12 @@ export class PoolMonitor {
   private ticker: NodeJS.Timeout | undefined;
   private sampler: NodeJS.Timeout | undefined;
   private sampling = false;
+  /** The budget's samples, one after another. */
+  private budgetChain: Promise<unknown> = Promise.resolve();
+  /** A budget sample is queued behind the one under way (a notice, a drain). */
+  private budgetQueued = false;
+  /** Listening for the pool's connections to drain to a smaller capacity. */
+  private drained: (() => void) | undefined;
   private readonly leakWindowMs: number;
   private readonly tickMs: number;
   private readonly adviceWindowMs: number;
@@ -228,18 +234,39 @@ export class PoolMonitor {
   /**
    * `DB_POOL_SIZE=auto`: one budget sample, and the pool resized to it (shrinking closes idle
    * connections first and fails no checkout). A failed sample keeps the size the pool has.
+   * Samples run one at a time: one asked for while another is under way follows it.
    */
-  async sampleBudget(): Promise<BudgetDecision | undefined> {
+  sampleBudget(trigger: BudgetTrigger = 'interval'): Promise<BudgetDecision | undefined> {
+    const run = this.budgetChain.then(() => this.takeBudgetSample(trigger));
+    this.budgetChain = run;
+    return run;
+  }
+
+  /** Another process's notice, or this pool drained to its new capacity: a sample after the one under way, shared by what comes meanwhile. */
+  private sampleBudgetSoon(trigger: BudgetTrigger): void {
+    if (this.budgetQueued) return;
+    this.budgetQueued = true;
+    void this.budgetChain.then(() => {
+      this.budgetQueued = false;
+      return this.sampleBudget(trigger);
+    });
+  }
+
+  private async takeBudgetSample(trigger: BudgetTrigger): Promise<BudgetDecision | undefined> {
     const budget = this.pool.budget;
     if (!budget || this.pool.ending) return this.pool.budgetDecision;
+    const timeoutMs = this.config.healthTimeoutMs;
     try {
       const { poolSize, maxOverflow } = this.pool.settings;
+      // The claim the others read: the capacity, or the connections still out above it until they come back.
       const claim = () => Math.max(this.pool.settings.poolSize + this.pool.settings.maxOverflow, this.pool.totalCount);
-      const decision = await budget.decide(claim(), this.config.healthTimeoutMs);
+      const decision = await budget.decide(claim(), timeoutMs, trigger);
       const changed = decision.pool_size !== poolSize || decision.max_overflow !== maxOverflow;
+      // Growing: the claim first, so that no process sampling meanwhile counts those connections as free.
+      if (decision.capacity > claim()) await budget.claim(decision.capacity, timeoutMs, true);
       if (changed) this.pool.resize(decision.pool_size, decision.max_overflow);
-      // The claim the others read: the new capacity, or the connections still out above it until they come back.
-      await budget.claim(claim(), this.config.healthTimeoutMs);
+      if (claim() !== budget.claimed) await budget.claim(claim(), timeoutMs, true);
+      if (this.pool.totalCount > decision.capacity) this.awaitDrain();
       if (changed) {
         this.logger.log(
           `db-pool "${this.name}": connection budget: capacity ${poolSize + maxOverflow} → ${decision.capacity} ` +
@@ -253,6 +280,22 @@ export class PoolMonitor {
       );
     }
     return this.pool.budgetDecision;
+  }
+
+  /** Shrunk with connections out above the new capacity: once they are closed, the smaller claim is shown and the others hear of it. */
+  private awaitDrain(): void {
+    if (this.drained) return;
+    this.drained = () => {
+      if (this.pool.totalCount > this.pool.settings.poolSize + this.pool.settings.maxOverflow) return;
+      this.stopAwaitingDrain();
+      this.sampleBudgetSoon('drained');
+    };
+    this.pool.on('remove', this.drained);
+  }
+
+  private stopAwaitingDrain(): void {
+    if (this.drained) this.pool.off('remove', this.drained);
+    this.drained = undefined;
   }
 
   /** A primary with read replicas: where its reads went and why (undefined without replicas). */
@@ -293,7 +336,9 @@ export class PoolMonitor {
     this.ticker.unref();
     this.snapshotLoad();
     if (this.config.headroomIntervalMs > 0) {
-      // The budget first: a process that starts takes its share before it opens more.
+      // The budget first: a process that starts takes its share before it opens more; then at
+      // every notice of the application's other processes, as well as at the interval.
+      if (this.pool.budget) this.pool.budget.onNotice = () => this.sampleBudgetSoon('notified');
       await this.sampleBudget();
       await Promise.all([this.sampleHeadroom(), this.samplePgBouncer()]);
       for (const advice of this.serverRecommendations()) this.logger.warn(`db-pool "${this.name}": ${advice}`);
@@ -310,6 +355,8 @@ export class PoolMonitor {
   }
 
   stop(): void {
+    if (this.pool.budget) this.pool.budget.onNotice = undefined;
+    this.stopAwaitingDrain();
     clearInterval(this.ticker);
     clearInterval(this.sampler);
     this.ticker = this.sampler = undefined;

@@ -485,12 +485,12 @@ export class DbPool extends EventEmitter {
       return callback ? callback(err) : this.Promise.reject(err);
     }
     this.endCalled = true;
-    // The budget's presence connection goes with the pool: the other processes count one fewer at their next sample.
-    const presence = this.budget?.close();
+    // The budget's presence connection goes last, once the pool's own connections are closed: the
+    // other processes hear of it and take the share it gave back.
     return promised<void>(this.Promise, callback as ((err?: Error) => void) | undefined, (done) =>
       this.shutdown(() =>
-        presence
-          ? void presence.then(
+        this.budget
+          ? void this.budget.close().then(
               () => done(),
               () => done(),
             )

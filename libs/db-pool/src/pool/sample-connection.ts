@@ -37,7 +37,15 @@ export class SampleConnection {
   private readonly dropped = new WeakSet<pg.Client>();
   private readonly connector: Connector;
 
-  constructor(config: DbPoolConfig, Client: typeof pg.Client) {
+  /**
+   * `onOpen` runs on every connection it opens, before the first query on it (the budget's
+   * presence listens for the other processes' notices there); a failure closes the connection.
+   */
+  constructor(
+    config: DbPoolConfig,
+    Client: typeof pg.Client,
+    private readonly onOpen?: (client: pg.Client) => Promise<unknown>,
+  ) {
     const clientConfig = toPgPoolOptions(config);
     clientConfig.connectionTimeoutMillis = config.connectTimeoutMs;
     this.connector = new Connector({ Client, clientConfig });
@@ -76,6 +84,11 @@ export class SampleConnection {
     }
   }
 
+  /** Whether a connection is open now (a query would not open one). */
+  get open(): boolean {
+    return this.client !== undefined;
+  }
+
   /** Closes the connection, and ends a connect under way; later samples fail. */
   async close(): Promise<void> {
     this.closed = true;
@@ -88,7 +101,16 @@ export class SampleConnection {
   private connected(): Promise<pg.Client> {
     if (this.closed) return Promise.reject(new Error('the replica router has ended'));
     if (this.client) return Promise.resolve(this.client);
-    this.opening ??= new Promise<pg.Client>((resolve, reject) => {
+    this.opening ??= new Promise<pg.Client>((resolveOpen, rejectOpen) => {
+      // `opening` stands until the connection is ready (its onOpen done), so a sample meanwhile waits for it.
+      const resolve = (client: pg.Client) => {
+        this.opening = undefined;
+        resolveOpen(client);
+      };
+      const reject = (err: Error) => {
+        this.opening = undefined;
+        rejectOpen(err);
+      };
       this.connector.open(
         {
           attempt: (client) => {
@@ -101,7 +123,7 @@ export class SampleConnection {
         },
         (err, opened) => {
           const attempted = this.connecting;
-          this.opening = this.connecting = undefined;
+          this.connecting = undefined;
           if (err || !opened) {
             if (attempted) destroySocket(attempted);
             return reject(err ?? new Error('no connection'));
@@ -110,9 +132,26 @@ export class SampleConnection {
             void closeClient(opened.client);
             return reject(new Error('the replica router has ended'));
           }
-          this.client = opened.client;
-          opened.client.once('end', () => this.drop(opened.client));
-          resolve(opened.client);
+          const client = opened.client;
+          client.once('end', () => this.drop(client));
+          if (!this.onOpen) {
+            this.client = client;
+            return resolve(client);
+          }
+          this.onOpen(client).then(
+            () => {
+              if (this.closed || this.dropped.has(client)) {
+                this.drop(client);
+                return reject(new Error('the replica router has ended'));
+              }
+              this.client = client;
+              resolve(client);
+            },
+            (failed: unknown) => {
+              this.drop(client);
+              reject(failed as Error);
+            },
+          );
         },
       );
     });
