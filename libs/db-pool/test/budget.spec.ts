@@ -30,6 +30,7 @@ describe('the budget arithmetic', () => {
     application_connections: 0,
     other_connections: 0,
     in_use: 2,
+    counted_by: 'pg_stat_activity',
     ...over,
   });
   const bounds = { min: 1, max: 60 };
@@ -42,6 +43,10 @@ describe('the budget arithmetic', () => {
       limited_by: 'fair_share',
     });
     expect(BUDGET_SPARE).toBe(2);
+    // Behind PgBouncer, its server pool (here 32) split among the processes: no presence or spare set aside.
+    expect(
+      decideBudget(inputs({ counted_by: 'pgbouncer', max_connections: 32, superuser_reserved_connections: 0, claims: [16] }), 0, bounds),
+    ).toEqual({ capacity: 16, fair_share: 16, unclaimed: 16, limited_by: 'fair_share' });
   });
   it('grows only into what nobody claims, in proportion to what it lacks; shrinks at once', () => {
     // Eight processes, two still claiming 16 each, five newcomers 1 each: fair (35 / 8) - 1 = 3,
@@ -86,6 +91,17 @@ describe('the budget arithmetic', () => {
       limited_by: 'unclaimed',
     });
     expect(decideBudget(inputs({ processes: 30, claims: [] }), 2, { min: 2, max: 60 })).toMatchObject({ capacity: 2, limited_by: 'min' });
+    // Behind PgBouncer, which queues rather than refuses, a newcomer starts at DB_POOL_MIN all the same.
+    expect(
+      decideBudget(
+        inputs({ counted_by: 'pgbouncer', max_connections: 32, superuser_reserved_connections: 0, processes: 3, claims: [16, 16] }),
+        0,
+        {
+          min: 2,
+          max: 60,
+        },
+      ),
+    ).toMatchObject({ capacity: 2, fair_share: 10, limited_by: 'min' });
     expect(decideBudget(inputs({ processes: 40, claims: [] }), 0, { min: 2, max: 60 })).toMatchObject({ capacity: 2, limited_by: 'min' });
     expect(decideBudget(inputs({ max_connections: 1000, processes: 1, claims: [] }), 0, { min: 2, max: 60 })).toMatchObject({
       capacity: 60,

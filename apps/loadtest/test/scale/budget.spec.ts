@@ -11,6 +11,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { startEmbeddedPostgres, type EmbeddedPostgres } from '../../../../tools/embedded-db.mjs';
+import { createDbPool, type DbPool, PoolMonitor, resolveDbPoolConfig } from '@db-pool/db-pool';
 import { hasPgBouncer, startPgBouncer } from './pgbouncer.js';
 
 const root = fileURLToPath(new URL('../../../../', import.meta.url));
@@ -253,4 +254,52 @@ describeIf('the connection budget under an autoscaler: 2 → 8 → 2 processes a
       await bouncer.stop();
     }
   }, 120_000);
+
+  it('behind PgBouncer, the processes are counted in its SHOW CLIENTS and share its server pool', async () => {
+    const serverPool = 30;
+    const bouncer = await startPgBouncer(db, serverPool, [{ name: db.user, password: db.password }, user]);
+    const processes: { pool: DbPool; monitor: PoolMonitor }[] = [];
+    const start = async () => {
+      const options = {
+        url: bouncer.url('postgres', user),
+        pgbouncerAdminUrl: bouncer.url('pgbouncer'),
+        poolSize: 'auto' as const,
+        maxOverflow: 'auto' as const,
+        applicationName: 'scale-behind-pgbouncer',
+        headroomIntervalSeconds: 3_600, // samples taken by the test
+        env: {},
+      };
+      const pool = await createDbPool(options);
+      const p = { pool, monitor: new PoolMonitor(pool, resolveDbPoolConfig(options), { log() {}, warn() {} }) };
+      processes.push(p);
+      return p;
+    };
+    const sampleAll = async () => {
+      for (const p of processes) await p.monitor.sampleBudget();
+    };
+    const capacities = () => processes.map((p) => p.pool.settings.poolSize + p.pool.settings.maxOverflow);
+    try {
+      await start();
+      await start();
+      await start();
+      await sampleAll();
+      await sampleAll();
+      // 30 / 3: the presences are PgBouncer's clients, which hold no server connection; nothing is set aside.
+      expect(capacities()).toEqual([10, 10, 10]);
+      expect(processes[0].monitor.getHealthReport().budget).toMatchObject({
+        capacity: 10,
+        fair_share: 10,
+        inputs: { counted_by: 'pgbouncer', max_connections: serverPool, processes: 3 },
+      });
+      // One leaves: PgBouncer no longer lists its presence, and the two left take 15 each.
+      await processes.pop()!.pool.end();
+      await sampleAll();
+      await sampleAll();
+      expect(capacities()).toEqual([15, 15]);
+      expect(processes.map((p) => p.monitor.getBudget()!.inputs.processes)).toEqual([2, 2]);
+    } finally {
+      await Promise.all(processes.map((p) => p.pool.end()));
+      await bouncer.stop();
+    }
+  });
 });

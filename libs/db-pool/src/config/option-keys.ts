@@ -295,7 +295,8 @@ export const OPTION_KEYS: readonly OptionKey[] = [
     option: 'pgbouncerAdminUrl',
     env: 'DB_PGBOUNCER_ADMIN_URL',
     kind: 'url',
-    meaning: "PgBouncer's admin console (…/pgbouncer): its SHOW POOLS / SHOW STATS figures join the status, health and metrics",
+    meaning:
+      "PgBouncer's admin console (…/pgbouncer): its SHOW POOLS / SHOW STATS figures join the status, health and metrics; with DB_POOL_SIZE=auto, the processes are counted in its SHOW CLIENTS and share its server pool",
   },
   {
     option: 'applicationName',

@@ -28,6 +28,7 @@ import type { DbPoolConfig } from '../config/db-pool.options.js';
 import { budgetSplit } from '../config/resolve-config.js';
 import { backendKeyOf } from '../pool/pg-internals.js';
 import { SampleConnection } from '../pool/sample-connection.js';
+import { pgbouncerDatabase, samplePgBouncerClients } from './pgbouncer-stats.js';
 
 /** Connections left free for a process that is starting (its presence and its first pooled one). */
 export const BUDGET_SPARE = 2;
@@ -52,8 +53,14 @@ export interface BudgetInputs {
   application_connections: number;
   /** Client connections of everyone else. */
   other_connections: number;
-  /** Client connections open on the server, all of them. */
+  /** Client connections open on the server, all of them (behind PgBouncer: PgBouncer's clients of the database). */
   in_use: number;
+  /**
+   * Where the processes were counted: the server's `pg_stat_activity`, or behind PgBouncer
+   * (DB_PGBOUNCER_ADMIN_URL) its `SHOW CLIENTS`, the share then of its server pool for the
+   * database (`max_connections` is its `pool_size`; the presences and the spare cost nothing there).
+   */
+  counted_by: 'pg_stat_activity' | 'pgbouncer';
 }
 
 /** What the budget decided at its last sample, and why. */
@@ -81,7 +88,8 @@ export interface BudgetDecision {
  * The budget's arithmetic, on a sample: pure, so the tests read it line by line. `ownClaim` is
  * this process's claim as it stands (its capacity, or its open connections if more). A process
  * below `DB_POOL_MIN` (one starting, claiming nothing) that what nobody claims does not bring to
- * it gets what is unclaimed, below the bound, and `createDbPool` waits for more.
+ * it gets what is unclaimed, below the bound, and `createDbPool` waits for more (not behind
+ * PgBouncer, which queues what it cannot serve rather than refuse it).
  */
 export function decideBudget(
   inputs: BudgetInputs,
@@ -90,10 +98,15 @@ export function decideBudget(
 ): Pick<BudgetDecision, 'capacity' | 'fair_share' | 'unclaimed' | 'limited_by'> {
   const available = inputs.max_connections - inputs.superuser_reserved_connections - inputs.reserved_connections;
   const processes = Math.max(1, inputs.processes);
-  const fair = Math.floor((available - inputs.other_connections - BUDGET_SPARE) / processes) - 1;
+  // Behind PgBouncer a presence is a client connection, which holds no server connection, and a
+  // process that starts is queued by PgBouncer, not refused: neither presence nor spare is set aside.
+  const direct = inputs.counted_by === 'pg_stat_activity';
+  const spare = direct ? BUDGET_SPARE : 0;
+  const presence = direct ? 1 : 0;
+  const fair = Math.floor((available - inputs.other_connections - spare) / processes) - presence;
   const claimed = inputs.claims.reduce((n, c) => n + c, 0);
   // What nobody claims: the presences (each process's one) and the spare set aside.
-  const unclaimed = Math.max(0, available - inputs.other_connections - BUDGET_SPARE - processes - claimed);
+  const unclaimed = Math.max(0, available - inputs.other_connections - spare - processes * presence - claimed);
   let target = fair;
   let limitedBy: BudgetDecision['limited_by'] = 'fair_share';
   if (fair > ownClaim) {
@@ -108,7 +121,8 @@ export function decideBudget(
     }
   }
   if (target < bounds.min) {
-    if (limitedBy === 'unclaimed' && ownClaim < bounds.min) return { capacity: target, fair_share: fair, unclaimed, limited_by: limitedBy };
+    if (limitedBy === 'unclaimed' && ownClaim < bounds.min && direct)
+      return { capacity: target, fair_share: fair, unclaimed, limited_by: limitedBy };
     return { capacity: bounds.min, fair_share: fair, unclaimed, limited_by: 'min' };
   }
   if (target > bounds.max) return { capacity: bounds.max, fair_share: fair, unclaimed, limited_by: 'max' };
@@ -138,8 +152,10 @@ export class BudgetSampler {
   private readonly waiters = new Set<() => void>();
   /** Another process of the application arrived, changed its claim or left (the monitor samples). */
   onNotice: (() => void) | undefined;
-  /** The presence listens, and notifies (not on a standby). */
+  /** The presence listens, and notifies (not on a standby, nor through PgBouncer). */
   private notices = false;
+  /** DB_PGBOUNCER_ADMIN_URL: the processes are counted in PgBouncer's SHOW CLIENTS. */
+  private readonly viaPgBouncer: boolean;
   /** The claim shown last (undefined before the first). */
   claimed: number | undefined;
 
@@ -148,6 +164,7 @@ export class BudgetSampler {
     Client: typeof pg.Client,
   ) {
     this.prefix = presencePrefix(config.applicationName);
+    this.viaPgBouncer = config.pgbouncerAdminUrl !== undefined;
     // A copy with every property, the hidden ones (the URL, the password) too, under the presence's name.
     const named = Object.defineProperties({}, Object.getOwnPropertyDescriptors(config)) as DbPoolConfig;
     named.applicationName = `${this.prefix}0`;
@@ -158,9 +175,10 @@ export class BudgetSampler {
         for (const wake of this.waiters) wake();
         this.onNotice?.();
       });
-      // A standby (a read replica's budget) can neither LISTEN nor NOTIFY: its processes meet at their intervals.
-      const { rows } = await client.query<{ standby: boolean }>('SELECT pg_is_in_recovery() AS standby');
-      this.notices = !rows[0].standby;
+      // A standby (a read replica's budget) can neither LISTEN nor NOTIFY, and through PgBouncer a
+      // session's LISTEN is not kept: their processes meet at their intervals.
+      const standby = async () => (await client.query<{ standby: boolean }>('SELECT pg_is_in_recovery() AS standby')).rows[0].standby;
+      this.notices = !this.viaPgBouncer && !(await standby());
       if (this.notices) await client.query(`LISTEN ${BUDGET_CHANNEL}`);
       // A presence opened again (the last one lost) shows the claim the last one showed.
       if (this.claimed !== undefined)
@@ -170,16 +188,48 @@ export class BudgetSampler {
 
   /** One sample on the presence connection (opened on first use, and again after a failure), within `timeoutMs`. */
   async sample(timeoutMs: number): Promise<BudgetInputs> {
+    if (this.viaPgBouncer) return this.sampleThroughPgBouncer(timeoutMs);
     const row = await this.presence.queryRow<Omit<BudgetInputs, 'other_connections' | 'claims'> & { claims: string[] }>(
       { text: SAMPLE, values: [this.prefix, this.config.applicationName] },
       timeoutMs,
     );
     return {
       ...row,
-      // A claim that is not a number (a process of another version) counts as the most a process may take.
-      claims: row.claims.map((c) => (/^\d{1,5}$/.test(c) ? Number(c) : this.config.budget!.max)),
+      claims: row.claims.map((c) => this.claimOf(c)),
       other_connections: Math.max(0, row.in_use - row.application_connections - row.processes),
+      counted_by: 'pg_stat_activity',
     };
+  }
+
+  /** Behind PgBouncer: the presence opened (a client PgBouncer lists), then its SHOW DATABASES and SHOW CLIENTS. */
+  private async sampleThroughPgBouncer(timeoutMs: number): Promise<BudgetInputs> {
+    if (!this.presence.open) await this.presence.queryRow('SELECT 1', timeoutMs);
+    const { pool_size, application_names } = await samplePgBouncerClients(
+      this.config.pgbouncerAdminUrl!,
+      pgbouncerDatabase(this.config),
+      timeoutMs,
+    );
+    const presences = application_names.filter((name) => name.startsWith(this.prefix)).map((name) => name.slice(this.prefix.length));
+    // Its own presence is among them, by the claim it shows (PgBouncer keeps no backend pid to tell it by).
+    const own = presences.indexOf(String(this.claimed ?? 0));
+    if (own >= 0) presences.splice(own, 1);
+    return {
+      max_connections: pool_size,
+      superuser_reserved_connections: 0,
+      reserved_connections: 0,
+      processes: presences.length + 1,
+      claims: presences.map((c) => this.claimOf(c)),
+      application_connections: application_names.filter((name) => name === this.config.applicationName).length,
+      // PgBouncer's other clients hold a server connection only for a transaction: none is set aside for them.
+      other_connections: 0,
+      in_use: application_names.length,
+      counted_by: 'pgbouncer',
+    };
+  }
+
+  /** A claim as shown; one that is not a number (a process of another version) counts as the most a process may take. */
+  private claimOf(shown: string): number {
+    return /^\d{1,5}$/.test(shown) ? Number(shown) : this.config.budget!.max;
   }
 
   /** A sample and what it decides for a pool whose claim stands at `ownClaim`. */

@@ -1,4 +1,11 @@
 import pg from 'pg';
+import type { DbPoolConfig } from '../config/db-pool.options.js';
+import { firstHostUrl } from '../pool/hosts.js';
+
+/** The database the pool connects to, as PgBouncer names it in its admin console. */
+export function pgbouncerDatabase(config: DbPoolConfig): string {
+  return config.database ?? decodeURIComponent(new URL(firstHostUrl(config.url ?? 'postgres://x/')).pathname.slice(1));
+}
 
 /** PgBouncer's own view of the pool(s) for our database, from its admin console. */
 export interface PgBouncerStats {
@@ -21,19 +28,9 @@ export interface PgBouncerStats {
 type Row = Record<string, string | number | null>;
 const num = (v: unknown) => Number(v ?? 0) || 0;
 
-/**
- * One sample of `SHOW POOLS` and `SHOW STATS` for `database`, over a short-lived connection to
- * the admin console (it speaks only the simple query protocol, which is what pg uses here).
- */
-export async function samplePgBouncer(adminUrl: string, database: string, timeoutMs: number): Promise<PgBouncerStats> {
-  const client = new pg.Client({
-    connectionString: adminUrl,
-    connectionTimeoutMillis: timeoutMs,
-    query_timeout: timeoutMs,
-  } as pg.ClientConfig);
-  client.on('error', () => {});
-  await client.connect();
-  try {
+/** One sample of `SHOW POOLS` and `SHOW STATS` for `database`. */
+export function samplePgBouncer(adminUrl: string, database: string, timeoutMs: number): Promise<PgBouncerStats> {
+  return withAdminConsole(adminUrl, timeoutMs, async (client) => {
     const pools = (await client.query<Row>('SHOW POOLS')).rows.filter((r) => r.database === database);
     const stats = (await client.query<Row>('SHOW STATS')).rows.find((r) => r.database === database) ?? {};
     const sum = (key: string) => pools.reduce((n, r) => n + num(r[key]), 0);
@@ -49,6 +46,45 @@ export async function samplePgBouncer(adminUrl: string, database: string, timeou
       avg_query_count: num(stats.avg_query_count),
       avg_wait_time_us: num(stats.avg_wait_time),
     };
+  });
+}
+
+/** What PgBouncer says of `database` for the connection budget: its server pool, and its clients by application_name. */
+export interface PgBouncerClients {
+  /** Server connections PgBouncer opens for the database (its `pool_size`, within its `max_db_connections`). */
+  pool_size: number;
+  /** The application_name of every client connection to the database. */
+  application_names: string[];
+}
+
+/** One sample of `SHOW DATABASES` and `SHOW CLIENTS` for `database`. */
+export function samplePgBouncerClients(adminUrl: string, database: string, timeoutMs: number): Promise<PgBouncerClients> {
+  return withAdminConsole(adminUrl, timeoutMs, async (client) => {
+    const entry = (await client.query<Row>('SHOW DATABASES')).rows.find((r) => r.name === database);
+    if (!entry) throw new Error(`PgBouncer has no database "${database}" (SHOW DATABASES)`);
+    const clients = (await client.query<Row>('SHOW CLIENTS')).rows.filter((r) => r.database === database);
+    const cap = num(entry.max_connections);
+    return {
+      pool_size: cap > 0 ? Math.min(num(entry.pool_size), cap) : num(entry.pool_size),
+      application_names: clients.map((r) => String(r.application_name ?? '')),
+    };
+  });
+}
+
+/**
+ * A short-lived connection to the admin console (it speaks only the simple query protocol, which
+ * is what pg uses here), bounded by `timeoutMs`, closed after `use`.
+ */
+async function withAdminConsole<T>(adminUrl: string, timeoutMs: number, use: (client: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client({
+    connectionString: adminUrl,
+    connectionTimeoutMillis: timeoutMs,
+    query_timeout: timeoutMs,
+  } as pg.ClientConfig);
+  client.on('error', () => {});
+  await client.connect();
+  try {
+    return await use(client);
   } finally {
     await client.end().catch(() => {});
   }

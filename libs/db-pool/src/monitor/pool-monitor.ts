@@ -8,9 +8,8 @@ import { SampleTimeoutError } from '../pool/sample-connection.js';
 import type { DbPoolLogger } from '../pool/logger.js';
 import { codeOf, describeState, PoolClosedError, PoolConnectError, PoolTimeoutError } from '../errors.js';
 import { scrubSecrets } from '../redact.js';
-import { firstHostUrl } from '../pool/hosts.js';
 import { RECOMMENDATIONS } from './messages.constant.js';
-import { samplePgBouncer, type PgBouncerStats } from './pgbouncer-stats.js';
+import { pgbouncerDatabase, samplePgBouncer, type PgBouncerStats } from './pgbouncer-stats.js';
 import { sampleServerHeadroom, type ServerHeadroom } from './server-headroom.js';
 
 export type PoolHealth = 'healthy' | 'warning' | 'critical';
@@ -574,9 +573,7 @@ export class PoolMonitor {
     const adminUrl = this.config.pgbouncerAdminUrl;
     if (!adminUrl) return undefined;
     try {
-      const database =
-        this.config.database ?? decodeURIComponent(new URL(firstHostUrl(this.config.url ?? 'postgres://x/')).pathname.slice(1));
-      this.pgbouncer = await samplePgBouncer(adminUrl, database, this.config.healthTimeoutMs);
+      this.pgbouncer = await samplePgBouncer(adminUrl, pgbouncerDatabase(this.config), this.config.healthTimeoutMs);
     } catch (err) {
       this.logger.debug?.(`db-pool "${this.name}": PgBouncer not sampled: ${scrubSecrets((err as Error).message)}`);
     }
