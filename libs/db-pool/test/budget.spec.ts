@@ -15,6 +15,8 @@ import {
 import { BUDGET_SPARE, decideBudget, presencePrefix, type BudgetInputs } from '../src/monitor/budget.js';
 import { startEmbeddedPostgres, type EmbeddedPostgres } from '../../../tools/embedded-db.mjs';
 import { startReplicaSet } from '../../../tools/replica-set.mjs';
+import { startFaultProxy } from '../../../tools/fault-proxy.mjs';
+import pg from 'pg';
 import { createReplicaRouter } from '../src/create-db-pool.js';
 import { eventually } from './support/db.js';
 
@@ -296,6 +298,43 @@ describe('processes of one application sharing a server with max_connections=40'
     expect(p.pool.budgetDecision!.capacity).toBeGreaterThanOrEqual(1);
     expect(await serverConnections()).toBeLessThanOrEqual(37);
   }, 60_000);
+
+  it('a process that starts on a full server (its presence refused) tries again until there is room, and takes its share of it', async () => {
+    // Another application holds every connection the role may have (37); the process's attempts go through a proxy that counts them.
+    const others = await Promise.all(
+      Array.from({ length: 37 }, async () => {
+        const c = new pg.Client({ connectionString: url, application_name: 'another-app' });
+        c.on('error', () => {});
+        await c.connect();
+        return c;
+      }),
+    );
+    const proxy = await startFaultProxy({ port: db.port });
+    const warnings: string[] = [];
+    try {
+      const starting = createDbPool({
+        url: proxy.url(url),
+        poolSize: 'auto',
+        maxOverflow: 'auto',
+        poolMin: 1,
+        applicationName: APP,
+        headroomIntervalSeconds: 30,
+        env: {},
+        logger: { ...QUIET, warn: (m: string) => warnings.push(m) },
+      });
+      // Refused twice (the server is full), it is still trying: ten of the others leave.
+      expect(await eventually(async () => proxy.accepted >= 2, 10_000)).toBe(true);
+      await Promise.all(others.splice(0, 10).map((c) => c.end()));
+      const pool = await starting;
+      running.push({ pool, monitor: new PoolMonitor(pool, resolveDbPoolConfig({ url, env: {} }), QUIET), stop: () => pool.end() });
+      // 27 held by the other application: (37 - 27 - 2) / 1 - 1 = 7.
+      expect(pool.budgetDecision).toMatchObject({ capacity: 7, trigger: 'start', inputs: { processes: 1, other_connections: 27 } });
+      expect(warnings).toEqual([]);
+    } finally {
+      await Promise.all(others.map((c) => c.end()));
+      await proxy.close();
+    }
+  });
 
   it('health, status and metrics carry the decision and its inputs', async () => {
     const p = await startProcess();
