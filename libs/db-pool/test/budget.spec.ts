@@ -336,6 +336,17 @@ describe('processes of one application sharing a server with max_connections=40'
     }
   });
 
+  it('gives no server-headroom advice: the capacity is a share of the server already, whatever DB_POOL_EXPECTED_REPLICAS says', async () => {
+    const options = { url, poolSize: 'auto' as const, maxOverflow: 'auto' as const, expectedReplicas: 5, applicationName: APP, env: {} };
+    const pool = await createDbPool(options);
+    const monitor = new PoolMonitor(pool, resolveDbPoolConfig(options), QUIET);
+    running.push({ pool, monitor, stop: async () => (monitor.stop(), pool.end()) });
+    await monitor.start();
+    // Alone: 34, and 5 × 34 would be far more than the 37 the server has.
+    expect(pool.budgetDecision!.capacity).toBe(34);
+    expect(monitor.getRecommendations().join(' ')).not.toContain('Server headroom');
+  });
+
   it('health, status and metrics carry the decision and its inputs', async () => {
     const p = await startProcess();
     const registry = new DbPoolRegistry();

@@ -636,8 +636,9 @@ export class PoolMonitor {
     const capacity = this.pool.settings.poolSize + this.pool.settings.maxOverflow;
     const need = this.config.expectedReplicas * capacity;
     const others = h.in_use - h.in_use_by_pool;
-    // Behind PgBouncer our connections are its clients, not the server's: it decides.
-    if (!this.config.pgbouncerAdminUrl && need > h.available - others) {
+    // Behind PgBouncer our connections are its clients, not the server's: it decides. With the
+    // budget (DB_POOL_SIZE=auto) the capacity is already a share of what the server has.
+    if (!this.config.pgbouncerAdminUrl && !this.config.budget && need > h.available - others) {
       out.push(
         RECOMMENDATIONS.HEADROOM(
           this.config.expectedReplicas,
