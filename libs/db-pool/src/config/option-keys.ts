@@ -201,7 +201,7 @@ export const OPTION_KEYS: readonly OptionKey[] = [
     min: 1,
     max: 10_000,
     default: 1,
-    meaning: 'processes sharing the server with this configuration, for the server-headroom check',
+    meaning: 'processes sharing the server with this configuration, for the server-headroom check (not read with DB_POOL_SIZE=auto)',
   },
   {
     option: 'healthTimeoutMs',
