@@ -136,6 +136,10 @@ describe('configuration', () => {
         env: { DATABASE_URL: 'postgres://u@h/db?application_name=api', DB_POOL_SIZE: 'auto', DB_MAX_OVERFLOW: 'auto' },
       }),
     ).toThrow(/give the application's name with DB_APPLICATION_NAME/);
+    expect(resolve({ DB_POOL_SIZE: 'auto', DB_MAX_OVERFLOW: 'auto', DB_APPLICATION_NAME: 'api~v2' })).toThrow(
+      /DB_APPLICATION_NAME="api~v2": with DB_POOL_SIZE=auto it must not contain "~"/,
+    );
+    expect(resolve({ DB_APPLICATION_NAME: 'api~v2' })().applicationName).toBe('api~v2');
     expect(resolve({ DB_POOL_SIZE: 'some' })).toThrow(DbPoolConfigError);
     expect(resolve({ DB_POOL_SIZE: 'some' })).toThrow(/DB_POOL_SIZE="some": must be auto or an integer from 1 to 10000/);
   });

@@ -312,6 +312,11 @@ export function resolveDbPoolConfig(options: DbPoolOptions = {}): DbPoolConfig {
       `${envOf('applicationName')}: not set, and the default derived from the pool name (${JSON.stringify(applicationName)}) is not printable ASCII of at most 63 characters; set ${envOf('applicationName')}`,
     );
   }
+  if (sizeAuto && applicationName.includes('~')) {
+    problems.push(
+      `${envOf('applicationName')}=${JSON.stringify(applicationName)}: with ${envOf('poolSize')}=auto it must not contain "~", which ends the application's part of the budget's presence names (<name>~<claim>): "a~b" would count among the processes of "a"`,
+    );
+  }
 
   let server: string | undefined;
   if (url === undefined && (options.host || pgNamesServer)) {
