@@ -71,6 +71,15 @@ const PRIMARY_SAMPLE = `SELECT pg_current_wal_lsn()::text AS lsn, pg_current_wal
 const INSERT_POSITION = 'SELECT pg_current_wal_insert_lsn()::text AS insert_lsn';
 const REPLICA_SAMPLE = `SELECT pg_is_in_recovery() AS standby, pg_last_wal_replay_lsn()::text AS replay_lsn, ${SYSTEM_ID} AS system_id, ${TIMELINE} AS timeline`;
 
+/**
+ * How long a write's position read waits for more writes to share it. Each read is a statement on
+ * the primary: sent at the next turn of the event loop, it served under two writes and took about
+ * a tenth of a write transaction's throughput; a millisecond later, about five, for a
+ * millisecond more on a write's token (the connection is back in the pool by then). See
+ * docs/benchmarks.md, "Read your own writes".
+ */
+export const POSITION_BATCH_MS = 1;
+
 /** Primary positions kept; past it the oldest-but-one goes, so a far-behind replica's lag still grows, more coarsely. */
 const MAX_MARKS = 1_000;
 
@@ -120,19 +129,20 @@ export class LagSampler<R extends SampledReplica> {
   /**
    * The primary's insert position read at or after `at` (performance.now()): past the commit
    * record of every transaction that committed before `at`. A read sent after `at` (a sample's,
-   * or one under way) serves; else the next read does, sent once the one under way has answered:
-   * one at a time, each serving every caller that came before it was sent.
+   * or one under way) serves; else the next read does, sent {@link POSITION_BATCH_MS} after the
+   * first caller that needs it (and after the one under way has answered): one at a time, each
+   * serving every caller that came before it was sent.
    */
   insertPositionAfter(at: number): Promise<bigint> {
     if (this.insert !== undefined && this.insert.sentAt >= at) return Promise.resolve(this.insert.lsn);
     const under = this.inserting;
     if (under !== undefined && under.sentAt >= at) return under.promise;
-    // Sent after the commits answered in the same turn of the event loop (setImmediate), so one
-    // read serves them all; behind a read under way, once it has answered.
-    this.nextInsert ??= (under === undefined ? new Promise<void>((resolve) => setImmediate(resolve)) : under.promise).then(
-      () => this.readInsert().promise,
-      () => this.readInsert().promise,
-    );
+    this.nextInsert ??= new Promise<void>((resolve) => setTimeout(resolve, POSITION_BATCH_MS))
+      .then(() => under?.promise)
+      .then(
+        () => this.readInsert().promise,
+        () => this.readInsert().promise,
+      );
     return this.nextInsert;
   }
 
