@@ -66,13 +66,14 @@ async function startBudget(pool: DbPool, config: DbPoolConfig, logger: DbPoolLog
     );
   for (let pause = 100; ; pause = Math.min(2 * pause, 1_000)) {
     try {
+      const heard = sampler.noticesHeard;
       decision = await sampler.decide(0, config.healthTimeoutMs, 'start');
       failure = undefined;
       if (decision.capacity >= bounds.min || Date.now() >= deadline) break;
       // Short of room: the others hear of this process (they shrink to the share that counts it) and it samples again at their notices.
       if (!announced) await sampler.claim(0, config.healthTimeoutMs, true);
       announced = true;
-      await sampler.notice(Math.min(deadline - Date.now(), config.headroomIntervalMs));
+      await sampler.notice(Math.min(deadline - Date.now(), config.headroomIntervalMs), heard);
     } catch (err) {
       failure = err;
       // The server full (the presence refused) or slow to answer: again, after a pause; anything else is for the warm-up to report.

@@ -156,6 +156,7 @@ export class BudgetSampler {
   private notices = false;
   /** DB_PGBOUNCER_ADMIN_URL: the processes are counted in PgBouncer's SHOW CLIENTS. */
   private readonly viaPgBouncer: boolean;
+  private heard = 0;
   /** The claim shown last (undefined before the first). */
   claimed: number | undefined;
 
@@ -172,6 +173,7 @@ export class BudgetSampler {
       const own = backendKeyOf(client)?.processID;
       client.on('notification', (notice: pg.Notification) => {
         if (notice.channel !== BUDGET_CHANNEL || notice.payload !== this.prefix || notice.processId === own) return;
+        this.heard++;
         for (const wake of this.waiters) wake();
         this.onNotice?.();
       });
@@ -264,8 +266,18 @@ export class BudgetSampler {
     );
   }
 
-  /** Resolves at the next notice from another process of the application, or after `timeoutMs`. */
-  notice(timeoutMs: number): Promise<void> {
+  /** Notices heard so far, from the other processes of the application. */
+  get noticesHeard(): number {
+    return this.heard;
+  }
+
+  /**
+   * Resolves at the next notice from another process of the application, or after `timeoutMs`; at
+   * once if one came after `heard` ({@link noticesHeard} when the caller took its sample), so none
+   * that came meanwhile is missed.
+   */
+  notice(timeoutMs: number, heard: number): Promise<void> {
+    if (this.heard > heard) return Promise.resolve();
     return new Promise((resolve) => {
       const wake = () => {
         clearTimeout(timer);
