@@ -60,6 +60,13 @@ async function startBudget(pool: DbPool, config: DbPoolConfig, logger: DbPoolLog
   let decision: BudgetDecision | undefined;
   let failure: unknown;
   let announced = false;
+  /** The last sample, when the deadline passed short of DB_POOL_MIN: the pool starts at DB_POOL_MIN all the same. */
+  let shortOfMin: BudgetDecision | undefined;
+  const atMin = (sampled: BudgetDecision): BudgetDecision => {
+    shortOfMin = sampled;
+    const { poolSize, maxOverflow } = budgetSplit(bounds.min);
+    return { ...sampled, capacity: bounds.min, pool_size: poolSize, max_overflow: maxOverflow, limited_by: 'min' };
+  };
   const notSampled = (err: unknown) =>
     logger.warn(
       `db-pool "${config.name}": connection budget not sampled at start-up, the pool starts at DB_POOL_MIN (${bounds.min}): ${scrubSecrets((err as Error).message)}`,
@@ -67,12 +74,23 @@ async function startBudget(pool: DbPool, config: DbPoolConfig, logger: DbPoolLog
   for (let pause = 100; ; pause = Math.min(2 * pause, 1_000)) {
     try {
       const heard = sampler.noticesHeard;
-      decision = await sampler.decide(0, config.healthTimeoutMs, 'start');
+      // The sample and the claim it decides, under the application's budget lock.
+      const taken = await sampler.locked(config.healthTimeoutMs, async () => {
+        const sampled = await sampler.decide(0, config.healthTimeoutMs, 'start');
+        const decided = sampled.capacity >= bounds.min ? sampled : Date.now() >= deadline ? atMin(sampled) : undefined;
+        // The claim before the connections: a process sampling after it counts them as taken.
+        if (decided) await sampler.claim(decided.capacity, config.healthTimeoutMs, true);
+        // Short of room: the others hear of this process (they shrink to the share that counts it).
+        else if (!announced) await sampler.claim(0, config.healthTimeoutMs, true);
+        announced = true;
+        return decided;
+      });
       failure = undefined;
-      if (decision.capacity >= bounds.min || Date.now() >= deadline) break;
-      // Short of room: the others hear of this process (they shrink to the share that counts it) and it samples again at their notices.
-      if (!announced) await sampler.claim(0, config.healthTimeoutMs, true);
-      announced = true;
+      if (taken) {
+        decision = taken;
+        break;
+      }
+      // It samples again at the others' notices (one that came while it sampled, at once).
       await sampler.notice(Math.min(deadline - Date.now(), config.headroomIntervalMs), heard);
     } catch (err) {
       failure = err;
@@ -83,22 +101,14 @@ async function startBudget(pool: DbPool, config: DbPoolConfig, logger: DbPoolLog
     }
   }
   if (failure !== undefined || !decision) return notSampled(failure);
-  if (decision.capacity < bounds.min) {
+  if (shortOfMin) {
     logger.warn(
-      `db-pool "${config.name}": connection budget: the server has ${decision.capacity} connection(s) nobody claims, short of DB_POOL_MIN (${bounds.min}), ` +
+      `db-pool "${config.name}": connection budget: the server has ${shortOfMin.capacity} connection(s) nobody claims, short of DB_POOL_MIN (${bounds.min}), ` +
         `after ${Math.round(Math.min(2 * config.headroomIntervalMs, 60_000) / 1000)} s; the pool starts at DB_POOL_MIN and may be refused`,
     );
-    const { poolSize, maxOverflow } = budgetSplit(bounds.min);
-    decision = { ...decision, capacity: bounds.min, pool_size: poolSize, max_overflow: maxOverflow, limited_by: 'min' };
   }
-  try {
-    // The claim before the connections: a process sampling meanwhile counts them as taken.
-    await sampler.claim(decision.capacity, config.healthTimeoutMs, true);
-    pool.resize(decision.pool_size, decision.max_overflow);
-    pool.budgetDecision = decision;
-  } catch (err) {
-    notSampled(err);
-  }
+  pool.resize(decision.pool_size, decision.max_overflow);
+  pool.budgetDecision = decision;
 }
 
 /**

@@ -60,19 +60,29 @@ describe('the budget arithmetic', () => {
       capacity: 3,
       limited_by: 'fair_share',
     });
-    // Both shrunk: 37 - 2 - 8 - (3 + 3 + 5) = 16 unclaimed; the six below the share lack 2 each: each takes its 2.
+    // Both shrunk: 37 - 2 - 8 - (3 + 3 + 5) - 1 = 15 unclaimed; the six below the share lack 2 each: each takes its 2.
     expect(decideBudget(inputs({ processes: 8, claims: [3, 3, 1, 1, 1, 1, 1] }), 1, bounds)).toMatchObject({
       capacity: 3,
       limited_by: 'fair_share',
     });
-    // Two still over the share (8 each): 37 - 2 - 8 - 21 = 6 unclaimed, and the six below it lack
-    // 2 each: each takes 6 × 2 / 12 = 1 — together no more than is unclaimed.
+    // Two still over the share (8 each): 37 - 2 - 8 - 21 others - 1 own = 5 unclaimed, and the six
+    // below it lack 2 each: each would take 5 × 2 / 12 = 0 — together no more than is unclaimed.
     expect(decideBudget(inputs({ processes: 8, claims: [8, 8, 1, 1, 1, 1, 1] }), 1, bounds)).toEqual({
-      capacity: 2,
+      capacity: 1,
       fair_share: 3,
-      unclaimed: 6,
+      unclaimed: 5,
       limited_by: 'unclaimed',
     });
+    // Its own claim is not unclaimed: at 7 beside one that still claims 26, nothing is left to grow into.
+    expect(decideBudget(inputs({ claims: [26], in_use: 35 }), 7, bounds)).toEqual({
+      capacity: 7,
+      fair_share: 16,
+      unclaimed: 0,
+      limited_by: 'unclaimed',
+    });
+    // Nor is what the server has not got free: connections nobody claims (a process whose presence
+    // was lost still holds 29) leave nothing to grow into, whatever the claims add up to.
+    expect(decideBudget(inputs({ claims: [4], in_use: 37 }), 2, bounds)).toMatchObject({ capacity: 2, limited_by: 'unclaimed' });
   });
   it('keeps within DB_POOL_MIN and DB_POOL_MAX, save for one starting that nobody has made room for yet', () => {
     // A newcomer (claiming nothing) into a server the others still fill: what is unclaimed, below
@@ -240,11 +250,10 @@ describe('processes of one application sharing a server with max_connections=40'
     for (let i = 0; i < 6; i++) {
       const held = await Promise.all(all.map((p) => Promise.all(Array.from({ length: capacity(p) }, () => p.pool.connect()))));
       const arriving = startProcess();
-      // The others shrink at the newcomer's notice; the connections they hold close as they come back.
-      await eventually(
-        async () => all.every((p) => p.pool.settings.poolSize + p.pool.settings.maxOverflow < held[all.indexOf(p)].length),
-        10_000,
-      );
+      // The others shrink at the newcomer's notice to the share of one more, (37 - 2) / n - 1; the
+      // connections they hold close as they come back.
+      const share = Math.floor(35 / (all.length + 1)) - 1;
+      expect(await eventually(async () => all.every((p) => capacity(p) <= share), 10_000)).toBe(true);
       for (const c of held.flat()) c.release();
       all.push(await arriving);
       await fill(all);
@@ -264,6 +273,29 @@ describe('processes of one application sharing a server with max_connections=40'
     await fill(first);
     expect(await serverConnections()).toBeLessThanOrEqual(2 * 17);
   }, 120_000);
+
+  it('two processes that start at the same moment take their samples one at a time: together they claim no more than the server has', async () => {
+    const options = {
+      url,
+      poolSize: 'auto' as const,
+      maxOverflow: 'auto' as const,
+      poolMin: 1,
+      poolMax: 20,
+      applicationName: APP,
+      headroomIntervalSeconds: 1,
+      env: {},
+    };
+    for (let round = 0; round < 3; round++) {
+      const pools = await Promise.all([createDbPool(options), createDbPool(options)]);
+      try {
+        // Whoever samples first is alone (20, DB_POOL_MAX); the other sees its claim: at most 37 - 2 - 2 presences - 20 = 13.
+        const capacities = pools.map((p) => p.budgetDecision!.capacity).sort((a, b) => b - a);
+        expect(capacities[0] + capacities[1]).toBeLessThanOrEqual(37 - 2 - 2);
+      } finally {
+        await Promise.all(pools.map((p) => p.end()));
+      }
+    }
+  });
 
   it('a process that starts with no room waits for the others to shrink, and one that finds none in time starts at DB_POOL_MIN and says so', async () => {
     // A process that does not hear notices (its monitor not started) and holds all the server would give it.
@@ -337,6 +369,27 @@ describe('processes of one application sharing a server with max_connections=40'
     } finally {
       await Promise.all(others.map((c) => c.end()));
       await proxy.close();
+    }
+  });
+
+  it('counts the connections of other roles, which a role without pg_read_all_stats sees with most columns empty', async () => {
+    // Ten connections of the superuser's (another role) beside a process of budget_app's, which may not see their details.
+    const others = await Promise.all(
+      Array.from({ length: 10 }, async () => {
+        const c = new pg.Client({ connectionString: db.url, application_name: 'another-role' });
+        c.on('error', () => {});
+        await c.connect();
+        return c;
+      }),
+    );
+    try {
+      const p = await startProcess(false);
+      // (37 - 10 - 2) / 1 - 1 = 24, not 34.
+      expect(p.pool.budgetDecision).toMatchObject({ capacity: 24, inputs: { other_connections: 10, processes: 1 } });
+      await p.monitor.sampleHeadroom();
+      expect(p.monitor.getServerHeadroom()!.in_use).toBeGreaterThanOrEqual(10 + 1);
+    } finally {
+      await Promise.all(others.map((c) => c.end()));
     }
   });
 

@@ -29,6 +29,7 @@ import { budgetSplit } from '../config/resolve-config.js';
 import { backendKeyOf } from '../pool/pg-internals.js';
 import { SampleConnection } from '../pool/sample-connection.js';
 import { pgbouncerDatabase, samplePgBouncerClients } from './pgbouncer-stats.js';
+import { CLIENT_BACKEND } from './server-headroom.js';
 
 /** Connections left free for a process that is starting (its presence and its first pooled one). */
 export const BUDGET_SPARE = 2;
@@ -105,8 +106,11 @@ export function decideBudget(
   const presence = direct ? 1 : 0;
   const fair = Math.floor((available - inputs.other_connections - spare) / processes) - presence;
   const claimed = inputs.claims.reduce((n, c) => n + c, 0);
-  // What nobody claims: the presences (each process's one) and the spare set aside.
-  const unclaimed = Math.max(0, available - inputs.other_connections - spare - processes * presence - claimed);
+  // What nobody claims, this process included: less the presences (each process's one) and the spare set aside.
+  const unclaimed = Math.max(0, available - inputs.other_connections - spare - processes * presence - claimed - ownClaim);
+  // What is free on the server now, less the spare: a connection nobody shows a claim for (a
+  // process whose presence was lost, one closing) is not free however the claims add up.
+  const free = direct ? Math.max(0, available - inputs.in_use - spare) : Infinity;
   let target = fair;
   let limitedBy: BudgetDecision['limited_by'] = 'fair_share';
   if (fair > ownClaim) {
@@ -114,7 +118,7 @@ export function decideBudget(
     // the share (their claims are in view), so those growing at the same time fit together.
     const lacking = fair - ownClaim;
     const lackingAll = lacking + inputs.claims.reduce((n, c) => n + Math.max(0, fair - c), 0);
-    const grow = Math.min(lacking, Math.floor((unclaimed * lacking) / lackingAll));
+    const grow = Math.min(lacking, Math.floor((unclaimed * lacking) / lackingAll), free);
     if (grow < lacking) {
       target = ownClaim + grow;
       limitedBy = 'unclaimed';
@@ -143,7 +147,7 @@ SELECT current_setting('max_connections')::int AS max_connections,
                 FILTER (WHERE left(application_name, length($1)) = $1 AND pid <> pg_backend_pid()), '{}') AS claims,
        count(*) FILTER (WHERE application_name = $2)::int AS application_connections,
        count(*)::int AS in_use
-  FROM pg_stat_activity WHERE backend_type = 'client backend'`;
+  FROM pg_stat_activity WHERE ${CLIENT_BACKEND}`;
 
 /** The presence connection, the samples taken on it, the claim it shows and the notices it hears. */
 export class BudgetSampler {
@@ -182,9 +186,9 @@ export class BudgetSampler {
       const standby = async () => (await client.query<{ standby: boolean }>('SELECT pg_is_in_recovery() AS standby')).rows[0].standby;
       this.notices = !this.viaPgBouncer && !(await standby());
       if (this.notices) await client.query(`LISTEN ${BUDGET_CHANNEL}`);
-      // A presence opened again (the last one lost) shows the claim the last one showed.
-      if (this.claimed !== undefined)
-        await client.query("SELECT set_config('application_name', $1, false)", [`${this.prefix}${this.claimed}`]);
+      // A presence opened again (the last one lost) shows the claim the last one showed, and the
+      // others hear of it (while it was gone they counted one process fewer).
+      if (this.claimed !== undefined) await client.query(this.claimQuery(this.claimed, this.notices));
     });
   }
 
@@ -252,18 +256,43 @@ export class BudgetSampler {
     };
   }
 
+  /**
+   * Runs `fn` (a sample and the claim it decides) holding the application's budget lock, a
+   * transaction-level advisory lock on the presence connection: the processes take their samples
+   * and show their claims one at a time, so two that start together do not each count the other's
+   * connections as free. Notices sent meanwhile go out as the lock is let go (at the COMMIT).
+   */
+  async locked<T>(timeoutMs: number, fn: () => Promise<T>): Promise<T> {
+    await this.presence.queryRow('BEGIN', timeoutMs);
+    let done = false;
+    try {
+      await this.presence.queryRow(
+        { text: 'SELECT pg_advisory_xact_lock(hashtext($1))', values: [`db_pool_budget:${this.prefix}`] },
+        timeoutMs,
+      );
+      const result = await fn();
+      await this.presence.queryRow('COMMIT', timeoutMs);
+      done = true;
+      return result;
+    } finally {
+      if (!done && this.presence.open) await this.presence.queryRow('ROLLBACK', timeoutMs).catch(() => {});
+    }
+  }
+
   /** Shows `claim` to the other processes (their next samples read it); with `notify`, they sample at once. */
   async claim(claim: number, timeoutMs: number, notify: boolean): Promise<void> {
     this.claimed = claim;
-    await this.presence.queryRow(
-      notify && this.notices
-        ? {
-            text: "SELECT set_config('application_name', $1, false), pg_notify($2, $3)",
-            values: [`${this.prefix}${claim}`, BUDGET_CHANNEL, this.prefix],
-          }
-        : { text: "SELECT set_config('application_name', $1, false)", values: [`${this.prefix}${claim}`] },
-      timeoutMs,
-    );
+    await this.presence.queryRow(this.claimQuery(claim, notify && this.notices), timeoutMs);
+  }
+
+  /** The statement that shows `claim` as the presence's application_name, with a notice to the others if `notify`. */
+  private claimQuery(claim: number, notify: boolean): pg.QueryConfig {
+    return notify
+      ? {
+          text: "SELECT set_config('application_name', $1, false), pg_notify($2, $3)",
+          values: [`${this.prefix}${claim}`, BUDGET_CHANNEL, this.prefix],
+        }
+      : { text: "SELECT set_config('application_name', $1, false)", values: [`${this.prefix}${claim}`] };
   }
 
   /** Notices heard so far, from the other processes of the application. */

@@ -259,14 +259,21 @@ export class PoolMonitor {
       const { poolSize, maxOverflow } = this.pool.settings;
       // The claim the others read: the capacity, or the connections still out above it until they come back.
       const claim = () => Math.max(this.pool.settings.poolSize + this.pool.settings.maxOverflow, this.pool.totalCount);
-      const decision = await budget.decide(claim(), timeoutMs, trigger);
-      const changed = decision.pool_size !== poolSize || decision.max_overflow !== maxOverflow;
-      // Growing: the claim first, so that no process sampling meanwhile counts those connections as free.
-      if (decision.capacity > claim()) await budget.claim(decision.capacity, timeoutMs, true);
-      if (changed) this.pool.resize(decision.pool_size, decision.max_overflow);
-      if (claim() !== budget.claimed) await budget.claim(claim(), timeoutMs, true);
+      // The sample and the claims it decides, under the application's budget lock.
+      const decision = await budget.locked(timeoutMs, async () => {
+        const decided = await budget.decide(claim(), timeoutMs, trigger);
+        // The pool began to end while the sample was out: it shows no claim now (its presence is about to leave).
+        if (this.pool.ending) return undefined;
+        // Growing: the claim first, so that no process sampling meanwhile counts those connections as free.
+        if (decided.capacity > claim()) await budget.claim(decided.capacity, timeoutMs, true);
+        if (decided.pool_size !== poolSize || decided.max_overflow !== maxOverflow)
+          this.pool.resize(decided.pool_size, decided.max_overflow);
+        if (claim() !== budget.claimed) await budget.claim(claim(), timeoutMs, true);
+        return decided;
+      });
+      if (!decision) return this.pool.budgetDecision;
       if (this.pool.totalCount > decision.capacity) this.awaitDrain();
-      if (changed) {
+      if (decision.pool_size !== poolSize || decision.max_overflow !== maxOverflow) {
         this.logger.log(
           `db-pool "${this.name}": connection budget: capacity ${poolSize + maxOverflow} → ${decision.capacity} ` +
             `(${decision.inputs.processes} process(es), fair share ${decision.fair_share}, limited by ${decision.limited_by})`,

@@ -24,6 +24,14 @@ export interface ServerHeadroom {
 /** How long a connection must sit "idle in transaction" to count as a transaction left open. */
 export const IDLE_IN_TRANSACTION_MIN_S = 5;
 
+/**
+ * A client connection in pg_stat_activity, whoever's it is. A role without pg_read_all_stats sees
+ * other roles' sessions with most columns NULL, backend_type among them (their application_name
+ * still shows): such a row with a database is counted as a client too (a background worker of
+ * another role's with one would be counted as well, which errs on the side of fewer connections).
+ */
+export const CLIENT_BACKEND = "(backend_type = 'client backend' OR (backend_type IS NULL AND datid IS NOT NULL))";
+
 // The pool's own connections are found by the application_name the server reports for the
 // sampling connection (one of them), so a name the server truncated or took from the URL is
 // matched as it is.
@@ -31,13 +39,13 @@ const SAMPLE = `
 SELECT current_setting('max_connections')::int AS max_connections,
        current_setting('application_name') AS own_name,
        (SELECT count(*)::int FROM pg_stat_activity
-         WHERE backend_type = 'client backend' AND application_name = current_setting('application_name')
+         WHERE ${CLIENT_BACKEND} AND application_name = current_setting('application_name')
            AND state LIKE 'idle in transaction%' AND now() - state_change >= interval '${IDLE_IN_TRANSACTION_MIN_S} seconds') AS idle_in_transaction,
        current_setting('superuser_reserved_connections')::int AS superuser_reserved_connections,
        coalesce((SELECT setting::int FROM pg_settings WHERE name = 'idle_session_timeout'), 0) AS idle_session_timeout_ms,
        coalesce((SELECT json_agg(json_build_object('application_name', application_name, 'state', state, 'count', n) ORDER BY application_name, state)
                  FROM (SELECT coalesce(application_name, '') AS application_name, coalesce(state, 'unknown') AS state, count(*)::int AS n
-                         FROM pg_stat_activity WHERE backend_type = 'client backend' GROUP BY 1, 2) s), '[]'::json) AS by_application`;
+                         FROM pg_stat_activity WHERE ${CLIENT_BACKEND} GROUP BY 1, 2) s), '[]'::json) AS by_application`;
 
 /** Takes one sample through the pool, within `timeoutMs` in all; never queues behind a busy pool. */
 export async function sampleServerHeadroom(pool: DbPool, timeoutMs: number): Promise<ServerHeadroom> {
