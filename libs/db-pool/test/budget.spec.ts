@@ -393,6 +393,37 @@ describe('processes of one application sharing a server with max_connections=40'
     }
   });
 
+  it('a presence the server ends (pg_terminate_backend, an idle timeout) is opened again at the next sample, with its claim', async () => {
+    const p = await startProcess();
+    const claimOf = async () => {
+      const admin = new pg.Client({ connectionString: db.url });
+      await admin.connect();
+      try {
+        const { rows } = await admin.query<{ pid: number; application_name: string }>(
+          'SELECT pid, application_name FROM pg_stat_activity WHERE application_name LIKE $1',
+          [`${APP}~%`],
+        );
+        return rows;
+      } finally {
+        await admin.end();
+      }
+    };
+    const [before] = await claimOf();
+    expect(before.application_name).toBe(`${APP}~${capacity(p)}`);
+    const admin = new pg.Client({ connectionString: db.url });
+    await admin.connect();
+    await admin.query('SELECT pg_terminate_backend($1)', [before.pid]);
+    await admin.end();
+    expect(await eventually(async () => (await claimOf()).length === 0)).toBe(true);
+    // The next sample fails on the lost connection or opens another; within two, the presence is back with the same claim.
+    await p.monitor.sampleBudget();
+    await p.monitor.sampleBudget();
+    const after = await claimOf();
+    expect(after.map((r) => r.application_name)).toEqual([`${APP}~${capacity(p)}`]);
+    expect(after[0].pid).not.toBe(before.pid);
+    expect(p.monitor.getBudget()!.inputs.processes).toBe(1);
+  });
+
   it('gives no server-headroom advice: the capacity is a share of the server already, whatever DB_POOL_EXPECTED_REPLICAS says', async () => {
     const options = { url, poolSize: 'auto' as const, maxOverflow: 'auto' as const, expectedReplicas: 5, applicationName: APP, env: {} };
     const pool = await createDbPool(options);
