@@ -86,7 +86,12 @@ function withPool(base: DynamicModule, name: string): DynamicModule {
         provide: getPoolMonitorToken(name),
         inject: [poolToken, configToken, DbPoolRegistry, replicasToken],
         useFactory: (pool: DbPool, config: DbPoolConfig, registry: DbPoolRegistry, replicas: ReplicaRouter | null) => {
-          const monitor = new PoolMonitor(pool, config, logger, replicas ? { reads: () => replicas.readCounts() } : {});
+          const monitor = new PoolMonitor(
+            pool,
+            config,
+            logger,
+            replicas ? { reads: () => replicas.readCounts(), positionReads: () => replicas.positionReads() } : {},
+          );
           registry.add(monitor);
           // Each replica's pool has its own health entry and metrics, labelled by its name.
           replicas?.pools().forEach((replica, i) => {

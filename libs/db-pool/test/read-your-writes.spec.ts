@@ -21,6 +21,7 @@ import {
 } from '../src/index.js';
 import { createReplicaRouter } from '../src/create-db-pool.js';
 import type { DbPool } from '../src/pool/db-pool.js';
+import { POSITION_READ_INTERVAL_MS } from '../src/pool/lag-sampler.js';
 import type { ReadReason, ReplicaRouter } from '../src/pool/replicas.js';
 import { poolOf } from '../src/pool/typeorm-options.js';
 import { startReplicaSet, type ReplicaSet } from '../../../tools/replica-set.mjs';
@@ -291,6 +292,31 @@ describe('read-your-writes, replay running', () => {
     expect(counts.replayed_on_check + counts.replica_behind + counts.replayed).toBe(20);
   });
 
+  it("writes' positions are read once for every write before the read, at most once every POSITION_READ_INTERVAL_MS", async () => {
+    const { primary, router } = await rig('read-your-writes');
+    const before = router.positionReads();
+    const started = performance.now();
+    // 30 scopes, each writing and taking its token four times in a row, on three connections.
+    const tokens = await Promise.all(
+      Array.from({ length: 30 }, (_, i) =>
+        withReadYourWrites(async () => {
+          const mine: string[] = [];
+          for (let n = 0; n < 4; n++) {
+            await writeInTransaction(primary, `shared-${i}-${n}`);
+            mine.push((await readYourWritesToken())!);
+          }
+          return mine;
+        }),
+      ),
+    );
+    const elapsed = performance.now() - started;
+    const reads = router.positionReads() - before;
+    expect(tokens.flat().every((t) => /^[0-9A-F]+\/[0-9A-F]+$/.test(t))).toBe(true);
+    expect(reads).toBeGreaterThan(0);
+    expect(reads).toBeLessThan(120);
+    expect(reads).toBeLessThanOrEqual(Math.floor(elapsed / POSITION_READ_INTERVAL_MS) + 1);
+  });
+
   it('eventual: writes note nothing and reads go to the standby', async () => {
     const { primary, router } = await rig('eventual');
     expect(primary.positionSource).toBeUndefined();
@@ -331,7 +357,10 @@ describe('read-your-writes, replay running', () => {
       consistency: 'read-your-writes',
       replica: { total: e + 1, eventual: e + 1, replayed: 0, replayed_on_check: 0 },
       primary: { total: 1, replica_behind: 1, position_unknown: 0, no_replica: 0 },
+      position_reads: router.positionReads(),
     };
+    // The write's position: one read, unless a sample of the primary sent after the write served it.
+    expect(reads.position_reads - before.position_reads).toBeLessThanOrEqual(1);
     const monitor = registry.get('default');
     expect(monitor.getReads()).toEqual(reads);
     expect(monitor.getHealthReport().reads).toEqual(reads);
@@ -341,6 +370,7 @@ describe('read-your-writes, replay running', () => {
     expect(text).toContain(`db_pool_replica_reads_total{pool_name="default",served_by="replica",reason="eventual"} ${e + 1}`);
     expect(text).toContain('db_pool_replica_reads_total{pool_name="default",served_by="primary",reason="replica_behind"} 1');
     expect(text).toContain('db_pool_replica_reads_total{pool_name="default",served_by="replica",reason="replayed_on_check"} 0');
+    expect(text).toContain(`db_pool_replica_position_reads_total{pool_name="default"} ${reads.position_reads}`);
     expect(text).not.toMatch(/db_pool_replica_reads_total\{pool_name="default-replica-1"/);
   });
 });

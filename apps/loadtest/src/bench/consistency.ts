@@ -15,7 +15,12 @@
  * - (information) a write then a read of it in one scope: eventual's read goes to the standby and
  *   may miss it; read-your-writes' goes where it is sure to see it.
  *
- * Ratios are read-your-writes' throughput over eventual's, the median of per-round ratios.
+ * Ratios are read-your-writes' throughput over eventual's, the median of per-round ratios. The
+ * callers are eight per connection, so the pools stay busy on both sides: a read-your-writes
+ * write's caller waits a while for its token (up to POSITION_READ_INTERVAL_MS, and the read's round
+ * trip), and at three callers per connection a third of them were waiting there at any moment,
+ * with the pool idle for want of callers. Throughput is then what the pool sustains; the wait
+ * itself is reported apart (`token_wait_ms`), as what a write request's response waits.
  */
 import {
   createDbPool,
@@ -29,7 +34,7 @@ import {
 } from '@db-pool/db-pool';
 import { type DataSource, EntitySchema } from 'typeorm';
 import type { Contender } from './contenders.js';
-import { closedLoop, ratioStat, roundRatios, type RatioStat, type SliceResult } from './measure.js';
+import { closedLoop, percentiles, ratioStat, roundRatios, type RatioStat, type SliceResult } from './measure.js';
 import type { Progress } from './progress.js';
 import { runRounds } from './rounds.js';
 
@@ -43,7 +48,7 @@ export interface ConsistencySettings {
   callers: number;
 }
 
-/** Each pool's connections (primary and replica alike); the callers match them, so nobody queues. */
+/** Each pool's connections (primary and replica alike), for 64 callers (main.ts): eight a connection. */
 const POOL_SIZE = 8;
 
 export const CONSISTENCY = {
@@ -98,6 +103,10 @@ export interface ConsistencyResult {
   missed_own_write: Record<string, number>;
   /** Where read-your-writes' router sent its reads, by reason, over the scenario. */
   ryw_reads: ReturnType<ReplicaRouter['readCounts']>;
+  /** Statements read-your-writes' routers sent on the primary for writes' positions, and the writes whose position was needed. */
+  position_reads: { reads: number; writes: number };
+  /** From a read-your-writes TypeORM save's answer to its token, in ms: what a write request's response waits. */
+  token_wait_ms: { p50: number; p99: number; max: number };
   ratios: ConsistencyRatios;
   ratio_details: Record<keyof ConsistencyRatios, RatioStat>;
   targets: Record<string, ConsistencyTarget>;
@@ -136,6 +145,11 @@ async function openSide(url: string, replicaUrl: string, consistency: 'eventual'
   const primary = await createDbPool(options);
   const router = (await createReplicaRouter(options, primary))!;
   return { primary, router };
+}
+
+/** The replica router TypeORM reads through (createDbPoolDataSource's). */
+function routerOf(ds: DataSource): ReplicaRouter {
+  return (ds.driver as unknown as { slaves: ReplicaRouter[] }).slaves[0];
 }
 
 async function write(primary: DbPool): Promise<number> {
@@ -191,29 +205,32 @@ export async function runConsistency(settings: ConsistencySettings, progress: Pr
     await rs.caughtUp();
 
     const missedOwn: Record<string, number> = { [CONSISTENCY.writeReadEventual]: 0, [CONSISTENCY.writeReadRyw]: 0 };
+    // Writes whose position read-your-writes needed: those that took a token, and those read after.
+    let positioned = 0;
     const writeThenRead = (side: Side, name: string) => async () => {
       const id = await write(side.primary);
+      if (side === ryw) positioned++;
       if (!(await read(side.router, id))) missedOwn[name]++;
     };
     // A write answers with its token, as a write request does: the position is read (shared) before it can.
-    const tokenOrThrow = async () => {
-      if ((await readYourWritesToken()) === undefined) throw new Error('read-your-writes noted no position for a write');
+    // (As lean as the eventual side's operation: a write request's handler awaits nothing more for it.)
+    const tokenWaits: number[] = [];
+    const tokenOrThrow = (token: string | undefined) => {
+      if (token === undefined) throw new Error('read-your-writes noted no position for a write');
+      positioned++;
+    };
+    const timedToken = () => {
+      const saved = performance.now();
+      return readYourWritesToken().then((token) => {
+        tokenWaits.push(performance.now() - saved);
+        tokenOrThrow(token);
+      });
     };
     const contenders: Contender[] = [
       contender(CONSISTENCY.saveEventual, () => ormEventual.save({ name: 'bench' })),
-      contender(CONSISTENCY.saveRyw, () =>
-        withReadYourWrites(async () => {
-          await ormRyw.save({ name: 'bench' });
-          await tokenOrThrow();
-        }),
-      ),
+      contender(CONSISTENCY.saveRyw, () => withReadYourWrites(() => ormRyw.save({ name: 'bench' }).then(timedToken))),
       contender(CONSISTENCY.writeEventual, () => write(eventual.primary)),
-      contender(CONSISTENCY.writeRyw, () =>
-        withReadYourWrites(async () => {
-          await write(ryw.primary);
-          await tokenOrThrow();
-        }),
-      ),
+      contender(CONSISTENCY.writeRyw, () => withReadYourWrites(() => write(ryw.primary).then(readYourWritesToken).then(tokenOrThrow))),
       contender(CONSISTENCY.readEventual, () => read(eventual.router, seed)),
       contender(CONSISTENCY.readRyw, () => withReadYourWrites(() => read(ryw.router, seed))),
       contender(CONSISTENCY.writeReadEventual, writeThenRead(eventual, CONSISTENCY.writeReadEventual)),
@@ -256,6 +273,8 @@ export async function runConsistency(settings: ConsistencySettings, progress: Pr
       ops_per_sec: Object.fromEntries(Object.entries(level.slices).map(([name, slices]) => [name, slices.map(rate)])),
       missed_own_write: missedOwn,
       ryw_reads: ryw.router.readCounts(),
+      position_reads: { reads: ryw.router.positionReads() + routerOf(dataSources[1]).positionReads(), writes: positioned },
+      token_wait_ms: (({ p50, p99, max }) => ({ p50, p99, max }))(percentiles(Float64Array.from(tokenWaits))),
       ratios,
       ratio_details: details,
       targets,
@@ -282,6 +301,7 @@ export function renderConsistencyTable(r: ConsistencyResult): string {
       `${name.padEnd(38)}  ${median(rates).toFixed(0).padStart(14)}  ${name in r.missed_own_write ? String(r.missed_own_write[name]).padStart(16) : ''}`,
     );
   lines.push(
+    `read-your-writes' position reads: ${r.position_reads.reads} for ${r.position_reads.writes} writes; a save's token came ${r.token_wait_ms.p50.toFixed(2)} ms after it (median), ${r.token_wait_ms.p99.toFixed(2)} ms (p99)`,
     `read-your-writes' reads: ${Object.entries(r.ryw_reads)
       .map(([k, v]) => `${k} ${v}`)
       .join(', ')}`,

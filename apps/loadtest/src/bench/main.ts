@@ -169,7 +169,7 @@ async function main(): Promise<number> {
     rounds: cli.rounds,
     durationMs: cli.durationMs,
     warmupMs: cli.warmupMs,
-    callers: 24,
+    callers: 64,
   };
   progress.plan(
     (cli.scenarios.core ? plannedMs(settings) : 0) +

@@ -75,7 +75,7 @@ function readYourWritesPerRequest(request: Request, response: unknown, next: (er
     // for it (one read on the primary, shared by the requests waiting), so its header carries it.
     res.end = function (this: Response, ...args: unknown[]) {
       if (!scope.pending || this.headersSent) return end.apply(this, args);
-      void scope.settle().then(() => end.apply(this, args));
+      scope.whenSettled(() => end.apply(this, args));
       return this;
     };
   }

@@ -5,6 +5,7 @@ import { DbPoolRegistry } from '../monitor/pool-registry.js';
 import type { Histogram } from '../pool/histogram.js';
 import type { BudgetDecision } from '../monitor/budget.js';
 import { READ_ROUTES, type ReadReason, REPLICA_OUT_OF_ROTATION } from '../pool/replicas.js';
+import { POSITION_READ_INTERVAL_MS } from '../pool/lag-sampler.js';
 
 type Labels = Record<string, string | number>;
 interface Sample {
@@ -208,6 +209,16 @@ export class DbPoolMetrics {
             const servedBy = READ_ROUTES[reason];
             return { labels: { served_by: servedBy, reason }, value: (counts[servedBy] as Record<string, number>)[reason] };
           });
+        },
+        all,
+      ),
+      new PoolCollector(
+        'db_pool_replica_position_reads_total',
+        `Statements sent on the primary to read writes' WAL positions (DB_REPLICA_CONSISTENCY=read-your-writes): each is shared by every write that committed before it was sent, at most one every ${POSITION_READ_INTERVAL_MS} ms.`,
+        'counter',
+        (m) => {
+          const reads = m.getReads();
+          return reads ? [{ labels: {}, value: reads.position_reads }] : [];
         },
         all,
       ),

@@ -134,6 +134,12 @@ export interface PoolReadsReport {
   consistency: 'eventual' | 'read-your-writes';
   replica: { total: number; eventual: number; replayed: number; replayed_on_check: number };
   primary: { total: number; replica_behind: number; position_unknown: number; no_replica: number };
+  /**
+   * Statements sent on the primary to read writes' WAL positions (read-your-writes; 0 with
+   * eventual): each is shared by every write that committed before it was sent, and they go at most
+   * one every 2 ms (`POSITION_READ_INTERVAL_MS`).
+   */
+  position_reads: number;
 }
 
 /** How long a failed connection attempt keeps `connect_failing` set, absent a later attempt. */
@@ -167,6 +173,8 @@ export interface PoolMonitorOptions {
   replica?: () => ReplicaStatus;
   /** The pool is a primary with read replicas: the router's read counts. */
   reads?: () => Record<ReadReason, number>;
+  /** The pool is a primary with read replicas: the router's reads of writes' positions. */
+  positionReads?: () => number;
   /** How long the pool must stay exhausted, with a connection held as long, to suspect a leak. @default 10000 */
   leakWindowMs?: number;
   /** Period of the leak and load bookkeeping. @default 1000 */
@@ -211,6 +219,7 @@ export class PoolMonitor {
   private readonly adviceWindowMs: number;
   private readonly replica: (() => ReplicaStatus) | undefined;
   private readonly reads: (() => Record<ReadReason, number>) | undefined;
+  private readonly positionReads: (() => number) | undefined;
 
   constructor(
     readonly pool: DbPool,
@@ -223,6 +232,7 @@ export class PoolMonitor {
     this.adviceWindowMs = options.adviceWindowMs ?? 10_000;
     this.replica = options.replica;
     this.reads = options.reads;
+    this.positionReads = options.positionReads;
   }
 
   /** `DB_POOL_SIZE=auto`: the budget's last decision (undefined before the first sample, or without a budget). */
@@ -312,6 +322,7 @@ export class PoolMonitor {
       consistency: this.config.replicaConsistency,
       replica: { total: 0, eventual: 0, replayed: 0, replayed_on_check: 0 },
       primary: { total: 0, replica_behind: 0, position_unknown: 0, no_replica: 0 },
+      position_reads: this.positionReads?.() ?? 0,
     };
     for (const reason of Object.keys(READ_ROUTES) as ReadReason[]) {
       const side = report[READ_ROUTES[reason]] as Record<string, number>;

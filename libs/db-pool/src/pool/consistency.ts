@@ -14,11 +14,12 @@ import { performance } from 'node:perf_hooks';
 /**
  * Where a scope's writes get their position: the primary's insert position
  * (`pg_current_wal_insert_lsn()`) read at or after performance.now() `at`, which has passed the
- * commit record of every transaction that committed before `at`. Reads are shared: one serves
- * every scope whose writes came before it was sent (the replica router's, replicas.ts).
+ * commit record of every transaction that committed before `at`, handed to `done` (or the error
+ * that kept it from being read). Reads are shared: one serves every scope whose writes came before
+ * it was sent (the replica router's, replicas.ts).
  */
 export interface PositionSource {
-  positionAfter(at: number): Promise<bigint>;
+  positionAfter(at: number, done: (err: Error | undefined, lsn?: bigint) => void): void;
 }
 
 /** The WAL positions one unit of work (a request) must see. */
@@ -28,7 +29,9 @@ export class ConsistencyScope {
   /** performance.now() after the scope's latest write whose position is not read yet. */
   #pendingAt: number | undefined;
   #source: PositionSource | undefined;
-  #settling: Promise<void> | undefined;
+  /** Called once no write's position is pending; set while a read is under way. */
+  #waiters: (() => void)[] | undefined;
+  #reading = false;
   #unknown = false;
 
   constructor(lsn?: bigint) {
@@ -60,7 +63,7 @@ export class ConsistencyScope {
 
   /** The token of {@link lsn} once settled: what a later scope opens with to see the same writes. */
   get token(): string | undefined {
-    return this.#lsn === undefined || this.#unknown || this.#pendingAt !== undefined ? undefined : formatLsn(this.#lsn);
+    return this.#lsn === undefined || this.#unknown || this.#pendingAt !== undefined ? undefined : tokenOf(this.#lsn);
   }
 
   /** Takes a position the scope must see from now on (the highest one wins), reached by `at`. */
@@ -79,22 +82,41 @@ export class ConsistencyScope {
   /** Reads the position of the scope's writes, if any is pending; never rejects (a failure makes the scope {@link unknown}). */
   settle(): Promise<void> {
     if (this.#pendingAt === undefined) return Promise.resolve();
-    this.#settling ??= this.#settle().finally(() => (this.#settling = undefined));
-    return this.#settling;
+    return new Promise((resolve) => this.whenSettled(resolve));
   }
 
-  async #settle(): Promise<void> {
-    while (this.#pendingAt !== undefined) {
-      const at = this.#pendingAt;
-      try {
-        this.note(await this.#source!.positionAfter(at), at);
-      } catch {
-        this.#unknown = true;
-      }
-      // A write that committed while the position was read needs a later one.
-      if (this.#pendingAt === at) this.#pendingAt = undefined;
-    }
+  /**
+   * {@link settle} with a callback, called at once when nothing is pending: the request path's
+   * form (a write's token, a response's header), with no promise of its own.
+   */
+  whenSettled(done: () => void): void {
+    if (this.#pendingAt === undefined) return done();
+    (this.#waiters ??= []).push(done);
+    if (!this.#reading) this.#read(this.#pendingAt);
   }
+
+  #read(at: number): void {
+    this.#reading = true;
+    this.#source!.positionAfter(at, (err, lsn) => {
+      this.#reading = false;
+      if (err !== undefined || lsn === undefined) this.#unknown = true;
+      else this.note(lsn, at);
+      // A write that committed while the position was read needs a later one.
+      if (this.#pendingAt !== at) return this.#read(this.#pendingAt!);
+      this.#pendingAt = undefined;
+      const waiters = this.#waiters ?? [];
+      this.#waiters = undefined;
+      for (const done of waiters) done();
+    });
+  }
+}
+
+/** The latest token written, kept: every scope a position read answers shares its position. */
+let lastToken: { lsn: bigint; text: string } | undefined;
+
+function tokenOf(lsn: bigint): string {
+  if (lastToken?.lsn !== lsn) lastToken = { lsn, text: formatLsn(lsn) };
+  return lastToken.text;
 }
 
 const current = new AsyncLocalStorage<ConsistencyScope>();
@@ -158,7 +180,7 @@ export function readYourWritesToken(): Promise<string | undefined> {
   const scope = current.getStore();
   if (scope === undefined) return Promise.resolve(undefined);
   if (!scope.pending) return Promise.resolve(scope.token);
-  return scope.settle().then(() => scope.token);
+  return new Promise((resolve) => scope.whenSettled(() => resolve(scope.token)));
 }
 
 /** A consistency token that is not one (`withReadYourWrites`, the `X-Db-Lsn` header). */

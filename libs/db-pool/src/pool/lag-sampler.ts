@@ -72,13 +72,18 @@ const INSERT_POSITION = 'SELECT pg_current_wal_insert_lsn()::text AS insert_lsn'
 const REPLICA_SAMPLE = `SELECT pg_is_in_recovery() AS standby, pg_last_wal_replay_lsn()::text AS replay_lsn, ${SYSTEM_ID} AS system_id, ${TIMELINE} AS timeline`;
 
 /**
- * How long a write's position read waits for more writes to share it. Each read is a statement on
- * the primary: sent at the next turn of the event loop, it served under two writes and took about
- * a tenth of a write transaction's throughput; a millisecond later, about five, for a
- * millisecond more on a write's token (the connection is back in the pool by then). See
+ * The least time between two reads of the primary's insert position for writes' tokens. Each read
+ * is a statement on the primary, shared by every write that committed before it was sent: at most
+ * 500 a second whatever the write rate, for at most this long more on a write's token under load
+ * (none when writes are sparse: the read goes at once). Sent at the next turn of the event loop, a
+ * read served under two writes; a millisecond after the first write that needed it, about five,
+ * and the position reads still took about a tenth of a write transaction's throughput. See
  * docs/benchmarks.md, "Read your own writes".
  */
-export const POSITION_BATCH_MS = 1;
+export const POSITION_READ_INTERVAL_MS = 2;
+
+/** How a position read answers: an error, or the position. */
+export type PositionCallback = (err: Error | undefined, lsn?: bigint) => void;
 
 /** Primary positions kept; past it the oldest-but-one goes, so a far-behind replica's lag still grows, more coarsely. */
 const MAX_MARKS = 1_000;
@@ -107,10 +112,14 @@ export class LagSampler<R extends SampledReplica> {
   private readonly primarySampler: SampleConnection;
   /** The latest insert position read on the primary, and when (performance.now()) it was asked for. */
   private insert: { lsn: bigint; sentAt: number } | undefined;
-  /** A read of the insert position under way, and when it was sent. */
-  private inserting: { promise: Promise<bigint>; sentAt: number } | undefined;
-  /** The read to send once the one under way has answered, for the callers that came after it was sent. */
-  private nextInsert: Promise<bigint> | undefined;
+  /** A read of the insert position under way: when it was sent, and who it answers. */
+  private inserting: { sentAt: number; waiters: PositionCallback[] } | undefined;
+  /** Reads of the insert position sent for read-your-writes (samples aside), since start. */
+  positionReads = 0;
+  /** When the latest read of the insert position was sent (performance.now()): the next waits out {@link POSITION_READ_INTERVAL_MS} from it. */
+  private lastInsertSentAt = -Infinity;
+  /** Who the next read answers (callers that came after the one under way was sent), and whether its wait is over. */
+  private nextInsert: { waiters: PositionCallback[]; due: boolean } | undefined;
 
   constructor(options: LagSamplerOptions<R>) {
     this.primarySampler = new SampleConnection(options.primaryConfig, options.Client);
@@ -127,41 +136,62 @@ export class LagSampler<R extends SampledReplica> {
   }
 
   /**
-   * The primary's insert position read at or after `at` (performance.now()): past the commit
-   * record of every transaction that committed before `at`. A read sent after `at` (a sample's,
-   * or one under way) serves; else the next read does, sent {@link POSITION_BATCH_MS} after the
-   * first caller that needs it (and after the one under way has answered): one at a time, each
-   * serving every caller that came before it was sent.
+   * Calls `done` with the primary's insert position read at or after `at` (performance.now()):
+   * past the commit record of every transaction that committed before `at`; or with the error
+   * that kept it from being read. A read sent after `at` (a sample's, or one under way) serves;
+   * else the next read does: at the next turn of the event loop, but not before
+   * {@link POSITION_READ_INTERVAL_MS} after the one before it was sent, nor before that one has
+   * answered. One at a time, each serving every caller that came before it was sent. Callbacks
+   * rather than a promise each: a write's token is on the request path, and every promise there
+   * costs (Node 20 runs AsyncLocalStorage's hooks for each).
    */
-  insertPositionAfter(at: number): Promise<bigint> {
-    if (this.insert !== undefined && this.insert.sentAt >= at) return Promise.resolve(this.insert.lsn);
+  insertPositionAfter(at: number, done: PositionCallback): void {
+    if (this.insert !== undefined && this.insert.sentAt >= at) return done(undefined, this.insert.lsn);
     const under = this.inserting;
-    if (under !== undefined && under.sentAt >= at) return under.promise;
-    this.nextInsert ??= new Promise<void>((resolve) => setTimeout(resolve, POSITION_BATCH_MS))
-      .then(() => under?.promise)
-      .then(
-        () => this.readInsert().promise,
-        () => this.readInsert().promise,
-      );
-    return this.nextInsert;
+    if (under !== undefined && under.sentAt >= at) {
+      under.waiters.push(done);
+      return;
+    }
+    if (this.nextInsert !== undefined) {
+      this.nextInsert.waiters.push(done);
+      return;
+    }
+    const next: { waiters: PositionCallback[]; due: boolean } = { waiters: [done], due: false };
+    this.nextInsert = next;
+    // Timers run by the event loop's clock, which may lag performance.now(): the wait is checked again.
+    const due = () => {
+      const wait = this.lastInsertSentAt + POSITION_READ_INTERVAL_MS - performance.now();
+      if (wait > 0) return void setTimeout(due, wait);
+      next.due = true;
+      this.sendInsertRead();
+    };
+    // The callers of this turn of the event loop share the read in any case.
+    setImmediate(due);
   }
 
-  private readInsert(): { promise: Promise<bigint>; sentAt: number } {
+  /** Sends the next read of the insert position, once its wait is over and no read is under way. */
+  private sendInsertRead(): void {
+    const next = this.nextInsert;
+    if (next === undefined || !next.due || this.inserting !== undefined) return;
     this.nextInsert = undefined;
-    const sentAt = performance.now();
-    const promise = this.primarySampler.queryRow<{ insert_lsn: string }>(INSERT_POSITION, this.sampleTimeoutMs).then((row) => {
-      const lsn = parseLsn(row?.insert_lsn);
-      if (lsn === undefined) throw new Error(`pg_current_wal_insert_lsn() answered ${JSON.stringify(row?.insert_lsn)}`);
-      this.tookInsert(lsn, sentAt);
-      return lsn;
-    });
-    const reading = { promise, sentAt };
+    const reading = { sentAt: performance.now(), waiters: next.waiters };
+    this.lastInsertSentAt = reading.sentAt;
+    this.positionReads++;
     this.inserting = reading;
-    const done = () => {
-      if (this.inserting === reading) this.inserting = undefined;
+    const answer = (err: Error | undefined, lsn?: bigint) => {
+      this.inserting = undefined;
+      for (const done of reading.waiters) done(err, lsn);
+      this.sendInsertRead();
     };
-    promise.then(done, done);
-    return reading;
+    this.primarySampler.queryRow<{ insert_lsn: string }>(INSERT_POSITION, this.sampleTimeoutMs).then(
+      (row) => {
+        const lsn = parseLsn(row?.insert_lsn);
+        if (lsn === undefined) return answer(new Error(`pg_current_wal_insert_lsn() answered ${JSON.stringify(row?.insert_lsn)}`));
+        this.tookInsert(lsn, reading.sentAt);
+        answer(undefined, lsn);
+      },
+      (err: unknown) => answer(err instanceof Error ? err : new Error(String(err))),
+    );
   }
 
   private tookInsert(lsn: bigint, sentAt: number): void {

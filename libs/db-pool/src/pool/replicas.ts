@@ -17,7 +17,7 @@ import type { DbPoolConfig } from '../config/db-pool.options.js';
 import { scrubSecrets } from '../redact.js';
 import { type ConsistencyScope, currentConsistencyScope, parseLsn, type PositionSource, readYourWritesStarted } from './consistency.js';
 import type { DbPool } from './db-pool.js';
-import { LagSampler, type SampledReplica, type Standing } from './lag-sampler.js';
+import { LagSampler, type PositionCallback, type SampledReplica, type Standing } from './lag-sampler.js';
 import type { DbPoolLogger } from './logger.js';
 import { SampleConnection } from './sample-connection.js';
 
@@ -208,6 +208,11 @@ export class ReplicaRouter extends EventEmitter implements PositionSource {
     return { ...this.reads };
   }
 
+  /** Statements sent on the primary to read writes' WAL positions (read-your-writes), each shared by the writes before it, since the router started. */
+  positionReads(): number {
+    return this.lag.positionReads;
+  }
+
   /** The replica pools, in `DB_REPLICA_URLS` order. */
   pools(): DbPool[] {
     return this.replicas.map((r) => r.pool);
@@ -258,8 +263,8 @@ export class ReplicaRouter extends EventEmitter implements PositionSource {
   }
 
   /** The primary's insert position read at or after `at` (read-your-writes: a scope's writes' position). */
-  positionAfter(at: number): Promise<bigint> {
-    return this.lag.insertPositionAfter(at);
+  positionAfter(at: number, done: PositionCallback): void {
+    this.lag.insertPositionAfter(at, done);
   }
 
   /** Where a read in `scope` (settled) goes: a pool now, or once a replica sampled before the scope's position has been asked again. */
