@@ -196,6 +196,8 @@ describe('the benchmark CLI (--quick)', () => {
         ops_per_sec: Record<string, number[]>;
         missed_own_write: Record<string, number>;
         ryw_reads: Record<string, number>;
+        position_reads: { reads: number; writes: number };
+        token_wait_ms: { p50: number; p99: number; max: number };
         targets: Record<string, { limit: number; met: boolean; measured: number }>;
       };
     };
@@ -215,6 +217,12 @@ describe('the benchmark CLI (--quick)', () => {
     // Read-your-writes never misses its own write; its reads after a write went to the primary or a caught-up replica.
     expect(c.missed_own_write['write then read, read-your-writes']).toBe(0);
     expect(c.ryw_reads.replica_behind + c.ryw_reads.replayed + c.ryw_reads.replayed_on_check).toBeGreaterThan(0);
+    // Writes share their position reads; a save's token waits for one, and the wait is recorded.
+    expect(c.position_reads.reads).toBeGreaterThan(0);
+    expect(c.position_reads.reads).toBeLessThan(c.position_reads.writes);
+    expect(c.token_wait_ms.p50).toBeGreaterThan(0);
+    expect(c.token_wait_ms.p99).toBeGreaterThanOrEqual(c.token_wait_ms.p50);
+    expect(run.stdout).toMatch(/read-your-writes' position reads: \d+ for \d+ writes; a save's token came \d+\.\d{2} ms after it/);
     expect(Object.keys(c.targets).sort()).toEqual(['ryw_read_throughput', 'ryw_save_throughput']);
     for (const key of ['ryw_save_throughput', 'ryw_write_throughput', 'ryw_read_throughput', 'ryw_write_then_read_throughput'])
       expect([key, typeof results.ratios[key]]).toEqual([key, 'number']);

@@ -1,5 +1,5 @@
 // The bench's statistics: arithmetic over numbers (the runs themselves are `nx run loadtest:bench`).
-import { medianInterval, ratioStat } from '../src/bench/measure.js';
+import { closedLoop, medianInterval, ratioStat, roundPairRatios, roundRatios, type SliceResult } from '../src/bench/measure.js';
 import { roundOrder } from '../src/bench/rounds.js';
 
 /** A seeded generator (mulberry32), so the coverage check is the same on every run. */
@@ -80,5 +80,37 @@ describe("the rounds' order", () => {
       });
       expect(firsts).toEqual([a, b]);
     }
+  });
+});
+
+describe('a closed loop', () => {
+  const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+  it('counts every operation over the whole slice, its drain included, by default', async () => {
+    const r = await closedLoop(4, 30, turn);
+    expect(r.ops).toBe(r.latencies.length);
+    expect(r.elapsedMs).toBeGreaterThanOrEqual(30);
+  });
+
+  it('with steadyFromMs, counts only the operations that end inside the steady window, over that window', async () => {
+    const r = await closedLoop(4, 30, turn, { steadyFromMs: 10 });
+    expect(r.elapsedMs).toBeCloseTo(20, 6);
+    expect(r.ops).toBeGreaterThan(0);
+    // Those of the first 10 ms, and any that ended after the slice did, are not counted.
+    expect(r.ops).toBeLessThan(r.latencies.length);
+  });
+});
+
+describe('ratios over pairs of rounds', () => {
+  it('cancel a slice that is slower for running second, where per-round ratios split in two', () => {
+    // The same rate on both sides; whichever runs second in a round is 10 % slower, and the order flips every round.
+    const slice = (ops: number): SliceResult => ({ ops, elapsedMs: 1000, latencies: new Float64Array() });
+    const a = Array.from({ length: 8 }, (_, i) => slice(i % 2 === 0 ? 90 : 100));
+    const b = Array.from({ length: 8 }, (_, i) => slice(i % 2 === 0 ? 100 : 90));
+    const rate = (s: SliceResult) => s.ops;
+    expect(new Set(roundRatios(a, b, rate).map((r) => r.toFixed(3)))).toEqual(new Set(['0.900', '1.111']));
+    expect(roundPairRatios(a, b, rate)).toEqual([1, 1, 1, 1]);
+    // A lone last round is left out.
+    expect(roundPairRatios(a.slice(0, 7), b.slice(0, 7), rate)).toHaveLength(3);
   });
 });

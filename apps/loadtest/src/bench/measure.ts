@@ -46,13 +46,27 @@ export type Operation = (waits: Samples) => Promise<unknown>;
  * Runs `callers` closed loops of `op` for `durationMs`: each caller starts its next operation as
  * soon as the last one finished. Any failed operation fails the slice: a benchmark that drops
  * errors measures something else.
+ *
+ * By default the slice's operations count over its whole length, the last ones' ends included.
+ * With `steadyFromMs`, only the operations that end between `steadyFromMs` after the start and the
+ * end of the slice count, over that window: the rate once every caller is under way, with neither
+ * the start (no operation has ended yet) nor the drain (the last operations ending with the pool
+ * emptying) in it. Both weigh on an operation that waits after its connection is back (a
+ * read-your-writes token) more than on one that does not, by its wait.
  */
-export async function closedLoop(callers: number, durationMs: number, op: Operation): Promise<SliceResult> {
+export async function closedLoop(
+  callers: number,
+  durationMs: number,
+  op: Operation,
+  options: { steadyFromMs?: number } = {},
+): Promise<SliceResult> {
   const latencies = new Samples();
   const waits = new Samples();
   let failure: unknown;
+  let steadyOps = 0;
   const started = performance.now();
   const end = started + durationMs;
+  const steadyFrom = options.steadyFromMs === undefined ? undefined : started + options.steadyFromMs;
   const caller = async () => {
     while (failure === undefined && performance.now() < end) {
       const t0 = performance.now();
@@ -62,13 +76,16 @@ export async function closedLoop(callers: number, durationMs: number, op: Operat
         failure ??= err;
         return;
       }
-      latencies.push(performance.now() - t0);
+      const t1 = performance.now();
+      latencies.push(t1 - t0);
+      if (steadyFrom !== undefined && t1 >= steadyFrom && t1 <= end) steadyOps++;
     }
   };
   await Promise.all(Array.from({ length: callers }, caller));
   const elapsedMs = performance.now() - started;
   if (failure !== undefined) throw failure;
-  return { ops: latencies.length, elapsedMs, latencies: latencies.values(), waits: waits.length > 0 ? waits.values() : undefined };
+  const counted = steadyFrom === undefined ? { ops: latencies.length, elapsedMs } : { ops: steadyOps, elapsedMs: end - steadyFrom };
+  return { ...counted, latencies: latencies.values(), waits: waits.length > 0 ? waits.values() : undefined };
 }
 
 /**
@@ -181,6 +198,20 @@ export function roundRatios(a: SliceResult[], b: SliceResult[], metric: (s: Slic
   const n = Math.min(a.length, b.length);
   const out: number[] = [];
   for (let i = 0; i < n; i++) out.push(metric(a[i]) / metric(b[i]));
+  return out;
+}
+
+/**
+ * Ratios over pairs of rounds, `metric(a)` summed over rounds 2k and 2k+1 over the same of `b`:
+ * with the order reversed every other round (roundOrder), each pair holds both orders, so a slice
+ * that runs slower for coming second (what the slice before it left the server to do) weighs on
+ * both sides alike. Per-round ratios then fall in two clusters, one per order, and their median
+ * lands anywhere between them.
+ */
+export function roundPairRatios(a: SliceResult[], b: SliceResult[], metric: (s: SliceResult) => number): number[] {
+  const n = Math.min(a.length, b.length);
+  const out: number[] = [];
+  for (let i = 0; i + 1 < n; i += 2) out.push((metric(a[i]) + metric(a[i + 1])) / (metric(b[i]) + metric(b[i + 1])));
   return out;
 }
 
