@@ -291,6 +291,13 @@ describeIf('the connection budget under an autoscaler: 2 → 8 → 2 processes a
         fair_share: 10,
         inputs: { counted_by: 'pgbouncer', max_connections: serverPool, processes: 3 },
       });
+      // A process tells its own presence among PgBouncer's clients by its address and port, not by
+      // the claim it shows: one whose last claim did not reach its presence (taken, then its
+      // statement failed) still counts once, not as a fourth process.
+      processes[0].pool.budget!.claimed = 99;
+      await processes[0].monitor.sampleBudget();
+      expect(processes[0].monitor.getBudget()!.inputs.processes).toBe(3);
+      expect(capacities()).toEqual([10, 10, 10]);
       // One leaves: PgBouncer no longer lists its presence, and the two left take 15 each.
       await processes.pop()!.pool.end();
       await sampleAll();

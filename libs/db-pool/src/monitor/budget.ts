@@ -210,15 +210,20 @@ export class BudgetSampler {
   /** Behind PgBouncer: the presence opened (a client PgBouncer lists), then its SHOW DATABASES and SHOW CLIENTS. */
   private async sampleThroughPgBouncer(timeoutMs: number): Promise<BudgetInputs> {
     if (!this.presence.open) await this.presence.queryRow('SELECT 1', timeoutMs);
-    const { pool_size, application_names } = await samplePgBouncerClients(
-      this.config.pgbouncerAdminUrl!,
-      pgbouncerDatabase(this.config),
-      timeoutMs,
-    );
-    const presences = application_names.filter((name) => name.startsWith(this.prefix)).map((name) => name.slice(this.prefix.length));
-    // Its own presence is among them, by the claim it shows (PgBouncer keeps no backend pid to tell it by).
-    const own = presences.indexOf(String(this.claimed ?? 0));
-    if (own >= 0) presences.splice(own, 1);
+    const { pool_size, clients } = await samplePgBouncerClients(this.config.pgbouncerAdminUrl!, pgbouncerDatabase(this.config), timeoutMs);
+    const application_names = clients.map((c) => c.application_name);
+    // Its own presence is among them: the client at its presence's address and port (PgBouncer
+    // keeps no backend pid to tell it by), else, with the address translated on the way, the one
+    // showing its claim.
+    const at = this.presence.localEndpoint;
+    const mine = at === undefined ? -1 : clients.findIndex((c) => c.port === at.port && c.addr === at.address);
+    const presences = clients
+      .filter((c, i) => i !== mine && c.application_name.startsWith(this.prefix))
+      .map((c) => c.application_name.slice(this.prefix.length));
+    if (mine < 0) {
+      const own = presences.indexOf(String(this.claimed ?? 0));
+      if (own >= 0) presences.splice(own, 1);
+    }
     return {
       max_connections: pool_size,
       superuser_reserved_connections: 0,

@@ -53,8 +53,8 @@ export function samplePgBouncer(adminUrl: string, database: string, timeoutMs: n
 export interface PgBouncerClients {
   /** Server connections PgBouncer opens for the database (its `pool_size`, within its `max_db_connections`). */
   pool_size: number;
-  /** The application_name of every client connection to the database. */
-  application_names: string[];
+  /** Every client connection to the database: its application_name, and its address and port as PgBouncer sees them. */
+  clients: { application_name: string; addr: string; port: number }[];
 }
 
 /** One sample of `SHOW DATABASES` and `SHOW CLIENTS` for `database`. */
@@ -66,7 +66,7 @@ export function samplePgBouncerClients(adminUrl: string, database: string, timeo
     const cap = num(entry.max_connections);
     return {
       pool_size: cap > 0 ? Math.min(num(entry.pool_size), cap) : num(entry.pool_size),
-      application_names: clients.map((r) => String(r.application_name ?? '')),
+      clients: clients.map((r) => ({ application_name: String(r.application_name ?? ''), addr: String(r.addr ?? ''), port: num(r.port) })),
     };
   });
 }

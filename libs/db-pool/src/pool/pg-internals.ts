@@ -124,6 +124,14 @@ export function destroySocket(client: pg.ClientBase): void {
   else void (client as unknown as { end?: () => Promise<void> }).end?.().catch(() => {});
 }
 
+/** The client's TCP address and port, as the server (or PgBouncer) sees them unless translated on the way; undefined over a Unix socket. */
+export function localEndpointOf(client: pg.ClientBase): { address: string; port: number } | undefined {
+  const stream = internals(client).connection?.stream as { localAddress?: unknown; localPort?: unknown } | undefined;
+  if (typeof stream?.localAddress !== 'string' || typeof stream.localPort !== 'number') return undefined;
+  // An IPv4 address on a dual-stack socket reads ::ffff:127.0.0.1; PgBouncer writes 127.0.0.1.
+  return { address: stream.localAddress.replace(/^::ffff:/i, ''), port: stream.localPort };
+}
+
 /** The pg pool TypeORM's Postgres driver holds (`driver.master`; `driver.slaves` with replication). */
 export function typeOrmPoolsOf(driver: unknown): { master: unknown; slaves: unknown[] } {
   const d = driver as { master?: unknown; slaves?: unknown[] };

@@ -7,7 +7,7 @@ import type pg from 'pg';
 import type { DbPoolConfig } from '../config/db-pool.options.js';
 import { Connector } from './connector.js';
 import { toPgPoolOptions } from './pg-options.js';
-import { destroySocket } from './pg-internals.js';
+import { destroySocket, localEndpointOf } from './pg-internals.js';
 
 /** How long closing a sample connection waits for the server's goodbye before the socket is destroyed. */
 const CLOSE_WAIT_MS = 1_000;
@@ -82,6 +82,11 @@ export class SampleConnection {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  /** The open connection's own address and port (undefined while none is open, or over a Unix socket). */
+  get localEndpoint(): { address: string; port: number } | undefined {
+    return this.client ? localEndpointOf(this.client) : undefined;
   }
 
   /** Whether a connection is open now (a query would not open one). */
