@@ -85,19 +85,46 @@ describe("the rounds' order", () => {
 
 describe('a closed loop', () => {
   const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
+  /**
+   * One caller's operation: a turn of the event loop while the slice is young; the first one
+   * started `lateMs` into it lasts until the slice is over (it ends in the drain). `quick` counts
+   * the others.
+   */
+  const drained = (lateMs: number, durationMs: number) => {
+    const started = performance.now();
+    let quick = 0;
+    const op = async () => {
+      if (performance.now() - started < lateMs) {
+        await turn();
+        quick++;
+        return;
+      }
+      while (performance.now() <= started + durationMs + 1) await turn();
+    };
+    return { op, quick: () => quick };
+  };
 
-  it('counts every operation over the whole slice, its drain included, by default', async () => {
-    const r = await closedLoop(4, 30, turn);
-    expect(r.ops).toBe(r.latencies.length);
-    expect(r.elapsedMs).toBeGreaterThanOrEqual(30);
+  it('counts every operation over the whole slice by default, the one that ended in the drain too', async () => {
+    const { op, quick } = drained(15, 30);
+    const r = await closedLoop(1, 30, op);
+    expect(r.ops).toBe(quick() + 1);
+    expect(r.elapsedMs).toBeGreaterThan(30);
   });
 
   it('with steadyFromMs, counts only the operations that end inside the steady window, over that window', async () => {
-    const r = await closedLoop(4, 30, turn, { steadyFromMs: 10 });
-    expect(r.elapsedMs).toBeCloseTo(20, 6);
-    expect(r.ops).toBeGreaterThan(0);
-    // Those of the first 10 ms, and any that ended after the slice did, are not counted.
-    expect(r.ops).toBeLessThan(r.latencies.length);
+    const whole = drained(15, 30);
+    const r = await closedLoop(1, 30, whole.op, { steadyFromMs: 0 });
+    // The one that ended after the slice is not counted, however long the drain.
+    expect(r.ops).toBe(whole.quick());
+    expect(r.latencies.length).toBe(whole.quick() + 1);
+    expect(r.elapsedMs).toBeCloseTo(30, 6);
+
+    const late = drained(15, 30);
+    const windowed = await closedLoop(1, 30, late.op, { steadyFromMs: 10 });
+    expect(windowed.elapsedMs).toBeCloseTo(20, 6);
+    // Nor those that ended in the first 10 ms.
+    expect(windowed.ops).toBeGreaterThan(0);
+    expect(windowed.ops).toBeLessThan(late.quick());
   });
 });
 

@@ -24,6 +24,7 @@ import type { DbPool } from '../src/pool/db-pool.js';
 import { POSITION_READ_INTERVAL_MS } from '../src/pool/lag-sampler.js';
 import type { ReadReason, ReplicaRouter } from '../src/pool/replicas.js';
 import { poolOf } from '../src/pool/typeorm-options.js';
+import { currentConsistencyScope, reportWaiterErrors } from '../src/pool/consistency.js';
 import { startReplicaSet, type ReplicaSet } from '../../../tools/replica-set.mjs';
 import { eventually } from './support/db.js';
 
@@ -315,6 +316,31 @@ describe('read-your-writes, replay running', () => {
     expect(reads).toBeGreaterThan(0);
     expect(reads).toBeLessThan(120);
     expect(reads).toBeLessThanOrEqual(Math.floor(elapsed / POSITION_READ_INTERVAL_MS) + 1);
+  });
+
+  it('a waiter that throws costs the others sharing its position read nothing; its error is thrown again', async () => {
+    const { primary } = await rig('read-your-writes');
+    const uncaught: unknown[] = [];
+    const restore = reportWaiterErrors((err) => uncaught.push(err));
+    try {
+      const tokens = await Promise.all(
+        [0, 1, 2].map((i) =>
+          withReadYourWrites(async () => {
+            await writeInTransaction(primary, `thrower-${i}`);
+            // The first scope's own waiter throws (a response's end that throws, say): the others' still answer.
+            if (i === 0)
+              currentConsistencyScope()!.whenSettled(() => {
+                throw new Error('a waiter failed');
+              });
+            return readYourWritesToken();
+          }),
+        ),
+      );
+      expect(tokens.every((t) => t !== undefined)).toBe(true);
+      expect(uncaught).toEqual([new Error('a waiter failed')]);
+    } finally {
+      restore();
+    }
   });
 
   it('eventual: writes note nothing and reads go to the standby', async () => {

@@ -23,7 +23,8 @@ const USAGE = `usage: node apps/loadtest/dist/bench/main.js [options]   (or: npx
 
 Benchmarks db-pool against raw pg.Pool, postgres.js, stock TypeORM, no pool and pgbench on the
 server DATABASE_URL names (the nx target starts an embedded one when it is unset). Contenders run
-interleaved in short rounds; every ratio is the median of per-round ratios.
+interleaved in short rounds; every ratio is the median of per-round ratios (the read-your-writes
+scenario's, of ratios over pairs of rounds, each pair holding both orders).
 
   --quick            a short run (well under a minute): 5 rounds × 100 ms, indicative only
   --rounds N         rounds per scenario (default 75; 5 with --quick; the features scenario runs 4 × N)
@@ -166,7 +167,8 @@ async function main(): Promise<number> {
     sweepMs: cli.quick ? 500 : 1500,
   };
   const consistencySettings: ConsistencySettings = {
-    rounds: cli.rounds,
+    // Its ratios are over pairs of rounds: an even number, two at least.
+    rounds: Math.max(2, cli.rounds + (cli.rounds % 2)),
     durationMs: cli.durationMs,
     warmupMs: cli.warmupMs,
     callers: 64,
@@ -174,7 +176,7 @@ async function main(): Promise<number> {
   progress.plan(
     (cli.scenarios.core ? plannedMs(settings) : 0) +
       (cli.scenarios.overload ? overloadSettings.sweep.length * (2 * overloadSettings.sweepMs + 200) + 4 * (cli.overloadMs + 2000) : 0) +
-      (cli.scenarios.consistency ? 8 * (cli.warmupMs + cli.rounds * (cli.durationMs + SETTLE_MS)) : 0),
+      (cli.scenarios.consistency ? 8 * (cli.warmupMs + consistencySettings.rounds * (cli.durationMs + SETTLE_MS)) : 0),
   );
   const run = cli.scenarios.core ? await runBench(settings, progress) : undefined;
   const overload: OverloadResult | undefined = cli.scenarios.overload ? await runOverload(overloadSettings, progress) : undefined;

@@ -216,13 +216,13 @@ export function roundPairRatios(a: SliceResult[], b: SliceResult[], metric: (s: 
 }
 
 export interface RatioStat {
-  /** Median of the per-round ratios. */
+  /** Median of the ratios: per round, or per pair of rounds ({@link roundPairRatios}). */
   median: number;
   min: number;
   max: number;
   /**
    * A 95 % confidence interval of that median, distribution-free (the order statistics whose
-   * ranks bound it: n/2 ∓ 0.98√n); NaN bounds with fewer than 6 rounds.
+   * ranks bound it: n/2 ∓ 0.98√n); NaN bounds with fewer than 6 ratios.
    */
   ci95: [number, number];
   /** Half the interval's width over the median: the ± within which the run pins the ratio down. */

@@ -1,3 +1,4 @@
+import { AsyncResource } from 'node:async_hooks';
 import { Injectable, type NestMiddleware } from '@nestjs/common';
 import {
   ConsistencyScope,
@@ -75,7 +76,8 @@ function readYourWritesPerRequest(request: Request, response: unknown, next: (er
     // for it (one read on the primary, shared by the requests waiting), so its header carries it.
     res.end = function (this: Response, ...args: unknown[]) {
       if (!scope.pending || this.headersSent) return end.apply(this, args);
-      scope.whenSettled(() => end.apply(this, args));
+      // In the request's own async context: the read it waited on was started by another's.
+      scope.whenSettled(AsyncResource.bind(() => end.apply(this, args)));
       return this;
     };
   }

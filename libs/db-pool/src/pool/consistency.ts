@@ -106,8 +106,38 @@ export class ConsistencyScope {
       this.#pendingAt = undefined;
       const waiters = this.#waiters ?? [];
       this.#waiters = undefined;
-      for (const done of waiters) done();
+      callEach(waiters);
     });
+  }
+}
+
+/** Where an error a waiter threw goes: thrown again on the next tick, uncaught (tests look at it instead). */
+let waiterFailed = (err: unknown): void =>
+  process.nextTick(() => {
+    throw err;
+  });
+
+/** @internal Sends the errors waiters throw to `report` instead; returns the function that puts it back. */
+export function reportWaiterErrors(report: (err: unknown) => void): () => void {
+  const before = waiterFailed;
+  waiterFailed = report;
+  return () => {
+    waiterFailed = before;
+  };
+}
+
+/**
+ * Calls every one of `callbacks` with `args`, whatever one of them throws: each error is thrown
+ * again on the next tick (as an uncaught callback error would be), after the rest have run.
+ * Waiters sharing one answer (requests ending, scopes settling) must not lose it to another's throw.
+ */
+export function callEach<A extends unknown[]>(callbacks: readonly ((...args: A) => void)[], ...args: A): void {
+  for (const callback of callbacks) {
+    try {
+      callback(...args);
+    } catch (err) {
+      waiterFailed(err);
+    }
   }
 }
 

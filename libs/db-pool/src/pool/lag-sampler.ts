@@ -10,7 +10,7 @@
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import type { DbPoolConfig } from '../config/db-pool.options.js';
-import { parseLsn } from './consistency.js';
+import { callEach, parseLsn } from './consistency.js';
 import type { ReplicaOutOfRotation } from './replicas.js';
 import { SampleConnection } from './sample-connection.js';
 
@@ -74,7 +74,7 @@ const REPLICA_SAMPLE = `SELECT pg_is_in_recovery() AS standby, pg_last_wal_repla
 /**
  * The least time between two reads of the primary's insert position for writes' tokens. Each read
  * is a statement on the primary, shared by every write that committed before it was sent: at most
- * 500 a second whatever the write rate, for at most this long more on a write's token under load
+ * 500 a second from each router whatever the write rate, for about this long more on a write's token under load
  * (none when writes are sparse: the read goes at once). Sent at the next turn of the event loop, a
  * read served under two writes; a millisecond after the first write that needed it, about five,
  * and the position reads still took about a tenth of a write transaction's throughput. See
@@ -114,6 +114,7 @@ export class LagSampler<R extends SampledReplica> {
   private insert: { lsn: bigint; sentAt: number } | undefined;
   /** A read of the insert position under way: when it was sent, and who it answers. */
   private inserting: { sentAt: number; waiters: PositionCallback[] } | undefined;
+  private closed = false;
   /** Reads of the insert position sent for read-your-writes (samples aside), since start. */
   positionReads = 0;
   /** When the latest read of the insert position was sent (performance.now()): the next waits out {@link POSITION_READ_INTERVAL_MS} from it. */
@@ -146,6 +147,7 @@ export class LagSampler<R extends SampledReplica> {
    * costs (Node 20 runs AsyncLocalStorage's hooks for each).
    */
   insertPositionAfter(at: number, done: PositionCallback): void {
+    if (this.closed) return done(new Error('the replica router has ended'));
     if (this.insert !== undefined && this.insert.sentAt >= at) return done(undefined, this.insert.lsn);
     const under = this.inserting;
     if (under !== undefined && under.sentAt >= at) {
@@ -174,14 +176,16 @@ export class LagSampler<R extends SampledReplica> {
     const next = this.nextInsert;
     if (next === undefined || !next.due || this.inserting !== undefined) return;
     this.nextInsert = undefined;
+    if (this.closed) return callEach(next.waiters, new Error('the replica router has ended'));
     const reading = { sentAt: performance.now(), waiters: next.waiters };
     this.lastInsertSentAt = reading.sentAt;
     this.positionReads++;
     this.inserting = reading;
     const answer = (err: Error | undefined, lsn?: bigint) => {
       this.inserting = undefined;
-      for (const done of reading.waiters) done(err, lsn);
+      // The next read goes before these callers hear (whatever they do with the answer).
       this.sendInsertRead();
+      callEach(reading.waiters, err, lsn);
     };
     this.primarySampler.queryRow<{ insert_lsn: string }>(INSERT_POSITION, this.sampleTimeoutMs).then(
       (row) => {
@@ -200,6 +204,7 @@ export class LagSampler<R extends SampledReplica> {
 
   /** Closes the connection to the primary (each replica's is closed by whoever made it). */
   close(): Promise<void> {
+    this.closed = true;
     return this.primarySampler.close();
   }
 
