@@ -1,4 +1,5 @@
 import 'reflect-metadata';
+import { AsyncLocalStorage } from 'node:async_hooks';
 import pg from 'pg';
 // Read-your-writes by WAL position (DB_REPLICA_CONSISTENCY=read-your-writes) against a real
 // primary and a real streaming standby of their own (tools/replica-set.mjs), the standby's replay
@@ -9,6 +10,7 @@ import { getDataSourceToken } from '@nestjs/typeorm';
 import { type DataSource, EntitySchema } from 'typeorm';
 import {
   ConsistencyTokenError,
+  dbPoolConsistency,
   createDbPool,
   createDbPoolDataSource,
   DbPoolMetrics,
@@ -341,6 +343,55 @@ describe('read-your-writes, replay running', () => {
     } finally {
       restore();
     }
+  });
+
+  it("responses that wait for a shared position read each end in their own request's async context", async () => {
+    const { primary } = await rig('read-your-writes');
+    const context = new AsyncLocalStorage<string>();
+    const perRequest = dbPoolConsistency();
+    const ended: { request: string; context: string | undefined; token: string | undefined }[] = [];
+    // Every request has written before any ends: their ends wait on one read, started by the first.
+    let wrote = 0;
+    let allWrote!: () => void;
+    const barrier = new Promise<void>((resolve) => (allWrote = resolve));
+    const request = (name: string) =>
+      context.run(
+        name,
+        () =>
+          new Promise<void>((resolve, reject) => {
+            const headers = new Map<string, string>();
+            const res = {
+              headersSent: false,
+              setHeader(key: string, value: string) {
+                headers.set(key.toLowerCase(), value);
+              },
+              writeHead() {
+                this.headersSent = true;
+                return this;
+              },
+              end() {
+                this.writeHead();
+                ended.push({ request: name, context: context.getStore(), token: headers.get('x-db-lsn') });
+                resolve();
+                return this;
+              },
+            };
+            perRequest({ headers: {} } as never, res, () => {
+              writeInTransaction(primary, `context-${name}`)
+                .then(() => {
+                  if (++wrote === 3) allWrote();
+                  return barrier;
+                })
+                .then(() => res.end(), reject);
+            });
+          }),
+      );
+    await Promise.all(['a', 'b', 'c'].map(request));
+    expect(ended.map((e) => [e.request, e.context, /^[0-9A-F]+\/[0-9A-F]+$/.test(e.token ?? '')]).sort()).toEqual([
+      ['a', 'a', true],
+      ['b', 'b', true],
+      ['c', 'c', true],
+    ]);
   });
 
   it('eventual: writes note nothing and reads go to the standby', async () => {
