@@ -394,6 +394,17 @@ describe('read-your-writes, replay running', () => {
     ]);
   });
 
+  it('a write whose position cannot be read (the router has ended) leaves its scope without a token, at once, nothing counted as sent', async () => {
+    const { primary, router } = await rig('read-your-writes');
+    const token = await withReadYourWrites(async () => {
+      await writeInTransaction(primary, 'after-end');
+      await router.end();
+      return readYourWritesToken();
+    });
+    expect(token).toBeUndefined();
+    expect(router.positionReads()).toBe(0);
+  });
+
   it('eventual: writes note nothing and reads go to the standby', async () => {
     const { primary, router } = await rig('eventual');
     expect(primary.positionSource).toBeUndefined();
