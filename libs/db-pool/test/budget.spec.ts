@@ -12,7 +12,7 @@ import {
   PoolMonitor,
   resolveDbPoolConfig,
 } from '../src/index.js';
-import { BUDGET_SPARE, decideBudget, presencePrefix, type BudgetInputs } from '../src/monitor/budget.js';
+import { BUDGET_SPARE, BudgetSampler, decideBudget, presencePrefix, type BudgetInputs } from '../src/monitor/budget.js';
 import { startEmbeddedPostgres, type EmbeddedPostgres } from '../../../tools/embedded-db.mjs';
 import { startReplicaSet } from '../../../tools/replica-set.mjs';
 import { startFaultProxy } from '../../../tools/fault-proxy.mjs';
@@ -152,6 +152,19 @@ describe('configuration', () => {
     expect(resolve({ DB_APPLICATION_NAME: 'api~v2' })().applicationName).toBe('api~v2');
     expect(resolve({ DB_POOL_SIZE: 'some' })).toThrow(DbPoolConfigError);
     expect(resolve({ DB_POOL_SIZE: 'some' })).toThrow(/DB_POOL_SIZE="some": must be auto or an integer from 1 to 10000/);
+  });
+});
+
+describe('a budget that has ended', () => {
+  it('answers a late sample with an error that names the budget, not the replica router, and opens no connection', async () => {
+    // Nothing listens on port 1: a sample that tried to connect would fail with ECONNREFUSED instead.
+    const config = resolveDbPoolConfig({
+      env: { DATABASE_URL: 'postgres://u@127.0.0.1:1/db', DB_POOL_SIZE: 'auto', DB_MAX_OVERFLOW: 'auto', DB_APPLICATION_NAME: 'api' },
+    });
+    const budget = new BudgetSampler(config, pg.Client);
+    await budget.close();
+    await expect(budget.sample(1_000)).rejects.toThrow('the connection budget (DB_POOL_SIZE=auto) has ended');
+    await expect(budget.claim(3, 1_000, false)).rejects.toThrow('the connection budget (DB_POOL_SIZE=auto) has ended');
   });
 });
 

@@ -173,7 +173,7 @@ export class BudgetSampler {
     // A copy with every property, the hidden ones (the URL, the password) too, under the presence's name.
     const named = Object.defineProperties({}, Object.getOwnPropertyDescriptors(config)) as DbPoolConfig;
     named.applicationName = `${this.prefix}0`;
-    this.presence = new SampleConnection(named, Client, async (client) => {
+    const onOpen = async (client: pg.Client) => {
       const own = backendKeyOf(client)?.processID;
       client.on('notification', (notice: pg.Notification) => {
         if (notice.channel !== BUDGET_CHANNEL || notice.payload !== this.prefix || notice.processId === own) return;
@@ -189,7 +189,8 @@ export class BudgetSampler {
       // A presence opened again (the last one lost) shows the claim the last one showed, and the
       // others hear of it (while it was gone they counted one process fewer).
       if (this.claimed !== undefined) await client.query(this.claimQuery(this.claimed, this.notices));
-    });
+    };
+    this.presence = new SampleConnection(named, Client, { owner: 'the connection budget (DB_POOL_SIZE=auto)', onOpen });
   }
 
   /** One sample on the presence connection (opened on first use, and again after a failure), within `timeoutMs`. */

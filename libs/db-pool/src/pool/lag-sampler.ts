@@ -123,7 +123,7 @@ export class LagSampler<R extends SampledReplica> {
   private nextInsert: { waiters: PositionCallback[]; due: boolean } | undefined;
 
   constructor(options: LagSamplerOptions<R>) {
-    this.primarySampler = new SampleConnection(options.primaryConfig, options.Client);
+    this.primarySampler = new SampleConnection(options.primaryConfig, options.Client, { owner: 'the replica router' });
     this.maxLagMs = options.maxLagMs;
     this.sampleTimeoutMs = options.sampleTimeoutMs;
     this.onStanding = options.onStanding;

@@ -149,7 +149,7 @@ export class ReplicaRouter extends EventEmitter implements PositionSource {
     });
     this.replicas = options.replicas.map((pool, i) => ({
       pool,
-      sampler: new SampleConnection(options.configs[i], pool.Client),
+      sampler: new SampleConnection(options.configs[i], pool.Client, { owner: 'the replica router' }),
       lagMs: null,
       lagBytes: null,
       lagUnknown: true,

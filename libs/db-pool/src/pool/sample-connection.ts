@@ -1,7 +1,8 @@
 /**
- * The lag sampler's connections, one per server, outside the pools: a server whose pool is busy
- * (every connection running a report, callers queued) is not one that cannot be sampled, and a
- * read spike must not take every replica out of rotation at once.
+ * Connections outside the pools, one per server, for background samples: the replica router's
+ * lag samples and the connection budget's presence. A server whose pool is busy (every connection
+ * running a report, callers queued) is not one that cannot be sampled, and a read spike must not
+ * take every replica out of rotation at once.
  */
 import type pg from 'pg';
 import type { DbPoolConfig } from '../config/db-pool.options.js';
@@ -36,16 +37,22 @@ export class SampleConnection {
   private closed = false;
   private readonly dropped = new WeakSet<pg.Client>();
   private readonly connector: Connector;
+  private readonly onOpen: ((client: pg.Client) => Promise<unknown>) | undefined;
+  /** What a sample after {@link close} is told: its owner has stopped. */
+  private readonly endedMessage: string;
 
   /**
-   * `onOpen` runs on every connection it opens, before the first query on it (the budget's
-   * presence listens for the other processes' notices there); a failure closes the connection.
+   * `owner` names who samples, for the error a sample after {@link close} gets ("the replica
+   * router"). `onOpen` runs on every connection it opens, before the first query on it (the
+   * budget's presence listens for the other processes' notices there); a failure closes the connection.
    */
   constructor(
     config: DbPoolConfig,
     Client: typeof pg.Client,
-    private readonly onOpen?: (client: pg.Client) => Promise<unknown>,
+    options: { owner: string; onOpen?: (client: pg.Client) => Promise<unknown> },
   ) {
+    this.onOpen = options.onOpen;
+    this.endedMessage = `${options.owner} has ended`;
     const clientConfig = toPgPoolOptions(config);
     clientConfig.connectionTimeoutMillis = config.connectTimeoutMs;
     this.connector = new Connector({ Client, clientConfig });
@@ -104,7 +111,7 @@ export class SampleConnection {
   }
 
   private connected(): Promise<pg.Client> {
-    if (this.closed) return Promise.reject(new Error('the replica router has ended'));
+    if (this.closed) return Promise.reject(new Error(this.endedMessage));
     if (this.client) return Promise.resolve(this.client);
     this.opening ??= new Promise<pg.Client>((resolveOpen, rejectOpen) => {
       // `opening` stands until the connection is ready (its onOpen done), so a sample meanwhile waits for it.
@@ -135,7 +142,7 @@ export class SampleConnection {
           }
           if (this.closed) {
             void closeClient(opened.client);
-            return reject(new Error('the replica router has ended'));
+            return reject(new Error(this.endedMessage));
           }
           const client = opened.client;
           client.once('end', () => this.drop(client));
@@ -147,7 +154,7 @@ export class SampleConnection {
             () => {
               if (this.closed || this.dropped.has(client)) {
                 this.drop(client);
-                return reject(new Error('the replica router has ended'));
+                return reject(new Error(this.endedMessage));
               }
               this.client = client;
               resolve(client);
