@@ -320,6 +320,23 @@ describe('read-your-writes, replay running', () => {
     expect(reads).toBeLessThanOrEqual(Math.floor(elapsed / POSITION_READ_INTERVAL_MS) + 1);
   });
 
+  it("a write's position counts as reached when the primary answered its read, not at the commit (a replica sampled in between is asked again)", async () => {
+    const { primary } = await rig('read-your-writes');
+    await withReadYourWrites(async () => {
+      await writeInTransaction(primary, 'reached');
+      // No I/O has run since the commit's answer: the position is read from here on.
+      const asked = performance.now();
+      const token = await readYourWritesToken();
+      const answered = performance.now();
+      const scope = currentConsistencyScope()!;
+      expect(token).toMatch(/^[0-9A-F]+\/[0-9A-F]+$/);
+      // Taken from the commit's time, `since` would be before `asked`, and a replica sampled while
+      // the read waited its turn would be taken as behind the write without being asked again.
+      expect(scope.since).toBeGreaterThanOrEqual(asked);
+      expect(scope.since).toBeLessThanOrEqual(answered);
+    });
+  });
+
   it('a waiter that throws costs the others sharing its position read nothing; its error is thrown again', async () => {
     const { primary } = await rig('read-your-writes');
     const uncaught: unknown[] = [];

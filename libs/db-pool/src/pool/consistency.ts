@@ -19,7 +19,7 @@ import { performance } from 'node:perf_hooks';
  * it was sent (the replica router's, replicas.ts).
  */
 export interface PositionSource {
-  positionAfter(at: number, done: (err: Error | undefined, lsn?: bigint) => void): void;
+  positionAfter(at: number, done: (err: Error | undefined, lsn?: bigint, reachedAt?: number) => void): void;
 }
 
 /** The WAL positions one unit of work (a request) must see. */
@@ -97,10 +97,12 @@ export class ConsistencyScope {
 
   #read(at: number): void {
     this.#reading = true;
-    this.#source!.positionAfter(at, (err, lsn) => {
+    this.#source!.positionAfter(at, (err, lsn, reachedAt) => {
       this.#reading = false;
       if (err !== undefined || lsn === undefined) this.#unknown = true;
-      else this.note(lsn, at);
+      // Reached by the time the primary answered, which may be well after the commit (the read
+      // waits its turn): a replica sampled in between may have replayed it since, and is asked again.
+      else this.note(lsn, reachedAt ?? performance.now());
       // A write that committed while the position was read needs a later one.
       if (this.#pendingAt !== at) return this.#read(this.#pendingAt!);
       this.#pendingAt = undefined;

@@ -82,8 +82,11 @@ const REPLICA_SAMPLE = `SELECT pg_is_in_recovery() AS standby, pg_last_wal_repla
  */
 export const POSITION_READ_INTERVAL_MS = 2;
 
-/** How a position read answers: an error, or the position. */
-export type PositionCallback = (err: Error | undefined, lsn?: bigint) => void;
+/**
+ * How a position read answers: an error, or the position and `reachedAt`, performance.now() when
+ * its answer came (the primary had reached the position by then).
+ */
+export type PositionCallback = (err: Error | undefined, lsn?: bigint, reachedAt?: number) => void;
 
 /** Primary positions kept; past it the oldest-but-one goes, so a far-behind replica's lag still grows, more coarsely. */
 const MAX_MARKS = 1_000;
@@ -111,7 +114,7 @@ export class LagSampler<R extends SampledReplica> {
   private primaryError: Error | undefined;
   private readonly primarySampler: SampleConnection;
   /** The latest insert position read on the primary, and when (performance.now()) it was asked for. */
-  private insert: { lsn: bigint; sentAt: number } | undefined;
+  private insert: { lsn: bigint; sentAt: number; reachedAt: number } | undefined;
   /** A read of the insert position under way: when it was sent, and who it answers. */
   private inserting: { sentAt: number; waiters: PositionCallback[] } | undefined;
   private closed = false;
@@ -148,7 +151,7 @@ export class LagSampler<R extends SampledReplica> {
    */
   insertPositionAfter(at: number, done: PositionCallback): void {
     if (this.closed) return done(new Error('the replica router has ended'));
-    if (this.insert !== undefined && this.insert.sentAt >= at) return done(undefined, this.insert.lsn);
+    if (this.insert !== undefined && this.insert.sentAt >= at) return done(undefined, this.insert.lsn, this.insert.reachedAt);
     const under = this.inserting;
     if (under !== undefined && under.sentAt >= at) {
       under.waiters.push(done);
@@ -181,25 +184,26 @@ export class LagSampler<R extends SampledReplica> {
     this.lastInsertSentAt = reading.sentAt;
     this.positionReads++;
     this.inserting = reading;
-    const answer = (err: Error | undefined, lsn?: bigint) => {
+    const answer = (err: Error | undefined, lsn?: bigint, reachedAt?: number) => {
       this.inserting = undefined;
       // The next read goes before these callers hear (whatever they do with the answer).
       this.sendInsertRead();
-      callEach(reading.waiters, err, lsn);
+      callEach(reading.waiters, err, lsn, reachedAt);
     };
     this.primarySampler.queryRow<{ insert_lsn: string }>(INSERT_POSITION, this.sampleTimeoutMs).then(
       (row) => {
         const lsn = parseLsn(row?.insert_lsn);
         if (lsn === undefined) return answer(new Error(`pg_current_wal_insert_lsn() answered ${JSON.stringify(row?.insert_lsn)}`));
-        this.tookInsert(lsn, reading.sentAt);
-        answer(undefined, lsn);
+        const reachedAt = performance.now();
+        this.tookInsert(lsn, reading.sentAt, reachedAt);
+        answer(undefined, lsn, reachedAt);
       },
       (err: unknown) => answer(err instanceof Error ? err : new Error(String(err))),
     );
   }
 
-  private tookInsert(lsn: bigint, sentAt: number): void {
-    if (this.insert === undefined || sentAt > this.insert.sentAt) this.insert = { lsn, sentAt };
+  private tookInsert(lsn: bigint, sentAt: number, reachedAt: number): void {
+    if (this.insert === undefined || sentAt > this.insert.sentAt) this.insert = { lsn, sentAt, reachedAt };
   }
 
   /** Closes the connection to the primary (each replica's is closed by whoever made it). */
@@ -220,7 +224,7 @@ export class LagSampler<R extends SampledReplica> {
       if (lsn === undefined) throw new Error(`pg_current_wal_lsn() answered ${JSON.stringify(row?.lsn)}`);
       const identity = { systemId: row.system_id, timeline: Number(row.timeline) };
       const insert = parseLsn(row.insert_lsn);
-      if (insert !== undefined) this.tookInsert(insert, sentAt);
+      if (insert !== undefined) this.tookInsert(insert, sentAt, performance.now());
       const last = this.marks[this.marks.length - 1];
       // Another server, or one that went back: positions from before say nothing about it.
       if (this.identity?.systemId !== identity.systemId || this.identity.timeline !== identity.timeline || (last && lsn < last.lsn)) {
