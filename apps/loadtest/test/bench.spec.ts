@@ -172,7 +172,14 @@ describe('the benchmark CLI (--quick)', () => {
     const results = JSON.parse(await readFile(join(outDir, 'bench-results.json'), 'utf8')) as Results & {
       overload: {
         capacity: { opsPerSec: number; levels: { concurrency: number; opsPerSec: number }[] };
-        contenders: { name: string; offered: number; outcomes: Record<string, number>; timeline: { limit?: number }[] }[];
+        contenders: {
+          name: string;
+          offered: number;
+          outcomes: Record<string, number>;
+          timeline: { limit?: number }[];
+          goodputVsCapacity: number;
+          rounds?: { capacityPerSec: number; goodput: number; goodputVsCapacity: number; limit: number }[];
+        }[];
       };
     };
     const o = results.overload;
@@ -183,6 +190,13 @@ describe('the benchmark CLI (--quick)', () => {
       // Every request is accounted for, one outcome each.
       expect([c.name, Object.values(c.outcomes).reduce((a, b) => a + b, 0)]).toEqual([c.name, c.offered]);
     }
+    // The adaptive contender: three rounds, each against a capacity of its own; its row is the median one.
+    const rounds = o.contenders[0].rounds!;
+    expect(rounds).toHaveLength(3);
+    for (const r of rounds) expect(r.goodputVsCapacity).toBeCloseTo(r.goodput / r.capacityPerSec, 10);
+    expect(o.contenders[0].goodputVsCapacity).toBe(rounds.map((r) => r.goodputVsCapacity).sort((a, b) => a - b)[1]);
+    expect(o.contenders.slice(1).every((c) => c.rounds === undefined)).toBe(true);
+    expect(run.stdout).toMatch(/db-pool adaptive: the median of 3 rounds, each with a fresh pool/);
     const limits = o.contenders[0].timeline.map((b) => b.limit).filter((l): l is number => l !== undefined);
     expect(limits.length).toBeGreaterThan(5);
     // The fixed pool's limit is its capacity throughout; the adaptive one's moved below it.

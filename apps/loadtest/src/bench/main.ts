@@ -165,6 +165,7 @@ async function main(): Promise<number> {
     overloadMs: cli.overloadMs,
     sweep: [1, 2, 4, 8, 16],
     sweepMs: cli.quick ? 500 : 1500,
+    adaptiveRounds: 3,
   };
   const consistencySettings: ConsistencySettings = {
     // Its ratios are over pairs of rounds: an even number, two at least.
@@ -175,7 +176,10 @@ async function main(): Promise<number> {
   };
   progress.plan(
     (cli.scenarios.core ? plannedMs(settings) : 0) +
-      (cli.scenarios.overload ? overloadSettings.sweep.length * (2 * overloadSettings.sweepMs + 200) + 4 * (cli.overloadMs + 2000) : 0) +
+      (cli.scenarios.overload
+        ? (overloadSettings.sweep.length + overloadSettings.adaptiveRounds - 1) * (2 * overloadSettings.sweepMs + 200) +
+          (3 + overloadSettings.adaptiveRounds) * (cli.overloadMs + 2000)
+        : 0) +
       (cli.scenarios.consistency ? 8 * (cli.warmupMs + consistencySettings.rounds * (cli.durationMs + SETTLE_MS)) : 0),
   );
   const run = cli.scenarios.core ? await runBench(settings, progress) : undefined;

@@ -55,6 +55,11 @@ function describe(r: OverloadResult): string {
 export function renderOverloadTable(r: OverloadResult, a: Omit<OverloadReport, 'result'>): string {
   const out = [`\n== Overload: ${describe(r)}`];
   out.push(table(HEADERS, rows(r), new Set([1, 2, 3, 4, 5, 6])));
+  for (const c of r.contenders.filter((x) => x.rounds !== undefined && x.rounds.length > 1))
+    out.push(
+      `${c.name}: the median of ${c.rounds!.length} rounds, each with a fresh pool against the capacity measured just before it ` +
+        `(goodput / capacity: ${c.rounds!.map((x) => `${fmtRatio(x.goodputVsCapacity)} of ${fmtRate(x.capacityPerSec)}/s, limit ${x.limit}`).join('; ')})`,
+    );
   out.push('\n== Overload ratios');
   out.push(
     table(
