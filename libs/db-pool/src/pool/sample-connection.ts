@@ -38,7 +38,7 @@ export class SampleConnection {
   private readonly dropped = new WeakSet<pg.Client>();
   private readonly connector: Connector;
   private readonly onOpen: ((client: pg.Client) => Promise<unknown>) | undefined;
-  /** What a sample after {@link close} is told: its owner has stopped. */
+  /** What a sample after {@link close} is told: its owner has ended. */
   private readonly endedMessage: string;
 
   /**
