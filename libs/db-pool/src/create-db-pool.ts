@@ -122,9 +122,12 @@ async function warm(pool: DbPool, config: DbPoolConfig, logger: DbPoolLogger): P
     await pool.warmUp();
     return undefined;
   } catch (err) {
-    if (pool.totalCount === 0 && !TRANSIENT.has(codeOf(err) ?? '')) return err as Error;
+    // Open ones only: a refill may already be opening one in place of a connection that failed.
+    const { idle, active } = pool.state();
+    const open = idle + active;
+    if (open === 0 && !TRANSIENT.has(codeOf(err) ?? '')) return err as Error;
     logger.warn(
-      `db-pool "${config.name}": warmed ${pool.totalCount} of ${pool.settings.poolSize} connections: ${scrubSecrets((err as Error).message)}; ` +
+      `db-pool "${config.name}": warmed ${open} of ${pool.settings.poolSize} connections: ${scrubSecrets((err as Error).message)}; ` +
         `the pool opens more on demand, up to ${pool.settings.poolSize + pool.settings.maxOverflow}`,
     );
     return undefined;
