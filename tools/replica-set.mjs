@@ -105,7 +105,11 @@ export async function startReplicaSet(options = {}) {
   if (asRoot) await chmod(root, 0o755);
   const removeRoot = () => rmSync(root, { recursive: true, force: true });
   const log = options.quiet === false ? (m) => process.stderr.write(String(m)) : () => {};
-  const [primaryPort, standbyPort] = [await freePort(), await freePort()];
+  // Two ports, distinct: each free when asked, the same one can come back twice (a clean-clone run
+  // started its standby on its primary's port, and the drill failed with "Address already in use").
+  const primaryPort = await freePort();
+  let standbyPort = await freePort();
+  while (standbyPort === primaryPort) standbyPort = await freePort();
   const primaryDir = join(root, 'primary');
   const standbyDir = join(root, 'standby');
 
