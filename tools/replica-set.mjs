@@ -159,7 +159,13 @@ export async function startReplicaSet(options = {}) {
 
   process.once('exit', removeRoot);
   await primary.start();
-  await standby.start();
+  try {
+    await standby.start();
+  } catch (err) {
+    // A primary left running would keep the test process alive after its suite failed.
+    await primary.stop('fast').catch(() => {});
+    throw err;
+  }
 
   const set = {
     primary,
